@@ -1,0 +1,105 @@
+"""Render a plan into CUDA source: the kernel `.cu`, its schedule table, the C-ABI host code and
+header. Pure text; nothing here compiles."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import jinja2
+import numpy as np
+
+from .. import __version__
+from ..ir.rope import rope_inv_freq
+from ..search.layout import Layout, make_layout
+from ..search.plan import KIND_IDS, Plan
+
+TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+TILING_CLASSES = {"qkv": "Qkv", "o": "O", "gate_up": "GateUp", "down": "Down", "lm_head": "LmHead"}
+
+
+@dataclass(frozen=True)
+class Source:
+    """The generated files of one kernel, by file name."""
+
+    name: str
+    files: dict[str, str]
+
+
+def _env() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(TEMPLATES)),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=False,
+        lstrip_blocks=False,
+    )
+
+
+def _cfloat(x: float) -> str:
+    """A float literal that round-trips float32 exactly."""
+    return f"{float(np.float32(x)):.9e}f"
+
+
+def _tiling_rows(plan: Plan) -> list[dict]:
+    rows = []
+    for kind, t in plan.tilings.items():
+        comment = (f"{t.tiles} tiles x {t.ksplit} K-split = {t.tasks} tasks of "
+                   f"{t.rows * t.kc * 2 // 1024} KB, {t.chunks} chunk(s) of {t.stage_bytes // 1024} KB")
+        rows.append(dict(cls=TILING_CLASSES[kind], n=t.n, k=t.k, rows=t.rows, ksplit=t.ksplit,
+                         warps_per_row=t.warps_per_row, comment=comment))
+    return rows
+
+
+def _regions(layout: Layout) -> list[dict]:
+    def fields(region, names: dict[str, str]) -> list[tuple[str, int]]:
+        out = []
+        for src, dst in names.items():
+            if src in region.globals_:
+                out.append((dst, region.globals_[src].offset))
+        out += [("LAYER_BASE", region.layer_base), ("LAYER_STRIDE", region.layer_stride),
+                ("TOTAL", region.total)]
+        for src, seg in region.per_layer.items():
+            out.append((src.upper(), seg.offset))
+        return out
+
+    w, s, k = layout.weights, layout.scratch, layout.counters
+    return [
+        dict(cls="W", comment=f"Packed weights, bf16 elements ({w.total_bytes / 1e9:.3f} GB); per layer at LAYER_BASE + layer * LAYER_STRIDE.",
+             fields=fields(w, {"embed": "EMBED", "final_norm": "FINAL_NORM", "lm_head": "LM_HEAD"})
+             + ([("BQKV", 0)] if "bqkv" not in w.per_layer else [])),
+        dict(cls="S", comment=f"Scratch, 4-byte elements ({s.total_bytes / 1e6:.2f} MB): K-split partials, attention partials, logits.",
+             fields=fields(s, {"logits": "LOGITS", "arg_val": "ARG_VAL", "arg_idx": "ARG_IDX"})),
+        dict(cls="K", comment="Dependency counters (u32), one per producer tile; attention: one per (sequence, K/V head).",
+             fields=fields(k, {"lm_head": "LM_HEAD"})),
+        dict(cls="KV", comment="KV cache, bf16 elements: K and V each [layer][sequence][K/V head][position][head_dim].",
+             fields=[("LAYER", layout.kv_elems_per_layer), ("TOTAL", layout.kv_elems_per_layer * k.layers)]),
+    ]
+
+
+def schedule_table(plan: Plan) -> tuple[str, list[int]]:
+    """The runs of every SM as C initialisers, and where each SM's runs begin."""
+    lines, starts, n = [], [], 0
+    for sm, runs in enumerate(plan.schedule):
+        starts.append(n)
+        lines.append(f"// SM {sm}: {sum(r.count for r in runs)} tasks")
+        lines += [f"{{{KIND_IDS[r.kind] | r.layer << 8}, {r.start}, {r.stride}, {r.count}}}," for r in runs]
+        n += len(runs)
+    starts.append(n)
+    return "\n".join(lines) + "\n", starts
+
+
+def render(plan: Plan) -> Source:
+    name = plan.kernel_name
+    layout = make_layout(plan)
+    inv_freq = rope_inv_freq(plan.model)
+    table, starts = schedule_table(plan)
+    env = _env()
+    kernel = env.get_template("megakernel.cu.j2").render(
+        name=name, plan=plan, m=plan.model, gpu=plan.deploy.gpu, deploy=plan.deploy, version=__version__,
+        inv_freq=[_cfloat(x) for x in inv_freq], eps=_cfloat(plan.model.rms_norm_eps),
+        attn_scale=_cfloat(1.0 / math.sqrt(plan.model.head_dim)),
+        tilings=_tiling_rows(plan), smem=list(plan.smem_layout().items()), regions=_regions(layout),
+        sm_runs=starts,
+    )
+    return Source(name, {f"{name}.cu": kernel, f"{name}.schedule.inc": table})

@@ -1,0 +1,92 @@
+"""Dependencies between tasks, at tile granularity: the specification the kernel implements.
+
+Every producing task adds 1 to one counter when its output is written (release); a consumer waits
+until each counter it needs reaches `per_step * epoch` (acquire). A dependency is therefore a range
+of counters of one producer stage and the count each must reach per decode step.
+
+Only direct inputs are listed; what they imply transitively is not repeated (a K-split task of the
+O projection waits for its attention heads, which waited for the QKV rows, which waited for the
+whole residual stream of the previous layer, so its residual read is covered).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .plan import Plan, Task
+
+
+@dataclass(frozen=True)
+class Dep:
+    stage: str  # producer kind: "qkv", "attn", "o", "gate_up", "down", "lm_head"
+    layer: int
+    first: int  # first counter of the range
+    count: int
+    per_step: int  # each counter reaches per_step * epoch
+
+
+def producer_per_step(plan: Plan, stage: str) -> int:
+    """How often each counter of `stage` is bumped in one decode step."""
+    if stage == "attn":
+        return plan.attn_splits
+    return plan.tilings[stage].ksplit
+
+
+def _tiles_over(plan: Plan, stage: str, layer: int, lo: int, hi: int) -> Dep:
+    """The `stage` tiles covering output rows [lo, hi)."""
+    t = plan.tilings[stage]
+    first, last = lo // t.rows, (hi - 1) // t.rows
+    return Dep(stage, layer, first, last - first + 1, producer_per_step(plan, stage))
+
+
+def _all_tiles(plan: Plan, stage: str, layer: int) -> Dep:
+    return Dep(stage, layer, 0, plan.tilings[stage].tiles, producer_per_step(plan, stage))
+
+
+def task_deps(plan: Plan, task: Task) -> list[Dep]:
+    m = plan.model
+    hd, G = m.head_dim, m.group_size
+    kind, layer, idx = task.kind, task.layer, task.index
+    if kind == "qkv":
+        return [] if layer == 0 else [_all_tiles(plan, "down", layer - 1)]
+    if kind == "attn":
+        g = (idx // plan.attn_splits) % m.num_key_value_heads
+        q0 = g * G * hd
+        k0 = m.q_size + g * hd
+        v0 = m.q_size + m.kv_size + g * hd
+        return [
+            _tiles_over(plan, "qkv", layer, q0, q0 + G * hd),
+            _tiles_over(plan, "qkv", layer, k0, k0 + hd),
+            _tiles_over(plan, "qkv", layer, v0, v0 + hd),
+        ]
+    if kind == "o":
+        t = plan.tilings["o"]
+        lo, hi = t.k_range(idx % t.ksplit)
+        g0, g1 = lo // (hd * G), (hi - 1) // (hd * G)
+        nkv = m.num_key_value_heads
+        # Attention counters are laid out [b][g]: one range per sequence of the batch.
+        return [Dep("attn", layer, b * nkv + g0, g1 - g0 + 1, plan.attn_splits) for b in range(plan.batch)]
+    if kind == "gate_up":
+        return [_all_tiles(plan, "o", layer)]
+    if kind == "down":
+        t = plan.tilings["down"]
+        lo, hi = t.k_range(idx % t.ksplit)
+        inter = m.intermediate_size
+        return [
+            _tiles_over(plan, "gate_up", layer, lo, hi),
+            _tiles_over(plan, "gate_up", layer, inter + lo, inter + hi),
+        ]
+    if kind == "lm_head":
+        return [_all_tiles(plan, "down", m.num_hidden_layers - 1)]
+    if kind == "argmax":
+        return [_all_tiles(plan, "lm_head", 0)]
+    raise ValueError(f"unknown task kind {kind!r}")
+
+
+def task_signal(plan: Plan, task: Task) -> tuple[str, int, int] | None:
+    """The counter a task bumps when done: (stage, layer, index), or None for the last task."""
+    if task.kind == "argmax":
+        return None
+    if task.kind == "attn":
+        return ("attn", task.layer, task.index // plan.attn_splits)
+    t = plan.tilings[task.kind]
+    return (task.kind, task.layer, task.index // t.ksplit)

@@ -1,0 +1,147 @@
+"""Where everything lives in device memory: the packed weights, scratch, counters and KV cache.
+
+Every offset is fixed by the plan and compiled into the kernel as a constant. Layers are laid out
+at a fixed stride so the kernel computes a layer's address as base + layer * stride.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .plan import Plan
+
+ALIGN_BYTES = 256
+
+
+def _align(n: int, a: int) -> int:
+    return -(-n // a) * a
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One region of a buffer: `name`, offset and size in elements of the buffer's unit,
+    and for weights the HF tensors concatenated (along rows) into it."""
+
+    name: str
+    offset: int
+    size: int
+    shape: tuple[int, ...] = ()
+    sources: tuple[str, ...] = ()
+
+
+@dataclass
+class Region:
+    """A buffer of `unit`-byte elements: global segments, then `layers` copies of a per-layer block."""
+
+    unit: int
+    globals_: dict[str, Segment] = field(default_factory=dict)
+    per_layer: dict[str, Segment] = field(default_factory=dict)
+    layer_base: int = 0
+    layer_stride: int = 0
+    layers: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.layer_base + self.layers * self.layer_stride
+
+    @property
+    def total_bytes(self) -> int:
+        return self.total * self.unit
+
+
+class _Builder:
+    def __init__(self, unit: int):
+        self.unit, self.cursor, self.segs = unit, 0, {}
+        self.align = ALIGN_BYTES // unit
+
+    def add(self, name: str, shape: tuple[int, ...], sources: tuple[str, ...] = ()) -> None:
+        size = 1
+        for d in shape:
+            size *= d
+        self.segs[name] = Segment(name, self.cursor, size, shape, sources)
+        self.cursor = _align(self.cursor + size, self.align)
+
+
+@dataclass
+class Layout:
+    weights: Region  # bf16 elements
+    scratch: Region  # 4-byte elements (float partials, int argmax indices)
+    counters: Region  # u32
+    kv_elems_per_layer: int  # bf16 elements of K (and of V) per layer
+
+    def to_json(self) -> dict:
+        def region(r: Region) -> dict:
+            return {
+                "unit_bytes": r.unit,
+                "globals": {k: [s.offset, s.size, list(s.shape), list(s.sources)] for k, s in r.globals_.items()},
+                "per_layer": {k: [s.offset, s.size, list(s.shape), list(s.sources)] for k, s in r.per_layer.items()},
+                "layer_base": r.layer_base,
+                "layer_stride": r.layer_stride,
+                "layers": r.layers,
+                "total_bytes": r.total_bytes,
+            }
+
+        return {
+            "weights": region(self.weights),
+            "scratch": region(self.scratch),
+            "counters": region(self.counters),
+            "kv_elems_per_layer": self.kv_elems_per_layer,
+        }
+
+
+def _region(unit: int, glob: _Builder, layer: _Builder, layers: int) -> Region:
+    base = _align(glob.cursor, ALIGN_BYTES // unit)
+    stride = _align(layer.cursor, ALIGN_BYTES // unit)
+    return Region(unit, glob.segs, layer.segs, base, stride, layers)
+
+
+def make_layout(plan: Plan) -> Layout:
+    m, B = plan.model, plan.batch
+    H, I, V, L = m.hidden_size, m.intermediate_size, m.vocab_size, m.num_hidden_layers
+    nqkv = m.q_size + 2 * m.kv_size
+    p = "model.layers.{i}."
+
+    g = _Builder(2)
+    g.add("embed", (V, H), ("model.embed_tokens.weight",))
+    g.add("final_norm", (H,), ("model.norm.weight",))
+    if not m.tie_word_embeddings:
+        g.add("lm_head", (V, H), ("lm_head.weight",))
+    w = _Builder(2)
+    w.add("input_norm", (H,), (p + "input_layernorm.weight",))
+    w.add("wqkv", (nqkv, H), tuple(p + f"self_attn.{x}_proj.weight" for x in "qkv"))
+    if m.attention_bias:
+        w.add("bqkv", (nqkv,), tuple(p + f"self_attn.{x}_proj.bias" for x in "qkv"))
+    w.add("wo", (H, m.q_size), (p + "self_attn.o_proj.weight",))
+    w.add("post_norm", (H,), (p + "post_attention_layernorm.weight",))
+    w.add("wgate_up", (2 * I, H), (p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight"))
+    w.add("wdown", (H, I), (p + "mlp.down_proj.weight",))
+    weights = _region(2, g, w, L)
+    if m.tie_word_embeddings:
+        weights.globals_["lm_head"] = weights.globals_["embed"]
+
+    t = plan.tilings
+    lm_tiles = t["lm_head"].tiles
+    g = _Builder(4)
+    g.add("logits", (B, V))
+    g.add("arg_val", (B, lm_tiles))
+    g.add("arg_idx", (B, lm_tiles))
+    s = _Builder(4)
+    s.add("qkv_part", (t["qkv"].ksplit, B, nqkv))
+    s.add("attn_o", (B, m.num_attention_heads, plan.attn_splits, m.head_dim))
+    s.add("attn_ml", (B, m.num_attention_heads, plan.attn_splits, 2))
+    s.add("o_part", (t["o"].ksplit, B, H))
+    s.add("gate_up_part", (t["gate_up"].ksplit, B, 2 * I))
+    s.add("down_part", (t["down"].ksplit, B, H))
+    scratch = _region(4, g, s, L)
+
+    g = _Builder(4)
+    g.add("lm_head", (lm_tiles,))
+    c = _Builder(4)
+    c.add("qkv", (t["qkv"].tiles,))
+    c.add("attn", (B * m.num_key_value_heads,))
+    c.add("o", (t["o"].tiles,))
+    c.add("gate_up", (t["gate_up"].tiles,))
+    c.add("down", (t["down"].tiles,))
+    counters = _region(4, g, c, L)
+
+    kv = B * m.num_key_value_heads * plan.deploy.max_context * m.head_dim
+    return Layout(weights, scratch, counters, kv)

@@ -1,0 +1,229 @@
+"""The plan: every decision the generated kernel needs, made before it is generated.
+
+A plan fixes, for one (model, GPU, batch):
+  * the tiling of each fused linear stage (rows per task, K-split, warps per row),
+  * the number of sequence splits of decode attention,
+  * the shared-memory carve-up (activation staging, the weight ring's stage size and depth),
+  * the static order of tasks on every SM.
+
+The kernel only executes it: which SM runs which task, in which order, waiting on which counter,
+is a table compiled into the kernel. Dependencies are a fixed function of the task (see
+`task_deps`); the device code implements the same rule.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+
+from ..config import DeployConfig, ModelConfig
+
+THREADS = 256
+WARPS = THREADS // 32
+
+# The fused linear stages of one layer, in execution order, and the LM head.
+LINEAR_KINDS = ("qkv", "o", "gate_up", "down", "lm_head")
+KIND_IDS = {"qkv": 0, "attn": 1, "o": 2, "gate_up": 3, "down": 4, "lm_head": 5, "argmax": 6}
+
+
+@dataclass(frozen=True)
+class LinearTiling:
+    """How one fused linear stage is cut into tasks.
+
+    A task computes `rows` output rows over one K-chunk of `k // ksplit` columns. Its weight tile
+    streams through the shared-memory ring in chunks of `WARPS // warps_per_row` rows; each row of
+    a chunk is reduced by `warps_per_row` warps.
+    """
+
+    n: int
+    k: int
+    rows: int
+    ksplit: int
+    warps_per_row: int
+
+    @property
+    def kc(self) -> int:
+        return self.k // self.ksplit
+
+    @property
+    def tiles(self) -> int:
+        return -(-self.n // self.rows)
+
+    @property
+    def tasks(self) -> int:
+        return self.tiles * self.ksplit
+
+    @property
+    def chunk_rows(self) -> int:
+        return WARPS // self.warps_per_row
+
+    @property
+    def chunks(self) -> int:
+        return self.rows // self.chunk_rows
+
+    @property
+    def stage_bytes(self) -> int:
+        return self.chunk_rows * self.kc * 2
+
+    def k_range(self, split: int) -> tuple[int, int]:
+        return split * self.kc, (split + 1) * self.kc
+
+    def row_range(self, tile: int) -> tuple[int, int]:
+        return tile * self.rows, min((tile + 1) * self.rows, self.n)
+
+
+@dataclass(frozen=True)
+class Task:
+    """One unit of work: `kind` at `layer` (0 for the LM head and argmax), local `index`.
+
+    Linear stages number their tasks tile * ksplit + split; attention (b * kv_heads + g) *
+    splits + j; argmax has one task.
+    """
+
+    kind: str
+    layer: int
+    index: int
+
+
+@dataclass(frozen=True)
+class Run:
+    """Tasks kind/layer with indices start, start + stride, ... (count of them), on one SM."""
+
+    kind: str
+    layer: int
+    start: int
+    stride: int
+    count: int
+
+    def tasks(self) -> list[Task]:
+        return [Task(self.kind, self.layer, self.start + i * self.stride) for i in range(self.count)]
+
+
+@dataclass
+class Plan:
+    model: ModelConfig
+    deploy: DeployConfig
+    sms: int
+    threads: int
+    tilings: dict[str, LinearTiling]
+    attn_splits: int
+    stages: int
+    stage_bytes: int
+    schedule: list[list[Run]]  # per SM, in execution order
+    strategy: str = "round-robin"
+    notes: dict = field(default_factory=dict)
+
+    # ---- derived sizes -------------------------------------------------------------------
+    @property
+    def batch(self) -> int:
+        return self.deploy.batch
+
+    @property
+    def x_bytes(self) -> int:
+        """Shared memory staging the activation chunk a linear task multiplies (bf16, [B][kc])."""
+        return self.batch * max(t.kc for t in self.tilings.values()) * 2
+
+    @property
+    def red_bytes(self) -> int:
+        """Shared memory for per-warp partial dot products: [rows][warps_per_row][B] floats."""
+        return max(t.rows * t.warps_per_row for t in self.tilings.values()) * self.batch * 4
+
+    @property
+    def attn_bytes(self) -> int:
+        """Attention scratch, shared with the O projection's split weights and the LM head's
+        per-row results (never live at the same time)."""
+        m, B = self.model, self.batch
+        attention = m.group_size * m.head_dim + 2 * m.head_dim + WARPS * m.group_size * (m.head_dim + 2)
+        combine = B * m.num_attention_heads * self.attn_splits
+        lm_rows = self.tilings["lm_head"].rows * B
+        return 4 * max(attention, combine, lm_rows)
+
+    @property
+    def misc_bytes(self) -> int:
+        return 4 * (WARPS + 1) * self.batch
+
+    def smem_layout(self) -> dict[str, int]:
+        """Byte offsets of the shared-memory regions, and the total."""
+        out, cursor = {}, 0
+        for name, size in (("SMEM_RING", self.stages * self.stage_bytes), ("SMEM_X", self.x_bytes),
+                           ("SMEM_RED", self.red_bytes), ("SMEM_ATTN", self.attn_bytes),
+                           ("SMEM_MISC", self.misc_bytes)):
+            out[name] = cursor
+            cursor += -(-size // 16) * 16
+        out["SMEM_TOTAL"] = cursor
+        return out
+
+    @property
+    def smem_bytes(self) -> int:
+        return self.smem_layout()["SMEM_TOTAL"]
+
+    def tasks_of(self, kind: str) -> int:
+        m, b = self.model, self.batch
+        if kind in self.tilings:
+            return self.tilings[kind].tasks
+        if kind == "attn":
+            return b * m.num_key_value_heads * self.attn_splits
+        return 1  # argmax
+
+    def all_tasks(self) -> list[Task]:
+        """Every task of one decode step, in a topological order."""
+        out: list[Task] = []
+        for layer in range(self.model.num_hidden_layers):
+            for kind in ("qkv", "attn", "o", "gate_up", "down"):
+                out += [Task(kind, layer, i) for i in range(self.tasks_of(kind))]
+        out += [Task("lm_head", 0, i) for i in range(self.tasks_of("lm_head"))]
+        out.append(Task("argmax", 0, 0))
+        return out
+
+    def sm_tasks(self, sm: int) -> list[Task]:
+        return [t for run in self.schedule[sm] for t in run.tasks()]
+
+    # ---- identity ------------------------------------------------------------------------
+    def to_json(self) -> dict:
+        return {
+            "model": self.model.to_dict(),
+            "gpu": self.deploy.gpu.name,
+            "arch": self.deploy.gpu.arch,
+            "batch": self.batch,
+            "max_context": self.deploy.max_context,
+            "dtype": self.deploy.dtype,
+            "sms": self.sms,
+            "threads": self.threads,
+            "strategy": self.strategy,
+            "tilings": {k: asdict(v) for k, v in self.tilings.items()},
+            "attn_splits": self.attn_splits,
+            "stages": self.stages,
+            "stage_bytes": self.stage_bytes,
+            "smem_bytes": self.smem_bytes,
+            "schedule": [[[r.kind, r.layer, r.start, r.stride, r.count] for r in runs] for runs in self.schedule],
+            "notes": self.notes,
+        }
+
+    @property
+    def plan_hash(self) -> str:
+        blob = json.dumps(self.to_json(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:10]
+
+    @property
+    def kernel_name(self) -> str:
+        """CUTLASS-style: every variant named by its parameters."""
+        safe = self.model.name.replace(".", "_").replace("-", "_")
+        return f"adamk_{safe}_{self.deploy.gpu.name.lower()}_bs{self.batch}_{self.plan_hash}"
+
+
+def compress_runs(tasks: list[Task]) -> list[Run]:
+    """Encode one SM's ordered task list as arithmetic runs (exact, any order survives)."""
+    runs: list[Run] = []
+    for t in tasks:
+        if runs:
+            r = runs[-1]
+            if r.kind == t.kind and r.layer == t.layer:
+                nxt = r.start + r.count * r.stride
+                if r.count == 1 and t.index > r.start:
+                    runs[-1] = Run(r.kind, r.layer, r.start, t.index - r.start, 2)
+                    continue
+                if t.index == nxt and r.stride > 0:
+                    runs[-1] = Run(r.kind, r.layer, r.start, r.stride, r.count + 1)
+                    continue
+        runs.append(Run(t.kind, t.layer, t.index, 1, 1))
+    return runs

@@ -1,0 +1,98 @@
+"""A simple, valid plan: per-stage tiling from a small cost rule, and a round-robin task order.
+
+This is the baseline the offline search improves on; the kernel takes any valid plan.
+"""
+from __future__ import annotations
+
+from ..config import DeployConfig, ModelConfig
+from .plan import THREADS, WARPS, LinearTiling, Plan, compress_runs
+
+TASK_OVERHEAD_S = 0.6e-6  # dependency wait, activation staging and signal per task (estimate)
+MAX_STAGES = 8
+
+
+class PlanError(ValueError):
+    """A plan that cannot be made or is not valid for its target; the message says why."""
+
+
+def linear_shapes(model: ModelConfig) -> dict[str, tuple[int, int]]:
+    """(output rows, reduction length) of each fused linear stage."""
+    m = model
+    return {
+        "qkv": (m.q_size + 2 * m.kv_size, m.hidden_size),
+        "o": (m.hidden_size, m.q_size),
+        "gate_up": (2 * m.intermediate_size, m.hidden_size),
+        "down": (m.hidden_size, m.intermediate_size),
+        "lm_head": (m.vocab_size, m.hidden_size),
+    }
+
+
+def stage_target(deploy: DeployConfig) -> int:
+    """Bytes of one weight-ring slot: large enough to amortise a barrier, small enough that
+    several fit beside the activation chunk (Ada has 99 KB a block, Hopper 227 KB)."""
+    return 32 * 1024 if deploy.gpu.smem_per_block >= 160 * 1024 else 16 * 1024
+
+
+def choose_tiling(kind: str, n: int, k: int, deploy: DeployConfig, max_kc: int) -> LinearTiling:
+    """Smallest K-split whose chunk fits `max_kc`, fewest warps per row whose chunk fits the
+    stage target, then the rows per task that minimise the stage's predicted makespan."""
+    gpu = deploy.gpu
+    target = stage_target(deploy)
+    splits = [1] if kind == "lm_head" else [s for s in range(1, 65) if k % s == 0 and (k // s) % 8 == 0]
+    best = None
+    for s in splits:
+        kc = k // s
+        if kc > max_kc and s != splits[-1]:
+            continue
+        for wpr in (1, 2, 4, 8):
+            if (WARPS // wpr) * kc * 2 <= target or wpr == 8:
+                break
+        if (WARPS // wpr) * kc * 2 > target and s != splits[-1]:
+            continue
+        chunk_rows = WARPS // wpr
+        bw_per_sm = gpu.read_bandwidth / gpu.sms
+        for chunks in (1, 2, 3, 4, 6, 8, 12, 16):
+            rows = chunk_rows * chunks
+            if rows > max(chunk_rows, n):
+                break
+            t = LinearTiling(n, k, rows, s, wpr)
+            rounds = -(-t.tasks // gpu.sms)
+            cost = rounds * (rows * kc * 2 / bw_per_sm + TASK_OVERHEAD_S)
+            if best is None or cost < best[0] - 1e-12:
+                best = (cost, t)
+        break
+    assert best is not None
+    return best[1]
+
+
+def make_plan(model: ModelConfig, deploy: DeployConfig, strategy: str = "round-robin") -> Plan:
+    gpu, B = deploy.gpu, deploy.batch
+    if model.head_dim % 32:
+        raise PlanError(f"head_dim {model.head_dim}: the attention code needs a multiple of 32")
+    # Activation chunks are staged in shared memory as bf16 [B][kc]; cap them at a quarter of it
+    # (the LM head needs the whole hidden vector: it is never K-split, its argmax needs full sums).
+    max_kc = max(model.hidden_size, (gpu.smem_per_block // 4) // (2 * B))
+    tilings = {
+        kind: choose_tiling(kind, n, k, deploy, max_kc) for kind, (n, k) in linear_shapes(model).items()
+    }
+    attn_splits = max(1, min(32, gpu.sms // (B * model.num_key_value_heads)))
+    plan = Plan(model, deploy, gpu.sms, THREADS, tilings, attn_splits, stages=2,
+                stage_bytes=max(t.stage_bytes for t in tilings.values()), schedule=[], strategy=strategy)
+    free = gpu.smem_per_block - plan.smem_bytes + plan.stages * plan.stage_bytes
+    plan.stages = min(MAX_STAGES, free // plan.stage_bytes)
+    if plan.stages < 2:
+        raise PlanError(
+            f"{model.name} on {gpu.name} batch {B}: needs {plan.smem_bytes} bytes of shared memory "
+            f"with a 2-deep weight ring, the block limit is {gpu.smem_per_block}")
+    if strategy != "round-robin":
+        raise PlanError(f"unknown strategy {strategy!r}")
+    plan.schedule = round_robin(plan)
+    return plan
+
+
+def round_robin(plan: Plan) -> list:
+    """Task i of the topological order goes to SM i mod sms: every SM's list stays sorted."""
+    per_sm: list[list] = [[] for _ in range(plan.sms)]
+    for i, task in enumerate(plan.all_tasks()):
+        per_sm[i % plan.sms].append(task)
+    return [compress_runs(tasks) for tasks in per_sm]

@@ -1,0 +1,133 @@
+// adamk/attention.cuh: one task of decode attention (block scope).
+//
+// A task covers one sequence b, one K/V head g with the G query heads that share it (GQA: the
+// K/V bytes are read once for all of them) and split j of the positions 0..pos (flash-decoding).
+// It applies RoPE to q and to the new k, appends the new k and v to the cache when position pos
+// falls in its split, and writes an unnormalised partial result with its running max and sum;
+// the O projection's tasks combine the splits.
+#pragma once
+#include "adamk/bf16.cuh"
+#include "adamk/context.cuh"
+#include "adamk/warp.cuh"
+
+namespace adamk::block {
+
+// q/k/v value of column `col` for sequence b: the sum of the QKV stage's K-split partials,
+// rounded to bf16 as the reference's projection output is.
+template <class C>
+__device__ float qkv_value(const float* part, int b, int col) {
+  float s = 0.f;
+  for (int k = 0; k < C::Qkv::KSPLIT; ++k) s += thread::ld_cg(part + (k * C::B + b) * C::NQKV + col);
+  return thread::bf16_round(s);
+}
+
+template <class C>
+__device__ void attention_task(Ctx<C>& c, int layer, int idx) {
+  constexpr int HD = C::HD, G = C::G, NS = C::ATTN_SPLITS, DPL = HD / 32, HALF = HD / 2;
+  const int j = idx % NS, g = (idx / NS) % C::NKV, b = idx / (NS * C::NKV);
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int pos = c.a.positions[b];
+  const float* part = c.scratch(C::S::QKV_PART, layer);
+
+  float* q = c.attn;            // [G][HD] roped queries
+  float* kn = q + G * HD;       // [HD] the new key, roped
+  float* vn = kn + HD;          // [HD] the new value
+  float* wm = vn + HD;          // [WARPS][G] running max per warp
+  float* wl = wm + WARPS * G;   // [WARPS][G] running sum
+  float* wo = wl + WARPS * G;   // [WARPS][G][HD] running output
+
+  // RoPE, rotate-half convention, with bf16 rounding where the reference rounds:
+  // x * cos + rotate_half(x) * sin, cos and sin of pos * inv_freq cast to bf16.
+  for (int e = threadIdx.x; e < (G + 1) * HALF; e += C::THREADS) {
+    const int hh = e / HALF, d = e % HALF;
+    const int col = hh < G ? (g * G + hh) * HD + d : C::Q + g * HD + d;
+    const float x1 = qkv_value<C>(part, b, col), x2 = qkv_value<C>(part, b, col + HALF);
+    const float ang = static_cast<float>(pos) * C::inv_freq(d);
+    const float cs = thread::bf16_round(cosf(ang)), sn = thread::bf16_round(sinf(ang));
+    float* dst = hh < G ? q + hh * HD : kn;
+    dst[d] = thread::bf16_round(thread::bf16_round(x1 * cs) - thread::bf16_round(x2 * sn));
+    dst[d + HALF] = thread::bf16_round(thread::bf16_round(x2 * cs) + thread::bf16_round(x1 * sn));
+  }
+  for (int d = threadIdx.x; d < HD; d += C::THREADS) vn[d] = qkv_value<C>(part, b, C::Q + C::KVD + g * HD + d);
+  __syncthreads();
+
+  // This split's positions.
+  const int n = pos + 1, per = (n + NS - 1) / NS;
+  const int p0 = j * per, p1 = min(n, p0 + per);
+  const size_t head = (static_cast<size_t>(layer) * C::B * C::NKV + b * C::NKV + g) * C::MAXCTX * HD;
+  __nv_bfloat16* kc = c.a.k_cache + head;
+  __nv_bfloat16* vc = c.a.v_cache + head;
+
+  float qr[G][DPL], m[G], l[G], o[G][DPL];
+#pragma unroll
+  for (int h = 0; h < G; ++h) {
+    m[h] = -INFINITY;
+    l[h] = 0.f;
+#pragma unroll
+    for (int t = 0; t < DPL; ++t) { qr[h][t] = q[h * HD + lane * DPL + t]; o[h][t] = 0.f; }
+  }
+  // Each warp takes every WARPS-th position; lanes hold DPL dimensions each.
+  for (int p = p0 + warp; p < p1; p += WARPS) {
+    float kf[DPL], vf[DPL];
+    if (p == pos) {
+#pragma unroll
+      for (int t = 0; t < DPL; ++t) { kf[t] = kn[lane * DPL + t]; vf[t] = vn[lane * DPL + t]; }
+    } else {
+#pragma unroll
+      for (int t = 0; t < DPL; ++t) {
+        kf[t] = __bfloat162float(kc[static_cast<size_t>(p) * HD + lane * DPL + t]);
+        vf[t] = __bfloat162float(vc[static_cast<size_t>(p) * HD + lane * DPL + t]);
+      }
+    }
+#pragma unroll
+    for (int h = 0; h < G; ++h) {
+      float s = 0.f;
+#pragma unroll
+      for (int t = 0; t < DPL; ++t) s = fmaf(qr[h][t], kf[t], s);
+      s = warp::sum(s) * C::ATTN_SCALE;
+      const float mn = fmaxf(m[h], s), alpha = __expf(m[h] - mn), pe = __expf(s - mn);
+      l[h] = l[h] * alpha + pe;
+#pragma unroll
+      for (int t = 0; t < DPL; ++t) o[h][t] = o[h][t] * alpha + pe * vf[t];
+      m[h] = mn;
+    }
+  }
+#pragma unroll
+  for (int h = 0; h < G; ++h) {
+    if (lane == 0) { wm[warp * G + h] = m[h]; wl[warp * G + h] = l[h]; }
+#pragma unroll
+    for (int t = 0; t < DPL; ++t) wo[(warp * G + h) * HD + lane * DPL + t] = o[h][t];
+  }
+  __syncthreads();
+
+  // Combine the warps: out = sum_w o_w e^(m_w - M), sum = sum_w l_w e^(m_w - M).
+  float* out_o = c.scratch_w(C::S::ATTN_O, layer);
+  float* out_ml = c.scratch_w(C::S::ATTN_ML, layer);
+  for (int e = threadIdx.x; e < G * HD; e += C::THREADS) {
+    const int h = e / HD, d = e % HD, qh = g * G + h;
+    float M = -INFINITY;
+    for (int w = 0; w < WARPS; ++w) M = fmaxf(M, wm[w * G + h]);
+    float acc = 0.f, sum = 0.f;
+    if (M != -INFINITY) {
+      for (int w = 0; w < WARPS; ++w) {
+        const float f = __expf(wm[w * G + h] - M);
+        acc += wo[(w * G + h) * HD + d] * f;
+        sum += wl[w * G + h] * f;
+      }
+    }
+    const size_t slot = (static_cast<size_t>(b) * C::NH + qh) * NS + j;
+    out_o[slot * HD + d] = acc;
+    if (d == 0) { out_ml[slot * 2] = M; out_ml[slot * 2 + 1] = sum; }
+  }
+  // Append the new key and value: the split holding position pos owns that cache slot.
+  if (p0 <= pos && pos < p1) {
+    for (int d = threadIdx.x; d < HD; d += C::THREADS) {
+      kc[static_cast<size_t>(pos) * HD + d] = __float2bfloat16_rn(kn[d]);
+      vc[static_cast<size_t>(pos) * HD + d] = __float2bfloat16_rn(vn[d]);
+    }
+  }
+  __syncthreads();
+  signal(c.counter(C::K::ATTN, layer) + b * C::NKV + g);
+}
+
+}  // namespace adamk::block

@@ -1,0 +1,33 @@
+// adamk/context.cuh: what one block carries from task to task, and where the buffers the plan
+// laid out begin.
+#pragma once
+#include "adamk/tasks.cuh"
+#include "adamk/weights.cuh"
+
+namespace adamk {
+
+template <class C>
+struct Ctx {
+  Args a;
+  block::WeightRing<C> ring;
+  __nv_bfloat16* x;    // staged activation chunk, bf16 [B][kc]
+  float* red;          // per-warp partial dot products
+  float* attn;         // attention scratch
+  float* misc;         // block reductions: [WARPS][B] + [B]
+  int staged = -1;     // which activation chunk x holds (kind, layer, split), -1: none
+
+  __device__ const float* scratch(size_t off, int layer) const {
+    return a.scratch + C::S::LAYER_BASE + static_cast<size_t>(layer) * C::S::LAYER_STRIDE + off;
+  }
+  __device__ float* scratch_w(size_t off, int layer) const {
+    return a.scratch + C::S::LAYER_BASE + static_cast<size_t>(layer) * C::S::LAYER_STRIDE + off;
+  }
+  __device__ unsigned* counter(size_t off, int layer) const {
+    return a.counters + C::K::LAYER_BASE + static_cast<size_t>(layer) * C::K::LAYER_STRIDE + off;
+  }
+  __device__ const __nv_bfloat16* weight(size_t off, int layer) const {
+    return a.weights + C::W::LAYER_BASE + static_cast<size_t>(layer) * C::W::LAYER_STRIDE + off;
+  }
+};
+
+}  // namespace adamk

@@ -1,0 +1,140 @@
+// adamk/megakernel.cuh: the persistent decode step. Each block walks its SM's compiled task list;
+// before a task it waits for exactly the counters the task reads (the rule of
+// ada_mk/search/deps.py), after it, it bumps the one counter its output fills.
+#pragma once
+#include "adamk/attention.cuh"
+#include "adamk/linear.cuh"
+
+namespace adamk {
+
+namespace block {
+
+template <class C>
+struct Waiter {
+  const Ctx<C>& c;
+  int kind, layer, idx;
+  bool ok = true;
+
+  // Counters [first, first + count) of the stage at `off` in `layer` each reach per_step * epoch.
+  __device__ void on(unsigned* base, int first, int count, int per_step) {
+    if (ok) ok = wait_counters(base, first, count, per_step * c.a.epoch, c.a.debug, kind, layer, idx);
+  }
+  // The tiles of stage T (counters at `base`) that cover output rows [lo, hi).
+  template <class T>
+  __device__ void rows(unsigned* base, int lo, int hi) {
+    on(base, lo / T::ROWS, (hi - 1) / T::ROWS - lo / T::ROWS + 1, T::KSPLIT);
+  }
+  template <class T>
+  __device__ void all(unsigned* base) { on(base, 0, T::TILES, T::KSPLIT); }
+};
+
+// Wait for every input of task (kind, layer, idx). False only when a debug build gave up.
+template <class C>
+__device__ bool wait_inputs(const Ctx<C>& c, int kind, int layer, int idx) {
+  using K = typename C::K;
+  Waiter<C> w{c, kind, layer, idx};
+  switch (kind) {
+    case QKV:  // the whole residual stream: RMSNorm needs every element
+      if (layer > 0) w.template all<typename C::Down>(c.counter(K::DOWN, layer - 1));
+      break;
+    case ATTN: {  // the q rows of the group's heads, and its k and v rows
+      const int g = (idx / C::ATTN_SPLITS) % C::NKV;
+      unsigned* qkv = c.counter(K::QKV, layer);
+      const int q0 = g * C::G * C::HD, k0 = C::Q + g * C::HD, v0 = C::Q + C::KVD + g * C::HD;
+      w.template rows<typename C::Qkv>(qkv, q0, q0 + C::G * C::HD);
+      w.template rows<typename C::Qkv>(qkv, k0, k0 + C::HD);
+      w.template rows<typename C::Qkv>(qkv, v0, v0 + C::HD);
+      break;
+    }
+    case O: {  // the attention heads this K-chunk covers, for every sequence
+      using T = typename C::O;
+      const int lo = (idx % T::KSPLIT) * T::KC, hi = lo + T::KC;
+      const int g0 = lo / (C::HD * C::G), g1 = (hi - 1) / (C::HD * C::G);
+      for (int b = 0; b < C::B; ++b) w.on(c.counter(K::ATTN, layer), b * C::NKV + g0, g1 - g0 + 1, C::ATTN_SPLITS);
+      break;
+    }
+    case GATE_UP:
+      w.template all<typename C::O>(c.counter(K::O, layer));
+      break;
+    case DOWN: {  // the gate and up columns of this K-chunk
+      using T = typename C::Down;
+      const int lo = (idx % T::KSPLIT) * T::KC, hi = lo + T::KC;
+      unsigned* gu = c.counter(K::GATE_UP, layer);
+      w.template rows<typename C::GateUp>(gu, lo, hi);
+      w.template rows<typename C::GateUp>(gu, C::I + lo, C::I + hi);
+      break;
+    }
+    case LM_HEAD:
+      w.template all<typename C::Down>(c.counter(K::DOWN, C::L - 1));
+      break;
+    case ARGMAX:
+      w.on(c.a.counters + K::LM_HEAD, 0, C::LmHead::TILES, 1);
+      break;
+  }
+#ifdef ADAMK_DEBUG
+  return !__syncthreads_or(!w.ok);
+#else
+  __syncthreads();
+  return true;
+#endif
+}
+
+// The greedy choice: the best of the LM head tiles' best rows, the first index on ties.
+template <class C>
+__device__ void argmax_task(Ctx<C>& c) {
+  constexpr int TILES = C::LmHead::TILES;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  if (warp < C::B) {
+    const float* val = c.a.scratch + C::S::ARG_VAL + warp * TILES;
+    const int* arg = reinterpret_cast<const int*>(c.a.scratch) + C::S::ARG_IDX + warp * TILES;
+    float best = -INFINITY;
+    int idx = 0x7fffffff;
+    for (int t = lane; t < TILES; t += 32) {
+      const float v = thread::ld_cg(val + t);
+      const int i = __ldcg(arg + t);
+      if (v > best || (v == best && i < idx)) { best = v; idx = i; }
+    }
+    warp::argmax(best, idx);
+    if (lane == 0) {
+      c.a.next_tokens[warp] = idx;
+      c.a.next_positions[warp] = c.a.positions[warp] + 1;
+    }
+  }
+}
+
+}  // namespace block
+
+// The kernel body: runs[sm_runs[sm] .. sm_runs[sm + 1]) is this SM's part of the plan, each run
+// {kind | layer << 8, first index, stride, count}.
+template <class C>
+__device__ void megakernel(const Args& a, const int4* runs, const int* sm_runs) {
+  extern __shared__ __align__(128) unsigned char smem[];
+  const int4* first = runs + sm_runs[blockIdx.x];
+  const int4* last = runs + sm_runs[blockIdx.x + 1];
+  Ctx<C> c{a, block::WeightRing<C>(smem + C::SMEM_RING, a.weights, first, last),
+           reinterpret_cast<__nv_bfloat16*>(smem + C::SMEM_X), reinterpret_cast<float*>(smem + C::SMEM_RED),
+           reinterpret_cast<float*>(smem + C::SMEM_ATTN), reinterpret_cast<float*>(smem + C::SMEM_MISC)};
+  for (const int4* r = first; r != last; ++r) {
+    const int4 run = *r;
+    const int kind = run.x & 0xff, layer = run.x >> 8;
+    for (int i = 0; i < run.w; ++i) {
+      const int idx = run.y + i * run.z;
+      if (!block::wait_inputs(c, kind, layer, idx)) {
+        c.ring.drain();
+        return;
+      }
+      switch (kind) {
+        case QKV: block::linear_task<C, typename C::Qkv, QKV>(c, layer, idx); break;
+        case ATTN: block::attention_task<C>(c, layer, idx); break;
+        case O: block::linear_task<C, typename C::O, O>(c, layer, idx); break;
+        case GATE_UP: block::linear_task<C, typename C::GateUp, GATE_UP>(c, layer, idx); break;
+        case DOWN: block::linear_task<C, typename C::Down, DOWN>(c, layer, idx); break;
+        case LM_HEAD: block::linear_task<C, typename C::LmHead, LM_HEAD>(c, layer, idx); break;
+        case ARGMAX: block::argmax_task<C>(c); break;
+      }
+    }
+  }
+  c.ring.drain();
+}
+
+}  // namespace adamk

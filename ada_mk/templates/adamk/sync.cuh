@@ -1,0 +1,78 @@
+// adamk/sync.cuh: dependencies between SMs through counters in global memory.
+//
+// A producer block bumps its counter once its output is written (release); a consumer block
+// waits until every counter it needs has reached per_step * epoch (acquire). The epoch is the
+// decode step's number, so counters are never reset. Comparisons are wrap-safe.
+#pragma once
+#include <cstdint>
+
+namespace adamk {
+
+// What a debug build records when a wait times out instead of hanging.
+struct WaitTimeout {
+  unsigned flag;     // 0 until the first timeout
+  int sm, kind, layer, task;
+  int counter;       // index into the counter buffer
+  unsigned value, target;
+};
+
+namespace thread {
+
+__device__ __forceinline__ unsigned ld_acquire(const unsigned* p) {
+  unsigned v;
+  asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+  return v;
+}
+
+__device__ __forceinline__ void add_release(unsigned* p, unsigned v) {
+  asm volatile("red.release.gpu.global.add.u32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
+}
+
+__device__ __forceinline__ bool reached(unsigned value, unsigned target) {
+  return static_cast<int>(value - target) >= 0;
+}
+
+}  // namespace thread
+
+namespace block {
+
+// Wait until counters[first .. first+count) each reach target. The block's threads share the
+// range; the caller ends the wait with a barrier. Returns false only in a debug build that gave up.
+__device__ __forceinline__ bool wait_counters(const unsigned* counters, int first, int count,
+                                              unsigned target, WaitTimeout* dbg, int kind,
+                                              int layer, int task) {
+  for (int i = threadIdx.x; i < count; i += blockDim.x) {
+    const unsigned* c = counters + first + i;
+#ifdef ADAMK_DEBUG
+    long long spins = 0;
+    unsigned v;
+    while (!thread::reached(v = thread::ld_acquire(c), target)) {
+      if (*reinterpret_cast<volatile unsigned*>(&dbg->flag)) return false;  // someone else timed out
+      if (++spins > (1ll << 24)) {
+        if (atomicCAS(&dbg->flag, 0u, 1u) == 0u) {
+          dbg->sm = blockIdx.x; dbg->kind = kind; dbg->layer = layer; dbg->task = task;
+          dbg->counter = first + i; dbg->value = v; dbg->target = target;
+          __threadfence();
+        }
+        return false;
+      }
+      __nanosleep(64);
+    }
+#else
+    while (!thread::reached(thread::ld_acquire(c), target)) {
+    }
+#endif
+  }
+  return true;
+}
+
+// After a barrier that follows the block's last write of the task: publish it.
+__device__ __forceinline__ void signal(unsigned* counter) {
+  if (threadIdx.x == 0) {
+    __threadfence();
+    thread::add_release(counter, 1u);
+  }
+}
+
+}  // namespace block
+}  // namespace adamk

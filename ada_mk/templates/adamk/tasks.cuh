@@ -1,0 +1,45 @@
+// adamk/tasks.cuh: what every generated kernel shares: task kinds, the tiling of a linear
+// stage, and the kernel's arguments.
+#pragma once
+#include <cuda_bf16.h>
+#include <cstdint>
+#include "adamk/sync.cuh"
+
+namespace adamk {
+
+// Task kinds, as numbered in the compiled schedule (ada_mk.search.plan.KIND_IDS).
+enum Kind : int { QKV = 0, ATTN = 1, O = 2, GATE_UP = 3, DOWN = 4, LM_HEAD = 5, ARGMAX = 6 };
+
+constexpr int THREADS = 256;
+constexpr int WARPS = THREADS / 32;
+
+// One fused linear stage: N output rows, reduction length K, tasks of ROWS rows x K/KSPLIT
+// columns, each row of a weight chunk reduced by WPR warps.
+template <int N_, int K_, int ROWS_, int KSPLIT_, int WPR_>
+struct Tiling {
+  static constexpr int N = N_, K = K_, ROWS = ROWS_, KSPLIT = KSPLIT_, WPR = WPR_;
+  static constexpr int KC = K / KSPLIT;             // columns of one task
+  static constexpr int VEC = KC / 8;                // 16-byte vectors in a row of a task
+  static constexpr int CHUNK_ROWS = WARPS / WPR;    // rows of one weight chunk (one ring slot)
+  static constexpr int CHUNKS = ROWS / CHUNK_ROWS;  // chunks of one task
+  static constexpr int TILES = (N + ROWS - 1) / ROWS;
+  static_assert(K % KSPLIT == 0 && KC % 8 == 0, "K-chunks are whole 16-byte vectors");
+  static_assert(ROWS % CHUNK_ROWS == 0, "a task is whole chunks");
+};
+
+// Kernel arguments: device buffers laid out by the plan, the step's inputs and outputs.
+struct Args {
+  const __nv_bfloat16* weights;
+  float* scratch;
+  unsigned* counters;
+  __nv_bfloat16* k_cache;
+  __nv_bfloat16* v_cache;
+  const int* tokens;     // [B] this step's token per sequence
+  const int* positions;  // [B] its position (= tokens already in the cache)
+  int* next_tokens;      // [B] greedy choice
+  int* next_positions;   // [B] positions + 1, so steps can chain on the device
+  unsigned epoch;        // 1 for the first step after creation, +1 per step
+  WaitTimeout* debug;    // where a debug build reports a wait that timed out
+};
+
+}  // namespace adamk
