@@ -60,8 +60,8 @@ def _headers_digest() -> str:
 
 
 def nvcc_flags(archs: list[str], debug: bool) -> list[str]:
-    flags = ["-std=c++17", "-O3", "--threads", "0", "-I" + str(TEMPLATES), "-I" + cutlass_include()]
-    flags += [ARCH_FLAGS[a] for a in archs]
+    """Flags that decide the output (include paths come separately: they differ by machine)."""
+    flags = ["-std=c++17", "-O3", "--threads", "0"] + [ARCH_FLAGS[a] for a in archs]
     if debug:
         flags.append("-DADAMK_DEBUG")
     return flags
@@ -79,7 +79,7 @@ def build(source: Source, archs: list[str], *, debug: bool = False, library: boo
         key.update(name.encode())
         key.update(source.files[name].encode())
     key.update(_headers_digest().encode())
-    key.update(" ".join(flags[:1] + flags[4:]).encode())  # not the include paths: they move
+    key.update(" ".join(flags).encode())
     key.update(b"library" if library else b"fatbin")
     out = cache_root() / f"{source.name}-{key.hexdigest()[:16]}"
     stem = source.name + ("_debug" if debug else "")
@@ -88,6 +88,7 @@ def build(source: Source, archs: list[str], *, debug: bool = False, library: boo
         return Artifacts(fatbin, lib if library else None, hdr if library else None, out)
     if shutil.which(nvcc) is None:
         raise BuildError(f"{nvcc} not found on PATH: install the CUDA toolkit")
+    flags += ["-I" + str(TEMPLATES), "-I" + cutlass_include()]
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".tmp-", dir=out.parent))
     try:

@@ -1,0 +1,244 @@
+"""Run a generated MegaKernel through cuda-python (`cuda.bindings.driver`).
+
+    engine = MegaKernelEngine(plan, artifacts.fatbin)
+    engine.load_weights(weights)              # dict of numpy arrays or torch tensors (HF names)
+    next_tokens, logits = engine.step(tokens, positions, want_logits=True)
+    tokens = engine.generate(prompt_ids, n)  # greedy
+
+One decode step is exactly one launch of the cooperative kernel (cuLaunchCooperativeKernel),
+which fails instead of deadlocking when the grid cannot be co-resident.
+"""
+from __future__ import annotations
+
+import ctypes
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from ..search.layout import make_layout
+from ..search.plan import Plan
+from .weights import pack_weights
+
+
+class KernelError(RuntimeError):
+    """A CUDA call failed, an input was refused, or (debug builds) a dependency wait timed out."""
+
+
+def _driver():
+    try:
+        from cuda.bindings import driver
+    except ImportError as e:  # pragma: no cover
+        raise KernelError("cuda-python is not installed: pip install cuda-python") from e
+    return driver
+
+
+def _check(result):
+    """cuda-python returns (err, *values): raise on error, return the values."""
+    drv = _driver()
+    err, *rest = result if isinstance(result, tuple) else (result,)
+    if err != drv.CUresult.CUDA_SUCCESS:
+        _, name = drv.cuGetErrorName(err)
+        _, text = drv.cuGetErrorString(err)
+        raise KernelError(f"CUDA error {name.decode() if name else err}: {text.decode() if text else ''}")
+    if not rest:
+        return None
+    return rest[0] if len(rest) == 1 else tuple(rest)
+
+
+class _Args(ctypes.Structure):
+    """Mirror of adamk::Args (adamk/tasks.cuh)."""
+
+    _fields_ = [(n, ctypes.c_void_p) for n in (
+        "weights", "scratch", "counters", "k_cache", "v_cache", "tokens", "positions",
+        "next_tokens", "next_positions")] + [("epoch", ctypes.c_uint32), ("debug", ctypes.c_void_p)]
+
+
+class _WaitTimeout(ctypes.Structure):
+    _fields_ = [("flag", ctypes.c_uint32), ("sm", ctypes.c_int32), ("kind", ctypes.c_int32),
+                ("layer", ctypes.c_int32), ("task", ctypes.c_int32), ("counter", ctypes.c_int32),
+                ("value", ctypes.c_uint32), ("target", ctypes.c_uint32)]
+
+
+KIND_NAMES = ["qkv", "attn", "o", "gate_up", "down", "lm_head", "argmax"]
+
+
+class MegaKernelEngine:
+    def __init__(self, plan: Plan, fatbin: str | Path, *, device: int = 0, debug: bool = False) -> None:
+        drv = _driver()
+        self.plan, self.layout, self.debug = plan, make_layout(plan), debug
+        self.batch, self.vocab = plan.batch, plan.model.vocab_size
+        _check(drv.cuInit(0))
+        self.device = _check(drv.cuDeviceGet(device))
+        self.context = _check(drv.cuDevicePrimaryCtxRetain(self.device))  # shared with torch
+        _check(drv.cuCtxSetCurrent(self.context))
+        self._check_device()
+        self.module = _check(drv.cuModuleLoadData(Path(fatbin).read_bytes()))
+        self.kernel = _check(drv.cuModuleGetFunction(self.module, plan.kernel_name.encode()))
+        smem = plan.smem_bytes
+        _check(drv.cuFuncSetAttribute(
+            self.kernel, drv.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem))
+        per_sm = _check(drv.cuOccupancyMaxActiveBlocksPerMultiprocessor(self.kernel, plan.threads, smem))
+        if per_sm < 1:
+            raise KernelError(f"{plan.kernel_name}: a block ({plan.threads} threads, {smem} B shared memory) "
+                              "cannot be resident on an SM of this device")
+
+        L = self.layout
+        self.buffers: dict[str, int] = {}
+        self._alloc("weights", L.weights.total_bytes)
+        self._alloc("scratch", L.scratch.total_bytes, fill=0xFFFFFFFF)  # NaN poison: unwritten reads show
+        self._alloc("counters", L.counters.total_bytes, fill=0)
+        kv_bytes = L.kv_elems_per_layer * plan.model.num_hidden_layers * 2
+        self._alloc("k_cache", kv_bytes, fill=0)
+        self._alloc("v_cache", kv_bytes, fill=0)
+        for name in ("tokens0", "positions0", "tokens1", "positions1"):
+            self._alloc(name, 4 * self.batch, fill=0)
+        self._alloc("debug", ctypes.sizeof(_WaitTimeout), fill=0)
+        self.epoch = 0
+        self.stream = _check(drv.cuStreamCreate(0))
+
+    # ---------------------------------------------------------------------------- set-up
+    def _check_device(self) -> None:
+        drv = _driver()
+        attr = drv.CUdevice_attribute
+        sms = _check(drv.cuDeviceGetAttribute(attr.CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT, self.device))
+        coop = _check(drv.cuDeviceGetAttribute(attr.CU_DEVICE_ATTRIBUTE_COOPERATIVE_LAUNCH, self.device))
+        smem = _check(drv.cuDeviceGetAttribute(attr.CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN, self.device))
+        p = self.plan
+        if not coop:
+            raise KernelError("this device does not support cooperative launches")
+        if sms < p.sms:
+            raise KernelError(f"the plan needs {p.sms} SMs resident at once; this device has {sms}")
+        if smem < p.smem_bytes:
+            raise KernelError(f"the plan needs {p.smem_bytes} B of shared memory per block; this device allows {smem}")
+
+    def _alloc(self, name: str, nbytes: int, fill: int | None = None) -> None:
+        drv = _driver()
+        ptr = _check(drv.cuMemAlloc(max(nbytes, 16)))
+        self.buffers[name] = int(ptr)
+        if fill is not None:
+            _check(drv.cuMemsetD32(ptr, fill, max(nbytes, 16) // 4))
+
+    def load_weights(self, weights: Mapping[str, Any]) -> None:
+        """Pack HF-named weights into the plan's layout and upload them. CUDA torch tensors are
+        packed on the GPU and copied device to device."""
+        drv = _driver()
+        first = next(iter(weights.values()))
+        if getattr(first, "is_cuda", False):
+            from .weights import pack_weights_torch
+
+            packed = pack_weights_torch(self.layout, weights)
+            import torch
+
+            torch.cuda.synchronize()
+            _check(drv.cuMemcpyDtoD(self.buffers["weights"], packed.data_ptr(), packed.numel() * 2))
+            del packed
+        else:
+            self.load_packed(pack_weights(self.layout, weights))
+
+    def load_packed(self, packed: np.ndarray) -> None:
+        drv = _driver()
+        packed = np.ascontiguousarray(packed, dtype=np.uint16)
+        if packed.nbytes != self.layout.weights.total_bytes:
+            raise KernelError(f"packed weights are {packed.nbytes} B; the plan's layout needs "
+                              f"{self.layout.weights.total_bytes}")
+        _check(drv.cuMemcpyHtoD(self.buffers["weights"], packed.ctypes.data, packed.nbytes))
+
+    def reset(self) -> None:
+        """Forget every sequence: positions start again at 0 (the cache is simply overwritten)."""
+        drv = _driver()
+        _check(drv.cuMemsetD32(self.buffers["k_cache"], 0, self.layout.kv_elems_per_layer * self.plan.model.num_hidden_layers // 2))
+        _check(drv.cuMemsetD32(self.buffers["v_cache"], 0, self.layout.kv_elems_per_layer * self.plan.model.num_hidden_layers // 2))
+
+    # ---------------------------------------------------------------------------- stepping
+    def _validate(self, tokens: np.ndarray, positions: np.ndarray) -> None:
+        if tokens.shape != (self.batch,) or positions.shape != (self.batch,):
+            raise KernelError(f"expected {self.batch} tokens and positions (the plan's batch); got "
+                              f"{tokens.shape[0]} and {positions.shape[0]}")
+        if tokens.min() < 0 or tokens.max() >= self.vocab:
+            raise KernelError(f"token ids must be in [0, {self.vocab}); got {tokens.tolist()}")
+        if positions.min() < 0 or positions.max() >= self.plan.deploy.max_context:
+            raise KernelError(f"positions must be in [0, {self.plan.deploy.max_context}) (the KV cache's size); "
+                              f"got {positions.tolist()}")
+
+    def launch(self, slot: int = 0) -> None:
+        """Launch one decode step reading tokens/positions buffer `slot` and writing the other,
+        without synchronising: steps chain on the device."""
+        drv = _driver()
+        self.epoch += 1
+        b = self.buffers
+        args = _Args(b["weights"], b["scratch"], b["counters"], b["k_cache"], b["v_cache"],
+                     b[f"tokens{slot}"], b[f"positions{slot}"], b[f"tokens{1 - slot}"], b[f"positions{1 - slot}"],
+                     self.epoch & 0xFFFFFFFF, b["debug"])
+        self._args = args  # keep alive until the launch has read it
+        params = (ctypes.c_void_p * 1)(ctypes.addressof(args))
+        p = self.plan
+        _check(drv.cuLaunchCooperativeKernel(self.kernel, p.sms, 1, 1, p.threads, 1, 1, p.smem_bytes,
+                                             self.stream, ctypes.addressof(params)))
+
+    def synchronize(self) -> None:
+        drv = _driver()
+        try:
+            _check(drv.cuStreamSynchronize(self.stream))
+        finally:
+            if self.debug:
+                self._check_timeout()
+
+    def _check_timeout(self) -> None:
+        drv = _driver()
+        rec = _WaitTimeout()
+        _check(drv.cuMemcpyDtoH(ctypes.addressof(rec), self.buffers["debug"], ctypes.sizeof(rec)))
+        if rec.flag:
+            kind = KIND_NAMES[rec.kind] if 0 <= rec.kind < len(KIND_NAMES) else rec.kind
+            raise KernelError(f"dependency wait timed out: SM {rec.sm}, task {kind} layer {rec.layer} index "
+                              f"{rec.task} waited on counter {rec.counter} (value {rec.value}, target {rec.target})")
+
+    def step(self, tokens, positions, want_logits: bool = False):
+        """One decode step for the whole batch: returns next tokens [B] (and logits [B, V] f32)."""
+        drv = _driver()
+        tokens = np.ascontiguousarray(tokens, dtype=np.int32).reshape(-1)
+        positions = np.ascontiguousarray(positions, dtype=np.int32).reshape(-1)
+        self._validate(tokens, positions)
+        b = self.buffers
+        _check(drv.cuMemcpyHtoD(b["tokens0"], tokens.ctypes.data, tokens.nbytes))
+        _check(drv.cuMemcpyHtoD(b["positions0"], positions.ctypes.data, positions.nbytes))
+        self.launch(0)
+        self.synchronize()
+        out = np.empty(self.batch, np.int32)
+        _check(drv.cuMemcpyDtoH(out.ctypes.data, b["tokens1"], out.nbytes))
+        if not want_logits:
+            return out
+        logits = np.empty((self.batch, self.vocab), np.float32)
+        off = self.layout.scratch.globals_["logits"].offset * 4
+        _check(drv.cuMemcpyDtoH(logits.ctypes.data, b["scratch"] + off, logits.nbytes))
+        return out, logits
+
+    def generate(self, prompt: np.ndarray, n: int) -> np.ndarray:
+        """Greedy decoding: prompt [B, T] token ids (fed one step at a time), then n new tokens [B, n]."""
+        prompt = np.asarray(prompt, np.int32).reshape(self.batch, -1)
+        T = prompt.shape[1]
+        if T + n > self.plan.deploy.max_context:
+            raise KernelError(f"prompt {T} + {n} new tokens exceed the KV cache ({self.plan.deploy.max_context})")
+        nxt = None
+        for t in range(T):
+            nxt = self.step(prompt[:, t], np.full(self.batch, t, np.int32))
+        out = np.empty((self.batch, n), np.int32)
+        for i in range(n):
+            out[:, i] = nxt
+            if i + 1 < n:
+                nxt = self.step(nxt, np.full(self.batch, T + i, np.int32))
+        return out
+
+    def close(self) -> None:
+        drv = _driver()
+        for ptr in self.buffers.values():
+            drv.cuMemFree(ptr)
+        self.buffers.clear()
+        drv.cuModuleUnload(self.module)
+        drv.cuDevicePrimaryCtxRelease(self.device)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

@@ -1,0 +1,52 @@
+"""The kernels the GPU tests use, built here (nvcc and the CUTLASS headers are on the CPU
+machine) into the build cache ($ADAMK_CACHE), which travels to the GPU machine with the tests.
+
+    ADAMK_CACHE=.devbuild python -m tests.gpu.kernels     # prebuild every kernel below
+"""
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+
+from ada_mk.codegen.build import Artifacts, build
+from ada_mk.codegen.render import render
+from ada_mk.config import ModelConfig, load_config
+from ada_mk.search.plan import Plan
+from ada_mk.search.simple import make_plan
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# (config, planned-for GPU, batch, layers override or None, debug build)
+KERNELS = [
+    ("llama3.2-1b", "H100", 1, None, False),
+    ("llama3.2-1b", "H100", 4, None, False),
+    ("llama3.2-1b", "L20", 1, None, False),  # the Ada plan (99 KB smem), compiled for sm_90 too
+    ("llama3-8b", "H100", 1, None, False),
+    ("llama3-8b", "H100", 4, None, False),
+    ("qwen2.5-0.5b", "H100", 1, None, False),
+    ("qwen2.5-0.5b", "H100", 4, None, False),
+    ("mistral-7b", "H100", 1, None, False),
+    ("llama3.2-1b", "H100", 1, 2, True),  # sanitizer / debug-wait runs
+]
+
+
+def model_for(config: str, gpu: str, batch: int, layers: int | None, max_context: int = 1024):
+    m, d = load_config(ROOT / "configs" / f"{config}.yaml", gpu=gpu, batch=batch, max_context=max_context)
+    if layers is not None:
+        m = dataclasses.replace(m, num_hidden_layers=layers, name=f"{m.name}-{layers}l")
+    return m, d
+
+
+def kernel_for(config: str, gpu: str, batch: int, layers: int | None = None, debug: bool = False,
+               log=None) -> tuple[Plan, Artifacts]:
+    m, d = model_for(config, gpu, batch, layers)
+    plan = make_plan(m, d)
+    archs = ["sm_90a"]
+    return plan, build(render(plan), archs, debug=debug, library=False, log=log)
+
+
+if __name__ == "__main__":
+    for spec in KERNELS:
+        plan, art = kernel_for(*spec, log=lambda s: print("  " + s[:160], file=sys.stderr))
+        print(f"{plan.kernel_name}: {art.fatbin}", file=sys.stderr)
