@@ -2,6 +2,7 @@
 header. Pure text; nothing here compiles."""
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,4 +103,56 @@ def render(plan: Plan) -> Source:
         tilings=_tiling_rows(plan), smem=list(plan.smem_layout().items()), regions=_regions(layout),
         sm_runs=starts,
     )
-    return Source(name, {f"{name}.cu": kernel, f"{name}.schedule.inc": table})
+    files = {f"{name}.cu": kernel, f"{name}.schedule.inc": table}
+    files.update(render_host_api(plan, layout, env))
+    return Source(name, files)
+
+
+# ---- the C ABI: lib<name>.so's host code and its header ------------------------------------
+JSON_PIECE_LIMIT = 16000  # characters of one C string literal piece, escapes included
+
+
+def _c_escape(ch: str) -> str:
+    """One character of ASCII text inside a C string literal."""
+    if ch in '\\"':
+        return "\\" + ch
+    if ch == "?":
+        return "\\?"  # no trigraphs
+    if " " <= ch <= "~":
+        return ch
+    return f"\\{ord(ch):03o}"  # three octal digits: never runs into the next character
+
+
+def c_string_pieces(text: str, limit: int = JSON_PIECE_LIMIT) -> list[str]:
+    """`text` (ASCII) as the bodies of C string literals of fewer than `limit` characters each,
+    never splitting an escape."""
+    pieces, cur, n = [], [], 0
+    for ch in text:
+        e = _c_escape(ch)
+        if n + len(e) >= limit:
+            pieces.append("".join(cur))
+            cur, n = [], 0
+        cur.append(e)
+        n += len(e)
+    if cur or not pieces:
+        pieces.append("".join(cur))
+    return pieces
+
+
+def plan_json(plan: Plan, layout: Layout) -> str:
+    """What adamk_plan_json() returns: {"plan": plan.to_json(), "layout": layout.to_json()}."""
+    return json.dumps({"plan": plan.to_json(), "layout": layout.to_json()}, separators=(",", ":"),
+                      ensure_ascii=True, allow_nan=False)
+
+
+def render_host_api(plan: Plan, layout: Layout, env: jinja2.Environment | None = None) -> dict[str, str]:
+    """`<name>_host.cu` (the C ABI, compiled into lib<name>.so) and `<name>.h` (its header)."""
+    env = env or _env()
+    name = plan.kernel_name
+    text = plan_json(plan, layout)
+    common = dict(name=name, plan=plan, m=plan.model, gpu=plan.deploy.gpu, deploy=plan.deploy,
+                  version=__version__, weights_bytes=layout.weights.total_bytes)
+    host = env.get_template("host_api.cu.j2").render(
+        **common, json_pieces=c_string_pieces(text), json_chars=len(text), json_piece_limit=JSON_PIECE_LIMIT)
+    header = env.get_template("adamk_api.h.j2").render(**common)
+    return {f"{name}_host.cu": host, f"{name}.h": header}
