@@ -69,6 +69,13 @@ def make_plan(model: ModelConfig, deploy: DeployConfig, strategy: str = "round-r
     gpu, B = deploy.gpu, deploy.batch
     if model.head_dim % 32:
         raise PlanError(f"head_dim {model.head_dim}: the attention code needs a multiple of 32")
+    if strategy == "search":  # the offline search (search.py), validated before it is returned
+        from .search import search_plan
+        from .validate import validate_plan
+
+        plan = search_plan(model, deploy)
+        validate_plan(plan)
+        return plan
     # Activation chunks are staged in shared memory as bf16 [B][kc]; cap them at a quarter of it
     # (the LM head needs the whole hidden vector: it is never K-split, its argmax needs full sums).
     max_kc = max(model.hidden_size, (gpu.smem_per_block // 4) // (2 * B))
@@ -85,7 +92,7 @@ def make_plan(model: ModelConfig, deploy: DeployConfig, strategy: str = "round-r
             f"{model.name} on {gpu.name} batch {B}: needs {plan.smem_bytes} bytes of shared memory "
             f"with a 2-deep weight ring, the block limit is {gpu.smem_per_block}")
     if strategy != "round-robin":
-        raise PlanError(f"unknown strategy {strategy!r}")
+        raise PlanError(f"unknown strategy {strategy!r} (round-robin or search)")
     plan.schedule = round_robin(plan)
     return plan
 

@@ -1,0 +1,383 @@
+"""The cost model: predicted time of every task of a plan, and of the whole decode step.
+
+Each SM runs its task list in order. Two things happen on an SM at once:
+
+  * the loader streams the weight chunks of its whole task list, in order, through the ring;
+    it needs no dependency (weights never depend on activations), but it can run at most
+    `stages - 1` chunks ahead of the chunk being multiplied;
+  * the consumer takes the tasks one by one: it waits until the counters the task reads reach
+    their targets (plus the signal -> acquire latency), stages the activation chunk (unless the
+    previous task on the SM staged the same one), multiplies the task's chunks as they arrive,
+    reduces, stores and signals.
+
+With `bw` the SM's streaming rate, W a task's weight bytes and `pre` the part of them that fits
+in the ring ahead of the consumer, per linear task:
+
+    s   = max(end of previous task, ready + sync latency) + staging
+    f   = max(f_prev + W / bw, s + (1 - pre) * W / bw)          (the loader finishes the task)
+    end = max(s + compute, f + one chunk's compute) + task overhead
+
+so weight loads overlap dependency waits up to the ring's depth. An SM streams at most
+min(its share of the read bandwidth, bytes in flight / loaded DRAM latency) (Little's law: the
+ring keeps `stages - 1` chunks in flight). Attention tasks read no weights (the loader streams
+past them); they cost a fixed part plus the latency-bound loop over their positions.
+
+The constants are estimates until calibrated by GPU micro-benchmarks (adamk-tune); every one
+is marked as such in its table entry.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..config.gpus import GpuSpec
+from .dag import Dag
+from .plan import KIND_IDS, LINEAR_KINDS, Plan, Task
+
+US = 1e-6
+
+
+@dataclass(frozen=True)
+class CostConstants:
+    gpu: str
+    sync_latency_s: float  # a counter bump (release) seen by a spinning consumer (acquire)
+    task_overhead_s: float  # per task: cross-warp reduction, partial-sum stores, barrier, signal
+    chunk_overhead_s: float  # per ring chunk: cp.async wait and __syncthreads
+    stage_fixed_s: float  # staging an activation chunk: its barriers and first-load latency
+    l2_bw_per_sm: float  # bytes/s one SM reads from L2 while staging
+    mem_latency_s: float  # loaded DRAM latency (in-flight bytes / latency caps an SM's stream)
+    alu_rate_per_sm: float  # fp32 instructions/s of one SM (lanes x boost clock)
+    attn_fixed_s: float  # attention task: RoPE, q/k/v loads, 3 block barriers, warp combine
+    attn_iter_s: float  # one position per warp: K/V loads (latency bound), bookkeeping
+    attn_head_s: float  # one position per warp per query head: dot product, shuffles, exp
+    argmax_s: float  # the final argmax task
+    launch_s: float  # kernel launch and block start, added once per step
+    source: str = "estimate"
+
+
+def _est(gpu: str, *, sync: float, l2_tb_s: float, sms: int, alu: float, lat: float = 1.0) -> CostConstants:
+    return CostConstants(
+        gpu=gpu,
+        sync_latency_s=sync * US,
+        task_overhead_s=0.5 * US,
+        chunk_overhead_s=0.05 * US,
+        stage_fixed_s=0.6 * US,
+        l2_bw_per_sm=l2_tb_s * 1e12 / sms,
+        mem_latency_s=lat * US,
+        alu_rate_per_sm=alu,
+        attn_fixed_s=2.0 * US,
+        attn_iter_s=0.2 * US,
+        attn_head_s=0.03 * US,
+        argmax_s=1.5 * US,
+        launch_s=4.0 * US,
+        source=(f"estimate for {gpu} (not calibrated): sync {sync} us, L2 {l2_tb_s} TB/s shared by {sms} SMs,"
+                f" DRAM latency {lat} us under load, {alu:.3g} fp32 instr/s per SM; calibration by"
+                " micro-benchmarks replaces these"),
+    )
+
+
+# Estimates: latencies from public micro-benchmark papers of Hopper/Ada (order of magnitude),
+# clocks and lane counts from the vendor whitepapers; none measured on this project's cards yet.
+COSTS: dict[str, CostConstants] = {
+    "H100": _est("H100", sync=1.0, l2_tb_s=5.5, sms=132, alu=128 * 1.755e9),
+    "H200": _est("H200", sync=1.0, l2_tb_s=5.5, sms=132, alu=128 * 1.755e9),
+    "A100": _est("A100", sync=1.2, l2_tb_s=4.0, sms=108, alu=64 * 1.41e9),
+    "L20": _est("L20", sync=1.2, l2_tb_s=3.5, sms=92, alu=128 * 2.52e9),
+    "L40S": _est("L40S", sync=1.2, l2_tb_s=4.5, sms=142, alu=128 * 2.52e9),
+    "RTX4090": _est("RTX4090", sync=1.2, l2_tb_s=5.0, sms=128, alu=128 * 2.52e9),
+}
+
+
+def constants_for(gpu: GpuSpec) -> CostConstants:
+    c = COSTS.get(gpu.name)
+    if c is not None:
+        return c
+    return _est(gpu.name, sync=1.2, l2_tb_s=4.0, sms=gpu.sms, alu=128 * 1.8e9)
+
+
+def staged_key(kind: str, layer: int, idx: int, ksplit: int) -> int:
+    """The kernel's key of a staged activation chunk (stage, layer, K-split)."""
+    return KIND_IDS[kind] | layer << 8 | (idx % ksplit) << 20
+
+
+class CostModel:
+    """Per-kind timing parameters of one plan (its tilings, ring and attention splits)."""
+
+    def __init__(self, plan: Plan, constants: CostConstants | None = None, context: int | None = None,
+                 dag: Dag | None = None):
+        self.plan = plan
+        self.c = c = constants or constants_for(plan.deploy.gpu)
+        self.dag = dag or Dag(plan, context)
+        gpu, B, S = plan.deploy.gpu, plan.batch, plan.stages
+        self.share = gpu.read_bandwidth / plan.sms
+        self.kinds: dict[str, dict] = {}
+        for kind in LINEAR_KINDS:
+            t = plan.tilings[kind]
+            chunk = t.chunk_rows * t.kc * 2
+            in_flight = max(1, S - 1) * chunk
+            bw = min(self.share, in_flight / c.mem_latency_s)
+            per_chunk = c.chunk_overhead_s + t.chunk_rows * t.kc * (1 + 2 * B) / c.alu_rate_per_sm
+            self.kinds[kind] = dict(
+                bw=bw,
+                compute=t.chunks * per_chunk,
+                last=per_chunk,
+                ksplit=t.ksplit,
+                tiles=t.tiles,
+                wt=t.rows * t.kc * 2 / bw,
+                wt_last=(t.n - (t.tiles - 1) * t.rows) * t.kc * 2 / bw,
+            )
+        m = plan.model
+        iters = -(-self.dag.kv_positions() // 8)
+        attn_loop = iters * (c.attn_iter_s + m.group_size * c.attn_head_s)
+        kv_time = self.dag.kv_bytes("attn") / self.share
+        self.attn_time = (c.attn_fixed_s + self.dag.staging_bytes("attn", 1) / c.l2_bw_per_sm
+                          + max(attn_loop, kv_time) + c.task_overhead_s)
+        self.argmax_time = c.argmax_s + self.dag.staging_bytes("argmax", 0) / c.l2_bw_per_sm
+        self._stage: dict = {}
+
+    def stage_time(self, kind: str, layer: int) -> float:
+        key = (kind, layer == 0)
+        v = self._stage.get(key)
+        if v is None:
+            v = self.c.stage_fixed_s + self.dag.staging_bytes(kind, layer) / self.c.l2_bw_per_sm
+            self._stage[key] = v
+        return v
+
+    def load_time(self, kind: str, idx: int) -> float:
+        k = self.kinds[kind]
+        return k["wt_last"] if idx // k["ksplit"] == k["tiles"] - 1 else k["wt"]
+
+    @property
+    def depth(self) -> int:
+        """Chunks the loader may run ahead of the consumer: stages - 1."""
+        return max(1, self.plan.stages - 1)
+
+    def linear_end(self, kind: str, layer: int, idx: int, end_prev: float, f_prev: float, reuse: bool,
+                   ready: float, hist: list, want_hist: bool = True) -> tuple:
+        """(exec start, loader finish, end, new ring history) of a linear task.
+
+        `ready` includes the sync latency. `hist` holds, oldest first, when the consumer began
+        each of the SM's last `depth` chunks: chunk j of this task may load only once chunk
+        j - depth (counted over the SM's whole stream) has begun (the ring slot is free)."""
+        k = self.kinds[kind]
+        t = self.plan.tilings[kind]
+        c, D = t.chunks, self.depth
+        ct = self.load_time(kind, idx) / c
+        s = max(end_prev, ready) + (0.0 if reuse else self.stage_time(kind, layer))
+        m = min(c, D)
+        a = f_prev + m * ct
+        for j in range(m):
+            v = hist[j] + (m - j) * ct
+            if v > a:
+                a = v
+        f = a if c <= D else max(a, s) + (c - m) * ct
+        end = max(s + k["compute"], f + k["last"]) + self.c.task_overhead_s
+        if not want_hist:
+            return s, f, end, None
+        body = end - self.c.task_overhead_s - s
+        new = (list(hist) + [s + body * i / c for i in range(max(0, c - D), c)])[-D:]
+        return s, f, end, new
+
+    def linear_end_vec(self, kind: str, layer: int, idx: int, end: np.ndarray, f: np.ndarray,
+                       reuse: np.ndarray, ready: float, hist: np.ndarray):
+        """linear_end for every SM at once (arrays over SMs; hist is [SMs][depth])."""
+        k = self.kinds[kind]
+        t = self.plan.tilings[kind]
+        c, D = t.chunks, self.depth
+        ct = self.load_time(kind, idx) / c
+        s = np.maximum(end, ready) + np.where(reuse, 0.0, self.stage_time(kind, layer))
+        m = min(c, D)
+        a = np.maximum(f + m * ct, (hist[:, :m] + (m - np.arange(m)) * ct).max(axis=1))
+        fn = a if c <= D else np.maximum(a, s) + (c - m) * ct
+        e = np.maximum(s + k["compute"], fn + k["last"]) + self.c.task_overhead_s
+        return s, fn, e
+
+    def push_hist(self, kind: str, hist_row: list, s: float, end: float) -> list:
+        c, D = self.plan.tilings[kind].chunks, self.depth
+        body = end - self.c.task_overhead_s - s
+        return (list(hist_row) + [s + body * i / c for i in range(max(0, c - D), c)])[-D:]
+
+
+# ---- simulation of a fixed schedule ----------------------------------------------------------
+
+class Deadlock(RuntimeError):
+    def __init__(self, msg: str, stuck: list):
+        super().__init__(msg)
+        self.stuck = stuck
+
+
+class _Counters:
+    """Counter states during a simulation: bumps so far, time of the last bump, last bumper."""
+
+    def __init__(self, plan: Plan):
+        self.plan = plan
+        self.cnt: dict = {}
+        self.time: dict = {}
+        self.last: dict = {}
+        self.done: dict = {}  # resolved dependency ranges -> (time, producer)
+
+    def _arrays(self, stage: str, layer: int):
+        key = (stage, layer)
+        c = self.cnt.get(key)
+        if c is None:
+            p = self.plan
+            n = p.tilings[stage].tiles if stage != "attn" else p.batch * p.model.num_key_value_heads
+            c = self.cnt[key] = [0] * n
+            self.time[key] = [0.0] * n
+            self.last[key] = [None] * n
+        return c, self.time[key], self.last[key]
+
+    def bump(self, sig: tuple, t: float, who) -> None:
+        stage, layer, i = sig
+        c, tm, last = self._arrays(stage, layer)
+        c[i] += 1
+        if t >= tm[i]:
+            tm[i] = t
+            last[i] = who
+
+    def ready(self, dep: tuple):
+        """(time, producer) when every counter of the range reached its target; None if not yet."""
+        r = self.done.get(dep)
+        if r is not None:
+            return r
+        stage, layer, first, count, per = dep
+        c, tm, last = self._arrays(stage, layer)
+        seg = c[first:first + count]
+        if len(seg) < count or min(seg) < per:
+            return None
+        ts = tm[first:first + count]
+        j = max(range(count), key=ts.__getitem__)
+        r = self.done[dep] = (ts[j], last[first + j])
+        return r
+
+
+@dataclass
+class SimResult:
+    """Predicted timeline of one decode step (seconds from the kernel's start)."""
+
+    plan: Plan
+    tasks: list  # Task per record, in simulation order
+    sm: list  # SM of each record
+    wait: list  # when the SM reached the task (end of its previous task)
+    start: list  # when it started executing it (its inputs ready)
+    end: list
+    pred: list  # the record index that bound its start (dependency or SM predecessor), or -1
+    makespan: float
+    launch_s: float
+    constants: CostConstants
+    index: dict = field(default_factory=dict)  # Task -> record
+
+    @property
+    def predicted_s(self) -> float:
+        return self.makespan + self.launch_s
+
+    def critical_path(self) -> list[int]:
+        """Record indices from the first to the last task along the binding predecessors."""
+        if not self.end:
+            return []
+        i = max(range(len(self.end)), key=self.end.__getitem__)
+        path = []
+        while i >= 0:
+            path.append(i)
+            i = self.pred[i]
+        return path[::-1]
+
+    def per_kind_time(self) -> dict[str, float]:
+        """Busy SM-seconds per kind (start to end)."""
+        out: dict[str, float] = {}
+        for t, s, e in zip(self.tasks, self.start, self.end):
+            out[t.kind] = out.get(t.kind, 0.0) + (e - s)
+        return out
+
+    def stage_spans(self) -> dict[tuple[str, int], tuple[float, float]]:
+        """(kind, layer) -> (first start, last end)."""
+        out: dict = {}
+        for t, s, e in zip(self.tasks, self.start, self.end):
+            k = (t.kind, t.layer)
+            a = out.get(k)
+            out[k] = (s, e) if a is None else (min(a[0], s), max(a[1], e))
+        return out
+
+
+def simulate(plan: Plan, cost: CostModel | None = None, *, context: int | None = None,
+             per_sm: list[list[Task]] | None = None) -> SimResult:
+    """Run the plan's per-SM task lists against the dependency rule and the cost model.
+
+    Raises Deadlock when some SM's next task can never become ready (a task waiting on one
+    scheduled after it on the same SM, or a cycle across SMs)."""
+    cost = cost or CostModel(plan, context=context)
+    dag = cost.dag
+    lists = per_sm if per_sm is not None else [plan.sm_tasks(s) for s in range(plan.sms)]
+    S = len(lists)
+    pos = [0] * S
+    end = [0.0] * S
+    f = [0.0] * S
+    staged = [-1] * S
+    last_rec = [-1] * S
+    hist = [[0.0] * cost.depth for _ in range(S)]
+    ctr = _Counters(plan)
+    sync = cost.c.sync_latency_s
+    res = SimResult(plan, [], [], [], [], [], [], 0.0, cost.c.launch_s, cost.c)
+    rec_of: dict = {}
+    progress = True
+    while progress:
+        progress = False
+        for s in range(S):
+            lst = lists[s]
+            while pos[s] < len(lst):
+                t = lst[pos[s]]
+                kind, layer, idx = t.kind, t.layer, t.index
+                ready, who = 0.0, None
+                ok = True
+                for d in dag.deps_of(kind, layer, idx):
+                    r = ctr.ready(d)
+                    if r is None:
+                        ok = False
+                        break
+                    if r[0] + sync > ready:
+                        ready, who = r[0] + sync, r[1]
+                if not ok:
+                    break
+                e0 = end[s]
+                if kind in LINEAR_KINDS:
+                    key = staged_key(kind, layer, idx, cost.kinds[kind]["ksplit"])
+                    st, f[s], e, hist[s] = cost.linear_end(kind, layer, idx, e0, f[s], staged[s] == key, ready,
+                                                           hist[s])
+                    staged[s] = key
+                    st = max(e0, ready)
+                elif kind == "attn":
+                    st = max(e0, ready)
+                    e = st + cost.attn_time
+                else:
+                    st = max(e0, ready)
+                    e = st + cost.argmax_time
+                i = len(res.tasks)
+                res.tasks.append(t)
+                res.sm.append(s)
+                res.wait.append(e0)
+                res.start.append(st)
+                res.end.append(e)
+                res.pred.append(rec_of.get(who, -1) if (who is not None and ready > e0) else last_rec[s])
+                rec_of[t] = i
+                last_rec[s] = i
+                end[s] = e
+                sig = dag.signal_of(kind, layer, idx)
+                if sig is not None:
+                    ctr.bump(sig, e, t)
+                pos[s] += 1
+                progress = True
+    stuck = [(s, lists[s][pos[s]]) for s in range(S) if pos[s] < len(lists[s])]
+    if stuck:
+        s, t = stuck[0]
+        raise Deadlock(
+            f"deadlock: {len(stuck)} SM(s) wait forever; SM {s} waits at task {t.kind}[{t.index}] of layer"
+            f" {t.layer} (its inputs are produced later on the same SM or by a task that waits on it)",
+            stuck)
+    res.makespan = max(res.end) if res.end else 0.0
+    res.index = rec_of
+    return res
+
+
+__all__ = ["CostConstants", "COSTS", "constants_for", "CostModel", "SimResult", "simulate", "Deadlock",
+           "staged_key", "np"]

@@ -1,0 +1,207 @@
+"""The tile-level DAG of one decode step: every task with its bytes, FLOPs and exact dependencies.
+
+Dependencies are those of `deps.task_deps` (the rule the kernel implements), at tile
+granularity: a K-split task of the O projection waits only for the attention heads its K-chunk
+reads; a K-chunk of the down projection waits only for the gate/up tiles of its own columns.
+`deps_of` caches them per task class (they repeat from layer to layer).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .deps import task_deps, task_signal
+from .plan import LINEAR_KINDS, WARPS, Plan, Task
+
+STAGE_ORDER = ("qkv", "attn", "o", "gate_up", "down")  # the kinds of one layer, in topological order
+
+DepT = tuple  # (stage, layer, first, count, per_step)
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    task: Task
+    weight_bytes: int  # streamed from DRAM through the weight ring
+    stage_bytes: int  # activation bytes read (L2) to stage its input chunk, when not reused
+    kv_bytes: int  # K/V cache bytes read (attention)
+    out_bytes: int  # partial results written
+    flops: int
+    deps: tuple  # of DepT
+    signal: tuple | None  # (stage, layer, counter)
+
+
+class Dag:
+    """Per-task properties of a plan's decode step, computed per class and cached."""
+
+    def __init__(self, plan: Plan, context: int | None = None):
+        self.plan = plan
+        m = plan.model
+        self.context = min(plan.deploy.max_context, 512) if context is None else int(context)
+        self._deps: dict = {}
+        self._L = m.num_hidden_layers
+
+    # ---- dependencies --------------------------------------------------------------------
+    def deps_of(self, kind: str, layer: int, idx: int) -> tuple:
+        key = (kind, idx, layer == 0)
+        rel = self._deps.get(key)
+        if rel is None:
+            rep = 0 if layer == 0 else 1
+            if kind in ("lm_head", "argmax"):
+                rep = layer
+            rel = tuple((d.stage, d.layer - rep, d.first, d.count, d.per_step)
+                        for d in task_deps(self.plan, Task(kind, rep, idx)))
+            self._deps[key] = rel
+        if kind in ("lm_head", "argmax"):
+            return rel
+        return tuple((s, layer + dl, f, c, p) for (s, dl, f, c, p) in rel)
+
+    def signal_of(self, kind: str, layer: int, idx: int) -> tuple | None:
+        return task_signal(self.plan, Task(kind, layer, idx))
+
+    def producers(self, stage: str, layer: int, counter: int) -> list[Task]:
+        """The tasks that bump counter `counter` of `stage` in `layer`."""
+        p = self.plan
+        if stage == "attn":
+            ns = p.attn_splits
+            return [Task("attn", layer, counter * ns + j) for j in range(ns)]
+        ks = p.tilings[stage].ksplit
+        return [Task(stage, layer, counter * ks + s) for s in range(ks)]
+
+    # ---- bytes and FLOPs -----------------------------------------------------------------
+    def rows_of(self, kind: str, idx: int) -> int:
+        t = self.plan.tilings[kind]
+        lo, hi = t.row_range(idx // t.ksplit)
+        return hi - lo
+
+    def weight_bytes(self, kind: str, idx: int) -> int:
+        if kind not in LINEAR_KINDS:
+            return 0
+        return self.rows_of(kind, idx) * self.plan.tilings[kind].kc * 2
+
+    def ring_bytes(self, kind: str) -> int:
+        """Bytes a task of `kind` occupies in the ring: whole chunks (the last tile's padding
+        rows are not loaded, but their slots are)."""
+        if kind not in LINEAR_KINDS:
+            return 0
+        t = self.plan.tilings[kind]
+        return t.chunks * self.plan.stage_bytes
+
+    def staging_bytes(self, kind: str, layer: int) -> int:
+        """Bytes read from global memory (mostly L2) to build the input chunk of a task."""
+        p, m, B = self.plan, self.plan.model, self.plan.batch
+        H = m.hidden_size
+        if kind in ("qkv", "gate_up", "lm_head"):
+            kc = p.tilings[kind].kc
+            if kind == "qkv" and layer == 0:
+                return B * (H + kc) * 2  # the embedding rows, bf16
+            prev = {"qkv": "down", "gate_up": "o", "lm_head": "down"}[kind]
+            ns = p.tilings[prev].ksplit
+            return B * (H + kc) * 4 * ns + (H + kc) * 2  # the partial sums twice + gamma
+        if kind == "o":
+            kc = p.tilings["o"].kc
+            heads = -(-kc // m.head_dim)
+            return B * kc * p.attn_splits * 4 + 3 * B * heads * p.attn_splits * 2 * 4
+        if kind == "down":
+            kc = p.tilings["down"].kc
+            return B * kc * 2 * p.tilings["gate_up"].ksplit * 4
+        if kind == "attn":  # the q, k, v partial sums of one group
+            return (m.group_size + 2) * m.head_dim * p.tilings["qkv"].ksplit * 4
+        if kind == "argmax":
+            return B * p.tilings["lm_head"].tiles * 8
+        return 0
+
+    def kv_positions(self) -> int:
+        """Positions one attention task reads at the nominal context."""
+        return -(-self.context // self.plan.attn_splits)
+
+    def kv_bytes(self, kind: str) -> int:
+        if kind != "attn":
+            return 0
+        return self.kv_positions() * self.plan.model.head_dim * 2 * 2
+
+    def flops(self, kind: str, idx: int) -> int:
+        p, m = self.plan, self.plan.model
+        if kind in LINEAR_KINDS:
+            return 2 * self.rows_of(kind, idx) * p.tilings[kind].kc * p.batch
+        if kind == "attn":
+            return 4 * m.group_size * m.head_dim * self.kv_positions()
+        return 0
+
+    def out_bytes(self, kind: str, idx: int) -> int:
+        p, m = self.plan, self.plan.model
+        if kind in LINEAR_KINDS:
+            return self.rows_of(kind, idx) * p.batch * 4
+        if kind == "attn":
+            return m.group_size * (m.head_dim + 2) * 4
+        return 8 * p.batch
+
+    def info(self, task: Task) -> TaskInfo:
+        k, l, i = task.kind, task.layer, task.index
+        return TaskInfo(task, self.weight_bytes(k, i), self.staging_bytes(k, l), self.kv_bytes(k),
+                        self.out_bytes(k, i), self.flops(k, i), self.deps_of(k, l, i), self.signal_of(k, l, i))
+
+    # ---- whole-step totals ---------------------------------------------------------------
+    def totals(self) -> dict[str, dict[str, int]]:
+        """Per kind: tasks, weight bytes and FLOPs of the whole step."""
+        p = self.plan
+        out = {}
+        L = p.model.num_hidden_layers
+        for kind in STAGE_ORDER + ("lm_head", "argmax"):
+            n = p.tasks_of(kind)
+            reps = L if kind in STAGE_ORDER else 1
+            wb = sum(self.weight_bytes(kind, i) for i in range(n)) if kind in LINEAR_KINDS else 0
+            fl = sum(self.flops(kind, i) for i in range(n))
+            out[kind] = {"tasks": n * reps, "weight_bytes": wb * reps, "flops": fl * reps,
+                         "kv_bytes": self.kv_bytes(kind) * n * reps}
+        return out
+
+
+def stage_priority(plan: Plan, kind: str) -> list[int]:
+    """The indices of a stage's tasks in the order their consumers need them: QKV tiles group by
+    group, attention group-major (an O K-chunk needs its heads for every sequence), gate/up tiles
+    in the order of the down projection's K-chunks, split-major for K-split consumers (the staged
+    activation chunk is then reused by consecutive tasks)."""
+    m = plan.model
+    hd, G = m.head_dim, m.group_size
+    n = plan.tasks_of(kind)
+    if kind == "qkv":
+        t = plan.tilings["qkv"]
+
+        def group(row: int) -> int:
+            if row < m.q_size:
+                return row // (G * hd)
+            if row < m.q_size + m.kv_size:
+                return (row - m.q_size) // hd
+            return (row - m.q_size - m.kv_size) // hd
+
+        def key(i: int):
+            tile, split = divmod(i, t.ksplit)
+            lo, hi = t.row_range(tile)
+            return (min(group(lo), group(hi - 1)), tile, split)
+        return sorted(range(n), key=key)
+    if kind == "attn":
+        ns, nkv = plan.attn_splits, m.num_key_value_heads
+
+        def key(i: int):
+            j = i % ns
+            g = (i // ns) % nkv
+            b = i // (ns * nkv)
+            return (g, b, j)
+        return sorted(range(n), key=key)
+    if kind == "gate_up":
+        t = plan.tilings["gate_up"]
+        kcd = plan.tilings["down"].kc
+        inter = m.intermediate_size
+
+        def key(i: int):
+            tile, split = divmod(i, t.ksplit)
+            lo, hi = t.row_range(tile)
+            c = min((lo % inter) // kcd, ((hi - 1) % inter) // kcd) if lo // inter == (hi - 1) // inter else 0
+            return (c, tile, split)
+        return sorted(range(n), key=key)
+    if kind in ("o", "down"):
+        ks = plan.tilings[kind].ksplit
+        return sorted(range(n), key=lambda i: (i % ks, i // ks))
+    return list(range(n))
+
+
+__all__ = ["Dag", "TaskInfo", "STAGE_ORDER", "stage_priority", "WARPS"]

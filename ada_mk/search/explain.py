@@ -1,0 +1,161 @@
+"""`adamk-gen --explain`: what the plan decided and what the cost model predicts for it.
+
+explain(plan, out_dir) writes into out_dir:
+  explain.txt   per stage the tiles, K-split, shared memory and predicted time; the critical path;
+                peak shared memory with and without K-split
+  gantt.png     the per-SM schedule (matplotlib, imported only here)
+  trace.json    a Chrome / Perfetto trace (chrome://tracing, ui.perfetto.dev): one process per SM,
+                each task an "X" event, waits on a second track
+and returns the text of explain.txt.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from .cost import CostModel, SimResult, simulate
+from .dag import Dag
+from .plan import LINEAR_KINDS, Plan
+from .smem import describe, peak_smem, smem_report
+
+KIND_COLORS = {"qkv": "#4e79a7", "attn": "#f28e2b", "o": "#e15759", "gate_up": "#76b7b2", "down": "#59a14f",
+               "lm_head": "#edc948", "argmax": "#b07aa1"}
+
+
+def _us(s: float) -> str:
+    return f"{s * 1e6:,.1f} us"
+
+
+def report(plan: Plan, sim: SimResult | None = None, *, unsplit: Plan | None = None,
+           unsplit_sim: SimResult | None = None) -> str:
+    sim = sim or simulate(plan)
+    m, d = plan.model, plan.deploy
+    dag = Dag(plan)
+    totals = dag.totals()
+    L = m.num_hidden_layers
+    lines = [f"plan {plan.kernel_name} ({plan.strategy}): {m.name} on {d.gpu.name} ({d.gpu.sms} SMs,"
+             f" {d.gpu.read_bandwidth / 1e9:,.0f} GB/s read), batch {plan.batch}, context {dag.context}",
+             f"predicted step: {_us(sim.predicted_s)} (schedule {_us(sim.makespan)} + launch {_us(sim.launch_s)})"]
+    wbytes = sum(v["weight_bytes"] for v in totals.values())
+    floor = wbytes / d.gpu.read_bandwidth
+    lines.append(f"weights read: {wbytes / 1e9:.3f} GB; floor bytes / read bandwidth {_us(floor)}"
+                 f" ({100 * floor / sim.predicted_s:.0f}% of the prediction)")
+    lines.append(f"cost model: {sim.constants.source}")
+    lines.append("")
+    lines.append("per stage (times: predicted busy SM-time summed over the step, and the mean span of one layer):")
+    spans = sim.stage_spans()
+    busy = sim.per_kind_time()
+    rep = smem_report(plan)
+    lines.append(f"  {'stage':8s} {'rows':>5s} {'ksplit':>6s} {'wpr':>3s} {'tasks/layer':>11s} {'chunk B':>8s}"
+                 f" {'x B':>6s} {'SM-time':>12s} {'layer span':>12s}")
+    for kind in ("qkv", "attn", "o", "gate_up", "down", "lm_head", "argmax"):
+        n = plan.tasks_of(kind)
+        per = [spans[(kind, l)] for l in range(L if kind not in ("lm_head", "argmax") else 1) if (kind, l) in spans]
+        span = sum(e - s for s, e in per) / max(1, len(per))
+        if kind in LINEAR_KINDS:
+            t, ss = plan.tilings[kind], rep.per_stage[kind]
+            lines.append(f"  {kind:8s} {t.rows:5d} {t.ksplit:6d} {t.warps_per_row:3d} {n:11d} {ss.chunk_bytes:8d}"
+                         f" {ss.x:6d} {_us(busy.get(kind, 0.0)):>12s} {_us(span):>12s}")
+        else:
+            extra = f"splits {plan.attn_splits}" if kind == "attn" else ""
+            lines.append(f"  {kind:8s} {'':5s} {'':6s} {'':3s} {n:11d} {'':8s} {'':6s}"
+                         f" {_us(busy.get(kind, 0.0)):>12s} {_us(span):>12s}  {extra}")
+    lines.append("")
+    lines += describe(rep)
+    same_unsplit = peak_smem(plan, ksplit=False)
+    lines.append(f"peak shared memory with K-split: {plan.smem_bytes} B; the same plan unsplit: {same_unsplit} B"
+                 f" ({100 * (1 - plan.smem_bytes / same_unsplit):.0f}% saved)")
+    if unsplit is not None:
+        usim = unsplit_sim or simulate(unsplit)
+        lines.append(f"best plan without K-split (smem limit lifted): {unsplit.smem_bytes} B, predicted"
+                     f" {_us(usim.predicted_s)}; K-split cuts peak shared memory by"
+                     f" {100 * (1 - plan.smem_bytes / unsplit.smem_bytes):.0f}% at"
+                     f" {100 * (sim.predicted_s / usim.predicted_s - 1):+.1f}% predicted time"
+                     f" ({'fits' if unsplit.smem_bytes <= d.gpu.smem_per_block else 'does not fit'}"
+                     f" {d.gpu.smem_per_block} B unsplit)")
+    lines.append("")
+    path = sim.critical_path()
+    lines.append(f"critical path ({len(path)} tasks), grouped by stage:")
+    groups: list = []
+    for i in path:
+        t = sim.tasks[i]
+        key = (t.kind, t.layer)
+        if groups and groups[-1][0] == key:
+            groups[-1][2] = sim.end[i]
+            groups[-1][3] += 1
+        else:
+            groups.append([key, sim.start[i], sim.end[i], 1, sim.sm[i]])
+    shown = groups if len(groups) <= 24 else groups[:12] + [None] + groups[-12:]
+    for g in shown:
+        if g is None:
+            lines.append(f"  ... {len(groups) - 24} more groups ...")
+            continue
+        (kind, layer), s, e, n, sm = g
+        lines.append(f"  {kind:8s} layer {layer:3d}: {n:3d} task(s) {_us(s):>14s} -> {_us(e):>14s} (from SM {sm})")
+    lines.append("")
+    runs = sum(len(r) for r in plan.schedule)
+    lines.append(f"schedule: {len(sim.tasks)} tasks in {runs} runs over {plan.sms} SMs")
+    return "\n".join(lines) + "\n"
+
+
+def trace_events(sim: SimResult) -> dict:
+    ev = []
+    for sm in sorted(set(sim.sm)):
+        ev.append({"name": "process_name", "ph": "M", "pid": sm, "args": {"name": f"SM {sm}"}})
+        ev.append({"name": "thread_name", "ph": "M", "pid": sm, "tid": 0, "args": {"name": "tasks"}})
+        ev.append({"name": "thread_name", "ph": "M", "pid": sm, "tid": 1, "args": {"name": "waits"}})
+    for t, sm, w, s, e in zip(sim.tasks, sim.sm, sim.wait, sim.start, sim.end):
+        ev.append({"name": f"{t.kind} L{t.layer} #{t.index}", "cat": t.kind, "ph": "X", "pid": sm, "tid": 0,
+                   "ts": round(s * 1e6, 4), "dur": round((e - s) * 1e6, 4),
+                   "args": {"kind": t.kind, "layer": t.layer, "index": t.index}})
+        if s > w:
+            ev.append({"name": "wait", "cat": "wait", "ph": "X", "pid": sm, "tid": 1,
+                       "ts": round(w * 1e6, 4), "dur": round((s - w) * 1e6, 4)})
+    return {"traceEvents": ev, "displayTimeUnit": "ns",
+            "otherData": {"predicted_us": sim.predicted_s * 1e6, "source": "ada_mk cost model (predicted)"}}
+
+
+def gantt(sim: SimResult, path: str | os.PathLike, title: str = "") -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    S = sim.plan.sms
+    fig, ax = plt.subplots(figsize=(16, max(4, S * 0.06)), dpi=110)
+    bars: dict = {}
+    for t, sm, s, e in zip(sim.tasks, sim.sm, sim.start, sim.end):
+        bars.setdefault((t.kind, sm), []).append((s * 1e6, (e - s) * 1e6))
+    for (kind, sm), xs in bars.items():
+        ax.broken_barh(xs, (sm - 0.4, 0.8), facecolors=KIND_COLORS.get(kind, "grey"), linewidth=0)
+    ax.set_ylim(-1, S)
+    ax.invert_yaxis()
+    ax.set_xlabel("time (us, predicted)")
+    ax.set_ylabel("SM")
+    ax.set_title(title or f"{sim.plan.model.name} on {sim.plan.deploy.gpu.name}: predicted {sim.predicted_s * 1e6:,.1f} us")
+    ax.legend(handles=[Patch(color=c, label=k) for k, c in KIND_COLORS.items()], loc="upper right", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def explain(plan: Plan, out_dir: str | os.PathLike, *, compare_unsplit: bool = True, png: bool = True) -> str:
+    """Write explain.txt, gantt.png and trace.json into out_dir; return the report text."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    sim = simulate(plan, CostModel(plan))
+    unsplit = None
+    if compare_unsplit:
+        from .search import best_unsplit
+        unsplit = best_unsplit(plan.model, plan.deploy)
+    text = report(plan, sim, unsplit=unsplit)
+    (out / "explain.txt").write_text(text)
+    (out / "trace.json").write_text(json.dumps(trace_events(sim)))
+    if png:
+        gantt(sim, out / "gantt.png")
+    return text
+
+
+__all__ = ["explain", "report", "trace_events", "gantt"]

@@ -1,0 +1,475 @@
+"""The offline search: per-stage tiling, K-split, ring depth and attention splits, and the static
+task-to-SM order, chosen to minimise the cost model's predicted makespan.
+
+Order: list scheduling. Tasks are taken in a topological order (layer by layer, stage by stage;
+inside a stage in the order their consumers need them, see dag.stage_priority), and each goes to
+the SM that would finish it first given what that SM already holds (its previous task's end, its
+loader's progress through the ring, the activation chunk it has staged). Every SM's list is then
+a subsequence of one topological order: no SM ever waits on a task scheduled after it, and no
+cycle is possible.
+
+Tiling: candidates are screened on a two-layer model of the step (the steady-state layer period
+extrapolated to all layers, the LM head scheduled apart), improved by coordinate descent, and the
+best few are scheduled in full. Everything is deterministic: fixed candidate order, ties broken
+by the lowest SM index and the first candidate.
+"""
+from __future__ import annotations
+
+import dataclasses
+import heapq
+import sys
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from ..config import DeployConfig, ModelConfig
+from .cost import CostConstants, CostModel, _Counters, constants_for, simulate, staged_key
+from .dag import STAGE_ORDER, Dag, stage_priority
+from .plan import LINEAR_KINDS, THREADS, WARPS, LinearTiling, Plan, Task, compress_runs
+from .smem import required_stage_bytes
+
+Progress = Callable[[str, float], None]  # (message, fraction done)
+
+
+# ---- list scheduling ---------------------------------------------------------------------------
+
+@dataclass
+class Schedule:
+    per_sm: list  # per SM: list of Task, in execution order
+    makespan: float
+    layer_done: list  # per layer: when its last down task ends
+    head_start: float  # when the first LM-head task starts
+
+
+def _kinds_of(plan: Plan, layers: range | None, head: bool):
+    L = plan.model.num_hidden_layers
+    for layer in (range(L) if layers is None else layers):
+        for kind in STAGE_ORDER:
+            yield kind, layer
+    if head:
+        yield "lm_head", 0
+        yield "argmax", 0
+
+
+def list_schedule(plan: Plan, cost: CostModel | None = None, *, layers: range | None = None,
+                  head: bool = True, init: tuple | None = None, progress: Progress | None = None) -> Schedule:
+    """Earliest-finish list scheduling of the plan's tasks (or of `layers` and/or the head).
+
+    Tasks of a stage never depend on each other, so their ready times are known when the stage
+    begins; consecutive tasks with the same ready time, staged chunk and size form a group, for
+    which the SMs' finish times sit in a heap (only the SM just given a task changes). Ties go
+    to the lowest SM index.
+
+    `init` = (end, loader, staged, ring history) of the SMs before the first task (default: all
+    idle at time 0)."""
+    cost = cost or CostModel(plan)
+    dag = cost.dag
+    S = plan.sms
+    D = cost.depth
+    if init is None:
+        end = [0.0] * S
+        f = [0.0] * S
+        staged = [-1] * S
+        hist = [[0.0] * D for _ in range(S)]
+    else:
+        end, f, staged = list(init[0]), list(init[1]), list(init[2])
+        hist = [list(h) for h in init[3]]
+    per_sm: list[list] = [[] for _ in range(S)]
+    ctr = _Counters(plan)
+    sync = cost.c.sync_latency_s
+    L = plan.model.num_hidden_layers
+    layer_done = [0.0] * L
+    head_start = float("inf")
+    prio = {k: stage_priority(plan, k) for k in STAGE_ORDER + ("lm_head", "argmax")}
+    stages = list(_kinds_of(plan, layers, head))
+    heappush, heappop = heapq.heappush, heapq.heappop
+    for n_done, (kind, layer) in enumerate(stages):
+        if progress is not None and n_done % 5 == 0:
+            progress("schedule", n_done / len(stages))
+        linear = kind in LINEAR_KINDS
+        ks = cost.kinds[kind]["ksplit"] if linear else 1
+        items = []
+        for idx in prio[kind]:
+            ready = 0.0
+            for d in dag.deps_of(kind, layer, idx):
+                r = ctr.ready(d)
+                if r is None:  # only when scheduling a window whose producers are outside it
+                    continue
+                if r[0] + sync > ready:
+                    ready = r[0] + sync
+            key = staged_key(kind, layer, idx, ks) if linear else -1
+            wt = cost.load_time(kind, idx) if linear else 0.0
+            items.append((idx, ready, key, wt))
+        fixed = 0.0 if linear else (cost.attn_time if kind == "attn" else cost.argmax_time)
+        g0 = 0
+        while g0 < len(items):
+            idx0, ready, key, wt = items[g0]
+            g1 = g0 + 1
+            while g1 < len(items) and items[g1][1:] == (ready, key, wt):
+                g1 += 1
+            if linear:
+                s_v, f_v, e_v = cost.linear_end_vec(kind, layer, idx0, np.array(end), np.array(f),
+                                                    np.array(staged) == key, ready, np.array(hist))
+                heap = [(float(e_v[i]), i, float(s_v[i]), float(f_v[i])) for i in range(S)]
+            else:
+                heap = [(max(end[i], ready) + fixed, i, 0.0, 0.0) for i in range(S)]
+            heapq.heapify(heap)
+            for idx, _, _, _ in items[g0:g1]:
+                t_end, i, s_i, f_i = heappop(heap)
+                if linear:
+                    f[i] = f_i
+                    staged[i] = key
+                    hist[i] = cost.push_hist(kind, hist[i], s_i, t_end)
+                    end[i] = t_end
+                    s2, f2, e2, _ = cost.linear_end(kind, layer, idx, end[i], f[i], True, ready, hist[i], False)
+                    heappush(heap, (e2, i, s2, f2))
+                else:
+                    end[i] = t_end
+                    heappush(heap, (max(t_end, ready) + fixed, i, 0.0, 0.0))
+                per_sm[i].append((kind, layer, idx))
+                sig = dag.signal_of(kind, layer, idx)
+                if sig is not None:
+                    ctr.bump(sig, t_end, None)
+                if kind == "lm_head" and t_end < head_start:
+                    head_start = t_end
+                if kind == "down" and t_end > layer_done[layer]:
+                    layer_done[layer] = t_end
+            g0 = g1
+    if progress is not None:
+        progress("schedule", 1.0)
+    sched = Schedule([[Task(*x) for x in lst] for lst in per_sm], max(end), layer_done, head_start)
+    sched.state = (end, f, staged, hist)  # type: ignore[attr-defined]
+    return sched
+
+
+# ---- the tiling search ---------------------------------------------------------------------------
+
+CHUNK_COUNTS = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 20, 24, 32, 48, 64)
+ATTN_SPLITS = (1, 2, 4, 6, 8, 12, 16, 24, 32)
+MAX_STAGES = 8
+TIME_TOL = 0.002  # plans within 0.2% of the best predicted time count as equally fast
+
+
+def linear_shapes(model: ModelConfig) -> dict[str, tuple[int, int]]:
+    m = model
+    return {
+        "qkv": (m.q_size + 2 * m.kv_size, m.hidden_size),
+        "o": (m.hidden_size, m.q_size),
+        "gate_up": (2 * m.intermediate_size, m.hidden_size),
+        "down": (m.hidden_size, m.intermediate_size),
+        "lm_head": (m.vocab_size, m.hidden_size),
+    }
+
+
+def valid_splits(kind: str, k: int, max_split: int = 64) -> list[int]:
+    if kind == "lm_head":
+        return [1]
+    return [s for s in range(1, max_split + 1) if k % s == 0 and (k // s) % 8 == 0]
+
+
+def tiling_ok(kind: str, t: LinearTiling) -> str | None:
+    """Why a tiling is not one the kernel can run, or None."""
+    if t.warps_per_row not in (1, 2, 4, 8):
+        return f"warps_per_row {t.warps_per_row} not in 1, 2, 4, 8"
+    if t.rows <= 0 or t.rows % t.chunk_rows:
+        return f"rows {t.rows} not a positive multiple of the chunk's {t.chunk_rows} rows"
+    if t.ksplit <= 0 or t.k % t.ksplit or (t.k // t.ksplit) % 8:
+        return f"ksplit {t.ksplit} does not cut K={t.k} into multiples of 8"
+    if kind == "lm_head" and t.ksplit != 1:
+        return "the LM head cannot be K-split (its argmax needs full sums)"
+    return None
+
+
+@dataclass
+class Candidate:
+    tilings: dict
+    attn_splits: int
+    stages: int
+    time: float = float("inf")  # predicted step time (screening model or full schedule)
+    smem: int = 0
+    full: bool = False
+
+    def key(self) -> tuple:
+        return (tuple((k, t.rows, t.ksplit, t.warps_per_row) for k, t in sorted(self.tilings.items())),
+                self.attn_splits, self.stages)
+
+
+class Searcher:
+    """Evaluates candidate plans for one (model, deployment) with one cost model, with caching."""
+
+    def __init__(self, model: ModelConfig, deploy: DeployConfig, *, allow_ksplit: bool = True,
+                 smem_limit: int | None = None, constants: CostConstants | None = None,
+                 context: int | None = None, progress: Progress | None = None):
+        self.model, self.deploy = model, deploy
+        self.allow_ksplit = allow_ksplit
+        self.limit = deploy.gpu.smem_per_block if smem_limit is None else smem_limit
+        self.constants = constants or constants_for(deploy.gpu)
+        self.context = context
+        self.progress = progress
+        self.shapes = linear_shapes(model)
+        self._cache: dict = {}
+        self._head: dict = {}
+        self.evals = 0
+
+    # -- plans ---------------------------------------------------------------------------------
+    def plan_of(self, tilings: dict, attn_splits: int, stages: int, model: ModelConfig | None = None) -> Plan:
+        gpu = self.deploy.gpu
+        return Plan(model or self.model, self.deploy, gpu.sms, THREADS, dict(tilings), attn_splits, stages,
+                    required_stage_bytes(tilings), [], strategy="search")
+
+    def max_stages(self, tilings: dict, attn_splits: int) -> int:
+        p = self.plan_of(tilings, attn_splits, 0)
+        fixed, sb = p.smem_bytes, p.stage_bytes
+        return min(MAX_STAGES, (self.limit - fixed) // sb)
+
+    def cost_of(self, plan: Plan) -> CostModel:
+        return CostModel(plan, self.constants, self.context)
+
+    # -- evaluation ----------------------------------------------------------------------------
+    def screen(self, tilings: dict, attn_splits: int, stages: int | None = None) -> Candidate:
+        """Predicted step time on the screening model: one steady-state layer x layers, plus the
+        LM head scheduled from a synchronised start. Stages default to the deepest ring that fits."""
+        if stages is None:
+            stages = self.max_stages(tilings, attn_splits)
+        cand = Candidate(dict(tilings), attn_splits, stages)
+        key = cand.key()
+        hit = self._cache.get(key)
+        if hit is not None:
+            return hit
+        if stages < 2:
+            cand.time = float("inf")
+            cand.smem = self.plan_of(tilings, attn_splits, 2).smem_bytes
+            self._cache[key] = cand
+            return cand
+        plan = self.plan_of(tilings, attn_splits, stages)
+        cost = self.cost_of(plan)
+        self.evals += 1
+        layer = list_schedule(plan, cost, layers=range(1, 2), head=False)
+        hkey = (tilings["lm_head"], tilings["down"].ksplit, stages, plan.stage_bytes)
+        head = self._head.get(hkey)
+        if head is None:
+            head = self._head[hkey] = list_schedule(plan, cost, layers=range(0), head=True).makespan
+        L = self.model.num_hidden_layers
+        cand.time = L * layer.makespan + head + cost.c.sync_latency_s + cost.c.launch_s
+        cand.smem = plan.smem_bytes
+        self._cache[key] = cand
+        return cand
+
+    def full(self, cand: Candidate) -> tuple[Candidate, Plan]:
+        """Schedule every task of the candidate; its time becomes the full prediction."""
+        plan = self.plan_of(cand.tilings, cand.attn_splits, cand.stages)
+        cost = self.cost_of(plan)
+        sched = list_schedule(plan, cost, progress=self.progress)
+        plan.schedule = [compress_runs(lst) for lst in sched.per_sm]
+        out = Candidate(dict(cand.tilings), cand.attn_splits, cand.stages,
+                        sched.makespan + cost.c.launch_s, plan.smem_bytes, True)
+        return out, plan
+
+    # -- candidate tilings ---------------------------------------------------------------------
+    def options(self, kind: str) -> list[LinearTiling]:
+        n, k = self.shapes[kind]
+        splits = valid_splits(kind, k) if self.allow_ksplit else [1]
+        out = []
+        for s in splits:
+            for wpr in (1, 2, 4, 8):
+                cr = WARPS // wpr
+                for c in CHUNK_COUNTS:
+                    rows = cr * c
+                    if rows >= n + cr:
+                        break
+                    out.append(LinearTiling(n, k, rows, s, wpr))
+        return out
+
+    def initial(self, stage_target: int) -> dict:
+        """Per kind: the smallest K-split whose chunk fits beside the hidden-size activation
+        chunk, the fewest warps per row whose chunk fits `stage_target`, and the rows that
+        balance the stage's tasks over the SMs (by the cost model's per-task estimate)."""
+        m, gpu = self.model, self.deploy.gpu
+        H = m.hidden_size
+        tilings = {}
+        share = gpu.read_bandwidth / gpu.sms
+        for kind, (n, k) in self.shapes.items():
+            splits = valid_splits(kind, k) if self.allow_ksplit else [1]
+            s = next((x for x in splits if k // x <= H), splits[-1])
+            kc = k // s
+            wpr = next((w for w in (1, 2, 4, 8) if (WARPS // w) * kc * 2 <= stage_target), 8)
+            cr = WARPS // wpr
+            best = None
+            for c in CHUNK_COUNTS:
+                rows = cr * c
+                if rows >= n + cr:
+                    break
+                t = LinearTiling(n, k, rows, s, wpr)
+                rounds = -(-t.tasks // gpu.sms)
+                est = rounds * (rows * kc * 2 / share + self.constants.task_overhead_s + self.constants.stage_fixed_s)
+                if best is None or est < best[0] * (1 - 1e-9):
+                    best = (est, t)
+            tilings[kind] = best[1]
+        return tilings
+
+    def attn_options(self) -> list[int]:
+        B, nkv, sms = self.deploy.batch, self.model.num_key_value_heads, self.deploy.gpu.sms
+        fill = max(1, min(32, sms // (B * nkv)))
+        return sorted(set(ATTN_SPLITS) | {fill})
+
+    def neighbours(self, kind: str, t: LinearTiling) -> list[LinearTiling]:
+        """Tilings near `t`: other rows (a few chunk counts either side), other warps per row
+        (keeping about the same rows), other K-splits (halved or doubled)."""
+        n, k = t.n, t.k
+        out = []
+        cr = t.chunk_rows
+        cnts = [c for c in CHUNK_COUNTS if cr * c < n + cr]
+        if t.chunks in cnts:
+            i = cnts.index(t.chunks)
+            for j in range(max(0, i - 2), min(len(cnts), i + 3)):
+                if j != i:
+                    out.append(dataclasses.replace(t, rows=cr * cnts[j]))
+        for wpr in (t.warps_per_row // 2, t.warps_per_row * 2):
+            if wpr in (1, 2, 4, 8):
+                cr2 = WARPS // wpr
+                rows = max(cr2, round(t.rows / cr2) * cr2)
+                out.append(dataclasses.replace(t, rows=rows, warps_per_row=wpr))
+        if self.allow_ksplit and kind != "lm_head":
+            splits = valid_splits(kind, k)
+            i = splits.index(t.ksplit)
+            for j in (i - 1, i + 1):
+                if 0 <= j < len(splits):
+                    s2 = splits[j]
+                    # keep the task's bytes about the same: rows scale with the split
+                    rows = max(cr, round(t.rows * s2 / t.ksplit / cr) * cr)
+                    out.append(dataclasses.replace(t, ksplit=s2))
+                    if rows != t.rows:
+                        out.append(dataclasses.replace(t, ksplit=s2, rows=rows))
+        return [x for x in out if tiling_ok(kind, x) is None]
+
+    # -- the search ----------------------------------------------------------------------------
+    def better(self, a: Candidate, b: Candidate) -> bool:
+        """Is a better than b: clearly faster, or as fast with less shared memory."""
+        if a.time < b.time * (1 - TIME_TOL):
+            return True
+        if a.time <= b.time * (1 + TIME_TOL) and a.smem < b.smem:
+            return True
+        return False
+
+    def descend(self, cand: Candidate, rounds: int = 2, frac: tuple = (0.0, 1.0)) -> Candidate:
+        best = cand
+        lo, hi = frac
+        for r in range(rounds):
+            improved = False
+            kinds = list(LINEAR_KINDS)
+            for ki, kind in enumerate(kinds):
+                self._tick("search", lo + (hi - lo) * (r + ki / (len(kinds) + 1)) / rounds)
+                for t in self.neighbours(kind, best.tilings[kind]):
+                    til = dict(best.tilings)
+                    til[kind] = t
+                    c = self.screen(til, best.attn_splits)
+                    if self.better(c, best):
+                        best, improved = c, True
+            for a in self.attn_options():
+                if a != best.attn_splits:
+                    c = self.screen(best.tilings, a)
+                    if self.better(c, best):
+                        best, improved = c, True
+            if not improved:
+                break
+        return best
+
+    def trim_stages(self, cand: Candidate) -> Candidate:
+        """The shallowest ring predicted as fast as the deepest one that fits."""
+        best = cand
+        for d in range(2, cand.stages):
+            c = self.screen(cand.tilings, cand.attn_splits, d)
+            if c.time <= cand.time * (1 + TIME_TOL):
+                best = c
+                break
+        return best
+
+    def _tick(self, what: str, frac: float) -> None:
+        if self.progress is not None:
+            self.progress(what, min(1.0, max(0.0, frac)))
+
+    def run(self, finalists: int = 2) -> tuple[Plan, dict]:
+        t0 = time.perf_counter()
+        gpu = self.deploy.gpu
+        targets = sorted({4 * 1024, 8 * 1024, 16 * 1024, 32 * 1024, 64 * 1024})
+        starts = []
+        for tgt in targets:
+            til = self.initial(tgt)
+            a = max(1, min(32, gpu.sms // (self.deploy.batch * self.model.num_key_value_heads)))
+            c = self.screen(til, a)
+            if c.time < float("inf"):
+                starts.append(c)
+        if not starts:
+            raise_no_fit(self)
+        starts.sort(key=lambda c: (c.time, c.smem))
+        bests = []
+        n_start = min(1, len(starts))
+        for i, c in enumerate(starts[:n_start]):
+            bests.append(self.descend(c, frac=(0.8 * i / n_start, 0.8 * (i + 1) / n_start)))
+        uniq: dict = {}
+        for c in sorted(bests, key=lambda c: (c.time, c.smem)):
+            uniq.setdefault(c.key(), c)
+        finals = []
+        for c in list(uniq.values())[:finalists]:
+            c = self.trim_stages(c)
+            finals.append(self.full(c))
+        best_c, best_p = finals[0]
+        for c, p in finals[1:]:
+            if self.better(c, best_c):
+                best_c, best_p = c, p
+        best_p.notes = {
+            "predicted_us": round(best_c.time * 1e6, 2),
+            "search_evals": self.evals,
+            "search_s": round(time.perf_counter() - t0, 3),
+            "cost_model": self.constants.source,
+            "context": self.cost_of(best_p).dag.context,
+            "ksplit": self.allow_ksplit,
+        }
+        self._tick("search", 1.0)
+        return best_p, best_p.notes
+
+
+def raise_no_fit(s: Searcher):
+    from .simple import PlanError
+    m, d = s.model, s.deploy
+    raise PlanError(f"{m.name} on {d.gpu.name} batch {d.batch}: no tiling fits {s.limit} bytes of shared memory"
+                    f" with a 2-deep weight ring")
+
+
+def search_plan(model: ModelConfig, deploy: DeployConfig, *, allow_ksplit: bool = True,
+                smem_limit: int | None = None, constants: CostConstants | None = None,
+                context: int | None = None, progress: Progress | bool | None = None) -> Plan:
+    """The searched plan for (model, deploy): tilings, attention splits, ring depth and the
+    static per-SM order minimising the predicted step time (then shared memory). Deterministic.
+
+    progress: a callback (message, fraction) or True for a progress bar on stderr."""
+    if progress is True:
+        progress = stderr_bar()
+    s = Searcher(model, deploy, allow_ksplit=allow_ksplit, smem_limit=smem_limit, constants=constants,
+                 context=context, progress=progress or None)
+    plan, _ = s.run()
+    if progress:
+        progress("done", 1.0)
+    return plan
+
+
+def best_unsplit(model: ModelConfig, deploy: DeployConfig, **kw) -> Plan:
+    """The best plan without any K-split, the shared-memory limit lifted (the counterfactual the
+    paper's claim compares against: without K-split some models do not fit Ada at all)."""
+    return search_plan(model, deploy, allow_ksplit=False, smem_limit=kw.pop("smem_limit", 1 << 30), **kw)
+
+
+def stderr_bar(width: int = 30) -> Progress:
+    state = {"last": -1}
+
+    def cb(msg: str, frac: float) -> None:
+        n = int(frac * width)
+        if n == state["last"] and msg != "done":
+            return
+        state["last"] = n
+        end = "\n" if msg == "done" else ""
+        sys.stderr.write(f"\radamk search [{'#' * n}{'.' * (width - n)}] {int(frac * 100):3d}% {msg:10s}{end}")
+        sys.stderr.flush()
+    return cb

@@ -1,0 +1,153 @@
+"""Plan validation, before any code is generated: a plan the kernel would run wrongly, or hang on,
+is refused with the reason (PlanError).
+
+Checked:
+  * tilings: shapes match the model, rows a multiple of the chunk rows, K-splits cut K into
+    multiples of 8, the LM head unsplit, warps per row in 1/2/4/8; attention splits in 1..32;
+  * shared memory: the ring slot holds every stage's chunk, at least 2 slots, the block's total
+    within the GPU's per-block limit;
+  * the schedule: one list per SM, well-formed runs, every task of the step exactly once (each
+    output tile / K-split partial written once, none missing);
+  * counters: each counter is bumped exactly per_step times per step by its producers, and every
+    dependency names existing counters with that same target;
+  * deadlock freedom: the per-SM lists are run against the dependency rule (cost.simulate); if
+    some SM can never proceed (a task waiting on one scheduled after it on the same SM, or a
+    cycle across SMs) the plan is refused.
+"""
+from __future__ import annotations
+
+from collections import Counter
+
+from .cost import CostModel, Deadlock, simulate
+from .dag import Dag
+from .plan import KIND_IDS, LINEAR_KINDS, THREADS, Plan, Task
+from .search import linear_shapes, tiling_ok
+from .simple import PlanError
+from .smem import required_stage_bytes
+
+
+def _check_tilings(plan: Plan) -> None:
+    shapes = linear_shapes(plan.model)
+    if set(plan.tilings) != set(LINEAR_KINDS):
+        raise PlanError(f"tilings for {sorted(plan.tilings)}; expected {list(LINEAR_KINDS)}")
+    for kind, (n, k) in shapes.items():
+        t = plan.tilings[kind]
+        if (t.n, t.k) != (n, k):
+            raise PlanError(f"{kind}: tiling is for a {t.n} x {t.k} matrix, the model's is {n} x {k}")
+        why = tiling_ok(kind, t)
+        if why:
+            raise PlanError(f"{kind}: {why}")
+    if not 1 <= plan.attn_splits <= 32:
+        raise PlanError(f"attn_splits {plan.attn_splits} outside 1..32")
+    if plan.threads != THREADS:
+        raise PlanError(f"threads {plan.threads}; the kernel is written for {THREADS}")
+
+
+def _check_smem(plan: Plan) -> None:
+    need = required_stage_bytes(plan.tilings)
+    if plan.stage_bytes < need:
+        raise PlanError(f"stage_bytes {plan.stage_bytes} < {need}, the largest chunk of any stage")
+    if plan.stage_bytes % 16:
+        raise PlanError(f"stage_bytes {plan.stage_bytes} not a multiple of 16 (cp.async granularity)")
+    if plan.stages < 2:
+        raise PlanError(f"a {plan.stages}-slot weight ring; the pipeline needs at least 2")
+    limit = plan.deploy.gpu.smem_per_block
+    if plan.smem_bytes > limit:
+        lay = plan.smem_layout()
+        raise PlanError(
+            f"needs {plan.smem_bytes} bytes of shared memory per block, {plan.deploy.gpu.name} allows {limit}"
+            f" (ring {plan.stages} x {plan.stage_bytes}, activation {plan.x_bytes}, attention {plan.attn_bytes},"
+            f" layout {lay})")
+
+
+def _check_schedule(plan: Plan) -> list[list[Task]]:
+    if plan.sms != plan.deploy.gpu.sms:
+        raise PlanError(f"plan for {plan.sms} SMs; {plan.deploy.gpu.name} has {plan.deploy.gpu.sms}")
+    if len(plan.schedule) != plan.sms:
+        raise PlanError(f"schedule has {len(plan.schedule)} SM lists; the plan has {plan.sms} SMs")
+    L = plan.model.num_hidden_layers
+    lists = []
+    for sm, runs in enumerate(plan.schedule):
+        for r in runs:
+            if r.kind not in KIND_IDS:
+                raise PlanError(f"SM {sm}: run of unknown kind {r.kind!r}")
+            if r.count < 1 or (r.count > 1 and r.stride < 1):
+                raise PlanError(f"SM {sm}: malformed run {r} (count >= 1, stride >= 1)")
+            last_layer = 0 if r.kind in ("lm_head", "argmax") else L - 1
+            if not 0 <= r.layer <= last_layer:
+                raise PlanError(f"SM {sm}: run {r} names layer {r.layer} (0..{last_layer})")
+            n = plan.tasks_of(r.kind)
+            if r.start < 0 or r.start + (r.count - 1) * r.stride >= n:
+                raise PlanError(f"SM {sm}: run {r} names task indices outside 0..{n - 1} of {r.kind}")
+        lists.append(plan.sm_tasks(sm))
+    seen = Counter(t for lst in lists for t in lst)
+    dups = [t for t, c in seen.items() if c > 1]
+    if dups:
+        t = min(dups, key=lambda t: (t.layer, KIND_IDS[t.kind], t.index))
+        raise PlanError(f"task {t.kind}[{t.index}] of layer {t.layer} scheduled {seen[t]} times: its output tile"
+                        f" would be written twice ({len(dups)} duplicated task(s))")
+    want = plan.all_tasks()
+    missing = [t for t in want if t not in seen]
+    if missing:
+        t = missing[0]
+        raise PlanError(f"task {t.kind}[{t.index}] of layer {t.layer} is never scheduled: its output tile would"
+                        f" never be written ({len(missing)} missing task(s))")
+    if len(seen) != len(want):  # cannot happen after the range checks; kept as a guard
+        raise PlanError(f"{len(seen)} distinct tasks scheduled; the step has {len(want)}")
+    return lists
+
+
+def _check_counters(plan: Plan, dag: Dag) -> None:
+    """Each counter receives exactly per_step bumps; every dependency waits for that target."""
+    bumps: Counter = Counter()
+    for t in plan.all_tasks():
+        sig = dag.signal_of(t.kind, t.layer, t.index)
+        if sig is not None:
+            bumps[sig] += 1
+    m = plan.model
+    sizes = {"attn": plan.batch * m.num_key_value_heads}
+    per_step = {"attn": plan.attn_splits}
+    for k in LINEAR_KINDS:
+        sizes[k] = plan.tilings[k].tiles
+        per_step[k] = plan.tilings[k].ksplit
+    for (stage, layer, i), c in bumps.items():
+        if not 0 <= i < sizes[stage]:
+            raise PlanError(f"counter {stage}[{i}] of layer {layer} does not exist ({sizes[stage]} counters)")
+        if c != per_step[stage]:
+            raise PlanError(f"counter {stage}[{i}] of layer {layer} is bumped {c} times per step, its consumers"
+                            f" wait for {per_step[stage]}")
+    L = m.num_hidden_layers
+    for layer in range(L):
+        for stage in ("qkv", "attn", "o", "gate_up", "down"):
+            for i in range(sizes[stage]):
+                if bumps[(stage, layer, i)] != per_step[stage]:
+                    raise PlanError(f"counter {stage}[{i}] of layer {layer} is bumped {bumps[(stage, layer, i)]}"
+                                    f" times per step, its consumers wait for {per_step[stage]}")
+    # Dependencies: one representative per task class (they repeat per layer).
+    for kind in ("qkv", "attn", "o", "gate_up", "down", "lm_head", "argmax"):
+        for layer in ((0, 1) if kind == "qkv" and L > 1 else (0,)):
+            for idx in range(plan.tasks_of(kind)):
+                for stage, dl, first, count, per in dag.deps_of(kind, layer, idx):
+                    if per != per_step[stage]:
+                        raise PlanError(f"{kind}[{idx}] waits for {stage} counters to reach {per}, they reach"
+                                        f" {per_step[stage]}")
+                    if first < 0 or count < 1 or first + count > sizes[stage]:
+                        raise PlanError(f"{kind}[{idx}] waits on {stage} counters {first}..{first + count - 1}"
+                                        f" of {sizes[stage]}")
+
+
+def validate_plan(plan: Plan, *, simulate_deadlock: bool = True) -> None:
+    """Raise PlanError with the reason when the plan is not one the kernel can run correctly."""
+    _check_tilings(plan)
+    _check_smem(plan)
+    lists = _check_schedule(plan)
+    dag = Dag(plan)
+    _check_counters(plan, dag)
+    if simulate_deadlock:
+        try:
+            simulate(plan, CostModel(plan, dag=dag), per_sm=lists)
+        except Deadlock as e:
+            raise PlanError(str(e)) from None
+
+
+__all__ = ["validate_plan", "PlanError"]

@@ -1,0 +1,176 @@
+"""The offline search: fits Ada's 99 KB, K-split halves peak shared memory at no worse predicted
+time, beats round-robin in the cost model, is deterministic and fast enough."""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from ada_mk.config import load_config
+from ada_mk.search.cost import CostModel, simulate
+from ada_mk.search.dag import Dag, stage_priority
+from ada_mk.search.deps import task_deps
+from ada_mk.search.explain import explain
+from ada_mk.search.plan import compress_runs
+from ada_mk.search.search import TIME_TOL, best_unsplit, list_schedule, search_plan
+from ada_mk.search.simple import PlanError, make_plan
+from ada_mk.search.smem import peak_smem, smem_report
+from ada_mk.search.validate import validate_plan
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = sorted(p.stem for p in (ROOT / "configs").glob("*.yaml"))
+
+
+@functools.lru_cache(maxsize=None)
+def cfg(name: str, gpu: str, batch: int = 1):
+    return load_config(ROOT / "configs" / f"{name}.yaml", gpu=gpu, batch=batch)
+
+
+@functools.lru_cache(maxsize=None)
+def searched(name: str, gpu: str, batch: int = 1):
+    m, d = cfg(name, gpu, batch)
+    return search_plan(m, d)
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_l20_plan_fits_and_ksplit_halves_peak_smem(name):
+    m, d = cfg(name, "L20")
+    plan = searched(name, "L20")
+    validate_plan(plan)
+    assert plan.smem_bytes <= d.gpu.smem_per_block == 99 * 1024
+    unsplit = best_unsplit(m, d)
+    assert all(t.ksplit == 1 for t in unsplit.tilings.values())
+    t_split = simulate(plan).predicted_s
+    t_unsplit = simulate(unsplit).predicted_s
+    # The paper's claim, in this cost model: at least 50% less peak shared memory ...
+    assert plan.smem_bytes <= 0.5 * unsplit.smem_bytes, (plan.smem_bytes, unsplit.smem_bytes)
+    # ... at no worse predicted time.
+    assert t_split <= t_unsplit * (1 + TIME_TOL), (t_split, t_unsplit)
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_searched_beats_round_robin_on_l20(name):
+    m, d = cfg(name, "L20")
+    rr = simulate(make_plan(m, d)).predicted_s
+    assert simulate(searched(name, "L20")).predicted_s <= rr
+
+
+@pytest.mark.parametrize("name", ["llama3.2-1b", "llama3-8b", "qwen2.5-0.5b"])
+@pytest.mark.parametrize("gpu", ["H100", "H200"])
+def test_searched_beats_round_robin_on_hopper(name, gpu):
+    m, d = cfg(name, gpu)
+    plan = searched(name, gpu)
+    validate_plan(plan)
+    assert simulate(plan).predicted_s <= simulate(make_plan(m, d)).predicted_s
+
+
+@pytest.mark.parametrize("batch", [2, 8])
+def test_batched_plans(batch):
+    m, d = cfg("llama3.2-1b", "L20", batch)
+    plan = search_plan(m, d)
+    validate_plan(plan)
+    assert simulate(plan).predicted_s <= simulate(make_plan(m, d)).predicted_s
+
+
+def test_scheduler_prediction_matches_simulation():
+    """The list scheduler and the fixed-schedule simulator implement the same cost model."""
+    m, d = cfg("llama3.2-1b", "L20")
+    plan = dataclasses.replace(searched("llama3.2-1b", "L20"), schedule=[])
+    cost = CostModel(plan)
+    sched = list_schedule(plan, cost)
+    plan.schedule = [compress_runs(lst) for lst in sched.per_sm]
+    assert simulate(plan, CostModel(plan)).makespan == pytest.approx(sched.makespan, rel=1e-12)
+
+
+def test_deterministic():
+    m, d = cfg("llama3.2-1b", "L20")
+    a, b = search_plan(m, d), search_plan(m, d)
+    ja, jb = a.to_json(), b.to_json()
+    for j in (ja, jb):
+        j["notes"].pop("search_s")
+    assert json.dumps(ja, sort_keys=True) == json.dumps(jb, sort_keys=True)
+    assert a.schedule == b.schedule
+
+
+def test_8b_plans_quickly():
+    """The issue asks for < 10 s on 2 cores; asserted loosely (CI machines vary)."""
+    m, d = cfg("llama3-8b", "L20")
+    seen = []
+    t0 = time.perf_counter()
+    plan = search_plan(m, d, progress=lambda msg, frac: seen.append(frac))
+    elapsed = time.perf_counter() - t0
+    assert elapsed < 30, elapsed
+    assert seen and seen[-1] == 1.0
+    validate_plan(plan)
+
+
+def test_make_plan_strategies():
+    m, d = cfg("llama3.2-1b", "L20")
+    assert make_plan(m, d).strategy == "round-robin"
+    p = make_plan(m, d, strategy="search")
+    assert p.strategy == "search"
+    with pytest.raises(PlanError, match="strategy"):
+        make_plan(m, d, strategy="random")
+
+
+def test_schedule_is_topologically_consistent():
+    """Every SM's list follows one global topological order: no task precedes, on its SM, a task
+    it depends on."""
+    plan = searched("llama3.2-1b", "L20")
+    for sm in range(plan.sms):
+        seen_at = {}
+        for i, t in enumerate(plan.sm_tasks(sm)):
+            seen_at[t] = i
+        for t, i in seen_at.items():
+            for dep in task_deps(plan, t):
+                dag = Dag(plan)
+                for c in range(dep.first, dep.first + dep.count):
+                    for p in dag.producers(dep.stage, dep.layer, c):
+                        if p in seen_at:
+                            assert seen_at[p] < i
+
+
+def test_runs_stay_modest():
+    for name in ("llama3.2-1b", "llama3-8b"):
+        m, d = cfg(name, "L20")
+        rr = make_plan(m, d)
+        plan = searched(name, "L20")
+        runs = sum(map(len, plan.schedule))
+        assert runs <= 1.5 * sum(map(len, rr.schedule)), runs
+
+
+def test_stage_priority_is_a_permutation():
+    plan = searched("llama3-8b", "L20")
+    for kind in ("qkv", "attn", "o", "gate_up", "down", "lm_head", "argmax"):
+        assert sorted(stage_priority(plan, kind)) == list(range(plan.tasks_of(kind)))
+
+
+def test_smem_model_matches_layout():
+    plan = searched("llama3-8b", "L20")
+    rep = smem_report(plan)
+    assert rep.total == plan.smem_bytes and rep.fits
+    assert rep.regions["SMEM_RING"] == plan.stages * plan.stage_bytes
+    assert peak_smem(plan, ksplit=False) > plan.smem_bytes
+    assert max(s.chunk_bytes for s in rep.per_stage.values()) == plan.stage_bytes
+
+
+def test_explain_writes_report_gantt_and_trace(tmp_path):
+    plan = searched("llama3.2-1b", "L20")
+    text = explain(plan, tmp_path)
+    assert "critical path" in text and "without K-split" in text and "predicted step" in text
+    assert (tmp_path / "gantt.png").stat().st_size > 1000
+    trace = json.loads((tmp_path / "trace.json").read_text())
+    xs = [e for e in trace["traceEvents"] if e["ph"] == "X" and e.get("tid") == 0]
+    assert len(xs) == len(plan.all_tasks())
+    assert {e["pid"] for e in xs} <= set(range(plan.sms))
+    assert (tmp_path / "explain.txt").read_text() == text
+
+
+def test_no_fit_is_refused():
+    m, d = cfg("llama3.2-1b", "L20")
+    with pytest.raises(PlanError, match="shared memory"):
+        search_plan(m, d, smem_limit=8 * 1024)
