@@ -75,9 +75,11 @@ def build(source: Source, archs: list[str], *, debug: bool = False, library: boo
             raise BuildError(f"unknown arch {a!r}: expected one of {', '.join(ARCH_FLAGS)}")
     flags = nvcc_flags(archs, debug)
     key = hashlib.sha256()
-    for name in sorted(source.files):
-        key.update(name.encode())
-        key.update(source.files[name].encode())
+    kernel_files = {f"{source.name}.cu", f"{source.name}.schedule.inc"}
+    for name in sorted(source.files):  # a fatbin does not depend on the host code
+        if library or name in kernel_files:
+            key.update(name.encode())
+            key.update(source.files[name].encode())
     key.update(_headers_digest().encode())
     key.update(" ".join(flags).encode())
     key.update(b"library" if library else b"fatbin")

@@ -47,6 +47,10 @@ def hf_model(config: str):
     with torch.device("cuda"):
         hf = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16, attn_implementation="sdpa")
     gen = torch.Generator(device="cuda").manual_seed(_seed())
+    # HF's initialisation (N(0, 0.02)), with the residual branches' output projections scaled by
+    # 1/sqrt(2 * layers) as GPT-2 and Megatron do, so a deep random model stays as well conditioned
+    # as a trained one; norm weights and biases random so that neither is a no-op.
+    out_std = 0.02 / (2 * m.num_hidden_layers) ** 0.5
     with torch.no_grad():
         for name, p in hf.named_parameters():
             noise = torch.randn(p.shape, generator=gen, device="cuda", dtype=torch.float32)
@@ -54,10 +58,25 @@ def hf_model(config: str):
                 p.copy_(1 + 0.1 * noise)
             elif name.endswith(".bias"):
                 p.copy_(0.1 * noise)
+            elif name.endswith(("o_proj.weight", "down_proj.weight")):
+                p.copy_(out_std * noise)
             else:
                 p.copy_(0.02 * noise)
     _models[config] = hf.eval()
     return _models[config]
+
+
+def float32_logits(hf, ids: torch.Tensor) -> torch.Tensor:
+    """Logits of a float32 forward of the same weights. The model is converted in place and back;
+    the RoPE frequency buffers are restored afterwards, since a cast to bf16 would round them."""
+    saved = {n: b.clone() for n, b in hf.named_buffers() if b.dtype == torch.float32}
+    with torch.no_grad():
+        logits = hf.float()(input_ids=ids).logits.float()
+    hf.to(torch.bfloat16)
+    for n, b in hf.named_buffers():
+        if n in saved:
+            b.data = saved[n]
+    return logits
 
 
 def hf_generate(hf, prompt: torch.Tensor, n: int):
@@ -147,16 +166,17 @@ def test_logits_match_hf(config, gpu, batch, prompt_len):
                 ours.append(r[1])
     finally:
         eng.close()
-    errs = [rel_err(o, h.cpu().numpy()) for o, h in zip(ours, hf_logits)]
+    hf_np = [h.cpu().numpy() for h in hf_logits]
+    errs = [rel_err(o, h) for o, h in zip(ours, hf_np)]
+    ref = float32_logits(hf, seq[:, :-1])[:, prompt_len - 1:].cpu().numpy()
+    ours = np.stack(ours, axis=1)  # [B, steps, V]
+    ours_f32 = rel_err(ours, ref)
+    hf_f32 = rel_err(np.stack(hf_np, axis=1), ref)
     print(f"{config} {gpu} bs{batch} prompt {prompt_len}: rel err vs HF bf16 max {max(errs):.2e} "
-          f"mean {np.mean(errs):.2e}")
+          f"mean {np.mean(errs):.2e}; vs float32: ours {ours_f32:.2e}, HF bf16 {hf_f32:.2e}")
     assert max(errs) <= REL_TOL, errs
 
     # Greedy agreement with float32 wherever its top-2 margin is clear.
-    with torch.no_grad():
-        ref = hf.float()(input_ids=seq[:, :-1]).logits[:, prompt_len - 1:].float().cpu().numpy()
-    hf.to(torch.bfloat16)
-    ours = np.stack(ours, axis=1)  # [B, steps, V]
     top2 = np.sort(ref, axis=-1)[..., -2:]
     clear = (top2[..., 1] - top2[..., 0]) > CLEAR_MARGIN
     agree = ours.argmax(-1) == ref.argmax(-1)
