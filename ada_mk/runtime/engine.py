@@ -131,10 +131,17 @@ class MegaKernelEngine:
             import torch
 
             torch.cuda.synchronize()
-            _check(drv.cuMemcpyDtoD(self.buffers["weights"], packed.data_ptr(), packed.numel() * 2))
+            self.load_packed_device(packed.data_ptr(), packed.numel() * 2)
             del packed
         else:
             self.load_packed(pack_weights(self.layout, weights))
+
+    def load_packed_device(self, ptr: int, nbytes: int) -> None:
+        """Copy an already packed buffer that lives on this device (e.g. a torch tensor)."""
+        drv = _driver()
+        if nbytes != self.layout.weights.total_bytes:
+            raise KernelError(f"packed weights are {nbytes} B; the plan's layout needs {self.layout.weights.total_bytes}")
+        _check(drv.cuMemcpyDtoD(self.buffers["weights"], ptr, nbytes))
 
     def load_packed(self, packed: np.ndarray) -> None:
         drv = _driver()
@@ -228,6 +235,29 @@ class MegaKernelEngine:
             if i + 1 < n:
                 nxt = self.step(nxt, np.full(self.batch, T + i, np.int32))
         return out
+
+    def time_steps(self, start_position: int, steps: int, warmup: int = 8) -> float:
+        """Milliseconds per decode step, chained on the device (each step reads the tokens and
+        positions the previous one wrote), timed with CUDA events around `steps` launches."""
+        drv = _driver()
+        b = self.buffers
+        tok = np.ones(self.batch, np.int32)
+        pos = np.full(self.batch, start_position, np.int32)
+        self._validate(tok, pos + warmup + steps)
+        _check(drv.cuMemcpyHtoD(b["tokens0"], tok.ctypes.data, tok.nbytes))
+        _check(drv.cuMemcpyHtoD(b["positions0"], pos.ctypes.data, pos.nbytes))
+        for i in range(warmup):
+            self.launch(i % 2)
+        start, stop = _check(drv.cuEventCreate(0)), _check(drv.cuEventCreate(0))
+        _check(drv.cuEventRecord(start, self.stream))
+        for i in range(warmup, warmup + steps):
+            self.launch(i % 2)
+        _check(drv.cuEventRecord(stop, self.stream))
+        self.synchronize()
+        ms = _check(drv.cuEventElapsedTime(start, stop))
+        drv.cuEventDestroy(start)
+        drv.cuEventDestroy(stop)
+        return ms / steps
 
     def close(self) -> None:
         drv = _driver()

@@ -27,7 +27,9 @@ KERNELS = [
     ("qwen2.5-0.5b", "H100", 1, None, False),
     ("qwen2.5-0.5b", "H100", 4, None, False),
     ("mistral-7b", "H100", 1, None, False),
-    ("llama3.2-1b", "H100", 1, 2, True),  # sanitizer / debug-wait runs
+    ("llama3.2-1b", "H100", 1, 2, True),  # debug-wait run
+    ("smollm2-135m", "H100", 1, 2, False),  # compute-sanitizer runs
+    ("smollm2-135m", "H100", 4, 2, False),
 ]
 
 
