@@ -27,8 +27,7 @@ def _us(s: float) -> str:
     return f"{s * 1e6:,.1f} us"
 
 
-def report(plan: Plan, sim: SimResult | None = None, *, unsplit: Plan | None = None,
-           unsplit_sim: SimResult | None = None) -> str:
+def report(plan: Plan, sim: SimResult | None = None, *, claim=None) -> str:
     sim = sim or simulate(plan)
     m, d = plan.model, plan.deploy
     dag = Dag(plan)
@@ -66,14 +65,10 @@ def report(plan: Plan, sim: SimResult | None = None, *, unsplit: Plan | None = N
     same_unsplit = peak_smem(plan, ksplit=False)
     lines.append(f"peak shared memory with K-split: {plan.smem_bytes} B; the same plan unsplit: {same_unsplit} B"
                  f" ({100 * (1 - plan.smem_bytes / same_unsplit):.0f}% saved)")
-    if unsplit is not None:
-        usim = unsplit_sim or simulate(unsplit)
-        lines.append(f"best plan without K-split (smem limit lifted): {unsplit.smem_bytes} B, predicted"
-                     f" {_us(usim.predicted_s)}; K-split cuts peak shared memory by"
-                     f" {100 * (1 - plan.smem_bytes / unsplit.smem_bytes):.0f}% at"
-                     f" {100 * (sim.predicted_s / usim.predicted_s - 1):+.1f}% predicted time"
-                     f" ({'fits' if unsplit.smem_bytes <= d.gpu.smem_per_block else 'does not fit'}"
-                     f" {d.gpu.smem_per_block} B unsplit)")
+    if claim is not None:
+        lines.append(claim.describe())
+        lines.append(f"  (this plan, the fastest found: {plan.smem_bytes} B, predicted {_us(sim.predicted_s)},"
+                     f" {100 * (sim.predicted_s / claim.unsplit_s - 1):+.1f}% against the best unsplit plan)")
     lines.append("")
     path = sim.critical_path()
     lines.append(f"critical path ({len(path)} tasks), grouped by stage:")
@@ -146,11 +141,11 @@ def explain(plan: Plan, out_dir: str | os.PathLike, *, compare_unsplit: bool = T
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     sim = simulate(plan, CostModel(plan))
-    unsplit = None
+    claim = None
     if compare_unsplit:
-        from .search import best_unsplit
-        unsplit = best_unsplit(plan.model, plan.deploy)
-    text = report(plan, sim, unsplit=unsplit)
+        from .search import ksplit_claim
+        claim = ksplit_claim(plan.model, plan.deploy)
+    text = report(plan, sim, claim=claim)
     (out / "explain.txt").write_text(text)
     (out / "trace.json").write_text(json.dumps(trace_events(sim)))
     if png:

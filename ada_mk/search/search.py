@@ -116,18 +116,36 @@ def list_schedule(plan: Plan, cost: CostModel | None = None, *, layers: range | 
             else:
                 heap = [(max(end[i], ready) + fixed, i, 0.0, 0.0) for i in range(S)]
             heapq.heapify(heap)
-            for idx, _, _, _ in items[g0:g1]:
+            pops = []
+            for _ in range(g1 - g0):
                 t_end, i, s_i, f_i = heappop(heap)
                 if linear:
                     f[i] = f_i
                     staged[i] = key
                     hist[i] = cost.push_hist(kind, hist[i], s_i, t_end)
                     end[i] = t_end
-                    s2, f2, e2, _ = cost.linear_end(kind, layer, idx, end[i], f[i], True, ready, hist[i], False)
+                    s2, f2, e2, _ = cost.linear_end(kind, layer, idx0, end[i], f[i], True, ready, hist[i], False)
                     heappush(heap, (e2, i, s2, f2))
                 else:
                     end[i] = t_end
                     heappush(heap, (max(t_end, ready) + fixed, i, 0.0, 0.0))
+                pops.append((i, t_end))
+            group = [it[0] for it in items[g0:g1]]
+            if kind in BLOCK_KINDS:
+                # The group's tasks are interchangeable and their consumers wait for all of them:
+                # give each SM a contiguous block (one strided run) instead of the pop order.
+                # Every SM keeps its count and its end times, so the prediction is unchanged.
+                ends: dict = {}
+                for i, t_end in pops:
+                    ends.setdefault(i, []).append(t_end)
+                assign, k = [], 0
+                for i, es in ends.items():
+                    for t_end in es:
+                        assign.append((group[k], i, t_end))
+                        k += 1
+            else:
+                assign = [(idx, i, t_end) for idx, (i, t_end) in zip(group, pops)]
+            for idx, i, t_end in assign:
                 per_sm[i].append((kind, layer, idx))
                 sig = dag.signal_of(kind, layer, idx)
                 if sig is not None:
@@ -150,6 +168,8 @@ CHUNK_COUNTS = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 20, 24, 32, 48, 64)
 ATTN_SPLITS = (1, 2, 4, 6, 8, 12, 16, 24, 32)
 MAX_STAGES = 8
 TIME_TOL = 0.002  # plans within 0.2% of the best predicted time count as equally fast
+BLOCK_KINDS = ("o", "down", "lm_head")  # stages whose consumers wait for every tile
+STAGE_TARGETS = (4 * 1024, 8 * 1024, 16 * 1024, 32 * 1024, 64 * 1024)  # ring slot sizes tried
 
 
 def linear_shapes(model: ModelConfig) -> dict[str, tuple[int, int]]:
@@ -208,6 +228,7 @@ class Searcher:
         self.constants = constants or constants_for(deploy.gpu)
         self.context = context
         self.progress = progress
+        self.budget: float | None = None  # with a time budget: least shared memory meeting it
         self.shapes = linear_shapes(model)
         self._cache: dict = {}
         self._head: dict = {}
@@ -309,6 +330,16 @@ class Searcher:
             tilings[kind] = best[1]
         return tilings
 
+    def retarget(self, tilings: dict, target: int) -> dict:
+        """Every stage's chunk re-cut to fit `target` bytes (the fewest warps per row that fit),
+        rows rounded up to whole chunks: the global move that changes the ring slot size."""
+        out = {}
+        for kind, t in tilings.items():
+            wpr = next((w for w in (1, 2, 4, 8) if (WARPS // w) * t.kc * 2 <= target), 8)
+            cr = WARPS // wpr
+            out[kind] = dataclasses.replace(t, warps_per_row=wpr, rows=-(-t.rows // cr) * cr)
+        return out
+
     def attn_options(self) -> list[int]:
         B, nkv, sms = self.deploy.batch, self.model.num_key_value_heads, self.deploy.gpu.sms
         fill = max(1, min(32, sms // (B * nkv)))
@@ -345,8 +376,31 @@ class Searcher:
         return [x for x in out if tiling_ok(kind, x) is None]
 
     # -- the search ----------------------------------------------------------------------------
+    def evaluate(self, tilings: dict, attn_splits: int) -> Candidate:
+        """screen(), and with a time budget the shallowest ring that meets it."""
+        c = self.screen(tilings, attn_splits)
+        if self.budget is None or c.time > self.budget or c.stages <= 2:
+            return c
+        lo, hi = 2, c.stages  # hi meets the budget
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if self.screen(tilings, attn_splits, mid).time <= self.budget:
+                hi = mid
+            else:
+                lo = mid + 1
+        return self.screen(tilings, attn_splits, hi)
+
+    def rank(self, c: Candidate) -> tuple:
+        if self.budget is None:
+            return (c.time, c.smem)
+        ok = c.time <= self.budget
+        return (not ok, c.smem if ok else c.time, c.time)
+
     def better(self, a: Candidate, b: Candidate) -> bool:
-        """Is a better than b: clearly faster, or as fast with less shared memory."""
+        """Is a better than b: clearly faster, or as fast with less shared memory. With a time
+        budget: meets it with less shared memory (or is closer to meeting it)."""
+        if self.budget is not None:
+            return self.rank(a) < self.rank(b)
         if a.time < b.time * (1 - TIME_TOL):
             return True
         if a.time <= b.time * (1 + TIME_TOL) and a.smem < b.smem:
@@ -364,12 +418,18 @@ class Searcher:
                 for t in self.neighbours(kind, best.tilings[kind]):
                     til = dict(best.tilings)
                     til[kind] = t
-                    c = self.screen(til, best.attn_splits)
+                    c = self.evaluate(til, best.attn_splits)
+                    if self.better(c, best):
+                        best, improved = c, True
+            for tgt in STAGE_TARGETS:
+                til = self.retarget(best.tilings, tgt)
+                if til != best.tilings:
+                    c = self.evaluate(til, best.attn_splits)
                     if self.better(c, best):
                         best, improved = c, True
             for a in self.attn_options():
                 if a != best.attn_splits:
-                    c = self.screen(best.tilings, a)
+                    c = self.evaluate(best.tilings, a)
                     if self.better(c, best):
                         best, improved = c, True
             if not improved:
@@ -379,6 +439,8 @@ class Searcher:
     def trim_stages(self, cand: Candidate) -> Candidate:
         """The shallowest ring predicted as fast as the deepest one that fits."""
         best = cand
+        if self.budget is not None:
+            return cand
         for d in range(2, cand.stages):
             c = self.screen(cand.tilings, cand.attn_splits, d)
             if c.time <= cand.time * (1 + TIME_TOL):
@@ -393,31 +455,36 @@ class Searcher:
     def run(self, finalists: int = 2) -> tuple[Plan, dict]:
         t0 = time.perf_counter()
         gpu = self.deploy.gpu
-        targets = sorted({4 * 1024, 8 * 1024, 16 * 1024, 32 * 1024, 64 * 1024})
         starts = []
-        for tgt in targets:
+        for tgt in STAGE_TARGETS:
             til = self.initial(tgt)
             a = max(1, min(32, gpu.sms // (self.deploy.batch * self.model.num_key_value_heads)))
-            c = self.screen(til, a)
+            c = self.evaluate(til, a)
             if c.time < float("inf"):
                 starts.append(c)
         if not starts:
             raise_no_fit(self)
-        starts.sort(key=lambda c: (c.time, c.smem))
+        starts.sort(key=self.rank)
         bests = []
-        n_start = min(1, len(starts))
+        n_start = min(2, len(starts))
         for i, c in enumerate(starts[:n_start]):
             bests.append(self.descend(c, frac=(0.8 * i / n_start, 0.8 * (i + 1) / n_start)))
         uniq: dict = {}
-        for c in sorted(bests, key=lambda c: (c.time, c.smem)):
+        for c in sorted(bests, key=self.rank):
             uniq.setdefault(c.key(), c)
         finals = []
         for c in list(uniq.values())[:finalists]:
             c = self.trim_stages(c)
             finals.append(self.full(c))
+        base = []
+        if self.budget is None and self.allow_ksplit and self.limit >= self.deploy.gpu.smem_per_block:
+            base = self.baselines()
         best_c, best_p = finals[0]
         for c, p in finals[1:]:
             if self.better(c, best_c):
+                best_c, best_p = c, p
+        for c, p in base:  # never slower than the baseline, not even within the tolerance
+            if c.time < best_c.time:
                 best_c, best_p = c, p
         best_p.notes = {
             "predicted_us": round(best_c.time * 1e6, 2),
@@ -429,6 +496,24 @@ class Searcher:
         }
         self._tick("search", 1.0)
         return best_p, best_p.notes
+
+
+def _baselines(self: Searcher) -> list:
+    """The round-robin plan (simple.make_plan), and its tiling list-scheduled: the search never
+    returns a plan predicted slower than the baseline."""
+    from .simple import PlanError, make_plan
+
+    try:
+        rr = make_plan(self.model, self.deploy)
+    except PlanError:
+        return []
+    rr.strategy = "search"
+    cost = self.cost_of(rr)
+    t_rr = simulate(rr, cost).predicted_s
+    return [(Candidate(dict(rr.tilings), rr.attn_splits, rr.stages, t_rr, rr.smem_bytes, True), rr)]
+
+
+Searcher.baselines = _baselines  # type: ignore[attr-defined]
 
 
 def raise_no_fit(s: Searcher):
@@ -455,10 +540,75 @@ def search_plan(model: ModelConfig, deploy: DeployConfig, *, allow_ksplit: bool 
     return plan
 
 
-def best_unsplit(model: ModelConfig, deploy: DeployConfig, **kw) -> Plan:
-    """The best plan without any K-split, the shared-memory limit lifted (the counterfactual the
-    paper's claim compares against: without K-split some models do not fit Ada at all)."""
-    return search_plan(model, deploy, allow_ksplit=False, smem_limit=kw.pop("smem_limit", 1 << 30), **kw)
+def best_unsplit(model: ModelConfig, deploy: DeployConfig, *, smem_limit: int | None = None, **kw) -> Plan:
+    """The best plan without any K-split: under the GPU's own shared-memory limit when some
+    unsplit plan fits it; otherwise (the point of K-splitting: e.g. Llama-3-8B on Ada) with the
+    limit lifted to the largest of any GPU in the table (Hopper's 227 KB), a hypothetical plan
+    that does not fit the target."""
+    from ..config.gpus import GPUS
+    from .simple import PlanError
+
+    if smem_limit is not None:
+        return search_plan(model, deploy, allow_ksplit=False, smem_limit=smem_limit, **kw)
+    try:
+        return search_plan(model, deploy, allow_ksplit=False, **kw)
+    except PlanError:
+        return search_plan(model, deploy, allow_ksplit=False,
+                           smem_limit=max(g.smem_per_block for g in GPUS.values()), **kw)
+
+
+@dataclass
+class KsplitClaim:
+    """The paper's claim for one deployment: the K-split plan with the least shared memory whose
+    predicted time is no worse than the best plan without K-split."""
+
+    unsplit: Plan
+    unsplit_s: float
+    ksplit: Plan
+    ksplit_s: float
+
+    @property
+    def unsplit_fits(self) -> bool:
+        return self.unsplit.smem_bytes <= self.unsplit.deploy.gpu.smem_per_block
+
+    @property
+    def ratio(self) -> float:
+        return self.ksplit.smem_bytes / self.unsplit.smem_bytes
+
+    @property
+    def holds(self) -> bool:
+        return self.ratio <= 0.5 and self.ksplit_s <= self.unsplit_s * (1 + TIME_TOL)
+
+    def describe(self) -> str:
+        fit = "fits" if self.unsplit_fits else f"does not fit {self.unsplit.deploy.gpu.smem_per_block} B"
+        return (f"best plan without K-split: {self.unsplit.smem_bytes} B ({fit}), predicted"
+                f" {self.unsplit_s * 1e6:,.1f} us; least shared memory with K-split at no worse time:"
+                f" {self.ksplit.smem_bytes} B, predicted {self.ksplit_s * 1e6:,.1f} us -> peak shared memory"
+                f" {100 * (1 - self.ratio):.0f}% lower ({'claim holds' if self.holds else 'claim does NOT hold'})")
+
+
+def ksplit_claim(model: ModelConfig, deploy: DeployConfig, *, constants: CostConstants | None = None,
+                 context: int | None = None) -> KsplitClaim:
+    """Search the best unsplit plan, then the K-split plan with the least shared memory that is
+    predicted no slower (both on the full schedule)."""
+    from .cost import simulate as _sim
+
+    unsplit = best_unsplit(model, deploy, constants=constants, context=context)
+    t_u = _sim(unsplit, CostModel(unsplit, constants, context)).predicted_s
+    s = Searcher(model, deploy, constants=constants, context=context)
+    budget = s.screen(unsplit.tilings, unsplit.attn_splits, unsplit.stages).time
+    best = None
+    for _ in range(3):
+        s.budget = budget
+        plan, _ = s.run()
+        t_k = _sim(plan, CostModel(plan, constants, context)).predicted_s
+        if best is None or (t_k <= t_u * (1 + TIME_TOL), -plan.smem_bytes) > (best[1] <= t_u * (1 + TIME_TOL),
+                                                                              -best[0].smem_bytes):
+            best = (plan, t_k)
+        if t_k <= t_u * (1 + TIME_TOL):
+            break
+        budget *= t_u / t_k  # the screening model was optimistic for this plan: tighten
+    return KsplitClaim(unsplit, t_u, best[0], best[1])
 
 
 def stderr_bar(width: int = 30) -> Progress:
