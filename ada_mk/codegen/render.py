@@ -101,7 +101,7 @@ def render(plan: Plan) -> Source:
         inv_freq=[_cfloat(x) for x in inv_freq], eps=_cfloat(plan.model.rms_norm_eps),
         attn_scale=_cfloat(1.0 / math.sqrt(plan.model.head_dim)),
         tilings=_tiling_rows(plan), smem=list(plan.smem_layout().items()), regions=_regions(layout),
-        sm_runs=starts,
+        sm_runs=starts, max_tasks=max(sum(r.count for r in runs) for runs in plan.schedule),
     )
     files = {f"{name}.cu": kernel, f"{name}.schedule.inc": table}
     files.update(render_host_api(plan, layout, env))

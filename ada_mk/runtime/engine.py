@@ -51,7 +51,8 @@ class _Args(ctypes.Structure):
 
     _fields_ = [(n, ctypes.c_void_p) for n in (
         "weights", "scratch", "counters", "k_cache", "v_cache", "tokens", "positions",
-        "next_tokens", "next_positions")] + [("epoch", ctypes.c_uint32), ("debug", ctypes.c_void_p)]
+        "next_tokens", "next_positions")] + [("epoch", ctypes.c_uint32), ("debug", ctypes.c_void_p),
+                                             ("profile", ctypes.c_void_p)]
 
 
 class _WaitTimeout(ctypes.Structure):
@@ -64,9 +65,12 @@ KIND_NAMES = ["qkv", "attn", "o", "gate_up", "down", "lm_head", "argmax"]
 
 
 class MegaKernelEngine:
-    def __init__(self, plan: Plan, fatbin: str | Path, *, device: int = 0, debug: bool = False) -> None:
+    def __init__(self, plan: Plan, fatbin: str | Path, *, device: int = 0, debug: bool = False,
+                 profile: bool = False) -> None:
+        """`debug` and `profile` must match how the fatbin was built (bounded waits; task timing)."""
         drv = _driver()
         self.plan, self.layout, self.debug = plan, make_layout(plan), debug
+        self.max_tasks = max(sum(r.count for r in runs) for runs in plan.schedule)
         self.batch, self.vocab = plan.batch, plan.model.vocab_size
         _check(drv.cuInit(0))
         self.device = _check(drv.cuDeviceGet(device))
@@ -94,6 +98,8 @@ class MegaKernelEngine:
         for name in ("tokens0", "positions0", "tokens1", "positions1"):
             self._alloc(name, 4 * self.batch, fill=0)
         self._alloc("debug", ctypes.sizeof(_WaitTimeout), fill=0)
+        if profile:
+            self._alloc("profile", plan.sms * self.max_tasks * 3 * 8, fill=0)
         self.epoch = 0
         self.stream = _check(drv.cuStreamCreate(0))
 
@@ -176,7 +182,7 @@ class MegaKernelEngine:
         b = self.buffers
         args = _Args(b["weights"], b["scratch"], b["counters"], b["k_cache"], b["v_cache"],
                      b[f"tokens{slot}"], b[f"positions{slot}"], b[f"tokens{1 - slot}"], b[f"positions{1 - slot}"],
-                     self.epoch & 0xFFFFFFFF, b["debug"])
+                     self.epoch & 0xFFFFFFFF, b["debug"], b.get("profile", 0))
         self._args = args  # keep alive until the launch has read it
         params = (ctypes.c_void_p * 1)(ctypes.addressof(args))
         p = self.plan
@@ -234,6 +240,14 @@ class MegaKernelEngine:
             out[:, i] = nxt
             if i + 1 < n:
                 nxt = self.step(nxt, np.full(self.batch, T + i, np.int32))
+        return out
+
+    def read_profile(self) -> np.ndarray:
+        """Task times of the last step (profile builds): [SM][task][wait start, inputs ready, end]
+        in ns of %globaltimer; tasks follow each SM's schedule order (plan.sm_tasks(sm))."""
+        drv = _driver()
+        out = np.zeros((self.plan.sms, self.max_tasks, 3), np.uint64)
+        _check(drv.cuMemcpyDtoH(out.ctypes.data, self.buffers["profile"], out.nbytes))
         return out
 
     def time_steps(self, start_position: int, steps: int, warmup: int = 8) -> float:

@@ -41,11 +41,11 @@ def model_for(config: str, gpu: str, batch: int, layers: int | None, max_context
 
 
 def kernel_for(config: str, gpu: str, batch: int, layers: int | None = None, debug: bool = False,
-               log=None) -> tuple[Plan, Artifacts]:
+               log=None, profile: bool = False, strategy: str = "round-robin") -> tuple[Plan, Artifacts]:
     m, d = model_for(config, gpu, batch, layers)
-    plan = make_plan(m, d)
+    plan = make_plan(m, d, strategy=strategy)
     archs = ["sm_90a"]
-    return plan, build(render(plan), archs, debug=debug, library=False, log=log)
+    return plan, build(render(plan), archs, debug=debug, profile=profile, library=False, log=log)
 
 
 if __name__ == "__main__":

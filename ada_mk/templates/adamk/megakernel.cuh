@@ -7,6 +7,13 @@
 
 namespace adamk {
 
+// %globaltimer: nanoseconds, the same clock on every SM (profile builds only).
+__device__ __forceinline__ unsigned long long global_ns() {
+  unsigned long long t;
+  asm volatile("mov.u64 %0, %globaltimer;" : "=l"(t));
+  return t;
+}
+
 namespace block {
 
 template <class C>
@@ -114,15 +121,24 @@ __device__ void megakernel(const Args& a, const int4* runs, const int* sm_runs) 
   Ctx<C> c{a, block::WeightRing<C>(smem + C::SMEM_RING, a.weights, first, last),
            reinterpret_cast<__nv_bfloat16*>(smem + C::SMEM_X), reinterpret_cast<float*>(smem + C::SMEM_RED),
            reinterpret_cast<float*>(smem + C::SMEM_ATTN), reinterpret_cast<float*>(smem + C::SMEM_MISC)};
+#ifdef ADAMK_PROFILE
+  unsigned long long* prof = a.profile + static_cast<size_t>(blockIdx.x) * C::MAX_TASKS * 3;
+#endif
   for (const int4* r = first; r != last; ++r) {
     const int4 run = *r;
     const int kind = run.x & 0xff, layer = run.x >> 8;
     for (int i = 0; i < run.w; ++i) {
       const int idx = run.y + i * run.z;
+#ifdef ADAMK_PROFILE
+      const unsigned long long t_wait = global_ns();
+#endif
       if (!block::wait_inputs(c, kind, layer, idx)) {
         c.ring.drain();
         return;
       }
+#ifdef ADAMK_PROFILE
+      const unsigned long long t_ready = global_ns();
+#endif
       switch (kind) {
         case QKV: block::linear_task<C, typename C::Qkv, QKV>(c, layer, idx); break;
         case ATTN: block::attention_task<C>(c, layer, idx); break;
@@ -132,6 +148,14 @@ __device__ void megakernel(const Args& a, const int4* runs, const int* sm_runs) 
         case LM_HEAD: block::linear_task<C, typename C::LmHead, LM_HEAD>(c, layer, idx); break;
         case ARGMAX: block::argmax_task<C>(c); break;
       }
+#ifdef ADAMK_PROFILE
+      if (threadIdx.x == 0) {
+        prof[0] = t_wait;
+        prof[1] = t_ready;
+        prof[2] = global_ns();
+      }
+      prof += 3;
+#endif
     }
   }
   c.ring.drain();

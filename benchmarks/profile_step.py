@@ -1,0 +1,88 @@
+"""Where the time of one decode step goes: an instrumented build records, per task, when it began
+waiting, when its inputs were ready and when it ended (%globaltimer). Prints a summary per stage and
+per layer and saves the raw times.
+
+    python3 -m benchmarks.profile_step [prebuild]     (prebuild: here, into $ADAMK_CACHE)
+"""
+import os
+import sys
+
+import numpy as np
+
+from tests.gpu.kernels import kernel_for
+
+CASES = [("llama3.2-1b", "H100", 1, "round-robin"), ("llama3.2-1b", "H100", 1, "search"),
+         ("llama3-8b", "H100", 1, "round-robin"), ("llama3-8b", "H100", 1, "search")]
+CONTEXT = 512
+
+
+def task_bytes(plan, t):
+    if t.kind in plan.tilings:
+        tl = plan.tilings[t.kind]
+        lo, hi = tl.row_range(t.index // tl.ksplit)
+        return (hi - lo) * tl.kc * 2
+    if t.kind == "attn":
+        m = plan.model
+        return 2 * m.head_dim * 2 * CONTEXT // plan.attn_splits
+    return 0
+
+
+def summarize(plan, prof, out):
+    t0 = prof[..., 0][prof[..., 0] > 0].min()
+    rows = []
+    for sm in range(plan.sms):
+        for i, t in enumerate(plan.sm_tasks(sm)):
+            w, r, e = (int(x) - int(t0) for x in prof[sm, i])
+            rows.append((t.kind, t.layer, sm, w, r, e, task_bytes(plan, t)))
+    span = max(r[5] for r in rows)
+    print(f"  step span {span / 1e3:.1f} us", flush=True)
+    kinds = sorted({r[0] for r in rows}, key=lambda k: ["qkv", "attn", "o", "gate_up", "down", "lm_head", "argmax"].index(k))
+    print(f"  {'stage':8s} {'tasks':>6s} {'busy us':>9s} {'wait us':>9s} {'busy/task':>9s} {'GB/s/task':>9s}")
+    for k in kinds:
+        sel = [r for r in rows if r[0] == k]
+        busy = sum(r[5] - r[4] for r in sel)
+        wait = sum(r[4] - r[3] for r in sel)
+        byt = sum(r[6] for r in sel)
+        print(f"  {k:8s} {len(sel):6d} {busy / 1e3:9.1f} {wait / 1e3:9.1f} {busy / len(sel) / 1e3:9.2f} "
+              f"{byt / max(busy, 1):9.1f}")
+    # per-layer window: first ready -> last end of each stage, for layer 1 (steady state)
+    for k in ("qkv", "attn", "o", "gate_up", "down"):
+        sel = [r for r in rows if r[0] == k and r[1] == 1]
+        if sel:
+            print(f"  layer 1 {k:8s}: ready {min(r[4] for r in sel) / 1e3:8.1f} .. {max(r[4] for r in sel) / 1e3:8.1f}"
+                  f"  end {min(r[5] for r in sel) / 1e3:8.1f} .. {max(r[5] for r in sel) / 1e3:8.1f} us")
+    busy_sm = np.zeros(plan.sms)
+    for r in rows:
+        busy_sm[r[2]] += r[5] - r[4]
+    print(f"  SM busy fraction: mean {busy_sm.mean() / span:.2f} min {busy_sm.min() / span:.2f} max {busy_sm.max() / span:.2f}")
+    np.save(out, np.array(rows, dtype=object), allow_pickle=True)
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["prebuild"]:
+        for c, g, b, s in CASES:
+            kernel_for(c, g, b, profile=True, strategy=s)
+            kernel_for(c, g, b, strategy=s)
+        sys.exit(0)
+    import torch
+
+    from ada_mk.runtime.engine import MegaKernelEngine
+    from ada_mk.search.layout import make_layout
+
+    out_dir = os.environ.get("OUT", ".")
+    for config, gpu, batch, strategy in CASES:
+        for profile in (False, True):
+            plan, art = kernel_for(config, gpu, batch, profile=profile, strategy=strategy)
+            eng = MegaKernelEngine(plan, art.fatbin, profile=profile)
+            packed = torch.randn(make_layout(plan).weights.total, device="cuda", dtype=torch.bfloat16) * 0.02
+            torch.cuda.synchronize()
+            eng.load_packed_device(packed.data_ptr(), packed.numel() * 2)
+            del packed
+            eng.time_steps(0, CONTEXT - 8, warmup=0)
+            ms = float(np.median([eng.time_steps(CONTEXT - 8, 32) for _ in range(3)]))
+            print(f"{config} {gpu} bs{batch} {strategy} {'profile' if profile else 'plain'}: {ms:.3f} ms/token", flush=True)
+            if profile:
+                eng.step(np.ones(batch, np.int32), np.full(batch, CONTEXT, np.int32))
+                summarize(plan, eng.read_profile(), os.path.join(out_dir, f"profile-{config}-{strategy}.npy"))
+            eng.close()
+            torch.cuda.empty_cache()
