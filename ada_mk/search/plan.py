@@ -134,13 +134,14 @@ class Plan:
         per-row results (never live at the same time)."""
         m, B = self.model, self.batch
         attention = m.group_size * m.head_dim + 2 * m.head_dim + WARPS * m.group_size * (m.head_dim + 2)
-        combine = B * m.num_attention_heads * self.attn_splits
+        combine = 3 * B * m.num_attention_heads * self.attn_splits  # each split's max, sum, weight
         lm_rows = self.tilings["lm_head"].rows * B
         return 4 * max(attention, combine, lm_rows)
 
     @property
     def misc_bytes(self) -> int:
-        return 4 * (WARPS + 1) * self.batch
+        # norm: per-warp sums and rstd for each sequence; argmax: per-warp best value and index
+        return 4 * max((WARPS + 1) * self.batch, 2 * WARPS)
 
     def smem_layout(self) -> dict[str, int]:
         """Byte offsets of the shared-memory regions, and the total."""
@@ -201,7 +202,8 @@ class Plan:
 
     @property
     def plan_hash(self) -> str:
-        blob = json.dumps(self.to_json(), sort_keys=True).encode()
+        decisions = {k: v for k, v in self.to_json().items() if k != "notes"}  # notes are commentary
+        blob = json.dumps(decisions, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:10]
 
     @property

@@ -489,7 +489,6 @@ class Searcher:
         best_p.notes = {
             "predicted_us": round(best_c.time * 1e6, 2),
             "search_evals": self.evals,
-            "search_s": round(time.perf_counter() - t0, 3),
             "cost_model": self.constants.source,
             "context": self.cost_of(best_p).dag.context,
             "ksplit": self.allow_ksplit,

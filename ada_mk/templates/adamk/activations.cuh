@@ -5,6 +5,10 @@
 // residual stream (QKV, gate/up, LM head), the combination of attention's sequence splits
 // (O projection), SiLU(gate) * up (down projection). Values are rounded to bf16 wherever the
 // bf16 reference model rounds them, so both compute the same function.
+//
+// These reads come from L2 and sit on the critical path between two stages, so every loop issues
+// all of its loads before it uses any (unrolled, 16-byte vectors): latency is paid once, not per
+// element.
 #pragma once
 #include "adamk/bf16.cuh"
 #include "adamk/context.cuh"
@@ -22,9 +26,10 @@ struct Stream {
   const __nv_bfloat16* embed;
   const int* tokens;
 
+  // Four consecutive elements, rounded to bf16 (the stream is a bf16 tensor in the reference).
   __device__ void load4(int b, int i, float (&v)[4]) const {
     if (part == nullptr) {
-      const uint2 raw = *reinterpret_cast<const uint2*>(embed + static_cast<size_t>(tokens[b]) * C::H + i);
+      const uint2 raw = __ldg(reinterpret_cast<const uint2*>(embed + static_cast<size_t>(tokens[b]) * C::H + i));
       v[0] = __uint_as_float(raw.x << 16); v[1] = __uint_as_float(raw.x & 0xffff0000u);
       v[2] = __uint_as_float(raw.y << 16); v[3] = __uint_as_float(raw.y & 0xffff0000u);
       return;
@@ -62,17 +67,28 @@ __device__ Stream<C> stream_mid(const Ctx<C>& c, int layer) {
 namespace block {
 
 // x[b][k] = bf16(gamma[k0 + k] * bf16(v * rsqrt(mean(v^2) + eps))), as HF's RMSNorm.
-template <class C>
-__device__ void stage_rmsnorm(Ctx<C>& c, const Stream<C>& s, const __nv_bfloat16* gamma, int k0, int kc) {
-  constexpr int B = C::B;
+// One pass over the stream: sums of squares, and the chunk's own values kept (bf16, exact) in x.
+template <class C, int KC>
+__device__ void stage_rmsnorm(Ctx<C>& c, const Stream<C>& s, const __nv_bfloat16* gamma, int k0) {
+  constexpr int B = C::B, ITER = (C::H / 4 + C::THREADS - 1) / C::THREADS;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   float ss[B] = {};
-  for (int i = threadIdx.x * 4; i < C::H; i += C::THREADS * 4) {
 #pragma unroll
-    for (int b = 0; b < B; ++b) {
-      float v[4];
-      s.load4(b, i, v);
-      ss[b] += v[0] * v[0] + v[1] * v[1] + v[2] * v[2] + v[3] * v[3];
+  for (int it = 0; it < ITER; ++it) {
+    const int i = (threadIdx.x + it * C::THREADS) * 4;
+    if (i < C::H) {
+      float v[B][4];
+#pragma unroll
+      for (int b = 0; b < B; ++b) s.load4(b, i, v[b]);
+#pragma unroll
+      for (int b = 0; b < B; ++b) {
+        ss[b] += v[b][0] * v[b][0] + v[b][1] * v[b][1] + v[b][2] * v[b][2] + v[b][3] * v[b][3];
+        if (i >= k0 && i < k0 + KC) {
+          __nv_bfloat16 raw[4] = {__float2bfloat16_rn(v[b][0]), __float2bfloat16_rn(v[b][1]),
+                                  __float2bfloat16_rn(v[b][2]), __float2bfloat16_rn(v[b][3])};
+          *reinterpret_cast<uint2*>(c.x + b * KC + i - k0) = *reinterpret_cast<const uint2*>(raw);
+        }
+      }
     }
   }
 #pragma unroll
@@ -87,65 +103,100 @@ __device__ void stage_rmsnorm(Ctx<C>& c, const Stream<C>& s, const __nv_bfloat16
     c.misc[(C::THREADS / 32) * B + threadIdx.x] = rsqrtf(t / C::H + C::EPS);
   }
   __syncthreads();
-  const int q = kc / 4;
-  for (int e = threadIdx.x; e < B * q; e += C::THREADS) {
-    const int b = e / q, k = (e % q) * 4;
+  for (int e = threadIdx.x; e < B * KC / 4; e += C::THREADS) {
+    const int b = e / (KC / 4), k = (e % (KC / 4)) * 4;
     const float rstd = c.misc[(C::THREADS / 32) * B + b];
-    float v[4];
-    s.load4(b, k0 + k, v);
+    float v[4], g[4];
+    thread::unpack4(*reinterpret_cast<const uint2*>(c.x + b * KC + k), v);
+    thread::unpack4(__ldg(reinterpret_cast<const uint2*>(gamma + k0 + k)), g);
     __nv_bfloat16 out[4];
 #pragma unroll
-    for (int t = 0; t < 4; ++t)
-      out[t] = __float2bfloat16_rn(__bfloat162float(gamma[k0 + k + t]) * thread::bf16_round(v[t] * rstd));
-    *reinterpret_cast<uint2*>(c.x + b * kc + k) = *reinterpret_cast<const uint2*>(out);
+    for (int t = 0; t < 4; ++t) out[t] = __float2bfloat16_rn(g[t] * thread::bf16_round(v[t] * rstd));
+    *reinterpret_cast<uint2*>(c.x + b * KC + k) = *reinterpret_cast<const uint2*>(out);
   }
 }
 
 // x[b][k] = attention output of column k0 + k: the sequence splits' partial results combined
 // (flash-decoding's reduction), for the heads this K-chunk covers.
-template <class C>
-__device__ void stage_attention(Ctx<C>& c, int layer, int k0, int kc) {
+template <class C, int KC>
+__device__ void stage_attention(Ctx<C>& c, int layer, int k0) {
   constexpr int B = C::B, NS = C::ATTN_SPLITS, HD = C::HD, NH = C::NH;
   const float* o = c.scratch(C::S::ATTN_O, layer);
   const float* ml = c.scratch(C::S::ATTN_ML, layer);
-  const int h0 = k0 / HD, nh = (k0 + kc - 1) / HD - h0 + 1;
-  float* wts = c.attn;  // [B][nh][NS]: each split's weight in the combined softmax
-  for (int e = threadIdx.x; e < B * nh; e += C::THREADS) {
-    const int b = e / nh, h = h0 + e % nh;
-    const float* p = ml + (b * NH + h) * NS * 2;
-    float m = -INFINITY;
-    for (int j = 0; j < NS; ++j) m = fmaxf(m, thread::ld_cg(p + 2 * j));
-    float den = 0.f;
-    for (int j = 0; j < NS; ++j) den += thread::ld_cg(p + 2 * j + 1) * __expf(thread::ld_cg(p + 2 * j) - m);
-    for (int j = 0; j < NS; ++j) wts[e * NS + j] = __expf(thread::ld_cg(p + 2 * j) - m) / den;
+  const int h0 = k0 / HD, nh = (k0 + KC - 1) / HD - h0 + 1;
+  float* m = c.attn;               // [B][nh][NS] each split's running max,
+  float* l = m + B * nh * NS;      // its sum of exponentials,
+  float* wts = l + B * nh * NS;    // and its weight in the combined softmax
+  for (int e = threadIdx.x; e < B * nh * NS; e += C::THREADS) {
+    const int b = e / (nh * NS), h = h0 + (e / NS) % nh, j = e % NS;
+    const float2 v = __ldcg(reinterpret_cast<const float2*>(ml + ((b * NH + h) * NS + j) * 2));
+    m[e] = v.x;
+    l[e] = v.y;
   }
   __syncthreads();
-  for (int e = threadIdx.x; e < B * kc; e += C::THREADS) {
-    const int b = e / kc, k = e % kc, h = (k0 + k) / HD, d = (k0 + k) % HD;
+  for (int e = threadIdx.x; e < B * nh; e += C::THREADS) {
+    float M = -INFINITY, den = 0.f;
+    for (int j = 0; j < NS; ++j) M = fmaxf(M, m[e * NS + j]);
+    for (int j = 0; j < NS; ++j) den += l[e * NS + j] * __expf(m[e * NS + j] - M);
+    for (int j = 0; j < NS; ++j) wts[e * NS + j] = __expf(m[e * NS + j] - M) / den;
+  }
+  __syncthreads();
+  for (int e = threadIdx.x; e < B * KC / 4; e += C::THREADS) {
+    const int b = e / (KC / 4), k = (e % (KC / 4)) * 4, h = (k0 + k) / HD, d = (k0 + k) % HD;
     const float* w = wts + (b * nh + h - h0) * NS;
-    const float* src = o + ((b * NH + h) * NS) * HD + d;
-    float acc = 0.f;
-    for (int j = 0; j < NS; ++j) acc += w[j] * thread::ld_cg(src + j * HD);
-    c.x[b * kc + k] = __float2bfloat16_rn(acc);
+    const float4* src = reinterpret_cast<const float4*>(o + ((b * NH + h) * NS) * HD + d);
+    float4 part[NS];
+#pragma unroll
+    for (int j = 0; j < NS; ++j) part[j] = thread::ld_cg(src + j * (HD / 4));
+    float acc[4] = {};
+#pragma unroll
+    for (int j = 0; j < NS; ++j) {
+      acc[0] += w[j] * part[j].x; acc[1] += w[j] * part[j].y;
+      acc[2] += w[j] * part[j].z; acc[3] += w[j] * part[j].w;
+    }
+    __nv_bfloat16 out[4] = {__float2bfloat16_rn(acc[0]), __float2bfloat16_rn(acc[1]),
+                            __float2bfloat16_rn(acc[2]), __float2bfloat16_rn(acc[3])};
+    *reinterpret_cast<uint2*>(c.x + b * KC + k) = *reinterpret_cast<const uint2*>(out);
   }
 }
 
 // x[b][k] = bf16(bf16(silu(gate)) * up) for intermediate column k0 + k, as HF's MLP.
-template <class C>
-__device__ void stage_silu_mul(Ctx<C>& c, int layer, int k0, int kc) {
-  constexpr int B = C::B, I = C::I, S = C::GateUp::KSPLIT;
+template <class C, int KC>
+__device__ void stage_silu_mul(Ctx<C>& c, int layer, int k0) {
+  constexpr int B = C::B, I = C::I, S = C::GateUp::KSPLIT, N4 = B * KC / 4, UNROLL = 4;
   const float* part = c.scratch(C::S::GATE_UP_PART, layer);
-  for (int e = threadIdx.x; e < B * kc; e += C::THREADS) {
-    const int b = e / kc, k = k0 + e % kc;
-    float g = 0.f, u = 0.f;
-    for (int s = 0; s < S; ++s) {
-      g += thread::ld_cg(part + (s * B + b) * 2 * I + k);
-      u += thread::ld_cg(part + (s * B + b) * 2 * I + I + k);
+  for (int base = threadIdx.x; base < N4; base += C::THREADS * UNROLL) {
+    float4 g[UNROLL], u[UNROLL];
+#pragma unroll
+    for (int q = 0; q < UNROLL; ++q) {
+      const int e = base + q * C::THREADS;
+      g[q] = u[q] = make_float4(0.f, 0.f, 0.f, 0.f);
+      if (e < N4) {
+        const int b = e / (KC / 4), k = k0 + (e % (KC / 4)) * 4;
+#pragma unroll
+        for (int s = 0; s < S; ++s) {
+          const float4 gs = thread::ld_cg(reinterpret_cast<const float4*>(part + (s * B + b) * 2 * I + k));
+          const float4 us = thread::ld_cg(reinterpret_cast<const float4*>(part + (s * B + b) * 2 * I + I + k));
+          g[q].x += gs.x; g[q].y += gs.y; g[q].z += gs.z; g[q].w += gs.w;
+          u[q].x += us.x; u[q].y += us.y; u[q].z += us.z; u[q].w += us.w;
+        }
+      }
     }
-    g = thread::bf16_round(g);
-    u = thread::bf16_round(u);
-    const float silu = thread::bf16_round(g / (1.f + expf(-g)));
-    c.x[b * kc + (e % kc)] = __float2bfloat16_rn(silu * u);
+#pragma unroll
+    for (int q = 0; q < UNROLL; ++q) {
+      const int e = base + q * C::THREADS;
+      if (e >= N4) continue;
+      const float gv[4] = {g[q].x, g[q].y, g[q].z, g[q].w}, uv[4] = {u[q].x, u[q].y, u[q].z, u[q].w};
+      __nv_bfloat16 out[4];
+#pragma unroll
+      for (int t = 0; t < 4; ++t) {
+        const float gr = thread::bf16_round(gv[t]);
+        const float silu = thread::bf16_round(gr / (1.f + expf(-gr)));
+        out[t] = __float2bfloat16_rn(silu * thread::bf16_round(uv[t]));
+      }
+      const int b = e / (KC / 4), k = (e % (KC / 4)) * 4;
+      *reinterpret_cast<uint2*>(c.x + b * KC + k) = *reinterpret_cast<const uint2*>(out);
+    }
   }
 }
 

@@ -66,30 +66,38 @@ __device__ void attention_task(Ctx<C>& c, int layer, int idx) {
 #pragma unroll
     for (int t = 0; t < DPL; ++t) { qr[h][t] = q[h * HD + lane * DPL + t]; o[h][t] = 0.f; }
   }
-  // Each warp takes every WARPS-th position; lanes hold DPL dimensions each.
-  for (int p = p0 + warp; p < p1; p += WARPS) {
-    float kf[DPL], vf[DPL];
-    if (p == pos) {
+  // Each warp takes every WARPS-th position, U positions at a time with all their K and V loads
+  // issued first (the cache is read once, from HBM, and latency would otherwise serialise);
+  // lanes hold DPL dimensions each.
+  constexpr int U = 4;
+  for (int pb = p0 + warp; pb < p1; pb += WARPS * U) {
+    float kf[U][DPL], vf[U][DPL];
 #pragma unroll
-      for (int t = 0; t < DPL; ++t) { kf[t] = kn[lane * DPL + t]; vf[t] = vn[lane * DPL + t]; }
-    } else {
+    for (int u = 0; u < U; ++u) {
+      const int p = pb + u * WARPS;
+      if (p < p1 && p != pos) {
+        thread::load_bf16<DPL>(kc + static_cast<size_t>(p) * HD + lane * DPL, kf[u]);
+        thread::load_bf16<DPL>(vc + static_cast<size_t>(p) * HD + lane * DPL, vf[u]);
+      } else {
 #pragma unroll
-      for (int t = 0; t < DPL; ++t) {
-        kf[t] = __bfloat162float(kc[static_cast<size_t>(p) * HD + lane * DPL + t]);
-        vf[t] = __bfloat162float(vc[static_cast<size_t>(p) * HD + lane * DPL + t]);
+        for (int t = 0; t < DPL; ++t) { kf[u][t] = kn[lane * DPL + t]; vf[u][t] = vn[lane * DPL + t]; }
       }
     }
 #pragma unroll
-    for (int h = 0; h < G; ++h) {
-      float s = 0.f;
+    for (int u = 0; u < U; ++u) {
+      if (pb + u * WARPS >= p1) break;  // the same for the whole warp
 #pragma unroll
-      for (int t = 0; t < DPL; ++t) s = fmaf(qr[h][t], kf[t], s);
-      s = warp::sum(s) * C::ATTN_SCALE;
-      const float mn = fmaxf(m[h], s), alpha = __expf(m[h] - mn), pe = __expf(s - mn);
-      l[h] = l[h] * alpha + pe;
+      for (int h = 0; h < G; ++h) {
+        float s = 0.f;
 #pragma unroll
-      for (int t = 0; t < DPL; ++t) o[h][t] = o[h][t] * alpha + pe * vf[t];
-      m[h] = mn;
+        for (int t = 0; t < DPL; ++t) s = fmaf(qr[h][t], kf[u][t], s);
+        s = warp::sum(s) * C::ATTN_SCALE;
+        const float mn = fmaxf(m[h], s), alpha = __expf(m[h] - mn), pe = __expf(s - mn);
+        l[h] = l[h] * alpha + pe;
+#pragma unroll
+        for (int t = 0; t < DPL; ++t) o[h][t] = o[h][t] * alpha + pe * vf[u][t];
+        m[h] = mn;
+      }
     }
   }
 #pragma unroll

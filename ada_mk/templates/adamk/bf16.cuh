@@ -20,4 +20,27 @@ __device__ __forceinline__ void unpack8(const uint4& v, float (&f)[8]) {
   }
 }
 
+// Four bf16 values packed in a uint2 (one 8-byte load), widened to float.
+__device__ __forceinline__ void unpack4(const uint2& v, float (&f)[4]) {
+  f[0] = __uint_as_float(v.x << 16);
+  f[1] = __uint_as_float(v.x & 0xffff0000u);
+  f[2] = __uint_as_float(v.y << 16);
+  f[3] = __uint_as_float(v.y & 0xffff0000u);
+}
+
+// N consecutive bf16 values (N = 2, 4 or 8: one 4-, 8- or 16-byte load) widened to float.
+template <int N>
+__device__ __forceinline__ void load_bf16(const __nv_bfloat16* p, float (&f)[N]) {
+  if constexpr (N == 2) {
+    const uint32_t w = *reinterpret_cast<const uint32_t*>(p);
+    f[0] = __uint_as_float(w << 16);
+    f[1] = __uint_as_float(w & 0xffff0000u);
+  } else if constexpr (N == 4) {
+    unpack4(*reinterpret_cast<const uint2*>(p), f);
+  } else {
+    static_assert(N == 8, "2, 4 or 8 values");
+    unpack8(*reinterpret_cast<const uint4*>(p), f);
+  }
+}
+
 }  // namespace adamk::thread

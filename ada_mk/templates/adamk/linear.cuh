@@ -10,18 +10,19 @@ namespace adamk::block {
 
 // Build the activation chunk a task of `kind` multiplies, unless the previous task on this SM
 // staged the very same chunk (same stage, layer and K-split): consecutive tasks of a stage share it.
-template <class C, int KIND>
-__device__ void stage_input(Ctx<C>& c, int layer, int split, int k0, int kc) {
+template <class C, class T, int KIND>
+__device__ void stage_input(Ctx<C>& c, int layer, int split) {
   const int key = KIND | layer << 8 | split << 20;
   if (c.staged == key) return;
   c.staged = key;
   using W = typename C::W;
-  if constexpr (KIND == QKV) stage_rmsnorm(c, stream_in(c, layer), c.weight(W::INPUT_NORM, layer), k0, kc);
-  if constexpr (KIND == GATE_UP) stage_rmsnorm(c, stream_mid(c, layer), c.weight(W::POST_NORM, layer), k0, kc);
+  const int k0 = split * T::KC;
+  if constexpr (KIND == QKV) stage_rmsnorm<C, T::KC>(c, stream_in(c, layer), c.weight(W::INPUT_NORM, layer), k0);
+  if constexpr (KIND == GATE_UP) stage_rmsnorm<C, T::KC>(c, stream_mid(c, layer), c.weight(W::POST_NORM, layer), k0);
   if constexpr (KIND == LM_HEAD)
-    stage_rmsnorm(c, stream_in(c, C::L), c.a.weights + W::FINAL_NORM, k0, kc);
-  if constexpr (KIND == O) stage_attention(c, layer, k0, kc);
-  if constexpr (KIND == DOWN) stage_silu_mul(c, layer, k0, kc);
+    stage_rmsnorm<C, T::KC>(c, stream_in(c, C::L), c.a.weights + W::FINAL_NORM, k0);
+  if constexpr (KIND == O) stage_attention<C, T::KC>(c, layer, k0);
+  if constexpr (KIND == DOWN) stage_silu_mul<C, T::KC>(c, layer, k0);
 }
 
 // Row `row` of batch entry b is done: store it where its consumers read it.
@@ -54,7 +55,7 @@ __device__ void linear_task(Ctx<C>& c, int layer, int idx) {
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int crow = warp / T::WPR, part = warp % T::WPR;  // this warp's row in a chunk, its K-part
 
-  stage_input<C, KIND>(c, layer, split, split * T::KC, T::KC);  // ordered by the ring's barrier
+  stage_input<C, T, KIND>(c, layer, split);  // ordered by the ring's barrier
 
   for (int ch = 0; ch < T::CHUNKS; ++ch) {
     const __nv_bfloat16* w = c.ring.next() + crow * T::KC;

@@ -86,26 +86,44 @@ __device__ bool wait_inputs(const Ctx<C>& c, int kind, int layer, int idx) {
 #endif
 }
 
-// The greedy choice: the best of the LM head tiles' best rows, the first index on ties.
+// The greedy choice: the best of the LM head tiles' best rows, the first index on ties. The
+// whole block reads the tiles' results, all loads first, then reduces.
 template <class C>
 __device__ void argmax_task(Ctx<C>& c) {
-  constexpr int TILES = C::LmHead::TILES;
+  constexpr int TILES = C::LmHead::TILES, PER = (TILES + C::THREADS - 1) / C::THREADS;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  if (warp < C::B) {
-    const float* val = c.a.scratch + C::S::ARG_VAL + warp * TILES;
-    const int* arg = reinterpret_cast<const int*>(c.a.scratch) + C::S::ARG_IDX + warp * TILES;
-    float best = -INFINITY;
-    int idx = 0x7fffffff;
-    for (int t = lane; t < TILES; t += 32) {
-      const float v = thread::ld_cg(val + t);
-      const int i = __ldcg(arg + t);
-      if (v > best || (v == best && i < idx)) { best = v; idx = i; }
+  for (int b = 0; b < C::B; ++b) {
+    const float* val = c.a.scratch + C::S::ARG_VAL + b * TILES;
+    const int* arg = reinterpret_cast<const int*>(c.a.scratch) + C::S::ARG_IDX + b * TILES;
+    float v[PER];
+    int i[PER];
+#pragma unroll
+    for (int q = 0; q < PER; ++q) {
+      const int t = threadIdx.x + q * C::THREADS;
+      v[q] = t < TILES ? thread::ld_cg(val + t) : -INFINITY;
+      i[q] = t < TILES ? __ldcg(arg + t) : 0x7fffffff;
     }
+    float best = v[0];
+    int idx = i[0];
+#pragma unroll
+    for (int q = 1; q < PER; ++q)
+      if (v[q] > best || (v[q] == best && i[q] < idx)) { best = v[q]; idx = i[q]; }
     warp::argmax(best, idx);
     if (lane == 0) {
-      c.a.next_tokens[warp] = idx;
-      c.a.next_positions[warp] = c.a.positions[warp] + 1;
+      c.misc[warp] = best;
+      reinterpret_cast<int*>(c.misc)[WARPS + warp] = idx;
     }
+    __syncthreads();
+    if (warp == 0) {
+      best = lane < WARPS ? c.misc[lane] : -INFINITY;
+      idx = lane < WARPS ? reinterpret_cast<int*>(c.misc)[WARPS + lane] : 0x7fffffff;
+      warp::argmax(best, idx);
+      if (lane == 0) {
+        c.a.next_tokens[b] = idx;
+        c.a.next_positions[b] = c.a.positions[b] + 1;
+      }
+    }
+    __syncthreads();
   }
 }
 
