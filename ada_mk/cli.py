@@ -4,15 +4,17 @@
 
 Flow: read the configuration -> build the IR of one decode step -> write
 `<out>/<model>/<gpu>-bs<batch>/ir.json` -> hand over to the code generator
-(`ada_mk.codegen.pipeline.emit`) when it is installed.
+(`ada_mk.codegen.pipeline.emit`: plan.json, the kernel sources, then nvcc unless --no-build).
 
-Errors in the user's input are one line on stderr, `adamk-gen: error: ...`, with exit status 2
-(the status click uses for usage errors); a traceback means a bug in the generator.
+Errors in the user's input (bad config or flags, a plan that does not fit the GPU, nvcc missing
+or failing) are one line on stderr, `adamk-gen: error: ...`, with exit status 2 (the status click
+uses for usage errors); a traceback means a bug in the generator.
 """
 from __future__ import annotations
 
 import importlib
 import json
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -48,7 +50,41 @@ def _codegen() -> ModuleType | None:
         raise
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+def _codegen_errors() -> tuple[type[BaseException], ...]:
+    """The code generator's one-line user errors (evaluated only when an exception propagates)."""
+    mod = sys.modules.get(CODEGEN_MODULE)
+    err = getattr(mod, "EmitError", None) if mod is not None else None
+    return (err,) if isinstance(err, type) else ()
+
+
+class OneLineErrors(click.Command):
+    """click reports usage errors (a missing --config, `--batch x`) as a usage block; report them
+    as one line like every other user error, still with exit status 2."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        try:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.ClickException as e:
+            hint = " (see --help)" if isinstance(e, click.UsageError) else ""
+            click.echo(f"{PROG}: error: {' '.join(e.format_message().split())}{hint}", err=True)
+            raise SystemExit(EXIT_USAGE)
+        except click.Abort:
+            click.echo(f"{PROG}: aborted", err=True)
+            raise SystemExit(1)
+
+
+def _check_arch(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> tuple[str, ...]:
+    if not value:
+        return value
+    from .codegen.build import ARCH_FLAGS  # imported late: --help works without the code generator
+
+    for a in value:
+        if a not in ARCH_FLAGS:
+            raise click.BadParameter(f"{a!r}: expected one of {', '.join(ARCH_FLAGS)}", ctx, param)
+    return value
+
+
+@click.command(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--config", "config_path", required=True, type=click.Path(path_type=Path),
               help="Model config: one of configs/*.yaml, or an HF config.json.")
 @click.option("--gpu", default=None, metavar="NAME",
@@ -64,20 +100,47 @@ def _codegen() -> ModuleType | None:
               show_default=True, help="Output root; files go to OUT/<model>/<gpu>-bs<batch>/.")
 @click.option("--dump-ir", is_flag=True,
               help="Print the decode-step IR to stdout and exit without writing anything.")
+@click.option("--no-build", is_flag=True,
+              help="Write the plan and the kernel sources only; do not run nvcc.")
+@click.option("--arch", "archs", multiple=True, metavar="SM", callback=_check_arch,
+              help="Also compile for this architecture (repeatable: --arch sm_89 --arch sm_90a): "
+                   "sm_80, sm_89, sm_90a, or sm_90 (no Hopper-only instructions). "
+                   "The target GPU's own architecture is always included.")
+@click.option("--debug", is_flag=True,
+              help="Build with bounded dependency waits (-DADAMK_DEBUG): a stuck wait is reported "
+                   "by the runtime as an error naming the task and counter, instead of a hang.")
+@click.option("--explain", is_flag=True,
+              help="Print what the plan decided (tiling, K-split, shared memory, predicted time) "
+                   "to stdout, and write explain.txt, trace.json and gantt.png beside the kernel.")
 def main(config_path: Path, gpu: str | None, batch: int | None, max_context: int | None,
-         dtype: str | None, out_dir: Path, dump_ir: bool) -> None:
-    """Generate one CUDA MegaKernel for low-latency decoding of MODEL on GPU at BATCH."""
+         dtype: str | None, out_dir: Path, dump_ir: bool, no_build: bool, archs: tuple[str, ...],
+         debug: bool, explain: bool) -> None:
+    """Generate one CUDA MegaKernel for low-latency decoding of MODEL on GPU at BATCH.
+
+    Writes ir.json, plan.json and the kernel sources (<name>.cu, <name>.schedule.inc,
+    <name>_host.cu, <name>.h) to OUT/<model>/<gpu>-bs<batch>/, then compiles them with nvcc
+    into <name>.fatbin (for cuda-python) and lib<name>.so (C ABI) there.
+    """
+    if no_build and (archs or debug):
+        fail(f"{'--arch' if archs else '--debug'} needs a build: drop --no-build")
     try:
-        _run(config_path, gpu, batch, max_context, dtype, out_dir, dump_ir)
+        generate(config_path, gpu, batch, max_context, dtype, out_dir, dump_ir=dump_ir,
+                 build=not no_build, archs=archs, debug=debug, explain=explain)
     except ConfigError as e:
         fail(str(e))
     except OSError as e:
         where = f"{e.filename}: " if e.filename else ""
         fail(f"{where}cannot write output: {e.strerror or e}")
+    except _codegen_errors() as e:
+        fail(str(e))
 
 
-def _run(config_path: Path, gpu: str | None, batch: int | None, max_context: int | None,
-         dtype: str | None, out_dir: Path, dump_ir: bool) -> None:
+def generate(config_path: Path, gpu: str | None, batch: int | None, max_context: int | None,
+             dtype: str | None, out_dir: Path, *, dump_ir: bool = False, build: bool = True,
+             archs: tuple[str, ...] = (), debug: bool = False, explain: bool = False,
+             log=log) -> Path | None:
+    """What `adamk-gen` does; returns the output directory (None for dump_ir). Also used by
+    `python -m ada_mk.codegen.regen`, so the checked-in kernels are exactly the CLI's output."""
     model, deploy = load_config(config_path, gpu=gpu, batch=batch, max_context=max_context, dtype=dtype)
 
     # Imported here so that config errors and --help work even while the IR is being changed.
@@ -86,7 +149,7 @@ def _run(config_path: Path, gpu: str | None, batch: int | None, max_context: int
     graph = build_decode_graph(model, deploy)
     if dump_ir:
         click.echo(graph.dump())
-        return
+        return None
 
     log(f"{config_path}: {model.name} ({model.model_type}, {model.num_hidden_layers} layers, hidden {model.hidden_size}) "
         f"on {deploy.gpu.name} ({deploy.gpu.arch}), batch {deploy.batch}, "
@@ -100,12 +163,22 @@ def _run(config_path: Path, gpu: str | None, batch: int | None, max_context: int
     if codegen is None:
         log(f"{CODEGEN_MODULE} not available; stopping after the IR")
     else:
-        codegen.emit(model, deploy, graph, target, log)
+        options = {}  # only what differs from emit's defaults
+        if not build:
+            options["build_kernel"] = False
+        if archs:
+            options["archs"] = tuple(archs)
+        if debug:
+            options["debug"] = True
+        if explain:
+            options["explain"] = click.echo
+        codegen.emit(model, deploy, graph, target, log, **options)
 
     context = getattr(graph, "context", None)
     at = f" at context {context}" if context is not None else ""
     log(f"done: {model.name} on {deploy.gpu.name} bs{deploy.batch}: "
         f"{graph.total_bytes() / 1e9:.3f} GB/step{at}, {graph.total_flops() / 1e9:.2f} GFLOP/step -> {target}")
+    return target
 
 
 if __name__ == "__main__":

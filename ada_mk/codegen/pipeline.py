@@ -76,7 +76,10 @@ def _validator():
 def plan_json_text(plan: Plan) -> str:
     """plan.json: the plan and the memory layout of its buffers (what adamk_plan_json() returns)."""
     doc = {"plan": plan.to_json(), "layout": make_layout(plan).to_json()}
-    return json.dumps(doc, indent=1, ensure_ascii=True, allow_nan=False) + "\n"
+    text = json.dumps(doc, indent=1, ensure_ascii=True, allow_nan=False)
+    # Arrays of scalars (a schedule run, a shape) on one line each. Raw newlines are only ever
+    # structural whitespace in JSON (strings escape them), so this cannot change the value.
+    return re.sub(r"\[([^\[\]{}]*)\]", lambda m: "[" + re.sub(r"\n\s*", " ", m.group(1)).strip() + "]", text) + "\n"
 
 
 def write_sources(plan: Plan, out_dir: Path, log: Log) -> Source:
