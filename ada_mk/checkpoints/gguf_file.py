@@ -1,0 +1,270 @@
+"""GGUF files (llama.cpp's format): model hyper-parameters from the metadata, tensors dequantized
+to float32 on access, tensor names mapped to HF's, and llama.cpp's Q/K row permutation undone.
+
+    model, weights, tok = load_gguf("SmolLM2-135M-Instruct.Q4_1.gguf")
+
+Needs the `gguf` package (pip install 'ada-mk[gguf]'). Tested types: F32, F16, BF16, Q8_0, Q4_0,
+Q4_1; anything else `gguf.quants.dequantize` knows (K-quants, ...) is accepted as well.
+"""
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..config.model import ModelConfig
+from .errors import CheckpointError
+from .names import check_weights
+
+SUPPORTED_ARCHS = ("llama", "qwen2")
+
+# GGUF tensor name (after "blk.N.") -> HF name (after "model.layers.N.")
+_LAYER_NAMES = {
+    "attn_norm.weight": "input_layernorm.weight",
+    "attn_q.weight": "self_attn.q_proj.weight",
+    "attn_k.weight": "self_attn.k_proj.weight",
+    "attn_v.weight": "self_attn.v_proj.weight",
+    "attn_q.bias": "self_attn.q_proj.bias",
+    "attn_k.bias": "self_attn.k_proj.bias",
+    "attn_v.bias": "self_attn.v_proj.bias",
+    "attn_output.weight": "self_attn.o_proj.weight",
+    "ffn_norm.weight": "post_attention_layernorm.weight",
+    "ffn_gate.weight": "mlp.gate_proj.weight",
+    "ffn_up.weight": "mlp.up_proj.weight",
+    "ffn_down.weight": "mlp.down_proj.weight",
+}
+_GLOBAL_NAMES = {
+    "token_embd.weight": "model.embed_tokens.weight",
+    "output_norm.weight": "model.norm.weight",
+    "output.weight": "lm_head.weight",
+    "rope_freqs.weight": "rope_freqs.weight",  # llama3 RoPE factors: ignored (the config decides)
+}
+_BLK = re.compile(r"^blk\.(\d+)\.(.+)$")
+
+
+def gguf_to_hf_name(name: str) -> str | None:
+    if name in _GLOBAL_NAMES:
+        return _GLOBAL_NAMES[name]
+    m = _BLK.match(name)
+    if m and m[2] in _LAYER_NAMES:
+        return f"model.layers.{m[1]}.{_LAYER_NAMES[m[2]]}"
+    return None
+
+
+def unpermute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
+    """Undo convert_hf_to_gguf's `permute`, which reorders each head's rows from HF's rotate-half
+    RoPE layout (first half, second half) to llama.cpp's interleaved pairs:
+        gguf = hf.reshape(n_head, 2, d/2, ...).swapaxes(1, 2).reshape(shape)."""
+    shape = w.shape
+    return w.reshape(n_head, shape[0] // n_head // 2, 2, *shape[1:]).swapaxes(1, 2).reshape(shape)
+
+
+def permute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
+    """llama.cpp's permutation (the inverse of unpermute_qk): for writing test files."""
+    shape = w.shape
+    return w.reshape(n_head, 2, shape[0] // n_head // 2, *shape[1:]).swapaxes(1, 2).reshape(shape)
+
+
+@dataclass
+class GGUFTokenizerInfo:
+    """What a GGUF file says about its tokenizer (tokenizer.ggml.* and tokenizer.chat_template)."""
+
+    model: str  # "gpt2" (byte-level BPE), "llama" (SentencePiece), ...
+    pre: str | None
+    tokens: list[str]
+    token_type: list[int] | None
+    merges: list[str] | None
+    bos_token_id: int | None
+    eos_token_id: int | None
+    eot_token_id: int | None = None
+    add_bos_token: bool = False
+    chat_template: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _import_gguf():
+    try:
+        import gguf
+    except ImportError:
+        raise CheckpointError("reading GGUF files needs the gguf package: pip install 'ada-mk[gguf]' (or gguf)") from None
+    return gguf
+
+
+def _value(f: Any) -> Any:
+    """A metadata field's value (scalar, string or list), for old and new gguf versions."""
+    if hasattr(f, "contents"):
+        return f.contents()
+    import gguf  # pragma: no cover - gguf < 0.10
+
+    types = f.types
+    if types[0] == gguf.GGUFValueType.ARRAY:
+        vals = [f.parts[i] for i in f.data]
+        if types[-1] == gguf.GGUFValueType.STRING:
+            return [bytes(v).decode("utf-8", "replace") for v in vals]
+        return [v.tolist()[0] for v in vals]
+    if types[0] == gguf.GGUFValueType.STRING:
+        return bytes(f.parts[f.data[0]]).decode("utf-8", "replace")
+    return f.parts[f.data[0]].tolist()[0]
+
+
+def _f32_round(x: float) -> float:
+    """GGUF stores floats as float32 (1e-5 reads back as 9.999999747e-06): take the shortest
+    decimal that rounds to the same float32, so configs match the published ones exactly."""
+    return float(str(np.float32(x)))
+
+
+class GGUFWeights(Mapping):
+    """HF name -> float32 ndarray, dequantized (and un-permuted) from the memory-mapped file on
+    access."""
+
+    def __init__(self, path: Path, tensors: Mapping[str, Any], model: ModelConfig, permute: bool) -> None:
+        self.path, self.tensors, self.model, self.permute = path, dict(tensors), model, permute
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        gguf = _import_gguf()
+        t = self.tensors[name]
+        shape = tuple(int(s) for s in reversed(t.shape.tolist()))
+        try:
+            w = gguf.quants.dequantize(t.data, t.tensor_type)
+        except NotImplementedError:
+            raise CheckpointError(f"{self.path}: tensor {t.name!r} is {t.tensor_type.name}, which this gguf "
+                                  "version cannot dequantize") from None
+        w = np.asarray(w, dtype=np.float32).reshape(shape)
+        if self.permute and name.endswith(("q_proj.weight", "q_proj.bias")):
+            w = unpermute_qk(w, self.model.num_attention_heads)
+        elif self.permute and name.endswith(("k_proj.weight", "k_proj.bias")):
+            w = unpermute_qk(w, self.model.num_key_value_heads)
+        return w
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.tensors)
+
+    def __len__(self) -> int:
+        return len(self.tensors)
+
+    @property
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        return {k: tuple(int(s) for s in reversed(t.shape.tolist())) for k, t in self.tensors.items()}
+
+
+def _model_name(meta: Mapping[str, Any], path: Path) -> str:
+    base, size = meta.get("general.basename"), meta.get("general.size_label")
+    name = f"{base}-{size}" if isinstance(base, str) and isinstance(size, str) else path.stem
+    return re.sub(r"[^A-Za-z0-9._+-]+", "-", name.lower()).strip("-.") or "model"
+
+
+def model_from_metadata(meta: Mapping[str, Any], tensor_shapes: Mapping[str, tuple[int, ...]],
+                        path: Path) -> ModelConfig:
+    arch = meta.get("general.architecture")
+    if arch not in SUPPORTED_ARCHS:
+        raise CheckpointError(f"{path}: general.architecture = {arch!r}; expected one of {', '.join(SUPPORTED_ARCHS)}")
+
+    def get(key: str, default: Any = None, required: bool = True) -> Any:
+        v = meta.get(f"{arch}.{key}", default)
+        if v is None and required:
+            raise CheckpointError(f"{path}: metadata {arch}.{key} is missing")
+        return v
+
+    hidden, heads = int(get("embedding_length")), int(get("attention.head_count"))
+    kv = int(get("attention.head_count_kv", heads))
+    head_dim = int(get("attention.key_length", hidden // heads))
+    if get("attention.value_length", head_dim) != head_dim:
+        raise CheckpointError(f"{path}: {arch}.attention.value_length differs from key_length; unsupported")
+    rope_dims = get("rope.dimension_count", head_dim)
+    if rope_dims != head_dim:
+        raise CheckpointError(f"{path}: {arch}.rope.dimension_count = {rope_dims}: partial RoPE is unsupported "
+                              f"(head_dim {head_dim})")
+    scaling = get("rope.scaling.type", "none", required=False)
+    if scaling not in ("none", None):
+        raise CheckpointError(f"{path}: {arch}.rope.scaling.type = {scaling!r} is unsupported; pass a config "
+                              "with the model's rope_scaling")
+    if "rope_freqs.weight" in tensor_shapes:
+        raise CheckpointError(f"{path}: tensor 'rope_freqs.weight' (llama3 RoPE scaling) cannot be turned into "
+                              "a config; pass the model's config (with rope_scaling) explicitly")
+    vocab = get("vocab_size", None, required=False)
+    if vocab is None:
+        tokens = meta.get("tokenizer.ggml.tokens")
+        vocab = len(tokens) if tokens else tensor_shapes.get("model.embed_tokens.weight", (0,))[0]
+    return ModelConfig(
+        name=_model_name(meta, path),
+        model_type=arch,
+        hidden_size=hidden,
+        intermediate_size=int(get("feed_forward_length")),
+        num_hidden_layers=int(get("block_count")),
+        num_attention_heads=heads,
+        num_key_value_heads=kv,
+        head_dim=head_dim,
+        vocab_size=int(vocab),
+        rms_norm_eps=_f32_round(get("attention.layer_norm_rms_epsilon")),
+        rope_theta=_f32_round(get("rope.freq_base", 10000.0)),
+        max_position_embeddings=int(get("context_length")),
+        tie_word_embeddings="lm_head.weight" not in tensor_shapes,
+        attention_bias=arch == "qwen2",
+        rope_scaling=None,
+    )
+
+
+def _tokenizer_info(meta: Mapping[str, Any]) -> GGUFTokenizerInfo | None:
+    tokens = meta.get("tokenizer.ggml.tokens")
+    if not tokens:
+        return None
+    return GGUFTokenizerInfo(
+        model=meta.get("tokenizer.ggml.model", "gpt2"),
+        pre=meta.get("tokenizer.ggml.pre"),
+        tokens=list(tokens),
+        token_type=meta.get("tokenizer.ggml.token_type"),
+        merges=meta.get("tokenizer.ggml.merges"),
+        bos_token_id=meta.get("tokenizer.ggml.bos_token_id"),
+        eos_token_id=meta.get("tokenizer.ggml.eos_token_id"),
+        eot_token_id=meta.get("tokenizer.ggml.eot_token_id"),
+        add_bos_token=bool(meta.get("tokenizer.ggml.add_bos_token", False)),
+        chat_template=meta.get("tokenizer.chat_template"),
+        extra={k: v for k, v in meta.items() if k.startswith("tokenizer.") and not isinstance(v, list)},
+    )
+
+
+def read_metadata(path: str | os.PathLike) -> tuple[dict[str, Any], Any]:
+    """(metadata key -> value, the GGUFReader)."""
+    gguf = _import_gguf()
+    path = Path(path)
+    try:
+        reader = gguf.GGUFReader(path)
+    except (ValueError, OSError) as e:
+        raise CheckpointError(f"{path}: not a readable GGUF file: {e}") from None
+    meta = {}
+    for k, f in reader.fields.items():
+        try:
+            meta[k] = _value(f)
+        except Exception:  # noqa: BLE001 - an odd field we do not need must not stop the load
+            continue
+    return meta, reader
+
+
+def load_gguf(path: str | os.PathLike, model: ModelConfig | None = None
+              ) -> tuple[ModelConfig, GGUFWeights, GGUFTokenizerInfo | None]:
+    """Read a GGUF file: (model from the metadata, or `model` when given; HF-named weights,
+    dequantized on access; tokenizer info from the metadata or None)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such file")
+    meta, reader = read_metadata(path)
+    tensors: dict[str, Any] = {}
+    for t in reader.tensors:
+        hf = gguf_to_hf_name(t.name)
+        if hf is None:
+            raise CheckpointError(f"{path}: unexpected tensor {t.name!r}: not part of a "
+                                  f"{'/'.join(SUPPORTED_ARCHS)} model")
+        tensors[hf] = t
+    shapes = {k: tuple(int(s) for s in reversed(t.shape.tolist())) for k, t in tensors.items()}
+    if model is None:
+        model = model_from_metadata(meta, shapes, path)
+    drop = check_weights(model, shapes, str(path))
+    for n in drop:
+        del tensors[n]
+    permute = meta.get("general.architecture") == "llama"
+    return model, GGUFWeights(path, tensors, model, permute), _tokenizer_info(meta)

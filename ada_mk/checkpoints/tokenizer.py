@@ -1,0 +1,213 @@
+"""Tokenizers for real checkpoints: from an HF folder's tokenizer.json, or built from a GGUF
+file's metadata (byte-level BPE, tokenizer.ggml.model = "gpt2"). Encoding and decoding go through
+the `tokenizers` package (pip install 'ada-mk[text]'); the chat template is rendered with jinja2.
+
+    tok = Tokenizer.from_gguf_info(info)            # or Tokenizer.from_folder(path)
+    ids = tok.encode(tok.apply_chat_template("Hi"))  # with --chat
+    text = tok.decode(ids)
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterable
+
+from .errors import CheckpointError
+
+# llama.cpp pre-tokenizer names (tokenizer.ggml.pre) -> the split regex its merges were learned
+# with; each is followed by a byte-level mapping. Absent names use GPT-2's own regex.
+_LLAMA3_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+_QWEN2_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+_SPLITS = {"llama3": _LLAMA3_SPLIT, "llama-v3": _LLAMA3_SPLIT, "llama-bpe": _LLAMA3_SPLIT,
+           "smaug-bpe": _LLAMA3_SPLIT, "qwen2": _QWEN2_SPLIT, "deepseek-r1-qwen": _QWEN2_SPLIT}
+# Pre-tokenizers that split every digit apart before GPT-2's regex (SmolLM's tokenizer.json:
+# Digits(individual_digits=True) then ByteLevel).
+_DIGIT_SPLIT = ("smollm", "starcoder", "refact")
+
+CONTROL, USER_DEFINED = 3, 4  # llama.cpp token types
+
+
+def _tokenizers():
+    try:
+        import tokenizers
+    except ImportError:
+        raise CheckpointError("tokenizing needs the tokenizers package: pip install 'ada-mk[text]' (or tokenizers)") from None
+    return tokenizers
+
+
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's byte -> printable character table (byte-level BPE spells tokens with it)."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, map(chr, cs)))
+
+
+def _raise_exception(msg: str) -> None:
+    raise CheckpointError(f"chat template: {msg}")
+
+
+class Tokenizer:
+    """encode / decode / chat template over a `tokenizers.Tokenizer`."""
+
+    def __init__(self, backend: Any, *, bos_token: str | None = None, eos_token: str | None = None,
+                 eos_token_ids: Iterable[int] = (), add_bos: bool = False, chat_template: str | None = None) -> None:
+        self.backend = backend
+        self.bos_token, self.eos_token = bos_token, eos_token
+        self.bos_token_id = backend.token_to_id(bos_token) if bos_token else None
+        self.eos_token_ids = sorted({int(i) for i in eos_token_ids if i is not None})
+        self.add_bos = add_bos and self.bos_token_id is not None
+        self.chat_template = chat_template
+
+    # ---------------------------------------------------------------------------- building
+    @classmethod
+    def from_gguf_info(cls, info: Any) -> Tokenizer:
+        """Byte-level BPE from tokenizer.ggml.{tokens, merges, token_type, pre}."""
+        tk = _tokenizers()
+        if info.model != "gpt2":
+            raise CheckpointError(f"GGUF tokenizer model {info.model!r} is unsupported; expected 'gpt2' (byte-level BPE)")
+        if not info.merges:
+            raise CheckpointError("GGUF tokenizer: tokenizer.ggml.merges is missing")
+        spelling = bytes_to_unicode()
+        alphabet = set(spelling.values())
+        types = list(info.token_type or [1] * len(info.tokens))
+        vocab = {}
+        for i, t in enumerate(info.tokens):
+            if types[i] not in (CONTROL, USER_DEFINED) and not set(t) <= alphabet:
+                t = "".join(spelling[b] for b in t.encode("utf-8"))
+            vocab.setdefault(t, i)
+        merges = [tuple(m.split(" ", 1)) for m in info.merges]
+        bpe = tk.models.BPE(vocab=vocab, merges=merges, fuse_unk=False, byte_fallback=False)
+        backend = tk.Tokenizer(bpe)
+        pre = info.pre or "default"
+        byte_level = tk.pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=pre not in _SPLITS)
+        if pre in _SPLITS:
+            backend.pre_tokenizer = tk.pre_tokenizers.Sequence(
+                [tk.pre_tokenizers.Split(tk.Regex(_SPLITS[pre]), behavior="isolated"), byte_level])
+        elif pre in _DIGIT_SPLIT:
+            backend.pre_tokenizer = tk.pre_tokenizers.Sequence(
+                [tk.pre_tokenizers.Digits(individual_digits=True), byte_level])
+        else:
+            backend.pre_tokenizer = byte_level
+        backend.decoder = tk.decoders.ByteLevel()
+        specials = [tk.AddedToken(t, special=True, normalized=False)
+                    for t, ty in zip(info.tokens, types) if ty == CONTROL]
+        user = [tk.AddedToken(t, special=False, normalized=False)
+                for t, ty in zip(info.tokens, types) if ty == USER_DEFINED]
+        if specials:
+            backend.add_special_tokens(specials)
+        if user:
+            backend.add_tokens(user)
+
+        def tok(i):
+            return info.tokens[i] if i is not None and 0 <= i < len(info.tokens) else None
+
+        return cls(backend, bos_token=tok(info.bos_token_id), eos_token=tok(info.eos_token_id),
+                   eos_token_ids=[info.eos_token_id, info.eot_token_id], add_bos=info.add_bos_token,
+                   chat_template=info.chat_template)
+
+    @classmethod
+    def from_folder(cls, folder: str | Path) -> Tokenizer:
+        """tokenizer.json (+ tokenizer_config.json and generation_config.json when present)."""
+        tk = _tokenizers()
+        folder = Path(folder)
+        path = folder / "tokenizer.json"
+        try:
+            backend = tk.Tokenizer.from_file(str(path))
+        except Exception as e:  # noqa: BLE001 - tokenizers raises its own exception types
+            raise CheckpointError(f"{path}: cannot read the tokenizer: {e}") from None
+        cfg = _read_json(folder / "tokenizer_config.json")
+        gen = _read_json(folder / "generation_config.json")
+
+        def token_str(v: Any) -> str | None:
+            return v.get("content") if isinstance(v, dict) else v
+
+        bos, eos = token_str(cfg.get("bos_token")), token_str(cfg.get("eos_token"))
+        eos_ids = [backend.token_to_id(eos)] if eos else []
+        g = gen.get("eos_token_id")
+        eos_ids += g if isinstance(g, list) else [g]
+        template = cfg.get("chat_template")
+        if isinstance(template, list):  # [{"name": "default", "template": ...}, ...]
+            named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+            template = named.get("default") or next(iter(named.values()), None)
+        if template is None and (folder / "chat_template.jinja").exists():
+            template = (folder / "chat_template.jinja").read_text()
+        # add_bos: HF's post-processor already adds it when the tokenizer wants it.
+        return cls(backend, bos_token=bos, eos_token=eos, eos_token_ids=eos_ids, add_bos=False,
+                   chat_template=template)
+
+    # ---------------------------------------------------------------------------- using
+    @property
+    def vocab_size(self) -> int:
+        return self.backend.get_vocab_size(with_added_tokens=True)
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        """Token ids of `text`; special tokens written in the text (e.g. <|im_start|>) stay whole.
+        A BOS is prepended when the checkpoint asks for one (and the text has none)."""
+        ids = self.backend.encode(text, add_special_tokens=add_special_tokens).ids
+        if add_special_tokens and self.add_bos and (not ids or ids[0] != self.bos_token_id):
+            ids = [self.bos_token_id] + ids
+        return ids
+
+    def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
+        return self.backend.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
+
+    def apply_chat_template(self, prompt: str | list[dict[str, str]], add_generation_prompt: bool = True) -> str:
+        """The chat template rendered for one user message (or a list of messages)."""
+        if not self.chat_template:
+            raise CheckpointError("this checkpoint has no chat template")
+        import jinja2
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                            extensions=["jinja2.ext.loopcontrols"])
+        env.globals["raise_exception"] = _raise_exception
+        env.filters.setdefault("tojson", lambda x, **kw: json.dumps(x, ensure_ascii=False, **kw))
+        try:
+            return env.from_string(self.chat_template).render(
+                messages=messages, add_generation_prompt=add_generation_prompt,
+                bos_token=self.bos_token or "", eos_token=self.eos_token or "")
+        except jinja2.TemplateError as e:
+            raise CheckpointError(f"chat template: {e}") from None
+
+    def stream(self) -> StreamDecoder:
+        return StreamDecoder(self)
+
+
+class StreamDecoder:
+    """Turns tokens into text as they come: `push(id)` returns the new text, holding back an
+    incomplete UTF-8 sequence until the token that completes it arrives."""
+
+    def __init__(self, tok: Tokenizer) -> None:
+        self.tok, self.ids, self.emitted = tok, [], ""
+
+    def push(self, token: int) -> str:
+        self.ids.append(int(token))
+        text = self.tok.decode(self.ids)
+        if text.endswith("\ufffd"):
+            return ""
+        new = text[len(self.emitted):] if text.startswith(self.emitted) else text
+        self.emitted = text
+        return new
+
+
+def _read_json(path: Path) -> dict:
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: not valid JSON: {e}") from None
+    return data if isinstance(data, dict) else {}

@@ -1,0 +1,171 @@
+"""Hybrid engine: prefill the prompt with batched PyTorch on the GPU (matrix-matrix products,
+SDPA with a causal mask), write its K and V straight into the MegaKernel's cache, then decode in
+the MegaKernel from position T on. This is the paper's split: high-throughput prefill elsewhere,
+low-latency decode in the MegaKernel.
+
+    engine = MegaKernelEngine(plan, fatbin); engine.load_weights(weights)
+    hybrid = HybridPrefill(engine)
+    next_tokens, logits = hybrid.prefill(prompt_ids)          # [B, T] -> [B], [B, V]
+    engine.step(next_tokens, [T] * B)                           # decode goes on in the kernel
+
+The prefill reads the very bf16 weights the kernel reads (the packed device buffer, viewed as torch
+tensors: no second copy), computes in float32 by default (as the kernel accumulates), rounds K and V
+to bf16 and stores them at [layer][b][kv_head][position][head_dim]. Torch is imported here only.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+
+from ..config.model import ModelConfig
+from ..ir.rope import rope_inv_freq
+from .engine import KernelError, MegaKernelEngine, _check, _driver
+
+
+class _CudaArray:
+    """A raw device pointer dressed as __cuda_array_interface__ (v3) so torch can view it."""
+
+    def __init__(self, ptr: int, numel: int) -> None:
+        self.__cuda_array_interface__ = {"shape": (numel,), "typestr": "<i2", "data": (int(ptr), False),
+                                         "strides": None, "version": 3}
+
+
+def device_bf16(ptr: int, numel: int, device: Any):
+    """A 1-D torch.bfloat16 view (no copy) of `numel` elements at device pointer `ptr`."""
+    import torch
+
+    return torch.as_tensor(_CudaArray(ptr, numel), device=device).view(torch.bfloat16)
+
+
+class HybridPrefill:
+    def __init__(self, engine: MegaKernelEngine, *, compute_dtype: str = "float32", device: Any = None,
+                 zero_copy: bool = True) -> None:
+        import torch
+
+        self.torch = torch
+        self.engine, self.plan, self.model = engine, engine.plan, engine.plan.model
+        self.device = torch.device(device if device is not None else f"cuda:{torch.cuda.current_device()}")
+        self.dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[compute_dtype]
+        m, L = self.model, engine.layout
+        self.max_context = self.plan.deploy.max_context
+        n_w = L.weights.total
+        kv_elems = L.kv_elems_per_layer * m.num_hidden_layers
+        self.zero_copy = zero_copy
+        if zero_copy:
+            self.wbuf = device_bf16(engine.buffers["weights"], n_w, self.device)
+            self.k_cache = device_bf16(engine.buffers["k_cache"], kv_elems, self.device)
+            self.v_cache = device_bf16(engine.buffers["v_cache"], kv_elems, self.device)
+        else:  # a private copy of the packed weights; K/V go back with cuMemcpyDtoD
+            self.wbuf = torch.empty(n_w, dtype=torch.bfloat16, device=self.device)
+            torch.cuda.synchronize(self.device)
+            _check(_driver().cuMemcpyDtoD(self.wbuf.data_ptr(), engine.buffers["weights"], n_w * 2))
+            self.k_cache = self.v_cache = None
+        B, kv, d = self.plan.batch, m.num_key_value_heads, m.head_dim
+        self.cache_shape = (m.num_hidden_layers, B, kv, self.max_context, d)
+
+    def prefill(self, tokens) -> tuple[np.ndarray, np.ndarray]:
+        """Prompts [B, T] (or [T] at batch 1) from position 0: fills the kernel's K/V cache at
+        positions 0..T-1 and returns the greedy next tokens [B] (int32) and logits [B, V] (f32)."""
+        torch, m = self.torch, self.model
+        B = self.plan.batch
+        ids = torch.as_tensor(np.asarray(tokens, np.int64).reshape(B, -1), device=self.device)
+        T = ids.shape[1]
+        if T < 1 or T > self.max_context:
+            raise KernelError(f"prompt of {T} tokens: expected 1..{self.max_context} (the KV cache's size)")
+        if int(ids.min()) < 0 or int(ids.max()) >= m.vocab_size:
+            raise KernelError(f"token ids must be in [0, {m.vocab_size})")
+        self.engine.synchronize()  # the kernel's stream must not be writing the cache
+        logits = torch_prefill(m, self.engine.layout.weights, self.wbuf, ids, dtype=self.dtype, store=self._store)
+        nxt = logits.argmax(-1).to(torch.int32)
+        torch.cuda.synchronize(self.device)
+        return nxt.cpu().numpy(), logits.cpu().numpy()
+
+    def _store(self, layer: int, k, v) -> None:
+        """K (roped) and V [B, kv, T, d] -> the kernel's cache at positions 0..T-1, as bf16."""
+        torch = self.torch
+        B, nkv, T, d = k.shape
+        kb, vb = k.to(torch.bfloat16), v.to(torch.bfloat16)
+        if self.zero_copy:
+            self.k_cache.view(self.cache_shape)[layer, :, :, :T] = kb
+            self.v_cache.view(self.cache_shape)[layer, :, :, :T] = vb
+            return
+        drv = _driver()
+        kb, vb = kb.contiguous(), vb.contiguous()
+        torch.cuda.synchronize(self.device)
+        row = self.max_context * d * 2  # bytes per (layer, b, kv_head) block of the cache
+        for name, src in (("k_cache", kb), ("v_cache", vb)):
+            base = self.engine.buffers[name] + layer * B * nkv * row
+            for i in range(B * nkv):  # positions are consecutive: one contiguous block each
+                _check(drv.cuMemcpyDtoD(base + i * row, src.data_ptr() + i * T * d * 2, T * d * 2))
+
+
+def torch_prefill(model: ModelConfig, region: Any, wbuf: Any, ids: Any, *, dtype: Any = None,
+                  store: Callable[[int, Any, Any], None] | None = None):
+    """The batched forward pass over prompts `ids` [B, T] (positions 0..T-1), reading the weights
+    from `wbuf`, a 1-D bf16 torch tensor in the packed layout `region` (layout.weights). Calls
+    store(layer, k, v) with the roped K and V [B, kv_heads, T, head_dim] of each layer and returns
+    the last position's logits [B, V] in float32. Runs wherever `wbuf` lives (CPU in the tests)."""
+    import torch
+    import torch.nn.functional as F
+
+    m = model
+    dtype = dtype or torch.float32
+    dev = wbuf.device
+
+    def seg(name: str, layer: int | None = None):
+        if layer is None:
+            sg, base = region.globals_[name], 0
+        else:
+            sg, base = region.per_layer[name], region.layer_base + layer * region.layer_stride
+        return wbuf[base + sg.offset: base + sg.offset + sg.size].view(*sg.shape).to(dtype)
+
+    def rms(x, w):
+        xf = x.float()
+        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + m.rms_norm_eps)).to(dtype) * w
+
+    def rotate_half(x):
+        h = x.shape[-1] // 2
+        return torch.cat([-x[..., h:], x[..., :h]], dim=-1)
+
+    B, T = ids.shape
+    nh, nkv, d = m.num_attention_heads, m.num_key_value_heads, m.head_dim
+    with torch.no_grad():
+        inv_freq = torch.from_numpy(rope_inv_freq(m)).to(dev)
+        freqs = torch.arange(T, device=dev, dtype=torch.float32)[:, None] * inv_freq[None, :]
+        emb = torch.cat([freqs, freqs], dim=-1)
+        cos, sin = emb.cos().to(dtype), emb.sin().to(dtype)  # [T, d], HF's layout
+        x = seg("embed")[ids]  # [B, T, H]
+        for layer in range(m.num_hidden_layers):
+            h = rms(x, seg("input_norm", layer))
+            qkv = h @ seg("wqkv", layer).T
+            if m.attention_bias:
+                qkv = qkv + seg("bqkv", layer)
+            q, k, v = qkv.split([nh * d, nkv * d, nkv * d], dim=-1)
+            q = q.view(B, T, nh, d).transpose(1, 2)  # [B, heads, T, d]
+            k = k.view(B, T, nkv, d).transpose(1, 2)
+            v = v.view(B, T, nkv, d).transpose(1, 2)
+            q = q * cos + rotate_half(q) * sin
+            k = k * cos + rotate_half(k) * sin
+            if store is not None:
+                store(layer, k, v)
+            rep = nh // nkv
+            a = F.scaled_dot_product_attention(q, k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1),
+                                               is_causal=True)
+            x = x + a.transpose(1, 2).reshape(B, T, nh * d) @ seg("wo", layer).T
+            h = rms(x, seg("post_norm", layer))
+            g, u = (h @ seg("wgate_up", layer).T).split(m.intermediate_size, dim=-1)
+            x = x + (F.silu(g) * u) @ seg("wdown", layer).T
+        return (rms(x[:, -1], seg("final_norm")) @ seg("lm_head").T).float()
+
+
+def prefill_through_kernel(engine: MegaKernelEngine, tokens) -> tuple[np.ndarray, np.ndarray]:
+    """The other way: the prompt token by token through the MegaKernel. Same return values."""
+    prompt = np.asarray(tokens, np.int32).reshape(engine.batch, -1)
+    out = logits = None
+    for t in range(prompt.shape[1]):
+        out, logits = engine.step(prompt[:, t], np.full(engine.batch, t, np.int32), want_logits=True)
+    return out, logits
+
+
+__all__ = ["HybridPrefill", "device_bf16", "prefill_through_kernel"]
