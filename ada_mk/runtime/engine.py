@@ -99,7 +99,7 @@ class MegaKernelEngine:
             self._alloc(name, 4 * self.batch, fill=0)
         self._alloc("debug", ctypes.sizeof(_WaitTimeout), fill=0)
         if profile:
-            self._alloc("profile", plan.sms * self.max_tasks * 3 * 8, fill=0)
+            self._alloc("profile", plan.sms * self.max_tasks * 4 * 8, fill=0)
         self.epoch = 0
         self.stream = _check(drv.cuStreamCreate(0))
 
@@ -243,10 +243,10 @@ class MegaKernelEngine:
         return out
 
     def read_profile(self) -> np.ndarray:
-        """Task times of the last step (profile builds): [SM][task][wait start, inputs ready, end]
-        in ns of %globaltimer; tasks follow each SM's schedule order (plan.sm_tasks(sm))."""
+        """Task times of the last step (profile builds): [SM][task][wait start, inputs ready,
+        input staged, end] in ns of %globaltimer; tasks in each SM's order (plan.sm_tasks(sm))."""
         drv = _driver()
-        out = np.zeros((self.plan.sms, self.max_tasks, 3), np.uint64)
+        out = np.zeros((self.plan.sms, self.max_tasks, 4), np.uint64)
         _check(drv.cuMemcpyDtoH(out.ctypes.data, self.buffers["profile"], out.nbytes))
         return out
 

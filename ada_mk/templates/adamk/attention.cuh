@@ -50,6 +50,9 @@ __device__ void attention_task(Ctx<C>& c, int layer, int idx) {
   }
   for (int d = threadIdx.x; d < HD; d += C::THREADS) vn[d] = qkv_value<C>(part, b, C::Q + C::KVD + g * HD + d);
   __syncthreads();
+#ifdef ADAMK_PROFILE
+  c.t_staged = global_ns();
+#endif
 
   // This split's positions.
   const int n = pos + 1, per = (n + NS - 1) / NS;

@@ -6,6 +6,13 @@
 
 namespace adamk {
 
+// %globaltimer: nanoseconds, the same clock on every SM (profile builds only).
+__device__ __forceinline__ unsigned long long global_ns() {
+  unsigned long long t;
+  asm volatile("mov.u64 %0, %globaltimer;" : "=l"(t));
+  return t;
+}
+
 template <class C>
 struct Ctx {
   Args a;
@@ -15,6 +22,9 @@ struct Ctx {
   float* attn;         // attention scratch
   float* misc;         // block reductions: [WARPS][B] + [B]
   int staged = -1;     // which activation chunk x holds (kind, layer, split), -1: none
+#ifdef ADAMK_PROFILE
+  unsigned long long t_staged = 0;  // when the current task's input was staged
+#endif
 
   __device__ const float* scratch(size_t off, int layer) const {
     return a.scratch + C::S::LAYER_BASE + static_cast<size_t>(layer) * C::S::LAYER_STRIDE + off;

@@ -56,6 +56,9 @@ __device__ void linear_task(Ctx<C>& c, int layer, int idx) {
   const int crow = warp / T::WPR, part = warp % T::WPR;  // this warp's row in a chunk, its K-part
 
   stage_input<C, T, KIND>(c, layer, split);  // ordered by the ring's barrier
+#ifdef ADAMK_PROFILE
+  c.t_staged = global_ns();
+#endif
 
   for (int ch = 0; ch < T::CHUNKS; ++ch) {
     const __nv_bfloat16* w = c.ring.next() + crow * T::KC;

@@ -7,13 +7,6 @@
 
 namespace adamk {
 
-// %globaltimer: nanoseconds, the same clock on every SM (profile builds only).
-__device__ __forceinline__ unsigned long long global_ns() {
-  unsigned long long t;
-  asm volatile("mov.u64 %0, %globaltimer;" : "=l"(t));
-  return t;
-}
-
 namespace block {
 
 template <class C>
@@ -140,7 +133,7 @@ __device__ void megakernel(const Args& a, const int4* runs, const int* sm_runs) 
            reinterpret_cast<__nv_bfloat16*>(smem + C::SMEM_X), reinterpret_cast<float*>(smem + C::SMEM_RED),
            reinterpret_cast<float*>(smem + C::SMEM_ATTN), reinterpret_cast<float*>(smem + C::SMEM_MISC)};
 #ifdef ADAMK_PROFILE
-  unsigned long long* prof = a.profile + static_cast<size_t>(blockIdx.x) * C::MAX_TASKS * 3;
+  unsigned long long* prof = a.profile + static_cast<size_t>(blockIdx.x) * C::MAX_TASKS * 4;
 #endif
   for (const int4* r = first; r != last; ++r) {
     const int4 run = *r;
@@ -156,6 +149,7 @@ __device__ void megakernel(const Args& a, const int4* runs, const int* sm_runs) 
       }
 #ifdef ADAMK_PROFILE
       const unsigned long long t_ready = global_ns();
+      c.t_staged = t_ready;
 #endif
       switch (kind) {
         case QKV: block::linear_task<C, typename C::Qkv, QKV>(c, layer, idx); break;
@@ -170,9 +164,10 @@ __device__ void megakernel(const Args& a, const int4* runs, const int* sm_runs) 
       if (threadIdx.x == 0) {
         prof[0] = t_wait;
         prof[1] = t_ready;
-        prof[2] = global_ns();
+        prof[2] = c.t_staged;
+        prof[3] = global_ns();
       }
-      prof += 3;
+      prof += 4;
 #endif
     }
   }

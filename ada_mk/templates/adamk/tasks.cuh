@@ -40,7 +40,7 @@ struct Args {
   int* next_positions;   // [B] positions + 1, so steps can chain on the device
   unsigned epoch;        // 1 for the first step after creation, +1 per step
   WaitTimeout* debug;    // where a debug build reports a wait that timed out
-  unsigned long long* profile;  // profile builds: [SM][task][wait start, inputs ready, end] in ns
+  unsigned long long* profile;  // profile builds: [SM][task][wait start, inputs ready, input staged, end] ns
 };
 
 }  // namespace adamk

@@ -2,8 +2,9 @@
 //
 // Weights never depend on activations, so the block streams the weight tiles of its whole task
 // list, in order, through a ring of C::STAGES shared-memory slots, C::STAGES - 1 chunks ahead of
-// the chunk being multiplied. While the block waits on a dependency, the next tasks' weights are
-// already in flight. The loader walks the same compiled schedule as the task loop.
+// the chunk being multiplied, and asks L2 for the C::L2_PREFETCH chunks after those. While the
+// block waits on a dependency, the next tasks' weights are already in flight. Both cursors walk
+// the same compiled schedule as the task loop.
 #pragma once
 #include "adamk/copy.cuh"
 #include "adamk/tasks.cuh"
@@ -24,20 +25,67 @@ __device__ __forceinline__ size_t weight_offset(int kind, int layer) {
   }
 }
 
+namespace thread {
+
+__device__ __forceinline__ void prefetch_l2(const void* p) {
+  asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
+}
+
+}  // namespace thread
+
 namespace block {
+
+// A position in the stream of weight chunks of one SM's schedule.
+template <class C>
+struct ChunkCursor {
+  const int4* run;
+  const int4* end;
+  int item = 0, chunk = 0;  // the task within the run, the chunk within the task
+
+  __device__ ChunkCursor(const int4* first, const int4* last) : run(first), end(last) { skip_weightless(); }
+
+  __device__ bool done() const { return run == end; }
+  __device__ int kind() const { return run->x & 0xff; }
+
+  // The chunk under the cursor: its first weight row, the task's K-split, and the tiling.
+  template <class T>
+  __device__ const __nv_bfloat16* rows(const __nv_bfloat16* weights, int& row0) const {
+    const int idx = run->y + item * run->z;
+    const int tile = idx / T::KSPLIT, split = idx % T::KSPLIT;
+    row0 = tile * T::ROWS + chunk * T::CHUNK_ROWS;
+    return weights + weight_offset<C>(kind(), run->x >> 8) + static_cast<size_t>(row0) * T::K + split * T::KC;
+  }
+
+  template <class T>
+  __device__ void advance() {
+    if (++chunk == T::CHUNKS) {
+      chunk = 0;
+      ++item;
+      skip_weightless();
+    }
+  }
+
+  // Past runs without weight chunks (attention, argmax) and finished runs.
+  __device__ void skip_weightless() {
+    while (run != end && (kind() == ATTN || kind() == ARGMAX || item >= run->w)) {
+      ++run;
+      item = 0;
+      chunk = 0;
+    }
+  }
+};
 
 template <class C>
 struct WeightRing {
-  unsigned char* slots;  // C::STAGES slots of C::STAGE_BYTES
-  const __nv_bfloat16* weights;  // the packed weight buffer
-  const int4* run;       // loader cursor: current run of the schedule,
-  const int4* end;
-  int item, chunk;       // the task within the run, the chunk within the task
+  unsigned char* slots;           // C::STAGES slots of C::STAGE_BYTES
+  const __nv_bfloat16* weights;   // the packed weight buffer
+  ChunkCursor<C> load, prefetch;  // next chunk into the ring; next chunk into L2
   unsigned issued = 0, consumed = 0;
 
   __device__ WeightRing(unsigned char* smem, const __nv_bfloat16* w, const int4* first, const int4* last)
-      : slots(smem), weights(w), run(first), end(last), item(0), chunk(0) {
-    skip_weightless();
+      : slots(smem), weights(w), load(first, last), prefetch(first, last) {
+#pragma unroll 1
+    for (int i = 0; i < C::STAGES - 1 + C::L2_PREFETCH; ++i) prefetch_next();
 #pragma unroll 1
     for (int i = 0; i < C::STAGES - 1; ++i) issue();
   }
@@ -50,58 +98,67 @@ struct WeightRing {
     const unsigned char* p = slots + (consumed % C::STAGES) * C::STAGE_BYTES;
     ++consumed;
     issue();
+    prefetch_next();
     return reinterpret_cast<const __nv_bfloat16*>(p);
   }
 
   __device__ void drain() { thread::cp_async_wait<0>(); }
 
  private:
-  __device__ static bool has_weights(int kind) { return kind != ATTN && kind != ARGMAX; }
-
-  // Move the cursor past runs without weight chunks (attention, argmax) and finished runs.
-  __device__ void skip_weightless() {
-    while (run != end && (!has_weights(run->x & 0xff) || item >= run->w)) {
-      ++run;
-      item = 0;
-      chunk = 0;
-    }
-  }
-
   template <class T>
-  __device__ void load_chunk(const __nv_bfloat16* w, int idx, unsigned char* dst) {
-    const int tile = idx / T::KSPLIT, split = idx % T::KSPLIT;
-    const int row0 = tile * T::ROWS + chunk * T::CHUNK_ROWS;
-    const __nv_bfloat16* src = w + static_cast<size_t>(row0) * T::K + split * T::KC;
+  __device__ void load_chunk(unsigned char* dst) {
+    int row0;
+    const __nv_bfloat16* src = load.template rows<T>(weights, row0);
 #pragma unroll 4
     for (int v = threadIdx.x; v < T::CHUNK_ROWS * T::VEC; v += C::THREADS) {
       const int r = v / T::VEC, c = v % T::VEC;
       if (row0 + r < T::N)
         thread::cp_async_16(dst + (r * T::KC + c * 8) * 2, src + static_cast<size_t>(r) * T::K + c * 8);
     }
-    if (++chunk == T::CHUNKS) {
-      chunk = 0;
-      ++item;
-    }
+    load.template advance<T>();
   }
 
   // Issue the next chunk of the schedule into the next slot; one commit group per chunk, empty
   // past the end of the schedule, so group i always holds chunk i.
   __device__ void issue() {
-    if (run != end) {
+    if (!load.done()) {
       unsigned char* dst = slots + (issued % C::STAGES) * C::STAGE_BYTES;
-      const int kind = run->x & 0xff, layer = run->x >> 8, idx = run->y + item * run->z;
-      const __nv_bfloat16* w = weights + weight_offset<C>(kind, layer);
-      switch (kind) {
-        case QKV: load_chunk<typename C::Qkv>(w, idx, dst); break;
-        case O: load_chunk<typename C::O>(w, idx, dst); break;
-        case GATE_UP: load_chunk<typename C::GateUp>(w, idx, dst); break;
-        case DOWN: load_chunk<typename C::Down>(w, idx, dst); break;
-        case LM_HEAD: load_chunk<typename C::LmHead>(w, idx, dst); break;
+      switch (load.kind()) {
+        case QKV: load_chunk<typename C::Qkv>(dst); break;
+        case O: load_chunk<typename C::O>(dst); break;
+        case GATE_UP: load_chunk<typename C::GateUp>(dst); break;
+        case DOWN: load_chunk<typename C::Down>(dst); break;
+        case LM_HEAD: load_chunk<typename C::LmHead>(dst); break;
       }
-      skip_weightless();
     }
     ++issued;
     thread::cp_async_commit();
+  }
+
+  // One prefetch per 128-byte line of the chunk, spread over the block.
+  template <class T>
+  __device__ void prefetch_chunk() {
+    constexpr int LINES = (T::KC * 2 + 127) / 128;
+    int row0;
+    const char* src = reinterpret_cast<const char*>(prefetch.template rows<T>(weights, row0));
+    for (int v = threadIdx.x; v < T::CHUNK_ROWS * LINES; v += C::THREADS) {
+      const int r = v / LINES;
+      if (row0 + r < T::N) thread::prefetch_l2(src + static_cast<size_t>(r) * T::K * 2 + (v % LINES) * 128);
+    }
+    prefetch.template advance<T>();
+  }
+
+  __device__ void prefetch_next() {
+    if constexpr (C::L2_PREFETCH > 0) {
+      if (prefetch.done()) return;
+      switch (prefetch.kind()) {
+        case QKV: prefetch_chunk<typename C::Qkv>(); break;
+        case O: prefetch_chunk<typename C::O>(); break;
+        case GATE_UP: prefetch_chunk<typename C::GateUp>(); break;
+        case DOWN: prefetch_chunk<typename C::Down>(); break;
+        case LM_HEAD: prefetch_chunk<typename C::LmHead>(); break;
+      }
+    }
   }
 };
 
