@@ -68,7 +68,7 @@ def test_l20_ksplit_halves_peak_smem_at_no_worse_time(name):
 @pytest.mark.parametrize("name", CONFIGS)
 def test_searched_beats_round_robin_on_l20(name):
     m, d = cfg(name, "L20")
-    rr = simulate(make_plan(m, d)).predicted_s
+    rr = simulate(make_plan(m, d, strategy="round-robin")).predicted_s
     assert simulate(searched(name, "L20")).predicted_s <= rr
 
 
@@ -78,7 +78,7 @@ def test_searched_beats_round_robin_on_hopper(name, gpu):
     m, d = cfg(name, gpu)
     plan = searched(name, gpu)
     validate_plan(plan)
-    assert simulate(plan).predicted_s <= simulate(make_plan(m, d)).predicted_s
+    assert simulate(plan).predicted_s <= simulate(make_plan(m, d, strategy="round-robin")).predicted_s
 
 
 @pytest.mark.parametrize("batch", [2, 8])
@@ -86,7 +86,7 @@ def test_batched_plans(batch):
     m, d = cfg("llama3.2-1b", "L20", batch)
     plan = search_plan(m, d)
     validate_plan(plan)
-    assert simulate(plan).predicted_s <= simulate(make_plan(m, d)).predicted_s
+    assert simulate(plan).predicted_s <= simulate(make_plan(m, d, strategy="round-robin")).predicted_s
 
 
 def test_scheduler_prediction_matches_simulation():
@@ -123,7 +123,7 @@ def test_8b_plans_quickly():
 
 def test_make_plan_strategies():
     m, d = cfg("llama3.2-1b", "L20")
-    assert make_plan(m, d).strategy == "round-robin"
+    assert make_plan(m, d).strategy == "search"
     p = make_plan(m, d, strategy="search")
     assert p.strategy == "search"
     with pytest.raises(PlanError, match="strategy"):

@@ -139,13 +139,6 @@ class Plan:
         return 4 * max(attention, combine, lm_rows)
 
     @property
-    def l2_prefetch_chunks(self) -> int:
-        """How many weight chunks beyond the ring each SM pulls into L2 ahead of use: enough to keep
-        HBM busy through dependency waits, few enough that all SMs together fill at most half of L2
-        (lines evicted before use would be read twice)."""
-        return max(0, min(16, (self.deploy.gpu.l2_bytes // 2) // (self.sms * self.stage_bytes)))
-
-    @property
     def misc_bytes(self) -> int:
         # norm: per-warp sums and rstd for each sequence; argmax: per-warp best value and index
         return 4 * max((WARPS + 1) * self.batch, 2 * WARPS)
@@ -202,7 +195,6 @@ class Plan:
             "attn_splits": self.attn_splits,
             "stages": self.stages,
             "stage_bytes": self.stage_bytes,
-            "l2_prefetch_chunks": self.l2_prefetch_chunks,
             "smem_bytes": self.smem_bytes,
             "schedule": [[[r.kind, r.layer, r.start, r.stride, r.count] for r in runs] for runs in self.schedule],
             "notes": self.notes,

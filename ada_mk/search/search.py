@@ -503,7 +503,7 @@ def _baselines(self: Searcher) -> list:
     from .simple import PlanError, make_plan
 
     try:
-        rr = make_plan(self.model, self.deploy)
+        rr = make_plan(self.model, self.deploy, strategy="round-robin")
     except PlanError:
         return []
     rr.strategy = "search"

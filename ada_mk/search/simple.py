@@ -65,7 +65,7 @@ def choose_tiling(kind: str, n: int, k: int, deploy: DeployConfig, max_kc: int) 
     return best[1]
 
 
-def make_plan(model: ModelConfig, deploy: DeployConfig, strategy: str = "round-robin") -> Plan:
+def make_plan(model: ModelConfig, deploy: DeployConfig, strategy: str = "search") -> Plan:
     gpu, B = deploy.gpu, deploy.batch
     if model.head_dim % 32:
         raise PlanError(f"head_dim {model.head_dim}: the attention code needs a multiple of 32")

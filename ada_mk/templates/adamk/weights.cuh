@@ -2,9 +2,10 @@
 //
 // Weights never depend on activations, so the block streams the weight tiles of its whole task
 // list, in order, through a ring of C::STAGES shared-memory slots, C::STAGES - 1 chunks ahead of
-// the chunk being multiplied, and asks L2 for the C::L2_PREFETCH chunks after those. While the
-// block waits on a dependency, the next tasks' weights are already in flight. Both cursors walk
-// the same compiled schedule as the task loop.
+// the chunk being multiplied. While the block waits on a dependency, the next tasks' weights are
+// already in flight. The loader's cursor walks the same compiled schedule as the task loop.
+// (Pulling further chunks into L2 with prefetch.global.L2 was measured slower on an H200,
+// 1.09 -> 1.44 ms/token for Llama-3.2-1B: the extra instructions and L2 pressure cost more.)
 #pragma once
 #include "adamk/copy.cuh"
 #include "adamk/tasks.cuh"
@@ -24,14 +25,6 @@ __device__ __forceinline__ size_t weight_offset(int kind, int layer) {
     default: return W::LM_HEAD;
   }
 }
-
-namespace thread {
-
-__device__ __forceinline__ void prefetch_l2(const void* p) {
-  asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
-}
-
-}  // namespace thread
 
 namespace block {
 
@@ -79,13 +72,11 @@ template <class C>
 struct WeightRing {
   unsigned char* slots;           // C::STAGES slots of C::STAGE_BYTES
   const __nv_bfloat16* weights;   // the packed weight buffer
-  ChunkCursor<C> load, prefetch;  // next chunk into the ring; next chunk into L2
+  ChunkCursor<C> load;            // the next chunk into the ring
   unsigned issued = 0, consumed = 0;
 
   __device__ WeightRing(unsigned char* smem, const __nv_bfloat16* w, const int4* first, const int4* last)
-      : slots(smem), weights(w), load(first, last), prefetch(first, last) {
-#pragma unroll 1
-    for (int i = 0; i < C::STAGES - 1 + C::L2_PREFETCH; ++i) prefetch_next();
+      : slots(smem), weights(w), load(first, last) {
 #pragma unroll 1
     for (int i = 0; i < C::STAGES - 1; ++i) issue();
   }
@@ -98,7 +89,6 @@ struct WeightRing {
     const unsigned char* p = slots + (consumed % C::STAGES) * C::STAGE_BYTES;
     ++consumed;
     issue();
-    prefetch_next();
     return reinterpret_cast<const __nv_bfloat16*>(p);
   }
 
@@ -133,32 +123,6 @@ struct WeightRing {
     }
     ++issued;
     thread::cp_async_commit();
-  }
-
-  // One prefetch per 128-byte line of the chunk, spread over the block.
-  template <class T>
-  __device__ void prefetch_chunk() {
-    constexpr int LINES = (T::KC * 2 + 127) / 128;
-    int row0;
-    const char* src = reinterpret_cast<const char*>(prefetch.template rows<T>(weights, row0));
-    for (int v = threadIdx.x; v < T::CHUNK_ROWS * LINES; v += C::THREADS) {
-      const int r = v / LINES;
-      if (row0 + r < T::N) thread::prefetch_l2(src + static_cast<size_t>(r) * T::K * 2 + (v % LINES) * 128);
-    }
-    prefetch.template advance<T>();
-  }
-
-  __device__ void prefetch_next() {
-    if constexpr (C::L2_PREFETCH > 0) {
-      if (prefetch.done()) return;
-      switch (prefetch.kind()) {
-        case QKV: prefetch_chunk<typename C::Qkv>(); break;
-        case O: prefetch_chunk<typename C::O>(); break;
-        case GATE_UP: prefetch_chunk<typename C::GateUp>(); break;
-        case DOWN: prefetch_chunk<typename C::Down>(); break;
-        case LM_HEAD: prefetch_chunk<typename C::LmHead>(); break;
-      }
-    }
   }
 };
 

@@ -1,0 +1,522 @@
+"""The GPU half of adamk-bench: everything in one process, on one card, one system at a time.
+
+Per (config, batch): one HF model with random bf16 weights (the reference, and the eager system);
+the gpt-fast-style decoder shares its tensors (torch.compile, flex_attention then SDPA); the
+MegaKernel is loaded with the same tensors packed on the GPU. Each is freed before the next.
+
+Context c: the timed steps write positions start .. start + steps - 1 with start = c - steps // 2
+(so the cache holds c tokens on average while timing); positions below start hold random K/V,
+the same values in HF's cache and the decoder's (the MegaKernel gets its own random K/V). Before a
+baseline is timed, its logits for one step at `start` must match HF eager's for the same cache
+contents (relative error < CHECK_TOL); the MegaKernel's, over a few prompt steps from position 0.
+
+torch is imported inside functions only.
+"""
+from __future__ import annotations
+
+import gc
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from ..config import load_config
+from ..config.gpus import GPUS, find_gpu
+from .report import Row, step_bytes
+
+CHECK_TOL = 3e-2
+MK_PROMPT = 4  # prompt steps of the MegaKernel's logits check
+
+
+@dataclass
+class Spec:
+    configs: list[Path]
+    batch: int = 1
+    contexts: list[int] = field(default_factory=lambda: [512])
+    steps: int = 128
+    windows: int = 5
+    warmup: int = 8
+    systems: tuple[str, ...] = ("megakernel", "eager", "compile-flex", "compile-sdpa")
+    gpu_plan: str = "auto"
+    planner: str = "gen"
+    arch: str = "sm_90a"
+    check: bool = True
+    seed: int | None = None
+    per_context_compile: bool = False
+    coordinate_descent: bool = True
+    mk_fill: str = "random"  # or "decode"
+    bw_gb: float = 4.0
+    device: str = "cuda"  # "cpu": a smoke run of the orchestration (tests), no MegaKernel
+    compile_backend: str | None = None  # None: inductor, mode="reduce-overhead" (tests: "aot_eager")
+
+
+def config_name(path: Path) -> str:
+    return path.stem
+
+
+def window_start(context: int, steps: int) -> int:
+    return max(0, context - steps // 2)
+
+
+def round_up(n: int, k: int) -> int:
+    return -(-n // k) * k
+
+
+def mk_max_context(context: int, steps: int, max_pos: int) -> int:
+    """The MegaKernel's KV-cache size for a context: the smallest power of two >= 1024 that holds the
+    timed window (so 512 -> 1024, as the GPU tests' prebuilt kernels), capped by the model."""
+    need = window_start(context, steps) + steps + 1  # the engine wants every position < max_context
+    size = 1024
+    while size < need:
+        size *= 2
+    if size > max_pos:
+        if max_pos < need:
+            raise ValueError(f"context {context} + {steps // 2} steps exceeds the model's {max_pos} positions")
+        size = max_pos
+    return size
+
+
+def plan_gpus(gpu_plan: str, device_name: str | None) -> list[str]:
+    """Plans to try for the MegaKernel, in order. auto: the card's own GPUS entry (e.g. H200), then the
+    H100 plan (same SM count and shared memory; the prebuilt one)."""
+    if gpu_plan != "auto":
+        spec = find_gpu(gpu_plan)
+        if spec is None:
+            raise ValueError(f"--gpu-plan {gpu_plan!r}: expected auto or one of {', '.join(GPUS)}")
+        return [spec.name]
+    found = find_gpu(device_name) if device_name else None
+    names = [found.name] if found else []
+    return names + ([] if "H100" in names else ["H100"])
+
+
+def megakernel_build(config: Path, gpu: str, batch: int, max_context: int, planner: str, arch: str, log=None):
+    """(plan, artifacts) from the codegen API; nvcc runs only on a cache miss ($ADAMK_CACHE)."""
+    from ..codegen.build import build
+    from ..codegen.render import render
+
+    m, d = load_config(config, gpu=gpu, batch=batch, max_context=max_context)
+    if planner == "gen":  # the plan adamk-gen emits
+        from ..codegen.pipeline import plan_for
+
+        plan = plan_for(m, d)
+    elif planner == "simple":
+        from ..search.simple import make_plan
+
+        plan = make_plan(m, d)
+    elif planner == "search":
+        from ..search.search import search_plan
+
+        plan = search_plan(m, d)
+    else:
+        raise ValueError(f"planner {planner!r}")
+    return plan, build(render(plan), [arch], library=False, log=log)
+
+
+def build_only(spec: Spec, log: Callable[[str], None]) -> None:
+    """Build (or find in the cache) every MegaKernel a run with these arguments would load."""
+    gpus = plan_gpus(spec.gpu_plan, None) if spec.gpu_plan != "auto" else ["H100"]
+    for cfg in spec.configs:
+        m, _ = load_config(cfg)
+        for size in sorted({mk_max_context(c, spec.steps, m.max_position_embeddings) for c in spec.contexts}):
+            for gpu in gpus:
+                t0 = time.time()
+                plan, art = megakernel_build(cfg, gpu, spec.batch, size, spec.planner, spec.arch,
+                                             log=lambda s: log("  " + s[:200]))
+                log(f"{plan.kernel_name} (max_context {size}): {art.fatbin} [{time.time() - t0:.1f} s]")
+
+
+# ------------------------------------------------------------------------------------ GPU side
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available() and torch.cuda.is_initialized()
+
+
+def _sync() -> None:
+    import torch
+
+    if _cuda():
+        torch.cuda.synchronize()
+
+
+def _free() -> None:
+    import torch
+
+    gc.collect()
+    if _cuda():
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+
+
+def _mem() -> str:
+    import torch
+
+    if not _cuda():
+        return "(no CUDA)"
+    free, total = torch.cuda.mem_get_info()
+    return f"GPU memory: {torch.cuda.memory_allocated() / 2**30:.1f} GiB allocated by torch, {free / 2**30:.1f} of {total / 2**30:.1f} GiB free"
+
+
+def time_windows(step: Callable[[int], object], steps: int, windows: int,
+                 before: Callable[[], object] | None = None) -> list[float]:
+    """ms per step of each window of `steps` calls, by CUDA events around the window."""
+    import torch
+
+    out = []
+    for _ in range(windows):
+        if before is not None:
+            before()
+        if not _cuda():  # the CPU smoke run
+            t0 = time.perf_counter()
+            for i in range(steps):
+                step(i)
+            out.append((time.perf_counter() - t0) * 1e3 / steps)
+            continue
+        torch.cuda.synchronize()
+        e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        e0.record()
+        for i in range(steps):
+            step(i)
+        e1.record()
+        e1.synchronize()
+        out.append(e0.elapsed_time(e1) / steps)
+    return out
+
+
+def measure_bandwidth(gb: float = 4.0, repeats: int = 10, device: str = "cuda") -> dict:
+    """Read-only bandwidth (best of `repeats` reductions over `gb` GB of bf16, counting the bytes
+    read) and copy bandwidth (read + write counted), in GB/s."""
+    import torch
+
+    n = int(gb * 1e9) // 4 * 2
+    x = torch.empty(n, dtype=torch.bfloat16, device=device).uniform_(-1, 1)
+    methods = {
+        "x.sum() over bf16": lambda: x.sum(),
+        "x.view(float32).sum()": lambda: x.view(torch.float32).sum(),
+        "x.view(int32).amax()": lambda: x.view(torch.int32).amax(),
+    }
+    best, how = 0.0, ""
+    for name, fn in methods.items():
+        fn()
+        ms = min(time_windows(lambda i: fn(), 1, repeats))
+        gbs = x.numel() * 2 / ms / 1e6
+        if gbs > best:
+            best, how = gbs, name
+    y = torch.empty_like(x)
+    y.copy_(x)
+    ms = min(time_windows(lambda i: y.copy_(x), 1, repeats))
+    copy = 2 * x.numel() * 2 / ms / 1e6
+    del x, y
+    _free()
+    return {"read_gbs": best, "read_method": f"{how}, {n * 2 / 1e9:.1f} GB, best of {repeats}", "copy_gbs": copy}
+
+
+class Runner:
+    def __init__(self, spec: Spec, log: Callable[[str], None], on_row: Callable[[Row], None]):
+        self.spec, self.log, self.on_row = spec, log, on_row
+        self.read_gbs = 0.0
+
+    # -------------------------------------------------------------------- helpers
+    def row(self, cfg: Path, model, context: int, system: str, **kw) -> Row:
+        b = step_bytes(model, self.spec.batch, context)
+        return Row(config_name(cfg), self.spec.batch, context, system, bytes_per_step=b.total,
+                   weight_bytes=b.weights, kv_bytes=b.kv, read_gbs=self.read_gbs, **kw)
+
+    def emit(self, row: Row) -> None:
+        if row.ms:
+            self.log(f"    {row.system} @ {row.context}: {row.ms:.3f} ms/step, {row.gbs:,.0f} GB/s "
+                     f"({100 * row.frac:.1f}% of read bw)")
+        else:
+            self.log(f"    {row.system} @ {row.context}: not timed: {row.error}")
+        self.on_row(row)
+
+    # -------------------------------------------------------------------- one config
+    def run_config(self, cfg: Path, seed: int) -> None:
+        import torch
+
+        from . import baselines as bl
+
+        s = self.spec
+        model, _ = load_config(cfg, batch=s.batch)
+        name = config_name(cfg)
+        self.log(f"== {name}: batch {s.batch}, contexts {s.contexts}; building the HF model (random weights)")
+        t0 = time.time()
+        dtype = torch.bfloat16 if s.device == "cuda" else torch.float32  # CPU bf16 matmuls crawl
+        hf = bl.random_hf_model(model, device=s.device, dtype=dtype, seed=seed, attn_implementation="sdpa")
+        weights = bl.hf_weights(hf)
+        self.log(f"   HF model ready in {time.time() - t0:.1f} s; {_mem()}")
+        gen = torch.Generator(device=s.device).manual_seed(seed + 1)
+        tokens = torch.randint(0, model.vocab_size, (s.batch, 1), device=s.device, generator=gen)
+        refs: dict[int, torch.Tensor] = {}
+
+        # 1. HF eager: the reference logits at each context, and its timing.
+        for c in s.contexts:
+            start = window_start(c, s.steps)
+            need = start + s.steps
+            cache = bl.hf_static_cache(hf, s.batch, round_up(need, 8))
+            bl.fill_random_kv(bl.cache_kv(cache), start, seed + 100 + c)
+            bl.set_cache_position(cache, start)
+            refs[c] = bl.hf_step(hf, cache, tokens).float()
+            if not torch.isfinite(refs[c]).all():
+                raise RuntimeError(f"{name}: HF logits are not finite at context {c}")
+            if "eager" in s.systems:
+                row = self.row(cfg, model, c, "eager", cache_len=round_up(need, 8))
+                try:
+                    for i in range(s.warmup):
+                        bl.hf_step(hf, cache, tokens).argmax(-1)
+                    row.ms_windows = time_windows(lambda i: bl.hf_step(hf, cache, tokens).argmax(-1), s.steps,
+                                                  s.windows, before=lambda: bl.set_cache_position(cache, start))
+                    row.ms = statistics.median(row.ms_windows)
+                except Exception as e:  # noqa: BLE001 - one system failing must not end the run
+                    row.error = f"{type(e).__name__}: {e}"
+                self.emit(row)
+            del cache
+            _free()
+
+        # 2. torch.compile(mode="reduce-overhead", fullgraph=True) of the gpt-fast-style decoder.
+        impls = [x for x in ("compile-flex", "compile-sdpa") if x in s.systems]
+        if impls:
+            self.run_compiled(cfg, model, weights, tokens, refs, seed, impls)
+
+        # 3. The MegaKernel, with the same weights.
+        if "megakernel" in s.systems:
+            self.run_megakernel(cfg, model, hf, weights, seed)
+        del hf, weights
+        _free()
+
+    def run_compiled(self, cfg, model, weights, tokens, refs, seed, impls) -> None:
+        import torch
+        import torch._dynamo
+        import torch._inductor.config as inductor_config
+        from torch._dynamo.utils import counters
+
+        from . import baselines as bl
+
+        s = self.spec
+        # gpt-fast's settings.
+        inductor_config.coordinate_descent_tuning = s.coordinate_descent
+        inductor_config.triton.unique_kernel_names = True
+        if hasattr(inductor_config, "fx_graph_cache"):
+            inductor_config.fx_graph_cache = True
+        needs = {c: window_start(c, s.steps) + s.steps for c in s.contexts}
+        if s.per_context_compile:
+            groups = [(round_up(needs[c], bl.FLEX_BLOCK), [c]) for c in s.contexts]
+        else:
+            groups = [(round_up(max(needs.values()), bl.FLEX_BLOCK), list(s.contexts))]
+        self.log(f"   gpt-fast-style decoder: caches of {[g[0] for g in groups]} positions")
+        dec = bl.GptFastDecoder(model, weights, s.batch, groups[0][0], "flex")
+        self.log(f"   {_mem()}")
+        for max_seq, contexts in groups:
+            for system in impls:
+                impl = system.removeprefix("compile-")
+                dec.setup_cache(max_seq, impl)
+                torch._dynamo.reset()
+                if s.compile_backend:
+                    step = torch.compile(bl.decode_one_token, backend=s.compile_backend, fullgraph=True)
+                else:
+                    step = torch.compile(bl.decode_one_token, mode="reduce-overhead", fullgraph=True)
+                compile_s, skipped, graphs = None, False, 0
+                for c in contexts:
+                    start = window_start(c, s.steps)
+                    row = self.row(cfg, model, c, system, cache_len=max_seq)
+                    try:
+                        caches = [(b.k_cache, b.v_cache) for b in dec.layers]
+                        for k, v in caches:
+                            k.zero_()
+                            v.zero_()
+                        bl.fill_random_kv(caches, start, seed + 100 + c)
+                        pos = [torch.tensor([start + i], device=s.device) for i in range(s.steps)]
+                        if compile_s is None:
+                            self.log(f"    compiling {system} (max_seq {max_seq}) ...")
+                            t0, skips0 = time.time(), counters["inductor"]["cudagraph_skips"]
+                            for _ in range(3):  # compile, then record the CUDA graph
+                                torch.compiler.cudagraph_mark_step_begin()
+                                step(dec, tokens, pos[0])
+                            _sync()
+                            compile_s = time.time() - t0
+                            graphs = counters["stats"]["unique_graphs"]
+                            skipped = counters["inductor"]["cudagraph_skips"] > skips0 and not s.compile_backend
+                            self.log(f"    compiled in {compile_s:.0f} s" +
+                                     ("; CUDA GRAPHS SKIPPED (see the log above)" if skipped else ""))
+                        row.compile_s = compile_s
+                        if skipped:
+                            row.note = "CUDA graphs skipped by inductor"
+                        torch.compiler.cudagraph_mark_step_begin()
+                        _, logits = step(dec, tokens, pos[0])
+                        row.check_rel_err = bl.rel_err(logits, refs[c])
+                        if s.check and not row.check_rel_err < CHECK_TOL:
+                            raise AssertionError(f"logits differ from HF eager: rel err {row.check_rel_err:.3g}")
+
+                        def one(i):
+                            torch.compiler.cudagraph_mark_step_begin()
+                            step(dec, tokens, pos[i])
+
+                        for i in range(s.warmup):
+                            one(i)
+                        row.ms_windows = time_windows(one, s.steps, s.windows)
+                        row.ms = statistics.median(row.ms_windows)
+                        if counters["stats"]["unique_graphs"] != graphs:
+                            row.note = (row.note + "; " if row.note else "") + "recompiled while timing"
+                    except Exception as e:  # noqa: BLE001
+                        row.error = f"{type(e).__name__}: {str(e)[:300]}"
+                    self.emit(row)
+                del step
+                torch._dynamo.reset()
+                _free()
+        del dec
+        _free()
+
+    def run_megakernel(self, cfg, model, hf, weights, seed) -> None:
+        import numpy as np
+        import torch
+
+        from ..runtime.engine import MegaKernelEngine
+        from ..runtime.weights import pack_weights_torch
+        from ..search.layout import make_layout
+        from . import baselines as bl
+
+        s = self.spec
+        if s.device != "cuda":
+            for c in s.contexts:
+                self.emit(self.row(cfg, model, c, "megakernel", error="the MegaKernel needs a CUDA device"))
+            return
+        sizes: dict[int, list[int]] = {}
+        for c in s.contexts:
+            try:
+                sizes.setdefault(mk_max_context(c, s.steps, model.max_position_embeddings), []).append(c)
+            except ValueError as e:
+                self.emit(self.row(cfg, model, c, "megakernel", error=str(e)))
+        gen = torch.Generator(device="cuda").manual_seed(seed + 2)
+        prompt = torch.randint(0, model.vocab_size, (s.batch, MK_PROMPT), device="cuda", generator=gen)
+        with torch.no_grad():
+            ref = hf(input_ids=prompt).logits.float()  # [B, T, V], no cache
+        for size, contexts in sorted(sizes.items()):
+            eng = None
+            err, plan, note = "", None, ""
+            for gpu in plan_gpus(s.gpu_plan, torch.cuda.get_device_name()):
+                try:
+                    plan, art = megakernel_build(cfg, gpu, s.batch, size, s.planner, s.arch)
+                    note = f"plan {gpu}, max_context {size}"
+                    break
+                except Exception as e:  # noqa: BLE001 - e.g. not prebuilt and no nvcc here
+                    err += f"{gpu} plan: {type(e).__name__}: {str(e)[:200]}; "
+            rows = [self.row(cfg, model, c, "megakernel", cache_len=size, note=note) for c in contexts]
+            try:
+                if plan is None:
+                    raise RuntimeError(err or "no plan")
+                self.log(f"   MegaKernel {plan.kernel_name}: {note}")
+                eng = MegaKernelEngine(plan, art.fatbin)
+                packed = pack_weights_torch(make_layout(plan), weights)
+                torch.cuda.synchronize()
+                eng.load_packed_device(packed.data_ptr(), packed.numel() * 2)
+                del packed
+                _free()
+                self.log(f"   {_mem()}")
+                worst = 0.0
+                for t in range(MK_PROMPT):
+                    _, logits = eng.step(prompt[:, t].cpu().numpy(), np.full(s.batch, t, np.int32), want_logits=True)
+                    worst = max(worst, bl.rel_err(torch.from_numpy(logits), ref[:, t].cpu()))
+                for r in rows:
+                    r.check_rel_err = worst
+                if s.check and not worst < CHECK_TOL:
+                    raise AssertionError(f"logits differ from HF eager: rel err {worst:.3g}")
+                self._fill_megakernel_kv(eng, size, seed)
+                for r in rows:
+                    try:
+                        start = window_start(r.context, s.steps)
+                        warm = min(s.warmup, start)
+                        r.ms_windows = [eng.time_steps(start - warm, s.steps, warmup=warm) for _ in range(s.windows)]
+                        r.ms = statistics.median(r.ms_windows)
+                    except Exception as e:  # noqa: BLE001
+                        r.error = f"{type(e).__name__}: {str(e)[:300]}"
+            except Exception as e:  # noqa: BLE001
+                for r in rows:
+                    r.error = r.error or f"{type(e).__name__}: {str(e)[:300]}"
+            finally:
+                if eng is not None:
+                    eng.close()
+                _free()
+            for r in rows:
+                self.emit(r)
+
+    def _fill_megakernel_kv(self, eng, size: int, seed: int) -> None:
+        """Random K/V in the whole cache (positions past the one written are never read), or, with
+        mk_fill="decode", by decoding chained steps from position 0."""
+        import torch
+        from cuda.bindings import driver
+
+        if self.spec.mk_fill == "decode":
+            eng.time_steps(0, size - 1, warmup=0)
+            return
+        nbytes = eng.layout.kv_elems_per_layer * eng.plan.model.num_hidden_layers * 2
+        gen = torch.Generator(device="cuda").manual_seed(seed + 3)
+        chunk = 1 << 29  # elements (1 GiB of bf16)
+        for name in ("k_cache", "v_cache"):
+            done = 0
+            while done < nbytes:
+                n = min(chunk, (nbytes - done) // 2)
+                x = torch.randn(n, generator=gen, device="cuda", dtype=torch.float32).to(torch.bfloat16)
+                torch.cuda.synchronize()
+                err, = driver.cuMemcpyDtoD(eng.buffers[name] + done, x.data_ptr(), n * 2)
+                if err != driver.CUresult.CUDA_SUCCESS:
+                    raise RuntimeError(f"cuMemcpyDtoD: {err}")
+                done += n * 2
+                del x
+        torch.cuda.synchronize()
+
+
+def card_meta(device: str = "cuda") -> dict:
+    import torch
+
+    if device != "cuda":
+        import platform
+
+        meta = {"card": f"CPU ({platform.processor() or platform.machine()})", "card_memory_gib": 0.0,
+                "torch": torch.__version__, "cuda": None, "dtype": "float32"}
+    else:
+        props = torch.cuda.get_device_properties(0)
+        meta = {"card": torch.cuda.get_device_name(0), "card_memory_gib": props.total_memory / 2**30,
+                "sms": props.multi_processor_count, "torch": torch.__version__, "cuda": torch.version.cuda,
+                "dtype": "bf16"}
+    try:
+        import transformers
+
+        meta["transformers"] = transformers.__version__
+    except ImportError:
+        meta["transformers"] = None
+    return meta
+
+
+def run(spec: Spec, log: Callable[[str], None], on_row: Callable[[Row], None], meta: dict) -> None:
+    """Measure everything; rows go to on_row as they are made (so a cut-off run keeps them)."""
+    import numpy as np
+    import torch
+
+    if spec.device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("no CUDA device: run adamk-bench on the GPU machine (see benchmarks/README.md)")
+    if spec.device == "cuda":
+        torch.cuda.init()
+    seed = spec.seed if spec.seed is not None else int(np.random.SeedSequence().entropy % 2**31)
+    meta.update(card_meta(spec.device), seed=seed)
+    log(f"card: {meta['card']} ({meta['card_memory_gib']:.1f} GiB), torch {meta['torch']}, seed {seed}")
+    log(f"plans to try for the MegaKernel: {plan_gpus(spec.gpu_plan, meta['card'])} ({spec.planner} planner, {spec.arch})")
+    meta["plan_note"] = (f"{spec.planner} planner, tried {plan_gpus(spec.gpu_plan, meta['card'])} in order "
+                         f"(first built/cached wins; see each row), {spec.arch}")
+    bw = measure_bandwidth(spec.bw_gb, device=spec.device)
+    meta["bandwidth"] = bw
+    log(f"read bandwidth {bw['read_gbs']:,.0f} GB/s ({bw['read_method']}); copy {bw['copy_gbs']:,.0f} GB/s")
+    runner = Runner(spec, log, on_row)
+    runner.read_gbs = bw["read_gbs"]
+    with torch.no_grad():
+        for i, cfg in enumerate(spec.configs):
+            try:
+                runner.run_config(cfg, seed + 1000 * i)
+            except Exception:  # noqa: BLE001 - e.g. out of memory: report it, go on with the next config
+                import traceback
+
+                log(f"{cfg}: failed, going on with the next config:\n{traceback.format_exc()}")
+                meta.setdefault("failed", []).append(f"{cfg}: {traceback.format_exc(limit=1).strip()[-300:]}")
+                _free()

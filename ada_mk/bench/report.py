@@ -1,0 +1,218 @@
+"""What a decode step must read, and how a run is reported: RESULTS.md section, JSON, plots.
+
+No torch here: this module (and the byte accounting the tests check) works anywhere.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from ..config.model import ModelConfig
+from ..ir import DecodeAttention, Embedding, build_decode_graph
+
+# Display order and names of the systems.
+SYSTEMS = ("megakernel", "compile-flex", "compile-sdpa", "eager")
+SYSTEM_NAMES = {
+    "megakernel": "MegaKernel (ada_mk)",
+    "compile-flex": "torch.compile + flex_attention",
+    "compile-sdpa": "torch.compile + SDPA",
+    "eager": "HF transformers eager (sdpa)",
+}
+REFERENCE_SYSTEM = "compile-flex"  # the strongest PyTorch decode: the baseline to beat
+
+
+@dataclass(frozen=True)
+class StepBytes:
+    """Bytes one decode step of `batch` sequences must read at `context` cached positions."""
+
+    weights: int  # every matrix once; the embedding only B rows unless tied (then the LM head reads it)
+    kv: int  # K and V of `context` positions, every layer, every sequence
+    total: int
+
+
+def step_bytes(model: ModelConfig, batch: int, context: int) -> StepBytes:
+    """From the op-graph IR (ada_mk.ir): the weights each op reads plus the K/V that attention reads.
+    Tied embeddings are counted once, by the LM head (Graph.weight_bytes() adds the B looked-up rows
+    on top of that)."""
+    g = build_decode_graph(model, None, context=context, batch=batch, max_context=max(context, 1))
+    weights = sum(b for op in g.ops if not (model.tie_word_embeddings and isinstance(op, Embedding))
+                  for t, b in op.reads() if t.role == "weight")
+    kv = sum(b for op in g.ops if isinstance(op, DecodeAttention)
+             for t, b in op.reads() if t.role == "kv_cache")
+    return StepBytes(weights, kv, weights + kv)
+
+
+@dataclass
+class Row:
+    """One (config, batch, context, system) measurement; `ms` is None when it was not timed."""
+
+    config: str
+    batch: int
+    context: int
+    system: str
+    ms: float | None = None  # median ms per decode step (one step = one token per sequence)
+    ms_windows: list[float] = field(default_factory=list)
+    bytes_per_step: int = 0
+    weight_bytes: int = 0
+    kv_bytes: int = 0
+    read_gbs: float = 0.0  # the card's read bandwidth measured in the same run
+    check_rel_err: float | None = None
+    cache_len: int | None = None  # KV cache positions allocated (SDPA and HF read all of them)
+    compile_s: float | None = None
+    note: str = ""
+    error: str = ""
+
+    @property
+    def tokens_per_s(self) -> float | None:
+        return None if not self.ms else self.batch * 1e3 / self.ms
+
+    @property
+    def gbs(self) -> float | None:
+        return None if not self.ms else self.bytes_per_step / self.ms / 1e6
+
+    @property
+    def frac(self) -> float | None:
+        return None if not self.ms or not self.read_gbs else self.gbs / self.read_gbs
+
+    @property
+    def floor_ms(self) -> float | None:
+        return None if not self.read_gbs else self.bytes_per_step / self.read_gbs / 1e6
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.update(tokens_per_s=self.tokens_per_s, gbs=self.gbs, frac_read_bw=self.frac, floor_ms=self.floor_ms)
+        return d
+
+
+def _f(x: float | None, fmt: str) -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, fmt)
+
+
+def _sort_key(r: Row):
+    order = SYSTEMS.index(r.system) if r.system in SYSTEMS else len(SYSTEMS)
+    return (r.config, r.batch, r.context, order)
+
+
+def markdown_table(rows: Iterable[Row]) -> str:
+    """One line per system, grouped by (config, batch, context), each group closed by its floor."""
+    rows = sorted(rows, key=_sort_key)
+    ref = {(r.config, r.batch, r.context): r.ms for r in rows if r.system == REFERENCE_SYSTEM and r.ms}
+    head = ("| config | batch | context | system | ms/step | tokens/s | GB/s | % of read bw "
+            "| speedup vs compile-flex | GB/step | notes |")
+    lines = [head, "|" + " --- |" * 11]
+    for i, r in enumerate(rows):
+        key = (r.config, r.batch, r.context)
+        base = ref.get(key)
+        speed = f"{base / r.ms:.2f}x" if base and r.ms else "-"
+        notes = []
+        if r.error:
+            notes.append("NOT TIMED: " + r.error.replace("|", "/").replace("\n", " ")[:200])
+        if r.check_rel_err is not None:
+            notes.append(f"logits rel err {r.check_rel_err:.1e}")
+        if r.cache_len:
+            notes.append(f"cache {r.cache_len}")
+        if r.compile_s:
+            notes.append(f"compile {r.compile_s:.0f} s")
+        if r.note:
+            notes.append(r.note.replace("|", "/"))
+        lines.append(
+            f"| {r.config} | {r.batch} | {r.context} | {SYSTEM_NAMES.get(r.system, r.system)} | {_f(r.ms, '.3f')} "
+            f"| {_f(r.tokens_per_s, ',.0f')} | {_f(r.gbs, ',.0f')} | {_f(r.frac and 100 * r.frac, '.1f')} | {speed} "
+            f"| {r.bytes_per_step / 1e9:.3f} | {'; '.join(notes)} |")
+        last = i + 1 == len(rows) or (rows[i + 1].config, rows[i + 1].batch, rows[i + 1].context) != key
+        if last and r.floor_ms:  # bytes over the measured read bandwidth
+            lines.append(f"| {r.config} | {r.batch} | {r.context} | floor: bytes / read bandwidth "
+                         f"| {r.floor_ms:.3f} | {r.batch * 1e3 / r.floor_ms:,.0f} | {r.read_gbs:,.0f} | 100.0 | - "
+                         f"| {r.bytes_per_step / 1e9:.3f} | |")
+    return "\n".join(lines)
+
+
+def markdown_section(meta: dict[str, Any], rows: list[Row]) -> str:
+    """One run's section of RESULTS.md: when, where, which commit, the bandwidth, the table."""
+    bw = meta.get("bandwidth", {})
+    batches = sorted({r.batch for r in rows}) or [meta.get("batch", 1)]
+    out = [
+        f"## {meta['date']} · {meta['card']} · commit {meta['commit']}",
+        "",
+        f"- card: {meta['card']} ({meta.get('card_memory_gib', 0):.1f} GiB), torch {meta.get('torch', '?')}, "
+        f"transformers {meta.get('transformers', '?')}, CUDA {meta.get('cuda', '?')}",
+        f"- read bandwidth measured in this run: **{bw.get('read_gbs', 0):,.0f} GB/s** ({bw.get('read_method', '?')}); "
+        f"copy {bw.get('copy_gbs', 0):,.0f} GB/s (read + write counted)",
+        f"- megakernel plan: {meta.get('plan_note', '-')}",
+        f"- batch {', '.join(map(str, batches))}; ms/step = median over {meta.get('windows', '?')} windows of "
+        f"{meta.get('steps', '?')} chained decode steps, CUDA events, after warm-up; one step decodes one token "
+        f"per sequence (batch B: B tokens per step). Context c: the cache holds about c tokens (timed steps "
+        f"centred on c). Bytes per step: every weight matrix once (embedding: B rows unless tied) + the K/V "
+        f"read at that context (ada_mk.ir). Random {meta.get('dtype', 'bf16')} weights and inputs, fresh each run "
+        f"(seed {meta.get('seed', '?')}).",
+        *([f"- FAILED: {f}" for f in meta.get("failed", [])]),
+        "",
+        markdown_table(rows),
+        "",
+    ]
+    return "\n".join(out) + "\n"
+
+
+RESULTS_HEADER = ("# adamk-bench results\n\nDecode speed of the MegaKernel against PyTorch baselines, measured "
+                  "side by side on one card per run. Appended by `adamk-bench` (see benchmarks/README.md).\n\n")
+
+
+def append_results(path: str | os.PathLike, section: str) -> None:
+    """Append a section to RESULTS.md (created with a header when missing)."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    prefix = "" if p.exists() and p.stat().st_size else RESULTS_HEADER
+    with open(p, "a", encoding="utf-8") as f:
+        if prefix:
+            f.write(prefix)
+        elif not p.read_text(encoding="utf-8").endswith("\n\n"):
+            f.write("\n")
+        f.write(section)
+
+
+def write_json(path: str | os.PathLike, meta: dict[str, Any], rows: list[Row]) -> None:
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_suffix(p.suffix + ".tmp")
+    tmp.write_text(json.dumps({"meta": meta, "results": [r.to_json() for r in rows]}, indent=1, default=str))
+    os.replace(tmp, p)
+
+
+def plot(rows: list[Row], plot_dir: str | os.PathLike, card: str) -> list[Path]:
+    """One PNG per (config, batch): ms/step against context, a line per system, and the floor."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    d = Path(plot_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    out = []
+    card_tag = "".join(ch for ch in card.replace("NVIDIA", "").split("(")[0] if ch.isalnum()) or "gpu"
+    for config, batch in sorted({(r.config, r.batch) for r in rows}):
+        sel = [r for r in rows if r.config == config and r.batch == batch]
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for system in SYSTEMS:
+            pts = sorted((r.context, r.ms) for r in sel if r.system == system and r.ms)
+            if pts:
+                ax.plot(*zip(*pts), marker="o", label=SYSTEM_NAMES[system])
+        floor = sorted({(r.context, r.floor_ms) for r in sel if r.floor_ms})
+        if floor:
+            ax.plot(*zip(*floor), linestyle="--", color="gray", label="floor: bytes / read bandwidth")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("context (tokens in the KV cache)")
+        ax.set_ylabel(f"ms per decode step (batch {batch})")
+        ax.set_ylim(bottom=0)
+        ax.set_title(f"{config}, batch {batch}, {card}")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        path = d / f"{config}_bs{batch}_{card_tag}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        out.append(path)
+    return out
