@@ -4,6 +4,7 @@ the buffer the kernel takes."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -80,7 +81,7 @@ def test_c_example_with_gcc_directly(artifacts: Artifacts, tmp_path: Path) -> No
 
 def test_ctypes_example_parses() -> None:
     r = subprocess.run([sys.executable, str(ROOT / "examples" / "python" / "ctypes_decode.py"), "--help"],
-                       capture_output=True, text=True, cwd=ROOT)
+                       capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert r.returncode == 0 and "--library" in r.stdout, r.stderr
 
 

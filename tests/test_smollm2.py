@@ -45,6 +45,11 @@ def hf(path: Path):
 
 
 @pytest.fixture(scope="module")
+def hf_tokens(ours, hf) -> list[list[int]]:
+    return [hf_greedy(hf, prompt_ids(ours[2], text, chat), N_NEW) for text, chat in PROMPTS]
+
+
+@pytest.fixture(scope="module")
 def executor(ours):
     model, weights, _ = ours
     return ReferenceExecutor(model, weights, batch=1, max_context=128)
@@ -76,10 +81,10 @@ def test_tokenizer_matches_transformers(path: Path, ours) -> None:
 
 
 @pytest.mark.parametrize("case", range(len(PROMPTS)))
-def test_greedy_tokens_match_transformers(ours, hf, executor, case: int) -> None:
+def test_greedy_tokens_match_transformers(ours, hf_tokens, executor, case: int) -> None:
     text, chat = PROMPTS[case]
     ids = prompt_ids(ours[2], text, chat)
-    want = hf_greedy(hf, ids, N_NEW)
+    want = hf_tokens[case]
     got = reference_greedy(executor, ids, N_NEW)
     assert got == want, f"{text!r}:\n ours {ours[2].decode(got)!r}\n HF   {ours[2].decode(want)!r}"
 
@@ -106,3 +111,26 @@ def test_adamk_run_cpu_reference(path: Path) -> None:
                                   "-n", "24", "--cpu-reference"])
     assert r.exit_code == 0, r.output
     assert "Paris" in r.stdout
+
+
+def test_bf16_weights_and_cache_keep_the_greedy_tokens(ours, hf_tokens) -> None:
+    """What the GPU test relies on: rounding the weights and the K/V cache to bf16, as the
+    MegaKernel stores them, does not change the greedy tokens of these prompts."""
+    from ada_mk.runtime.weights import bf16_bits_to_float, to_bf16_bits
+
+    def bf16(x):
+        return bf16_bits_to_float(to_bf16_bits(x))
+
+    model, weights, tok = ours
+    ex = ReferenceExecutor(model, {k: bf16(v) for k, v in weights.items()}, batch=1, max_context=128)
+    append = ex._KVAppend
+
+    def kv_append_bf16(op, k, v, positions):
+        append(op, k, v, positions)
+        ex.k_cache[op.layer] = bf16(ex.k_cache[op.layer])
+        ex.v_cache[op.layer] = bf16(ex.v_cache[op.layer])
+        return ex.k_cache[op.layer], ex.v_cache[op.layer]
+
+    ex._KVAppend = kv_append_bf16
+    for (text, chat), want in zip(PROMPTS, hf_tokens):
+        assert reference_greedy(ex, prompt_ids(tok, text, chat), N_NEW) == want, text
