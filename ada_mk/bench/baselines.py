@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 import torch
+import torch._dynamo  # noqa: F401 - mark_static_address
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -46,7 +47,8 @@ class Block(nn.Module):
         p = f"model.layers.{i}."
         cat = lambda *names: torch.cat([w[p + n] for n in names])  # noqa: E731
         self.m = m
-        self.attn_norm, self.mlp_norm = _p(w[p + "input_layernorm.weight"]), _p(w[p + "post_attention_layernorm.weight"])
+        self.attn_norm = _p(w[p + "input_layernorm.weight"])
+        self.mlp_norm = _p(w[p + "post_attention_layernorm.weight"])
         self.wqkv = _p(cat(*(f"self_attn.{x}_proj.weight" for x in "qkv")))
         self.bqkv = _p(cat(*(f"self_attn.{x}_proj.bias" for x in "qkv"))) if m.attention_bias else None
         self.wo = _p(w[p + "self_attn.o_proj.weight"])

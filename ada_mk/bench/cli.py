@@ -69,7 +69,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--gpu-plan", default="auto",
                    help="the GPU the MegaKernel is planned for (default auto: the card's own entry, then H100)")
     p.add_argument("--planner", choices=("gen", "simple", "search"), default="gen",
-                   help="gen: the plan adamk-gen emits (default); simple; search")
+                   help="gen: the plan adamk-gen emits (default); simple: round-robin; search: search_plan")
     p.add_argument("--arch", default="sm_90a", help="nvcc arch of the MegaKernel build (default sm_90a)")
     p.add_argument("--results", default="benchmarks/RESULTS.md", help="markdown file to append the run's section to")
     p.add_argument("--plot-dir", default="benchmarks/plots", help="where the PNGs go")

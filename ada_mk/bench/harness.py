@@ -100,10 +100,10 @@ def megakernel_build(config: Path, gpu: str, batch: int, max_context: int, plann
         from ..codegen.pipeline import plan_for
 
         plan = plan_for(m, d)
-    elif planner == "simple":
+    elif planner == "simple":  # the round-robin baseline plan
         from ..search.simple import make_plan
 
-        plan = make_plan(m, d)
+        plan = make_plan(m, d, strategy="round-robin")
     elif planner == "search":
         from ..search.search import search_plan
 
@@ -157,7 +157,8 @@ def _mem() -> str:
     if not _cuda():
         return "(no CUDA)"
     free, total = torch.cuda.mem_get_info()
-    return f"GPU memory: {torch.cuda.memory_allocated() / 2**30:.1f} GiB allocated by torch, {free / 2**30:.1f} of {total / 2**30:.1f} GiB free"
+    return (f"GPU memory: {torch.cuda.memory_allocated() / 2**30:.1f} GiB allocated by torch, "
+            f"{free / 2**30:.1f} of {total / 2**30:.1f} GiB free")
 
 
 def time_windows(step: Callable[[int], object], steps: int, windows: int,
@@ -502,7 +503,8 @@ def run(spec: Spec, log: Callable[[str], None], on_row: Callable[[Row], None], m
     seed = spec.seed if spec.seed is not None else int(np.random.SeedSequence().entropy % 2**31)
     meta.update(card_meta(spec.device), seed=seed)
     log(f"card: {meta['card']} ({meta['card_memory_gib']:.1f} GiB), torch {meta['torch']}, seed {seed}")
-    log(f"plans to try for the MegaKernel: {plan_gpus(spec.gpu_plan, meta['card'])} ({spec.planner} planner, {spec.arch})")
+    log(f"plans to try for the MegaKernel: {plan_gpus(spec.gpu_plan, meta['card'])} "
+        f"({spec.planner} planner, {spec.arch})")
     meta["plan_note"] = (f"{spec.planner} planner, tried {plan_gpus(spec.gpu_plan, meta['card'])} in order "
                          f"(first built/cached wins; see each row), {spec.arch}")
     bw = measure_bandwidth(spec.bw_gb, device=spec.device)
