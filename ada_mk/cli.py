@@ -171,7 +171,7 @@ def generate(config_path: Path, gpu: str | None, batch: int | None, max_context:
         if debug:
             options["debug"] = True
         if explain:
-            options["explain"] = click.echo
+            options["explain"] = lambda text: click.echo(text, nl=not text.endswith("\n"))
         codegen.emit(model, deploy, graph, target, log, **options)
 
     context = getattr(graph, "context", None)

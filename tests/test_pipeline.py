@@ -17,6 +17,15 @@ from test_cli_errors import SMOL, assert_one_line_error, run  # tests/ is on sys
 TARGET = ("smollm2-135m", "H100-bs1")
 
 
+@pytest.fixture
+def quick_plan(monkeypatch):
+    """The round-robin plan instead of the (slower) search: these tests are about the CLI's
+    mechanics, not the plan. The ones without this fixture run the default path."""
+    from ada_mk.search import simple
+
+    monkeypatch.setattr(pipeline, "make_plan", lambda m, d: simple.make_plan(m, d, strategy="round-robin"))
+
+
 def kernel_files(d: Path) -> dict[str, str]:
     return {p.name: p.read_text() for p in d.iterdir() if p.suffix in (".cu", ".inc", ".h")}
 
@@ -51,7 +60,7 @@ def test_plan_json_is_the_plan(tmp_path):
     assert json.loads(tmp_path.joinpath(*TARGET, "plan.json").read_text()) == json.loads(plan_json(plan, make_layout(plan)))
 
 
-def test_regeneration_replaces_an_earlier_plan(tmp_path):
+def test_regeneration_replaces_an_earlier_plan(tmp_path, quick_plan):
     d = tmp_path.joinpath(*TARGET)
     d.mkdir(parents=True)
     old = "adamk_smollm2_135m_h100_bs1_0123456789"
@@ -65,19 +74,40 @@ def test_regeneration_replaces_an_earlier_plan(tmp_path):
     assert (d / "notes.txt").read_text() == "mine"
 
 
-def test_explain_prints_the_plan(tmp_path, monkeypatch):
-    monkeypatch.setattr("ada_mk.search.explain.gantt", lambda *a, **k: None, raising=False)  # no matplotlib needed
+def test_explain_prints_the_plan(tmp_path, monkeypatch, quick_plan):
+    """--explain prints what ada_mk.search.explain.explain(plan, out_dir) returns (that function
+    is tested with the search; here a stand-in keeps this fast)."""
+    import ada_mk.search.explain as ex
+
+    calls = []
+    monkeypatch.setattr(ex, "explain", lambda plan, out_dir: (calls.append((plan, out_dir)), "EXPLAINED qkv lm_head\n")[1])
     r = run("--config", SMOL, "--out", tmp_path, "--no-build", "--explain")
     assert r.exit_code == 0, (r.stderr, r.exception)
-    assert "qkv" in r.stdout and "lm_head" in r.stdout
-    assert (tmp_path.joinpath(*TARGET) / "explain.txt").exists()
+    assert r.stdout == "EXPLAINED qkv lm_head\n"
+    (plan, out_dir), = calls
+    assert out_dir == tmp_path.joinpath(*TARGET) and plan.model.name == "smollm2-135m"
+
+
+def test_explain_without_matplotlib(tmp_path, monkeypatch):
+    """explain() needs matplotlib only for gantt.png: without it, the text still comes."""
+    import ada_mk.search.explain as ex
+
+    def explain(plan, out_dir, png=True):
+        if png:
+            raise ModuleNotFoundError("No module named 'matplotlib'", name="matplotlib")
+        return "text\n"
+
+    monkeypatch.setattr(ex, "explain", explain)
+    logged = []
+    assert pipeline.explain_text(object(), tmp_path, logged.append) == "text\n"
+    assert logged and "matplotlib" in logged[0]
 
 
 def test_plan_summary_fallback():
     from ada_mk.config import load_config
     from ada_mk.search.simple import make_plan
 
-    text = pipeline.plan_summary(make_plan(*load_config(SMOL)))
+    text = pipeline.plan_summary(make_plan(*load_config(SMOL), strategy="round-robin"))
     assert "shared memory" in text and "gate_up" in text
 
 
@@ -94,7 +124,7 @@ def test_plan_error_is_one_line(tmp_path, monkeypatch):
     assert "Traceback" not in r.stderr
 
 
-def test_missing_nvcc(tmp_path, monkeypatch):
+def test_missing_nvcc(tmp_path, monkeypatch, quick_plan):
     monkeypatch.setenv("ADAMK_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(pipeline, "nvcc_path", lambda: str(tmp_path / "no" / "nvcc"))
     r = run("--config", SMOL, "--out", tmp_path / "out")
@@ -105,7 +135,7 @@ def test_missing_nvcc(tmp_path, monkeypatch):
     assert any(n.endswith(".cu") for n in os.listdir(tmp_path.joinpath("out", *TARGET)))
 
 
-def test_nvcc_failure_is_one_line_with_a_log(tmp_path, monkeypatch):
+def test_nvcc_failure_is_one_line_with_a_log(tmp_path, monkeypatch, quick_plan):
     fake = tmp_path / "nvcc"
     fake.write_text("#!/bin/sh\necho 'kernel.cu(12): error: identifier \"oops\" is undefined' >&2\n"
                     "echo '1 error detected' >&2\nexit 1\n")
