@@ -3,7 +3,6 @@
 + tokenizer + NumPy reference executor must give HF transformers' greedy tokens on the same file."""
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -134,3 +133,17 @@ def test_bf16_weights_and_cache_keep_the_greedy_tokens(ours, hf_tokens) -> None:
     ex._KVAppend = kv_append_bf16
     for (text, chat), want in zip(PROMPTS, hf_tokens):
         assert reference_greedy(ex, prompt_ids(tok, text, chat), N_NEW) == want, text
+
+
+def test_tokenizer_from_a_saved_hf_folder(path: Path, ours, tmp_path: Path) -> None:
+    """tokenizer.json + tokenizer_config.json (+ chat template) as transformers saves them."""
+    from ada_mk.checkpoints.tokenizer import Tokenizer
+
+    theirs = transformers.AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    theirs.save_pretrained(tmp_path)
+    tok = Tokenizer.from_folder(tmp_path)
+    gguf_tok = ours[2]
+    for text in [t for t, _ in PROMPTS] + [gguf_tok.apply_chat_template("Hi")]:
+        assert tok.encode(text) == gguf_tok.encode(text)
+    assert tok.apply_chat_template("Hi") == gguf_tok.apply_chat_template("Hi")
+    assert 2 in tok.eos_token_ids
