@@ -22,6 +22,7 @@ struct Ctx {
   float* attn;         // attention scratch
   float* misc;         // block reductions: [WARPS][B] + [B]
   int staged = -1;     // which activation chunk x holds (kind, layer, split), -1: none
+  int waited = -1;     // the inputs the block last waited for (kind, layer, which part), -1: none
 #ifdef ADAMK_PROFILE
   unsigned long long t_staged = 0;  // when the current task's input was staged
 #endif

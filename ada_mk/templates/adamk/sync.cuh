@@ -66,12 +66,11 @@ __device__ __forceinline__ bool wait_counters(const unsigned* counters, int firs
   return true;
 }
 
-// After a barrier that follows the block's last write of the task: publish it.
+// After a barrier that follows the block's last write of the task: publish it. The release add
+// is cumulative: the barrier made every thread's writes visible to thread 0, and the release
+// orders them before the add at GPU scope (no separate fence needed).
 __device__ __forceinline__ void signal(unsigned* counter) {
-  if (threadIdx.x == 0) {
-    __threadfence();
-    thread::add_release(counter, 1u);
-  }
+  if (threadIdx.x == 0) thread::add_release(counter, 1u);
 }
 
 }  // namespace block
