@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import heapq
 import sys
-import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -29,6 +28,7 @@ from .cost import CostConstants, CostModel, _Counters, constants_for, simulate, 
 from .dag import STAGE_ORDER, Dag, stage_priority
 from .plan import LINEAR_KINDS, THREADS, WARPS, LinearTiling, Plan, Task, compress_runs
 from .smem import required_stage_bytes
+from .simple import linear_shapes
 
 Progress = Callable[[str, float], None]  # (message, fraction done)
 
@@ -170,17 +170,6 @@ MAX_STAGES = 8
 TIME_TOL = 0.002  # plans within 0.2% of the best predicted time count as equally fast
 BLOCK_KINDS = ("o", "down", "lm_head")  # stages whose consumers wait for every tile
 STAGE_TARGETS = (4 * 1024, 8 * 1024, 16 * 1024, 32 * 1024, 64 * 1024)  # ring slot sizes tried
-
-
-def linear_shapes(model: ModelConfig) -> dict[str, tuple[int, int]]:
-    m = model
-    return {
-        "qkv": (m.q_size + 2 * m.kv_size, m.hidden_size),
-        "o": (m.hidden_size, m.q_size),
-        "gate_up": (2 * m.intermediate_size, m.hidden_size),
-        "down": (m.hidden_size, m.intermediate_size),
-        "lm_head": (m.vocab_size, m.hidden_size),
-    }
 
 
 def valid_splits(kind: str, k: int, max_split: int = 64) -> list[int]:
@@ -453,7 +442,6 @@ class Searcher:
             self.progress(what, min(1.0, max(0.0, frac)))
 
     def run(self, finalists: int = 2) -> tuple[Plan, dict]:
-        t0 = time.perf_counter()
         gpu = self.deploy.gpu
         starts = []
         for tgt in STAGE_TARGETS:
