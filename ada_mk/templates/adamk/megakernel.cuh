@@ -15,7 +15,7 @@ struct Waiter {
   int kind, layer, idx;
   bool ok = true;
 
-  // Counters [first, first + count) of the stage at `off` in `layer` each reach per_step * epoch.
+  // Counters [first, first + count) from `base` each reach per_step * epoch.
   __device__ void on(unsigned* base, int first, int count, int per_step) {
     if (ok) ok = wait_counters(base, first, count, per_step * c.a.epoch, c.a.debug, kind, layer, idx);
   }
