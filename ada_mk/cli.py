@@ -52,9 +52,13 @@ def _codegen() -> ModuleType | None:
 
 def _codegen_errors() -> tuple[type[BaseException], ...]:
     """The code generator's one-line user errors (evaluated only when an exception propagates)."""
-    mod = sys.modules.get(CODEGEN_MODULE)
-    err = getattr(mod, "EmitError", None) if mod is not None else None
-    return (err,) if isinstance(err, type) else ()
+    errs = []
+    for name, attr in ((CODEGEN_MODULE, "EmitError"), ("ada_mk.search.profile", "ProfileError")):
+        mod = sys.modules.get(name)
+        err = getattr(mod, attr, None) if mod is not None else None
+        if isinstance(err, type):
+            errs.append(err)
+    return tuple(errs)
 
 
 class OneLineErrors(click.Command):
@@ -112,9 +116,12 @@ def _check_arch(ctx: click.Context, param: click.Parameter, value: tuple[str, ..
 @click.option("--explain", is_flag=True,
               help="Print what the plan decided (tiling, K-split, shared memory, predicted time) "
                    "to stdout, and write explain.txt, trace.json and gantt.png beside the kernel.")
+@click.option("--profile", "profile", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              metavar="PATH", help="With --explain: a profile.npz of this kernel from an instrumented build "
+                                   "(benchmarks/profile_step.py); shows measured task times beside the predicted.")
 def main(config_path: Path, gpu: str | None, batch: int | None, max_context: int | None,
          dtype: str | None, out_dir: Path, dump_ir: bool, no_build: bool, archs: tuple[str, ...],
-         debug: bool, explain: bool) -> None:
+         debug: bool, explain: bool, profile: Path | None) -> None:
     """Generate one CUDA MegaKernel for low-latency decoding of MODEL on GPU at BATCH.
 
     Writes ir.json, plan.json and the kernel sources (<name>.cu, <name>.schedule.inc,
@@ -123,9 +130,11 @@ def main(config_path: Path, gpu: str | None, batch: int | None, max_context: int
     """
     if no_build and (archs or debug):
         fail(f"{'--arch' if archs else '--debug'} needs a build: drop --no-build")
+    if profile is not None and not explain:
+        fail("--profile needs --explain")
     try:
         generate(config_path, gpu, batch, max_context, dtype, out_dir, dump_ir=dump_ir,
-                 build=not no_build, archs=archs, debug=debug, explain=explain)
+                 build=not no_build, archs=archs, debug=debug, explain=explain, profile=profile)
     except ConfigError as e:
         fail(str(e))
     except OSError as e:
@@ -138,7 +147,7 @@ def main(config_path: Path, gpu: str | None, batch: int | None, max_context: int
 def generate(config_path: Path, gpu: str | None, batch: int | None, max_context: int | None,
              dtype: str | None, out_dir: Path, *, dump_ir: bool = False, build: bool = True,
              archs: tuple[str, ...] = (), debug: bool = False, explain: bool = False,
-             log=log) -> Path | None:
+             profile: Path | None = None, log=log) -> Path | None:
     """What `adamk-gen` does; returns the output directory (None for dump_ir). Also used by
     `python -m ada_mk.codegen.regen`, so the checked-in kernels are exactly the CLI's output."""
     model, deploy = load_config(config_path, gpu=gpu, batch=batch, max_context=max_context, dtype=dtype)
@@ -172,6 +181,8 @@ def generate(config_path: Path, gpu: str | None, batch: int | None, max_context:
             options["debug"] = True
         if explain:
             options["explain"] = lambda text: click.echo(text, nl=not text.endswith("\n"))
+            if profile is not None:
+                options["profile"] = profile
         codegen.emit(model, deploy, graph, target, log, **options)
 
     context = getattr(graph, "context", None)

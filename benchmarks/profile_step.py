@@ -1,6 +1,7 @@
 """Where the time of one decode step goes: an instrumented build records, per task, when it began
 waiting, when its inputs were ready and when it ended (%globaltimer). Prints a summary per stage and
-per layer and saves the raw times.
+per layer, and saves the summary rows (profile-<config>-<strategy>.npy) and the raw times as
+profile-<config>-<strategy>.npz (ada_mk.search.profile; `adamk-gen ... --explain --profile` reads it).
 
     python3 -m benchmarks.profile_step [prebuild]     (prebuild: here, into $ADAMK_CACHE)
 """
@@ -67,6 +68,7 @@ if __name__ == "__main__":
     import torch
 
     from ada_mk.runtime.engine import MegaKernelEngine
+    from ada_mk.search.profile import save_profile
     from ada_mk.search.layout import make_layout
 
     out_dir = os.environ.get("OUT", ".")
@@ -83,6 +85,8 @@ if __name__ == "__main__":
             print(f"{config} {gpu} bs{batch} {strategy} {'profile' if profile else 'plain'}: {ms:.3f} ms/token", flush=True)
             if profile:
                 eng.step(np.ones(batch, np.int32), np.full(batch, CONTEXT, np.int32))
-                summarize(plan, eng.read_profile(), os.path.join(out_dir, f"profile-{config}-{strategy}.npy"))
+                prof = eng.read_profile()
+                save_profile(os.path.join(out_dir, f"profile-{config}-{strategy}.npz"), plan, prof)
+                summarize(plan, prof, os.path.join(out_dir, f"profile-{config}-{strategy}.npy"))
             eng.close()
             torch.cuda.empty_cache()

@@ -138,23 +138,25 @@ def compile_into(source: Source, archs: list[str], out_dir: Path, log: Log, *, d
     return art
 
 
-def explain_text(plan: Plan, out_dir: Path, log: Log) -> str:
+def explain_text(plan: Plan, out_dir: Path, log: Log, profile: Path | None = None) -> str:
     """What the plan decided: ada_mk.search.explain's report when it is installed (it also writes
     explain.txt, trace.json and gantt.png into out_dir), else a short summary of tilings and
-    shared memory."""
+    shared memory. profile: a profile.npz of this kernel, whose measured times the report adds
+    (ada_mk.search.profile.ProfileError when it is another kernel's)."""
     try:
         from ..search.explain import explain
     except ModuleNotFoundError as e:
         if e.name != "ada_mk.search.explain":
             raise
         return plan_summary(plan)
+    extra = {} if profile is None else {"profile": profile}
     try:
-        return explain(plan, out_dir)
+        return explain(plan, out_dir, **extra)
     except ModuleNotFoundError as e:
         if not (e.name or "").startswith("matplotlib"):
             raise
         log("matplotlib is not installed: no gantt.png")
-        return explain(plan, out_dir, png=False)
+        return explain(plan, out_dir, png=False, **extra)
 
 
 def plan_summary(plan: Plan) -> str:
@@ -177,12 +179,13 @@ def plan_summary(plan: Plan) -> str:
 
 def emit(model: ModelConfig, deploy: DeployConfig, graph, out_dir: Path, log: Log, *,
          build_kernel: bool = True, archs: Iterable[str] = (), debug: bool = False,
-         explain: Callable[[str], None] | None = None) -> None:
+         explain: Callable[[str], None] | None = None, profile: Path | None = None) -> None:
     """Plan, render and (unless build_kernel is False) compile the kernel into out_dir.
 
     archs: architectures beyond the target GPU's own to put in the fatbin and library.
     debug: build with bounded dependency waits (-DADAMK_DEBUG).
     explain: called with the plan's explanation text (the CLI prints it to stdout).
+    profile: with explain, a profile.npz of this kernel to set measured times beside the predicted.
     """
     out_dir = Path(out_dir)
     all_archs = target_archs(deploy, archs)  # bad --arch values fail before anything is written
@@ -191,7 +194,7 @@ def emit(model: ModelConfig, deploy: DeployConfig, graph, out_dir: Path, log: Lo
         f"{plan.smem_bytes} B shared memory of {deploy.gpu.smem_per_block}")
     source = write_sources(plan, out_dir, log)
     if explain is not None:
-        explain(explain_text(plan, out_dir, log))
+        explain(explain_text(plan, out_dir, log, profile))
     if build_kernel:
         compile_into(source, all_archs, out_dir, log, debug=debug)
 

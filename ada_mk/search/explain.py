@@ -7,6 +7,11 @@ explain(plan, out_dir) writes into out_dir:
   trace.json    a Chrome / Perfetto trace (chrome://tracing, ui.perfetto.dev): one process per SM,
                 each task an "X" event, waits on a second track
 and returns the text of explain.txt.
+
+With profile= (a profile.npz from an instrumented build, see ada_mk.search.profile, or its Measured)
+the report adds per stage the predicted and measured busy SM-time and the step makespan predicted
+vs measured; trace.json gets a second group of processes, "measured SM <n>" (pid MEASURED_PID + SM,
+the same thread ids: tasks on 0, waits on 1), and gantt_measured.png is written beside gantt.png.
 """
 from __future__ import annotations
 
@@ -17,17 +22,42 @@ from pathlib import Path
 from .cost import CostModel, SimResult, simulate
 from .dag import Dag
 from .plan import LINEAR_KINDS, Plan
+from .profile import Measured, ProfileError, load_profile
 from .smem import describe, peak_smem, smem_report
 
 KIND_COLORS = {"qkv": "#4e79a7", "attn": "#f28e2b", "o": "#e15759", "gate_up": "#76b7b2", "down": "#59a14f",
                "lm_head": "#edc948", "argmax": "#b07aa1"}
+KINDS = ("qkv", "attn", "o", "gate_up", "down", "lm_head", "argmax")
+MEASURED_PID = 1000  # trace pid of "measured SM n" is MEASURED_PID + n
 
 
 def _us(s: float) -> str:
     return f"{s * 1e6:,.1f} us"
 
 
-def report(plan: Plan, sim: SimResult | None = None, *, claim=None) -> str:
+def _pct(pred: float, meas: float) -> str:
+    return f"{100 * (pred / meas - 1):+.1f}%" if meas > 0 else "n/a"
+
+
+def compare_lines(sim: SimResult, measured: Measured) -> list[str]:
+    """Per stage predicted vs measured busy SM-time, and the step makespan (the error is the
+    prediction's, relative to the measurement)."""
+    pb = sim.per_kind_time()
+    mb, mw = measured.per_kind_busy_us(), measured.per_kind_wait_us()
+    lines = [f"predicted vs measured (profile of {measured.kernel_name}, {len(measured)} tasks;"
+             f" busy = inputs ready to end, summed over SMs):",
+             f"  {'stage':8s} {'predicted':>14s} {'measured':>14s} {'error':>8s} {'measured wait':>14s}"]
+    for kind in KINDS:
+        if kind in mb or kind in pb:
+            p, m = pb.get(kind, 0.0) * 1e6, mb.get(kind, 0.0)
+            lines.append(f"  {kind:8s} {p:11,.1f} us {m:11,.1f} us {_pct(p, m):>8s} {mw.get(kind, 0.0):11,.1f} us")
+    p, m = sim.makespan * 1e6, measured.makespan_us
+    lines.append(f"makespan predicted vs measured: {p:,.1f} us vs {m:,.1f} us ({_pct(p, m)})"
+                 f"  [predicted step with launch {sim.predicted_s * 1e6:,.1f} us]")
+    return lines
+
+
+def report(plan: Plan, sim: SimResult | None = None, *, claim=None, measured: Measured | None = None) -> str:
     sim = sim or simulate(plan)
     m, d = plan.model, plan.deploy
     dag = Dag(plan)
@@ -48,7 +78,7 @@ def report(plan: Plan, sim: SimResult | None = None, *, claim=None) -> str:
     rep = smem_report(plan)
     lines.append(f"  {'stage':8s} {'rows':>5s} {'ksplit':>6s} {'wpr':>3s} {'tasks/layer':>11s} {'chunk B':>8s}"
                  f" {'x B':>6s} {'SM-time':>12s} {'layer span':>12s}")
-    for kind in ("qkv", "attn", "o", "gate_up", "down", "lm_head", "argmax"):
+    for kind in KINDS:
         n = plan.tasks_of(kind)
         per = [spans[(kind, l)] for l in range(L if kind not in ("lm_head", "argmax") else 1) if (kind, l) in spans]
         span = sum(e - s for s, e in per) / max(1, len(per))
@@ -61,6 +91,9 @@ def report(plan: Plan, sim: SimResult | None = None, *, claim=None) -> str:
             lines.append(f"  {kind:8s} {'':5s} {'':6s} {'':3s} {n:11d} {'':8s} {'':6s}"
                          f" {_us(busy.get(kind, 0.0)):>12s} {_us(span):>12s}  {extra}")
     lines.append("")
+    if measured is not None:
+        lines += compare_lines(sim, measured)
+        lines.append("")
     lines += describe(rep)
     same_unsplit = peak_smem(plan, ksplit=False)
     lines.append(f"peak shared memory with K-split: {plan.smem_bytes} B; the same plan unsplit: {same_unsplit} B"
@@ -94,10 +127,13 @@ def report(plan: Plan, sim: SimResult | None = None, *, claim=None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def trace_events(sim: SimResult) -> dict:
+def trace_events(sim: SimResult, measured: Measured | None = None) -> dict:
     ev = []
+    label = "predicted SM" if measured is not None else "SM"
     for sm in sorted(set(sim.sm)):
-        ev.append({"name": "process_name", "ph": "M", "pid": sm, "args": {"name": f"SM {sm}"}})
+        ev.append({"name": "process_name", "ph": "M", "pid": sm, "args": {"name": f"{label} {sm}"}})
+        if measured is not None:
+            ev.append({"name": "process_sort_index", "ph": "M", "pid": sm, "args": {"sort_index": MEASURED_PID + sm}})
         ev.append({"name": "thread_name", "ph": "M", "pid": sm, "tid": 0, "args": {"name": "tasks"}})
         ev.append({"name": "thread_name", "ph": "M", "pid": sm, "tid": 1, "args": {"name": "waits"}})
     for t, sm, w, s, e in zip(sim.tasks, sim.sm, sim.wait, sim.start, sim.end):
@@ -107,37 +143,83 @@ def trace_events(sim: SimResult) -> dict:
         if s > w:
             ev.append({"name": "wait", "cat": "wait", "ph": "X", "pid": sm, "tid": 1,
                        "ts": round(w * 1e6, 4), "dur": round((s - w) * 1e6, 4)})
-    return {"traceEvents": ev, "displayTimeUnit": "ns",
-            "otherData": {"predicted_us": sim.predicted_s * 1e6, "source": "ada_mk cost model (predicted)"}}
+    other = {"predicted_us": sim.predicted_s * 1e6, "source": "ada_mk cost model (predicted)"}
+    if measured is not None:
+        ev += measured_events(measured)
+        other.update(measured_us=measured.makespan_us, predicted_makespan_us=sim.makespan * 1e6,
+                     measured_source=f"profile of {measured.kernel_name} (pids {MEASURED_PID}+SM)")
+    return {"traceEvents": ev, "displayTimeUnit": "ns", "otherData": other}
+
+
+def measured_events(measured: Measured) -> list[dict]:
+    """The measured step as trace events: process MEASURED_PID + SM, tasks on thread 0 (inputs
+    ready to end), waits on thread 1 (wait start to inputs ready)."""
+    ev = []
+    for sm in sorted(set(measured.sm.values())):
+        pid = MEASURED_PID + sm
+        ev.append({"name": "process_name", "ph": "M", "pid": pid, "args": {"name": f"measured SM {sm}"}})
+        ev.append({"name": "process_sort_index", "ph": "M", "pid": pid, "args": {"sort_index": sm}})
+        ev.append({"name": "thread_name", "ph": "M", "pid": pid, "tid": 0, "args": {"name": "tasks"}})
+        ev.append({"name": "thread_name", "ph": "M", "pid": pid, "tid": 1, "args": {"name": "waits"}})
+    for t, (w, r, st, e) in measured.times.items():
+        pid = MEASURED_PID + measured.sm[t]
+        ev.append({"name": f"{t.kind} L{t.layer} #{t.index}", "cat": t.kind, "ph": "X", "pid": pid, "tid": 0,
+                   "ts": round(r, 4), "dur": round(e - r, 4),
+                   "args": {"kind": t.kind, "layer": t.layer, "index": t.index, "staged_us": round(st - r, 4)}})
+        if r > w:
+            ev.append({"name": "wait", "cat": "wait", "ph": "X", "pid": pid, "tid": 1,
+                       "ts": round(w, 4), "dur": round(r - w, 4)})
+    return ev
 
 
 def gantt(sim: SimResult, path: str | os.PathLike, title: str = "") -> None:
+    bars = [(t.kind, sm, s * 1e6, e * 1e6) for t, sm, s, e in zip(sim.tasks, sim.sm, sim.start, sim.end)]
+    _gantt(bars, sim.plan.sms, path, "time (us, predicted)",
+           title or f"{sim.plan.model.name} on {sim.plan.deploy.gpu.name}: predicted {sim.predicted_s * 1e6:,.1f} us")
+
+
+def gantt_measured(sim: SimResult, measured: Measured, path: str | os.PathLike) -> None:
+    """The measured schedule, drawn like gantt.png (inputs ready to end of each task)."""
+    bars = [(t.kind, measured.sm[t], r, e) for t, (_, r, _, e) in measured.times.items()]
+    p = sim.plan
+    _gantt(bars, p.sms, path, "time (us, measured)",
+           f"{p.model.name} on {p.deploy.gpu.name}: measured {measured.makespan_us:,.1f} us"
+           f" (predicted schedule {sim.makespan * 1e6:,.1f} us)")
+
+
+def _gantt(rows, S: int, path, xlabel: str, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
 
-    S = sim.plan.sms
     fig, ax = plt.subplots(figsize=(16, max(4, S * 0.06)), dpi=110)
     bars: dict = {}
-    for t, sm, s, e in zip(sim.tasks, sim.sm, sim.start, sim.end):
-        bars.setdefault((t.kind, sm), []).append((s * 1e6, (e - s) * 1e6))
+    for kind, sm, s, e in rows:
+        bars.setdefault((kind, sm), []).append((s, e - s))
     for (kind, sm), xs in bars.items():
         ax.broken_barh(xs, (sm - 0.4, 0.8), facecolors=KIND_COLORS.get(kind, "grey"), linewidth=0)
     ax.set_ylim(-1, S)
     ax.invert_yaxis()
-    ax.set_xlabel("time (us, predicted)")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("SM")
-    ax.set_title(title or f"{sim.plan.model.name} on {sim.plan.deploy.gpu.name}: predicted {sim.predicted_s * 1e6:,.1f} us")
+    ax.set_title(title)
     ax.legend(handles=[Patch(color=c, label=k) for k, c in KIND_COLORS.items()], loc="upper right", fontsize=7)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
 
 
-def explain(plan: Plan, out_dir: str | os.PathLike, *, compare_unsplit: bool = True, png: bool = True) -> str:
-    """Write explain.txt, gantt.png and trace.json into out_dir; return the report text."""
+def explain(plan: Plan, out_dir: str | os.PathLike, *, compare_unsplit: bool = True, png: bool = True,
+            profile: str | os.PathLike | Measured | None = None) -> str:
+    """Write explain.txt, gantt.png and trace.json into out_dir; return the report text.
+
+    profile: a profile.npz of this plan's kernel (or a Measured): adds the measured times
+    (ada_mk.search.profile.ProfileError, one line, when it is another kernel's)."""
+    measured = profile if isinstance(profile, Measured) or profile is None else load_profile(profile, plan)
+    if measured is not None and measured.kernel_name != plan.kernel_name:
+        raise ProfileError(f"profile of kernel {measured.kernel_name}, but the plan is {plan.kernel_name}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     sim = simulate(plan, CostModel(plan))
@@ -145,12 +227,14 @@ def explain(plan: Plan, out_dir: str | os.PathLike, *, compare_unsplit: bool = T
     if compare_unsplit:
         from .search import ksplit_claim
         claim = ksplit_claim(plan.model, plan.deploy)
-    text = report(plan, sim, claim=claim)
+    text = report(plan, sim, claim=claim, measured=measured)
     (out / "explain.txt").write_text(text)
-    (out / "trace.json").write_text(json.dumps(trace_events(sim)))
+    (out / "trace.json").write_text(json.dumps(trace_events(sim, measured)))
     if png:
         gantt(sim, out / "gantt.png")
+        if measured is not None:
+            gantt_measured(sim, measured, out / "gantt_measured.png")
     return text
 
 
-__all__ = ["explain", "report", "trace_events", "gantt"]
+__all__ = ["explain", "report", "trace_events", "gantt", "gantt_measured", "compare_lines", "MEASURED_PID"]
