@@ -11,48 +11,14 @@ import numpy as np
 from ada_mk.config.model import ModelConfig
 
 
-def _transformers_major() -> int:
-    import transformers
-
-    return int(transformers.__version__.split(".")[0])
-
-
 def hf_config_from_model(model: ModelConfig, attn_implementation: str = "eager") -> Any:
-    """The HF PretrainedConfig equivalent to `model` (full attention, no dropout)."""
-    from transformers import AutoConfig
+    """The HF PretrainedConfig equivalent to `model` (full attention, no dropout): the one the
+    benchmark harness builds its baselines from. HF hard-codes the qkv bias per family (qwen2
+    always, mistral never; llama's attention_bias would also bias o_proj, which the IR does not
+    model), so other combinations raise ValueError."""
+    from ada_mk.bench.baselines import hf_config
 
-    m = model
-    if m.model_type not in ("llama", "mistral", "qwen2"):
-        raise ValueError(f"model_type {m.model_type!r}")
-    # HF hard-codes the qkv bias per family: qwen2 always has it, mistral never; llama's
-    # attention_bias would also bias o_proj, which the IR does not model.
-    if (m.model_type == "qwen2") != m.attention_bias:
-        raise ValueError(f"{m.model_type} with attention_bias={m.attention_bias} has no HF equivalent")
-
-    kw: dict[str, Any] = dict(
-        vocab_size=m.vocab_size, hidden_size=m.hidden_size, intermediate_size=m.intermediate_size,
-        num_hidden_layers=m.num_hidden_layers, num_attention_heads=m.num_attention_heads,
-        num_key_value_heads=m.num_key_value_heads, head_dim=m.head_dim,
-        rms_norm_eps=m.rms_norm_eps, max_position_embeddings=m.max_position_embeddings,
-        tie_word_embeddings=m.tie_word_embeddings, hidden_act="silu",
-        bos_token_id=None, eos_token_id=None, pad_token_id=None,
-    )
-    if m.model_type == "mistral":
-        kw["sliding_window"] = None
-    if m.model_type == "qwen2":
-        kw["use_sliding_window"] = False
-
-    scaling = None
-    if m.rope_scaling is not None and m.rope_scaling.rope_type != "default":
-        scaling = dict(m.rope_scaling.__dict__)
-    if _transformers_major() >= 5:
-        kw["rope_parameters"] = {"rope_type": "default", "rope_theta": m.rope_theta, **(scaling or {})}
-    else:
-        kw["rope_theta"] = m.rope_theta
-        kw["rope_scaling"] = scaling
-    cfg = AutoConfig.for_model(m.model_type, **kw)
-    cfg._attn_implementation = attn_implementation
-    return cfg
+    return hf_config(model, attn_implementation)
 
 
 def random_hf_model(model: ModelConfig, seed: int, std: float = 0.1) -> Any:

@@ -32,10 +32,14 @@ def _seed() -> int:
 
 
 def hf_model(config: str):
-    """A random bf16 HF model of `config` on the GPU (one kept at a time: 8B models are big)."""
-    from transformers import AutoModelForCausalLM
+    """A random bf16 HF model of `config` on the GPU (one kept at a time: 8B models are big).
 
-    from tests.hf_util import hf_config_from_model
+    Variance-preserving random weights (ada_mk.bench.baselines.random_hf_model: std 0.5/sqrt(fan_in),
+    output projections further / sqrt(2 * layers)). Why not HF's N(0, 0.02): on a 16-layer
+    Llama-3.2-1B shape that init makes bf16 itself the dominant error -- HF's own sdpa and eager
+    bf16 paths differ by 3.0% in logits there (1.3% with this init; measured on the CPU,
+    2026-11-27) -- so no bf16 kernel could be held to 2e-2."""
+    from ada_mk.bench.baselines import random_hf_model
 
     if config in _models:
         return _models[config]
@@ -43,31 +47,7 @@ def hf_model(config: str):
     gc.collect()
     torch.cuda.empty_cache()
     m, _ = model_for(config, "H100", 1, None)
-    cfg = hf_config_from_model(m, attn_implementation="sdpa")
-    with torch.device("cuda"):
-        hf = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16, attn_implementation="sdpa")
-    gen = torch.Generator(device="cuda").manual_seed(_seed())
-    # Variance-preserving random weights with gain 0.5 (std 0.5 / sqrt(fan_in)), the residual
-    # branches' output projections further scaled by 1 / sqrt(2 * layers) as GPT-2 and Megatron do.
-    # Why not HF's N(0, 0.02): on a 16-layer Llama-3.2-1B shape that init makes bf16 itself the
-    # dominant error -- HF's own sdpa and eager bf16 paths differ by 3.0% in logits there (1.3%
-    # with this init; measured on the CPU, 2026-11-27) -- so no bf16 kernel could be held to 2e-2.
-    # Norm weights and biases random so that neither is a no-op.
-    with torch.no_grad():
-        for name, p in hf.named_parameters():
-            noise = torch.randn(p.shape, generator=gen, device="cuda", dtype=torch.float32)
-            if name.endswith("norm.weight"):
-                p.copy_(1 + 0.1 * noise)
-            elif name.endswith(".bias"):
-                p.copy_(0.1 * noise)
-            elif "embed_tokens" in name or name.startswith("lm_head"):
-                p.copy_(0.02 * noise)
-            else:
-                std = 0.5 / p.shape[1] ** 0.5
-                if name.endswith(("o_proj.weight", "down_proj.weight")):
-                    std /= (2 * m.num_hidden_layers) ** 0.5
-                p.copy_(std * noise)
-    _models[config] = hf.eval()
+    _models[config] = random_hf_model(m, seed=_seed(), attn_implementation="sdpa")
     return _models[config]
 
 

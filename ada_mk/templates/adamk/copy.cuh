@@ -20,6 +20,5 @@ __device__ __forceinline__ void cp_async_wait() { cute::cp_async_wait<N>(); }
 // Data written by other SMs during this launch is read from L2 (.cg), never from a stale L1 line.
 __device__ __forceinline__ float4 ld_cg(const float4* p) { return __ldcg(p); }
 __device__ __forceinline__ float ld_cg(const float* p) { return __ldcg(p); }
-__device__ __forceinline__ uint4 ld_cg(const uint4* p) { return __ldcg(p); }
 
 }  // namespace adamk::thread
