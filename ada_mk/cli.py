@@ -65,15 +65,17 @@ class OneLineErrors(click.Command):
     """click reports usage errors (a missing --config, `--batch x`) as a usage block; report them
     as one line like every other user error, still with exit status 2."""
 
+    prog = PROG  # the name the lines start with (adamk-tune subclasses this)
+
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         try:
             return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except click.ClickException as e:
             hint = " (see --help)" if isinstance(e, click.UsageError) else ""
-            click.echo(f"{PROG}: error: {' '.join(e.format_message().split())}{hint}", err=True)
+            click.echo(f"{self.prog}: error: {' '.join(e.format_message().split())}{hint}", err=True)
             raise SystemExit(EXIT_USAGE)
         except click.Abort:
-            click.echo(f"{PROG}: aborted", err=True)
+            click.echo(f"{self.prog}: aborted", err=True)
             raise SystemExit(1)
 
 

@@ -116,17 +116,24 @@ def nvcc_path() -> str:
     return "nvcc"
 
 
-def compile_into(source: Source, archs: list[str], out_dir: Path, log: Log, *, debug: bool = False) -> Artifacts:
-    """nvcc (or the build cache) -> fatbin and lib<name>.so, copied next to the sources."""
+def cached_build(source: Source, archs: list[str], out_dir: Path, log: Log, *, debug: bool = False,
+                 hint: str = "or pass --no-build to stop after the source") -> Artifacts:
+    """nvcc (or the build cache) -> fatbin and lib<name>.so in the cache. A failure is EmitError;
+    nvcc's full output goes to out_dir/nvcc.log. `hint` follows a missing nvcc or CUTLASS."""
     log(f"compiling {source.name} for {', '.join(archs)}{' (debug: bounded waits)' if debug else ''}")
     try:
-        art = build(source, archs, debug=debug, library=True, nvcc=nvcc_path(), log=log)
+        return build(source, archs, debug=debug, library=True, nvcc=nvcc_path(), log=log)
     except BuildError as e:
         text = str(e)
         if "not found" in text.splitlines()[0]:
-            raise EmitError(f"{_one_line(text)} (or pass --no-build to stop after the source)") from None
+            raise EmitError(f"{_one_line(text)} ({hint})") from None
         log_path = write_atomic(out_dir / BUILD_LOG, text + "\n")
         raise EmitError(f"{_first_error(text)} (full output in {log_path})") from None
+
+
+def compile_into(source: Source, archs: list[str], out_dir: Path, log: Log, *, debug: bool = False) -> Artifacts:
+    """nvcc (or the build cache) -> fatbin and lib<name>.so, copied next to the sources."""
+    art = cached_build(source, archs, out_dir, log, debug=debug)
     for p in (art.fatbin, art.library):
         if p is not None:
             write_atomic(out_dir / p.name, p.read_bytes())
@@ -179,17 +186,21 @@ def plan_summary(plan: Plan) -> str:
 
 def emit(model: ModelConfig, deploy: DeployConfig, graph, out_dir: Path, log: Log, *,
          build_kernel: bool = True, archs: Iterable[str] = (), debug: bool = False,
-         explain: Callable[[str], None] | None = None, profile: Path | None = None) -> None:
+         explain: Callable[[str], None] | None = None, profile: Path | None = None,
+         plan: Plan | None = None) -> None:
     """Plan, render and (unless build_kernel is False) compile the kernel into out_dir.
 
     archs: architectures beyond the target GPU's own to put in the fatbin and library.
     debug: build with bounded dependency waits (-DADAMK_DEBUG).
     explain: called with the plan's explanation text (the CLI prints it to stdout).
     profile: with explain, a profile.npz of this kernel to set measured times beside the predicted.
+    plan: a plan already made and validated for (model, deploy), such as the one adamk-tune
+    measured fastest, instead of the search's (plan_for).
     """
     out_dir = Path(out_dir)
     all_archs = target_archs(deploy, archs)  # bad --arch values fail before anything is written
-    plan = plan_for(model, deploy)
+    if plan is None:
+        plan = plan_for(model, deploy)
     log(f"plan {plan.plan_hash} ({plan.strategy}): {plan.sms} blocks, {len(plan.all_tasks())} tasks, "
         f"{plan.smem_bytes} B shared memory of {deploy.gpu.smem_per_block}")
     source = write_sources(plan, out_dir, log)

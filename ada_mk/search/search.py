@@ -474,15 +474,40 @@ class Searcher:
         for c, p in base:  # never slower than the baseline, not even within the tolerance
             if c.time < best_c.time:
                 best_c, best_p = c, p
-        best_p.notes = {
-            "predicted_us": round(best_c.time * 1e6, 2),
-            "search_evals": self.evals,
-            "cost_model": self.constants.source,
-            "context": self.cost_of(best_p).dag.context,
-            "ksplit": self.allow_ksplit,
-        }
+        best_p.notes = self.notes_of(best_c, best_p)
         self._tick("search", 1.0)
         return best_p, best_p.notes
+
+    def notes_of(self, c: Candidate, plan: Plan) -> dict:
+        """plan.json's commentary on a fully scheduled candidate (not part of the plan hash)."""
+        return {
+            "predicted_us": round(c.time * 1e6, 2),
+            "search_evals": self.evals,
+            "cost_model": self.constants.source,
+            "context": self.cost_of(plan).dag.context,
+            "ksplit": self.allow_ksplit,
+        }
+
+    def alternatives(self, best: Plan, n: int) -> list[Plan]:
+        """Up to n plans other than `best` (what run() returned), fastest predicted first: the
+        candidates this search screened, best screened first, each given its ring depth and full
+        schedule as run() gives its finalists. The cost model calls plans within a few percent
+        equal and is only a model; these are what adamk-tune measures beside the chosen plan."""
+        seen = {best.plan_hash}
+        found: list[tuple[float, Plan]] = []
+        for c in sorted(self._cache.values(), key=self.rank):  # a copy: trim_stages adds entries
+            if len(found) == n:
+                break
+            if c.time == float("inf"):  # no 2-deep ring fits
+                continue
+            full_c, plan = self.full(self.trim_stages(c))
+            if plan.plan_hash in seen:  # the same plan reached with another ring depth screened
+                continue
+            seen.add(plan.plan_hash)
+            plan.notes = self.notes_of(full_c, plan)
+            found.append((full_c.time, plan))
+        found.sort(key=lambda tp: tp[0])  # stable: equal predictions keep the screening order
+        return [p for _, p in found]
 
 
 def _baselines(self: Searcher) -> list:
@@ -525,6 +550,15 @@ def search_plan(model: ModelConfig, deploy: DeployConfig, *, allow_ksplit: bool 
     if progress:
         progress("done", 1.0)
     return plan
+
+
+def search_plans(model: ModelConfig, deploy: DeployConfig, n: int) -> list[Plan]:
+    """The n best distinct plans the search knows for (model, deploy): search_plan's plan first
+    (the one adamk-gen compiles, unchanged), then up to n - 1 alternatives, fastest predicted
+    first (Searcher.alternatives). Fewer when the search screened fewer distinct plans."""
+    s = Searcher(model, deploy)
+    best, _ = s.run()
+    return [best, *s.alternatives(best, n - 1)]
 
 
 def best_unsplit(model: ModelConfig, deploy: DeployConfig, *, smem_limit: int | None = None, **kw) -> Plan:

@@ -65,10 +65,15 @@ def choose_tiling(kind: str, n: int, k: int, deploy: DeployConfig, max_kc: int) 
     return best[1]
 
 
-def make_plan(model: ModelConfig, deploy: DeployConfig, strategy: str = "search") -> Plan:
-    gpu, B = deploy.gpu, deploy.batch
+def check_supported(model: ModelConfig) -> None:
+    """Refuse, before any search, a model the kernel's code cannot run."""
     if model.head_dim % 32:
         raise PlanError(f"head_dim {model.head_dim}: the attention code needs a multiple of 32")
+
+
+def make_plan(model: ModelConfig, deploy: DeployConfig, strategy: str = "search") -> Plan:
+    gpu, B = deploy.gpu, deploy.batch
+    check_supported(model)
     if strategy == "search":  # the offline search (search.py), validated before it is returned
         from .search import search_plan
         from .validate import validate_plan
