@@ -66,8 +66,9 @@ KIND_NAMES = ["qkv", "attn", "o", "gate_up", "down", "lm_head", "argmax"]
 
 class MegaKernelEngine:
     def __init__(self, plan: Plan, fatbin: str | Path, *, device: int = 0, debug: bool = False,
-                 profile: bool = False) -> None:
-        """`debug` and `profile` must match how the fatbin was built (bounded waits; task timing)."""
+                 profile: bool = False, l2_scratch: bool = True) -> None:
+        """`debug` and `profile` must match how the fatbin was built (bounded waits; task timing).
+        `l2_scratch`: keep the activations in L2 while the weights stream past (set_l2_scratch)."""
         drv = _driver()
         self.plan, self.layout, self.debug = plan, make_layout(plan), debug
         self.max_tasks = max(sum(r.count for r in runs) for runs in plan.schedule)
@@ -102,6 +103,33 @@ class MegaKernelEngine:
             self._alloc("profile", plan.sms * self.max_tasks * 4 * 8, fill=0)
         self.epoch = 0
         self.stream = _check(drv.cuStreamCreate(0))
+        self.set_l2_scratch(l2_scratch)
+
+    def set_l2_scratch(self, on: bool) -> None:
+        """Mark the scratch buffer (the activations every stage writes and the next one reads)
+        as persisting in L2 for this engine's launches. A step streams the whole model through
+        L2 (15 GB for Llama-3-8B, the L2 turning over every ~10 us), which would otherwise push
+        out what the producers wrote before their consumers read it, and the consumers' reads sit
+        on the critical path. A no-op on devices without persisting L2."""
+        drv = _driver()
+        attr = drv.CUdevice_attribute
+        persist = _check(drv.cuDeviceGetAttribute(attr.CU_DEVICE_ATTRIBUTE_MAX_PERSISTING_L2_CACHE_SIZE, self.device))
+        window = _check(drv.cuDeviceGetAttribute(attr.CU_DEVICE_ATTRIBUTE_MAX_ACCESS_POLICY_WINDOW_SIZE, self.device))
+        if persist <= 0 or window <= 0:
+            return
+        nbytes = min(self.layout.scratch.total_bytes, window) if on else 0
+        if on:
+            _check(drv.cuCtxSetLimit(drv.CUlimit.CU_LIMIT_PERSISTING_L2_CACHE_SIZE, min(persist, nbytes)))
+        value = drv.CUstreamAttrValue()
+        w = value.accessPolicyWindow
+        w.base_ptr = self.buffers["scratch"]
+        w.num_bytes = nbytes
+        w.hitRatio = min(1.0, persist / nbytes) if nbytes else 0.0
+        w.hitProp = drv.CUaccessProperty.CU_ACCESS_PROPERTY_PERSISTING if on else drv.CUaccessProperty.CU_ACCESS_PROPERTY_NORMAL
+        w.missProp = drv.CUaccessProperty.CU_ACCESS_PROPERTY_STREAMING
+        _check(drv.cuStreamSetAttribute(self.stream, drv.CUstreamAttrID.CU_LAUNCH_ATTRIBUTE_ACCESS_POLICY_WINDOW, value))
+        if not on:
+            _check(drv.cuCtxResetPersistingL2Cache())
 
     # ---------------------------------------------------------------------------- set-up
     def _check_device(self) -> None:

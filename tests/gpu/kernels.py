@@ -41,11 +41,12 @@ def model_for(config: str, gpu: str, batch: int, layers: int | None, max_context
 
 
 def kernel_for(config: str, gpu: str, batch: int, layers: int | None = None, debug: bool = False,
-               log=None, profile: bool = False, strategy: str = "search") -> tuple[Plan, Artifacts]:
+               log=None, profile: bool = False, strategy: str = "search",
+               defines: tuple[str, ...] = ()) -> tuple[Plan, Artifacts]:
     m, d = model_for(config, gpu, batch, layers)
     plan = make_plan(m, d, strategy=strategy)
     archs = ["sm_90a"]
-    return plan, build(render(plan), archs, debug=debug, profile=profile, library=False, log=log)
+    return plan, build(render(plan), archs, debug=debug, profile=profile, library=False, log=log, defines=defines)
 
 
 if __name__ == "__main__":

@@ -162,9 +162,12 @@ def test_logits_match_hf(config, gpu, batch, prompt_len):
           f"mean {np.mean(errs):.2e}; vs float32: ours {ours_f32:.2e}, HF bf16 {hf_f32:.2e}")
     assert max(errs) <= REL_TOL, errs
 
-    # Greedy agreement with float32 wherever its top-2 margin is clear.
+    # Greedy agreement with float32 wherever its top-2 margin is clear: wider than CLEAR_MARGIN
+    # and than 8x the bf16 noise of that step (the rms distance of HF's own bf16 logits from
+    # float32), so a gap bf16 arithmetic can close is not counted as clear.
     top2 = np.sort(ref, axis=-1)[..., -2:]
-    clear = (top2[..., 1] - top2[..., 0]) > CLEAR_MARGIN
+    noise = np.sqrt(((np.stack(hf_np, axis=1) - ref) ** 2).mean(-1))
+    clear = (top2[..., 1] - top2[..., 0]) > np.maximum(CLEAR_MARGIN, 8 * noise)
     agree = ours.argmax(-1) == ref.argmax(-1)
     print(f"  greedy vs float32: {int(clear.sum())} clear steps of {clear.size}, "
           f"{int((agree & clear).sum())} agree; {int(agree.sum())} agree overall")

@@ -67,27 +67,35 @@ __device__ Stream<C> stream_mid(const Ctx<C>& c, int layer) {
 namespace block {
 
 // x[b][k] = bf16(gamma[k0 + k] * bf16(v * rsqrt(mean(v^2) + eps))), as HF's RMSNorm.
-// One pass over the stream: sums of squares, and the chunk's own values kept (bf16, exact) in x.
+// One round trip to L2: the stream and the chunk's gamma are all loaded before any is used, the
+// stream kept in registers (bf16, exact: the stream is rounded to bf16) until rstd is known.
 template <class C, int KC>
 __device__ void stage_rmsnorm(Ctx<C>& c, const Stream<C>& s, const __nv_bfloat16* gamma, int k0) {
   constexpr int B = C::B, ITER = (C::H / 4 + C::THREADS - 1) / C::THREADS;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  float ss[B] = {};
+  uint2 v[ITER][B], g[ITER];
 #pragma unroll
   for (int it = 0; it < ITER; ++it) {
     const int i = (threadIdx.x + it * C::THREADS) * 4;
     if (i < C::H) {
-      float v[B][4];
-#pragma unroll
-      for (int b = 0; b < B; ++b) s.load4(b, i, v[b]);
 #pragma unroll
       for (int b = 0; b < B; ++b) {
-        ss[b] += v[b][0] * v[b][0] + v[b][1] * v[b][1] + v[b][2] * v[b][2] + v[b][3] * v[b][3];
-        if (i >= k0 && i < k0 + KC) {
-          __nv_bfloat16 raw[4] = {__float2bfloat16_rn(v[b][0]), __float2bfloat16_rn(v[b][1]),
-                                  __float2bfloat16_rn(v[b][2]), __float2bfloat16_rn(v[b][3])};
-          *reinterpret_cast<uint2*>(c.x + b * KC + i - k0) = *reinterpret_cast<const uint2*>(raw);
-        }
+        float f[4];
+        s.load4(b, i, f);
+        v[it][b] = thread::pack4(f);
+      }
+      if (i >= k0 && i < k0 + KC) g[it] = __ldg(reinterpret_cast<const uint2*>(gamma + i));
+    }
+  }
+  float ss[B] = {};
+#pragma unroll
+  for (int it = 0; it < ITER; ++it) {
+    if ((threadIdx.x + it * C::THREADS) * 4 < C::H) {
+#pragma unroll
+      for (int b = 0; b < B; ++b) {
+        float f[4];
+        thread::unpack4(v[it][b], f);
+        ss[b] += f[0] * f[0] + f[1] * f[1] + f[2] * f[2] + f[3] * f[3];
       }
     }
   }
@@ -103,30 +111,55 @@ __device__ void stage_rmsnorm(Ctx<C>& c, const Stream<C>& s, const __nv_bfloat16
     c.misc[(C::THREADS / 32) * B + threadIdx.x] = rsqrtf(t / C::H + C::EPS);
   }
   __syncthreads();
-  for (int e = threadIdx.x; e < B * KC / 4; e += C::THREADS) {
-    const int b = e / (KC / 4), k = (e % (KC / 4)) * 4;
-    const float rstd = c.misc[(C::THREADS / 32) * B + b];
-    float v[4], g[4];
-    thread::unpack4(*reinterpret_cast<const uint2*>(c.x + b * KC + k), v);
-    thread::unpack4(__ldg(reinterpret_cast<const uint2*>(gamma + k0 + k)), g);
-    __nv_bfloat16 out[4];
 #pragma unroll
-    for (int t = 0; t < 4; ++t) out[t] = __float2bfloat16_rn(g[t] * thread::bf16_round(v[t] * rstd));
-    *reinterpret_cast<uint2*>(c.x + b * KC + k) = *reinterpret_cast<const uint2*>(out);
+  for (int it = 0; it < ITER; ++it) {
+    const int i = (threadIdx.x + it * C::THREADS) * 4;
+    if (i < C::H && i >= k0 && i < k0 + KC) {
+      float gf[4];
+      thread::unpack4(g[it], gf);
+#pragma unroll
+      for (int b = 0; b < B; ++b) {
+        const float rstd = c.misc[(C::THREADS / 32) * B + b];
+        float f[4];
+        thread::unpack4(v[it][b], f);
+#pragma unroll
+        for (int t = 0; t < 4; ++t) f[t] = gf[t] * thread::bf16_round(f[t] * rstd);
+        *reinterpret_cast<uint2*>(c.x + b * KC + i - k0) = thread::pack4(f);
+      }
+    }
   }
 }
 
 // x[b][k] = attention output of column k0 + k: the sequence splits' partial results combined
-// (flash-decoding's reduction), for the heads this K-chunk covers.
+// (flash-decoding's reduction), for the heads this K-chunk covers. The first partials are loaded
+// together with the splits' max and sum, so the combine costs as few L2 round trips as the
+// registers allow (16 vectors in flight per thread; more spill).
 template <class C, int KC>
 __device__ void stage_attention(Ctx<C>& c, int layer, int k0) {
-  constexpr int B = C::B, NS = C::ATTN_SPLITS, HD = C::HD, NH = C::NH;
+  constexpr int B = C::B, NS = C::ATTN_SPLITS, HD = C::HD, NH = C::NH, N4 = B * KC / 4;
+  constexpr int PER = (N4 + C::THREADS - 1) / C::THREADS;  // vectors of x per thread
+  constexpr int EPT = NS >= 16 ? 1 : (16 / NS < PER ? 16 / NS : PER);  // of them per round trip
   const float* o = c.scratch(C::S::ATTN_O, layer);
   const float* ml = c.scratch(C::S::ATTN_ML, layer);
   const int h0 = k0 / HD, nh = (k0 + KC - 1) / HD - h0 + 1;
   float* m = c.attn;               // [B][nh][NS] each split's running max,
   float* l = m + B * nh * NS;      // its sum of exponentials,
   float* wts = l + B * nh * NS;    // and its weight in the combined softmax
+
+  float4 part[EPT][NS];
+  auto load = [&](int first) {  // the partials of this thread's vectors first .. first + EPT - 1
+#pragma unroll
+    for (int q = 0; q < EPT; ++q) {
+      const int e = threadIdx.x + (first + q) * C::THREADS;
+      if (first + q < PER && e < N4) {
+        const int b = e / (KC / 4), k = (e % (KC / 4)) * 4, h = (k0 + k) / HD, d = (k0 + k) % HD;
+        const float4* src = reinterpret_cast<const float4*>(o + ((b * NH + h) * NS) * HD + d);
+#pragma unroll
+        for (int j = 0; j < NS; ++j) part[q][j] = thread::ld_cg(src + j * (HD / 4));
+      }
+    }
+  };
+  load(0);
   for (int e = threadIdx.x; e < B * nh * NS; e += C::THREADS) {
     const int b = e / (nh * NS), h = h0 + (e / NS) % nh, j = e % NS;
     const float2 v = __ldcg(reinterpret_cast<const float2*>(ml + ((b * NH + h) * NS + j) * 2));
@@ -141,29 +174,33 @@ __device__ void stage_attention(Ctx<C>& c, int layer, int k0) {
     for (int j = 0; j < NS; ++j) wts[e * NS + j] = __expf(m[e * NS + j] - M) / den;
   }
   __syncthreads();
-  for (int e = threadIdx.x; e < B * KC / 4; e += C::THREADS) {
-    const int b = e / (KC / 4), k = (e % (KC / 4)) * 4, h = (k0 + k) / HD, d = (k0 + k) % HD;
-    const float* w = wts + (b * nh + h - h0) * NS;
-    const float4* src = reinterpret_cast<const float4*>(o + ((b * NH + h) * NS) * HD + d);
-    float4 part[NS];
+#pragma unroll 1
+  for (int first = 0; first < PER; first += EPT) {
+    if (first > 0) load(first);
 #pragma unroll
-    for (int j = 0; j < NS; ++j) part[j] = thread::ld_cg(src + j * (HD / 4));
-    float acc[4] = {};
+    for (int q = 0; q < EPT; ++q) {
+      const int e = threadIdx.x + (first + q) * C::THREADS;
+      if (first + q >= PER || e >= N4) continue;
+      const int b = e / (KC / 4), k = (e % (KC / 4)) * 4, h = (k0 + k) / HD;
+      const float* w = wts + (b * nh + h - h0) * NS;
+      float acc[4] = {};
 #pragma unroll
-    for (int j = 0; j < NS; ++j) {
-      acc[0] += w[j] * part[j].x; acc[1] += w[j] * part[j].y;
-      acc[2] += w[j] * part[j].z; acc[3] += w[j] * part[j].w;
+      for (int j = 0; j < NS; ++j) {
+        acc[0] += w[j] * part[q][j].x; acc[1] += w[j] * part[q][j].y;
+        acc[2] += w[j] * part[q][j].z; acc[3] += w[j] * part[q][j].w;
+      }
+      *reinterpret_cast<uint2*>(c.x + b * KC + k) = thread::pack4(acc);
     }
-    __nv_bfloat16 out[4] = {__float2bfloat16_rn(acc[0]), __float2bfloat16_rn(acc[1]),
-                            __float2bfloat16_rn(acc[2]), __float2bfloat16_rn(acc[3])};
-    *reinterpret_cast<uint2*>(c.x + b * KC + k) = *reinterpret_cast<const uint2*>(out);
   }
 }
 
-// x[b][k] = bf16(bf16(silu(gate)) * up) for intermediate column k0 + k, as HF's MLP.
+// x[b][k] = bf16(bf16(silu(gate)) * up) for intermediate column k0 + k, as HF's MLP. With a
+// K-split gate/up stage this sums its partials first; unsplit, SiLU was applied by the producer.
 template <class C, int KC>
 __device__ void stage_silu_mul(Ctx<C>& c, int layer, int k0) {
-  constexpr int B = C::B, I = C::I, S = C::GateUp::KSPLIT, N4 = B * KC / 4, UNROLL = 4;
+  // Up to 8 vectors of gate and of up per thread in flight at once (more spill registers).
+  constexpr int B = C::B, I = C::I, S = C::GateUp::KSPLIT, N4 = B * KC / 4;
+  constexpr int PER = (N4 + C::THREADS - 1) / C::THREADS, UNROLL = PER < 8 ? PER : 8;
   const float* part = c.scratch(C::S::GATE_UP_PART, layer);
   for (int base = threadIdx.x; base < N4; base += C::THREADS * UNROLL) {
     float4 g[UNROLL], u[UNROLL];
@@ -190,9 +227,9 @@ __device__ void stage_silu_mul(Ctx<C>& c, int layer, int k0) {
       __nv_bfloat16 out[4];
 #pragma unroll
       for (int t = 0; t < 4; ++t) {
-        const float gr = thread::bf16_round(gv[t]);
-        const float silu = thread::bf16_round(gr / (1.f + expf(-gr)));
-        out[t] = __float2bfloat16_rn(silu * thread::bf16_round(uv[t]));
+        // Unsplit, the gate/up task stored bf16(silu(gate)) and bf16(up) already.
+        const float silu = S == 1 ? gv[t] : thread::silu_bf16(thread::bf16_round(gv[t]));
+        out[t] = __float2bfloat16_rn(silu * (S == 1 ? uv[t] : thread::bf16_round(uv[t])));
       }
       const int b = e / (KC / 4), k = (e % (KC / 4)) * 4;
       *reinterpret_cast<uint2*>(c.x + b * KC + k) = *reinterpret_cast<const uint2*>(out);

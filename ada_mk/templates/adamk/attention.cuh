@@ -37,18 +37,32 @@ __device__ void attention_task(Ctx<C>& c, int layer, int idx) {
   float* wo = wl + WARPS * G;   // [WARPS][G][HD] running output
 
   // RoPE, rotate-half convention, with bf16 rounding where the reference rounds:
-  // x * cos + rotate_half(x) * sin, cos and sin of pos * inv_freq cast to bf16.
-  for (int e = threadIdx.x; e < (G + 1) * HALF; e += C::THREADS) {
-    const int hh = e / HALF, d = e % HALF;
+  // x * cos + rotate_half(x) * sin, cos and sin of pos * inv_freq cast to bf16. Every q/k/v load
+  // is issued before any is used: one L2 round trip.
+  constexpr int NR = (G + 1) * HALF, IT = (NR + C::THREADS - 1) / C::THREADS;
+  float x1[IT], x2[IT], xv = 0.f;
+#pragma unroll
+  for (int it = 0; it < IT; ++it) {
+    const int e = threadIdx.x + it * C::THREADS, hh = e / HALF, d = e % HALF;
     const int col = hh < G ? (g * G + hh) * HD + d : C::Q + g * HD + d;
-    const float x1 = qkv_value<C>(part, b, col), x2 = qkv_value<C>(part, b, col + HALF);
+    if (e < NR) {
+      x1[it] = qkv_value<C>(part, b, col);
+      x2[it] = qkv_value<C>(part, b, col + HALF);
+    }
+  }
+  static_assert(HD <= C::THREADS, "a thread per dimension of v");
+  if (threadIdx.x < HD) xv = qkv_value<C>(part, b, C::Q + C::KVD + g * HD + threadIdx.x);
+#pragma unroll
+  for (int it = 0; it < IT; ++it) {
+    const int e = threadIdx.x + it * C::THREADS, hh = e / HALF, d = e % HALF;
+    if (e >= NR) continue;
     const float ang = static_cast<float>(pos) * C::inv_freq(d);
     const float cs = thread::bf16_round(cosf(ang)), sn = thread::bf16_round(sinf(ang));
     float* dst = hh < G ? q + hh * HD : kn;
-    dst[d] = thread::bf16_round(thread::bf16_round(x1 * cs) - thread::bf16_round(x2 * sn));
-    dst[d + HALF] = thread::bf16_round(thread::bf16_round(x2 * cs) + thread::bf16_round(x1 * sn));
+    dst[d] = thread::bf16_round(thread::bf16_round(x1[it] * cs) - thread::bf16_round(x2[it] * sn));
+    dst[d + HALF] = thread::bf16_round(thread::bf16_round(x2[it] * cs) + thread::bf16_round(x1[it] * sn));
   }
-  for (int d = threadIdx.x; d < HD; d += C::THREADS) vn[d] = qkv_value<C>(part, b, C::Q + C::KVD + g * HD + d);
+  if (threadIdx.x < HD) vn[threadIdx.x] = xv;
   __syncthreads();
 #ifdef ADAMK_PROFILE
   c.t_staged = global_ns();
@@ -72,7 +86,7 @@ __device__ void attention_task(Ctx<C>& c, int layer, int idx) {
   // Each warp takes every WARPS-th position, U positions at a time with all their K and V loads
   // issued first (the cache is read once, from HBM, and latency would otherwise serialise);
   // lanes hold DPL dimensions each.
-  constexpr int U = 4;
+  constexpr int U = 8;
   for (int pb = p0 + warp; pb < p1; pb += WARPS * U) {
     float kf[U][DPL], vf[U][DPL];
 #pragma unroll

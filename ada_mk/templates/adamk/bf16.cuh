@@ -28,6 +28,15 @@ __device__ __forceinline__ void unpack4(const uint2& v, float (&f)[4]) {
   f[3] = __uint_as_float(v.y & 0xffff0000u);
 }
 
+// bf16(silu(x)) of a bf16 value x, as the reference's bf16 SiLU.
+__device__ __forceinline__ float silu_bf16(float x) { return bf16_round(x / (1.f + expf(-x))); }
+
+// Four floats rounded to bf16 and packed in a uint2 (one 8-byte store).
+__device__ __forceinline__ uint2 pack4(const float (&f)[4]) {
+  const __nv_bfloat162 lo = __floats2bfloat162_rn(f[0], f[1]), hi = __floats2bfloat162_rn(f[2], f[3]);
+  return make_uint2(*reinterpret_cast<const uint32_t*>(&lo), *reinterpret_cast<const uint32_t*>(&hi));
+}
+
 // N consecutive bf16 values (N = 2, 4 or 8: one 4-, 8- or 16-byte load) widened to float.
 template <int N>
 __device__ __forceinline__ void load_bf16(const __nv_bfloat16* p, float (&f)[N]) {

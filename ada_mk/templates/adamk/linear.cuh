@@ -13,6 +13,9 @@ namespace adamk::block {
 template <class C, class T, int KIND>
 __device__ void stage_input(Ctx<C>& c, int layer, int split) {
   const int key = KIND | layer << 8 | split << 20;
+#ifdef ADAMK_ABLATE_STAGING
+  return;
+#endif
   if (c.staged == key) return;
   c.staged = key;
   using W = typename C::W;
@@ -34,7 +37,12 @@ __device__ void store_row(Ctx<C>& c, int layer, int split, int b, int row, float
       if (split == 0) v += __bfloat162float(c.weight(C::W::BQKV, layer)[row]);
     c.scratch_w(S::QKV_PART, layer)[(split * C::B + b) * T::N + row] = v;
   }
-  if constexpr (KIND == GATE_UP) c.scratch_w(S::GATE_UP_PART, layer)[(split * C::B + b) * T::N + row] = v;
+  if constexpr (KIND == GATE_UP) {
+    // Unsplit, the row is final: round it as the reference rounds gate_proj and up_proj, and
+    // apply SiLU to the gate here, once per element, rather than in every down task's staging.
+    if constexpr (T::KSPLIT == 1) v = row < C::I ? thread::silu_bf16(thread::bf16_round(v)) : thread::bf16_round(v);
+    c.scratch_w(S::GATE_UP_PART, layer)[(split * C::B + b) * T::N + row] = v;
+  }
   // The residual add rides on split 0. Unsplit, the product is rounded to bf16 first, as the
   // bf16 reference rounds the projection's output before adding it to the stream.
   if constexpr (KIND == O || KIND == DOWN) {
@@ -64,7 +72,11 @@ __device__ void linear_task(Ctx<C>& c, int layer, int idx) {
     const __nv_bfloat16* w = c.ring.next() + crow * T::KC;
     const int row = row0 + ch * T::CHUNK_ROWS + crow;
     float acc[B] = {};
+#ifdef ADAMK_ABLATE_MATH
+    if (false) {
+#else
     if (row < T::N) {
+#endif
 #pragma unroll 2
       for (int v = part * 32 + lane; v < T::VEC; v += 32 * T::WPR) {
         float wf[8];

@@ -47,6 +47,10 @@ template <class C>
 __device__ bool wait_inputs(Ctx<C>& c, int kind, int layer, int idx) {
   using K = typename C::K;
   const int key = inputs_key<C>(kind, layer, idx);
+#ifdef ADAMK_ABLATE_WAITS
+  __syncthreads();
+  return true;
+#endif
   if (c.waited == key) return true;
   c.waited = key;
   Waiter<C> w{c, kind, layer, idx};
@@ -129,6 +133,9 @@ __device__ void argmax_task(Ctx<C>& c) {
       idx = lane < WARPS ? reinterpret_cast<int*>(c.misc)[WARPS + lane] : 0x7fffffff;
       warp::argmax(best, idx);
       if (lane == 0) {
+#ifdef ADAMK_ABLATED
+        idx = idx >= 0 && idx < C::V ? idx : 0;  // garbage logits must not index past the embedding
+#endif
         c.a.next_tokens[b] = idx;
         c.a.next_positions[b] = c.a.positions[b] + 1;
       }

@@ -11,6 +11,13 @@ namespace adamk {
 enum Kind : int { QKV = 0, ATTN = 1, O = 2, GATE_UP = 3, DOWN = 4, LM_HEAD = 5, ARGMAX = 6 };
 
 constexpr int THREADS = 256;
+
+// Diagnostic builds (benchmarks/ablation.py) remove one part of the step to time what is left:
+// ADAMK_ABLATE_WAITS (no counter waits), ADAMK_ABLATE_STAGING (no input staging), ADAMK_ABLATE_MATH
+// (weights stream through the ring, no multiply). Their outputs are wrong by design.
+#if defined(ADAMK_ABLATE_WAITS) || defined(ADAMK_ABLATE_STAGING) || defined(ADAMK_ABLATE_MATH)
+#define ADAMK_ABLATED 1
+#endif
 constexpr int WARPS = THREADS / 32;
 
 // One fused linear stage: N output rows, reduction length K, tasks of ROWS rows x K/KSPLIT
