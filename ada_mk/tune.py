@@ -23,7 +23,6 @@ from __future__ import annotations
 import datetime
 import json
 import statistics
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol, Sequence
@@ -31,6 +30,7 @@ from typing import Callable, Protocol, Sequence
 import click
 
 from . import cli
+from .bench.cli import git_commit
 from .config import MAX_BATCH, ConfigError, DeployConfig, ModelConfig, load_config
 from .config.gpus import known_gpus_text
 from .fsutil import write_atomic
@@ -262,7 +262,7 @@ def tune_record(cands: Sequence[Candidate], winner: Candidate, *, card: str, con
     return {
         "card": card,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "commit": git_commit(),
+        "commit": git_commit(),  # $ADAMK_COMMIT on the GPU machine, as adamk-bench
         "config": str(config_path),
         "model": cands[0].plan.model.name,
         "gpu": deploy.gpu.name,
@@ -282,21 +282,6 @@ def tune_record(cands: Sequence[Candidate], winner: Candidate, *, card: str, con
         } for c in cands],
         "winner": winner.plan.plan_hash,
     }
-
-
-def git_commit() -> str | None:
-    """HEAD of the checkout ada_mk runs from, with "-dirty" when tracked files differ; None
-    outside git (the GPU machine gets a copy of the working tree without .git)."""
-    root = Path(__file__).resolve().parents[1]
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
-        if head.returncode != 0:
-            return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
 
 
 def _one_line(text: str) -> str:

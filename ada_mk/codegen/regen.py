@@ -25,6 +25,9 @@ KERNELS: tuple[tuple[str, str, int], ...] = (
 # What a --no-build generation writes; other files in a kernel directory (a fatbin or library
 # from a local build, explain output) are not checked in and are left alone.
 GENERATED_SUFFIXES = (".json", ".cu", ".inc", ".h")
+# Measurements kept beside a kernel (adamk-tune's record of the plans it timed on a GPU): checked
+# in, but not generated, so regeneration neither compares nor removes them.
+MEASURED = ("tune.json",)
 
 COMMAND = "python -m ada_mk.codegen.regen"
 
@@ -60,7 +63,8 @@ def generate(config: str, gpu: str, batch: int, out_root: Path, root: Path | Non
 def generated_files(directory: Path) -> list[str]:
     if not directory.is_dir():
         return []
-    return sorted(p.name for p in directory.iterdir() if p.is_file() and p.name.endswith(GENERATED_SUFFIXES))
+    return sorted(p.name for p in directory.iterdir()
+                  if p.is_file() and p.name.endswith(GENERATED_SUFFIXES) and p.name not in MEASURED)
 
 
 def differences(checked_in: Path, fresh: Path) -> list[str]:
