@@ -9,8 +9,6 @@ plan's tilings with other attention splits (correct kernels), to check the cost 
 """
 import sys
 
-import numpy as np
-
 from tests.gpu.kernels import kernel_for
 
 CASES = [("llama3.2-1b", "H100", 1), ("llama3-8b", "H100", 1)]
@@ -46,25 +44,15 @@ def with_splits(config: str, gpu: str, batch: int, splits: int):
 
 def time_variant(config: str, gpu: str, batch: int, defines: tuple[str, ...], splits: int | None = None,
                  l2: bool = True) -> float:
-    import torch
+    from benchmarks.timing import ms_per_token, random_engine
 
-    from ada_mk.runtime.engine import MegaKernelEngine
-    from ada_mk.search.layout import make_layout
-
-    if splits is None:
-        plan, art = kernel_for(config, gpu, batch, defines=defines)
-    else:
-        plan, art = with_splits(config, gpu, batch, splits)
-    eng = MegaKernelEngine(plan, art.fatbin, l2_scratch=l2)
-    packed = torch.randn(make_layout(plan).weights.total, device="cuda", dtype=torch.bfloat16) * 0.02
-    torch.cuda.synchronize()
-    eng.load_packed_device(packed.data_ptr(), packed.numel() * 2)
-    del packed
-    eng.time_steps(0, CONTEXT - 8, warmup=0)
-    ms = float(np.median([eng.time_steps(CONTEXT - 8, 32) for _ in range(3)]))
-    eng.close()
-    torch.cuda.empty_cache()
-    return ms
+    plan, art = kernel_for(config, gpu, batch, defines=defines) if splits is None else \
+        with_splits(config, gpu, batch, splits)
+    eng = random_engine(plan, art.fatbin, l2_scratch=l2)
+    try:
+        return ms_per_token(eng, CONTEXT)
+    finally:
+        eng.close()
 
 
 if __name__ == "__main__":

@@ -67,21 +67,15 @@ if __name__ == "__main__":
         sys.exit(0)
     import torch
 
-    from ada_mk.runtime.engine import MegaKernelEngine
     from ada_mk.search.profile import save_profile
-    from ada_mk.search.layout import make_layout
+    from benchmarks.timing import ms_per_token, random_engine
 
     out_dir = os.environ.get("OUT", ".")
     for config, gpu, batch, strategy in CASES:
         for profile in (False, True):
             plan, art = kernel_for(config, gpu, batch, profile=profile, strategy=strategy)
-            eng = MegaKernelEngine(plan, art.fatbin, profile=profile)
-            packed = torch.randn(make_layout(plan).weights.total, device="cuda", dtype=torch.bfloat16) * 0.02
-            torch.cuda.synchronize()
-            eng.load_packed_device(packed.data_ptr(), packed.numel() * 2)
-            del packed
-            eng.time_steps(0, CONTEXT - 8, warmup=0)
-            ms = float(np.median([eng.time_steps(CONTEXT - 8, 32) for _ in range(3)]))
+            eng = random_engine(plan, art.fatbin, profile=profile)
+            ms = ms_per_token(eng, CONTEXT)
             print(f"{config} {gpu} bs{batch} {strategy} {'profile' if profile else 'plain'}: {ms:.3f} ms/token", flush=True)
             if profile:
                 eng.step(np.ones(batch, np.int32), np.full(batch, CONTEXT, np.int32))

@@ -3,28 +3,19 @@ bytes it must read, for a first look before adamk-bench exists.
 
     python3 -m benchmarks.quick_timing   (on the GPU machine, ADAMK_CACHE pointing at prebuilt kernels)
 """
-import numpy as np
-import torch
-
-from ada_mk.runtime.engine import MegaKernelEngine
 from ada_mk.search.layout import make_layout
+from benchmarks.timing import ms_per_token, random_engine
 from tests.gpu.kernels import kernel_for
 
 CASES = [("llama3.2-1b", "H100", 1), ("llama3-8b", "H100", 1), ("llama3.2-1b", "L20", 1)]
 CONTEXT = 512
 
 if __name__ == "__main__":
-    rng = np.random.default_rng()
     for config, gpu, batch in CASES:
         plan, art = kernel_for(config, gpu, batch)
         layout = make_layout(plan)
-        eng = MegaKernelEngine(plan, art.fatbin)
-        packed = torch.randn(layout.weights.total, device="cuda", dtype=torch.bfloat16) * 0.02
-        torch.cuda.synchronize()
-        eng.load_packed_device(packed.data_ptr(), packed.numel() * 2)
-        del packed
-        eng.time_steps(0, CONTEXT - 8, warmup=0)  # fill the KV cache up to the context
-        ms = float(np.median([eng.time_steps(CONTEXT - 8, 64) for _ in range(3)]))
+        eng = random_engine(plan, art.fatbin)
+        ms = ms_per_token(eng, CONTEXT, steps=64)
         m = plan.model
         kv = 2 * m.num_hidden_layers * batch * m.num_key_value_heads * m.head_dim * CONTEXT * 2
         weights = layout.weights.total_bytes - (0 if m.tie_word_embeddings else m.vocab_size * m.hidden_size * 2)

@@ -1,0 +1,28 @@
+"""What the kernel-timing scripts here share: an engine loaded with random bf16 weights, and its
+decode ms/token at a context (chained steps, CUDA events, median of windows). GPU machine only.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def random_engine(plan, fatbin, **engine_kw):
+    """A MegaKernelEngine for `plan` with N(0, 0.02) bf16 weights, drawn on the GPU."""
+    import torch
+
+    from ada_mk.runtime.engine import MegaKernelEngine
+    from ada_mk.search.layout import make_layout
+
+    eng = MegaKernelEngine(plan, fatbin, **engine_kw)
+    packed = torch.randn(make_layout(plan).weights.total, device="cuda", dtype=torch.bfloat16) * 0.02
+    torch.cuda.synchronize()
+    eng.load_packed_device(packed.data_ptr(), packed.numel() * 2)
+    del packed
+    torch.cuda.empty_cache()
+    return eng
+
+
+def ms_per_token(eng, context: int, steps: int = 32, windows: int = 3) -> float:
+    """Fill the KV cache to just below `context`, then the median of `windows` timed windows."""
+    eng.time_steps(0, context - 8, warmup=0)
+    return float(np.median([eng.time_steps(context - 8, steps) for _ in range(windows)]))
