@@ -75,3 +75,16 @@ def test_adamk_gen_builds_fatbin_and_library(tmp_path, fresh_cache):
     lib = SharedLibrary(d / f"lib{stem}.so")
     assert lib.plan_json() == json.loads((d / "plan.json").read_text())
     assert stem in lib.version
+
+
+def test_diagnostic_builds_compile(fresh_cache):
+    """The profile build and the ablation builds of benchmarks/ablation.py (ADAMK_ABLATE_*) compile,
+    each into its own cache entry named by its macros."""
+    model, deploy = load_config(ROOT / "configs" / "smollm2-135m.yaml", batch=1)
+    source = render(make_plan(model, deploy))
+    plain = build(source, ["sm_90a"], library=False)
+    ablated = build(source, ["sm_90a"], library=False, profile=True,
+                    defines=("ADAMK_ABLATE_WAITS", "ADAMK_ABLATE_STAGING", "ADAMK_ABLATE_MATH"))
+    assert ablated.directory != plain.directory
+    assert ablated.fatbin.name == f"{source.name}_profile_ablate_waits_ablate_staging_ablate_math.fatbin"
+    assert ablated.fatbin.stat().st_size > 0
