@@ -16,7 +16,9 @@ import importlib
 import json
 import sys
 from pathlib import Path
+from functools import partial
 from types import ModuleType
+from typing import NoReturn
 
 import click
 
@@ -29,14 +31,19 @@ EXIT_USAGE = 2
 CODEGEN_MODULE = "ada_mk.codegen.pipeline"
 
 
-def log(msg: str) -> None:
-    """A progress line on stderr (stdout is kept for --dump-ir)."""
-    click.echo(f"{PROG}: {msg}", err=True)
+def say(prog: str, msg: str) -> None:
+    """A progress line on stderr, `prog: msg` (stdout is kept for data such as --dump-ir)."""
+    click.echo(f"{prog}: {msg}", err=True)
 
 
-def fail(msg: str) -> None:
-    click.echo(f"{PROG}: error: {msg}", err=True)
+def fail_as(prog: str, msg: str) -> NoReturn:
+    """A user error: one line on stderr, exit status 2, no traceback (every ada_mk command)."""
+    click.echo(f"{prog}: error: {msg}", err=True)
     raise SystemExit(EXIT_USAGE)
+
+
+log = partial(say, PROG)
+fail = partial(fail_as, PROG)
 
 
 def _codegen() -> ModuleType | None:

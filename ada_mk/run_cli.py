@@ -16,25 +16,19 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
+from functools import partial
 from typing import Any, Callable
 
 import click
 import numpy as np
 
+from .cli import fail_as, say
 from .config import ConfigError, DeployConfig, ModelConfig
 
 PROG = "adamk-run"
-EXIT_USAGE = 2
 DEFAULT_GPU = "H100"
-
-
-def log(msg: str) -> None:
-    click.echo(f"{PROG}: {msg}", err=True)
-
-
-def fail(msg: str) -> None:
-    click.echo(f"{PROG}: error: {msg}", err=True)
-    raise SystemExit(EXIT_USAGE)
+log = partial(say, PROG)
+fail = partial(fail_as, PROG)
 
 
 # ------------------------------------------------------------------------------------ pieces

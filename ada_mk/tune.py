@@ -24,20 +24,20 @@ import datetime
 import json
 import statistics
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Callable, Protocol, Sequence
 
 import click
 
 from . import cli
-from .bench.cli import git_commit
 from .config import MAX_BATCH, ConfigError, DeployConfig, ModelConfig, load_config
 from .config.gpus import known_gpus_text
 from .fsutil import write_atomic
+from .provenance import git_commit
 from .search.plan import Plan
 
 PROG = "adamk-tune"
-EXIT_USAGE = 2
 WARMUP_STEPS = 8  # launches before each timed window (MegaKernelEngine.time_steps' default)
 NO_GPU = ("no CUDA device here to measure on: run with --build-only here (ADAMK_CACHE=DIR), then the same "
           "command without it on the GPU machine, with that build cache")
@@ -288,13 +288,8 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
-def _log(msg: str) -> None:
-    click.echo(f"{PROG}: {msg}", err=True)
-
-
-def _fail(msg: str) -> None:
-    click.echo(f"{PROG}: error: {msg}", err=True)
-    raise SystemExit(EXIT_USAGE)
+_log = partial(cli.say, PROG)
+_fail = partial(cli.fail_as, PROG)
 
 
 class _OneLineErrors(cli.OneLineErrors):

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import os
 import shutil
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
 
+from ..provenance import git_commit
 from .report import SYSTEMS, Row, append_results, markdown_section, plot, write_json
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -34,23 +33,6 @@ def resolve_config(name: str) -> Path:
         if p.is_file():
             return p
     raise SystemExit(f"adamk-bench: config {name!r} not found (a path, or a name under configs/)")
-
-
-def git_commit() -> str:
-    """$ADAMK_COMMIT if set (the GPU machine's copy may not be a git checkout), else git's short HEAD
-    (+dirty when tracked files differ), else "unknown"."""
-    if os.environ.get("ADAMK_COMMIT"):
-        return os.environ["ADAMK_COMMIT"]
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                              text=True, timeout=10)
-        if head.returncode != 0:
-            return "unknown"
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-        return head.stdout.strip() + ("+dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def parser() -> argparse.ArgumentParser:
