@@ -97,6 +97,11 @@ class Dag:
             ns = p.tilings[prev].ksplit
             return B * (H + kc) * 4 * ns + (H + kc) * 2  # the partial sums twice + gamma
         if kind == "o":
+            # The copy of the combined output is B * kc * 2 bytes; the last attention split's
+            # combine of every split (adamk/attention.cuh) still reads the partials, and charging
+            # them here as before keeps the split counts that measured fastest on an H100 (charged
+            # to attention instead, the search chose 16 splits for llama3.2-1b: 1.21-1.28 ms
+            # against 1.15 with 8; benchmarks/RESULTS.md).
             kc = p.tilings["o"].kc
             heads = -(-kc // m.head_dim)
             return B * kc * p.attn_splits * 4 + 3 * B * heads * p.attn_splits * 2 * 4

@@ -128,6 +128,7 @@ def make_layout(plan: Plan) -> Layout:
     s.add("qkv_part", (t["qkv"].ksplit, B, nqkv))
     s.add("attn_o", (B, m.num_attention_heads, plan.attn_splits, m.head_dim))
     s.add("attn_ml", (B, m.num_attention_heads, plan.attn_splits, 2))
+    s.add("attn_out", (B, m.q_size // 2))  # the combined attention output, bf16 pairs
     s.add("o_part", (t["o"].ksplit, B, H))
     s.add("gate_up_part", (t["gate_up"].ksplit, B, 2 * I))
     s.add("down_part", (t["down"].ksplit, B, H))
@@ -138,6 +139,7 @@ def make_layout(plan: Plan) -> Layout:
     c = _Builder(4)
     c.add("qkv", (t["qkv"].tiles,))
     c.add("attn", (B * m.num_key_value_heads,))
+    c.add("attn_arrive", (B * m.num_key_value_heads,))  # splits finished, to elect the combiner
     c.add("o", (t["o"].tiles,))
     c.add("gate_up", (t["gate_up"].tiles,))
     c.add("down", (t["down"].tiles,))

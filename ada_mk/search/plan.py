@@ -130,13 +130,12 @@ class Plan:
 
     @property
     def attn_bytes(self) -> int:
-        """Attention scratch, shared with the O projection's split weights and the LM head's
-        per-row results (never live at the same time)."""
+        """Attention scratch, shared with the LM head's per-row results (never live at the same
+        time)."""
         m, B = self.model, self.batch
         attention = m.group_size * m.head_dim + 2 * m.head_dim + WARPS * m.group_size * (m.head_dim + 2)
-        combine = 3 * B * m.num_attention_heads * self.attn_splits  # each split's max, sum, weight
         lm_rows = self.tilings["lm_head"].rows * B
-        return 4 * max(attention, combine, lm_rows)
+        return 4 * max(attention, lm_rows)
 
     @property
     def misc_bytes(self) -> int:

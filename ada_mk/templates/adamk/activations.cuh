@@ -2,8 +2,8 @@
 // linear task multiplies into shared memory, as bf16 [B][kc] (block scope).
 //
 // Each stage's input is rebuilt by its consumer from the producers' partial sums: RMSNorm of the
-// residual stream (QKV, gate/up, LM head), the combination of attention's sequence splits
-// (O projection), SiLU(gate) * up (down projection). Values are rounded to bf16 wherever the
+// residual stream (QKV, gate/up, LM head), attention's combined output (O projection),
+// SiLU(gate) * up (down projection). Values are rounded to bf16 wherever the
 // bf16 reference model rounds them, so both compute the same function.
 //
 // These reads come from L2 and sit on the critical path between two stages, so every loop issues
@@ -130,67 +130,22 @@ __device__ void stage_rmsnorm(Ctx<C>& c, const Stream<C>& s, const __nv_bfloat16
   }
 }
 
-// x[b][k] = attention output of column k0 + k: the sequence splits' partial results combined
-// (flash-decoding's reduction), for the heads this K-chunk covers. The first partials are loaded
-// together with the splits' max and sum, so the combine costs as few L2 round trips as the
-// registers allow (16 vectors in flight per thread; more spill).
+// x[b][k] = attention output of column k0 + k: a copy of the bf16 output that the last split
+// of each attention group combined (adamk/attention.cuh), all loads issued at once.
 template <class C, int KC>
 __device__ void stage_attention(Ctx<C>& c, int layer, int k0) {
-  constexpr int B = C::B, NS = C::ATTN_SPLITS, HD = C::HD, NH = C::NH, N4 = B * KC / 4;
-  constexpr int PER = (N4 + C::THREADS - 1) / C::THREADS;  // vectors of x per thread
-  constexpr int EPT = NS >= 16 ? 1 : (16 / NS < PER ? 16 / NS : PER);  // of them per round trip
-  const float* o = c.scratch(C::S::ATTN_O, layer);
-  const float* ml = c.scratch(C::S::ATTN_ML, layer);
-  const int h0 = k0 / HD, nh = (k0 + KC - 1) / HD - h0 + 1;
-  float* m = c.attn;               // [B][nh][NS] each split's running max,
-  float* l = m + B * nh * NS;      // its sum of exponentials,
-  float* wts = l + B * nh * NS;    // and its weight in the combined softmax
-
-  float4 part[EPT][NS];
-  auto load = [&](int first) {  // the partials of this thread's vectors first .. first + EPT - 1
+  constexpr int N8 = C::B * KC / 8, PER = (N8 + C::THREADS - 1) / C::THREADS;  // 16-byte vectors
+  const __nv_bfloat16* out = reinterpret_cast<const __nv_bfloat16*>(c.scratch(C::S::ATTN_OUT, layer));
+  uint4 v[PER];
 #pragma unroll
-    for (int q = 0; q < EPT; ++q) {
-      const int e = threadIdx.x + (first + q) * C::THREADS;
-      if (first + q < PER && e < N4) {
-        const int b = e / (KC / 4), k = (e % (KC / 4)) * 4, h = (k0 + k) / HD, d = (k0 + k) % HD;
-        const float4* src = reinterpret_cast<const float4*>(o + ((b * NH + h) * NS) * HD + d);
-#pragma unroll
-        for (int j = 0; j < NS; ++j) part[q][j] = thread::ld_cg(src + j * (HD / 4));
-      }
-    }
-  };
-  load(0);
-  for (int e = threadIdx.x; e < B * nh * NS; e += C::THREADS) {
-    const int b = e / (nh * NS), h = h0 + (e / NS) % nh, j = e % NS;
-    const float2 v = __ldcg(reinterpret_cast<const float2*>(ml + ((b * NH + h) * NS + j) * 2));
-    m[e] = v.x;
-    l[e] = v.y;
+  for (int q = 0; q < PER; ++q) {
+    const int e = threadIdx.x + q * C::THREADS, b = e / (KC / 8), k = (e % (KC / 8)) * 8;
+    if (e < N8) v[q] = __ldcg(reinterpret_cast<const uint4*>(out + b * C::Q + k0 + k));
   }
-  __syncthreads();
-  for (int e = threadIdx.x; e < B * nh; e += C::THREADS) {
-    float M = -INFINITY, den = 0.f;
-    for (int j = 0; j < NS; ++j) M = fmaxf(M, m[e * NS + j]);
-    for (int j = 0; j < NS; ++j) den += l[e * NS + j] * __expf(m[e * NS + j] - M);
-    for (int j = 0; j < NS; ++j) wts[e * NS + j] = __expf(m[e * NS + j] - M) / den;
-  }
-  __syncthreads();
-#pragma unroll 1
-  for (int first = 0; first < PER; first += EPT) {
-    if (first > 0) load(first);
 #pragma unroll
-    for (int q = 0; q < EPT; ++q) {
-      const int e = threadIdx.x + (first + q) * C::THREADS;
-      if (first + q >= PER || e >= N4) continue;
-      const int b = e / (KC / 4), k = (e % (KC / 4)) * 4, h = (k0 + k) / HD;
-      const float* w = wts + (b * nh + h - h0) * NS;
-      float acc[4] = {};
-#pragma unroll
-      for (int j = 0; j < NS; ++j) {
-        acc[0] += w[j] * part[q][j].x; acc[1] += w[j] * part[q][j].y;
-        acc[2] += w[j] * part[q][j].z; acc[3] += w[j] * part[q][j].w;
-      }
-      *reinterpret_cast<uint2*>(c.x + b * KC + k) = thread::pack4(acc);
-    }
+  for (int q = 0; q < PER; ++q) {
+    const int e = threadIdx.x + q * C::THREADS, b = e / (KC / 8), k = (e % (KC / 8)) * 8;
+    if (e < N8) *reinterpret_cast<uint4*>(c.x + b * KC + k) = v[q];
   }
 }
 

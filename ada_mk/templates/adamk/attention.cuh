@@ -3,8 +3,9 @@
 // A task covers one sequence b, one K/V head g with the G query heads that share it (GQA: the
 // K/V bytes are read once for all of them) and split j of the positions 0..pos (flash-decoding).
 // It applies RoPE to q and to the new k, appends the new k and v to the cache when position pos
-// falls in its split, and writes an unnormalised partial result with its running max and sum;
-// the O projection's tasks combine the splits.
+// falls in its split, and writes an unnormalised partial result with its running max and sum.
+// The last of a group's splits to finish combines them into the bf16 attention output that the
+// O projection multiplies, and only then publishes the group (all its splits' counts at once).
 #pragma once
 #include "adamk/bf16.cuh"
 #include "adamk/context.cuh"
@@ -21,20 +22,60 @@ __device__ float qkv_value(const float* part, int b, int col) {
   return thread::bf16_round(s);
 }
 
+// Flash-decoding's reduction for sequence b and the G query heads of K/V head g: out =
+// sum_j o_j e^(m_j - M) / sum_j l_j e^(m_j - M) over the splits j, rounded to bf16 (the
+// reference's attention output is a bf16 tensor). Every load is issued before any is used.
+template <class C>
+__device__ void combine_splits(Ctx<C>& c, int layer, int b, int g) {
+  constexpr int NS = C::ATTN_SPLITS, HD = C::HD, G = C::G;
+  const float* o = c.scratch(C::S::ATTN_O, layer);
+  const float* ml = c.scratch(C::S::ATTN_ML, layer);
+  __nv_bfloat16* out = reinterpret_cast<__nv_bfloat16*>(c.scratch_w(C::S::ATTN_OUT, layer)) + b * C::Q + g * G * HD;
+  for (int e = 2 * threadIdx.x; e < G * HD; e += 2 * C::THREADS) {  // two dimensions per thread
+    const size_t slot = (static_cast<size_t>(b) * C::NH + g * G + e / HD) * NS;
+    float2 part[NS], mj[NS];
+#pragma unroll
+    for (int j = 0; j < NS; ++j) {
+      part[j] = __ldcg(reinterpret_cast<const float2*>(o + (slot + j) * HD + e % HD));
+      mj[j] = __ldcg(reinterpret_cast<const float2*>(ml + (slot + j) * 2));
+    }
+    float M = -INFINITY, den = 0.f, x = 0.f, y = 0.f;
+#pragma unroll
+    for (int j = 0; j < NS; ++j) M = fmaxf(M, mj[j].x);  // split 0 is never empty: M is finite
+#pragma unroll
+    for (int j = 0; j < NS; ++j) den += mj[j].y * __expf(mj[j].x - M);
+#pragma unroll
+    for (int j = 0; j < NS; ++j) {
+      const float w = __expf(mj[j].x - M) / den;
+      x += w * part[j].x;
+      y += w * part[j].y;
+    }
+    *reinterpret_cast<__nv_bfloat162*>(out + e) = __floats2bfloat162_rn(x, y);
+  }
+}
+
 template <class C>
 __device__ void attention_task(Ctx<C>& c, int layer, int idx) {
   constexpr int HD = C::HD, G = C::G, NS = C::ATTN_SPLITS, DPL = HD / 32, HALF = HD / 2;
+  constexpr int U = 8;  // positions per warp whose loads go out together
   const int j = idx % NS, g = (idx / NS) % C::NKV, b = idx / (NS * C::NKV);
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int pos = c.a.positions[b];
   const float* part = c.scratch(C::S::QKV_PART, layer);
 
+  // This split's positions.
+  const int n = pos + 1, per = (n + NS - 1) / NS;
+  const int p0 = j * per, p1 = min(n, p0 + per);
+  const size_t head = (static_cast<size_t>(layer) * C::B * C::NKV + b * C::NKV + g) * C::MAXCTX * HD;
+  __nv_bfloat16* kc = c.a.k_cache + head;
+  __nv_bfloat16* vc = c.a.v_cache + head;
+
   float* q = c.attn;            // [G][HD] roped queries
-  float* kn = q + G * HD;       // [HD] the new key, roped
-  float* vn = kn + HD;          // [HD] the new value
-  float* wm = vn + HD;          // [WARPS][G] running max per warp
+  float* wm = q + G * HD;       // [WARPS][G] running max per warp
   float* wl = wm + WARPS * G;   // [WARPS][G] running sum
   float* wo = wl + WARPS * G;   // [WARPS][G][HD] running output
+  __nv_bfloat16* kn = reinterpret_cast<__nv_bfloat16*>(wo + WARPS * G * HD);  // [HD] the new key, roped
+  __nv_bfloat16* vn = kn + HD;  // [HD] the new value
 
   // RoPE, rotate-half convention, with bf16 rounding where the reference rounds:
   // x * cos + rotate_half(x) * sin, cos and sin of pos * inv_freq cast to bf16. Every q/k/v load
@@ -58,22 +99,21 @@ __device__ void attention_task(Ctx<C>& c, int layer, int idx) {
     if (e >= NR) continue;
     const float ang = static_cast<float>(pos) * C::inv_freq(d);
     const float cs = thread::bf16_round(cosf(ang)), sn = thread::bf16_round(sinf(ang));
-    float* dst = hh < G ? q + hh * HD : kn;
-    dst[d] = thread::bf16_round(thread::bf16_round(x1[it] * cs) - thread::bf16_round(x2[it] * sn));
-    dst[d + HALF] = thread::bf16_round(thread::bf16_round(x2[it] * cs) + thread::bf16_round(x1[it] * sn));
+    const float lo = thread::bf16_round(thread::bf16_round(x1[it] * cs) - thread::bf16_round(x2[it] * sn));
+    const float hi = thread::bf16_round(thread::bf16_round(x2[it] * cs) + thread::bf16_round(x1[it] * sn));
+    if (hh < G) {
+      q[hh * HD + d] = lo;
+      q[hh * HD + d + HALF] = hi;
+    } else {
+      kn[d] = __float2bfloat16_rn(lo);  // exact: already rounded
+      kn[d + HALF] = __float2bfloat16_rn(hi);
+    }
   }
-  if (threadIdx.x < HD) vn[threadIdx.x] = xv;
+  if (threadIdx.x < HD) vn[threadIdx.x] = __float2bfloat16_rn(xv);
   __syncthreads();
 #ifdef ADAMK_PROFILE
   c.t_staged = global_ns();
 #endif
-
-  // This split's positions.
-  const int n = pos + 1, per = (n + NS - 1) / NS;
-  const int p0 = j * per, p1 = min(n, p0 + per);
-  const size_t head = (static_cast<size_t>(layer) * C::B * C::NKV + b * C::NKV + g) * C::MAXCTX * HD;
-  __nv_bfloat16* kc = c.a.k_cache + head;
-  __nv_bfloat16* vc = c.a.v_cache + head;
 
   float qr[G][DPL], m[G], l[G], o[G][DPL];
 #pragma unroll
@@ -85,8 +125,9 @@ __device__ void attention_task(Ctx<C>& c, int layer, int idx) {
   }
   // Each warp takes every WARPS-th position, U positions at a time with all their K and V loads
   // issued first (the cache is read once, from HBM, and latency would otherwise serialise);
-  // lanes hold DPL dimensions each.
-  constexpr int U = 8;
+  // lanes hold DPL dimensions each. (Loading the next block while computing this one, and the
+  // first block before RoPE, with one softmax rescale per block, was 2% slower on an H100 at
+  // context 512: benchmarks/RESULTS.md.)
   for (int pb = p0 + warp; pb < p1; pb += WARPS * U) {
     float kf[U][DPL], vf[U][DPL];
 #pragma unroll
@@ -97,7 +138,7 @@ __device__ void attention_task(Ctx<C>& c, int layer, int idx) {
         thread::load_bf16<DPL>(vc + static_cast<size_t>(p) * HD + lane * DPL, vf[u]);
       } else {
 #pragma unroll
-        for (int t = 0; t < DPL; ++t) { kf[u][t] = kn[lane * DPL + t]; vf[u][t] = vn[lane * DPL + t]; }
+        for (int t = 0; t < DPL; ++t) { kf[u][t] = __bfloat162float(kn[lane * DPL + t]); vf[u][t] = __bfloat162float(vn[lane * DPL + t]); }
       }
     }
 #pragma unroll
@@ -147,12 +188,17 @@ __device__ void attention_task(Ctx<C>& c, int layer, int idx) {
   // Append the new key and value: the split holding position pos owns that cache slot.
   if (p0 <= pos && pos < p1) {
     for (int d = threadIdx.x; d < HD; d += C::THREADS) {
-      kc[static_cast<size_t>(pos) * HD + d] = __float2bfloat16_rn(kn[d]);
-      vc[static_cast<size_t>(pos) * HD + d] = __float2bfloat16_rn(vn[d]);
+      kc[static_cast<size_t>(pos) * HD + d] = kn[d];
+      vc[static_cast<size_t>(pos) * HD + d] = vn[d];
     }
   }
   __syncthreads();
-  signal(c.counter(C::K::ATTN, layer) + b * C::NKV + g);
+  const int group = b * C::NKV + g;
+  if (arrive_last(c.counter(C::K::ATTN_ARRIVE, layer) + group, NS, c.a.epoch)) {
+    combine_splits<C>(c, layer, b, g);
+    __syncthreads();
+    signal(c.counter(C::K::ATTN, layer) + group, NS);
+  }
 }
 
 }  // namespace adamk::block

@@ -5,6 +5,7 @@
 // is reduced by WPR warps, lane by lane over 16-byte vectors, then across lanes and warps.
 #pragma once
 #include "adamk/activations.cuh"
+#include "adamk/mma.cuh"
 
 namespace adamk::block {
 
@@ -71,29 +72,33 @@ __device__ void linear_task(Ctx<C>& c, int layer, int idx) {
   for (int ch = 0; ch < T::CHUNKS; ++ch) {
     const __nv_bfloat16* w = c.ring.next() + crow * T::KC;
     const int row = row0 + ch * T::CHUNK_ROWS + crow;
-    float acc[B] = {};
+    // Tensor cores (adamk/mma.cuh): the warp's 32 lanes take 32 consecutive 16-byte vectors of
+    // the row per step, and every lane takes part in each MMA (lanes past the row feed zeros).
+    constexpr int BP = (B + 1) / 2;  // sequence pairs: one MMA operand A each
+    warp::RowDot dot[BP];
 #ifdef ADAMK_ABLATE_MATH
     if (false) {
 #else
     if (row < T::N) {
 #endif
+      const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
 #pragma unroll 2
-      for (int v = part * 32 + lane; v < T::VEC; v += 32 * T::WPR) {
-        float wf[8];
-        thread::unpack8(*reinterpret_cast<const uint4*>(w + v * 8), wf);
+      for (int v0 = part * 32; v0 < T::VEC; v0 += 32 * T::WPR) {
+        const int v = v0 + lane;
+        const bool in = T::VEC % 32 == 0 || v < T::VEC;
+        const uint4 wv = in ? *reinterpret_cast<const uint4*>(w + v * 8) : zero;
 #pragma unroll
-        for (int b = 0; b < B; ++b) {
-          float xf[8];
-          thread::unpack8(*reinterpret_cast<const uint4*>(c.x + b * T::KC + v * 8), xf);
-#pragma unroll
-          for (int i = 0; i < 8; ++i) acc[b] = fmaf(wf[i], xf[i], acc[b]);
+        for (int p = 0; p < BP; ++p) {
+          const uint4 x0 = in ? *reinterpret_cast<const uint4*>(c.x + 2 * p * T::KC + v * 8) : zero;
+          const uint4 x1 = in && 2 * p + 1 < B ? *reinterpret_cast<const uint4*>(c.x + (2 * p + 1) * T::KC + v * 8) : zero;
+          dot[p].add(wv, x0, x1);
         }
       }
     }
 #pragma unroll
     for (int b = 0; b < B; ++b) {
-      acc[b] = warp::sum(acc[b]);
-      if (lane == 0) c.red[((ch * T::CHUNK_ROWS + crow) * T::WPR + part) * B + b] = acc[b];
+      const float acc = dot[b / 2].total(b & 1);
+      if (lane == 0) c.red[((ch * T::CHUNK_ROWS + crow) * T::WPR + part) * B + b] = acc;
     }
   }
   __syncthreads();

@@ -28,6 +28,14 @@ __device__ __forceinline__ void add_release(unsigned* p, unsigned v) {
   asm volatile("red.release.gpu.global.add.u32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
 }
 
+// Add v and return the value before: release for this thread's (and, after a barrier, the
+// block's) writes, acquire for those of every earlier adder.
+__device__ __forceinline__ unsigned add_acq_rel(unsigned* p, unsigned v) {
+  unsigned old;
+  asm volatile("atom.acq_rel.gpu.global.add.u32 %0, [%1], %2;" : "=r"(old) : "l"(p), "r"(v) : "memory");
+  return old;
+}
+
 __device__ __forceinline__ bool reached(unsigned value, unsigned target) {
   return static_cast<int>(value - target) >= 0;
 }
@@ -66,11 +74,19 @@ __device__ __forceinline__ bool wait_counters(const unsigned* counters, int firs
   return true;
 }
 
-// After a barrier that follows the block's last write of the task: publish it. The release add
-// is cumulative: the barrier made every thread's writes visible to thread 0, and the release
-// orders them before the add at GPU scope (no separate fence needed).
-__device__ __forceinline__ void signal(unsigned* counter) {
-  if (threadIdx.x == 0) thread::add_release(counter, 1u);
+// After a barrier that follows the block's last write of the task: publish it (count bumps at
+// once). The release add is cumulative: the barrier made every thread's writes visible to
+// thread 0, and the release orders them before the add at GPU scope (no separate fence needed).
+__device__ __forceinline__ void signal(unsigned* counter, unsigned count = 1u) {
+  if (threadIdx.x == 0) thread::add_release(counter, count);
+}
+
+// After a barrier that follows the block's last write of its share: count it in `arrivals`, and
+// whether it was the last of the `per_step` shares of this step (true on every thread). The
+// last one sees every other share's writes (acquire, then the barrier).
+__device__ __forceinline__ bool arrive_last(unsigned* arrivals, unsigned per_step, unsigned epoch) {
+  const bool last = threadIdx.x == 0 && thread::add_acq_rel(arrivals, 1u) == per_step * epoch - 1u;
+  return __syncthreads_or(last);
 }
 
 }  // namespace block

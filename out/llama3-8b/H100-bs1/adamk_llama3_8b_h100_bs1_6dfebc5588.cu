@@ -74,33 +74,35 @@ struct Cfg {
     static constexpr size_t BQKV = 0;
   };
 
-  // Scratch, 4-byte elements (14.56 MB): K-split partials, attention partials, logits.
+  // Scratch, 4-byte elements (14.82 MB): K-split partials, attention partials, logits.
   struct S {
     static constexpr size_t LOGITS = 0;
     static constexpr size_t ARG_VAL = 128256;
     static constexpr size_t ARG_IDX = 130944;
     static constexpr size_t LAYER_BASE = 133632;
-    static constexpr size_t LAYER_STRIDE = 109568;
-    static constexpr size_t TOTAL = 3639808;
+    static constexpr size_t LAYER_STRIDE = 111616;
+    static constexpr size_t TOTAL = 3705344;
     static constexpr size_t QKV_PART = 0;
     static constexpr size_t ATTN_O = 6144;
     static constexpr size_t ATTN_ML = 71680;
-    static constexpr size_t O_PART = 72704;
-    static constexpr size_t GATE_UP_PART = 76800;
-    static constexpr size_t DOWN_PART = 105472;
+    static constexpr size_t ATTN_OUT = 72704;
+    static constexpr size_t O_PART = 74752;
+    static constexpr size_t GATE_UP_PART = 78848;
+    static constexpr size_t DOWN_PART = 107520;
   };
 
   // Dependency counters (u32), one per producer tile; attention: one per (sequence, K/V head).
   struct K {
     static constexpr size_t LM_HEAD = 0;
     static constexpr size_t LAYER_BASE = 2688;
-    static constexpr size_t LAYER_STRIDE = 1472;
-    static constexpr size_t TOTAL = 49792;
+    static constexpr size_t LAYER_STRIDE = 1536;
+    static constexpr size_t TOTAL = 51840;
     static constexpr size_t QKV = 0;
     static constexpr size_t ATTN = 128;
-    static constexpr size_t O = 192;
-    static constexpr size_t GATE_UP = 320;
-    static constexpr size_t DOWN = 1216;
+    static constexpr size_t ATTN_ARRIVE = 192;
+    static constexpr size_t O = 256;
+    static constexpr size_t GATE_UP = 384;
+    static constexpr size_t DOWN = 1280;
   };
 
   // KV cache, bf16 elements: K and V each [layer][sequence][K/V head][position][head_dim].

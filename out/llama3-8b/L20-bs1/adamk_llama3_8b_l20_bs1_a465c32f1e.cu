@@ -74,33 +74,35 @@ struct Cfg {
     static constexpr size_t BQKV = 0;
   };
 
-  // Scratch, 4-byte elements (10.80 MB): K-split partials, attention partials, logits.
+  // Scratch, 4-byte elements (11.07 MB): K-split partials, attention partials, logits.
   struct S {
     static constexpr size_t LOGITS = 0;
     static constexpr size_t ARG_VAL = 128256;
     static constexpr size_t ARG_IDX = 134720;
     static constexpr size_t LAYER_BASE = 141184;
-    static constexpr size_t LAYER_STRIDE = 80000;
-    static constexpr size_t TOTAL = 2701184;
+    static constexpr size_t LAYER_STRIDE = 82048;
+    static constexpr size_t TOTAL = 2766720;
     static constexpr size_t QKV_PART = 0;
     static constexpr size_t ATTN_O = 6144;
     static constexpr size_t ATTN_ML = 14336;
-    static constexpr size_t O_PART = 14464;
-    static constexpr size_t GATE_UP_PART = 22656;
-    static constexpr size_t DOWN_PART = 51328;
+    static constexpr size_t ATTN_OUT = 14464;
+    static constexpr size_t O_PART = 16512;
+    static constexpr size_t GATE_UP_PART = 24704;
+    static constexpr size_t DOWN_PART = 53376;
   };
 
   // Dependency counters (u32), one per producer tile; attention: one per (sequence, K/V head).
   struct K {
     static constexpr size_t LM_HEAD = 0;
     static constexpr size_t LAYER_BASE = 6464;
-    static constexpr size_t LAYER_STRIDE = 2048;
-    static constexpr size_t TOTAL = 72000;
+    static constexpr size_t LAYER_STRIDE = 2112;
+    static constexpr size_t TOTAL = 74048;
     static constexpr size_t QKV = 0;
     static constexpr size_t ATTN = 256;
-    static constexpr size_t O = 320;
-    static constexpr size_t GATE_UP = 448;
-    static constexpr size_t DOWN = 1664;
+    static constexpr size_t ATTN_ARRIVE = 320;
+    static constexpr size_t O = 384;
+    static constexpr size_t GATE_UP = 512;
+    static constexpr size_t DOWN = 1728;
   };
 
   // KV cache, bf16 elements: K and V each [layer][sequence][K/V head][position][head_dim].

@@ -69,33 +69,35 @@ struct Cfg {
     static constexpr size_t BQKV = 0;
   };
 
-  // Scratch, 4-byte elements (3.50 MB): K-split partials, attention partials, logits.
+  // Scratch, 4-byte elements (3.56 MB): K-split partials, attention partials, logits.
   struct S {
     static constexpr size_t LOGITS = 0;
     static constexpr size_t ARG_VAL = 128256;
     static constexpr size_t ARG_IDX = 128768;
     static constexpr size_t LAYER_BASE = 129280;
-    static constexpr size_t LAYER_STRIDE = 46592;
-    static constexpr size_t TOTAL = 874752;
+    static constexpr size_t LAYER_STRIDE = 47616;
+    static constexpr size_t TOTAL = 891136;
     static constexpr size_t QKV_PART = 0;
     static constexpr size_t ATTN_O = 3072;
     static constexpr size_t ATTN_ML = 19456;
-    static constexpr size_t O_PART = 19968;
-    static constexpr size_t GATE_UP_PART = 22016;
-    static constexpr size_t DOWN_PART = 38400;
+    static constexpr size_t ATTN_OUT = 19968;
+    static constexpr size_t O_PART = 20992;
+    static constexpr size_t GATE_UP_PART = 23040;
+    static constexpr size_t DOWN_PART = 39424;
   };
 
   // Dependency counters (u32), one per producer tile; attention: one per (sequence, K/V head).
   struct K {
     static constexpr size_t LM_HEAD = 0;
     static constexpr size_t LAYER_BASE = 512;
-    static constexpr size_t LAYER_STRIDE = 512;
-    static constexpr size_t TOTAL = 8704;
+    static constexpr size_t LAYER_STRIDE = 576;
+    static constexpr size_t TOTAL = 9728;
     static constexpr size_t QKV = 0;
     static constexpr size_t ATTN = 128;
-    static constexpr size_t O = 192;
-    static constexpr size_t GATE_UP = 320;
-    static constexpr size_t DOWN = 448;
+    static constexpr size_t ATTN_ARRIVE = 192;
+    static constexpr size_t O = 256;
+    static constexpr size_t GATE_UP = 384;
+    static constexpr size_t DOWN = 512;
   };
 
   // KV cache, bf16 elements: K and V each [layer][sequence][K/V head][position][head_dim].

@@ -1,0 +1,44 @@
+// adamk/mma.cuh: dot products of weight rows with the staged activations on the tensor cores
+// (warp scope), through CuTe's m16n8k16 bf16 MMA atom (sm_80 and later).
+//
+// A decode step multiplies each weight row by a handful of activation vectors, so an MMA tile
+// of 8 output columns cannot be filled with 8 rows of one task. Instead each warp feeds one row
+// as 8 columns: lane l holds 8 consecutive bf16 of the row (one 16-byte vector) and of each
+// sequence's activations; the MMA's B operand takes the row's elements as column n = l / 4
+// and its A operand the activations at the same positions as row n (sequence 2p) and row n + 8
+// (sequence 2p + 1). The diagonal D[n][n] then holds a partial dot product over the elements of
+// lanes 4n .. 4n + 3; the rest of D mixes columns and is discarded. One 16-byte vector feeds two
+// MMAs (k 0-7 and 8-15 of each tile take elements 0-1 / 2-3 and 4-5 / 6-7 of every lane's
+// vector), so the multiply needs no bf16 -> float conversion and no FMA loop.
+#pragma once
+#include <cute/arch/mma_sm80.hpp>
+#include "adamk/warp.cuh"
+
+namespace adamk::warp {
+
+// Accumulators of one pair of sequences: two MMA tiles (the halves of the 16-byte vectors).
+struct RowDot {
+  float d[2][4] = {};
+
+  // acc += this lane's 16 bytes of the row (w) times those of sequences 2p (x0) and 2p + 1 (x1).
+  __device__ __forceinline__ void add(const uint4& w, const uint4& x0, const uint4& x1) {
+    using Mma = cute::SM80_16x8x16_F32BF16BF16F32_TN;
+    Mma::fma(d[0][0], d[0][1], d[0][2], d[0][3], x0.x, x1.x, x0.y, x1.y, w.x, w.y,
+             d[0][0], d[0][1], d[0][2], d[0][3]);
+    Mma::fma(d[1][0], d[1][1], d[1][2], d[1][3], x0.z, x1.z, x0.w, x1.w, w.z, w.w,
+             d[1][0], d[1][1], d[1][2], d[1][3]);
+  }
+
+  // The full dot product for sequence 2p + odd, on every lane: the diagonal of D summed over
+  // the warp. D's lane l holds columns 2(l % 4) and 2(l % 4) + 1 of rows l / 4 (c0, c1) and
+  // l / 4 + 8 (c2, c3); the diagonal element of row l / 4 is in one of them for 8 lanes.
+  __device__ __forceinline__ float total(int odd) const {
+    const int lane = threadIdx.x & 31, n = lane >> 2, c = 2 * (lane & 3), r = 2 * odd;
+    float s = 0.f;
+    if (c == n) s = d[0][r] + d[1][r];
+    if (c + 1 == n) s = d[0][r + 1] + d[1][r + 1];
+    return sum(s);
+  }
+};
+
+}  // namespace adamk::warp

@@ -1,0 +1,71 @@
+"""Kernel variants on fixed plans, timed in one run: which change moved the step time. A plan is
+the searched plan, or the plan of the previous commit (its tilings, attention splits and ring
+depth, scheduled by today's search), so that kernel changes and plan changes separate.
+
+    ADAMK_CACHE=.devbuild python -m benchmarks.experiment prebuild    (here)
+    python3 -m benchmarks.experiment                                   (on the GPU machine)
+"""
+import sys
+
+from ada_mk.search.plan import LinearTiling
+
+CONTEXT = 512
+# The previous commit's (dba3840) H100 plans.
+PREVIOUS = {
+    "llama3.2-1b": ({"qkv": (3072, 2048, 24, 1, 1), "o": (2048, 2048, 16, 1, 1), "gate_up": (16384, 2048, 128, 1, 1),
+                     "down": (2048, 8192, 64, 4, 1), "lm_head": (128256, 2048, 256, 1, 1)}, 8, 6),
+    "llama3-8b": ({"qkv": (6144, 4096, 48, 1, 2), "o": (4096, 4096, 32, 1, 2), "gate_up": (28672, 4096, 32, 1, 2),
+                   "down": (4096, 14336, 16, 1, 8), "lm_head": (128256, 4096, 48, 1, 2)}, 16, 5),
+}
+# (label, macros, plan: "searched" or "previous", attention splits instead of the plan's)
+VARIANTS = [
+    ("searched plan", (), "searched", None),
+    ("previous plan", (), "previous", None),
+    ("searched plan, 8 attention splits", (), "searched", 8),
+    ("previous plan, 16 attention splits", (), "previous", 16),
+]
+
+
+def plan_for(config: str, which: str, splits: int | None = None, batch: int = 1):
+    from ada_mk.search.search import Candidate, Searcher
+    from ada_mk.search.simple import make_plan
+    from tests.gpu.kernels import model_for
+
+    m, d = model_for(config, "H100", batch, None)
+    if which == "searched":
+        plan = make_plan(m, d)
+        if splits is None:
+            return plan
+        til, stages = plan.tilings, plan.stages
+    else:
+        tilings, ns, stages = PREVIOUS[config]
+        til = {k: LinearTiling(*v) for k, v in tilings.items()}
+        splits = splits or ns
+    _, plan = Searcher(m, d).full(Candidate(dict(til), splits, stages))
+    return plan
+
+
+def kernel(config: str, which: str, splits: int | None, defines: tuple[str, ...]):
+    from ada_mk.codegen.build import build
+    from ada_mk.codegen.render import render
+
+    plan = plan_for(config, which, splits)
+    return plan, build(render(plan), ["sm_90a"], library=False, defines=defines)
+
+
+if __name__ == "__main__":
+    for config in PREVIOUS:
+        for label, defines, which, splits in VARIANTS:
+            if config == "llama3-8b" and splits is not None:
+                continue
+            plan, art = kernel(config, which, splits, defines)
+            if sys.argv[1:] == ["prebuild"]:
+                continue
+            from benchmarks.timing import ms_per_token, random_engine
+
+            eng = random_engine(plan, art.fatbin, l2_scratch=True)
+            try:
+                ms = ms_per_token(eng, CONTEXT)
+            finally:
+                eng.close()
+            print(f"{config} bs1 ctx{CONTEXT}: {label:45s} {ms:.3f} ms/token", flush=True)
