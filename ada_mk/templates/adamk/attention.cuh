@@ -54,6 +54,30 @@ __device__ void combine_splits(Ctx<C>& c, int layer, int b, int g) {
   }
 }
 
+// W 32-bit words (2W bf16 values) from p, 4-, 8- or 16-byte aligned; and widened to float.
+template <int W>
+__device__ __forceinline__ void load_words(const __nv_bfloat16* p, uint32_t (&w)[W]) {
+  if constexpr (W == 1) {
+    w[0] = *reinterpret_cast<const uint32_t*>(p);
+  } else if constexpr (W == 2) {
+    const uint2 v = *reinterpret_cast<const uint2*>(p);
+    w[0] = v.x; w[1] = v.y;
+  } else {
+    static_assert(W == 4, "head_dim 64, 128 or 256");
+    const uint4 v = *reinterpret_cast<const uint4*>(p);
+    w[0] = v.x; w[1] = v.y; w[2] = v.z; w[3] = v.w;
+  }
+}
+
+template <int W>
+__device__ __forceinline__ void unpack_words(const uint32_t (&w)[W], float (&f)[2 * W]) {
+#pragma unroll
+  for (int t = 0; t < W; ++t) {
+    f[2 * t] = __uint_as_float(w[t] << 16);
+    f[2 * t + 1] = __uint_as_float(w[t] & 0xffff0000u);
+  }
+}
+
 template <class C>
 __device__ void attention_task(Ctx<C>& c, int layer, int idx) {
   constexpr int HD = C::HD, G = C::G, NS = C::ATTN_SPLITS, DPL = HD / 32, HALF = HD / 2;
@@ -124,38 +148,52 @@ __device__ void attention_task(Ctx<C>& c, int layer, int idx) {
     for (int t = 0; t < DPL; ++t) { qr[h][t] = q[h * HD + lane * DPL + t]; o[h][t] = 0.f; }
   }
   // Each warp takes every WARPS-th position, U positions at a time with all their K and V loads
-  // issued first (the cache is read once, from HBM, and latency would otherwise serialise);
-  // lanes hold DPL dimensions each. (Loading the next block while computing this one, and the
-  // first block before RoPE, with one softmax rescale per block, was 2% slower on an H100 at
-  // context 512: benchmarks/RESULTS.md.)
-  for (int pb = p0 + warp; pb < p1; pb += WARPS * U) {
-    float kf[U][DPL], vf[U][DPL];
+  // issued together (the cache is read once, from HBM, and latency would otherwise serialise);
+  // lanes hold DPL dimensions each, kept as raw bf16 pairs until used. At long context a warp has
+  // several blocks: the next block's loads go out before this block is computed, so the latency
+  // is paid once per task, not once per block. (Also loading the first block before RoPE, with
+  // one softmax rescale per block, was 2% slower on an H100 at context 512: benchmarks/RESULTS.md.)
+  constexpr int W = DPL / 2;  // 32-bit words of a row per lane
+  auto fetch = [&](int pb, uint32_t (&kr)[U][W], uint32_t (&vr)[U][W]) {
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       const int p = pb + u * WARPS;
-      if (p < p1 && p != pos) {
-        thread::load_bf16<DPL>(kc + static_cast<size_t>(p) * HD + lane * DPL, kf[u]);
-        thread::load_bf16<DPL>(vc + static_cast<size_t>(p) * HD + lane * DPL, vf[u]);
-      } else {
-#pragma unroll
-        for (int t = 0; t < DPL; ++t) { kf[u][t] = __bfloat162float(kn[lane * DPL + t]); vf[u][t] = __bfloat162float(vn[lane * DPL + t]); }
+      if (p < p1) {  // position pos: this step's own key and value, from shared memory
+        load_words<W>(p == pos ? kn + lane * DPL : kc + static_cast<size_t>(p) * HD + lane * DPL, kr[u]);
+        load_words<W>(p == pos ? vn + lane * DPL : vc + static_cast<size_t>(p) * HD + lane * DPL, vr[u]);
       }
     }
+  };
+  uint32_t kr[U][W], vr[U][W];
+  if (p0 + warp < p1) fetch(p0 + warp, kr, vr);
+  for (int pb = p0 + warp; pb < p1; pb += WARPS * U) {
+    const bool more = pb + WARPS * U < p1;  // the same for the whole warp
+    uint32_t kx[U][W], vx[U][W];
+    if (more) fetch(pb + WARPS * U, kx, vx);
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       if (pb + u * WARPS >= p1) break;  // the same for the whole warp
+      float kf[DPL], vf[DPL];
+      unpack_words<W>(kr[u], kf);
+      unpack_words<W>(vr[u], vf);
 #pragma unroll
       for (int h = 0; h < G; ++h) {
         float s = 0.f;
 #pragma unroll
-        for (int t = 0; t < DPL; ++t) s = fmaf(qr[h][t], kf[u][t], s);
+        for (int t = 0; t < DPL; ++t) s = fmaf(qr[h][t], kf[t], s);
         s = warp::sum(s) * C::ATTN_SCALE;
         const float mn = fmaxf(m[h], s), alpha = __expf(m[h] - mn), pe = __expf(s - mn);
         l[h] = l[h] * alpha + pe;
 #pragma unroll
-        for (int t = 0; t < DPL; ++t) o[h][t] = o[h][t] * alpha + pe * vf[u][t];
+        for (int t = 0; t < DPL; ++t) o[h][t] = o[h][t] * alpha + pe * vf[t];
         m[h] = mn;
       }
+    }
+    if (more) {
+#pragma unroll
+      for (int u = 0; u < U; ++u)
+#pragma unroll
+        for (int t = 0; t < W; ++t) { kr[u][t] = kx[u][t]; vr[u][t] = vx[u][t]; }
     }
   }
 #pragma unroll
