@@ -16,14 +16,12 @@ CONTEXT = 512
 # (label, ablation macros, attention splits (None: the searched plan's), scratch kept in L2)
 VARIANTS = [
     ("full kernel", (), None, True),
-    ("multiply on CUDA cores (FMA loop)", ("ADAMK_EXP_FMA",), None, True),
-    ("+ L2 prefetch of 2 chunks during waits", ("ADAMK_WAIT_PREFETCH=2",), None, True),
-    ("+ L2 prefetch of 4 chunks during waits", ("ADAMK_WAIT_PREFETCH=4",), None, True),
-    ("+ L2 prefetch of 8 chunks during waits", ("ADAMK_WAIT_PREFETCH=8",), None, True),
+    ("full kernel, scratch not pinned in L2", (), None, False),
     ("no staging", ("ADAMK_ABLATE_STAGING",), None, True),
     ("no waits", ("ADAMK_ABLATE_WAITS",), None, True),
     ("no math", ("ADAMK_ABLATE_MATH",), None, True),
     ("no waits, staging, math", ("ADAMK_ABLATE_WAITS", "ADAMK_ABLATE_STAGING", "ADAMK_ABLATE_MATH"), None, True),
+    ("searched tilings, 8 attention splits", (), 8, True),
 ]
 
 
