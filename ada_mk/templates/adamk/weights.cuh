@@ -96,7 +96,6 @@ struct WeightRing {
 
   __device__ void drain() { thread::cp_async_wait<0>(); }
 
-
  private:
   template <class T>
   __device__ void load_chunk(unsigned char* dst) {
