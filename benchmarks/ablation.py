@@ -43,15 +43,11 @@ def with_splits(config: str, gpu: str, batch: int, splits: int):
 
 def time_variant(config: str, gpu: str, batch: int, defines: tuple[str, ...], splits: int | None = None,
                  l2: bool = True) -> float:
-    from benchmarks.timing import ms_per_token, random_engine
+    from benchmarks.timing import kernel_ms_per_token
 
     plan, art = kernel_for(config, gpu, batch, defines=defines) if splits is None else \
         with_splits(config, gpu, batch, splits)
-    eng = random_engine(plan, art.fatbin, l2_scratch=l2)
-    try:
-        return ms_per_token(eng, CONTEXT)
-    finally:
-        eng.close()
+    return kernel_ms_per_token(plan, art.fatbin, CONTEXT, l2_scratch=l2)
 
 
 if __name__ == "__main__":

@@ -61,11 +61,7 @@ if __name__ == "__main__":
             plan, art = kernel(config, which, splits, defines)
             if sys.argv[1:] == ["prebuild"]:
                 continue
-            from benchmarks.timing import ms_per_token, random_engine
+            from benchmarks.timing import kernel_ms_per_token
 
-            eng = random_engine(plan, art.fatbin, l2_scratch=True)
-            try:
-                ms = ms_per_token(eng, CONTEXT)
-            finally:
-                eng.close()
+            ms = kernel_ms_per_token(plan, art.fatbin, CONTEXT, l2_scratch=True)
             print(f"{config} bs1 ctx{CONTEXT}: {label:45s} {ms:.3f} ms/token", flush=True)

@@ -22,6 +22,15 @@ def random_engine(plan, fatbin, **engine_kw):
     return eng
 
 
+def kernel_ms_per_token(plan, fatbin, context: int, **engine_kw) -> float:
+    """ms/token of one kernel with random weights at `context` (the engine is closed after)."""
+    eng = random_engine(plan, fatbin, **engine_kw)
+    try:
+        return ms_per_token(eng, context)
+    finally:
+        eng.close()
+
+
 def ms_per_token(eng, context: int, steps: int = 32, windows: int = 3) -> float:
     """Fill the KV cache to just below `context`, then the median of `windows` timed windows."""
     eng.time_steps(0, context - 8, warmup=0)

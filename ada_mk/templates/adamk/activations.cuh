@@ -179,15 +179,15 @@ __device__ void stage_silu_mul(Ctx<C>& c, int layer, int k0) {
       const int e = base + q * C::THREADS;
       if (e >= N4) continue;
       const float gv[4] = {g[q].x, g[q].y, g[q].z, g[q].w}, uv[4] = {u[q].x, u[q].y, u[q].z, u[q].w};
-      __nv_bfloat16 out[4];
+      float out[4];
 #pragma unroll
       for (int t = 0; t < 4; ++t) {
         // Unsplit, the gate/up task stored bf16(silu(gate)) and bf16(up) already.
         const float silu = S == 1 ? gv[t] : thread::silu_bf16(thread::bf16_round(gv[t]));
-        out[t] = __float2bfloat16_rn(silu * (S == 1 ? uv[t] : thread::bf16_round(uv[t])));
+        out[t] = silu * (S == 1 ? uv[t] : thread::bf16_round(uv[t]));
       }
       const int b = e / (KC / 4), k = (e % (KC / 4)) * 4;
-      *reinterpret_cast<uint2*>(c.x + b * KC + k) = *reinterpret_cast<const uint2*>(out);
+      *reinterpret_cast<uint2*>(c.x + b * KC + k) = thread::pack4(out);
     }
   }
 }

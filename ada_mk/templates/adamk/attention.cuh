@@ -54,30 +54,6 @@ __device__ void combine_splits(Ctx<C>& c, int layer, int b, int g) {
   }
 }
 
-// W 32-bit words (2W bf16 values) from p, 4-, 8- or 16-byte aligned; and widened to float.
-template <int W>
-__device__ __forceinline__ void load_words(const __nv_bfloat16* p, uint32_t (&w)[W]) {
-  if constexpr (W == 1) {
-    w[0] = *reinterpret_cast<const uint32_t*>(p);
-  } else if constexpr (W == 2) {
-    const uint2 v = *reinterpret_cast<const uint2*>(p);
-    w[0] = v.x; w[1] = v.y;
-  } else {
-    static_assert(W == 4, "head_dim 64, 128 or 256");
-    const uint4 v = *reinterpret_cast<const uint4*>(p);
-    w[0] = v.x; w[1] = v.y; w[2] = v.z; w[3] = v.w;
-  }
-}
-
-template <int W>
-__device__ __forceinline__ void unpack_words(const uint32_t (&w)[W], float (&f)[2 * W]) {
-#pragma unroll
-  for (int t = 0; t < W; ++t) {
-    f[2 * t] = __uint_as_float(w[t] << 16);
-    f[2 * t + 1] = __uint_as_float(w[t] & 0xffff0000u);
-  }
-}
-
 template <class C>
 __device__ void attention_task(Ctx<C>& c, int layer, int idx) {
   constexpr int HD = C::HD, G = C::G, NS = C::ATTN_SPLITS, DPL = HD / 32, HALF = HD / 2;
@@ -159,8 +135,8 @@ __device__ void attention_task(Ctx<C>& c, int layer, int idx) {
     for (int u = 0; u < U; ++u) {
       const int p = pb + u * WARPS;
       if (p < p1) {  // position pos: this step's own key and value, from shared memory
-        load_words<W>(p == pos ? kn + lane * DPL : kc + static_cast<size_t>(p) * HD + lane * DPL, kr[u]);
-        load_words<W>(p == pos ? vn + lane * DPL : vc + static_cast<size_t>(p) * HD + lane * DPL, vr[u]);
+        thread::load_words<W>(p == pos ? kn + lane * DPL : kc + static_cast<size_t>(p) * HD + lane * DPL, kr[u]);
+        thread::load_words<W>(p == pos ? vn + lane * DPL : vc + static_cast<size_t>(p) * HD + lane * DPL, vr[u]);
       }
     }
   };
@@ -174,8 +150,8 @@ __device__ void attention_task(Ctx<C>& c, int layer, int idx) {
     for (int u = 0; u < U; ++u) {
       if (pb + u * WARPS >= p1) break;  // the same for the whole warp
       float kf[DPL], vf[DPL];
-      unpack_words<W>(kr[u], kf);
-      unpack_words<W>(vr[u], vf);
+      thread::unpack_words<W>(kr[u], kf);
+      thread::unpack_words<W>(vr[u], vf);
 #pragma unroll
       for (int h = 0; h < G; ++h) {
         float s = 0.f;

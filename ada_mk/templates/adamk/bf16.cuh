@@ -1,4 +1,4 @@
-// adamk/bf16.cuh: bf16 <-> float, one value or eight packed in 16 bytes (thread scope).
+// adamk/bf16.cuh: bf16 <-> float, one value or several packed in 4 to 16 bytes (thread scope).
 #pragma once
 #include <cuda_bf16.h>
 #include <cstdint>
@@ -8,16 +8,6 @@ namespace adamk::thread {
 // Round to bf16 and back: reproduces the rounding a bf16 tensor applies at this point.
 __device__ __forceinline__ float bf16_round(float x) {
   return __bfloat162float(__float2bfloat16_rn(x));
-}
-
-// Eight bf16 values packed in a uint4 (one 16-byte load), widened to float.
-__device__ __forceinline__ void unpack8(const uint4& v, float (&f)[8]) {
-  const uint32_t w[4] = {v.x, v.y, v.z, v.w};
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    f[2 * i] = __uint_as_float(w[i] << 16);
-    f[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
-  }
 }
 
 // Four bf16 values packed in a uint2 (one 8-byte load), widened to float.
@@ -37,18 +27,28 @@ __device__ __forceinline__ uint2 pack4(const float (&f)[4]) {
   return make_uint2(*reinterpret_cast<const uint32_t*>(&lo), *reinterpret_cast<const uint32_t*>(&hi));
 }
 
-// N consecutive bf16 values (N = 2, 4 or 8: one 4-, 8- or 16-byte load) widened to float.
-template <int N>
-__device__ __forceinline__ void load_bf16(const __nv_bfloat16* p, float (&f)[N]) {
-  if constexpr (N == 2) {
-    const uint32_t w = *reinterpret_cast<const uint32_t*>(p);
-    f[0] = __uint_as_float(w << 16);
-    f[1] = __uint_as_float(w & 0xffff0000u);
-  } else if constexpr (N == 4) {
-    unpack4(*reinterpret_cast<const uint2*>(p), f);
+// W 32-bit words (2W consecutive bf16 values; W = 1, 2 or 4: one 4-, 8- or 16-byte load), raw.
+template <int W>
+__device__ __forceinline__ void load_words(const __nv_bfloat16* p, uint32_t (&w)[W]) {
+  if constexpr (W == 1) {
+    w[0] = *reinterpret_cast<const uint32_t*>(p);
+  } else if constexpr (W == 2) {
+    const uint2 v = *reinterpret_cast<const uint2*>(p);
+    w[0] = v.x; w[1] = v.y;
   } else {
-    static_assert(N == 8, "2, 4 or 8 values");
-    unpack8(*reinterpret_cast<const uint4*>(p), f);
+    static_assert(W == 4, "1, 2 or 4 words");
+    const uint4 v = *reinterpret_cast<const uint4*>(p);
+    w[0] = v.x; w[1] = v.y; w[2] = v.z; w[3] = v.w;
+  }
+}
+
+// Those words widened to float.
+template <int W>
+__device__ __forceinline__ void unpack_words(const uint32_t (&w)[W], float (&f)[2 * W]) {
+#pragma unroll
+  for (int t = 0; t < W; ++t) {
+    f[2 * t] = __uint_as_float(w[t] << 16);
+    f[2 * t + 1] = __uint_as_float(w[t] & 0xffff0000u);
   }
 }
 
