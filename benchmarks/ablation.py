@@ -6,13 +6,19 @@ plan's tilings with other attention splits (correct kernels), to check the cost 
 
     ADAMK_CACHE=.devbuild python -m benchmarks.ablation prebuild     (here)
     python3 -m benchmarks.ablation                                    (on the GPU machine)
+(both with the same ADAMK_CASES / ADAMK_VARIANTS / ADAMK_SPLITS, if set; ADAMK_CONTEXT times
+another context than 512)
 """
+import os
 import sys
 
 from tests.gpu.kernels import kernel_for
 
-CASES = [("llama3.2-1b", "H100", 1), ("llama3-8b", "H100", 1)]
-CONTEXT = 512
+# ADAMK_CASES="llama3.2-1b:8,llama3-8b:8" picks other (config, batch) pairs; H100 plans throughout.
+CASES = [(c.split(":")[0], "H100", int(c.split(":")[1]))
+         for c in os.environ.get("ADAMK_CASES", "llama3.2-1b:1,llama3-8b:1").split(",")]
+CONTEXT = int(os.environ.get("ADAMK_CONTEXT", "512"))
+MAX_CONTEXT = max(1024, CONTEXT + 256)  # the KV cache: the context, plus the timed steps
 # (label, ablation macros, attention splits (None: the searched plan's), scratch kept in L2)
 VARIANTS = [
     ("full kernel", (), None, True),
@@ -23,6 +29,11 @@ VARIANTS = [
     ("no waits, staging, math", ("ADAMK_ABLATE_WAITS", "ADAMK_ABLATE_STAGING", "ADAMK_ABLATE_MATH"), None, True),
     ("searched tilings, 8 attention splits", (), 8, True),
 ]
+# ADAMK_VARIANTS="full kernel|no math|..." keeps only those labels; ADAMK_SPLITS="16,32" adds split counts.
+if os.environ.get("ADAMK_VARIANTS"):
+    VARIANTS = [v for v in VARIANTS if v[0] in os.environ["ADAMK_VARIANTS"].split("|")]
+VARIANTS += [(f"searched tilings, {n} attention splits", (), int(n), True)
+             for n in os.environ.get("ADAMK_SPLITS", "").split(",") if n]
 
 
 def with_splits(config: str, gpu: str, batch: int, splits: int):
@@ -33,7 +44,7 @@ def with_splits(config: str, gpu: str, batch: int, splits: int):
     from ada_mk.search.simple import make_plan
     from tests.gpu.kernels import model_for
 
-    m, d = model_for(config, gpu, batch, None)
+    m, d = model_for(config, gpu, batch, None, MAX_CONTEXT)
     s = Searcher(m, d)
     searched = make_plan(m, d)
     cand = s.trim_stages(s.evaluate(searched.tilings, splits))
@@ -45,7 +56,7 @@ def time_variant(config: str, gpu: str, batch: int, defines: tuple[str, ...], sp
                  l2: bool = True) -> float:
     from benchmarks.timing import kernel_ms_per_token
 
-    plan, art = kernel_for(config, gpu, batch, defines=defines) if splits is None else \
+    plan, art = kernel_for(config, gpu, batch, defines=defines, max_context=MAX_CONTEXT) if splits is None else \
         with_splits(config, gpu, batch, splits)
     return kernel_ms_per_token(plan, art.fatbin, CONTEXT, l2_scratch=l2)
 
@@ -54,7 +65,8 @@ if __name__ == "__main__":
     for config, gpu, batch in CASES:
         for label, defines, splits, l2 in VARIANTS:
             if sys.argv[1:] == ["prebuild"]:
-                kernel_for(config, gpu, batch, defines=defines) if splits is None else with_splits(config, gpu, batch, splits)
+                kernel_for(config, gpu, batch, defines=defines, max_context=MAX_CONTEXT) if splits is None \
+                    else with_splits(config, gpu, batch, splits)
                 continue
             ms = time_variant(config, gpu, batch, defines, splits, l2)
             print(f"{config} bs{batch} ctx{CONTEXT}: {label:40s} {ms:.3f} ms/token", flush=True)

@@ -5,6 +5,7 @@
 #   build here:  ADAMK_CACHE=.devbuild python -m tests.gpu.kernels
 #                ADAMK_CACHE=.devbuild python -m benchmarks.ablation prebuild
 #   then, there: bash benchmarks/device_check.sh   (carry .devbuild, and .base/.devbase if any)
+# ADAMK_CASES (config:batch,...) picks the timed cases, here and there alike.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-device-logs}; mkdir -p "$OUT"
@@ -13,14 +14,17 @@ nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader | t
 T=tests/gpu/test_megakernel.py
 timeout "${CHECK_TIMEOUT:-200}" python3 -m pytest -p no:cacheprovider -q -x -m gpu \
   "$T::test_logits_match_hf[llama3.2-1b-H100-bs1-p500]" "$T::test_logits_match_hf[llama3.2-1b-H100-bs4-p1]" \
-  "$T::test_logits_match_hf[llama3-8b-H100-bs1-p500]" "$T::test_debug_build_two_layers" \
+  "$T::test_logits_match_hf[llama3-8b-H100-bs1-p500]" "$T::test_logits_match_hf[llama3-8b-H100-bs4-p500]" \
+  "$T::test_debug_build_two_layers" \
   "$T::test_staggered_positions_match_hf" 2>&1 | tail -15 | tee "$OUT/check.log"
 timeout 120 compute-sanitizer --tool racecheck python3 -m tests.gpu.sanitize_run 2>&1 | tail -4 | tee "$OUT/racecheck.log"
-base() {
+CASES=${ADAMK_CASES:-llama3.2-1b:1,llama3-8b:1}
+base() {  # the previous commit's kernel of each case (its plan made by its own search)
   [ -d .base ] && [ -d .devbase ] || return 0
-  (cd .base && ADAMK_CACHE=$PWD/../.devbase PYTHONPATH=$PWD python3 -c "
+  for case in ${CASES//,/ }; do
+    (cd .base && ADAMK_CACHE=$PWD/../.devbase PYTHONPATH=$PWD python3 -c "
 from benchmarks.ablation import time_variant
-print('previous commit, $1 bs1 ctx512: %.3f ms/token' % time_variant('$1', 'H100', 1, ()), flush=True)")
+print('previous commit, ${case%:*} bs${case#*:} ctx512: %.3f ms/token' % time_variant('${case%:*}', 'H100', ${case#*:}, ()), flush=True)")
+  done
 }
-{ base llama3.2-1b; base llama3-8b; timeout 300 python3 -m benchmarks.ablation; base llama3.2-1b; base llama3-8b; } \
-  2>&1 | grep -v Warning | tee "$OUT/timing.log"
+{ base; timeout "${ABLATION_TIMEOUT:-300}" python3 -m benchmarks.ablation; base; } 2>&1 | grep -v Warning | tee "$OUT/timing.log"

@@ -50,6 +50,7 @@ class CostConstants:
     l2_bw_per_sm: float  # bytes/s one SM reads from L2 while staging
     mem_latency_s: float  # loaded DRAM latency (in-flight bytes / latency caps an SM's stream)
     alu_rate_per_sm: float  # fp32 instructions/s of one SM (lanes x boost clock)
+    smem_bw_per_sm: float  # shared-memory bytes/s one SM's multiply achieves (see _est)
     attn_fixed_s: float  # attention task: RoPE, q/k/v loads, 3 block barriers, warp combine
     attn_iter_s: float  # one position per warp: K/V loads (latency bound), bookkeeping
     attn_head_s: float  # one position per warp per query head: dot product, shuffles, exp
@@ -61,7 +62,8 @@ class CostConstants:
     stream_efficiency: float = 0.75
 
 
-def _est(gpu: str, *, sync: float, l2_tb_s: float, sms: int, alu: float, lat: float = 1.0) -> CostConstants:
+def _est(gpu: str, *, sync: float, l2_tb_s: float, sms: int, lanes: int, clock: float, lat: float = 1.0) -> CostConstants:
+    alu = lanes * clock
     return CostConstants(
         gpu=gpu,
         sync_latency_s=sync * US,
@@ -71,6 +73,10 @@ def _est(gpu: str, *, sync: float, l2_tb_s: float, sms: int, alu: float, lat: fl
         l2_bw_per_sm=l2_tb_s * 1e12 / sms,
         mem_latency_s=lat * US,
         alu_rate_per_sm=alu,
+        # Half the 32 banks x 4 bytes per clock: the batched multiply of Llama-3-8B at batch 8
+        # (2-row chunks) measured 0.73 us of multiply per chunk on an H100, where the full rate
+        # predicts 0.44 (benchmarks/RESULTS.md, session 4).
+        smem_bw_per_sm=64 * clock,
         attn_fixed_s=2.0 * US,
         attn_iter_s=0.2 * US,
         attn_head_s=0.03 * US,
@@ -89,7 +95,7 @@ def _calibrated_hopper(gpu: str) -> CostConstants:
     profile_step.py). With these the simulator predicts 921 us for Llama-3.2-1B and 4,776 us for
     Llama-3-8B (default plans, batch 1, context 512) against 1,001 and 4,933 us measured. The H100
     uses the same constants (same SM, same L2), not measured there."""
-    base = _est(gpu, sync=0.42, l2_tb_s=5.5, sms=132, alu=128 * 1.755e9)
+    base = _est(gpu, sync=0.42, l2_tb_s=5.5, sms=132, lanes=128, clock=1.755e9)
     return dataclasses.replace(
         base, task_overhead_s=1.5 * US, stage_fixed_s=1.5 * US, stream_efficiency=0.75,
         source=f"calibrated on an H200, 2026-11-27 (sync 0.42 us, task overhead 1.5 us, staging 1.5 us, "
@@ -102,10 +108,10 @@ def _calibrated_hopper(gpu: str) -> CostConstants:
 COSTS: dict[str, CostConstants] = {
     "H100": _calibrated_hopper("H100"),
     "H200": _calibrated_hopper("H200"),
-    "A100": _est("A100", sync=1.2, l2_tb_s=4.0, sms=108, alu=64 * 1.41e9),
-    "L20": _est("L20", sync=1.2, l2_tb_s=3.5, sms=92, alu=128 * 2.52e9),
-    "L40S": _est("L40S", sync=1.2, l2_tb_s=4.5, sms=142, alu=128 * 2.52e9),
-    "RTX4090": _est("RTX4090", sync=1.2, l2_tb_s=5.0, sms=128, alu=128 * 2.52e9),
+    "A100": _est("A100", sync=1.2, l2_tb_s=4.0, sms=108, lanes=64, clock=1.41e9),
+    "L20": _est("L20", sync=1.2, l2_tb_s=3.5, sms=92, lanes=128, clock=2.52e9),
+    "L40S": _est("L40S", sync=1.2, l2_tb_s=4.5, sms=142, lanes=128, clock=2.52e9),
+    "RTX4090": _est("RTX4090", sync=1.2, l2_tb_s=5.0, sms=128, lanes=128, clock=2.52e9),
 }
 
 
@@ -113,7 +119,7 @@ def constants_for(gpu: GpuSpec) -> CostConstants:
     c = COSTS.get(gpu.name)
     if c is not None:
         return c
-    return _est(gpu.name, sync=1.2, l2_tb_s=4.0, sms=gpu.sms, alu=128 * 1.8e9)
+    return _est(gpu.name, sync=1.2, l2_tb_s=4.0, sms=gpu.sms, lanes=128, clock=1.8e9)
 
 
 def staged_key(kind: str, layer: int, idx: int, ksplit: int) -> int:
@@ -137,8 +143,18 @@ class CostModel:
             chunk = t.chunk_rows * t.kc * 2
             in_flight = max(1, S - 1) * chunk
             bw = min(self.share, in_flight / c.mem_latency_s)
-            per_chunk = c.chunk_overhead_s + t.chunk_rows * t.kc * (1 + 2 * B) / c.alu_rate_per_sm
+            if plan.batched:  # shared-memory bound: the chunk written once, read once, and the
+                # activations read once per chunk (batched multiply, adamk/linear.cuh)
+                per_chunk = c.chunk_overhead_s + (4 * t.chunk_rows + 2 * B) * t.kc / c.smem_bw_per_sm
+            else:
+                per_chunk = c.chunk_overhead_s + t.chunk_rows * t.kc * (1 + 2 * B) / c.alu_rate_per_sm
+            overhead = c.task_overhead_s
+            if kind in ("o", "down") and t.ksplit > 1:
+                # the last split of a tile sums the splits' partials of the residual stream
+                # (adamk/linear.cuh, finish_stream): an arrival round trip and an L2 read
+                overhead += c.sync_latency_s + c.stage_fixed_s + t.rows * B * t.ksplit * 4 / c.l2_bw_per_sm
             self.kinds[kind] = dict(
+                overhead=overhead,
                 bw=bw,
                 compute=t.chunks * per_chunk,
                 last=per_chunk,
@@ -192,10 +208,10 @@ class CostModel:
             if v > a:
                 a = v
         f = a if c <= D else max(a, s) + (c - m) * ct
-        end = max(s + k["compute"], f + k["last"]) + self.c.task_overhead_s
+        end = max(s + k["compute"], f + k["last"]) + k["overhead"]
         if not want_hist:
             return s, f, end, None
-        body = end - self.c.task_overhead_s - s
+        body = end - k["overhead"] - s
         new = (list(hist) + [s + body * i / c for i in range(max(0, c - D), c)])[-D:]
         return s, f, end, new
 
@@ -210,12 +226,12 @@ class CostModel:
         m = min(c, D)
         a = np.maximum(f + m * ct, (hist[:, :m] + (m - np.arange(m)) * ct).max(axis=1))
         fn = a if c <= D else np.maximum(a, s) + (c - m) * ct
-        e = np.maximum(s + k["compute"], fn + k["last"]) + self.c.task_overhead_s
+        e = np.maximum(s + k["compute"], fn + k["last"]) + k["overhead"]
         return s, fn, e
 
     def push_hist(self, kind: str, hist_row: list, s: float, end: float) -> list:
         c, D = self.plan.tilings[kind].chunks, self.depth
-        body = end - self.c.task_overhead_s - s
+        body = end - self.kinds[kind]["overhead"] - s
         return (list(hist_row) + [s + body * i / c for i in range(max(0, c - D), c)])[-D:]
 
 

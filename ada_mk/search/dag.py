@@ -92,10 +92,10 @@ class Dag:
         if kind in ("qkv", "gate_up", "lm_head"):
             kc = p.tilings[kind].kc
             if kind == "qkv" and layer == 0:
-                return B * (H + kc) * 2  # the embedding rows, bf16
+                return B * (H + kc) * 2 + kc * 2  # the embedding rows (whole, for rstd), gamma
+            # the chunk of the published bf16 stream, the producer tiles' sums of squares, gamma
             prev = {"qkv": "down", "gate_up": "o", "lm_head": "down"}[kind]
-            ns = p.tilings[prev].ksplit
-            return B * (H + kc) * 4 * ns + (H + kc) * 2  # the partial sums twice + gamma
+            return B * kc * 2 + p.tilings[prev].tiles * B * 4 + kc * 2
         if kind == "o":
             # The copy of the combined output is B * kc * 2 bytes; the last attention split's
             # combine of every split (adamk/attention.cuh) still reads the partials, and charging

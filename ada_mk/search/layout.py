@@ -129,9 +129,12 @@ def make_layout(plan: Plan) -> Layout:
     s.add("attn_o", (B, m.num_attention_heads, plan.attn_splits, m.head_dim))
     s.add("attn_ml", (B, m.num_attention_heads, plan.attn_splits, 2))
     s.add("attn_out", (B, m.q_size // 2))  # the combined attention output, bf16 pairs
-    s.add("o_part", (t["o"].ksplit, B, H))
     s.add("gate_up_part", (t["gate_up"].ksplit, B, 2 * I))
-    s.add("down_part", (t["down"].ksplit, B, H))
+    for stage in ("o", "down"):  # the residual stream after attention and after the MLP
+        if t[stage].ksplit > 1:
+            s.add(f"{stage}_part", (t[stage].ksplit, B, H))
+        s.add(f"{stage}_stream", (B, H // 2))  # bf16 pairs
+        s.add(f"{stage}_sumsq", (t[stage].tiles, B))  # per tile, for the consumers' RMSNorm
     scratch = _region(4, g, s, L)
 
     g = _Builder(4)
@@ -143,6 +146,9 @@ def make_layout(plan: Plan) -> Layout:
     c.add("o", (t["o"].tiles,))
     c.add("gate_up", (t["gate_up"].tiles,))
     c.add("down", (t["down"].tiles,))
+    for stage in ("o", "down"):
+        if t[stage].ksplit > 1:  # splits finished, to elect the one that sums them
+            c.add(f"{stage}_arrive", (t[stage].tiles,))
     counters = _region(4, g, c, L)
 
     kv = B * m.num_key_value_heads * plan.deploy.max_context * m.head_dim

@@ -25,6 +25,16 @@ WARPS = THREADS // 32
 LINEAR_KINDS = ("qkv", "o", "gate_up", "down", "lm_head")
 KIND_IDS = {"qkv": 0, "attn": 1, "o": 2, "gate_up": 3, "down": 4, "lm_head": 5, "argmax": 6}
 
+# From this batch on, the kernel multiplies a weight chunk by all sequences at once: every warp
+# takes all rows of the chunk over its share of the columns, 8 rows x 8 sequences per tensor-core
+# MMA (adamk/linear.cuh, multiply_batched). Below it, one row per warp group (multiply_rows).
+BATCHED_FROM = 2
+
+
+def batched(batch: int) -> bool:
+    """Whether a kernel of this batch uses the batched multiply."""
+    return batch >= BATCHED_FROM
+
 
 @dataclass(frozen=True)
 class LinearTiling:
@@ -64,6 +74,13 @@ class LinearTiling:
     @property
     def stage_bytes(self) -> int:
         return self.chunk_rows * self.kc * 2
+
+    def red_floats(self, batch: int) -> int:
+        """Shared floats its reduction needs: [rows][warps_per_row][B] per-warp partials, or with
+        the batched multiply [rows][B] results plus two chunks' [WARPS][chunk_rows][B] partials."""
+        if batched(batch):
+            return (self.rows + 2 * WARPS * self.chunk_rows) * batch
+        return self.rows * self.warps_per_row * batch
 
     def k_range(self, split: int) -> tuple[int, int]:
         return split * self.kc, (split + 1) * self.kc
@@ -124,9 +141,13 @@ class Plan:
         return self.batch * max(t.kc for t in self.tilings.values()) * 2
 
     @property
+    def batched(self) -> bool:
+        return batched(self.batch)
+
+    @property
     def red_bytes(self) -> int:
-        """Shared memory for per-warp partial dot products: [rows][warps_per_row][B] floats."""
-        return max(t.rows * t.warps_per_row for t in self.tilings.values()) * self.batch * 4
+        """Shared memory for the partial dot products (LinearTiling.red_floats)."""
+        return max(t.red_floats(self.batch) for t in self.tilings.values()) * 4
 
     @property
     def attn_bytes(self) -> int:

@@ -11,7 +11,8 @@ The block holds, at once:
   ring   d * stage_bytes, stage_bytes = max over kinds of r * kc * 2   (the weight pipeline: the
          current task's chunks and the prefetch of the next tasks' weights share it),
   x      B * max kc * 2       (the staged bf16 activation chunk),
-  red    max rows * warps_per_row * B * 4   (per-warp partial dot products),
+  red    per-warp partial dot products: max rows * warps_per_row * B * 4, or with the batched
+         multiply (B >= 2) max (rows + 2 * WARPS * chunk_rows) * B * 4 (LinearTiling.red_floats),
   attn   the attention scratch (independent of the linear tiling, see Plan.attn_bytes),
   misc   RMSNorm statistics.
 
@@ -41,7 +42,7 @@ class StageSmem:
     chunk_bytes: int  # one ring slot as this stage fills it: chunk_rows * kc * 2
     ring: int  # stages * chunk_bytes: this stage's own pipeline
     x: int  # B * kc * 2
-    red: int  # rows * warps_per_row * B * 4
+    red: int  # LinearTiling.red_floats(B) * 4
 
     @property
     def total(self) -> int:
@@ -51,7 +52,7 @@ class StageSmem:
 def stage_smem(t: LinearTiling, kind: str, stages: int, batch: int) -> StageSmem:
     chunk = t.chunk_rows * t.kc * 2
     return StageSmem(kind, t.chunk_rows, t.kc, stages, chunk, stages * chunk, batch * t.kc * 2,
-                     t.rows * t.warps_per_row * batch * 4)
+                     t.red_floats(batch) * 4)
 
 
 @dataclass(frozen=True)

@@ -42,8 +42,8 @@ def model_for(config: str, gpu: str, batch: int, layers: int | None, max_context
 
 def kernel_for(config: str, gpu: str, batch: int, layers: int | None = None, debug: bool = False,
                log=None, profile: bool = False, strategy: str = "search",
-               defines: tuple[str, ...] = ()) -> tuple[Plan, Artifacts]:
-    m, d = model_for(config, gpu, batch, layers)
+               defines: tuple[str, ...] = (), max_context: int = 1024) -> tuple[Plan, Artifacts]:
+    m, d = model_for(config, gpu, batch, layers, max_context)
     plan = make_plan(m, d, strategy=strategy)
     archs = ["sm_90a"]
     return plan, build(render(plan), archs, debug=debug, profile=profile, library=False, log=log, defines=defines)

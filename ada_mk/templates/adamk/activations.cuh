@@ -1,5 +1,6 @@
 // adamk/activations.cuh: reading the residual stream and staging the activation chunk that a
-// linear task multiplies into shared memory, as bf16 [B][kc] (block scope).
+// linear task multiplies into shared memory, as bf16 [B][kc] (block scope; rows laid out by
+// tile_offset, adamk/tasks.cuh).
 //
 // Each stage's input is rebuilt by its consumer from the producers' partial sums: RMSNorm of the
 // residual stream (QKV, gate/up, LM head), attention's combined output (O projection),
@@ -17,75 +18,90 @@
 
 namespace adamk {
 
-// The residual stream at one point of the step: the embedding rows (entering layer 0) or the
-// sum of a stage's K-split partials [nsplit][B][H] (the residual was added into split 0).
+// The residual stream at one point of the step: the embedding rows (entering layer 0), or the
+// bf16 [B][H] stream that the O or down tiles published (adamk/linear.cuh, finish_stream) with
+// their sums of squares [tiles][B].
 template <class C>
 struct Stream {
-  const float* part;  // nullptr: the embedding
-  int nsplit;
+  const __nv_bfloat16* x;  // nullptr: the embedding
+  const float* sumsq;
+  int tiles;
   const __nv_bfloat16* embed;
   const int* tokens;
 
-  // Four consecutive elements, rounded to bf16 (the stream is a bf16 tensor in the reference).
-  __device__ void load4(int b, int i, float (&v)[4]) const {
-    if (part == nullptr) {
-      const uint2 raw = __ldg(reinterpret_cast<const uint2*>(embed + static_cast<size_t>(tokens[b]) * C::H + i));
-      v[0] = __uint_as_float(raw.x << 16); v[1] = __uint_as_float(raw.x & 0xffff0000u);
-      v[2] = __uint_as_float(raw.y << 16); v[3] = __uint_as_float(raw.y & 0xffff0000u);
-      return;
-    }
-    float4 s = thread::ld_cg(reinterpret_cast<const float4*>(part + b * C::H + i));
-    for (int k = 1; k < nsplit; ++k) {
-      const float4 t = thread::ld_cg(reinterpret_cast<const float4*>(part + (k * C::B + b) * C::H + i));
-      s.x += t.x; s.y += t.y; s.z += t.z; s.w += t.w;
-    }
-    v[0] = thread::bf16_round(s.x); v[1] = thread::bf16_round(s.y);
-    v[2] = thread::bf16_round(s.z); v[3] = thread::bf16_round(s.w);
+  __device__ const __nv_bfloat16* row(int b) const {
+    return x != nullptr ? x + b * C::H : embed + static_cast<size_t>(tokens[b]) * C::H;
   }
 
-  __device__ float value(int b, int i) const {
-    if (part == nullptr) return __bfloat162float(embed[static_cast<size_t>(tokens[b]) * C::H + i]);
-    float s = 0.f;
-    for (int k = 0; k < nsplit; ++k) s += thread::ld_cg(part + (k * C::B + b) * C::H + i);
-    return thread::bf16_round(s);
-  }
+  // Four consecutive elements (8 bytes). Written by other SMs during this launch: read from L2.
+  __device__ uint2 load4(int b, int i) const { return __ldcg(reinterpret_cast<const uint2*>(row(b) + i)); }
+
+  __device__ float value(int b, int i) const { return __bfloat162float(row(b)[i]); }
 };
 
 // The stream entering `layer` (layer == L: entering the final norm).
 template <class C>
 __device__ Stream<C> stream_in(const Ctx<C>& c, int layer) {
-  if (layer == 0) return {nullptr, 1, c.a.weights + C::W::EMBED, c.a.tokens};
-  return {c.scratch(C::S::DOWN_PART, layer - 1), C::Down::KSPLIT, nullptr, nullptr};
+  if (layer == 0) return {nullptr, nullptr, 0, c.a.weights + C::W::EMBED, c.a.tokens};
+  return {reinterpret_cast<const __nv_bfloat16*>(c.scratch(C::S::DOWN_STREAM, layer - 1)),
+          c.scratch(C::S::DOWN_SUMSQ, layer - 1), C::Down::TILES, nullptr, nullptr};
 }
 
 // The stream between attention and MLP of `layer`.
 template <class C>
 __device__ Stream<C> stream_mid(const Ctx<C>& c, int layer) {
-  return {c.scratch(C::S::O_PART, layer), C::O::KSPLIT, nullptr, nullptr};
+  return {reinterpret_cast<const __nv_bfloat16*>(c.scratch(C::S::O_STREAM, layer)),
+          c.scratch(C::S::O_SUMSQ, layer), C::O::TILES, nullptr, nullptr};
+}
+
+// Where the O (KIND == O) or down projection of `layer` publishes the stream.
+template <class C, int KIND>
+__device__ __nv_bfloat16* stream_out(const Ctx<C>& c, int layer) {
+  return reinterpret_cast<__nv_bfloat16*>(c.scratch_w(KIND == O ? C::S::O_STREAM : C::S::DOWN_STREAM, layer));
+}
+
+// K-split O or down projections only: their float partials [split][B][H], and the arrival
+// counters that elect the split that sums them.
+template <class C, int KIND>
+__device__ float* stream_part(const Ctx<C>& c, int layer) {
+  if constexpr (KIND == O) return c.scratch_w(C::S::O_PART, layer);
+  else return c.scratch_w(C::S::DOWN_PART, layer);
+}
+template <class C, int KIND>
+__device__ unsigned* stream_arrivals(const Ctx<C>& c, int layer) {
+  if constexpr (KIND == O) return c.counter(C::K::O_ARRIVE, layer);
+  else return c.counter(C::K::DOWN_ARRIVE, layer);
 }
 
 namespace block {
 
-// x[b][k] = bf16(gamma[k0 + k] * bf16(v * rsqrt(mean(v^2) + eps))), as HF's RMSNorm.
-// One round trip to L2: the stream and the chunk's gamma are all loaded before any is used, the
-// stream kept in registers (bf16, exact: the stream is rounded to bf16) until rstd is known.
-template <class C, int KC>
-__device__ void stage_rmsnorm(Ctx<C>& c, const Stream<C>& s, const __nv_bfloat16* gamma, int k0) {
+// misc[WARPS * B + b] = rsqrt(mean(v^2) + eps) of each sequence's stream, from the tiles' sums
+// of squares that came with a published stream.
+template <class C>
+__device__ void published_rstd(Ctx<C>& c, const Stream<C>& s) {
+  constexpr int B = C::B;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  if (warp < B) {
+    float t = 0.f;
+    for (int i = lane; i < s.tiles; i += 32) t += thread::ld_cg(s.sumsq + i * B + warp);
+    t = warp::sum(t);
+    if (lane == 0) c.misc[WARPS * B + warp] = rsqrtf(t / C::H + C::EPS);
+  }
+  __syncthreads();
+}
+
+// The same for the embedding rows entering layer 0, summed here (all loads issued first).
+template <class C>
+__device__ void embedding_rstd(Ctx<C>& c, const Stream<C>& s) {
   constexpr int B = C::B, ITER = (C::H / 4 + C::THREADS - 1) / C::THREADS;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  uint2 v[ITER][B], g[ITER];
+  uint2 v[ITER][B];
 #pragma unroll
   for (int it = 0; it < ITER; ++it) {
     const int i = (threadIdx.x + it * C::THREADS) * 4;
-    if (i < C::H) {
 #pragma unroll
-      for (int b = 0; b < B; ++b) {
-        float f[4];
-        s.load4(b, i, f);
-        v[it][b] = thread::pack4(f);
-      }
-      if (i >= k0 && i < k0 + KC) g[it] = __ldg(reinterpret_cast<const uint2*>(gamma + i));
-    }
+    for (int b = 0; b < B; ++b)
+      if (i < C::H) v[it][b] = s.load4(b, i);
   }
   float ss[B] = {};
 #pragma unroll
@@ -107,24 +123,44 @@ __device__ void stage_rmsnorm(Ctx<C>& c, const Stream<C>& s, const __nv_bfloat16
   __syncthreads();
   if (threadIdx.x < B) {
     float t = 0.f;
-    for (int w = 0; w < C::THREADS / 32; ++w) t += c.misc[w * B + threadIdx.x];
-    c.misc[(C::THREADS / 32) * B + threadIdx.x] = rsqrtf(t / C::H + C::EPS);
+    for (int w = 0; w < WARPS; ++w) t += c.misc[w * B + threadIdx.x];
+    c.misc[WARPS * B + threadIdx.x] = rsqrtf(t / C::H + C::EPS);
   }
   __syncthreads();
+}
+
+// x[b][k] = bf16(gamma[k0 + k] * bf16(v * rsqrt(mean(v^2) + eps))), as HF's RMSNorm, reading
+// only the chunk's columns of the stream: a published stream's chunk and gamma are loaded
+// before rstd is summed from the tiles, so both round trips to L2 overlap.
+template <class C, class T>
+__device__ void stage_rmsnorm(Ctx<C>& c, const Stream<C>& s, const __nv_bfloat16* gamma, int k0) {
+  constexpr int B = C::B, NK = T::KC / 4, PER = (NK + C::THREADS - 1) / C::THREADS;
+  if (s.x == nullptr) embedding_rstd<C>(c, s);
+  uint2 v[PER][B], g[PER];
 #pragma unroll
-  for (int it = 0; it < ITER; ++it) {
-    const int i = (threadIdx.x + it * C::THREADS) * 4;
-    if (i < C::H && i >= k0 && i < k0 + KC) {
+  for (int q = 0; q < PER; ++q) {
+    const int k = (threadIdx.x + q * C::THREADS) * 4;
+    if (k < T::KC) {
+      g[q] = __ldg(reinterpret_cast<const uint2*>(gamma + k0 + k));
+#pragma unroll
+      for (int b = 0; b < B; ++b) v[q][b] = s.load4(b, k0 + k);
+    }
+  }
+  if (s.x != nullptr) published_rstd<C>(c, s);
+#pragma unroll
+  for (int q = 0; q < PER; ++q) {
+    const int k = (threadIdx.x + q * C::THREADS) * 4;
+    if (k < T::KC) {
       float gf[4];
-      thread::unpack4(g[it], gf);
+      thread::unpack4(g[q], gf);
 #pragma unroll
       for (int b = 0; b < B; ++b) {
-        const float rstd = c.misc[(C::THREADS / 32) * B + b];
+        const float rstd = c.misc[WARPS * B + b];
         float f[4];
-        thread::unpack4(v[it][b], f);
+        thread::unpack4(v[q][b], f);
 #pragma unroll
         for (int t = 0; t < 4; ++t) f[t] = gf[t] * thread::bf16_round(f[t] * rstd);
-        *reinterpret_cast<uint2*>(c.x + b * KC + i - k0) = thread::pack4(f);
+        *reinterpret_cast<uint2*>(c.x + tile_offset<C, T>(b, k)) = thread::pack4(f);
       }
     }
   }
@@ -132,9 +168,9 @@ __device__ void stage_rmsnorm(Ctx<C>& c, const Stream<C>& s, const __nv_bfloat16
 
 // x[b][k] = attention output of column k0 + k: a copy of the bf16 output that the last split
 // of each attention group combined (adamk/attention.cuh), all loads issued at once.
-template <class C, int KC>
+template <class C, class T>
 __device__ void stage_attention(Ctx<C>& c, int layer, int k0) {
-  constexpr int N8 = C::B * KC / 8, PER = (N8 + C::THREADS - 1) / C::THREADS;  // 16-byte vectors
+  constexpr int KC = T::KC, N8 = C::B * KC / 8, PER = (N8 + C::THREADS - 1) / C::THREADS;  // 16-byte vectors
   const __nv_bfloat16* out = reinterpret_cast<const __nv_bfloat16*>(c.scratch(C::S::ATTN_OUT, layer));
   uint4 v[PER];
 #pragma unroll
@@ -145,16 +181,16 @@ __device__ void stage_attention(Ctx<C>& c, int layer, int k0) {
 #pragma unroll
   for (int q = 0; q < PER; ++q) {
     const int e = threadIdx.x + q * C::THREADS, b = e / (KC / 8), k = (e % (KC / 8)) * 8;
-    if (e < N8) *reinterpret_cast<uint4*>(c.x + b * KC + k) = v[q];
+    if (e < N8) *reinterpret_cast<uint4*>(c.x + tile_offset<C, T>(b, k)) = v[q];
   }
 }
 
 // x[b][k] = bf16(bf16(silu(gate)) * up) for intermediate column k0 + k, as HF's MLP. With a
 // K-split gate/up stage this sums its partials first; unsplit, SiLU was applied by the producer.
-template <class C, int KC>
+template <class C, class T>
 __device__ void stage_silu_mul(Ctx<C>& c, int layer, int k0) {
   // Up to 8 vectors of gate and of up per thread in flight at once (more spill registers).
-  constexpr int B = C::B, I = C::I, S = C::GateUp::KSPLIT, N4 = B * KC / 4;
+  constexpr int B = C::B, KC = T::KC, I = C::I, S = C::GateUp::KSPLIT, N4 = B * KC / 4;
   constexpr int PER = (N4 + C::THREADS - 1) / C::THREADS, UNROLL = PER < 8 ? PER : 8;
   const float* part = c.scratch(C::S::GATE_UP_PART, layer);
   for (int base = threadIdx.x; base < N4; base += C::THREADS * UNROLL) {
@@ -187,7 +223,7 @@ __device__ void stage_silu_mul(Ctx<C>& c, int layer, int k0) {
         out[t] = silu * (S == 1 ? uv[t] : thread::bf16_round(uv[t]));
       }
       const int b = e / (KC / 4), k = (e % (KC / 4)) * 4;
-      *reinterpret_cast<uint2*>(c.x + b * KC + k) = thread::pack4(out);
+      *reinterpret_cast<uint2*>(c.x + tile_offset<C, T>(b, k)) = thread::pack4(out);
     }
   }
 }

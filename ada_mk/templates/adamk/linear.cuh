@@ -1,8 +1,9 @@
 // adamk/linear.cuh: one task of a fused linear stage (block scope).
 //
 // The task multiplies ROWS weight rows over one K-chunk by the staged activation chunk. Its
-// weight tile arrives through the ring one chunk (CHUNK_ROWS rows) at a time; each row of a chunk
-// is reduced by WPR warps, lane by lane over 16-byte vectors, then across lanes and warps.
+// weight tile arrives through the ring one chunk (CHUNK_ROWS rows) at a time; the chunk's rows
+// are multiplied on the tensor cores, one row per warp group at batch 1 (multiply_rows) or all
+// rows by every warp with several sequences (multiply_batched), then reduced across warps.
 #pragma once
 #include "adamk/activations.cuh"
 #include "adamk/mma.cuh"
@@ -21,12 +22,12 @@ __device__ void stage_input(Ctx<C>& c, int layer, int split) {
   c.staged = key;
   using W = typename C::W;
   const int k0 = split * T::KC;
-  if constexpr (KIND == QKV) stage_rmsnorm<C, T::KC>(c, stream_in(c, layer), c.weight(W::INPUT_NORM, layer), k0);
-  if constexpr (KIND == GATE_UP) stage_rmsnorm<C, T::KC>(c, stream_mid(c, layer), c.weight(W::POST_NORM, layer), k0);
+  if constexpr (KIND == QKV) stage_rmsnorm<C, T>(c, stream_in(c, layer), c.weight(W::INPUT_NORM, layer), k0);
+  if constexpr (KIND == GATE_UP) stage_rmsnorm<C, T>(c, stream_mid(c, layer), c.weight(W::POST_NORM, layer), k0);
   if constexpr (KIND == LM_HEAD)
-    stage_rmsnorm<C, T::KC>(c, stream_in(c, C::L), c.a.weights + W::FINAL_NORM, k0);
-  if constexpr (KIND == O) stage_attention<C, T::KC>(c, layer, k0);
-  if constexpr (KIND == DOWN) stage_silu_mul<C, T::KC>(c, layer, k0);
+    stage_rmsnorm<C, T>(c, stream_in(c, C::L), c.a.weights + W::FINAL_NORM, k0);
+  if constexpr (KIND == O) stage_attention<C, T>(c, layer, k0);
+  if constexpr (KIND == DOWN) stage_silu_mul<C, T>(c, layer, k0);
 }
 
 // Row `row` of batch entry b is done: store it where its consumers read it.
@@ -45,30 +46,63 @@ __device__ void store_row(Ctx<C>& c, int layer, int split, int b, int row, float
     c.scratch_w(S::GATE_UP_PART, layer)[(split * C::B + b) * T::N + row] = v;
   }
   // The residual add rides on split 0. Unsplit, the product is rounded to bf16 first, as the
-  // bf16 reference rounds the projection's output before adding it to the stream.
+  // bf16 reference rounds the projection's output before adding it to the stream, and the sum is
+  // the stream itself; K-split, the last split to finish sums the partials (finish_stream).
   if constexpr (KIND == O || KIND == DOWN) {
     if (split == 0) {
       if constexpr (T::KSPLIT == 1) v = thread::bf16_round(v);
       v += KIND == O ? stream_in(c, layer).value(b, row) : stream_mid(c, layer).value(b, row);
     }
-    c.scratch_w(KIND == O ? S::O_PART : S::DOWN_PART, layer)[(split * C::B + b) * T::N + row] = v;
+    if constexpr (T::KSPLIT == 1) stream_out<C, KIND>(c, layer)[b * C::H + row] = __float2bfloat16_rn(v);
+    else stream_part<C, KIND>(c, layer)[(split * C::B + b) * T::N + row] = v;
   }
   if constexpr (KIND == LM_HEAD) c.a.scratch[S::LOGITS + b * C::V + row] = v;
 }
 
+// The O and down tasks of a tile have stored their rows: publish the tile's part of the residual
+// stream (bf16 [B][H]) and its sums of squares per sequence, from which every consumer's RMSNorm
+// takes rstd without reading the whole stream. K-split, the last split of the tile to finish sums
+// the partials first (in split order, so every step computes the same bits); it alone bumps the
+// tile's counter, by the split count.
 template <class C, class T, int KIND>
-__device__ void linear_task(Ctx<C>& c, int layer, int idx) {
+__device__ void finish_stream(Ctx<C>& c, int layer, int tile) {
   constexpr int B = C::B;
-  const int tile = idx / T::KSPLIT, split = idx % T::KSPLIT;
-  const int row0 = tile * T::ROWS;
+  const int row0 = tile * T::ROWS, rows = min(T::ROWS, T::N - row0);
+  __nv_bfloat16* out = stream_out<C, KIND>(c, layer);
+  __syncthreads();
+  if constexpr (T::KSPLIT > 1) {
+    if (!arrive_last(stream_arrivals<C, KIND>(c, layer) + tile, T::KSPLIT, c.a.epoch)) return;
+    const float* part = stream_part<C, KIND>(c, layer);
+    for (int e = threadIdx.x; e < rows * B; e += C::THREADS) {
+      const int b = e / rows, row = row0 + e % rows;
+      float v = 0.f;
+#pragma unroll
+      for (int s = 0; s < T::KSPLIT; ++s) v += thread::ld_cg(part + (s * B + b) * T::N + row);
+      out[b * C::H + row] = __float2bfloat16_rn(v);
+    }
+    __syncthreads();
+  }
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  if (warp < B) {
+    float ss = 0.f;
+    for (int r = lane; r < rows; r += 32) {
+      const float v = __bfloat162float(out[warp * C::H + row0 + r]);
+      ss += v * v;
+    }
+    ss = warp::sum(ss);
+    if (lane == 0) c.scratch_w(KIND == O ? C::S::O_SUMSQ : C::S::DOWN_SUMSQ, layer)[tile * B + warp] = ss;
+  }
+  __syncthreads();
+  signal(c.counter(KIND == O ? C::K::O : C::K::DOWN, layer) + tile, T::KSPLIT);
+}
+
+// One row per warp group (batch 1): each row of a chunk is reduced by WPR warps, lane by lane
+// over 16-byte vectors (warp::RowDot); red[row][part][b] gets each warp's partial sum.
+template <class C, class T>
+__device__ void multiply_rows(Ctx<C>& c, int row0) {
+  constexpr int B = C::B;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int crow = warp / T::WPR, part = warp % T::WPR;  // this warp's row in a chunk, its K-part
-
-  stage_input<C, T, KIND>(c, layer, split);  // ordered by the ring's barrier
-#ifdef ADAMK_PROFILE
-  c.t_staged = global_ns();
-#endif
-
   for (int ch = 0; ch < T::CHUNKS; ++ch) {
     const __nv_bfloat16* w = c.ring.next() + crow * T::KC;
     const int row = row0 + ch * T::CHUNK_ROWS + crow;
@@ -101,12 +135,78 @@ __device__ void linear_task(Ctx<C>& c, int layer, int idx) {
       if (lane == 0) c.red[((ch * T::CHUNK_ROWS + crow) * T::WPR + part) * B + b] = acc;
     }
   }
+}
+
+// Chunk `ch` of the batched multiply is done by every warp: sum its 8 warps' partials, in a
+// fixed order, into red[row][b].
+template <class C, class T>
+__device__ void sum_chunk(Ctx<C>& c, int ch) {
+  constexpr int B = C::B, R = T::CHUNK_ROWS;
+  const float* part = c.red + T::ROWS * B + (ch & 1) * WARPS * R * B;
+  for (int e = threadIdx.x; e < R * B; e += C::THREADS) {
+    float v = 0.f;
+#pragma unroll
+    for (int w = 0; w < WARPS; ++w) v += part[w * R * B + e];
+    c.red[ch * R * B + e] = v;
+  }
+}
+
+// Several sequences (Cfg::BATCHED): the 8 warps split a chunk's columns, each multiplying all its
+// rows by all sequences on the tensor cores (warp::ChunkDot), so each activation load serves
+// every row of the chunk. A chunk's per-warp partials go to one of two buffers behind red's
+// [ROWS][B] results; they are summed at the next chunk, after the ring's barrier.
+template <class C, class T>
+__device__ void multiply_batched(Ctx<C>& c, int row0) {
+  constexpr int B = C::B, R = T::CHUNK_ROWS;
+  static_assert(B <= 8 && R <= 8, "one MMA holds 8 sequences x 8 rows");
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, n = lane >> 2, q = lane & 3;
+  const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
+  for (int ch = 0; ch < T::CHUNKS; ++ch) {
+    const __nv_bfloat16* w = c.ring.next();
+    if (ch > 0) sum_chunk<C, T>(c, ch - 1);
+    // Lane 4n + q loads weight row n and sequence n; rows past the chunk or the matrix, and
+    // sequences past the batch, feed zeros.
+    const bool row_in = n < R && row0 + ch * R + n < T::N, seq_in = n < B;
+    warp::ChunkDot dot;
+#ifndef ADAMK_ABLATE_MATH
+#pragma unroll 4
+    for (int v0 = warp * 4; v0 < T::VEC; v0 += 4 * WARPS) {
+      const int k = (v0 + q) * 8;
+      const bool in = T::VEC % 4 == 0 || k < T::KC;
+      const uint4 wv = row_in && in ? *reinterpret_cast<const uint4*>(w + tile_offset<C, T>(n, k)) : zero;
+      const uint4 xv = seq_in && in ? *reinterpret_cast<const uint4*>(c.x + tile_offset<C, T>(n, k)) : zero;
+      dot.add(wv, xv);
+    }
+#endif
+    float* part = c.red + T::ROWS * B + ((ch & 1) * WARPS + warp) * R * B;
+#pragma unroll
+    for (int j = 0; j < 2; ++j)
+      if (n < B && 2 * q + j < R) part[(2 * q + j) * B + n] = dot.value(j);
+  }
+  __syncthreads();
+  sum_chunk<C, T>(c, T::CHUNKS - 1);
+}
+
+template <class C, class T, int KIND>
+__device__ void linear_task(Ctx<C>& c, int layer, int idx) {
+  constexpr int B = C::B;
+  const int tile = idx / T::KSPLIT, split = idx % T::KSPLIT;
+  const int row0 = tile * T::ROWS;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+
+  stage_input<C, T, KIND>(c, layer, split);  // ordered by the ring's barrier
+#ifdef ADAMK_PROFILE
+  c.t_staged = global_ns();
+#endif
+  if constexpr (C::BATCHED) multiply_batched<C, T>(c, row0);
+  else multiply_rows<C, T>(c, row0);
   __syncthreads();
 
+  constexpr int PARTS = C::BATCHED ? 1 : T::WPR;  // partial sums per output in red
   for (int e = threadIdx.x; e < T::ROWS * B; e += C::THREADS) {
     const int r = e / B, b = e % B, row = row0 + r;
     float v = 0.f;
-    for (int p = 0; p < T::WPR; ++p) v += c.red[(r * T::WPR + p) * B + b];
+    for (int p = 0; p < PARTS; ++p) v += c.red[(r * PARTS + p) * B + b];
     if (row < T::N) store_row<C, T, KIND>(c, layer, split, b, row, v);
     if constexpr (KIND == LM_HEAD) c.attn[e] = row < T::N ? v : -INFINITY;
   }
@@ -128,10 +228,13 @@ __device__ void linear_task(Ctx<C>& c, int layer, int idx) {
       }
     }
   }
-  __syncthreads();
-  signal(KIND == LM_HEAD ? c.a.counters + C::K::LM_HEAD + tile
-                         : c.counter(KIND == QKV ? C::K::QKV : KIND == O ? C::K::O
-                                     : KIND == GATE_UP ? C::K::GATE_UP : C::K::DOWN, layer) + tile);
+  if constexpr (KIND == O || KIND == DOWN) {
+    finish_stream<C, T, KIND>(c, layer, tile);
+  } else {
+    __syncthreads();
+    signal(KIND == LM_HEAD ? c.a.counters + C::K::LM_HEAD + tile
+                           : c.counter(KIND == QKV ? C::K::QKV : C::K::GATE_UP, layer) + tile);
+  }
 }
 
 }  // namespace adamk::block

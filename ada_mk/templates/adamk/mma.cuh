@@ -10,6 +10,10 @@
 // lanes 4n .. 4n + 3; the rest of D mixes columns and is discarded. One 16-byte vector feeds two
 // MMAs (k 0-7 and 8-15 of each tile take elements 0-1 / 2-3 and 4-5 / 6-7 of every lane's
 // vector), so the multiply needs no bf16 -> float conversion and no FMA loop.
+//
+// With several sequences (Cfg::BATCHED) that reads each sequence's activations once per weight
+// row; ChunkDot instead multiplies 8 rows by 8 sequences in one MMA, so every activation load
+// serves 8 rows.
 #pragma once
 #include <cute/arch/mma_sm80.hpp>
 #include "adamk/warp.cuh"
@@ -39,6 +43,26 @@ struct RowDot {
     if (c + 1 == n) s = d[0][r + 1] + d[1][r + 1];
     return sum(s);
   }
+};
+
+// Up to 8 weight rows (the MMA's N) times up to 8 sequences (its M rows 0-7; rows 8-15 are
+// zero), 32 columns per call. Lane 4n + q brings the same 16-byte vector (columns 8j .. 8j + 7)
+// of weight row n and of sequence n's activations, j = 4 * step + q; as in RowDot, the MMA's k
+// order is a permutation of those columns applied to both operands. Two accumulators, one per
+// MMA, so consecutive MMAs do not wait on each other.
+struct ChunkDot {
+  float d[2][4] = {};
+
+  __device__ __forceinline__ void add(const uint4& w, const uint4& x) {
+    using Mma = cute::SM80_16x8x16_F32BF16BF16F32_TN;
+    Mma::fma(d[0][0], d[0][1], d[0][2], d[0][3], x.x, 0u, x.y, 0u, w.x, w.y,
+             d[0][0], d[0][1], d[0][2], d[0][3]);
+    Mma::fma(d[1][0], d[1][1], d[1][2], d[1][3], x.z, 0u, x.w, 0u, w.z, w.w,
+             d[1][0], d[1][1], d[1][2], d[1][3]);
+  }
+
+  // Lane 4s + q holds sequence s's dot products with rows 2q (j = 0) and 2q + 1 (j = 1).
+  __device__ __forceinline__ float value(int j) const { return d[0][j] + d[1][j]; }
 };
 
 }  // namespace adamk::warp

@@ -34,6 +34,17 @@ struct Tiling {
   static_assert(ROWS % CHUNK_ROWS == 0, "a task is whole chunks");
 };
 
+// Where element k of row `row` sits in a [rows][KC] bf16 tile in shared memory: a weight chunk
+// in the ring, or the staged activations (one row per sequence). The batched multiply
+// (adamk/mma.cuh, ChunkDot) loads 64 bytes at the same column from each of 8 rows at once; with
+// rows KC * 2 bytes apart (a multiple of 128) rows 2i and 2i + 1 would hit the same banks, so odd
+// rows keep their 16-byte vectors XOR 4, in the other half of each 128-byte line.
+template <class C, class T>
+__device__ __forceinline__ int tile_offset(int row, int k) {
+  constexpr bool SWIZZLE = C::BATCHED && T::VEC % 8 == 0;
+  return row * T::KC + (SWIZZLE ? k ^ ((row & 1) << 5) : k);
+}
+
 // Kernel arguments: device buffers laid out by the plan, the step's inputs and outputs.
 struct Args {
   const __nv_bfloat16* weights;

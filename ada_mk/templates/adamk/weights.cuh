@@ -105,7 +105,7 @@ struct WeightRing {
     for (int v = threadIdx.x; v < T::CHUNK_ROWS * T::VEC; v += C::THREADS) {
       const int r = v / T::VEC, c = v % T::VEC;
       if (row0 + r < T::N)
-        thread::cp_async_16(dst + (r * T::KC + c * 8) * 2, src + static_cast<size_t>(r) * T::K + c * 8);
+        thread::cp_async_16(dst + tile_offset<C, T>(r, c * 8) * 2, src + static_cast<size_t>(r) * T::K + c * 8);
     }
     load.template advance<T>();
   }

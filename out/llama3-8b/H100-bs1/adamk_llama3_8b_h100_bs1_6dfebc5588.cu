@@ -44,6 +44,8 @@ struct Cfg {
   using GateUp = Tiling<28672, 4096, 32, 1, 2>;  // 896 tiles x 1 K-split = 896 tasks of 256 KB, 8 chunk(s) of 32 KB
   using Down = Tiling<4096, 14336, 16, 1, 8>;  // 256 tiles x 1 K-split = 256 tasks of 448 KB, 16 chunk(s) of 28 KB
   using LmHead = Tiling<128256, 4096, 48, 1, 2>;  // 2672 tiles x 1 K-split = 2672 tasks of 384 KB, 12 chunk(s) of 32 KB
+  // One sequence: each row of a chunk is reduced by its own warps.
+  static constexpr bool BATCHED = false;
   static constexpr int ATTN_SPLITS = 16;  // sequence splits per (sequence, K/V head)
   static constexpr int MAX_TASKS = 393;  // the longest task list of any SM
 
@@ -74,21 +76,23 @@ struct Cfg {
     static constexpr size_t BQKV = 0;
   };
 
-  // Scratch, 4-byte elements (14.82 MB): K-split partials, attention partials, logits.
+  // Scratch, 4-byte elements (14.35 MB): K-split partials, attention partials, logits.
   struct S {
     static constexpr size_t LOGITS = 0;
     static constexpr size_t ARG_VAL = 128256;
     static constexpr size_t ARG_IDX = 130944;
     static constexpr size_t LAYER_BASE = 133632;
-    static constexpr size_t LAYER_STRIDE = 111616;
-    static constexpr size_t TOTAL = 3705344;
+    static constexpr size_t LAYER_STRIDE = 107904;
+    static constexpr size_t TOTAL = 3586560;
     static constexpr size_t QKV_PART = 0;
     static constexpr size_t ATTN_O = 6144;
     static constexpr size_t ATTN_ML = 71680;
     static constexpr size_t ATTN_OUT = 72704;
-    static constexpr size_t O_PART = 74752;
-    static constexpr size_t GATE_UP_PART = 78848;
-    static constexpr size_t DOWN_PART = 107520;
+    static constexpr size_t GATE_UP_PART = 74752;
+    static constexpr size_t O_STREAM = 103424;
+    static constexpr size_t O_SUMSQ = 105472;
+    static constexpr size_t DOWN_STREAM = 105600;
+    static constexpr size_t DOWN_SUMSQ = 107648;
   };
 
   // Dependency counters (u32), one per producer tile; attention: one per (sequence, K/V head).
