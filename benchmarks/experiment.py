@@ -24,14 +24,28 @@ EIGHT_ROW = {
     "llama3-8b": ({"qkv": (6144, 4096, 48, 2, 1), "o": (4096, 4096, 32, 2, 1), "gate_up": (28672, 4096, 128, 2, 1),
                    "down": (4096, 14336, 64, 7, 1), "lm_head": (128256, 4096, 48, 1, 2)}, 2, 4),
 }
-HAND = {"previous": PREVIOUS, "eight-row": EIGHT_ROW}
+# The previous 1B plan with one of the three differences of the plan the search makes now
+# (e86bc3f86e: down unsplit in 2-row chunks, 128-row LM head tiles, 16 attention splits).
+_1B = PREVIOUS["llama3.2-1b"][0]
+ONE_CHANGE = {
+    "down unsplit": {"llama3.2-1b": ({**_1B, "down": (2048, 8192, 16, 1, 4)}, 8, 6)},
+    "lm_head 128": {"llama3.2-1b": ({**_1B, "lm_head": (128256, 2048, 128, 1, 1)}, 8, 6)},
+    "16 splits": {"llama3.2-1b": (_1B, 16, 6)},
+}
+HAND = {"previous": PREVIOUS, "eight-row": EIGHT_ROW, **ONE_CHANGE}
 # (config, batch, label, macros, plan: "searched" or a HAND key, attention splits instead of the plan's)
 VARIANTS = [
     ("llama3.2-1b", 1, "searched plan", (), "searched", None),
     ("llama3.2-1b", 1, "previous plan", (), "previous", None),
-    ("llama3-8b", 1, "searched plan", (), "searched", None),
+    ("llama3.2-1b", 1, "previous plan, down unsplit (2-row chunks)", (), "down unsplit", None),
+    ("llama3.2-1b", 1, "previous plan, 128-row LM head tiles", (), "lm_head 128", None),
+    ("llama3.2-1b", 1, "previous plan, 16 attention splits", (), "16 splits", None),
     ("llama3-8b", 8, "searched plan", (), "searched", None),
-    ("llama3-8b", 8, "eight-row plan", (), "eight-row", None),
+    ("llama3-8b", 8, "searched plan, no staging", ("ADAMK_ABLATE_STAGING",), "searched", None),
+    ("llama3-8b", 8, "searched plan, no multiply", ("ADAMK_ABLATE_MATH",), "searched", None),
+    ("llama3.2-1b", 8, "searched plan", (), "searched", None),
+    ("llama3.2-1b", 8, "searched plan, no staging", ("ADAMK_ABLATE_STAGING",), "searched", None),
+    ("llama3.2-1b", 8, "searched plan, no multiply", ("ADAMK_ABLATE_MATH",), "searched", None),
 ]
 
 

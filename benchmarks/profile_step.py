@@ -3,7 +3,8 @@ waiting, when its inputs were ready and when it ended (%globaltimer). Prints a s
 per layer, and saves the summary rows (profile-<config>-<strategy>.npy) and the raw times as
 profile-<config>-<strategy>.npz (ada_mk.search.profile; `adamk-gen ... --explain --profile` reads it).
 
-    python3 -m benchmarks.profile_step [prebuild]     (prebuild: here, into $ADAMK_CACHE)
+    python3 -m benchmarks.profile_step [prebuild]     (prebuild: here, into $ADAMK_CACHE; the same
+                                                       ADAMK_CASES in both places)
 """
 import os
 import sys
@@ -12,7 +13,9 @@ import numpy as np
 
 from tests.gpu.kernels import kernel_for
 
-CASES = [("llama3.2-1b", "H100", 1, "search"), ("llama3-8b", "H100", 1, "search")]
+# ADAMK_CASES="llama3.2-1b:8,llama3-8b:8" profiles other batches (H100 plans, the search's).
+CASES = [(c.split(":")[0], "H100", int(c.split(":")[1]), "search")
+         for c in os.environ.get("ADAMK_CASES", "llama3.2-1b:1,llama3-8b:1").split(",")]
 CONTEXT = 512
 
 
