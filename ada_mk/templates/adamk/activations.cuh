@@ -130,41 +130,37 @@ __device__ void embedding_rstd(Ctx<C>& c, const Stream<C>& s) {
 }
 
 // x[b][k] = bf16(gamma[k0 + k] * bf16(v * rsqrt(mean(v^2) + eps))), as HF's RMSNorm, reading
-// only the chunk's columns of the stream, in rounds of at most 16 8-byte loads per thread (more
-// spill, and a spilled load stalls the next). A published stream's first round and gamma are
-// loaded before rstd is summed from the tiles, so both round trips to L2 overlap.
+// only the chunk's columns of the stream: a published stream's chunk and gamma are loaded
+// before rstd is summed from the tiles, so both round trips to L2 overlap.
 template <class C, class T>
 __device__ void stage_rmsnorm(Ctx<C>& c, const Stream<C>& s, const __nv_bfloat16* gamma, int k0) {
   constexpr int B = C::B, NK = T::KC / 4, PER = (NK + C::THREADS - 1) / C::THREADS;
-  constexpr int ROUND = PER * B <= 16 ? PER : (16 / B > 0 ? 16 / B : 1);
   if (s.x == nullptr) embedding_rstd<C>(c, s);
-  for (int q0 = 0; q0 < PER; q0 += ROUND) {
-    uint2 v[ROUND][B], g[ROUND];
+  uint2 v[PER][B], g[PER];
 #pragma unroll
-    for (int j = 0; j < ROUND; ++j) {
-      const int k = (threadIdx.x + (q0 + j) * C::THREADS) * 4;
-      if (k < T::KC) {
-        g[j] = __ldg(reinterpret_cast<const uint2*>(gamma + k0 + k));
+  for (int q = 0; q < PER; ++q) {
+    const int k = (threadIdx.x + q * C::THREADS) * 4;
+    if (k < T::KC) {
+      g[q] = __ldg(reinterpret_cast<const uint2*>(gamma + k0 + k));
 #pragma unroll
-        for (int b = 0; b < B; ++b) v[j][b] = s.load4(b, k0 + k);
-      }
+      for (int b = 0; b < B; ++b) v[q][b] = s.load4(b, k0 + k);
     }
-    if (q0 == 0 && s.x != nullptr) published_rstd<C>(c, s);
+  }
+  if (s.x != nullptr) published_rstd<C>(c, s);
 #pragma unroll
-    for (int j = 0; j < ROUND; ++j) {
-      const int k = (threadIdx.x + (q0 + j) * C::THREADS) * 4;
-      if (k < T::KC) {
-        float gf[4];
-        thread::unpack4(g[j], gf);
+  for (int q = 0; q < PER; ++q) {
+    const int k = (threadIdx.x + q * C::THREADS) * 4;
+    if (k < T::KC) {
+      float gf[4];
+      thread::unpack4(g[q], gf);
 #pragma unroll
-        for (int b = 0; b < B; ++b) {
-          const float rstd = c.misc[WARPS * B + b];
-          float f[4];
-          thread::unpack4(v[j][b], f);
+      for (int b = 0; b < B; ++b) {
+        const float rstd = c.misc[WARPS * B + b];
+        float f[4];
+        thread::unpack4(v[q][b], f);
 #pragma unroll
-          for (int t = 0; t < 4; ++t) f[t] = gf[t] * thread::bf16_round(f[t] * rstd);
-          *reinterpret_cast<uint2*>(c.x + tile_offset<C, T>(b, k)) = thread::pack4(f);
-        }
+        for (int t = 0; t < 4; ++t) f[t] = gf[t] * thread::bf16_round(f[t] * rstd);
+        *reinterpret_cast<uint2*>(c.x + tile_offset<C, T>(b, k)) = thread::pack4(f);
       }
     }
   }
@@ -174,23 +170,18 @@ __device__ void stage_rmsnorm(Ctx<C>& c, const Stream<C>& s, const __nv_bfloat16
 // of each attention group combined (adamk/attention.cuh), all loads issued at once.
 template <class C, class T>
 __device__ void stage_attention(Ctx<C>& c, int layer, int k0) {
-  // 16-byte vectors, at most 8 per thread in flight per round: more spill to local memory, and a
-  // spilled load waits for its data before the next one issues.
-  constexpr int KC = T::KC, N8 = C::B * KC / 8, PER = (N8 + C::THREADS - 1) / C::THREADS;
-  constexpr int ROUND = PER < 8 ? PER : 8;
+  constexpr int KC = T::KC, N8 = C::B * KC / 8, PER = (N8 + C::THREADS - 1) / C::THREADS;  // 16-byte vectors
   const __nv_bfloat16* out = reinterpret_cast<const __nv_bfloat16*>(c.scratch(C::S::ATTN_OUT, layer));
-  for (int q0 = 0; q0 < PER; q0 += ROUND) {
-    uint4 v[ROUND];
+  uint4 v[PER];
 #pragma unroll
-    for (int j = 0; j < ROUND; ++j) {
-      const int e = threadIdx.x + (q0 + j) * C::THREADS, b = e / (KC / 8), k = (e % (KC / 8)) * 8;
-      if (e < N8) v[j] = __ldcg(reinterpret_cast<const uint4*>(out + b * C::Q + k0 + k));
-    }
+  for (int q = 0; q < PER; ++q) {
+    const int e = threadIdx.x + q * C::THREADS, b = e / (KC / 8), k = (e % (KC / 8)) * 8;
+    if (e < N8) v[q] = __ldcg(reinterpret_cast<const uint4*>(out + b * C::Q + k0 + k));
+  }
 #pragma unroll
-    for (int j = 0; j < ROUND; ++j) {
-      const int e = threadIdx.x + (q0 + j) * C::THREADS, b = e / (KC / 8), k = (e % (KC / 8)) * 8;
-      if (e < N8) *reinterpret_cast<uint4*>(c.x + tile_offset<C, T>(b, k)) = v[j];
-    }
+  for (int q = 0; q < PER; ++q) {
+    const int e = threadIdx.x + q * C::THREADS, b = e / (KC / 8), k = (e % (KC / 8)) * 8;
+    if (e < N8) *reinterpret_cast<uint4*>(c.x + tile_offset<C, T>(b, k)) = v[q];
   }
 }
 
