@@ -2,10 +2,11 @@
 // linear task multiplies into shared memory, as bf16 [B][kc] (block scope; rows laid out by
 // tile_offset, adamk/tasks.cuh).
 //
-// Each stage's input is rebuilt by its consumer from the producers' partial sums: RMSNorm of the
-// residual stream (QKV, gate/up, LM head), attention's combined output (O projection),
-// SiLU(gate) * up (down projection). Values are rounded to bf16 wherever the
-// bf16 reference model rounds them, so both compute the same function.
+// Each stage's input is rebuilt by its consumer from what the producers wrote: RMSNorm of the
+// residual stream that the O / down tiles published (QKV, gate/up, LM head), attention's combined
+// output (O projection), SiLU(gate) * up from the gate/up partial sums (down projection). Values
+// are rounded to bf16 wherever the bf16 reference model rounds them, so both compute the same
+// function.
 //
 // These reads come from L2 and sit on the critical path between two stages, so every loop issues
 // all of its loads before it uses any (unrolled, 16-byte vectors): latency is paid once, not per
