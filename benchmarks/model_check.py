@@ -1,0 +1,77 @@
+"""Does the cost model order plans as the GPU does? The H100 measurements of session 4 (same kernel,
+different plans, batch 1, context 512; benchmarks/RESULTS.md) against the model's full-schedule
+predictions, with the cost constants as they are or changed one at a time. CPU only:
+
+    python -m benchmarks.model_check          (the constants as committed)
+    python -m benchmarks.model_check sweep    (one constant at a time)
+"""
+import dataclasses
+import itertools
+import sys
+
+import ada_mk.search.cost as cost
+from ada_mk.search.plan import LinearTiling
+from ada_mk.search.search import Candidate, Searcher
+from tests.gpu.kernels import model_for
+
+P1 = {"qkv": (3072, 2048, 24, 1, 1), "o": (2048, 2048, 16, 1, 1), "gate_up": (16384, 2048, 128, 1, 1),
+      "down": (2048, 8192, 64, 4, 1), "lm_head": (128256, 2048, 256, 1, 1)}
+P8 = {"qkv": (6144, 4096, 48, 1, 2), "o": (4096, 4096, 32, 1, 2), "gate_up": (28672, 4096, 32, 1, 2),
+      "down": (4096, 14336, 16, 1, 8), "lm_head": (128256, 4096, 48, 1, 2)}
+# (config, tilings, attention splits, ring depth, measured ms/token on an H100 at 5775617)
+MEASURED = [
+    ("llama3.2-1b", P1, 8, 6, 1.160),
+    ("llama3.2-1b", {**P1, "down": (2048, 8192, 16, 1, 4), "lm_head": (128256, 2048, 128, 1, 1)}, 16, 6, 1.228),
+    ("llama3.2-1b", {**P1, "down": (2048, 8192, 16, 1, 4)}, 8, 6, 1.180),
+    ("llama3.2-1b", {**P1, "lm_head": (128256, 2048, 128, 1, 1)}, 8, 6, 1.164),
+    ("llama3.2-1b", P1, 16, 6, 1.158),
+    ("llama3-8b", P8, 16, 5, 5.94),
+    ("llama3-8b", {**P8, "gate_up": (28672, 4096, 24, 1, 2), "down": (4096, 14336, 64, 4, 2),
+                   "lm_head": (128256, 4096, 32, 1, 2)}, 6, 6, 6.075),
+]
+
+
+def predicted_ms(changes: dict) -> list[float]:
+    """The model's step time for every measured plan, with some H100 constants changed."""
+    base = cost.COSTS["H100"]
+    cost.COSTS["H100"] = dataclasses.replace(base, **changes)
+    try:
+        out = []
+        for config, tilings, splits, stages, _ in MEASURED:
+            m, d = model_for(config, "H100", 1, None)
+            cand = Candidate({k: LinearTiling(*v) for k, v in tilings.items()}, splits, stages)
+            out.append(Searcher(m, d).full(cand)[0].time * 1e3)
+        return out
+    finally:
+        cost.COSTS["H100"] = base
+
+
+def ordered(pred: list[float]) -> tuple[int, int]:
+    """Pairs of plans of one model, measured more than 1% apart, that the model orders right."""
+    ok = total = 0
+    for i, j in itertools.combinations(range(len(MEASURED)), 2):
+        mi, mj = MEASURED[i][4], MEASURED[j][4]
+        if MEASURED[i][0] != MEASURED[j][0] or abs(mi - mj) < 0.01 * mi:
+            continue
+        total += 1
+        ok += (pred[i] < pred[j]) == (mi < mj)
+    return ok, total
+
+
+def report(label: str, changes: dict) -> None:
+    pred = predicted_ms(changes)
+    ok, total = ordered(pred)
+    print(f"{label:34s} ordered {ok}/{total}  predicted " + " ".join(f"{p:.3f}" for p in pred), flush=True)
+
+
+if __name__ == "__main__":
+    print("measured" + " " * 37 + " ".join(f"{m[4]:.3f}" for m in MEASURED))
+    report("as committed", {})
+    if sys.argv[1:] == ["sweep"]:
+        c = cost.COSTS["H100"]
+        for name, values in (("task_overhead_s", (1e-6, 2e-6, 3e-6)), ("stage_fixed_s", (1e-6, 2.5e-6, 3.5e-6)),
+                             ("l2_bw_per_sm", (c.l2_bw_per_sm / 2, c.l2_bw_per_sm / 4)),
+                             ("attn_fixed_s", (1e-6, 4e-6)), ("sync_latency_s", (0.8e-6, 1.5e-6)),
+                             ("stream_efficiency", (0.7, 0.8, 0.9))):
+            for v in values:
+                report(f"{name} = {v:.3g}", {name: v})
