@@ -12,11 +12,11 @@ another context than 512)
 import os
 import sys
 
+from benchmarks.timing import cases_from_env
 from tests.gpu.kernels import kernel_for
 
-# ADAMK_CASES="llama3.2-1b:8,llama3-8b:8" picks other (config, batch) pairs; H100 plans throughout.
-CASES = [(c.split(":")[0], "H100", int(c.split(":")[1]))
-         for c in os.environ.get("ADAMK_CASES", "llama3.2-1b:1,llama3-8b:1").split(",")]
+# ADAMK_CASES picks other (config, batch) pairs (benchmarks/timing.py); H100 plans throughout.
+CASES = [(config, "H100", batch) for config, batch in cases_from_env()]
 CONTEXT = int(os.environ.get("ADAMK_CONTEXT", "512"))
 MAX_CONTEXT = max(1024, CONTEXT + 256)  # the KV cache: the context, plus the timed steps
 # (label, ablation macros, attention splits (None: the searched plan's), scratch kept in L2)

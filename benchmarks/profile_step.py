@@ -11,11 +11,11 @@ import sys
 
 import numpy as np
 
+from benchmarks.timing import cases_from_env
 from tests.gpu.kernels import kernel_for
 
-# ADAMK_CASES="llama3.2-1b:8,llama3-8b:8" profiles other batches (H100 plans, the search's).
-CASES = [(c.split(":")[0], "H100", int(c.split(":")[1]), "search")
-         for c in os.environ.get("ADAMK_CASES", "llama3.2-1b:1,llama3-8b:1").split(",")]
+# ADAMK_CASES profiles other batches (benchmarks/timing.py; H100 plans, the search's).
+CASES = [(config, "H100", batch, "search") for config, batch in cases_from_env()]
 CONTEXT = 512
 
 

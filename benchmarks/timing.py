@@ -1,9 +1,21 @@
-"""What the kernel-timing scripts here share: an engine loaded with random bf16 weights, and its
-decode ms/token at a context (chained steps, CUDA events, median of windows). GPU machine only.
+"""What the kernel-timing scripts here share: the (config, batch) cases they time, an engine
+loaded with random bf16 weights, and its decode ms/token at a context (chained steps, CUDA events,
+median of windows). The engine parts run on the GPU machine only.
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
+
+
+def cases_from_env(default: str = "llama3.2-1b:1,llama3-8b:1") -> list[tuple[str, int]]:
+    """(config, batch) pairs from ADAMK_CASES="llama3.2-1b:8,llama3-8b:8" (else `default`)."""
+    out = []
+    for case in os.environ.get("ADAMK_CASES", default).split(","):
+        config, batch = case.split(":")
+        out.append((config, int(batch)))
+    return out
 
 
 def random_engine(plan, fatbin, **engine_kw):
