@@ -75,6 +75,12 @@ class LinearTiling:
     def stage_bytes(self) -> int:
         return self.chunk_rows * self.kc * 2
 
+    def x_row(self, batch: int) -> int:
+        """Elements between two sequences' rows of the staged activations: kc, plus 64 bytes of
+        padding with the batched multiply so its 8-row loads hit both halves of the banks
+        (adamk/tasks.cuh, x_offset)."""
+        return self.kc + (32 if batched(batch) else 0)
+
     def red_floats(self, batch: int) -> int:
         """Shared floats its reduction needs: [rows][warps_per_row][B] per-warp partials, or with
         the batched multiply [rows][B] results plus two chunks' [WARPS][chunk_rows][B] partials."""
@@ -138,7 +144,7 @@ class Plan:
     @property
     def x_bytes(self) -> int:
         """Shared memory staging the activation chunk a linear task multiplies (bf16, [B][kc])."""
-        return self.batch * max(t.kc for t in self.tilings.values()) * 2
+        return self.batch * max(t.x_row(self.batch) for t in self.tilings.values()) * 2
 
     @property
     def batched(self) -> bool:
@@ -168,7 +174,7 @@ class Plan:
         out, cursor = {}, 0
         for name, size in (("SMEM_RING", self.stages * self.stage_bytes), ("SMEM_X", self.x_bytes),
                            ("SMEM_RED", self.red_bytes), ("SMEM_ATTN", self.attn_bytes),
-                           ("SMEM_MISC", self.misc_bytes)):
+                           ("SMEM_MISC", self.misc_bytes), ("SMEM_BARRIER", 8)):
             out[name] = cursor
             cursor += -(-size // 16) * 16
         out["SMEM_TOTAL"] = cursor

@@ -51,7 +51,7 @@ class StageSmem:
 
 def stage_smem(t: LinearTiling, kind: str, stages: int, batch: int) -> StageSmem:
     chunk = t.chunk_rows * t.kc * 2
-    return StageSmem(kind, t.chunk_rows, t.kc, stages, chunk, stages * chunk, batch * t.kc * 2,
+    return StageSmem(kind, t.chunk_rows, t.kc, stages, chunk, stages * chunk, batch * t.x_row(batch) * 2,
                      t.red_floats(batch) * 4)
 
 
@@ -76,7 +76,7 @@ class SmemReport:
 
 def smem_report(plan: Plan) -> SmemReport:
     lay = plan.smem_layout()
-    names = ["SMEM_RING", "SMEM_X", "SMEM_RED", "SMEM_ATTN", "SMEM_MISC", "SMEM_TOTAL"]
+    names = ["SMEM_RING", "SMEM_X", "SMEM_RED", "SMEM_ATTN", "SMEM_MISC", "SMEM_BARRIER", "SMEM_TOTAL"]
     sizes = {n: lay[names[i + 1]] - lay[n] for i, n in enumerate(names[:-1])}
     return SmemReport(
         limit=plan.deploy.gpu.smem_per_block,

@@ -1,6 +1,6 @@
 // adamk/activations.cuh: reading the residual stream and staging the activation chunk that a
 // linear task multiplies into shared memory, as bf16 [B][kc] (block scope; rows laid out by
-// tile_offset, adamk/tasks.cuh).
+// x_offset, adamk/tasks.cuh).
 //
 // Each stage's input is rebuilt by its consumer from what the producers wrote: RMSNorm of the
 // residual stream that the O / down tiles published (QKV, gate/up, LM head), attention's combined
@@ -8,9 +8,11 @@
 // are rounded to bf16 wherever the bf16 reference model rounds them, so both compute the same
 // function.
 //
-// These reads come from L2 and sit on the critical path between two stages, so every loop issues
-// all of its loads before it uses any (unrolled, 16-byte vectors): latency is paid once, not per
-// element.
+// These reads come from L2 and sit on the critical path between two stages. On Hopper the bf16
+// rows a stage needs (the stream's chunk, attention's output) are bulk copies (adamk/copy.cuh),
+// all in flight at once and holding no registers; RMSNorm then scales them in place. Elsewhere,
+// and for the float partials of gate/up, every loop issues all of its loads before it uses any
+// (unrolled, 16-byte vectors): latency is paid once, not per element.
 #pragma once
 #include "adamk/bf16.cuh"
 #include "adamk/context.cuh"
@@ -84,6 +86,7 @@ __device__ void published_rstd(Ctx<C>& c, const Stream<C>& s) {
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   if (warp < B) {
     float t = 0.f;
+#pragma unroll 4  // four loads in flight per lane
     for (int i = lane; i < s.tiles; i += 32) t += thread::ld_cg(s.sumsq + i * B + warp);
     t = warp::sum(t);
     if (lane == 0) c.misc[WARPS * B + warp] = rsqrtf(t / C::H + C::EPS);
@@ -130,12 +133,60 @@ __device__ void embedding_rstd(Ctx<C>& c, const Stream<C>& s) {
   __syncthreads();
 }
 
+#ifdef ADAMK_BULK_COPY
+// Thread 0 starts the copies of columns [k0, k0 + KC) of each sequence's bf16 row (row(b)) into
+// x; BulkCopy::wait ends them.
+template <class C, class T, class Row>
+__device__ void copy_rows(Ctx<C>& c, Row row, int k0) {
+  if (threadIdx.x == 0) {
+    c.bulk.expect(C::B * T::KC * 2);
+    for (int b = 0; b < C::B; ++b) c.bulk.row(c.x + x_offset<C, T>(b, 0), row(b) + k0, T::KC * 2);
+  }
+}
+#endif
+
 // x[b][k] = bf16(gamma[k0 + k] * bf16(v * rsqrt(mean(v^2) + eps))), as HF's RMSNorm, reading
 // only the chunk's columns of the stream: a published stream's chunk and gamma are loaded
 // before rstd is summed from the tiles, so both round trips to L2 overlap.
 template <class C, class T>
 __device__ void stage_rmsnorm(Ctx<C>& c, const Stream<C>& s, const __nv_bfloat16* gamma, int k0) {
-  constexpr int B = C::B, NK = T::KC / 4, PER = (NK + C::THREADS - 1) / C::THREADS;
+  constexpr int B = C::B;
+#ifdef ADAMK_BULK_COPY
+  copy_rows<C, T>(c, [&](int b) { return s.row(b); }, k0);
+  constexpr int PER = (T::VEC + C::THREADS - 1) / C::THREADS;  // 16-byte vectors of gamma
+  uint4 g[PER];
+#pragma unroll
+  for (int q = 0; q < PER; ++q) {
+    const int v = threadIdx.x + q * C::THREADS;
+    if (v < T::VEC) g[q] = __ldg(reinterpret_cast<const uint4*>(gamma + k0 + v * 8));
+  }
+  if (s.x == nullptr) embedding_rstd<C>(c, s);
+  else published_rstd<C>(c, s);
+  c.bulk.wait();
+#pragma unroll
+  for (int q = 0; q < PER; ++q) {
+    const int v = threadIdx.x + q * C::THREADS;
+    if (v < T::VEC) {
+      float gf[8];
+      thread::unpack4(reinterpret_cast<const uint2*>(&g[q])[0], reinterpret_cast<float(&)[4]>(gf[0]));
+      thread::unpack4(reinterpret_cast<const uint2*>(&g[q])[1], reinterpret_cast<float(&)[4]>(gf[4]));
+#pragma unroll
+      for (int b = 0; b < B; ++b) {
+        const float rstd = c.misc[WARPS * B + b];
+        uint2* p = reinterpret_cast<uint2*>(c.x + x_offset<C, T>(b, v * 8));
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          float f[4];
+          thread::unpack4(p[h], f);
+#pragma unroll
+          for (int t = 0; t < 4; ++t) f[t] = gf[4 * h + t] * thread::bf16_round(f[t] * rstd);
+          p[h] = thread::pack4(f);
+        }
+      }
+    }
+  }
+#else
+  constexpr int NK = T::KC / 4, PER = (NK + C::THREADS - 1) / C::THREADS;
   if (s.x == nullptr) embedding_rstd<C>(c, s);
   uint2 v[PER][B], g[PER];
 #pragma unroll
@@ -161,19 +212,24 @@ __device__ void stage_rmsnorm(Ctx<C>& c, const Stream<C>& s, const __nv_bfloat16
         thread::unpack4(v[q][b], f);
 #pragma unroll
         for (int t = 0; t < 4; ++t) f[t] = gf[t] * thread::bf16_round(f[t] * rstd);
-        *reinterpret_cast<uint2*>(c.x + tile_offset<C, T>(b, k)) = thread::pack4(f);
+        *reinterpret_cast<uint2*>(c.x + x_offset<C, T>(b, k)) = thread::pack4(f);
       }
     }
   }
+#endif
 }
 
 // x[b][k] = attention output of column k0 + k: a copy of the bf16 output that the last split
-// of each attention group combined (adamk/attention.cuh), all loads issued at once.
+// of each attention group combined (adamk/attention.cuh).
 template <class C, class T>
 __device__ void stage_attention(Ctx<C>& c, int layer, int k0) {
-  constexpr int KC = T::KC, N8 = C::B * KC / 8, PER = (N8 + C::THREADS - 1) / C::THREADS;  // 16-byte vectors
   const __nv_bfloat16* out = reinterpret_cast<const __nv_bfloat16*>(c.scratch(C::S::ATTN_OUT, layer));
-  uint4 v[PER];
+#ifdef ADAMK_BULK_COPY
+  copy_rows<C, T>(c, [&](int b) { return out + b * C::Q; }, k0);
+  c.bulk.wait();
+#else
+  constexpr int KC = T::KC, N8 = C::B * KC / 8, PER = (N8 + C::THREADS - 1) / C::THREADS;  // 16-byte vectors
+  uint4 v[PER];  // all loads issued at once
 #pragma unroll
   for (int q = 0; q < PER; ++q) {
     const int e = threadIdx.x + q * C::THREADS, b = e / (KC / 8), k = (e % (KC / 8)) * 8;
@@ -182,8 +238,9 @@ __device__ void stage_attention(Ctx<C>& c, int layer, int k0) {
 #pragma unroll
   for (int q = 0; q < PER; ++q) {
     const int e = threadIdx.x + q * C::THREADS, b = e / (KC / 8), k = (e % (KC / 8)) * 8;
-    if (e < N8) *reinterpret_cast<uint4*>(c.x + tile_offset<C, T>(b, k)) = v[q];
+    if (e < N8) *reinterpret_cast<uint4*>(c.x + x_offset<C, T>(b, k)) = v[q];
   }
+#endif
 }
 
 // x[b][k] = bf16(bf16(silu(gate)) * up) for intermediate column k0 + k, as HF's MLP. With a
@@ -224,7 +281,7 @@ __device__ void stage_silu_mul(Ctx<C>& c, int layer, int k0) {
         out[t] = silu * (S == 1 ? uv[t] : thread::bf16_round(uv[t]));
       }
       const int b = e / (KC / 4), k = (e % (KC / 4)) * 4;
-      *reinterpret_cast<uint2*>(c.x + tile_offset<C, T>(b, k)) = thread::pack4(out);
+      *reinterpret_cast<uint2*>(c.x + x_offset<C, T>(b, k)) = thread::pack4(out);
     }
   }
 }

@@ -1,8 +1,10 @@
 // adamk/copy.cuh: 16-byte global -> shared copies through the async copy unit (cp.async,
-// sm_80 and later), via CuTe's copy atom; and 16-byte loads that bypass L1.
+// sm_80 and later), via CuTe's copy atom; 16-byte loads that bypass L1; and, on Hopper, whole
+// rows copied by the bulk-copy (TMA) unit.
 #pragma once
 #include <cute/arch/copy_sm80.hpp>
 #include <cute/numeric/numeric_types.hpp>
+#include <cstdint>
 
 namespace adamk::thread {
 
@@ -22,3 +24,54 @@ __device__ __forceinline__ float4 ld_cg(const float4* p) { return __ldcg(p); }
 __device__ __forceinline__ float ld_cg(const float* p) { return __ldcg(p); }
 
 }  // namespace adamk::thread
+
+// The bulk-copy unit (cp.async.bulk, sm_90 and later): ADAMK_BULK_COPY is defined where it exists.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#define ADAMK_BULK_COPY 1
+#endif
+
+namespace adamk::block {
+
+// Rows copied from global to shared memory by the bulk-copy unit, completing on one mbarrier.
+// The copies hold no registers and are all in flight at once, so a stage's input arrives in one
+// L2 round trip however many bytes it is; the weight ring's cp.async groups are not involved.
+struct BulkCopy {
+  uint64_t* bar;       // the mbarrier (shared memory)
+  unsigned phase = 0;  // parity of the copy being waited for
+
+#ifdef ADAMK_BULK_COPY
+  __device__ uint32_t bar_addr() const { return static_cast<uint32_t>(__cvta_generic_to_shared(bar)); }
+
+  // Once per launch, thread 0, before a barrier.
+  __device__ void init() const {
+    if (threadIdx.x == 0) asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(bar_addr()) : "memory");
+  }
+
+  // Thread 0, after a barrier that ended every read of the destination: the next `bytes` bytes of
+  // copies complete the current phase. The proxy fence orders the generic-proxy accesses before
+  // it (this block's reads of the destination, other SMs' writes of the source that a counter
+  // wait acquired) with the copies, which run in the async proxy.
+  __device__ void expect(unsigned bytes) const {
+    asm volatile("fence.proxy.async;" ::: "memory");
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar_addr()), "r"(bytes) : "memory");
+  }
+
+  // Thread 0: copy `bytes` (a multiple of 16, both addresses 16-byte aligned).
+  __device__ void row(void* dst, const void* src, unsigned bytes) const {
+    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];"
+                 ::"r"(static_cast<uint32_t>(__cvta_generic_to_shared(dst))), "l"(src), "r"(bytes), "r"(bar_addr())
+                 : "memory");
+  }
+
+  // Every thread: until the expected bytes have landed.
+  __device__ void wait() {
+    asm volatile(
+        "{\n .reg .pred done;\n"
+        "wait_%=:\n mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
+        " @!done bra wait_%=;\n}" ::"r"(bar_addr()), "r"(phase) : "memory");
+    phase ^= 1u;
+  }
+#endif
+};
+
+}  // namespace adamk::block

@@ -123,8 +123,8 @@ __device__ void multiply_rows(Ctx<C>& c, int row0) {
         const uint4 wv = in ? *reinterpret_cast<const uint4*>(w + v * 8) : zero;
 #pragma unroll
         for (int p = 0; p < BP; ++p) {
-          const uint4 x0 = in ? *reinterpret_cast<const uint4*>(c.x + 2 * p * T::KC + v * 8) : zero;
-          const uint4 x1 = in && 2 * p + 1 < B ? *reinterpret_cast<const uint4*>(c.x + (2 * p + 1) * T::KC + v * 8) : zero;
+          const uint4 x0 = in ? *reinterpret_cast<const uint4*>(c.x + x_offset<C, T>(2 * p, v * 8)) : zero;
+          const uint4 x1 = in && 2 * p + 1 < B ? *reinterpret_cast<const uint4*>(c.x + x_offset<C, T>(2 * p + 1, v * 8)) : zero;
           dot[p].add(wv, x0, x1);
         }
       }
@@ -174,7 +174,7 @@ __device__ void multiply_batched(Ctx<C>& c, int row0) {
       const int k = (v0 + q) * 8;
       const bool in = T::VEC % 4 == 0 || k < T::KC;
       const uint4 wv = row_in && in ? *reinterpret_cast<const uint4*>(w + tile_offset<C, T>(n, k)) : zero;
-      const uint4 xv = seq_in && in ? *reinterpret_cast<const uint4*>(c.x + tile_offset<C, T>(n, k)) : zero;
+      const uint4 xv = seq_in && in ? *reinterpret_cast<const uint4*>(c.x + x_offset<C, T>(n, k)) : zero;
       dot.add(wv, xv);
     }
 #endif

@@ -155,7 +155,12 @@ __device__ void megakernel(const Args& a, const int4* runs, const int* sm_runs) 
   const int4* last = runs + sm_runs[blockIdx.x + 1];
   Ctx<C> c{a, block::WeightRing<C>(smem + C::SMEM_RING, a.weights, first, last),
            reinterpret_cast<__nv_bfloat16*>(smem + C::SMEM_X), reinterpret_cast<float*>(smem + C::SMEM_RED),
-           reinterpret_cast<float*>(smem + C::SMEM_ATTN), reinterpret_cast<float*>(smem + C::SMEM_MISC)};
+           reinterpret_cast<float*>(smem + C::SMEM_ATTN), reinterpret_cast<float*>(smem + C::SMEM_MISC),
+           {reinterpret_cast<uint64_t*>(smem + C::SMEM_BARRIER)}};
+#ifdef ADAMK_BULK_COPY
+  c.bulk.init();
+  __syncthreads();
+#endif
 #ifdef ADAMK_PROFILE
   unsigned long long* prof = a.profile + static_cast<size_t>(blockIdx.x) * C::MAX_TASKS * 4;
 #endif

@@ -34,16 +34,26 @@ struct Tiling {
   static_assert(ROWS % CHUNK_ROWS == 0, "a task is whole chunks");
 };
 
-// Where element k of row `row` sits in a [rows][KC] bf16 tile in shared memory: a weight chunk
-// in the ring, or the staged activations (one row per sequence). The batched multiply
-// (adamk/mma.cuh, ChunkDot) loads 64 bytes at the same column from each of 8 rows at once; with
-// rows KC * 2 bytes apart (a multiple of 128) rows 2i and 2i + 1 would hit the same banks, so odd
-// rows keep their 16-byte vectors XOR 4, in the other half of each 128-byte line.
+// Where element k of row `row` sits in a weight chunk in the ring ([rows][KC] bf16). The batched
+// multiply (adamk/mma.cuh, ChunkDot) loads 64 bytes at the same column from each of 8 rows at
+// once; with rows KC * 2 bytes apart (a multiple of 128) rows 2i and 2i + 1 would hit the same
+// banks, so odd rows keep their 16-byte vectors XOR 4, in the other half of each 128-byte line.
 template <class C, class T>
 __device__ __forceinline__ int tile_offset(int row, int k) {
   constexpr bool SWIZZLE = C::BATCHED && T::VEC % 8 == 0;
   return row * T::KC + (SWIZZLE ? k ^ ((row & 1) << 5) : k);
 }
+
+// Elements between consecutive sequences of the staged activations. The batched multiply reads
+// them as it reads a weight chunk; here each sequence's row stays contiguous (one bulk copy per
+// row, adamk/copy.cuh), and 64 bytes of padding put odd rows in the other half of each 128-byte
+// line instead of the swizzle (ada_mk.search.plan.LinearTiling.x_row).
+template <class C, class T>
+constexpr int X_ROW = T::KC + (C::BATCHED ? 32 : 0);
+
+// Where element k of sequence b sits in the staged activations.
+template <class C, class T>
+__device__ __forceinline__ int x_offset(int b, int k) { return b * X_ROW<C, T> + k; }
 
 // Kernel arguments: device buffers laid out by the plan, the step's inputs and outputs.
 struct Args {
