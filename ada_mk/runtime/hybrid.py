@@ -154,7 +154,8 @@ def torch_prefill(model: ModelConfig, region: Any, wbuf: Any, ids: Any, *, dtype
                                                is_causal=True)
             x = x + a.transpose(1, 2).reshape(B, T, nh * d) @ seg("wo", layer).T
             h = rms(x, seg("post_norm", layer))
-            g, u = (h @ seg("wgate_up", layer).T).split(m.intermediate_size, dim=-1)
+            gu = h @ seg("wgate_up", layer).T
+            g, u = gu[..., 0::2], gu[..., 1::2]  # rows interleaved (ada_mk/search/layout.py)
             x = x + (F.silu(g) * u) @ seg("wdown", layer).T
         return (rms(x[:, -1], seg("final_norm")) @ seg("lm_head").T).float()
 

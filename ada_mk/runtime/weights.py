@@ -1,5 +1,6 @@
 """Pack a model's weights into the plan's device layout: one bf16 buffer, HF tensors concatenated
-along rows where the plan fuses them (q|k|v, gate|up), every segment at its planned offset."""
+along rows where the plan fuses them (q|k|v) or interleaved row by row (gate/up), every segment
+at its planned offset."""
 from __future__ import annotations
 
 from typing import Any, Mapping
@@ -60,8 +61,9 @@ def pack_weights(layout: Layout, weights: Mapping[str, Any]) -> np.ndarray:
         done.add(base + seg.offset)
         parts = _segment_rows(seg, layer, weights)
         _check_shapes(seg, parts)
-        flat = np.concatenate([to_bf16_bits(p).reshape(-1) for _, p in parts])
-        out[base + seg.offset: base + seg.offset + seg.size] = flat
+        bits = [to_bf16_bits(p) for _, p in parts]
+        flat = np.stack(bits, axis=1) if seg.interleaved else np.concatenate([b.reshape(-1) for b in bits])
+        out[base + seg.offset: base + seg.offset + seg.size] = flat.reshape(-1)
 
     for seg in w.globals_.values():
         put(seg, 0, 0)
@@ -86,6 +88,7 @@ def pack_weights_torch(layout: Layout, weights: Mapping[str, Any], device: Any =
     for base, layer, seg in segs:
         parts = _segment_rows(seg, layer, weights)
         _check_shapes(seg, parts)
-        flat = torch.cat([p.detach().to(device=device, dtype=torch.bfloat16).reshape(-1) for _, p in parts])
-        out[base + seg.offset: base + seg.offset + seg.size] = flat
+        ts = [p.detach().to(device=device, dtype=torch.bfloat16) for _, p in parts]
+        flat = torch.stack(ts, dim=1) if seg.interleaved else torch.cat([t.reshape(-1) for t in ts])
+        out[base + seg.offset: base + seg.offset + seg.size] = flat.reshape(-1)
     return out

@@ -105,9 +105,9 @@ class Dag:
             kc = p.tilings["o"].kc
             heads = -(-kc // m.head_dim)
             return B * kc * p.attn_splits * 4 + 3 * B * heads * p.attn_splits * 2 * 4
-        if kind == "down":
-            kc = p.tilings["down"].kc
-            return B * kc * 2 * p.tilings["gate_up"].ksplit * 4
+        if kind == "down":  # SiLU(gate) * up as bf16, or gate/up's float partials of both
+            kc, s = p.tilings["down"].kc, p.tilings["gate_up"].ksplit
+            return B * kc * 2 if s == 1 else B * kc * 2 * s * 4
         if kind == "attn":  # the q, k, v partial sums of one group
             return (m.group_size + 2) * m.head_dim * p.tilings["qkv"].ksplit * 4
         if kind == "argmax":
@@ -195,13 +195,10 @@ def stage_priority(plan: Plan, kind: str) -> list[int]:
     if kind == "gate_up":
         t = plan.tilings["gate_up"]
         kcd = plan.tilings["down"].kc
-        inter = m.intermediate_size
 
-        def key(i: int):
+        def key(i: int):  # the first down K-chunk the tile's columns feed (rows are gate/up pairs)
             tile, split = divmod(i, t.ksplit)
-            lo, hi = t.row_range(tile)
-            c = min((lo % inter) // kcd, ((hi - 1) % inter) // kcd) if lo // inter == (hi - 1) // inter else 0
-            return (c, tile, split)
+            return ((t.row_range(tile)[0] // 2) // kcd, tile, split)
         return sorted(range(n), key=key)
     if kind in ("o", "down"):
         ks = plan.tilings[kind].ksplit

@@ -73,11 +73,7 @@ def task_deps(plan: Plan, task: Task) -> list[Dep]:
     if kind == "down":
         t = plan.tilings["down"]
         lo, hi = t.k_range(idx % t.ksplit)
-        inter = m.intermediate_size
-        return [
-            _tiles_over(plan, "gate_up", layer, lo, hi),
-            _tiles_over(plan, "gate_up", layer, inter + lo, inter + hi),
-        ]
+        return [_tiles_over(plan, "gate_up", layer, 2 * lo, 2 * hi)]  # gate and up rows interleaved
     if kind == "lm_head":
         return [_all_tiles(plan, "down", m.num_hidden_layers - 1)]
     if kind == "argmax":

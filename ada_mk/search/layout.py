@@ -19,13 +19,15 @@ def _align(n: int, a: int) -> int:
 @dataclass(frozen=True)
 class Segment:
     """One region of a buffer: `name`, offset and size in elements of the buffer's unit,
-    and for weights the HF tensors concatenated (along rows) into it."""
+    and for weights the HF tensors concatenated (along rows) into it, or, `interleaved`, taken a
+    row of each in turn (gate 0, up 0, gate 1, up 1, ...)."""
 
     name: str
     offset: int
     size: int
     shape: tuple[int, ...] = ()
     sources: tuple[str, ...] = ()
+    interleaved: bool = False
 
 
 @dataclass
@@ -53,11 +55,11 @@ class _Builder:
         self.unit, self.cursor, self.segs = unit, 0, {}
         self.align = ALIGN_BYTES // unit
 
-    def add(self, name: str, shape: tuple[int, ...], sources: tuple[str, ...] = ()) -> None:
+    def add(self, name: str, shape: tuple[int, ...], sources: tuple[str, ...] = (), interleaved: bool = False) -> None:
         size = 1
         for d in shape:
             size *= d
-        self.segs[name] = Segment(name, self.cursor, size, shape, sources)
+        self.segs[name] = Segment(name, self.cursor, size, shape, sources, interleaved)
         self.cursor = _align(self.cursor + size, self.align)
 
 
@@ -69,11 +71,14 @@ class Layout:
     kv_elems_per_layer: int  # bf16 elements of K (and of V) per layer
 
     def to_json(self) -> dict:
+        def seg(s: Segment) -> list:  # [offset, size, shape, sources, sources' rows interleaved]
+            return [s.offset, s.size, list(s.shape), list(s.sources), s.interleaved]
+
         def region(r: Region) -> dict:
             return {
                 "unit_bytes": r.unit,
-                "globals": {k: [s.offset, s.size, list(s.shape), list(s.sources)] for k, s in r.globals_.items()},
-                "per_layer": {k: [s.offset, s.size, list(s.shape), list(s.sources)] for k, s in r.per_layer.items()},
+                "globals": {k: seg(s) for k, s in r.globals_.items()},
+                "per_layer": {k: seg(s) for k, s in r.per_layer.items()},
                 "layer_base": r.layer_base,
                 "layer_stride": r.layer_stride,
                 "layers": r.layers,
@@ -112,7 +117,9 @@ def make_layout(plan: Plan) -> Layout:
         w.add("bqkv", (nqkv,), tuple(p + f"self_attn.{x}_proj.bias" for x in "qkv"))
     w.add("wo", (H, m.q_size), (p + "self_attn.o_proj.weight",))
     w.add("post_norm", (H,), (p + "post_attention_layernorm.weight",))
-    w.add("wgate_up", (2 * I, H), (p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight"))
+    # gate and up rows interleaved: a gate/up task holds both halves of its columns and stores
+    # SiLU(gate) * up itself (adamk/linear.cuh), so the down projection stages a plain copy.
+    w.add("wgate_up", (2 * I, H), (p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight"), interleaved=True)
     w.add("wdown", (H, I), (p + "mlp.down_proj.weight",))
     weights = _region(2, g, w, L)
     if m.tie_word_embeddings:
@@ -129,7 +136,10 @@ def make_layout(plan: Plan) -> Layout:
     s.add("attn_o", (B, m.num_attention_heads, plan.attn_splits, m.head_dim))
     s.add("attn_ml", (B, m.num_attention_heads, plan.attn_splits, 2))
     s.add("attn_out", (B, m.q_size // 2))  # the combined attention output, bf16 pairs
-    s.add("gate_up_part", (t["gate_up"].ksplit, B, 2 * I))
+    if t["gate_up"].ksplit > 1:  # float partials, rows interleaved as the weights
+        s.add("gate_up_part", (t["gate_up"].ksplit, B, 2 * I))
+    else:  # SiLU(gate) * up, the down projection's input
+        s.add("mlp_act", (B, I // 2))  # bf16 pairs
     for stage in ("o", "down"):  # the residual stream after attention and after the MLP
         if t[stage].ksplit > 1:
             s.add(f"{stage}_part", (t[stage].ksplit, B, H))

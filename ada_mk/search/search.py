@@ -186,6 +186,8 @@ def tiling_ok(kind: str, t: LinearTiling) -> str | None:
         return f"rows {t.rows} not a positive multiple of the chunk's {t.chunk_rows} rows"
     if t.ksplit <= 0 or t.k % t.ksplit or (t.k // t.ksplit) % 8:
         return f"ksplit {t.ksplit} does not cut K={t.k} into multiples of 8"
+    if kind == "gate_up" and t.rows % 2:
+        return f"rows {t.rows} odd: a gate/up task holds whole (gate, up) row pairs"
     if kind == "lm_head" and t.ksplit != 1:
         return "the LM head cannot be K-split (its argmax needs full sums)"
     return None

@@ -4,7 +4,8 @@
 //
 // Each stage's input is rebuilt by its consumer from what the producers wrote: RMSNorm of the
 // residual stream that the O / down tiles published (QKV, gate/up, LM head), attention's combined
-// output (O projection), SiLU(gate) * up from the gate/up partial sums (down projection). Values
+// output (O projection), SiLU(gate) * up that the gate/up tasks stored (down projection; with a
+// K-split gate/up, computed here from the partial sums). Values
 // are rounded to bf16 wherever the bf16 reference model rounds them, so both compute the same
 // function.
 //
@@ -219,13 +220,12 @@ __device__ void stage_rmsnorm(Ctx<C>& c, const Stream<C>& s, const __nv_bfloat16
 #endif
 }
 
-// x[b][k] = attention output of column k0 + k: a copy of the bf16 output that the last split
-// of each attention group combined (adamk/attention.cuh).
+// x[b][k] = src[b * stride + k0 + k]: a bf16 vector that its producers finished, copied as it is
+// (attention's combined output for the O projection; SiLU(gate) * up for the down projection).
 template <class C, class T>
-__device__ void stage_attention(Ctx<C>& c, int layer, int k0) {
-  const __nv_bfloat16* out = reinterpret_cast<const __nv_bfloat16*>(c.scratch(C::S::ATTN_OUT, layer));
+__device__ void stage_copy(Ctx<C>& c, const __nv_bfloat16* src, int stride, int k0) {
 #ifdef ADAMK_BULK_COPY
-  copy_rows<C, T>(c, [&](int b) { return out + b * C::Q; }, k0);
+  copy_rows<C, T>(c, [&](int b) { return src + b * stride; }, k0);
   c.bulk.wait();
 #else
   constexpr int KC = T::KC, N8 = C::B * KC / 8, PER = (N8 + C::THREADS - 1) / C::THREADS;  // 16-byte vectors
@@ -233,7 +233,7 @@ __device__ void stage_attention(Ctx<C>& c, int layer, int k0) {
 #pragma unroll
   for (int q = 0; q < PER; ++q) {
     const int e = threadIdx.x + q * C::THREADS, b = e / (KC / 8), k = (e % (KC / 8)) * 8;
-    if (e < N8) v[q] = __ldcg(reinterpret_cast<const uint4*>(out + b * C::Q + k0 + k));
+    if (e < N8) v[q] = __ldcg(reinterpret_cast<const uint4*>(src + b * stride + k0 + k));
   }
 #pragma unroll
   for (int q = 0; q < PER; ++q) {
@@ -243,45 +243,37 @@ __device__ void stage_attention(Ctx<C>& c, int layer, int k0) {
 #endif
 }
 
-// x[b][k] = bf16(bf16(silu(gate)) * up) for intermediate column k0 + k, as HF's MLP. With a
-// K-split gate/up stage this sums its partials first; unsplit, SiLU was applied by the producer.
+// K-split gate/up only: x[b][k] = bf16(bf16(silu(gate)) * up) for intermediate column k0 + k, as
+// HF's MLP, from the sums of the gate/up partials (rows interleaved: gate k, up k adjacent).
 template <class C, class T>
 __device__ void stage_silu_mul(Ctx<C>& c, int layer, int k0) {
-  // Up to 8 vectors of gate and of up per thread in flight at once (more spill registers).
-  constexpr int B = C::B, KC = T::KC, I = C::I, S = C::GateUp::KSPLIT, N4 = B * KC / 4;
-  constexpr int PER = (N4 + C::THREADS - 1) / C::THREADS, UNROLL = PER < 8 ? PER : 8;
+  // Up to 8 vectors (2 columns of gate and up each) per thread in flight at once.
+  constexpr int B = C::B, KC = T::KC, I = C::I, S = C::GateUp::KSPLIT, N2 = B * KC / 2;
+  constexpr int PER = (N2 + C::THREADS - 1) / C::THREADS, UNROLL = PER < 8 ? PER : 8;
   const float* part = c.scratch(C::S::GATE_UP_PART, layer);
-  for (int base = threadIdx.x; base < N4; base += C::THREADS * UNROLL) {
-    float4 g[UNROLL], u[UNROLL];
+  for (int base = threadIdx.x; base < N2; base += C::THREADS * UNROLL) {
+    float4 gu[UNROLL];  // gate k, up k, gate k + 1, up k + 1
 #pragma unroll
     for (int q = 0; q < UNROLL; ++q) {
       const int e = base + q * C::THREADS;
-      g[q] = u[q] = make_float4(0.f, 0.f, 0.f, 0.f);
-      if (e < N4) {
-        const int b = e / (KC / 4), k = k0 + (e % (KC / 4)) * 4;
+      gu[q] = make_float4(0.f, 0.f, 0.f, 0.f);
+      if (e < N2) {
+        const int b = e / (KC / 2), k = k0 + (e % (KC / 2)) * 2;
 #pragma unroll
         for (int s = 0; s < S; ++s) {
-          const float4 gs = thread::ld_cg(reinterpret_cast<const float4*>(part + (s * B + b) * 2 * I + k));
-          const float4 us = thread::ld_cg(reinterpret_cast<const float4*>(part + (s * B + b) * 2 * I + I + k));
-          g[q].x += gs.x; g[q].y += gs.y; g[q].z += gs.z; g[q].w += gs.w;
-          u[q].x += us.x; u[q].y += us.y; u[q].z += us.z; u[q].w += us.w;
+          const float4 p = thread::ld_cg(reinterpret_cast<const float4*>(part + (s * B + b) * 2 * I + 2 * k));
+          gu[q].x += p.x; gu[q].y += p.y; gu[q].z += p.z; gu[q].w += p.w;
         }
       }
     }
 #pragma unroll
     for (int q = 0; q < UNROLL; ++q) {
       const int e = base + q * C::THREADS;
-      if (e >= N4) continue;
-      const float gv[4] = {g[q].x, g[q].y, g[q].z, g[q].w}, uv[4] = {u[q].x, u[q].y, u[q].z, u[q].w};
-      float out[4];
-#pragma unroll
-      for (int t = 0; t < 4; ++t) {
-        // Unsplit, the gate/up task stored bf16(silu(gate)) and bf16(up) already.
-        const float silu = S == 1 ? gv[t] : thread::silu_bf16(thread::bf16_round(gv[t]));
-        out[t] = silu * (S == 1 ? uv[t] : thread::bf16_round(uv[t]));
-      }
-      const int b = e / (KC / 4), k = (e % (KC / 4)) * 4;
-      *reinterpret_cast<uint2*>(c.x + x_offset<C, T>(b, k)) = thread::pack4(out);
+      if (e >= N2) continue;
+      const int b = e / (KC / 2), k = (e % (KC / 2)) * 2;
+      const float h0 = thread::silu_bf16(thread::bf16_round(gu[q].x)) * thread::bf16_round(gu[q].y);
+      const float h1 = thread::silu_bf16(thread::bf16_round(gu[q].z)) * thread::bf16_round(gu[q].w);
+      *reinterpret_cast<__nv_bfloat162*>(c.x + x_offset<C, T>(b, k)) = __floats2bfloat162_rn(h0, h1);
     }
   }
 }

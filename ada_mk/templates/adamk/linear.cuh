@@ -26,8 +26,24 @@ __device__ void stage_input(Ctx<C>& c, int layer, int split) {
   if constexpr (KIND == GATE_UP) stage_rmsnorm<C, T>(c, stream_mid(c, layer), c.weight(W::POST_NORM, layer), k0);
   if constexpr (KIND == LM_HEAD)
     stage_rmsnorm<C, T>(c, stream_in(c, C::L), c.a.weights + W::FINAL_NORM, k0);
-  if constexpr (KIND == O) stage_attention<C, T>(c, layer, k0);
-  if constexpr (KIND == DOWN) stage_silu_mul<C, T>(c, layer, k0);
+  if constexpr (KIND == O)
+    stage_copy<C, T>(c, reinterpret_cast<const __nv_bfloat16*>(c.scratch(C::S::ATTN_OUT, layer)), C::Q, k0);
+  if constexpr (KIND == DOWN) {
+    if constexpr (C::GateUp::KSPLIT == 1)
+      stage_copy<C, T>(c, reinterpret_cast<const __nv_bfloat16*>(c.scratch(C::S::MLP_ACT, layer)), C::I, k0);
+    else
+      stage_silu_mul<C, T>(c, layer, k0);
+  }
+}
+
+// The finished dot product of the task's row r with sequence b: the sum of its warps' parts in
+// red (one part after the batched multiply's sum_chunk).
+template <class C, class T>
+__device__ float row_sum(const Ctx<C>& c, int r, int b) {
+  constexpr int PARTS = C::BATCHED ? 1 : T::WPR;
+  float v = 0.f;
+  for (int p = 0; p < PARTS; ++p) v += c.red[(r * PARTS + p) * C::B + b];
+  return v;
 }
 
 // Row `row` of batch entry b is done: store it where its consumers read it.
@@ -39,10 +55,7 @@ __device__ void store_row(Ctx<C>& c, int layer, int split, int b, int row, float
       if (split == 0) v += __bfloat162float(c.weight(C::W::BQKV, layer)[row]);
     c.scratch_w(S::QKV_PART, layer)[(split * C::B + b) * T::N + row] = v;
   }
-  if constexpr (KIND == GATE_UP) {
-    // Unsplit, the row is final: round it as the reference rounds gate_proj and up_proj, and
-    // apply SiLU to the gate here, once per element, rather than in every down task's staging.
-    if constexpr (T::KSPLIT == 1) v = row < C::I ? thread::silu_bf16(thread::bf16_round(v)) : thread::bf16_round(v);
+  if constexpr (KIND == GATE_UP) {  // K-split only (unsplit: store_mlp_act)
     c.scratch_w(S::GATE_UP_PART, layer)[(split * C::B + b) * T::N + row] = v;
   }
   // The residual add rides on split 0. Unsplit, the product is rounded to bf16 first, as the
@@ -57,6 +70,21 @@ __device__ void store_row(Ctx<C>& c, int layer, int split, int b, int row, float
     else stream_part<C, KIND>(c, layer)[(split * C::B + b) * T::N + row] = v;
   }
   if constexpr (KIND == LM_HEAD) c.a.scratch[S::LOGITS + b * C::V + row] = v;
+}
+
+// An unsplit gate/up task's rows are final and come in (gate, up) pairs (the weights' rows are
+// interleaved): store bf16(bf16(silu(gate)) * up) of its columns, as HF's MLP rounds them, once
+// per element, so the down projection stages a plain copy.
+template <class C, class T>
+__device__ void store_mlp_act(Ctx<C>& c, int layer, int row0) {
+  constexpr int B = C::B;
+  __nv_bfloat16* act = reinterpret_cast<__nv_bfloat16*>(c.scratch_w(C::S::MLP_ACT, layer));
+  for (int e = threadIdx.x; e < T::ROWS / 2 * B; e += C::THREADS) {
+    const int r = 2 * (e / B), b = e % B;
+    if (row0 + r >= T::N) continue;
+    const float g = thread::bf16_round(row_sum<C, T>(c, r, b)), u = thread::bf16_round(row_sum<C, T>(c, r + 1, b));
+    act[b * C::I + (row0 + r) / 2] = __float2bfloat16_rn(thread::silu_bf16(g) * u);
+  }
 }
 
 // The O and down tasks of a tile have stored their rows: publish the tile's part of the residual
@@ -202,13 +230,15 @@ __device__ void linear_task(Ctx<C>& c, int layer, int idx) {
   else multiply_rows<C, T>(c, row0);
   __syncthreads();
 
-  constexpr int PARTS = C::BATCHED ? 1 : T::WPR;  // partial sums per output in red
-  for (int e = threadIdx.x; e < T::ROWS * B; e += C::THREADS) {
-    const int r = e / B, b = e % B, row = row0 + r;
-    float v = 0.f;
-    for (int p = 0; p < PARTS; ++p) v += c.red[(r * PARTS + p) * B + b];
-    if (row < T::N) store_row<C, T, KIND>(c, layer, split, b, row, v);
-    if constexpr (KIND == LM_HEAD) c.attn[e] = row < T::N ? v : -INFINITY;
+  if constexpr (KIND == GATE_UP && T::KSPLIT == 1) {
+    store_mlp_act<C, T>(c, layer, row0);
+  } else {
+    for (int e = threadIdx.x; e < T::ROWS * B; e += C::THREADS) {
+      const int r = e / B, b = e % B, row = row0 + r;
+      const float v = row_sum<C, T>(c, r, b);
+      if (row < T::N) store_row<C, T, KIND>(c, layer, split, b, row, v);
+      if constexpr (KIND == LM_HEAD) c.attn[e] = row < T::N ? v : -INFINITY;
+    }
   }
 
   if constexpr (KIND == LM_HEAD) {

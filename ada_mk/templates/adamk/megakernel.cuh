@@ -77,12 +77,10 @@ __device__ bool wait_inputs(Ctx<C>& c, int kind, int layer, int idx) {
     case GATE_UP:
       w.template all<typename C::O>(c.counter(K::O, layer));
       break;
-    case DOWN: {  // the gate and up columns of this K-chunk
+    case DOWN: {  // the gate and up rows of this K-chunk's columns (interleaved: 2k, 2k + 1)
       using T = typename C::Down;
       const int lo = (idx % T::KSPLIT) * T::KC, hi = lo + T::KC;
-      unsigned* gu = c.counter(K::GATE_UP, layer);
-      w.template rows<typename C::GateUp>(gu, lo, hi);
-      w.template rows<typename C::GateUp>(gu, C::I + lo, C::I + hi);
+      w.template rows<typename C::GateUp>(c.counter(K::GATE_UP, layer), 2 * lo, 2 * hi);
       break;
     }
     case LM_HEAD:
