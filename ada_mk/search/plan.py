@@ -174,7 +174,7 @@ class Plan:
         out, cursor = {}, 0
         for name, size in (("SMEM_RING", self.stages * self.stage_bytes), ("SMEM_X", self.x_bytes),
                            ("SMEM_RED", self.red_bytes), ("SMEM_ATTN", self.attn_bytes),
-                           ("SMEM_MISC", self.misc_bytes), ("SMEM_BARRIER", 16)):
+                           ("SMEM_MISC", self.misc_bytes), ("SMEM_BARRIER", 8)):
             out[name] = cursor
             cursor += -(-size // 16) * 16
         out["SMEM_TOTAL"] = cursor

@@ -140,8 +140,9 @@ __device__ void embedding_rstd(Ctx<C>& c, const Stream<C>& s) {
 template <class C, class T, class Row>
 __device__ void copy_rows(Ctx<C>& c, Row row, int k0) {
   if (threadIdx.x == 0) {
-    c.bulk[0].expect(C::B * T::KC * 2);
-    for (int b = 0; b < C::B; ++b) c.bulk[0].row(c.x + x_offset<C, T>(b, 0), row(b) + k0, T::KC * 2);
+    c.bulk.fence_source();
+    c.bulk.expect(C::B * T::KC * 2);
+    for (int b = 0; b < C::B; ++b) c.bulk.row(c.x + x_offset<C, T>(b, 0), row(b) + k0, T::KC * 2);
   }
 }
 #endif
@@ -163,7 +164,7 @@ __device__ void stage_rmsnorm(Ctx<C>& c, const Stream<C>& s, const __nv_bfloat16
   }
   if (s.x == nullptr) embedding_rstd<C>(c, s);
   else published_rstd<C>(c, s);
-  c.bulk[0].wait();
+  c.bulk.wait();
 #pragma unroll
   for (int q = 0; q < PER; ++q) {
     const int v = threadIdx.x + q * C::THREADS;
@@ -226,7 +227,7 @@ template <class C, class T>
 __device__ void stage_copy(Ctx<C>& c, const __nv_bfloat16* src, int stride, int k0) {
 #ifdef ADAMK_BULK_COPY
   copy_rows<C, T>(c, [&](int b) { return src + b * stride; }, k0);
-  c.bulk[0].wait();
+  c.bulk.wait();
 #else
   constexpr int KC = T::KC, N8 = C::B * KC / 8, PER = (N8 + C::THREADS - 1) / C::THREADS;  // 16-byte vectors
   uint4 v[PER];  // all loads issued at once

@@ -123,99 +123,53 @@ __device__ void attention_task(Ctx<C>& c, int layer, int idx) {
 #pragma unroll
     for (int t = 0; t < DPL; ++t) { qr[h][t] = q[h * HD + lane * DPL + t]; o[h][t] = 0.f; }
   }
-  // One position: its key and value (this lane's DPL dimensions, raw bf16 pairs) into the
-  // running max, sum and output of each query head (online softmax).
+  // Each warp takes every WARPS-th position, U positions at a time with all their K and V loads
+  // issued together (the cache is read once, from HBM, and latency would otherwise serialise);
+  // lanes hold DPL dimensions each, kept as raw bf16 pairs until used. At long context a warp has
+  // several blocks: the next block's loads go out before this block is computed, so the latency
+  // is paid once per task, not once per block. (Also loading the first block before RoPE, with
+  // one softmax rescale per block, was 2% slower on an H100 at context 512: benchmarks/RESULTS.md.)
   constexpr int W = DPL / 2;  // 32-bit words of a row per lane
-  auto attend = [&](const uint32_t (&kw)[W], const uint32_t (&vw)[W]) {
-    float kf[DPL], vf[DPL];
-    thread::unpack_words<W>(kw, kf);
-    thread::unpack_words<W>(vw, vf);
+  auto fetch = [&](int pb, uint32_t (&kr)[U][W], uint32_t (&vr)[U][W]) {
 #pragma unroll
-    for (int h = 0; h < G; ++h) {
-      float s = 0.f;
-#pragma unroll
-      for (int t = 0; t < DPL; ++t) s = fmaf(qr[h][t], kf[t], s);
-      s = warp::sum(s) * C::ATTN_SCALE;
-      const float mn = fmaxf(m[h], s), alpha = __expf(m[h] - mn), pe = __expf(s - mn);
-      l[h] = l[h] * alpha + pe;
-#pragma unroll
-      for (int t = 0; t < DPL; ++t) o[h][t] = o[h][t] * alpha + pe * vf[t];
-      m[h] = mn;
+    for (int u = 0; u < U; ++u) {
+      const int p = pb + u * WARPS;
+      if (p < p1) {  // position pos: this step's own key and value, from shared memory
+        thread::load_words<W>(p == pos ? kn + lane * DPL : kc + static_cast<size_t>(p) * HD + lane * DPL, kr[u]);
+        thread::load_words<W>(p == pos ? vn + lane * DPL : vc + static_cast<size_t>(p) * HD + lane * DPL, vr[u]);
+      }
     }
   };
-  // Position pos is this step's own key and value, from shared memory (not in the cache yet).
-  auto key_row = [&](int p, const __nv_bfloat16* k_rows) { return p == pos ? kn : k_rows; };
-  auto value_row = [&](int p, const __nv_bfloat16* v_rows) { return p == pos ? vn : v_rows; };
-
-  // The cache is read once, from HBM, and its latency would otherwise serialise the positions.
-  // On Hopper, when x holds two blocks of at least one position per warp, the split's K and V
-  // rows (contiguous in the cache) arrive by bulk copy into x, which no task needs between two
-  // linear stages, in blocks of PB positions, double-buffered: block i + 1 is in flight while
-  // block i is read from shared memory, each warp taking every WARPS-th position.
-#ifdef ADAMK_BULK_COPY
-  constexpr int PB = (C::SMEM_RED - C::SMEM_X) / (4 * HD * 2) / WARPS * WARPS;  // [2 buffers][K, V][PB][HD]
-#else
-  constexpr int PB = 0;
-#endif
-  if constexpr (PB > 0) {
-    c.staged = -1;  // x is overwritten
-    const int blocks = p1 > p0 ? (p1 - p0 + PB - 1) / PB : 0;
-    auto issue = [&](int i) {  // thread 0
-      const int a = p0 + i * PB, bytes = min(PB, p1 - a) * HD * 2;
-      __nv_bfloat16* kb = c.x + (i & 1) * 2 * PB * HD;
-      c.bulk[i & 1].expect(2 * bytes);
-      c.bulk[i & 1].row(kb, kc + static_cast<size_t>(a) * HD, bytes);
-      c.bulk[i & 1].row(kb + PB * HD, vc + static_cast<size_t>(a) * HD, bytes);
-    };
-    if (threadIdx.x == 0 && blocks > 0) issue(0);
-    for (int i = 0; i < blocks; ++i) {
-      if (threadIdx.x == 0 && i + 1 < blocks) issue(i + 1);  // its buffer was freed by block i - 1's barrier
-      c.bulk[i & 1].wait();
-      const __nv_bfloat16* kb = c.x + (i & 1) * 2 * PB * HD;
-      const int a = p0 + i * PB, e = min(p1, a + PB);
-#pragma unroll 4
-      for (int p = a + warp; p < e; p += WARPS) {
-        uint32_t kw[W], vw[W];
-        thread::load_words<W>(key_row(p, kb + (p - a) * HD) + lane * DPL, kw);
-        thread::load_words<W>(value_row(p, kb + (PB + p - a) * HD) + lane * DPL, vw);
-        attend(kw, vw);
+  uint32_t kr[U][W], vr[U][W];
+  if (p0 + warp < p1) fetch(p0 + warp, kr, vr);
+  for (int pb = p0 + warp; pb < p1; pb += WARPS * U) {
+    const bool more = pb + WARPS * U < p1;  // the same for the whole warp
+    uint32_t kx[U][W], vx[U][W];
+    if (more) fetch(pb + WARPS * U, kx, vx);
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      if (pb + u * WARPS >= p1) break;  // the same for the whole warp
+      float kf[DPL], vf[DPL];
+      thread::unpack_words<W>(kr[u], kf);
+      thread::unpack_words<W>(vr[u], vf);
+#pragma unroll
+      for (int h = 0; h < G; ++h) {
+        float s = 0.f;
+#pragma unroll
+        for (int t = 0; t < DPL; ++t) s = fmaf(qr[h][t], kf[t], s);
+        s = warp::sum(s) * C::ATTN_SCALE;
+        const float mn = fmaxf(m[h], s), alpha = __expf(m[h] - mn), pe = __expf(s - mn);
+        l[h] = l[h] * alpha + pe;
+#pragma unroll
+        for (int t = 0; t < DPL; ++t) o[h][t] = o[h][t] * alpha + pe * vf[t];
+        m[h] = mn;
       }
-      __syncthreads();  // every warp is done with this buffer before block i + 2 refills it
     }
-  } else {
-    // Elsewhere each warp takes every WARPS-th position, U positions at a time with all their K
-    // and V loads issued together, kept as raw bf16 pairs until used. At long context a warp has
-    // several blocks: the next block's loads go out before this block is computed, so the
-    // latency is paid once per task, not once per block. (Also loading the first block before
-    // RoPE, with one softmax rescale per block, was 2% slower on an H100 at context 512:
-    // benchmarks/RESULTS.md.)
-    auto fetch = [&](int pb, uint32_t (&kr)[U][W], uint32_t (&vr)[U][W]) {
+    if (more) {
 #pragma unroll
-      for (int u = 0; u < U; ++u) {
-        const int p = pb + u * WARPS;
-        if (p < p1) {
-          thread::load_words<W>(key_row(p, kc + static_cast<size_t>(p) * HD) + lane * DPL, kr[u]);
-          thread::load_words<W>(value_row(p, vc + static_cast<size_t>(p) * HD) + lane * DPL, vr[u]);
-        }
-      }
-    };
-    uint32_t kr[U][W], vr[U][W];
-    if (p0 + warp < p1) fetch(p0 + warp, kr, vr);
-    for (int pb = p0 + warp; pb < p1; pb += WARPS * U) {
-      const bool more = pb + WARPS * U < p1;  // the same for the whole warp
-      uint32_t kx[U][W], vx[U][W];
-      if (more) fetch(pb + WARPS * U, kx, vx);
+      for (int u = 0; u < U; ++u)
 #pragma unroll
-      for (int u = 0; u < U; ++u) {
-        if (pb + u * WARPS >= p1) break;  // the same for the whole warp
-        attend(kr[u], vr[u]);
-      }
-      if (more) {
-#pragma unroll
-        for (int u = 0; u < U; ++u)
-#pragma unroll
-          for (int t = 0; t < W; ++t) { kr[u][t] = kx[u][t]; vr[u][t] = vx[u][t]; }
-      }
+        for (int t = 0; t < W; ++t) { kr[u][t] = kx[u][t]; vr[u][t] = vx[u][t]; }
     }
   }
 #pragma unroll

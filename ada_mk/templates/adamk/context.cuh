@@ -21,7 +21,7 @@ struct Ctx {
   float* red;          // per-warp partial dot products
   float* attn;         // attention scratch
   float* misc;         // block reductions: [WARPS][B] + [B]
-  block::BulkCopy bulk[2];  // bulk copies into x (Hopper): staging on [0]; attention's K/V blocks on both
+  block::BulkCopy bulk;  // copies staging x (Hopper)
   int staged = -1;     // which activation chunk x holds (kind, layer, split), -1: none
   int waited = -1;     // the inputs the block last waited for (kind, layer, which part), -1: none
 #ifdef ADAMK_PROFILE

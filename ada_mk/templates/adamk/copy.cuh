@@ -48,13 +48,14 @@ struct BulkCopy {
   }
 
   // Thread 0, after a barrier that ended every read of the destination: the next `bytes` bytes of
-  // copies complete the current phase. The proxy fence orders the generic-proxy accesses before
-  // it (this block's reads of the destination, other SMs' writes of the source that a counter
-  // wait acquired) with the copies, which run in the async proxy.
+  // copies complete the current phase.
   __device__ void expect(unsigned bytes) const {
-    asm volatile("fence.proxy.async;" ::: "memory");
     asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar_addr()), "r"(bytes) : "memory");
   }
+
+  // Thread 0, before copying global data that other SMs wrote in this launch (generic proxy)
+  // and that a counter wait acquired: orders those writes with the copies (async proxy).
+  __device__ void fence_source() const { asm volatile("fence.proxy.async.global;" ::: "memory"); }
 
   // Thread 0: copy `bytes` (a multiple of 16, both addresses 16-byte aligned).
   __device__ void row(void* dst, const void* src, unsigned bytes) const {

@@ -154,10 +154,9 @@ __device__ void megakernel(const Args& a, const int4* runs, const int* sm_runs) 
   Ctx<C> c{a, block::WeightRing<C>(smem + C::SMEM_RING, a.weights, first, last),
            reinterpret_cast<__nv_bfloat16*>(smem + C::SMEM_X), reinterpret_cast<float*>(smem + C::SMEM_RED),
            reinterpret_cast<float*>(smem + C::SMEM_ATTN), reinterpret_cast<float*>(smem + C::SMEM_MISC),
-           {{reinterpret_cast<uint64_t*>(smem + C::SMEM_BARRIER)}, {reinterpret_cast<uint64_t*>(smem + C::SMEM_BARRIER) + 1}}};
+           {reinterpret_cast<uint64_t*>(smem + C::SMEM_BARRIER)}};
 #ifdef ADAMK_BULK_COPY
-  c.bulk[0].init();
-  c.bulk[1].init();
+  c.bulk.init();
   __syncthreads();
 #endif
 #ifdef ADAMK_PROFILE
