@@ -72,23 +72,23 @@ struct Cfg {
     static constexpr size_t BQKV = 0;
   };
 
-  // Scratch, 4-byte elements (4.14 MB): K-split partials, attention partials, logits.
+  // Scratch, 4-byte elements (3.36 MB): K-split partials, attention partials, logits.
   struct S {
     static constexpr size_t LOGITS = 0;
     static constexpr size_t ARG_VAL = 128256;
     static constexpr size_t ARG_IDX = 129280;
     static constexpr size_t LAYER_BASE = 130304;
-    static constexpr size_t LAYER_STRIDE = 56576;
-    static constexpr size_t TOTAL = 1035520;
+    static constexpr size_t LAYER_STRIDE = 44288;
+    static constexpr size_t TOTAL = 838912;
     static constexpr size_t QKV_PART = 0;
     static constexpr size_t ATTN_O = 3072;
     static constexpr size_t ATTN_ML = 35840;
     static constexpr size_t ATTN_OUT = 36864;
-    static constexpr size_t GATE_UP_PART = 37888;
-    static constexpr size_t O_STREAM = 54272;
-    static constexpr size_t O_SUMSQ = 55296;
-    static constexpr size_t DOWN_STREAM = 55424;
-    static constexpr size_t DOWN_SUMSQ = 56448;
+    static constexpr size_t MLP_ACT = 37888;
+    static constexpr size_t O_STREAM = 41984;
+    static constexpr size_t O_SUMSQ = 43008;
+    static constexpr size_t DOWN_STREAM = 43136;
+    static constexpr size_t DOWN_SUMSQ = 44160;
   };
 
   // Dependency counters (u32), one per producer tile; attention: one per (sequence, K/V head).
