@@ -29,13 +29,22 @@ class TaskInfo:
     signal: tuple | None  # (stage, layer, counter)
 
 
+def nominal_context(max_context: int) -> int:
+    """The context a plan is optimised for: the middle of the deployment's range, and at least
+    512 positions (or the whole cache, if smaller). Planning a 4,096-position cache for 512 chose 6
+    attention splits for Llama-3-8B, 6.71 ms/token at context 4,096 on an H100 against 6.29 with
+    the 16 that planning for 2,048 chooses; at 512 the two measured 5.74 and 5.75
+    (benchmarks/RESULTS.md, session 5)."""
+    return max(min(max_context, 512), max_context // 2)
+
+
 class Dag:
     """Per-task properties of a plan's decode step, computed per class and cached."""
 
     def __init__(self, plan: Plan, context: int | None = None):
         self.plan = plan
         m = plan.model
-        self.context = min(plan.deploy.max_context, 512) if context is None else int(context)
+        self.context = nominal_context(plan.deploy.max_context) if context is None else int(context)
         self._deps: dict = {}
         self._L = m.num_hidden_layers
 
