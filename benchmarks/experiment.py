@@ -34,13 +34,18 @@ ONE_CHANGE = {
     "lm_head 128": {"llama3.2-1b": ({**_1B, "lm_head": (128256, 2048, 128, 1, 1)}, 8, 6)},
     "16 splits": {"llama3.2-1b": (_1B, 16, 6)},
 }
-HAND = {"previous": PREVIOUS, "eight-row": EIGHT_ROW, **ONE_CHANGE}
+# The search's 1B plan (b97beae7da) with smaller gate/up tasks: 128 tasks of 512 KB on 132 SMs
+# end over an 11 us spread (session 5); do finer tasks even it out?
+_1B_SEARCHED = {"qkv": (3072, 2048, 24, 1, 1), "o": (2048, 2048, 16, 1, 1), "gate_up": (16384, 2048, 128, 1, 1),
+                "down": (2048, 8192, 16, 1, 4), "lm_head": (128256, 2048, 128, 1, 1)}
+FINER_GATE_UP = {f"gate_up {r}": {"llama3.2-1b": ({**_1B_SEARCHED, "gate_up": (16384, 2048, r, 1, 1)}, 16, 6)}
+                 for r in (64, 32)}
+HAND = {"previous": PREVIOUS, "eight-row": EIGHT_ROW, **ONE_CHANGE, **FINER_GATE_UP}
 # (config, batch, label, macros, plan: "searched" or a HAND key, attention splits instead of the plan's)
 VARIANTS = [
-    ("llama3-8b", 1, "searched plan", (), "searched", None),
-    ("llama3-8b", 1, "previous plan (29cb5571f3's tilings, 16 splits)", (), "previous", None),
-    ("llama3-8b", 1, "searched tilings, 16 attention splits", (), "searched", 16),
     ("llama3.2-1b", 1, "searched plan", (), "searched", None),
+    ("llama3.2-1b", 1, "searched plan, gate/up tasks of 64 rows", (), "gate_up 64", None),
+    ("llama3.2-1b", 1, "searched plan, gate/up tasks of 32 rows", (), "gate_up 32", None),
     ("llama3.2-1b", 1, "previous plan (a1b27e8d89's)", (), "previous", None),
 ]
 
