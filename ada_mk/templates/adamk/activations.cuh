@@ -5,15 +5,14 @@
 // Each stage's input is rebuilt by its consumer from what the producers wrote: RMSNorm of the
 // residual stream that the O / down tiles published (QKV, gate/up, LM head), attention's combined
 // output (O projection), SiLU(gate) * up that the gate/up tasks stored (down projection; with a
-// K-split gate/up, computed here from the partial sums). Values
-// are rounded to bf16 wherever the bf16 reference model rounds them, so both compute the same
-// function.
+// K-split gate/up, computed here from the partial sums). Values are rounded to bf16 wherever the
+// bf16 reference model rounds them, so both compute the same function.
 //
 // These reads come from L2 and sit on the critical path between two stages. On Hopper the bf16
-// rows a stage needs (the stream's chunk, attention's output) are bulk copies (adamk/copy.cuh),
-// all in flight at once and holding no registers; RMSNorm then scales them in place. Elsewhere,
-// and for the float partials of gate/up, every loop issues all of its loads before it uses any
-// (unrolled, 16-byte vectors): latency is paid once, not per element.
+// rows a stage needs (the stream's chunk, attention's output, SiLU(gate) * up) are bulk copies
+// (adamk/copy.cuh), all in flight at once and holding no registers; RMSNorm then scales them in
+// place. Elsewhere, and for the float partials of gate/up, every loop issues all of its loads
+// before it uses any (unrolled, 16-byte vectors): latency is paid once, not per element.
 #pragma once
 #include "adamk/bf16.cuh"
 #include "adamk/context.cuh"
