@@ -40,13 +40,16 @@ _1B_SEARCHED = {"qkv": (3072, 2048, 24, 1, 1), "o": (2048, 2048, 16, 1, 1), "gat
                 "down": (2048, 8192, 16, 1, 4), "lm_head": (128256, 2048, 128, 1, 1)}
 FINER_GATE_UP = {f"gate_up {r}": {"llama3.2-1b": ({**_1B_SEARCHED, "gate_up": (16384, 2048, r, 1, 1)}, 16, 6)}
                  for r in (64, 32)}
+# The same at batch 8 (the search's 0e5fd178cf: 2 attention splits, 5 stages).
+_1B_BS8 = {**_1B_SEARCHED, "qkv": (3072, 2048, 48, 2, 1), "down": (2048, 8192, 64, 4, 1)}
+FINER_GATE_UP["gate_up 64, batch 8"] = {"llama3.2-1b": ({**_1B_BS8, "gate_up": (16384, 2048, 64, 1, 1)}, 2, 5)}
 HAND = {"previous": PREVIOUS, "eight-row": EIGHT_ROW, **ONE_CHANGE, **FINER_GATE_UP}
 # (config, batch, label, macros, plan: "searched" or a HAND key, attention splits instead of the plan's)
 VARIANTS = [
     ("llama3.2-1b", 1, "searched plan", (), "searched", None),
     ("llama3.2-1b", 1, "searched plan, gate/up tasks of 64 rows", (), "gate_up 64", None),
-    ("llama3.2-1b", 1, "searched plan, gate/up tasks of 32 rows", (), "gate_up 32", None),
-    ("llama3.2-1b", 1, "previous plan (a1b27e8d89's)", (), "previous", None),
+    ("llama3.2-1b", 8, "searched plan", (), "searched", None),
+    ("llama3.2-1b", 8, "searched plan, gate/up tasks of 64 rows", (), "gate_up 64, batch 8", None),
 ]
 
 
