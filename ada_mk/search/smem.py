@@ -10,11 +10,13 @@ The block holds, at once:
 
   ring   d * stage_bytes, stage_bytes = max over kinds of r * kc * 2   (the weight pipeline: the
          current task's chunks and the prefetch of the next tasks' weights share it),
-  x      B * max kc * 2       (the staged bf16 activation chunk),
+  x      B * max x_row * 2    (the staged bf16 activation chunk; x_row = kc, plus 32 elements of
+         padding per sequence with the batched multiply: LinearTiling.x_row),
   red    per-warp partial dot products: max rows * warps_per_row * B * 4, or with the batched
          multiply (B >= 2) max (rows + 2 * WARPS * chunk_rows) * B * 4 (LinearTiling.red_floats),
   attn   the attention scratch (independent of the linear tiling, see Plan.attn_bytes),
-  misc   RMSNorm statistics.
+  misc   RMSNorm statistics,
+  barrier  the mbarrier that the Hopper bulk copies of x complete on (8 bytes).
 
 The byte counts are those of `Plan.smem_layout` (the layout the kernel is compiled with): this
 module only explains them per stage and evaluates counterfactuals (the same plan unsplit).
@@ -41,7 +43,7 @@ class StageSmem:
     stages: int
     chunk_bytes: int  # one ring slot as this stage fills it: chunk_rows * kc * 2
     ring: int  # stages * chunk_bytes: this stage's own pipeline
-    x: int  # B * kc * 2
+    x: int  # B * x_row * 2
     red: int  # LinearTiling.red_floats(B) * 4
 
     @property
