@@ -43,13 +43,24 @@ FINER_GATE_UP = {f"gate_up {r}": {"llama3.2-1b": ({**_1B_SEARCHED, "gate_up": (1
 # The same at batch 8 (the search's 0e5fd178cf: 2 attention splits, 5 stages).
 _1B_BS8 = {**_1B_SEARCHED, "qkv": (3072, 2048, 48, 2, 1), "down": (2048, 8192, 64, 4, 1)}
 FINER_GATE_UP["gate_up 64, batch 8"] = {"llama3.2-1b": ({**_1B_BS8, "gate_up": (16384, 2048, 64, 1, 1)}, 2, 5)}
+# The 64-row plan with a shallower ring: does less weight traffic in flight speed up the latency-bound
+# stages (QKV, attention, O) more than it slows the streaming ones?
+for _n in (5, 4):
+    FINER_GATE_UP[f"gate_up 64, {_n} stages"] = {"llama3.2-1b": ({**_1B_SEARCHED, "gate_up": (16384, 2048, 64, 1, 1)}, 16, _n)}
+# The 64-row plan with the down projection K-split: a down task waits only for the gate/up rows of
+# its K-chunk, so the SMs that finish gate/up first start on chunks already complete.
+for _s, _v in ((2, (2048, 8192, 32, 2, 2)), (4, (2048, 8192, 64, 4, 1))):
+    FINER_GATE_UP[f"gate_up 64, down split {_s}"] = {
+        "llama3.2-1b": ({**_1B_SEARCHED, "gate_up": (16384, 2048, 64, 1, 1), "down": _v}, 16, 6)}
 HAND = {"previous": PREVIOUS, "eight-row": EIGHT_ROW, **ONE_CHANGE, **FINER_GATE_UP}
 # (config, batch, label, macros, plan: "searched" or a HAND key, attention splits instead of the plan's)
 VARIANTS = [
     ("llama3.2-1b", 1, "searched plan", (), "searched", None),
-    ("llama3.2-1b", 1, "searched plan, gate/up tasks of 64 rows", (), "gate_up 64", None),
-    ("llama3.2-1b", 8, "searched plan", (), "searched", None),
-    ("llama3.2-1b", 8, "searched plan, gate/up tasks of 64 rows", (), "gate_up 64, batch 8", None),
+    ("llama3.2-1b", 1, "gate/up tasks of 64 rows, 6 stages", (), "gate_up 64", None),
+    ("llama3.2-1b", 1, "gate/up tasks of 64 rows, 5 stages", (), "gate_up 64, 5 stages", None),
+    ("llama3.2-1b", 1, "gate/up tasks of 64 rows, 4 stages", (), "gate_up 64, 4 stages", None),
+    ("llama3.2-1b", 1, "gate/up tasks of 64 rows, down K-split 2", (), "gate_up 64, down split 2", None),
+    ("llama3.2-1b", 1, "gate/up tasks of 64 rows, down K-split 4", (), "gate_up 64, down split 4", None),
 ]
 
 

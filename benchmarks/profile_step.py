@@ -14,9 +14,23 @@ import numpy as np
 from benchmarks.timing import cases_from_env
 from tests.gpu.kernels import kernel_for
 
-# ADAMK_CASES profiles other batches (benchmarks/timing.py; H100 plans, the search's).
+# ADAMK_CASES profiles other batches (benchmarks/timing.py; H100 plans, the search's);
+# ADAMK_HAND="gate_up 64" adds that plan of benchmarks/experiment.py (HAND) for each case it has.
 CASES = [(config, "H100", batch, "search") for config, batch in cases_from_env()]
+HAND = [h for h in os.environ.get("ADAMK_HAND", "").split("|") if h]
 CONTEXT = 512
+
+
+def kernel(config: str, batch: int, strategy: str, profile: bool):
+    """The searched plan (strategy "search"), or the HAND plan named `strategy`, and its kernel."""
+    if strategy == "search":
+        return kernel_for(config, "H100", batch, profile=profile, strategy=strategy)
+    from ada_mk.codegen.build import build
+    from ada_mk.codegen.render import render
+    from benchmarks.experiment import plan_for
+
+    plan = plan_for(config, strategy, None, batch)
+    return plan, build(render(plan), ["sm_90a"], library=False, profile=profile)
 
 
 def task_bytes(plan, t):
@@ -63,10 +77,13 @@ def summarize(plan, prof, out):
 
 
 if __name__ == "__main__":
+    from benchmarks.experiment import HAND as HAND_PLANS
+
+    CASES += [(c, g, b, h) for c, g, b, _ in list(CASES) for h in HAND if c in HAND_PLANS[h]]
     if sys.argv[1:] == ["prebuild"]:
         for c, g, b, s in CASES:
-            kernel_for(c, g, b, profile=True, strategy=s)
-            kernel_for(c, g, b, strategy=s)
+            kernel(c, b, s, True)
+            kernel(c, b, s, False)
         sys.exit(0)
     import torch
 
@@ -76,14 +93,14 @@ if __name__ == "__main__":
     out_dir = os.environ.get("OUT", ".")
     for config, gpu, batch, strategy in CASES:
         for profile in (False, True):
-            plan, art = kernel_for(config, gpu, batch, profile=profile, strategy=strategy)
+            plan, art = kernel(config, batch, strategy, profile)
             eng = random_engine(plan, art.fatbin, profile=profile)
             ms = ms_per_token(eng, CONTEXT)
             print(f"{config} {gpu} bs{batch} {strategy} {'profile' if profile else 'plain'}: {ms:.3f} ms/token", flush=True)
             if profile:
                 eng.step(np.ones(batch, np.int32), np.full(batch, CONTEXT, np.int32))
                 prof = eng.read_profile()
-                save_profile(os.path.join(out_dir, f"profile-{config}-{strategy}.npz"), plan, prof)
-                summarize(plan, prof, os.path.join(out_dir, f"profile-{config}-{strategy}.npy"))
+                save_profile(os.path.join(out_dir, f"profile-{config}-{strategy.replace(' ', '_')}.npz"), plan, prof)
+                summarize(plan, prof, os.path.join(out_dir, f"profile-{config}-{strategy.replace(' ', '_')}.npy"))
             eng.close()
             torch.cuda.empty_cache()

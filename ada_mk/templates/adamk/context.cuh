@@ -9,7 +9,7 @@ namespace adamk {
 // %globaltimer: nanoseconds, the same clock on every SM (profile builds only).
 __device__ __forceinline__ unsigned long long global_ns() {
   unsigned long long t;
-  asm volatile("mov.u64 %0, %globaltimer;" : "=l"(t));
+  asm volatile("mov.u64 %0, %globaltimer;" : "=l"(t) : : "memory");  // not hoisted above a wait
   return t;
 }
 
