@@ -83,7 +83,9 @@ def test_searched_beats_round_robin_on_hopper(name, gpu):
     m, d = cfg(name, gpu)
     plan = searched(name, gpu)
     validate_plan(plan)
-    assert simulate(plan).predicted_s <= simulate(make_plan(m, d, strategy="round-robin")).predicted_s
+    # Never predicted slower, up to rounding: the search may take a plan predicted equal to the
+    # best it found (Searcher.covering), whose float sum can differ in the last bits.
+    assert simulate(plan).predicted_s <= simulate(make_plan(m, d, strategy="round-robin")).predicted_s * (1 + 1e-9)
 
 
 @pytest.mark.parametrize("batch", [2, 8])
@@ -91,7 +93,9 @@ def test_batched_plans(batch):
     m, d = cfg("llama3.2-1b", "L20", batch)
     plan = search_plan(m, d)
     validate_plan(plan)
-    assert simulate(plan).predicted_s <= simulate(make_plan(m, d, strategy="round-robin")).predicted_s
+    # Never predicted slower, up to rounding: the search may take a plan predicted equal to the
+    # best it found (Searcher.covering), whose float sum can differ in the last bits.
+    assert simulate(plan).predicted_s <= simulate(make_plan(m, d, strategy="round-robin")).predicted_s * (1 + 1e-9)
 
 
 def test_scheduler_prediction_matches_simulation():
