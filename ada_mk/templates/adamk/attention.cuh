@@ -57,7 +57,6 @@ __device__ void combine_splits(Ctx<C>& c, int layer, int b, int g) {
 template <class C>
 __device__ void attention_task(Ctx<C>& c, int layer, int idx) {
   constexpr int HD = C::HD, G = C::G, NS = C::ATTN_SPLITS, DPL = HD / 32, HALF = HD / 2;
-  constexpr int U = 8;  // positions per warp whose loads go out together
   const int j = idx % NS, g = (idx / NS) % C::NKV, b = idx / (NS * C::NKV);
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int pos = c.a.positions[b];
@@ -115,61 +114,142 @@ __device__ void attention_task(Ctx<C>& c, int layer, int idx) {
   c.t_staged = global_ns();
 #endif
 
-  float qr[G][DPL], m[G], l[G], o[G][DPL];
+  float m[G], l[G], o[G][DPL];
 #pragma unroll
   for (int h = 0; h < G; ++h) {
     m[h] = -INFINITY;
     l[h] = 0.f;
 #pragma unroll
-    for (int t = 0; t < DPL; ++t) { qr[h][t] = q[h * HD + lane * DPL + t]; o[h][t] = 0.f; }
+    for (int t = 0; t < DPL; ++t) o[h][t] = 0.f;
   }
-  // Each warp takes every WARPS-th position, U positions at a time with all their K and V loads
-  // issued together (the cache is read once, from HBM, and latency would otherwise serialise);
-  // lanes hold DPL dimensions each, kept as raw bf16 pairs until used. At long context a warp has
-  // several blocks: the next block's loads go out before this block is computed, so the latency
-  // is paid once per task, not once per block. (Also loading the first block before RoPE, with
-  // one softmax rescale per block, was 2% slower on an H100 at context 512: benchmarks/RESULTS.md.)
-  constexpr int W = DPL / 2;  // 32-bit words of a row per lane
-  auto fetch = [&](int pb, uint32_t (&kr)[U][W], uint32_t (&vr)[U][W]) {
+  // Two ways through the split's positions, chosen by head size (measured on an H100,
+  // benchmarks/RESULTS.md, session 6): 128-dimension heads one position a lane group, which cut
+  // Llama-3-8B's step 2-4%; 64-dimension heads one position a warp, 2% faster for Llama-3.2-1B at
+  // context 512.
+  if constexpr (HD >= 128) {
+    // Each warp takes blocks of PB positions, block slot i the position pb + warp + WARPS * i. A
+    // key row is dotted by the LPP lanes i + PB * r (64 dimensions each) with every query head: no
+    // reduction across the warp per position. The warp updates the running max and sum once per
+    // block, then multiplies the block's values in, lane by lane over its DPL dimensions. Every K
+    // and V load of a block goes out before any is used: one round trip per block.
+    static_assert(HD == 128 || HD == 256, "128 or 256 dimensions a head");
+    constexpr int LPP = HD / 64, PB = 32 / LPP;  // lanes a position, positions a block
+    constexpr int W = DPL / 2;                    // 32-bit words of a value row per lane
+    const int slot = lane % PB, r = lane / PB;
+    for (int pb = p0; pb + warp < p1; pb += WARPS * PB) {
+      const int p = pb + warp + WARPS * slot;
+      const bool live = p < p1;
+      const int nlive = min(PB, (p1 - pb - warp + WARPS - 1) / WARPS);  // the same for the whole warp
+      uint4 kr[8];  // dimensions 64 r .. 64 r + 63 of the key
+      if (live) {
+        const uint4* src = reinterpret_cast<const uint4*>((p == pos ? kn : kc + static_cast<size_t>(p) * HD) + 64 * r);
 #pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const int p = pb + u * WARPS;
-      if (p < p1) {  // position pos: this step's own key and value, from shared memory
-        thread::load_words<W>(p == pos ? kn + lane * DPL : kc + static_cast<size_t>(p) * HD + lane * DPL, kr[u]);
-        thread::load_words<W>(p == pos ? vn + lane * DPL : vc + static_cast<size_t>(p) * HD + lane * DPL, vr[u]);
+        for (int v = 0; v < 8; ++v) kr[v] = src[v];
       }
-    }
-  };
-  uint32_t kr[U][W], vr[U][W];
-  if (p0 + warp < p1) fetch(p0 + warp, kr, vr);
-  for (int pb = p0 + warp; pb < p1; pb += WARPS * U) {
-    const bool more = pb + WARPS * U < p1;  // the same for the whole warp
-    uint32_t kx[U][W], vx[U][W];
-    if (more) fetch(pb + WARPS * U, kx, vx);
+      uint32_t vr[PB][W];
 #pragma unroll
-    for (int u = 0; u < U; ++u) {
-      if (pb + u * WARPS >= p1) break;  // the same for the whole warp
-      float kf[DPL], vf[DPL];
-      thread::unpack_words<W>(kr[u], kf);
-      thread::unpack_words<W>(vr[u], vf);
+      for (int u = 0; u < PB; ++u) {
+        const int pu = pb + warp + WARPS * u;
+        if (u < nlive) thread::load_words<W>(pu == pos ? vn + lane * DPL : vc + static_cast<size_t>(pu) * HD + lane * DPL, vr[u]);
+      }
+      float sc[G];
+#pragma unroll
+      for (int h = 0; h < G; ++h) sc[h] = 0.f;
+#pragma unroll
+      for (int v = 0; v < 8; ++v) {
+        float kf[8];
+        thread::unpack4(reinterpret_cast<const uint2*>(&kr[v])[0], reinterpret_cast<float(&)[4]>(kf[0]));
+        thread::unpack4(reinterpret_cast<const uint2*>(&kr[v])[1], reinterpret_cast<float(&)[4]>(kf[4]));
+#pragma unroll
+        for (int h = 0; h < G; ++h) {
+          const float4 q0 = *reinterpret_cast<const float4*>(q + h * HD + 64 * r + v * 8);
+          const float4 q1 = *reinterpret_cast<const float4*>(q + h * HD + 64 * r + v * 8 + 4);
+          sc[h] = fmaf(q0.x, kf[0], fmaf(q0.y, kf[1], fmaf(q0.z, kf[2], fmaf(q0.w, kf[3], sc[h]))));
+          sc[h] = fmaf(q1.x, kf[4], fmaf(q1.y, kf[5], fmaf(q1.z, kf[6], fmaf(q1.w, kf[7], sc[h]))));
+        }
+      }
+      float pe[G];
 #pragma unroll
       for (int h = 0; h < G; ++h) {
-        float s = 0.f;
 #pragma unroll
-        for (int t = 0; t < DPL; ++t) s = fmaf(qr[h][t], kf[t], s);
-        s = warp::sum(s) * C::ATTN_SCALE;
-        const float mn = fmaxf(m[h], s), alpha = __expf(m[h] - mn), pe = __expf(s - mn);
-        l[h] = l[h] * alpha + pe;
+        for (int off = 16; off >= PB; off >>= 1) sc[h] += __shfl_xor_sync(0xffffffffu, sc[h], off);
+        const float s = live ? sc[h] * C::ATTN_SCALE : -INFINITY;
+        const float mn = fmaxf(m[h], warp::max(s));  // finite: slot 0 is live
+        const float alpha = __expf(m[h] - mn);
+        pe[h] = live ? __expf(s - mn) : 0.f;
+        l[h] = l[h] * alpha + warp::sum(r == 0 ? pe[h] : 0.f);  // each position once
 #pragma unroll
-        for (int t = 0; t < DPL; ++t) o[h][t] = o[h][t] * alpha + pe * vf[t];
+        for (int t = 0; t < DPL; ++t) o[h][t] *= alpha;
         m[h] = mn;
       }
+#pragma unroll
+      for (int u = 0; u < PB; ++u) {
+        if (u >= nlive) break;  // the same for the whole warp
+        float vf[DPL];
+        thread::unpack_words<W>(vr[u], vf);
+#pragma unroll
+        for (int h = 0; h < G; ++h) {
+          const float w = __shfl_sync(0xffffffffu, pe[h], u);
+#pragma unroll
+          for (int t = 0; t < DPL; ++t) o[h][t] = fmaf(w, vf[t], o[h][t]);
+        }
+      }
     }
-    if (more) {
+  } else {
+    constexpr int U = 8;  // positions per warp whose loads go out together
+    float qr[G][DPL];
 #pragma unroll
-      for (int u = 0; u < U; ++u)
+    for (int h = 0; h < G; ++h)
 #pragma unroll
-        for (int t = 0; t < W; ++t) { kr[u][t] = kx[u][t]; vr[u][t] = vx[u][t]; }
+      for (int t = 0; t < DPL; ++t) qr[h][t] = q[h * HD + lane * DPL + t];
+    // Each warp takes every WARPS-th position, U positions at a time with all their K and V loads
+    // issued together (the cache is read once, from HBM, and latency would otherwise serialise);
+    // lanes hold DPL dimensions each, kept as raw bf16 pairs until used. At long context a warp has
+    // several blocks: the next block's loads go out before this block is computed, so the latency
+    // is paid once per task, not once per block. (Also loading the first block before RoPE, with
+    // one softmax rescale per block, was 2% slower on an H100 at context 512: benchmarks/RESULTS.md.)
+    constexpr int W = DPL / 2;  // 32-bit words of a row per lane
+    auto fetch = [&](int pb, uint32_t (&kr)[U][W], uint32_t (&vr)[U][W]) {
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const int p = pb + u * WARPS;
+        if (p < p1) {  // position pos: this step's own key and value, from shared memory
+          thread::load_words<W>(p == pos ? kn + lane * DPL : kc + static_cast<size_t>(p) * HD + lane * DPL, kr[u]);
+          thread::load_words<W>(p == pos ? vn + lane * DPL : vc + static_cast<size_t>(p) * HD + lane * DPL, vr[u]);
+        }
+      }
+    };
+    uint32_t kr[U][W], vr[U][W];
+    if (p0 + warp < p1) fetch(p0 + warp, kr, vr);
+    for (int pb = p0 + warp; pb < p1; pb += WARPS * U) {
+      const bool more = pb + WARPS * U < p1;  // the same for the whole warp
+      uint32_t kx[U][W], vx[U][W];
+      if (more) fetch(pb + WARPS * U, kx, vx);
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        if (pb + u * WARPS >= p1) break;  // the same for the whole warp
+        float kf[DPL], vf[DPL];
+        thread::unpack_words<W>(kr[u], kf);
+        thread::unpack_words<W>(vr[u], vf);
+#pragma unroll
+        for (int h = 0; h < G; ++h) {
+          float s = 0.f;
+#pragma unroll
+          for (int t = 0; t < DPL; ++t) s = fmaf(qr[h][t], kf[t], s);
+          s = warp::sum(s) * C::ATTN_SCALE;
+          const float mn = fmaxf(m[h], s), alpha = __expf(m[h] - mn), pe = __expf(s - mn);
+          l[h] = l[h] * alpha + pe;
+#pragma unroll
+          for (int t = 0; t < DPL; ++t) o[h][t] = o[h][t] * alpha + pe * vf[t];
+          m[h] = mn;
+        }
+      }
+      if (more) {
+#pragma unroll
+        for (int u = 0; u < U; ++u)
+#pragma unroll
+          for (int t = 0; t < W; ++t) { kr[u][t] = kx[u][t]; vr[u][t] = vx[u][t]; }
+      }
     }
   }
 #pragma unroll
