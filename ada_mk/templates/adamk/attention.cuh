@@ -123,16 +123,16 @@ __device__ void attention_task(Ctx<C>& c, int layer, int idx) {
     for (int t = 0; t < DPL; ++t) o[h][t] = 0.f;
   }
   // Two ways through the split's positions, chosen by head size (measured on an H100,
-  // benchmarks/RESULTS.md, session 6): 128-dimension heads one position a lane group, which cut
+  // benchmarks/RESULTS.md, session 6): 128-dimension heads one position a lane pair, which cut
   // Llama-3-8B's step 2-4%; 64-dimension heads one position a warp, 2% faster for Llama-3.2-1B at
   // context 512.
-  if constexpr (HD >= 128) {
+  if constexpr (HD == 128) {
     // Each warp takes blocks of PB positions, block slot i the position pb + warp + WARPS * i. A
     // key row is dotted by the LPP lanes i + PB * r (64 dimensions each) with every query head: no
     // reduction across the warp per position. The warp updates the running max and sum once per
     // block, then multiplies the block's values in, lane by lane over its DPL dimensions. Every K
     // and V load of a block goes out before any is used: one round trip per block.
-    static_assert(HD == 128 || HD == 256, "128 or 256 dimensions a head");
+    static_assert(HD == 128, "128 dimensions a head (two lanes a position)");
     constexpr int LPP = HD / 64, PB = 32 / LPP;  // lanes a position, positions a block
     constexpr int W = DPL / 2;                    // 32-bit words of a value row per lane
     const int slot = lane % PB, r = lane / PB;
