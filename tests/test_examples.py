@@ -92,7 +92,7 @@ def test_pack_matches_pack_weights(tmp_path: Path) -> None:
 
     import dataclasses
 
-    model = dataclasses.replace(TINY, hidden_size=128, head_dim=32, intermediate_size=256)  # the kernel's minimum
+    model = dataclasses.replace(TINY, hidden_size=256, head_dim=64, intermediate_size=512)  # the kernel's smallest heads
     w = random_weights(model)
     g = write_gguf(tmp_path / "tiny.gguf", model, w, {})
     m, d = load_config(ROOT / "configs" / "smollm2-135m.yaml", max_context=64)
