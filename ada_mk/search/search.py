@@ -451,15 +451,11 @@ class Searcher:
         t = cand.tilings[kind]
         if t.tasks >= sms:
             return None
-        rows = t.rows
-        while -(-t.n // rows) * t.ksplit < sms:
-            half = rows // 2
-            if half % t.chunk_rows or (kind == "gate_up" and half % 2):
+        while t.tasks < sms:
+            t = LinearTiling(t.n, t.k, t.rows // 2, t.ksplit, t.warps_per_row)
+            if tiling_ok(kind, t) is not None:
                 return None
-            rows = half
-        til = dict(cand.tilings)
-        til[kind] = LinearTiling(t.n, t.k, rows, t.ksplit, t.warps_per_row)
-        return Candidate(til, cand.attn_splits, cand.stages)
+        return Candidate({**cand.tilings, kind: t}, cand.attn_splits, cand.stages)
 
     def _tick(self, what: str, frac: float) -> None:
         if self.progress is not None:

@@ -127,14 +127,13 @@ __device__ void attention_task(Ctx<C>& c, int layer, int idx) {
   // Llama-3-8B's step 2-4%; 64-dimension heads one position a warp, 2% faster for Llama-3.2-1B at
   // context 512.
   if constexpr (HD == 128) {
-    // Each warp takes blocks of PB positions, block slot i the position pb + warp + WARPS * i. A
-    // key row is dotted by the LPP lanes i + PB * r (64 dimensions each) with every query head: no
+    // Each warp takes blocks of PB = 16 positions, block slot i the position pb + warp + WARPS * i.
+    // A key row is dotted by lanes i and i + 16 (64 dimensions each) with every query head: no
     // reduction across the warp per position. The warp updates the running max and sum once per
     // block, then multiplies the block's values in, lane by lane over its DPL dimensions. Every K
     // and V load of a block goes out before any is used: one round trip per block.
-    static_assert(HD == 128, "128 dimensions a head (two lanes a position)");
-    constexpr int LPP = HD / 64, PB = 32 / LPP;  // lanes a position, positions a block
-    constexpr int W = DPL / 2;                    // 32-bit words of a value row per lane
+    constexpr int PB = 16;  // positions a block: two lanes a position
+    constexpr int W = DPL / 2;  // 32-bit words of a value row per lane
     const int slot = lane % PB, r = lane / PB;
     for (int pb = p0; pb + warp < p1; pb += WARPS * PB) {
       const int p = pb + warp + WARPS * slot;
@@ -171,8 +170,7 @@ __device__ void attention_task(Ctx<C>& c, int layer, int idx) {
       float pe[G];
 #pragma unroll
       for (int h = 0; h < G; ++h) {
-#pragma unroll
-        for (int off = 16; off >= PB; off >>= 1) sc[h] += __shfl_xor_sync(0xffffffffu, sc[h], off);
+        sc[h] += __shfl_xor_sync(0xffffffffu, sc[h], 16);  // the other half of the key
         const float s = live ? sc[h] * C::ATTN_SCALE : -INFINITY;
         const float mn = fmaxf(m[h], warp::max(s));  // finite: slot 0 is live
         const float alpha = __expf(m[h] - mn);
