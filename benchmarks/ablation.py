@@ -36,7 +36,7 @@ VARIANTS += [(f"searched tilings, {n} attention splits", (), int(n), True)
              for n in os.environ.get("ADAMK_SPLITS", "").split(",") if n]
 
 
-def with_splits(config: str, gpu: str, batch: int, splits: int):
+def with_splits(config: str, gpu: str, batch: int, splits: int, profile: bool = False):
     """The searched plan's tilings with `splits` attention splits, scheduled by the search."""
     from ada_mk.codegen.build import build
     from ada_mk.codegen.render import render
@@ -49,7 +49,7 @@ def with_splits(config: str, gpu: str, batch: int, splits: int):
     searched = make_plan(m, d)
     cand = s.trim_stages(s.evaluate(searched.tilings, splits))
     _, plan = s.full(cand)
-    return plan, build(render(plan), ["sm_90a"], library=False)
+    return plan, build(render(plan), ["sm_90a"], library=False, profile=profile)
 
 
 def time_variant(config: str, gpu: str, batch: int, defines: tuple[str, ...], splits: int | None = None,

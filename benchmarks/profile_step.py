@@ -15,16 +15,25 @@ from benchmarks.timing import cases_from_env
 from tests.gpu.kernels import kernel_for
 
 # ADAMK_CASES profiles other batches (benchmarks/timing.py; H100 plans, the search's);
-# ADAMK_HAND="gate_up 64" adds that plan of benchmarks/experiment.py (HAND) for each case it has.
+# ADAMK_HAND="gate_up 64" adds that plan of benchmarks/experiment.py (HAND) for each case it has;
+# "splits 8" the searched tilings with 8 attention splits (benchmarks/ablation.py).
 CASES = [(config, "H100", batch, "search") for config, batch in cases_from_env()]
 HAND = [h for h in os.environ.get("ADAMK_HAND", "").split("|") if h]
-CONTEXT = 512
+DEFINES = tuple(d for d in os.environ.get("ADAMK_DEFINES", "").split(",") if d)  # e.g. ADAMK_RING_HOLD=3
+CONTEXT = int(os.environ.get("ADAMK_CONTEXT", "512"))  # profiled context; the KV cache holds 256 more
+MAX_CONTEXT = max(1024, CONTEXT + 256)
 
 
 def kernel(config: str, batch: int, strategy: str, profile: bool):
-    """The searched plan (strategy "search"), or the HAND plan named `strategy`, and its kernel."""
+    """The searched plan (strategy "search"), its tilings with other attention splits ("splits N"),
+    or the HAND plan named `strategy`, and its kernel."""
+    if strategy.startswith("splits "):
+        from benchmarks.ablation import with_splits
+
+        return with_splits(config, "H100", batch, int(strategy.split()[1]), profile=profile)
     if strategy == "search":
-        return kernel_for(config, "H100", batch, profile=profile, strategy=strategy)
+        return kernel_for(config, "H100", batch, profile=profile, strategy=strategy, max_context=MAX_CONTEXT,
+                          defines=DEFINES)
     from ada_mk.codegen.build import build
     from ada_mk.codegen.render import render
     from benchmarks.experiment import plan_for
@@ -79,7 +88,8 @@ def summarize(plan, prof, out):
 if __name__ == "__main__":
     from benchmarks.experiment import HAND as HAND_PLANS
 
-    CASES += [(c, g, b, h) for c, g, b, _ in list(CASES) for h in HAND if c in HAND_PLANS[h]]
+    CASES += [(c, g, b, h) for c, g, b, _ in list(CASES) for h in HAND
+              if h.startswith("splits ") or c in HAND_PLANS[h]]
     if sys.argv[1:] == ["prebuild"]:
         for c, g, b, s in CASES:
             kernel(c, b, s, True)

@@ -89,7 +89,7 @@ def build(source: Source, archs: list[str], *, debug: bool = False, profile: boo
     key.update(b"library" if library else b"fatbin")
     out = cache_root() / f"{source.name}-{key.hexdigest()[:16]}"
     stem = source.name + ("_debug" if debug else "") + ("_profile" if profile else "") + "".join(
-        "_" + d.lower().removeprefix("adamk_") for d in defines)
+        "_" + d.lower().removeprefix("adamk_").replace("=", "") for d in defines)
     fatbin, lib, hdr = out / f"{stem}.fatbin", out / f"lib{stem}.so", out / f"{source.name}.h"
     if fatbin.exists() and (not library or lib.exists()):
         return Artifacts(fatbin, lib if library else None, hdr if library else None, out)

@@ -114,7 +114,7 @@ __device__ void attention_task(Ctx<C>& c, int layer, int idx) {
   c.t_staged = global_ns();
 #endif
 
-  float m[G], l[G], o[G][DPL];
+  float m[G], l[G], o[G][DPL];  // o: the 128-dimension loop's (the other keeps its own)
 #pragma unroll
   for (int h = 0; h < G; ++h) {
     m[h] = -INFINITY;
@@ -123,9 +123,8 @@ __device__ void attention_task(Ctx<C>& c, int layer, int idx) {
     for (int t = 0; t < DPL; ++t) o[h][t] = 0.f;
   }
   // Two ways through the split's positions, chosen by head size (measured on an H100,
-  // benchmarks/RESULTS.md, session 6): 128-dimension heads one position a lane pair, which cut
-  // Llama-3-8B's step 2-4%; 64-dimension heads one position a warp, 2% faster for Llama-3.2-1B at
-  // context 512.
+  // benchmarks/RESULTS.md, sessions 6 and 7). Both read every K and V row with 16-byte loads and
+  // update the softmax's running max and sum once per block of positions, not once per position.
   if constexpr (HD == 128) {
     // Each warp takes blocks of PB = 16 positions, block slot i the position pb + warp + WARPS * i.
     // A key row is dotted by lanes i and i + 16 (64 dimensions each) with every query head: no
@@ -194,67 +193,107 @@ __device__ void attention_task(Ctx<C>& c, int layer, int idx) {
       }
     }
   } else {
-    constexpr int U = 8;  // positions per warp whose loads go out together
-    float qr[G][DPL];
+    // 64-dimension heads: eight lanes a position, each with 8 dimensions (one 16-byte load of the
+    // key row and one of the value row), so one load instruction of a warp covers PR = 4
+    // consecutive positions. A warp takes rows of PR positions, row u of a batch at
+    // pb + WARPS * PR * u, and issues the K and V loads of U rows (U * PR positions) before using
+    // any (U = 8: 64 KB in flight per block). Scores are reduced over the 8 lanes of a position (3
+    // shuffles a head for 4 positions); the running max is the warp's, updated once per batch; the
+    // running sum and output stay per lane (the lanes' positions) until the task's end.
+    constexpr int LP = HD / 8, PR = 32 / LP;  // lanes a position, positions a row
+    // Registers: U x G scores, G x 8 outputs and, for up to 4 query heads a group, the lane's 8
+    // dimensions of every query (more heads read them from shared memory at each use).
+    constexpr bool QREG = G <= 4;
+    constexpr int U = QREG ? 8 : 2;          // rows a batch
+    const int s = lane / LP, t = lane % LP;  // this lane's position in a row, its 8 dimensions
+    float qr[QREG ? G : 1][8], o8[G][8] = {};  // o8: the lane's 8 dimensions of each head's output
+    if constexpr (QREG)
 #pragma unroll
-    for (int h = 0; h < G; ++h)
+      for (int h = 0; h < G; ++h)
 #pragma unroll
-      for (int t = 0; t < DPL; ++t) qr[h][t] = q[h * HD + lane * DPL + t];
-    // Each warp takes every WARPS-th position, U positions at a time with all their K and V loads
-    // issued together (the cache is read once, from HBM, and latency would otherwise serialise);
-    // lanes hold DPL dimensions each, kept as raw bf16 pairs until used. At long context a warp has
-    // several blocks: the next block's loads go out before this block is computed, so the latency
-    // is paid once per task, not once per block. (Also loading the first block before RoPE, with
-    // one softmax rescale per block, was 2% slower on an H100 at context 512: benchmarks/RESULTS.md.)
-    constexpr int W = DPL / 2;  // 32-bit words of a row per lane
-    auto fetch = [&](int pb, uint32_t (&kr)[U][W], uint32_t (&vr)[U][W]) {
+        for (int i = 0; i < 8; ++i) qr[h][i] = q[h * HD + 8 * t + i];
+    for (int pb = p0 + warp * PR; pb < p1; pb += WARPS * PR * U) {
+      const int rows = min(U, (p1 - pb + WARPS * PR - 1) / (WARPS * PR));  // the same for the whole warp
+      uint4 kr[U], vr[U];
 #pragma unroll
       for (int u = 0; u < U; ++u) {
-        const int p = pb + u * WARPS;
+        if (u >= rows) break;
+        const int p = pb + WARPS * PR * u + s;
+        kr[u] = vr[u] = make_uint4(0u, 0u, 0u, 0u);  // past the split: zeros (never NaN) times 0
         if (p < p1) {  // position pos: this step's own key and value, from shared memory
-          thread::load_words<W>(p == pos ? kn + lane * DPL : kc + static_cast<size_t>(p) * HD + lane * DPL, kr[u]);
-          thread::load_words<W>(p == pos ? vn + lane * DPL : vc + static_cast<size_t>(p) * HD + lane * DPL, vr[u]);
+          kr[u] = *reinterpret_cast<const uint4*>(p == pos ? kn + 8 * t : kc + static_cast<size_t>(p) * HD + 8 * t);
+          vr[u] = *reinterpret_cast<const uint4*>(p == pos ? vn + 8 * t : vc + static_cast<size_t>(p) * HD + 8 * t);
         }
       }
-    };
-    uint32_t kr[U][W], vr[U][W];
-    if (p0 + warp < p1) fetch(p0 + warp, kr, vr);
-    for (int pb = p0 + warp; pb < p1; pb += WARPS * U) {
-      const bool more = pb + WARPS * U < p1;  // the same for the whole warp
-      uint32_t kx[U][W], vx[U][W];
-      if (more) fetch(pb + WARPS * U, kx, vx);
+      float sc[U][G];
 #pragma unroll
       for (int u = 0; u < U; ++u) {
-        if (pb + u * WARPS >= p1) break;  // the same for the whole warp
-        float kf[DPL], vf[DPL];
-        thread::unpack_words<W>(kr[u], kf);
-        thread::unpack_words<W>(vr[u], vf);
+        if (u >= rows) break;
+        float kf[8];
+        thread::unpack_words<4>(reinterpret_cast<const uint32_t(&)[4]>(kr[u]), kf);
 #pragma unroll
         for (int h = 0; h < G; ++h) {
-          float s = 0.f;
+          float qh[8], d = 0.f;
 #pragma unroll
-          for (int t = 0; t < DPL; ++t) s = fmaf(qr[h][t], kf[t], s);
-          s = warp::sum(s) * C::ATTN_SCALE;
-          const float mn = fmaxf(m[h], s), alpha = __expf(m[h] - mn), pe = __expf(s - mn);
-          l[h] = l[h] * alpha + pe;
+          for (int i = 0; i < 8; ++i) qh[i] = QREG ? qr[QREG ? h : 0][i] : q[h * HD + 8 * t + i];
 #pragma unroll
-          for (int t = 0; t < DPL; ++t) o[h][t] = o[h][t] * alpha + pe * vf[t];
-          m[h] = mn;
+          for (int i = 0; i < 8; ++i) d = fmaf(qh[i], kf[i], d);
+#pragma unroll
+          for (int x = LP / 2; x > 0; x >>= 1) d += __shfl_xor_sync(0xffffffffu, d, x);
+          sc[u][h] = pb + WARPS * PR * u + s < p1 ? d * C::ATTN_SCALE : -INFINITY;
         }
       }
-      if (more) {
 #pragma unroll
-        for (int u = 0; u < U; ++u)
+      for (int h = 0; h < G; ++h) {
+        float mx = sc[0][h];
 #pragma unroll
-          for (int t = 0; t < W; ++t) { kr[u][t] = kx[u][t]; vr[u][t] = vx[u][t]; }
+        for (int u = 1; u < U; ++u)
+          if (u < rows) mx = fmaxf(mx, sc[u][h]);
+#pragma unroll
+        for (int x = LP; x < 32; x <<= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, x));
+        const float mn = fmaxf(m[h], mx);  // finite: the batch's first position is live
+        const float alpha = __expf(m[h] - mn);
+        l[h] *= alpha;
+#pragma unroll
+        for (int i = 0; i < 8; ++i) o8[h][i] *= alpha;
+        m[h] = mn;
+      }
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        if (u >= rows) break;
+        float vf[8];
+        thread::unpack_words<4>(reinterpret_cast<const uint32_t(&)[4]>(vr[u]), vf);
+#pragma unroll
+        for (int h = 0; h < G; ++h) {
+          const float pe = __expf(sc[u][h] - m[h]);  // 0 past the split
+          l[h] += pe;
+#pragma unroll
+          for (int i = 0; i < 8; ++i) o8[h][i] = fmaf(pe, vf[i], o8[h][i]);
+        }
+      }
+    }
+    // Sum the warp's PR position slots: lanes t, t + LP, ... hold the same dimensions.
+#pragma unroll
+    for (int h = 0; h < G; ++h) {
+#pragma unroll
+      for (int x = LP; x < 32; x <<= 1) {
+        l[h] += __shfl_xor_sync(0xffffffffu, l[h], x);
+#pragma unroll
+        for (int i = 0; i < 8; ++i) o8[h][i] += __shfl_xor_sync(0xffffffffu, o8[h][i], x);
+      }
+      if (s == 0) {
+        float4* dst = reinterpret_cast<float4*>(wo + (warp * G + h) * HD + 8 * t);
+        dst[0] = make_float4(o8[h][0], o8[h][1], o8[h][2], o8[h][3]);
+        dst[1] = make_float4(o8[h][4], o8[h][5], o8[h][6], o8[h][7]);
       }
     }
   }
 #pragma unroll
   for (int h = 0; h < G; ++h) {
     if (lane == 0) { wm[warp * G + h] = m[h]; wl[warp * G + h] = l[h]; }
+    if constexpr (HD == 128)
 #pragma unroll
-    for (int t = 0; t < DPL; ++t) wo[(warp * G + h) * HD + lane * DPL + t] = o[h][t];
+      for (int t = 0; t < DPL; ++t) wo[(warp * G + h) * HD + lane * DPL + t] = o[h][t];
   }
   __syncthreads();
 

@@ -77,6 +77,7 @@ __device__ __forceinline__ bool wait_counters(const unsigned* counters, int firs
 // After a barrier that follows the block's last write of the task: publish it (count bumps at
 // once). The release add is cumulative: the barrier made every thread's writes visible to
 // thread 0, and the release orders them before the add at GPU scope (no separate fence needed).
+// Thread 0's warp issues no weight-ring copies, so the release does not wait for them.
 __device__ __forceinline__ void signal(unsigned* counter, unsigned count = 1u) {
   if (threadIdx.x == 0) thread::add_release(counter, count);
 }

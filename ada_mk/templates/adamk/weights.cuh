@@ -4,6 +4,7 @@
 // list, in order, through a ring of C::STAGES shared-memory slots, C::STAGES - 1 chunks ahead of
 // the chunk being multiplied. While the block waits on a dependency, the next tasks' weights are
 // already in flight. The loader's cursor walks the same compiled schedule as the task loop.
+// Warp 0 issues no copies (WeightRing::load_chunk says why).
 // (Pulling further chunks into L2 with prefetch.global.L2 was measured slower on an H200,
 // 1.09 -> 1.44 ms/token for Llama-3.2-1B: the extra instructions and L2 pressure cost more; so
 // was a bulk prefetch of the 2, 4 or 8 chunks after the ring issued only while the block waits
@@ -101,8 +102,13 @@ struct WeightRing {
   __device__ void load_chunk(unsigned char* dst) {
     int row0;
     const __nv_bfloat16* src = load.template rows<T>(weights, row0);
+    // Warps 1.. issue the copies, warp 0 none: its thread 0 publishes the block's results
+    // (release add, arrival atomic), and a release waits for the warp's outstanding reads, which
+    // would include ring chunks still queued behind the whole card's weight traffic (on an H100
+    // this cut Llama-3.2-1B's step 1.5% at batch 1 and 4% at batch 8; benchmarks/RESULTS.md).
+    constexpr int LOADERS = C::THREADS - 32;
 #pragma unroll 4
-    for (int v = threadIdx.x; v < T::CHUNK_ROWS * T::VEC; v += C::THREADS) {
+    for (int v = static_cast<int>(threadIdx.x) - 32; v >= 0 && v < T::CHUNK_ROWS * T::VEC; v += LOADERS) {
       const int r = v / T::VEC, c = v % T::VEC;
       if (row0 + r < T::N)
         thread::cp_async_16(dst + tile_offset<C, T>(r, c * 8) * 2, src + static_cast<size_t>(r) * T::K + c * 8);
