@@ -19,7 +19,7 @@ from tests.gpu.kernels import kernel_for
 # "splits 8" the searched tilings with 8 attention splits (benchmarks/ablation.py).
 CASES = [(config, "H100", batch, "search") for config, batch in cases_from_env()]
 HAND = [h for h in os.environ.get("ADAMK_HAND", "").split("|") if h]
-DEFINES = tuple(d for d in os.environ.get("ADAMK_DEFINES", "").split(",") if d)  # e.g. ADAMK_RING_HOLD=3
+DEFINES = tuple(d for d in os.environ.get("ADAMK_DEFINES", "").split(",") if d)  # e.g. ADAMK_ABLATE_STAGING
 CONTEXT = int(os.environ.get("ADAMK_CONTEXT", "512"))  # profiled context; the KV cache holds 256 more
 MAX_CONTEXT = max(1024, CONTEXT + 256)
 

@@ -195,3 +195,19 @@ def test_no_fit_is_refused():
     m, d = cfg("llama3.2-1b", "L20")
     with pytest.raises(PlanError, match="shared memory"):
         search_plan(m, d, smem_limit=8 * 1024)
+
+
+def test_resplit_keeps_the_fastest_of_half_and_twice_the_splits():
+    """Searcher.resplit schedules half (and, up to one task per SM, twice) a candidate's attention
+    splits in full and keeps whichever the full schedule predicts fastest (Llama-3.2-1B, H100, a
+    1,024-position cache: the case where it moves 16 splits to 8; 32 would be 256 tasks on 132 SMs)."""
+    from ada_mk.search.search import Searcher
+
+    m, d = load_config(ROOT / "configs" / "llama3.2-1b.yaml", gpu="H100", batch=1, max_context=1024)
+    s = Searcher(m, d)
+    tilings = make_plan(m, d).tilings
+    full = {a: s.full(s.trim_stages(s.evaluate(tilings, a))) for a in (8, 16)}
+    kept, plan = s.resplit(*full[16])
+    want = min(full, key=lambda a: full[a][0].time)
+    assert kept.attn_splits == plan.attn_splits == want
+    assert kept.time == full[want][0].time

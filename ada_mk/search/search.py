@@ -462,10 +462,13 @@ class Searcher:
         schedule predicts it faster. The descent compares split counts on the screening estimate,
         which leaves out where the list scheduler puts the attention tasks; for Llama-3.2-1B at
         batch 1 the full schedule predicts 8 splits 0.6% faster than the 16 the descent keeps, and
-        on an H100 they measured 3% faster (benchmarks/RESULTS.md, session 7)."""
+        on an H100 they measured 3% faster (benchmarks/RESULTS.md, session 7). Twice the splits is
+        skipped where it gives more attention tasks than SMs (two tasks on one SM run one after
+        the other: 32 splits measured 28% slower than 16 for Llama-3.2-1B, session 7)."""
         best_c, best_p = cand, plan
+        groups = self.deploy.batch * self.model.num_key_value_heads
         for a in (cand.attn_splits // 2, cand.attn_splits * 2):
-            if a < 1 or a > max(ATTN_SPLITS):
+            if a < 1 or a * groups > self.deploy.gpu.sms:
                 continue
             c, p = self.full(self.trim_stages(self.evaluate(cand.tilings, a)))
             if c.time < best_c.time:
