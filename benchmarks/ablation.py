@@ -47,8 +47,7 @@ def with_splits(config: str, gpu: str, batch: int, splits: int, profile: bool = 
     m, d = model_for(config, gpu, batch, None, MAX_CONTEXT)
     s = Searcher(m, d)
     searched = make_plan(m, d)
-    cand = s.trim_stages(s.evaluate(searched.tilings, splits))
-    _, plan = s.full(cand)
+    _, plan = s.with_splits(searched.tilings, splits)
     return plan, build(render(plan), ["sm_90a"], library=False, profile=profile)
 
 

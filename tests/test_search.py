@@ -206,7 +206,7 @@ def test_resplit_keeps_the_fastest_of_half_and_twice_the_splits():
     m, d = load_config(ROOT / "configs" / "llama3.2-1b.yaml", gpu="H100", batch=1, max_context=1024)
     s = Searcher(m, d)
     tilings = make_plan(m, d).tilings
-    full = {a: s.full(s.trim_stages(s.evaluate(tilings, a))) for a in (8, 16)}
+    full = {a: s.with_splits(tilings, a) for a in (8, 16)}
     kept, plan = s.resplit(*full[16])
     want = min(full, key=lambda a: full[a][0].time)
     assert kept.attn_splits == plan.attn_splits == want

@@ -457,6 +457,10 @@ class Searcher:
                 return None
         return Candidate({**cand.tilings, kind: t}, cand.attn_splits, cand.stages)
 
+    def with_splits(self, tilings: dict, attn_splits: int) -> tuple[Candidate, Plan]:
+        """These tilings with that many attention splits: ring depth trimmed, fully scheduled."""
+        return self.full(self.trim_stages(self.evaluate(tilings, attn_splits)))
+
     def resplit(self, cand: Candidate, plan: Plan) -> tuple[Candidate, Plan]:
         """The fully scheduled candidate with half or twice the attention splits, where the full
         schedule predicts it faster. The descent compares split counts on the screening estimate,
@@ -470,7 +474,7 @@ class Searcher:
         for a in (cand.attn_splits // 2, cand.attn_splits * 2):
             if a < 1 or a * groups > self.deploy.gpu.sms:
                 continue
-            c, p = self.full(self.trim_stages(self.evaluate(cand.tilings, a)))
+            c, p = self.with_splits(cand.tilings, a)
             if c.time < best_c.time:
                 best_c, best_p = c, p
         return best_c, best_p
@@ -512,12 +516,12 @@ class Searcher:
         for c, p in base:  # never slower than the baseline, not even within the tolerance
             if c.time < best_c.time:
                 best_c, best_p = c, p
-        cover = self.covering(best_c) if self.budget is None else None
-        if cover is not None:  # taken unless predicted slower (beyond the float sum's rounding)
-            c, p = self.full(cover)
-            if c.time <= best_c.time * (1 + 1e-9):
-                best_c, best_p = c, p
         if self.budget is None:
+            cover = self.covering(best_c)
+            if cover is not None:  # taken unless predicted slower (beyond the float sum's rounding)
+                c, p = self.full(cover)
+                if c.time <= best_c.time * (1 + 1e-9):
+                    best_c, best_p = c, p
             best_c, best_p = self.resplit(best_c, best_p)
         best_p.notes = self.notes_of(best_c, best_p)
         self._tick("search", 1.0)

@@ -233,11 +233,14 @@ __device__ void attention_task(Ctx<C>& c, int layer, int idx) {
         thread::unpack_words<4>(reinterpret_cast<const uint32_t(&)[4]>(kr[u]), kf);
 #pragma unroll
         for (int h = 0; h < G; ++h) {
-          float qh[8], d = 0.f;
+          float d = 0.f;
 #pragma unroll
-          for (int i = 0; i < 8; ++i) qh[i] = QREG ? qr[QREG ? h : 0][i] : q[h * HD + 8 * t + i];
-#pragma unroll
-          for (int i = 0; i < 8; ++i) d = fmaf(qh[i], kf[i], d);
+          for (int i = 0; i < 8; ++i) {
+            float qv;
+            if constexpr (QREG) qv = qr[h][i];
+            else qv = q[h * HD + 8 * t + i];
+            d = fmaf(qv, kf[i], d);
+          }
 #pragma unroll
           for (int x = LP / 2; x > 0; x >>= 1) d += __shfl_xor_sync(0xffffffffu, d, x);
           sc[u][h] = pb + WARPS * PR * u + s < p1 ? d * C::ATTN_SCALE : -INFINITY;
