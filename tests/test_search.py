@@ -179,6 +179,19 @@ def test_smem_model_matches_layout():
     assert max(s.chunk_bytes for s in rep.per_stage.values()) == plan.stage_bytes
 
 
+def test_bulk_ring_barriers_are_laid_out():
+    """Bulk copies fill the ring on Hopper with one sequence, and its slots' mbarriers sit after
+    the staging's in the barrier region (adamk/weights.cuh); elsewhere the region is one mbarrier."""
+    for gpu, batch, bulk in (("H100", 1, True), ("H100", 8, False), ("L20", 1, False)):
+        m, d = cfg("llama3.2-1b", gpu, batch)
+        plan = make_plan(m, d)
+        lay = plan.smem_layout()
+        assert plan.bulk_ring == bulk, (gpu, batch)
+        assert plan.barrier_bytes == 8 * (1 + (plan.stages if bulk else 0)), (gpu, batch)
+        assert lay["SMEM_TOTAL"] - lay["SMEM_BARRIER"] >= plan.barrier_bytes
+        assert lay["SMEM_TOTAL"] == plan.smem_bytes <= d.gpu.smem_per_block
+
+
 def test_explain_writes_report_gantt_and_trace(tmp_path):
     plan = searched("llama3.2-1b", "L20")
     text = explain(plan, tmp_path, compare_unsplit=False)

@@ -151,6 +151,17 @@ class Plan:
         return batched(self.batch)
 
     @property
+    def bulk_ring(self) -> bool:
+        """Whether bulk copies (TMA, Hopper) fill the weight ring: with one sequence; the batched
+        multiply reads swizzled chunks that a row-long copy cannot lay out (adamk/weights.cuh)."""
+        return self.deploy.gpu.tma and not self.batched
+
+    @property
+    def barrier_bytes(self) -> int:
+        """mbarriers: the staged activations' bulk copies, and one per ring slot (bulk_ring)."""
+        return 8 * (1 + (self.stages if self.bulk_ring else 0))
+
+    @property
     def red_bytes(self) -> int:
         """Shared memory for the partial dot products (LinearTiling.red_floats)."""
         return max(t.red_floats(self.batch) for t in self.tilings.values()) * 4
@@ -174,7 +185,7 @@ class Plan:
         out, cursor = {}, 0
         for name, size in (("SMEM_RING", self.stages * self.stage_bytes), ("SMEM_X", self.x_bytes),
                            ("SMEM_RED", self.red_bytes), ("SMEM_ATTN", self.attn_bytes),
-                           ("SMEM_MISC", self.misc_bytes), ("SMEM_BARRIER", 8)):
+                           ("SMEM_MISC", self.misc_bytes), ("SMEM_BARRIER", self.barrier_bytes)):
             out[name] = cursor
             cursor += -(-size // 16) * 16
         out["SMEM_TOTAL"] = cursor

@@ -6,6 +6,11 @@
 #include <cute/numeric/numeric_types.hpp>
 #include <cstdint>
 
+// The bulk-copy unit (cp.async.bulk, sm_90 and later): ADAMK_BULK_COPY is defined where it exists.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#define ADAMK_BULK_COPY 1
+#endif
+
 namespace adamk::thread {
 
 // One 16-byte asynchronous copy; completes at the next cp_async_wait covering its group.
@@ -23,12 +28,28 @@ __device__ __forceinline__ void cp_async_wait() { cute::cp_async_wait<N>(); }
 __device__ __forceinline__ float4 ld_cg(const float4* p) { return __ldcg(p); }
 __device__ __forceinline__ float ld_cg(const float* p) { return __ldcg(p); }
 
-}  // namespace adamk::thread
-
-// The bulk-copy unit (cp.async.bulk, sm_90 and later): ADAMK_BULK_COPY is defined where it exists.
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-#define ADAMK_BULK_COPY 1
+#ifdef ADAMK_BULK_COPY
+// Hopper: mbarriers in shared memory, and bulk copies (cp.async.bulk) that complete on one.
+__device__ __forceinline__ uint32_t smem_addr(const void* p) { return static_cast<uint32_t>(__cvta_generic_to_shared(p)); }
+__device__ __forceinline__ void mbar_init(uint64_t* bar, unsigned count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(smem_addr(bar)), "r"(count) : "memory");
+}
+__device__ __forceinline__ void mbar_expect(uint64_t* bar, unsigned bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_addr(bar)), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void bulk_copy(void* dst, const void* src, unsigned bytes, uint64_t* bar) {
+  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];"
+               ::"r"(smem_addr(dst)), "l"(src), "r"(bytes), "r"(smem_addr(bar)) : "memory");
+}
+__device__ __forceinline__ void mbar_wait(uint64_t* bar, unsigned parity) {
+  asm volatile(
+      "{\n .reg .pred done;\n"
+      "wait_%=:\n mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
+      " @!done bra wait_%=;\n}" ::"r"(smem_addr(bar)), "r"(parity) : "memory");
+}
 #endif
+
+}  // namespace adamk::thread
 
 namespace adamk::block {
 
@@ -40,36 +61,25 @@ struct BulkCopy {
   unsigned phase = 0;  // parity of the copy being waited for
 
 #ifdef ADAMK_BULK_COPY
-  __device__ uint32_t bar_addr() const { return static_cast<uint32_t>(__cvta_generic_to_shared(bar)); }
-
   // Once per launch, thread 0, before a barrier.
   __device__ void init() const {
-    if (threadIdx.x == 0) asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(bar_addr()) : "memory");
+    if (threadIdx.x == 0) thread::mbar_init(bar, 1);
   }
 
   // Thread 0, after a barrier that ended every read of the destination: the next `bytes` bytes of
   // copies complete the current phase.
-  __device__ void expect(unsigned bytes) const {
-    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar_addr()), "r"(bytes) : "memory");
-  }
+  __device__ void expect(unsigned bytes) const { thread::mbar_expect(bar, bytes); }
 
   // Thread 0, before copying global data that other SMs wrote in this launch (generic proxy)
   // and that a counter wait acquired: orders those writes with the copies (async proxy).
   __device__ void fence_source() const { asm volatile("fence.proxy.async.global;" ::: "memory"); }
 
   // Thread 0: copy `bytes` (a multiple of 16, both addresses 16-byte aligned).
-  __device__ void row(void* dst, const void* src, unsigned bytes) const {
-    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];"
-                 ::"r"(static_cast<uint32_t>(__cvta_generic_to_shared(dst))), "l"(src), "r"(bytes), "r"(bar_addr())
-                 : "memory");
-  }
+  __device__ void row(void* dst, const void* src, unsigned bytes) const { thread::bulk_copy(dst, src, bytes, bar); }
 
   // Every thread: until the expected bytes have landed.
   __device__ void wait() {
-    asm volatile(
-        "{\n .reg .pred done;\n"
-        "wait_%=:\n mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
-        " @!done bra wait_%=;\n}" ::"r"(bar_addr()), "r"(phase) : "memory");
+    thread::mbar_wait(bar, phase);
     phase ^= 1u;
   }
 #endif

@@ -77,9 +77,30 @@ struct WeightRing {
   const __nv_bfloat16* weights;   // the packed weight buffer
   ChunkCursor<C> load;            // the next chunk into the ring
   unsigned issued = 0, consumed = 0;
+#if defined(ADAMK_BULK_COPY) && !defined(ADAMK_CP_ASYNC_RING)
+  // Where the plan says so (Plan.bulk_ring: Hopper, one sequence), a chunk is one bulk copy (one
+  // a row when the stage is K-split), issued by one thread of warp 1 and completing on its slot's
+  // mbarrier, instead of 16-byte cp.async copies spread over warps 1-7 (on an H100, Llama-3.2-1B's
+  // step 5% faster at context 4,096; benchmarks/RESULTS.md, session 8). Several sequences keep
+  // cp.async: the batched multiply reads odd rows swizzled (tile_offset), which a row-long copy
+  // cannot lay out. (ADAMK_CP_ASYNC_RING builds the cp.async ring everywhere, for comparisons.)
+  static constexpr bool BULK = C::BULK_RING;
+#else
+  static constexpr bool BULK = false;
+#endif
+  uint64_t* bars;                 // BULK: an mbarrier per slot (after the staging's, SMEM_BARRIER)
+  unsigned loaded = 0;            // BULK: chunks copied so far (the rest of `issued` are past the end)
 
-  __device__ WeightRing(unsigned char* smem, const __nv_bfloat16* w, const int4* first, const int4* last)
-      : slots(smem), weights(w), load(first, last) {
+  __device__ WeightRing(unsigned char* smem, const __nv_bfloat16* w, const int4* first, const int4* last,
+                        uint64_t* slot_bars)
+      : slots(smem), weights(w), load(first, last), bars(slot_bars) {
+#if defined(ADAMK_BULK_COPY)
+    if constexpr (BULK) {
+      if (threadIdx.x == 0)
+        for (int i = 0; i < C::STAGES; ++i) thread::mbar_init(bars + i, 1);
+      __syncthreads();
+    }
+#endif
 #pragma unroll 1
     for (int i = 0; i < C::STAGES - 1; ++i) issue();
   }
@@ -87,7 +108,11 @@ struct WeightRing {
   // Chunks of the task being multiplied: wait for the oldest, refill the slot freed by the
   // previous chunk (every thread passed the barrier, so nobody still reads it).
   __device__ const __nv_bfloat16* next() {
-    thread::cp_async_wait<C::STAGES - 2>();
+#if defined(ADAMK_BULK_COPY)
+    if constexpr (BULK) thread::mbar_wait(bars + consumed % C::STAGES, (consumed / C::STAGES) & 1);
+    else
+#endif
+      thread::cp_async_wait<C::STAGES - 2>();
     __syncthreads();
     const unsigned char* p = slots + (consumed % C::STAGES) * C::STAGE_BYTES;
     ++consumed;
@@ -95,13 +120,38 @@ struct WeightRing {
     return reinterpret_cast<const __nv_bfloat16*>(p);
   }
 
-  __device__ void drain() { thread::cp_async_wait<0>(); }
+  __device__ void drain() {
+#if defined(ADAMK_BULK_COPY)
+    if constexpr (BULK) {
+      for (unsigned i = consumed; i < loaded; ++i) thread::mbar_wait(bars + i % C::STAGES, (i / C::STAGES) & 1);
+      return;
+    }
+#endif
+    thread::cp_async_wait<0>();
+  }
 
  private:
   template <class T>
   __device__ void load_chunk(unsigned char* dst) {
     int row0;
     const __nv_bfloat16* src = load.template rows<T>(weights, row0);
+#if defined(ADAMK_BULK_COPY)
+    if constexpr (BULK) {
+      if (threadIdx.x == 32) {  // the last tile's chunks may end past the matrix, or lie past it
+        uint64_t* bar = bars + issued % C::STAGES;
+        const int rows = max(0, min(T::CHUNK_ROWS, T::N - row0));
+        thread::mbar_expect(bar, rows * T::KC * 2);  // no rows: the phase completes at once
+        if constexpr (T::KSPLIT == 1) {
+          if (rows > 0) thread::bulk_copy(dst, src, rows * T::K * 2, bar);
+        } else
+          for (int r = 0; r < rows; ++r)
+            thread::bulk_copy(dst + r * T::KC * 2, src + static_cast<size_t>(r) * T::K, T::KC * 2, bar);
+      }
+      ++loaded;
+      load.template advance<T>();
+      return;
+    }
+#endif
     // Warps 1.. issue the copies, warp 0 none: its thread 0 publishes the block's results
     // (release add, arrival atomic), and a release waits for the warp's outstanding reads, which
     // would include ring chunks still queued behind the whole card's weight traffic (on an H100
@@ -130,7 +180,7 @@ struct WeightRing {
       }
     }
     ++issued;
-    thread::cp_async_commit();
+    if constexpr (!BULK) thread::cp_async_commit();
   }
 };
 

@@ -51,6 +51,7 @@ struct Cfg {
 
   // Shared memory (bytes): the weight ring, the staged activation chunk, reductions, attention.
   static constexpr int STAGES = 4, STAGE_BYTES = 16384;
+  static constexpr bool BULK_RING = false;  // cp.async fills the ring
   static constexpr int SMEM_RING = 0;
   static constexpr int SMEM_X = 65536;
   static constexpr int SMEM_RED = 73728;
