@@ -4,11 +4,15 @@
 // list, in order, through a ring of C::STAGES shared-memory slots, C::STAGES - 1 chunks ahead of
 // the chunk being multiplied. While the block waits on a dependency, the next tasks' weights are
 // already in flight. The loader's cursor walks the same compiled schedule as the task loop.
-// Warp 0 issues no copies (WeightRing::load_chunk says why).
+// A chunk arrives by bulk copies on Hopper with one sequence, else by cp.async; warp 0 issues no
+// copies (WeightRing::load_chunk says why).
 // (Pulling further chunks into L2 with prefetch.global.L2 was measured slower on an H200,
 // 1.09 -> 1.44 ms/token for Llama-3.2-1B: the extra instructions and L2 pressure cost more; so
 // was a bulk prefetch of the 2, 4 or 8 chunks after the ring issued only while the block waits
-// on a counter, on an H100: 1.28 -> 1.30 / 1.36 / 1.42 ms, 8B 6.08 -> 6.19 / 6.25 / 6.36 ms.)
+// on a counter, on an H100: 1.28 -> 1.30 / 1.36 / 1.42 ms, 8B 6.08 -> 6.19 / 6.25 / 6.36 ms, and
+// of the 4 or 8 chunks after the ring at the start of each attention task, where the memory
+// would idle: 1B 1.089 -> 1.100, 8B 5.556 -> 5.639 / 5.665, 8B batch 8 7.85 -> 8.00 / 8.06
+// (benchmarks/RESULTS.md, session 8).)
 #pragma once
 #include "adamk/copy.cuh"
 #include "adamk/tasks.cuh"
