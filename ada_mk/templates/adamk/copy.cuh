@@ -28,26 +28,33 @@ __device__ __forceinline__ void cp_async_wait() { cute::cp_async_wait<N>(); }
 __device__ __forceinline__ float4 ld_cg(const float4* p) { return __ldcg(p); }
 __device__ __forceinline__ float ld_cg(const float* p) { return __ldcg(p); }
 
-#ifdef ADAMK_BULK_COPY
-// Hopper: mbarriers in shared memory, and bulk copies (cp.async.bulk) that complete on one.
+// Hopper: mbarriers in shared memory, and bulk copies (cp.async.bulk) that complete on one. Empty
+// where there is no bulk-copy unit; callers use them only where ADAMK_BULK_COPY is defined.
 __device__ __forceinline__ uint32_t smem_addr(const void* p) { return static_cast<uint32_t>(__cvta_generic_to_shared(p)); }
 __device__ __forceinline__ void mbar_init(uint64_t* bar, unsigned count) {
+#ifdef ADAMK_BULK_COPY
   asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(smem_addr(bar)), "r"(count) : "memory");
+#endif
 }
 __device__ __forceinline__ void mbar_expect(uint64_t* bar, unsigned bytes) {
+#ifdef ADAMK_BULK_COPY
   asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_addr(bar)), "r"(bytes) : "memory");
+#endif
 }
 __device__ __forceinline__ void bulk_copy(void* dst, const void* src, unsigned bytes, uint64_t* bar) {
+#ifdef ADAMK_BULK_COPY
   asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];"
                ::"r"(smem_addr(dst)), "l"(src), "r"(bytes), "r"(smem_addr(bar)) : "memory");
+#endif
 }
 __device__ __forceinline__ void mbar_wait(uint64_t* bar, unsigned parity) {
+#ifdef ADAMK_BULK_COPY
   asm volatile(
       "{\n .reg .pred done;\n"
       "wait_%=:\n mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
       " @!done bra wait_%=;\n}" ::"r"(smem_addr(bar)), "r"(parity) : "memory");
-}
 #endif
+}
 
 }  // namespace adamk::thread
 

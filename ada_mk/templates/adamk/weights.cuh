@@ -98,13 +98,11 @@ struct WeightRing {
   __device__ WeightRing(unsigned char* smem, const __nv_bfloat16* w, const int4* first, const int4* last,
                         uint64_t* slot_bars)
       : slots(smem), weights(w), load(first, last), bars(slot_bars) {
-#if defined(ADAMK_BULK_COPY)
     if constexpr (BULK) {
       if (threadIdx.x == 0)
         for (int i = 0; i < C::STAGES; ++i) thread::mbar_init(bars + i, 1);
       __syncthreads();
     }
-#endif
 #pragma unroll 1
     for (int i = 0; i < C::STAGES - 1; ++i) issue();
   }
@@ -112,11 +110,8 @@ struct WeightRing {
   // Chunks of the task being multiplied: wait for the oldest, refill the slot freed by the
   // previous chunk (every thread passed the barrier, so nobody still reads it).
   __device__ const __nv_bfloat16* next() {
-#if defined(ADAMK_BULK_COPY)
     if constexpr (BULK) thread::mbar_wait(bars + consumed % C::STAGES, (consumed / C::STAGES) & 1);
-    else
-#endif
-      thread::cp_async_wait<C::STAGES - 2>();
+    else thread::cp_async_wait<C::STAGES - 2>();
     __syncthreads();
     const unsigned char* p = slots + (consumed % C::STAGES) * C::STAGE_BYTES;
     ++consumed;
@@ -125,13 +120,9 @@ struct WeightRing {
   }
 
   __device__ void drain() {
-#if defined(ADAMK_BULK_COPY)
-    if constexpr (BULK) {
+    if constexpr (BULK)
       for (unsigned i = consumed; i < loaded; ++i) thread::mbar_wait(bars + i % C::STAGES, (i / C::STAGES) & 1);
-      return;
-    }
-#endif
-    thread::cp_async_wait<0>();
+    else thread::cp_async_wait<0>();
   }
 
  private:
@@ -139,7 +130,6 @@ struct WeightRing {
   __device__ void load_chunk(unsigned char* dst) {
     int row0;
     const __nv_bfloat16* src = load.template rows<T>(weights, row0);
-#if defined(ADAMK_BULK_COPY)
     if constexpr (BULK) {
       if (threadIdx.x == 32) {  // the last tile's chunks may end past the matrix, or lie past it
         uint64_t* bar = bars + issued % C::STAGES;
@@ -155,7 +145,6 @@ struct WeightRing {
       load.template advance<T>();
       return;
     }
-#endif
     // Warps 1.. issue the copies, warp 0 none: its thread 0 publishes the block's results
     // (release add, arrival atomic), and a release waits for the warp's outstanding reads, which
     // would include ring chunks still queued behind the whole card's weight traffic (on an H100
