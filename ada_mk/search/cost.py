@@ -140,12 +140,12 @@ class CostModel:
         self.kinds: dict[str, dict] = {}
         for kind in LINEAR_KINDS:
             t = plan.tilings[kind]
-            chunk = t.chunk_rows * t.kc * 2
+            chunk = t.stage_bytes
             in_flight = max(1, S - 1) * chunk
             bw = min(self.share, in_flight / c.mem_latency_s)
             if plan.batched:  # shared-memory bound: the chunk written once, read once, and the
-                # activations read once per chunk (batched multiply, adamk/linear.cuh)
-                per_chunk = c.chunk_overhead_s + (4 * t.chunk_rows + 2 * B) * t.kc / c.smem_bw_per_sm
+                # activations of its columns read once per chunk (batched multiply, adamk/linear.cuh)
+                per_chunk = c.chunk_overhead_s + (4 * t.chunk_rows + 2 * B) * t.chunk_cols / c.smem_bw_per_sm
             else:
                 per_chunk = c.chunk_overhead_s + t.chunk_rows * t.kc * (1 + 2 * B) / c.alu_rate_per_sm
             overhead = c.task_overhead_s

@@ -26,9 +26,10 @@ LINEAR_KINDS = ("qkv", "o", "gate_up", "down", "lm_head")
 KIND_IDS = {"qkv": 0, "attn": 1, "o": 2, "gate_up": 3, "down": 4, "lm_head": 5, "argmax": 6}
 
 # From this batch on, the kernel multiplies a weight chunk by all sequences at once: every warp
-# takes all rows of the chunk over its share of the columns, 8 rows x 8 sequences per tensor-core
+# takes all rows of the chunk over its share of the columns, 16 rows x 8 sequences per tensor-core
 # MMA (adamk/linear.cuh, multiply_batched). Below it, one row per warp group (multiply_rows).
 BATCHED_FROM = 2
+BATCHED_CHUNK_ROWS = 16  # rows of a batched multiply's chunk: the MMA's M (adamk/mma.cuh, TileDot)
 
 
 def batched(batch: int) -> bool:
@@ -41,8 +42,11 @@ class LinearTiling:
     """How one fused linear stage is cut into tasks.
 
     A task computes `rows` output rows over one K-chunk of `k // ksplit` columns. Its weight tile
-    streams through the shared-memory ring in chunks of `WARPS // warps_per_row` rows; each row of
-    a chunk is reduced by `warps_per_row` warps.
+    streams through the shared-memory ring chunk by chunk. With one sequence a chunk is
+    `WARPS // warps_per_row` whole rows, each reduced by `warps_per_row` warps. With the batched
+    multiply (`batched`, set for plans of batch >= BATCHED_FROM) every warp takes part of every
+    row of a chunk: a chunk is 16 rows (the MMA's M) by `kc // warps_per_row` columns, so
+    `warps_per_row` cuts a row group's columns into that many chunks (`kparts`).
     """
 
     n: int
@@ -50,6 +54,7 @@ class LinearTiling:
     rows: int
     ksplit: int
     warps_per_row: int
+    batched: bool = False
 
     @property
     def kc(self) -> int:
@@ -65,15 +70,24 @@ class LinearTiling:
 
     @property
     def chunk_rows(self) -> int:
-        return WARPS // self.warps_per_row
+        return BATCHED_CHUNK_ROWS if self.batched else WARPS // self.warps_per_row
+
+    @property
+    def kparts(self) -> int:
+        """Chunks across one row group's columns (1 with one sequence)."""
+        return self.warps_per_row if self.batched else 1
+
+    @property
+    def chunk_cols(self) -> int:
+        return self.kc // self.kparts
 
     @property
     def chunks(self) -> int:
-        return self.rows // self.chunk_rows
+        return self.rows // self.chunk_rows * self.kparts
 
     @property
     def stage_bytes(self) -> int:
-        return self.chunk_rows * self.kc * 2
+        return self.chunk_rows * self.chunk_cols * 2
 
     def x_row(self, batch: int) -> int:
         """Elements between two sequences' rows of the staged activations: kc, plus 64 bytes of
@@ -228,7 +242,8 @@ class Plan:
             "sms": self.sms,
             "threads": self.threads,
             "strategy": self.strategy,
-            "tilings": {k: asdict(v) for k, v in self.tilings.items()},
+            # `batched` follows from the batch: not a decision of its own
+            "tilings": {k: {f: x for f, x in asdict(v).items() if f != "batched"} for k, v in self.tilings.items()},
             "attn_splits": self.attn_splits,
             "stages": self.stages,
             "stage_bytes": self.stage_bytes,

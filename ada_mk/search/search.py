@@ -26,7 +26,7 @@ import numpy as np
 from ..config import DeployConfig, ModelConfig
 from .cost import CostConstants, CostModel, _Counters, constants_for, simulate, staged_key
 from .dag import STAGE_ORDER, Dag, stage_priority
-from .plan import LINEAR_KINDS, THREADS, WARPS, LinearTiling, Plan, Task, compress_runs
+from .plan import LINEAR_KINDS, THREADS, WARPS, LinearTiling, Plan, Task, batched, compress_runs
 from .smem import required_stage_bytes
 from .simple import linear_shapes
 
@@ -182,6 +182,8 @@ def tiling_ok(kind: str, t: LinearTiling) -> str | None:
     """Why a tiling is not one the kernel can run, or None."""
     if t.warps_per_row not in (1, 2, 4, 8):
         return f"warps_per_row {t.warps_per_row} not in 1, 2, 4, 8"
+    if t.batched and (t.k % t.ksplit or t.kc % t.kparts or t.chunk_cols % 8):
+        return f"warps_per_row {t.warps_per_row} does not cut the batched chunk's {t.kc} columns into multiples of 8"
     if t.rows <= 0 or t.rows % t.chunk_rows:
         return f"rows {t.rows} not a positive multiple of the chunk's {t.chunk_rows} rows"
     if t.ksplit <= 0 or t.k % t.ksplit or (t.k // t.ksplit) % 8:
@@ -221,6 +223,7 @@ class Searcher:
         self.progress = progress
         self.budget: float | None = None  # with a time budget: least shared memory meeting it
         self.shapes = linear_shapes(model)
+        self.batched = batched(deploy.batch)
         self._cache: dict = {}
         self._head: dict = {}
         self.evals = 0
@@ -286,13 +289,27 @@ class Searcher:
         out = []
         for s in splits:
             for wpr in (1, 2, 4, 8):
-                cr = WARPS // wpr
+                cr = self.tiling(n, k, 1, s, wpr).chunk_rows
                 for c in CHUNK_COUNTS:
                     rows = cr * c
                     if rows >= n + cr:
                         break
-                    out.append(LinearTiling(n, k, rows, s, wpr))
+                    t = self.tiling(n, k, rows, s, wpr)
+                    if tiling_ok(kind, t) is None:
+                        out.append(t)
         return out
+
+    def tiling(self, n: int, k: int, rows: int, ksplit: int, warps_per_row: int) -> LinearTiling:
+        return LinearTiling(n, k, rows, ksplit, warps_per_row, self.batched)
+
+    def fitting_wpr(self, n: int, k: int, ksplit: int, target: int) -> int:
+        """The fewest warps per row whose chunk fits `target` bytes (8 if none does); batched, only
+        those that cut the columns into whole 16-byte vectors."""
+        for w in (1, 2, 4, 8):
+            t = self.tiling(n, k, 1, ksplit, w)
+            if t.stage_bytes <= target and (not t.batched or (t.kc % w == 0 and t.chunk_cols % 8 == 0)):
+                return w
+        return 8
 
     def initial(self, stage_target: int) -> dict:
         """Per kind: the smallest K-split whose chunk fits beside the hidden-size activation
@@ -306,14 +323,14 @@ class Searcher:
             splits = valid_splits(kind, k) if self.allow_ksplit else [1]
             s = next((x for x in splits if k // x <= H), splits[-1])
             kc = k // s
-            wpr = next((w for w in (1, 2, 4, 8) if (WARPS // w) * kc * 2 <= stage_target), 8)
-            cr = WARPS // wpr
+            wpr = self.fitting_wpr(n, k, s, stage_target)
+            cr = self.tiling(n, k, 1, s, wpr).chunk_rows
             best = None
             for c in CHUNK_COUNTS:
                 rows = cr * c
                 if rows >= n + cr:
                     break
-                t = LinearTiling(n, k, rows, s, wpr)
+                t = self.tiling(n, k, rows, s, wpr)
                 rounds = -(-t.tasks // gpu.sms)
                 est = rounds * (rows * kc * 2 / share + self.constants.task_overhead_s + self.constants.stage_fixed_s)
                 if best is None or est < best[0] * (1 - 1e-9):
@@ -326,8 +343,8 @@ class Searcher:
         rows rounded up to whole chunks: the global move that changes the ring slot size."""
         out = {}
         for kind, t in tilings.items():
-            wpr = next((w for w in (1, 2, 4, 8) if (WARPS // w) * t.kc * 2 <= target), 8)
-            cr = WARPS // wpr
+            wpr = self.fitting_wpr(t.n, t.k, t.ksplit, target)
+            cr = dataclasses.replace(t, warps_per_row=wpr).chunk_rows
             out[kind] = dataclasses.replace(t, warps_per_row=wpr, rows=-(-t.rows // cr) * cr)
         return out
 
@@ -350,7 +367,7 @@ class Searcher:
                     out.append(dataclasses.replace(t, rows=cr * cnts[j]))
         for wpr in (t.warps_per_row // 2, t.warps_per_row * 2):
             if wpr in (1, 2, 4, 8):
-                cr2 = WARPS // wpr
+                cr2 = dataclasses.replace(t, warps_per_row=wpr).chunk_rows
                 rows = max(cr2, round(t.rows / cr2) * cr2)
                 out.append(dataclasses.replace(t, rows=rows, warps_per_row=wpr))
         if self.allow_ksplit and kind != "lm_head":
@@ -452,7 +469,7 @@ class Searcher:
         if t.tasks >= sms:
             return None
         while t.tasks < sms:
-            t = LinearTiling(t.n, t.k, t.rows // 2, t.ksplit, t.warps_per_row)
+            t = dataclasses.replace(t, rows=t.rows // 2)
             if tiling_ok(kind, t) is not None:
                 return None
         return Candidate({**cand.tilings, kind: t}, cand.attn_splits, cand.stages)

@@ -5,7 +5,7 @@ This is the baseline the offline search improves on; the kernel takes any valid 
 from __future__ import annotations
 
 from ..config import DeployConfig, ModelConfig
-from .plan import THREADS, WARPS, LinearTiling, Plan, compress_runs
+from .plan import THREADS, LinearTiling, Plan, batched, compress_runs
 
 TASK_OVERHEAD_S = 0.6e-6  # dependency wait, activation staging and signal per task (estimate)
 MAX_STAGES = 8
@@ -38,6 +38,7 @@ def choose_tiling(kind: str, n: int, k: int, deploy: DeployConfig, max_kc: int) 
     stage target, then the rows per task that minimise the stage's predicted makespan."""
     gpu = deploy.gpu
     target = stage_target(deploy)
+    several = batched(deploy.batch)
     splits = [1] if kind == "lm_head" else [s for s in range(1, 65) if k % s == 0 and (k // s) % 8 == 0]
     best = None
     for s in splits:
@@ -45,17 +46,18 @@ def choose_tiling(kind: str, n: int, k: int, deploy: DeployConfig, max_kc: int) 
         if kc > max_kc and s != splits[-1]:
             continue
         for wpr in (1, 2, 4, 8):
-            if (WARPS // wpr) * kc * 2 <= target or wpr == 8:
+            probe = LinearTiling(n, k, 1, s, wpr, several)
+            if probe.stage_bytes <= target and (not several or (kc % wpr == 0 and probe.chunk_cols % 8 == 0)):
                 break
-        if (WARPS // wpr) * kc * 2 > target and s != splits[-1]:
+        if probe.stage_bytes > target and s != splits[-1]:
             continue
-        chunk_rows = WARPS // wpr
+        chunk_rows = probe.chunk_rows
         bw_per_sm = gpu.read_bandwidth / gpu.sms
         for chunks in (1, 2, 3, 4, 6, 8, 12, 16):
             rows = chunk_rows * chunks
             if rows > max(chunk_rows, n):
                 break
-            t = LinearTiling(n, k, rows, s, wpr)
+            t = LinearTiling(n, k, rows, s, wpr, several)
             rounds = -(-t.tasks // gpu.sms)
             cost = rounds * (rows * kc * 2 / bw_per_sm + TASK_OVERHEAD_S)
             if best is None or cost < best[0] - 1e-12:

@@ -2,14 +2,15 @@
 
 A linear task of stage kind `k` is cut in three dimensions:
 
-  * output rows per ring chunk  r = chunk_rows = WARPS // warps_per_row  (and rows per task),
+  * output rows per ring chunk  r = chunk_rows = WARPS // warps_per_row  (and rows per task;
+                                batched: 16, and a chunk spans kc // warps_per_row columns),
   * the K-chunk                 kc = k // ksplit (K-splitting divides the reduction),
   * the pipeline depth          d = stages (ring slots; d - 1 chunks are in flight).
 
 The block holds, at once:
 
-  ring   d * stage_bytes, stage_bytes = max over kinds of r * kc * 2   (the weight pipeline: the
-         current task's chunks and the prefetch of the next tasks' weights share it),
+  ring   d * stage_bytes, stage_bytes = max over kinds of r * chunk columns * 2   (the weight
+         pipeline: the current task's chunks and the prefetch of the next tasks' weights share it),
   x      B * max x_row * 2    (the staged bf16 activation chunk; x_row = kc, plus 32 elements of
          padding per sequence with the batched multiply: LinearTiling.x_row),
   red    per-warp partial dot products: max rows * warps_per_row * B * 4, or with the batched
@@ -53,7 +54,7 @@ class StageSmem:
 
 
 def stage_smem(t: LinearTiling, kind: str, stages: int, batch: int) -> StageSmem:
-    chunk = t.chunk_rows * t.kc * 2
+    chunk = t.stage_bytes
     return StageSmem(kind, t.chunk_rows, t.kc, stages, chunk, stages * chunk, batch * t.x_row(batch) * 2,
                      t.red_floats(batch) * 4)
 
@@ -92,7 +93,7 @@ def smem_report(plan: Plan) -> SmemReport:
 
 
 def required_stage_bytes(tilings: dict[str, LinearTiling]) -> int:
-    return max(t.chunk_rows * t.kc * 2 for t in tilings.values())
+    return max(t.stage_bytes for t in tilings.values())
 
 
 def with_tilings(plan: Plan, tilings: dict[str, LinearTiling], stages: int | None = None,
@@ -141,7 +142,8 @@ def describe(rep: SmemReport) -> list[str]:
     for k in LINEAR_KINDS:
         s = rep.per_stage.get(k)
         if s is not None:
-            lines.append(f"  {k:8s} chunk {s.chunk_rows} rows x kc {s.kc} = {s.chunk_bytes} B/slot,"
+            lines.append(f"  {k:8s} chunk {s.chunk_rows} rows x {s.chunk_bytes // (2 * s.chunk_rows)} of kc {s.kc}"
+                         f" = {s.chunk_bytes} B/slot,"
                          f" own ring {s.ring} B, x {s.x} B, red {s.red} B")
     return lines
 

@@ -34,6 +34,9 @@ def _check_tilings(plan: Plan) -> None:
         t = plan.tilings[kind]
         if (t.n, t.k) != (n, k):
             raise PlanError(f"{kind}: tiling is for a {t.n} x {t.k} matrix, the model's is {n} x {k}")
+        if t.batched != plan.batched:
+            raise PlanError(f"{kind}: tiling batched={t.batched}, but batch {plan.batch} "
+                            f"{'multiplies' if plan.batched else 'does not multiply'} sequences together")
         why = tiling_ok(kind, t)
         if why:
             raise PlanError(f"{kind}: {why}")

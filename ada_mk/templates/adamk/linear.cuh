@@ -1,9 +1,10 @@
 // adamk/linear.cuh: one task of a fused linear stage (block scope).
 //
 // The task multiplies ROWS weight rows over one K-chunk by the staged activation chunk. Its
-// weight tile arrives through the ring one chunk (CHUNK_ROWS rows) at a time; the chunk's rows
-// are multiplied on the tensor cores, one row per warp group at batch 1 (multiply_rows) or all
-// rows by every warp with several sequences (multiply_batched), then reduced across warps.
+// weight tile arrives through the ring one chunk (CHUNK_ROWS rows x CHUNK_COLS columns) at a
+// time; the chunk's rows are multiplied on the tensor cores, one row per warp group at batch 1
+// (multiply_rows) or all 16 rows by every warp with several sequences (multiply_batched), then
+// reduced across warps.
 #pragma once
 #include "adamk/activations.cuh"
 #include "adamk/mma.cuh"
@@ -37,7 +38,7 @@ __device__ void stage_input(Ctx<C>& c, int layer, int split) {
 }
 
 // The finished dot product of the task's row r with sequence b: the sum of its warps' parts in
-// red (one part after the batched multiply's sum_chunk).
+// red (one part after the batched multiply's sum_group).
 template <class C, class T>
 __device__ float row_sum(const Ctx<C>& c, int r, int b) {
   constexpr int PARTS = C::BATCHED ? 1 : T::WPR;
@@ -165,54 +166,63 @@ __device__ void multiply_rows(Ctx<C>& c, int row0) {
   }
 }
 
-// Chunk `ch` of the batched multiply is done by every warp: sum its 8 warps' partials, in a
-// fixed order, into red[row][b].
+// Row group g (CHUNK_ROWS rows) of the batched multiply is done by every warp: sum its 8 warps'
+// partials, in a fixed order, into red[row][b].
 template <class C, class T>
-__device__ void sum_chunk(Ctx<C>& c, int ch) {
+__device__ void sum_group(Ctx<C>& c, int g) {
   constexpr int B = C::B, R = T::CHUNK_ROWS;
-  const float* part = c.red + T::ROWS * B + (ch & 1) * WARPS * R * B;
+  const float* part = c.red + T::ROWS * B + (g & 1) * WARPS * R * B;
   for (int e = threadIdx.x; e < R * B; e += C::THREADS) {
     float v = 0.f;
 #pragma unroll
     for (int w = 0; w < WARPS; ++w) v += part[w * R * B + e];
-    c.red[ch * R * B + e] = v;
+    c.red[g * R * B + e] = v;
   }
 }
 
-// Several sequences (Cfg::BATCHED): the 8 warps split a chunk's columns, each multiplying all its
-// rows by all sequences on the tensor cores (warp::ChunkDot), so each activation load serves
-// every row of the chunk. A chunk's per-warp partials go to one of two buffers behind red's
-// [ROWS][B] results; they are summed at the next chunk, after the ring's barrier.
+// Several sequences (Cfg::BATCHED): a row group of 16 rows arrives in KPARTS chunks of CHUNK_COLS
+// columns. The 8 warps split each chunk's columns, each multiplying the group's 16 rows by all
+// sequences on the tensor cores (warp::TileDot) and accumulating over the group's chunks in
+// registers, so each activation load serves 16 rows and each MMA 512 bytes of weights. A group's
+// per-warp partials go to one of two buffers behind red's [ROWS][B] results; they are summed at
+// the next group's first chunk, after the ring's barrier.
 template <class C, class T>
 __device__ void multiply_batched(Ctx<C>& c, int row0) {
   constexpr int B = C::B, R = T::CHUNK_ROWS;
-  static_assert(B <= 8 && R <= 8, "one MMA holds 8 sequences x 8 rows");
+  static_assert(B <= 8 && R == 16, "one MMA holds 16 rows x 8 sequences");
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, n = lane >> 2, q = lane & 3;
   const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
-  for (int ch = 0; ch < T::CHUNKS; ++ch) {
-    const __nv_bfloat16* w = c.ring.next();
-    if (ch > 0) sum_chunk<C, T>(c, ch - 1);
-    // Lane 4n + q loads weight row n and sequence n; rows past the chunk or the matrix, and
-    // sequences past the batch, feed zeros.
-    const bool row_in = n < R && row0 + ch * R + n < T::N, seq_in = n < B;
-    warp::ChunkDot dot;
+  for (int g = 0; g < T::ROWS / R; ++g) {
+    // Lane 4n + q loads weight rows n and n + 8 and sequence n; rows past the matrix and
+    // sequences past the batch feed zeros.
+    const bool lo_in = row0 + g * R + n < T::N, hi_in = row0 + g * R + n + 8 < T::N, seq_in = n < B;
+    warp::TileDot dot;
+    for (int p = 0; p < T::KPARTS; ++p) {
+      const __nv_bfloat16* w = c.ring.next();
+      if (g > 0 && p == 0) sum_group<C, T>(c, g - 1);
 #ifndef ADAMK_ABLATE_MATH
 #pragma unroll 4
-    for (int v0 = warp * 4; v0 < T::VEC; v0 += 4 * WARPS) {
-      const int k = (v0 + q) * 8;
-      const bool in = T::VEC % 4 == 0 || k < T::KC;
-      const uint4 wv = row_in && in ? *reinterpret_cast<const uint4*>(w + tile_offset<C, T>(n, k)) : zero;
-      const uint4 xv = seq_in && in ? *reinterpret_cast<const uint4*>(c.x + x_offset<C, T>(n, k)) : zero;
-      dot.add(wv, xv);
-    }
+      for (int v0 = warp * 4; v0 < T::CHUNK_VEC; v0 += 4 * WARPS) {
+        const int k = (v0 + q) * 8;
+        const bool in = T::CHUNK_VEC % 4 == 0 || k < T::CHUNK_COLS;
+        const uint4 wl = lo_in && in ? *reinterpret_cast<const uint4*>(w + tile_offset<C, T>(n, k)) : zero;
+        const uint4 wh = hi_in && in ? *reinterpret_cast<const uint4*>(w + tile_offset<C, T>(n + 8, k)) : zero;
+        const uint4 xv =
+            seq_in && in ? *reinterpret_cast<const uint4*>(c.x + x_offset<C, T>(n, p * T::CHUNK_COLS + k)) : zero;
+        dot.add(wl, wh, xv);
+      }
 #endif
-    float* part = c.red + T::ROWS * B + ((ch & 1) * WARPS + warp) * R * B;
+    }
+    float* part = c.red + T::ROWS * B + ((g & 1) * WARPS + warp) * R * B;
 #pragma unroll
     for (int j = 0; j < 2; ++j)
-      if (n < B && 2 * q + j < R) part[(2 * q + j) * B + n] = dot.value(j);
+      if (2 * q + j < B) {
+        part[n * B + 2 * q + j] = dot.value(0, j);
+        part[(n + 8) * B + 2 * q + j] = dot.value(1, j);
+      }
   }
   __syncthreads();
-  sum_chunk<C, T>(c, T::CHUNKS - 1);
+  sum_group<C, T>(c, T::ROWS / R - 1);
 }
 
 template <class C, class T, int KIND>

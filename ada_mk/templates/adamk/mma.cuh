@@ -12,8 +12,8 @@
 // vector), so the multiply needs no bf16 -> float conversion and no FMA loop.
 //
 // With several sequences (Cfg::BATCHED) that reads each sequence's activations once per weight
-// row; ChunkDot instead multiplies 8 rows by 8 sequences in one MMA, so every activation load
-// serves 8 rows.
+// row; TileDot instead multiplies 16 rows by 8 sequences in one MMA, so every activation load
+// serves 16 rows.
 #pragma once
 #include <cute/arch/mma_sm80.hpp>
 #include "adamk/warp.cuh"
@@ -45,24 +45,25 @@ struct RowDot {
   }
 };
 
-// Up to 8 weight rows (the MMA's N) times up to 8 sequences (its M rows 0-7; rows 8-15 are
-// zero), 32 columns per call. Lane 4n + q brings the same 16-byte vector (columns 8j .. 8j + 7)
-// of weight row n and of sequence n's activations, j = 4 * step + q; as in RowDot, the MMA's k
-// order is a permutation of those columns applied to both operands. Two accumulators, one per
-// MMA, so consecutive MMAs do not wait on each other.
-struct ChunkDot {
+// 16 weight rows (the MMA's M: rows n and n + 8 of lane 4n + q) times up to 8 sequences (its N),
+// 32 columns per call. Lane 4n + q brings the same 16-byte vector (columns 8j .. 8j + 7, j =
+// 4 * step + q) of weight rows n and n + 8 and of sequence n's activations; as in RowDot, the
+// MMA's k order is a permutation of those columns applied to both operands. Two accumulators,
+// one per MMA, so consecutive MMAs do not wait on each other. Every lane's operands are real
+// data: 512 bytes of weights per MMA.
+struct TileDot {
   float d[2][4] = {};
 
-  __device__ __forceinline__ void add(const uint4& w, const uint4& x) {
+  __device__ __forceinline__ void add(const uint4& w_lo, const uint4& w_hi, const uint4& x) {
     using Mma = cute::SM80_16x8x16_F32BF16BF16F32_TN;
-    Mma::fma(d[0][0], d[0][1], d[0][2], d[0][3], x.x, 0u, x.y, 0u, w.x, w.y,
+    Mma::fma(d[0][0], d[0][1], d[0][2], d[0][3], w_lo.x, w_hi.x, w_lo.y, w_hi.y, x.x, x.y,
              d[0][0], d[0][1], d[0][2], d[0][3]);
-    Mma::fma(d[1][0], d[1][1], d[1][2], d[1][3], x.z, 0u, x.w, 0u, w.z, w.w,
+    Mma::fma(d[1][0], d[1][1], d[1][2], d[1][3], w_lo.z, w_hi.z, w_lo.w, w_hi.w, x.z, x.w,
              d[1][0], d[1][1], d[1][2], d[1][3]);
   }
 
-  // Lane 4s + q holds sequence s's dot products with rows 2q (j = 0) and 2q + 1 (j = 1).
-  __device__ __forceinline__ float value(int j) const { return d[0][j] + d[1][j]; }
+  // Lane 4n + q holds rows n (hi = 0) and n + 8 (hi = 1) times sequences 2q (j = 0) and 2q + 1.
+  __device__ __forceinline__ float value(int hi, int j) const { return d[0][2 * hi + j] + d[1][2 * hi + j]; }
 };
 
 }  // namespace adamk::warp

@@ -21,27 +21,35 @@ constexpr int THREADS = 256;
 constexpr int WARPS = THREADS / 32;
 
 // One fused linear stage: N output rows, reduction length K, tasks of ROWS rows x K/KSPLIT
-// columns, each row of a weight chunk reduced by WPR warps.
-template <int N_, int K_, int ROWS_, int KSPLIT_, int WPR_>
+// columns. A task's weight tile streams through the ring in chunks of CHUNK_ROWS rows x
+// CHUNK_COLS columns, row group by row group, each group's column blocks in order. With one
+// sequence a chunk is WARPS / WPR whole rows, each reduced by WPR warps; the batched multiply
+// (Cfg::BATCHED) takes 16 rows a chunk (the MMA's M), over KC / CHUNK_COLS column blocks.
+template <int N_, int K_, int ROWS_, int KSPLIT_, int WPR_, int CHUNK_ROWS_ = WARPS / WPR_,
+          int CHUNK_COLS_ = K_ / KSPLIT_>
 struct Tiling {
   static constexpr int N = N_, K = K_, ROWS = ROWS_, KSPLIT = KSPLIT_, WPR = WPR_;
   static constexpr int KC = K / KSPLIT;             // columns of one task
   static constexpr int VEC = KC / 8;                // 16-byte vectors in a row of a task
-  static constexpr int CHUNK_ROWS = WARPS / WPR;    // rows of one weight chunk (one ring slot)
-  static constexpr int CHUNKS = ROWS / CHUNK_ROWS;  // chunks of one task
+  static constexpr int CHUNK_ROWS = CHUNK_ROWS_;    // rows of one weight chunk (one ring slot)
+  static constexpr int CHUNK_COLS = CHUNK_COLS_;    // its columns
+  static constexpr int CHUNK_VEC = CHUNK_COLS / 8;  // 16-byte vectors in a row of a chunk
+  static constexpr int KPARTS = KC / CHUNK_COLS;    // column blocks of a row group
+  static constexpr int CHUNKS = ROWS / CHUNK_ROWS * KPARTS;  // chunks of one task
   static constexpr int TILES = (N + ROWS - 1) / ROWS;
   static_assert(K % KSPLIT == 0 && KC % 8 == 0, "K-chunks are whole 16-byte vectors");
-  static_assert(ROWS % CHUNK_ROWS == 0, "a task is whole chunks");
+  static_assert(ROWS % CHUNK_ROWS == 0, "a task is whole row groups");
+  static_assert(KC % CHUNK_COLS == 0 && CHUNK_COLS % 8 == 0, "a row group is whole column blocks of 16-byte vectors");
 };
 
-// Where element k of row `row` sits in a weight chunk in the ring ([rows][KC] bf16). The batched
-// multiply (adamk/mma.cuh, ChunkDot) loads 64 bytes at the same column from each of 8 rows at
-// once; with rows KC * 2 bytes apart (a multiple of 128) rows 2i and 2i + 1 would hit the same
+// Where element k of row `row` sits in a weight chunk in the ring ([CHUNK_ROWS][CHUNK_COLS] bf16).
+// The batched multiply (adamk/mma.cuh, TileDot) loads 64 bytes at the same column from each of 8
+// rows at once; with rows a multiple of 128 bytes apart rows 2i and 2i + 1 would hit the same
 // banks, so odd rows keep their 16-byte vectors XOR 4, in the other half of each 128-byte line.
 template <class C, class T>
 __device__ __forceinline__ int tile_offset(int row, int k) {
-  constexpr bool SWIZZLE = C::BATCHED && T::VEC % 8 == 0;
-  return row * T::KC + (SWIZZLE ? k ^ ((row & 1) << 5) : k);
+  constexpr bool SWIZZLE = C::BATCHED && T::CHUNK_VEC % 8 == 0;
+  return row * T::CHUNK_COLS + (SWIZZLE ? k ^ ((row & 1) << 5) : k);
 }
 
 // Elements between consecutive sequences of the staged activations. The batched multiply reads

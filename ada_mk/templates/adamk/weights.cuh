@@ -47,13 +47,15 @@ struct ChunkCursor {
   __device__ bool done() const { return run == end; }
   __device__ int kind() const { return run->x & 0xff; }
 
-  // The chunk under the cursor: its first weight row, the task's K-split, and the tiling.
+  // The chunk under the cursor: where its first row begins (its row group's first row in
+  // row0; the task's K-split and the chunk's column block give the column).
   template <class T>
   __device__ const __nv_bfloat16* rows(const __nv_bfloat16* weights, int& row0) const {
     const int idx = run->y + item * run->z;
     const int tile = idx / T::KSPLIT, split = idx % T::KSPLIT;
-    row0 = tile * T::ROWS + chunk * T::CHUNK_ROWS;
-    return weights + weight_offset<C>(kind(), run->x >> 8) + static_cast<size_t>(row0) * T::K + split * T::KC;
+    row0 = tile * T::ROWS + chunk / T::KPARTS * T::CHUNK_ROWS;
+    return weights + weight_offset<C>(kind(), run->x >> 8) + static_cast<size_t>(row0) * T::K + split * T::KC +
+           chunk % T::KPARTS * T::CHUNK_COLS;
   }
 
   template <class T>
@@ -83,7 +85,7 @@ struct WeightRing {
   unsigned issued = 0, consumed = 0;
 #if defined(ADAMK_BULK_COPY) && !defined(ADAMK_CP_ASYNC_RING)
   // Where the plan says so (Plan.bulk_ring: Hopper, one sequence), a chunk is one bulk copy (one
-  // a row when the stage is K-split), issued by one thread of warp 1 and completing on its slot's
+  // a row when the chunk is narrower than the matrix), issued by one thread of warp 1 and completing on its slot's
   // mbarrier, instead of 16-byte cp.async copies spread over warps 1-7 (on an H100, Llama-3.2-1B's
   // step 5% faster at context 4,096; benchmarks/RESULTS.md, session 8). Several sequences keep
   // cp.async: the batched multiply reads odd rows swizzled (tile_offset), which a row-long copy
@@ -134,12 +136,12 @@ struct WeightRing {
       if (threadIdx.x == 32) {  // the last tile's chunks may end past the matrix, or lie past it
         uint64_t* bar = bars + issued % C::STAGES;
         const int rows = max(0, min(T::CHUNK_ROWS, T::N - row0));
-        thread::mbar_expect(bar, rows * T::KC * 2);  // no rows: the phase completes at once
-        if constexpr (T::KSPLIT == 1) {
+        thread::mbar_expect(bar, rows * T::CHUNK_COLS * 2);  // no rows: the phase completes at once
+        if constexpr (T::CHUNK_COLS == T::K) {
           if (rows > 0) thread::bulk_copy(dst, src, rows * T::K * 2, bar);
         } else
           for (int r = 0; r < rows; ++r)
-            thread::bulk_copy(dst + r * T::KC * 2, src + static_cast<size_t>(r) * T::K, T::KC * 2, bar);
+            thread::bulk_copy(dst + r * T::CHUNK_COLS * 2, src + static_cast<size_t>(r) * T::K, T::CHUNK_COLS * 2, bar);
       }
       ++loaded;
       load.template advance<T>();
@@ -151,8 +153,8 @@ struct WeightRing {
     // this cut Llama-3.2-1B's step 1.5% at batch 1 and 4% at batch 8; benchmarks/RESULTS.md).
     constexpr int LOADERS = C::THREADS - 32;
 #pragma unroll 4
-    for (int v = static_cast<int>(threadIdx.x) - 32; v >= 0 && v < T::CHUNK_ROWS * T::VEC; v += LOADERS) {
-      const int r = v / T::VEC, c = v % T::VEC;
+    for (int v = static_cast<int>(threadIdx.x) - 32; v >= 0 && v < T::CHUNK_ROWS * T::CHUNK_VEC; v += LOADERS) {
+      const int r = v / T::CHUNK_VEC, c = v % T::CHUNK_VEC;
       if (row0 + r < T::N)
         thread::cp_async_16(dst + tile_offset<C, T>(r, c * 8) * 2, src + static_cast<size_t>(r) * T::K + c * 8);
     }
