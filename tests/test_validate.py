@@ -141,6 +141,18 @@ def test_bad_tiling(change, match):
         validate_plan(dataclasses.replace(p, tilings=til))
 
 
+def test_tiling_batched_flag_follows_the_batch():
+    """A batch-4 plan's tilings describe the batched multiply's 16-row chunks; one that does not
+    would lay the ring out differently from the kernel (adamk/tasks.cuh, Tiling)."""
+    p = rr_plan(batch=4)
+    assert all(t.batched and t.chunk_rows == 16 for t in p.tilings.values())
+    validate_plan(p)
+    til = dict(p.tilings)
+    til["o"] = dataclasses.replace(til["o"], batched=False)
+    with pytest.raises(PlanError, match="o: tiling batched=False, but batch 4"):
+        validate_plan(dataclasses.replace(p, tilings=til))
+
+
 def test_split_lm_head_refused():
     p = rr_plan()
     til = dict(p.tilings)

@@ -26,7 +26,7 @@ import numpy as np
 from ..config import DeployConfig, ModelConfig
 from .cost import CostConstants, CostModel, _Counters, constants_for, simulate, staged_key
 from .dag import STAGE_ORDER, Dag, stage_priority
-from .plan import LINEAR_KINDS, THREADS, WARPS, LinearTiling, Plan, Task, batched, compress_runs
+from .plan import LINEAR_KINDS, THREADS, LinearTiling, Plan, Task, batched, compress_runs
 from .smem import required_stage_bytes
 from .simple import linear_shapes
 
@@ -182,12 +182,12 @@ def tiling_ok(kind: str, t: LinearTiling) -> str | None:
     """Why a tiling is not one the kernel can run, or None."""
     if t.warps_per_row not in (1, 2, 4, 8):
         return f"warps_per_row {t.warps_per_row} not in 1, 2, 4, 8"
-    if t.batched and (t.k % t.ksplit or t.kc % t.kparts or t.chunk_cols % 8):
-        return f"warps_per_row {t.warps_per_row} does not cut the batched chunk's {t.kc} columns into multiples of 8"
     if t.rows <= 0 or t.rows % t.chunk_rows:
         return f"rows {t.rows} not a positive multiple of the chunk's {t.chunk_rows} rows"
     if t.ksplit <= 0 or t.k % t.ksplit or (t.k // t.ksplit) % 8:
         return f"ksplit {t.ksplit} does not cut K={t.k} into multiples of 8"
+    if t.batched and (t.kc % t.kparts or t.chunk_cols % 8):
+        return f"warps_per_row {t.warps_per_row} does not cut the batched chunk's {t.kc} columns into multiples of 8"
     if kind == "gate_up" and t.rows % 2:
         return f"rows {t.rows} odd: a gate/up task holds whole (gate, up) row pairs"
     if kind == "lm_head" and t.ksplit != 1:
