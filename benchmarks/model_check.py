@@ -1,6 +1,7 @@
 """Does the cost model order plans as the GPU does? The H100 measurements of session 4 (same kernel,
-different plans, batch 1, context 512; benchmarks/RESULTS.md) against the model's full-schedule
-predictions, with the cost constants as they are or changed one at a time. CPU only:
+different plans, batch 1, context 512) and of session 9 (e2fe051's kernel, batch 8, context 512;
+benchmarks/RESULTS.md) against the model's full-schedule predictions, with the cost constants as
+they are or changed one at a time. CPU only:
 
     python -m benchmarks.model_check          (the constants as committed)
     python -m benchmarks.model_check sweep    (one constant at a time)
@@ -18,16 +19,37 @@ P1 = {"qkv": (3072, 2048, 24, 1, 1), "o": (2048, 2048, 16, 1, 1), "gate_up": (16
       "down": (2048, 8192, 64, 4, 1), "lm_head": (128256, 2048, 256, 1, 1)}
 P8 = {"qkv": (6144, 4096, 48, 1, 2), "o": (4096, 4096, 32, 1, 2), "gate_up": (28672, 4096, 32, 1, 2),
       "down": (4096, 14336, 16, 1, 8), "lm_head": (128256, 4096, 48, 1, 2)}
-# (config, tilings, attention splits, ring depth, measured ms/token on an H100 at 5775617)
+# The searched batch-8 plans at e2fe051 (16-row batched chunks: warps_per_row cuts a row group's columns).
+B1 = {"qkv": (3072, 2048, 32, 1, 2), "o": (2048, 2048, 16, 1, 2), "gate_up": (16384, 2048, 64, 1, 2),
+      "down": (2048, 8192, 64, 4, 2), "lm_head": (128256, 2048, 256, 1, 2)}
+B8 = {"qkv": (6144, 4096, 48, 1, 4), "o": (4096, 4096, 32, 1, 4), "gate_up": (28672, 4096, 32, 1, 4),
+      "down": (4096, 14336, 128, 4, 4), "lm_head": (128256, 4096, 256, 1, 4)}
+# (config, batch, tilings, attention splits, ring depth, measured ms/token on an H100: batch 1 at
+# 5775617 (session 4), batch 8 at e2fe051 (session 9, calls 5, 6 and 8: the mean of its rounds))
 MEASURED = [
-    ("llama3.2-1b", P1, 8, 6, 1.160),
-    ("llama3.2-1b", {**P1, "down": (2048, 8192, 16, 1, 4), "lm_head": (128256, 2048, 128, 1, 1)}, 16, 6, 1.228),
-    ("llama3.2-1b", {**P1, "down": (2048, 8192, 16, 1, 4)}, 8, 6, 1.180),
-    ("llama3.2-1b", {**P1, "lm_head": (128256, 2048, 128, 1, 1)}, 8, 6, 1.164),
-    ("llama3.2-1b", P1, 16, 6, 1.158),
-    ("llama3-8b", P8, 16, 5, 5.94),
-    ("llama3-8b", {**P8, "gate_up": (28672, 4096, 24, 1, 2), "down": (4096, 14336, 64, 4, 2),
-                   "lm_head": (128256, 4096, 32, 1, 2)}, 6, 6, 6.075),
+    ("llama3.2-1b", 1, P1, 8, 6, 1.160),
+    ("llama3.2-1b", 1, {**P1, "down": (2048, 8192, 16, 1, 4), "lm_head": (128256, 2048, 128, 1, 1)}, 16, 6, 1.228),
+    ("llama3.2-1b", 1, {**P1, "down": (2048, 8192, 16, 1, 4)}, 8, 6, 1.180),
+    ("llama3.2-1b", 1, {**P1, "lm_head": (128256, 2048, 128, 1, 1)}, 8, 6, 1.164),
+    ("llama3.2-1b", 1, P1, 16, 6, 1.158),
+    ("llama3-8b", 1, P8, 16, 5, 5.94),
+    ("llama3-8b", 1, {**P8, "gate_up": (28672, 4096, 24, 1, 2), "down": (4096, 14336, 64, 4, 2),
+                      "lm_head": (128256, 4096, 32, 1, 2)}, 6, 6, 6.075),
+    ("llama3.2-1b", 8, B1, 2, 5, 1.575),
+    ("llama3.2-1b", 8, B1, 2, 3, 1.571),
+    ("llama3.2-1b", 8, B1, 1, 5, 1.622),
+    ("llama3.2-1b", 8, B1, 4, 5, 1.613),
+    ("llama3.2-1b", 8, {**B1, "o": (2048, 2048, 64, 4, 1)}, 2, 5, 1.569),
+    ("llama3.2-1b", 8, {**B1, "o": (2048, 2048, 128, 8, 1)}, 2, 5, 1.659),
+    ("llama3.2-1b", 8, {**B1, "lm_head": (128256, 2048, 128, 1, 2)}, 2, 5, 1.596),
+    ("llama3-8b", 8, B8, 2, 3, 7.465),
+    ("llama3-8b", 8, B8, 2, 2, 7.925),
+    ("llama3-8b", 8, B8, 1, 3, 7.575),
+    ("llama3-8b", 8, B8, 4, 3, 7.670),
+    ("llama3-8b", 8, {**B8, "o": (4096, 4096, 128, 4, 1)}, 2, 3, 7.701),
+    ("llama3-8b", 8, {**B8, "o": (4096, 4096, 256, 8, 1)}, 2, 3, 7.988),
+    ("llama3-8b", 8, {**B8, "qkv": (6144, 4096, 96, 2, 2)}, 2, 3, 7.480),
+    ("llama3-8b", 8, {**B8, "lm_head": (128256, 4096, 128, 1, 4)}, 2, 3, 7.425),
 ]
 
 
@@ -37,9 +59,9 @@ def predicted_ms(changes: dict) -> list[float]:
     cost.COSTS["H100"] = dataclasses.replace(base, **changes)
     try:
         out = []
-        for config, tilings, splits, stages, _ in MEASURED:
-            m, d = model_for(config, "H100", 1, None)
-            cand = Candidate({k: LinearTiling(*v) for k, v in tilings.items()}, splits, stages)
+        for config, batch, tilings, splits, stages, _ in MEASURED:
+            m, d = model_for(config, "H100", batch, None)
+            cand = Candidate({k: LinearTiling(*v, batch > 1) for k, v in tilings.items()}, splits, stages)
             out.append(Searcher(m, d).full(cand)[0].time * 1e3)
         return out
     finally:
@@ -47,11 +69,11 @@ def predicted_ms(changes: dict) -> list[float]:
 
 
 def ordered(pred: list[float]) -> tuple[int, int]:
-    """Pairs of plans of one model, measured more than 1% apart, that the model orders right."""
+    """Pairs of plans of one model and batch, measured more than 1% apart, that the model orders right."""
     ok = total = 0
     for i, j in itertools.combinations(range(len(MEASURED)), 2):
-        mi, mj = MEASURED[i][4], MEASURED[j][4]
-        if MEASURED[i][0] != MEASURED[j][0] or abs(mi - mj) < 0.01 * mi:
+        mi, mj = MEASURED[i][5], MEASURED[j][5]
+        if MEASURED[i][:2] != MEASURED[j][:2] or abs(mi - mj) < 0.01 * mi:
             continue
         total += 1
         ok += (pred[i] < pred[j]) == (mi < mj)
@@ -65,7 +87,7 @@ def report(label: str, changes: dict) -> None:
 
 
 if __name__ == "__main__":
-    print("measured" + " " * 37 + " ".join(f"{m[4]:.3f}" for m in MEASURED))
+    print("measured" + " " * 37 + " ".join(f"{m[5]:.3f}" for m in MEASURED))
     report("as committed", {})
     if sys.argv[1:] == ["sweep"]:
         c = cost.COSTS["H100"]
