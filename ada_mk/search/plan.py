@@ -82,6 +82,12 @@ class LinearTiling:
         return self.kc // self.kparts
 
     @property
+    def whole_column_blocks(self) -> bool:
+        """Whether its chunks cut the K-chunk into equal blocks of whole 16-byte vectors (always,
+        with one sequence: a chunk there is whole rows)."""
+        return not self.batched or (self.kc % self.kparts == 0 and self.chunk_cols % 8 == 0)
+
+    @property
     def chunks(self) -> int:
         return self.rows // self.chunk_rows * self.kparts
 
@@ -107,6 +113,16 @@ class LinearTiling:
 
     def row_range(self, tile: int) -> tuple[int, int]:
         return tile * self.rows, min((tile + 1) * self.rows, self.n)
+
+
+def fitting_wpr(n: int, k: int, ksplit: int, batched: bool, target: int) -> int:
+    """The fewest warps per row whose chunk of an (n x k, K-split `ksplit`) stage brings at most
+    `target` bytes and cuts its columns into whole blocks (8 if none does)."""
+    for wpr in (1, 2, 4, 8):
+        t = LinearTiling(n, k, 1, ksplit, wpr, batched)
+        if t.stage_bytes <= target and t.whole_column_blocks:
+            return wpr
+    return 8
 
 
 @dataclass(frozen=True)

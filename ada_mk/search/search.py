@@ -26,7 +26,7 @@ import numpy as np
 from ..config import DeployConfig, ModelConfig
 from .cost import CostConstants, CostModel, _Counters, constants_for, simulate, staged_key
 from .dag import STAGE_ORDER, Dag, stage_priority
-from .plan import LINEAR_KINDS, THREADS, LinearTiling, Plan, Task, batched, compress_runs
+from .plan import LINEAR_KINDS, THREADS, LinearTiling, Plan, Task, batched, compress_runs, fitting_wpr
 from .smem import required_stage_bytes
 from .simple import linear_shapes
 
@@ -186,7 +186,7 @@ def tiling_ok(kind: str, t: LinearTiling) -> str | None:
         return f"rows {t.rows} not a positive multiple of the chunk's {t.chunk_rows} rows"
     if t.ksplit <= 0 or t.k % t.ksplit or (t.k // t.ksplit) % 8:
         return f"ksplit {t.ksplit} does not cut K={t.k} into multiples of 8"
-    if t.batched and (t.kc % t.kparts or t.chunk_cols % 8):
+    if not t.whole_column_blocks:
         return f"warps_per_row {t.warps_per_row} does not cut the batched chunk's {t.kc} columns into multiples of 8"
     if kind == "gate_up" and t.rows % 2:
         return f"rows {t.rows} odd: a gate/up task holds whole (gate, up) row pairs"
@@ -302,15 +302,6 @@ class Searcher:
     def tiling(self, n: int, k: int, rows: int, ksplit: int, warps_per_row: int) -> LinearTiling:
         return LinearTiling(n, k, rows, ksplit, warps_per_row, self.batched)
 
-    def fitting_wpr(self, n: int, k: int, ksplit: int, target: int) -> int:
-        """The fewest warps per row whose chunk fits `target` bytes (8 if none does); batched, only
-        those that cut the columns into whole 16-byte vectors."""
-        for w in (1, 2, 4, 8):
-            t = self.tiling(n, k, 1, ksplit, w)
-            if t.stage_bytes <= target and (not t.batched or (t.kc % w == 0 and t.chunk_cols % 8 == 0)):
-                return w
-        return 8
-
     def initial(self, stage_target: int) -> dict:
         """Per kind: the smallest K-split whose chunk fits beside the hidden-size activation
         chunk, the fewest warps per row whose chunk fits `stage_target`, and the rows that
@@ -323,7 +314,7 @@ class Searcher:
             splits = valid_splits(kind, k) if self.allow_ksplit else [1]
             s = next((x for x in splits if k // x <= H), splits[-1])
             kc = k // s
-            wpr = self.fitting_wpr(n, k, s, stage_target)
+            wpr = fitting_wpr(n, k, s, self.batched, stage_target)
             cr = self.tiling(n, k, 1, s, wpr).chunk_rows
             best = None
             for c in CHUNK_COUNTS:
@@ -343,7 +334,7 @@ class Searcher:
         rows rounded up to whole chunks: the global move that changes the ring slot size."""
         out = {}
         for kind, t in tilings.items():
-            wpr = self.fitting_wpr(t.n, t.k, t.ksplit, target)
+            wpr = fitting_wpr(t.n, t.k, t.ksplit, self.batched, target)
             cr = dataclasses.replace(t, warps_per_row=wpr).chunk_rows
             out[kind] = dataclasses.replace(t, warps_per_row=wpr, rows=-(-t.rows // cr) * cr)
         return out

@@ -5,7 +5,7 @@ This is the baseline the offline search improves on; the kernel takes any valid 
 from __future__ import annotations
 
 from ..config import DeployConfig, ModelConfig
-from .plan import THREADS, LinearTiling, Plan, batched, compress_runs
+from .plan import THREADS, LinearTiling, Plan, batched, compress_runs, fitting_wpr
 
 TASK_OVERHEAD_S = 0.6e-6  # dependency wait, activation staging and signal per task (estimate)
 MAX_STAGES = 8
@@ -45,10 +45,8 @@ def choose_tiling(kind: str, n: int, k: int, deploy: DeployConfig, max_kc: int) 
         kc = k // s
         if kc > max_kc and s != splits[-1]:
             continue
-        for wpr in (1, 2, 4, 8):
-            probe = LinearTiling(n, k, 1, s, wpr, several)
-            if probe.stage_bytes <= target and (not several or (kc % wpr == 0 and probe.chunk_cols % 8 == 0)):
-                break
+        wpr = fitting_wpr(n, k, s, several, target)
+        probe = LinearTiling(n, k, 1, s, wpr, several)
         if probe.stage_bytes > target and s != splits[-1]:
             continue
         chunk_rows = probe.chunk_rows

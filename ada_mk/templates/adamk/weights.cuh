@@ -84,12 +84,13 @@ struct WeightRing {
   ChunkCursor<C> load;            // the next chunk into the ring
   unsigned issued = 0, consumed = 0;
 #if defined(ADAMK_BULK_COPY) && !defined(ADAMK_CP_ASYNC_RING)
-  // Where the plan says so (Plan.bulk_ring: Hopper, one sequence), a chunk is one bulk copy (one
-  // a row when the chunk is narrower than the matrix), issued by one thread of warp 1 and completing on its slot's
-  // mbarrier, instead of 16-byte cp.async copies spread over warps 1-7 (on an H100, Llama-3.2-1B's
-  // step 5% faster at context 4,096; benchmarks/RESULTS.md, session 8). Several sequences keep
-  // cp.async: the batched multiply reads odd rows swizzled (tile_offset), which a row-long copy
-  // cannot lay out. (ADAMK_CP_ASYNC_RING builds the cp.async ring everywhere, for comparisons.)
+  // Where the plan says so (Plan.bulk_ring: Hopper, one sequence), a chunk is one bulk copy (one a
+  // row when the chunk is narrower than the matrix), issued by one thread of warp 1 and completing
+  // on its slot's mbarrier, instead of 16-byte cp.async copies spread over warps 1-7 (on an H100,
+  // Llama-3.2-1B's step 5% faster at context 4,096; benchmarks/RESULTS.md, session 8). Several
+  // sequences keep cp.async: the batched multiply reads odd rows swizzled (tile_offset), which a
+  // row-long copy cannot lay out, and bulk copies of padded rows were slower there (session 9).
+  // (ADAMK_CP_ASYNC_RING builds the cp.async ring everywhere, for comparisons.)
   static constexpr bool BULK = C::BULK_RING;
 #else
   static constexpr bool BULK = false;
@@ -141,7 +142,8 @@ struct WeightRing {
           if (rows > 0) thread::bulk_copy(dst, src, rows * T::K * 2, bar);
         } else
           for (int r = 0; r < rows; ++r)
-            thread::bulk_copy(dst + r * T::CHUNK_COLS * 2, src + static_cast<size_t>(r) * T::K, T::CHUNK_COLS * 2, bar);
+            thread::bulk_copy(dst + r * T::CHUNK_COLS * 2, src + static_cast<size_t>(r) * T::K, T::CHUNK_COLS * 2,
+                              bar);
       }
       ++loaded;
       load.template advance<T>();
