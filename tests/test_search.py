@@ -212,9 +212,32 @@ def test_bulk_ring_barriers_are_laid_out():
         plan = make_plan(m, d)
         lay = plan.smem_layout()
         assert plan.bulk_ring == bulk, (gpu, batch)
-        assert plan.barrier_bytes == 8 * (1 + (plan.stages if bulk else 0)), (gpu, batch)
+        kv_buffers = plan.kv_pieces[1]
+        assert plan.barrier_bytes == 8 * (1 + (plan.stages if bulk else 0) + kv_buffers), (gpu, batch)
         assert lay["SMEM_TOTAL"] - lay["SMEM_BARRIER"] >= plan.barrier_bytes
         assert lay["SMEM_TOTAL"] == plan.smem_bytes <= d.gpu.smem_per_block
+
+
+@pytest.mark.parametrize("name", ["llama3.2-1b", "llama3-8b"])
+def test_batched_attention_copies_kv_pieces_into_x_and_red(name):
+    """Batched plans on Hopper give attention K/V buffers (adamk/attention.cuh): at least two
+    pieces, which fit in the x and red regions they borrow, one mbarrier each, rendered into the
+    kernel's Cfg; one sequence, or a GPU without the bulk-copy unit, loads K/V into registers."""
+    from ada_mk.codegen.render import render
+
+    plan = searched(name, "H100", 8)
+    positions, buffers = plan.kv_pieces
+    assert positions in (64, 32, 16) and 2 <= buffers <= 4
+    lay = plan.smem_layout()
+    piece_bytes = 2 * positions * plan.model.head_dim * 2  # K rows, then V rows
+    assert buffers * piece_bytes <= lay["SMEM_ATTN"] - lay["SMEM_X"]
+    assert plan.barrier_bytes == 8 * (1 + buffers)
+    source = render(plan).files[f"{plan.kernel_name}.cu"]
+    assert f"ATTN_PIECE = {positions}, ATTN_BUFS = {buffers};" in source
+    for gpu, batch in (("H100", 1), ("L20", 4)):
+        other = searched(name, gpu, batch)
+        assert other.kv_pieces == (0, 0), (gpu, batch)
+        assert "ATTN_PIECE = 0, ATTN_BUFS = 0;" in render(other).files[f"{other.kernel_name}.cu"]
 
 
 def test_explain_writes_report_gantt_and_trace(tmp_path):

@@ -31,6 +31,11 @@ KIND_IDS = {"qkv": 0, "attn": 1, "o": 2, "gate_up": 3, "down": 4, "lm_head": 5, 
 BATCHED_FROM = 2
 BATCHED_CHUNK_ROWS = 16  # rows of a batched multiply's chunk: the MMA's M (adamk/mma.cuh, TileDot)
 
+# Positions of one K/V piece that batched attention copies to shared memory (Plan.kv_pieces),
+# largest first: the first that gives two buffers is taken.
+KV_PIECE_POSITIONS = (64, 32, 16)
+KV_PIECE_BUFFERS = 4  # at most: all of them are in flight before the first is used
+
 
 def batched(batch: int) -> bool:
     """Whether a kernel of this batch uses the batched multiply."""
@@ -187,9 +192,26 @@ class Plan:
         return self.deploy.gpu.tma and not self.batched
 
     @property
+    def kv_pieces(self) -> tuple[int, int]:
+        """(positions a piece, buffers) of batched attention on Hopper: an attention task copies its
+        split's K and V rows into shared memory by bulk copies, a piece (K rows, then V rows) per
+        buffer, into the regions of the staged activations and the reductions, which attention
+        does not use; all buffers are in flight before the first piece is used (adamk/attention.cuh).
+        (0, 0): the K/V rows are loaded into registers (one sequence, or no bulk-copy unit)."""
+        if not (self.deploy.gpu.tma and self.batched):
+            return 0, 0
+        region = -(-self.x_bytes // 16) * 16 + -(-self.red_bytes // 16) * 16
+        for positions in KV_PIECE_POSITIONS:
+            buffers = region // (2 * positions * self.model.head_dim * 2)
+            if buffers >= 2:
+                return positions, min(buffers, KV_PIECE_BUFFERS)
+        return 0, 0
+
+    @property
     def barrier_bytes(self) -> int:
-        """mbarriers: the staged activations' bulk copies, and one per ring slot (bulk_ring)."""
-        return 8 * (1 + (self.stages if self.bulk_ring else 0))
+        """mbarriers: the staged activations' bulk copies, one per ring slot (bulk_ring) and one
+        per K/V buffer of batched attention (kv_pieces)."""
+        return 8 * (1 + (self.stages if self.bulk_ring else 0) + self.kv_pieces[1])
 
     @property
     def red_bytes(self) -> int:

@@ -6,6 +6,9 @@
 // falls in its split, and writes an unnormalised partial result with its running max and sum.
 // The last of a group's splits to finish combines them into the bf16 attention output that the
 // O projection multiplies, and only then publishes the group (all its splits' counts at once).
+// With several sequences on Hopper (Cfg::ATTN_BUFS > 0) the split's cached K and V rows come to
+// shared memory by bulk copies issued before the task waits for its inputs; otherwise every lane
+// loads its rows into registers.
 #pragma once
 #include "adamk/bf16.cuh"
 #include "adamk/context.cuh"
@@ -54,20 +57,221 @@ __device__ void combine_splits(Ctx<C>& c, int layer, int b, int g) {
   }
 }
 
+// Attention task idx: sequence b, K/V head g, split j of the positions 0..pos, which are
+// [p0, p1) of the head's cache rows kc and vc.
+template <class C>
+struct AttnSplit {
+  int b, g, j, pos, p0, p1;
+  __nv_bfloat16* kc;
+  __nv_bfloat16* vc;
+
+  __device__ AttnSplit(const Ctx<C>& c, int layer, int idx) {
+    constexpr int NS = C::ATTN_SPLITS;
+    j = idx % NS;
+    g = (idx / NS) % C::NKV;
+    b = idx / (NS * C::NKV);
+    pos = c.a.positions[b];
+    const int n = pos + 1, per = (n + NS - 1) / NS;
+    p0 = j * per;
+    p1 = min(n, p0 + per);
+    const size_t head = (static_cast<size_t>(layer) * C::B * C::NKV + b * C::NKV + g) * C::MAXCTX * C::HD;
+    kc = c.a.k_cache + head;
+    vc = c.a.v_cache + head;
+  }
+};
+
+// Batched attention on Hopper (Cfg::ATTN_BUFS > 0): piece i of a split, ATTN_PIECE positions
+// from p0 + i * ATTN_PIECE, comes by bulk copy into buffer i % ATTN_BUFS, its K rows then its V
+// rows. The buffers lie in the staged activations' and the reductions' regions (x, red), which
+// attention does not otherwise use (ada_mk.search.plan.Plan.kv_pieces).
+template <class C>
+__device__ __nv_bfloat16* kv_buffer(const Ctx<C>& c, int i) {
+  return c.x + (i % C::ATTN_BUFS) * 2 * C::ATTN_PIECE * C::HD;
+}
+
+template <class C>
+__device__ int kv_pieces(const AttnSplit<C>& s) {
+  return max(0, (s.p1 - s.p0 + C::ATTN_PIECE - 1) / C::ATTN_PIECE);
+}
+
+// Thread 0: copy piece i of the split; it completes on its buffer's mbarrier.
+template <class C>
+__device__ void copy_kv_piece(const Ctx<C>& c, const AttnSplit<C>& s, int i) {
+  constexpr int P = C::ATTN_PIECE, HD = C::HD;
+  const int first = s.p0 + i * P, bytes = min(P, s.p1 - first) * HD * 2;
+  __nv_bfloat16* dst = kv_buffer(c, i);
+  uint64_t* bar = c.kv_bars + i % C::ATTN_BUFS;
+  thread::mbar_expect(bar, 2 * bytes);
+  thread::bulk_copy(dst, s.kc + static_cast<size_t>(first) * HD, bytes, bar);
+  thread::bulk_copy(dst + P * HD, s.vc + static_cast<size_t>(first) * HD, bytes, bar);
+}
+
+// Before an attention task waits for its inputs: the copies of its first ATTN_BUFS pieces; returns
+// how many it started (none without ATTN_BUFS). The rows of positions before pos were written by
+// earlier steps (pos itself, stale there, is read from shared memory): nothing of this step
+// orders them.
+template <class C>
+__device__ int prefetch_kv(Ctx<C>& c, int layer, int idx) {
+  if constexpr (C::ATTN_BUFS > 0) {
+    const AttnSplit<C> s(c, layer, idx);
+    const int n = min(C::ATTN_BUFS, kv_pieces(s));
+    __syncthreads();  // the previous task is done with x and red
+    c.staged = -1;    // x is about to hold K/V rows
+    if (threadIdx.x == 0) {
+      thread::fence_shared_for_bulk();
+      for (int i = 0; i < n; ++i) copy_kv_piece(c, s, i);
+    }
+    return n;
+  }
+  return 0;
+}
+
+// A debug build that gives up waiting leaves the kernel: first let the n prefetched pieces land.
+template <class C>
+__device__ void drain_kv(Ctx<C>& c, int n) {
+  for (int i = 0; i < n; ++i) thread::mbar_wait(c.kv_bars + i, (c.kv_phase >> i) & 1u);
+}
+
+// Eight dimensions a lane: LP = HD / 8 lanes a position, each with one 16-byte vector of the key
+// row and one of the value row, so one load instruction of a warp covers PR = 32 / LP consecutive
+// positions (a row). A warp takes rows of PR positions, row u of a batch at pb + WARPS * PR * u,
+// and issues the K and V loads of U rows before using any. Scores are reduced over the LP lanes
+// of a position; the running max is the warp's, updated once per batch; the running sum and
+// output stay per lane (the lanes' positions) until finish() sums them.
+template <class C>
+struct LaneAttention {
+  static constexpr int HD = C::HD, G = C::G, LP = HD / 8, PR = 32 / LP;
+  // Registers: U x G scores, G x 8 outputs and, for up to 4 query heads a group, the lane's 8
+  // dimensions of every query (more heads read them from shared memory at each use).
+  static constexpr bool QREG = G <= 4;
+  int s, t;  // this lane's position in a row, its 8 dimensions
+  float m[G], l[G], o8[G][8], qr[QREG ? G : 1][8];
+
+  // Rows a batch that give each warp one batch of `positions` (1 to 8).
+  __host__ __device__ static constexpr int rows_for(int positions) {
+    return positions < WARPS * PR ? 1 : (positions > 8 * WARPS * PR ? 8 : positions / (WARPS * PR));
+  }
+
+  __device__ explicit LaneAttention(const float* q) {
+    const int lane = threadIdx.x & 31;
+    s = lane / LP;
+    t = lane % LP;
+#pragma unroll
+    for (int h = 0; h < G; ++h) {
+      m[h] = -INFINITY;
+      l[h] = 0.f;
+#pragma unroll
+      for (int i = 0; i < 8; ++i) o8[h][i] = 0.f;
+    }
+    if constexpr (QREG)
+#pragma unroll
+      for (int h = 0; h < G; ++h)
+#pragma unroll
+        for (int i = 0; i < 8; ++i) qr[h][i] = q[h * HD + 8 * t + i];
+  }
+
+  // Positions [q0, q1) with U rows a batch; the key and value rows of position p at
+  // k + (p - first) * HD and v + (p - first) * HD, those of position pos (this step's) at kn, vn.
+  template <int U>
+  __device__ void attend(const float* q, int q0, int q1, int pos, const __nv_bfloat16* k, const __nv_bfloat16* v,
+                         int first, const __nv_bfloat16* kn, const __nv_bfloat16* vn) {
+    const int warp = threadIdx.x >> 5;
+    for (int pb = q0 + warp * PR; pb < q1; pb += WARPS * PR * U) {
+      const int rows = min(U, (q1 - pb + WARPS * PR - 1) / (WARPS * PR));  // the same for the whole warp
+      uint4 kr[U], vr[U];
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        if (u >= rows) break;
+        const int p = pb + WARPS * PR * u + s;
+        kr[u] = vr[u] = make_uint4(0u, 0u, 0u, 0u);  // past the split: zeros (never NaN) times 0
+        if (p < q1) {
+          const size_t row = static_cast<size_t>(p - first) * HD + 8 * t;
+          kr[u] = *reinterpret_cast<const uint4*>(p == pos ? kn + 8 * t : k + row);
+          vr[u] = *reinterpret_cast<const uint4*>(p == pos ? vn + 8 * t : v + row);
+        }
+      }
+      float sc[U][G];
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        if (u >= rows) break;
+        float kf[8];
+        thread::unpack_words<4>(reinterpret_cast<const uint32_t(&)[4]>(kr[u]), kf);
+#pragma unroll
+        for (int h = 0; h < G; ++h) {
+          float d = 0.f;
+#pragma unroll
+          for (int i = 0; i < 8; ++i) {
+            float qv;
+            if constexpr (QREG) qv = qr[h][i];
+            else qv = q[h * HD + 8 * t + i];
+            d = fmaf(qv, kf[i], d);
+          }
+#pragma unroll
+          for (int x = LP / 2; x > 0; x >>= 1) d += __shfl_xor_sync(0xffffffffu, d, x);
+          sc[u][h] = pb + WARPS * PR * u + s < q1 ? d * C::ATTN_SCALE : -INFINITY;
+        }
+      }
+#pragma unroll
+      for (int h = 0; h < G; ++h) {
+        float mx = sc[0][h];
+#pragma unroll
+        for (int u = 1; u < U; ++u)
+          if (u < rows) mx = fmaxf(mx, sc[u][h]);
+#pragma unroll
+        for (int x = LP; x < 32; x <<= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, x));
+        const float mn = fmaxf(m[h], mx);  // finite: the batch's first position is live
+        const float alpha = __expf(m[h] - mn);
+        l[h] *= alpha;
+#pragma unroll
+        for (int i = 0; i < 8; ++i) o8[h][i] *= alpha;
+        m[h] = mn;
+      }
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        if (u >= rows) break;
+        float vf[8];
+        thread::unpack_words<4>(reinterpret_cast<const uint32_t(&)[4]>(vr[u]), vf);
+#pragma unroll
+        for (int h = 0; h < G; ++h) {
+          const float pe = __expf(sc[u][h] - m[h]);  // 0 past the split
+          l[h] += pe;
+#pragma unroll
+          for (int i = 0; i < 8; ++i) o8[h][i] = fmaf(pe, vf[i], o8[h][i]);
+        }
+      }
+    }
+  }
+
+  // Sum the warp's PR position slots (lanes t, t + LP, ... hold the same dimensions) and write
+  // the warp's running output to wo ([WARPS][G][HD]).
+  __device__ void finish(float* wo) {
+    const int warp = threadIdx.x >> 5;
+#pragma unroll
+    for (int h = 0; h < G; ++h) {
+#pragma unroll
+      for (int x = LP; x < 32; x <<= 1) {
+        l[h] += __shfl_xor_sync(0xffffffffu, l[h], x);
+#pragma unroll
+        for (int i = 0; i < 8; ++i) o8[h][i] += __shfl_xor_sync(0xffffffffu, o8[h][i], x);
+      }
+      if (s == 0) {
+        float4* dst = reinterpret_cast<float4*>(wo + (warp * G + h) * HD + 8 * t);
+        dst[0] = make_float4(o8[h][0], o8[h][1], o8[h][2], o8[h][3]);
+        dst[1] = make_float4(o8[h][4], o8[h][5], o8[h][6], o8[h][7]);
+      }
+    }
+  }
+};
+
 template <class C>
 __device__ void attention_task(Ctx<C>& c, int layer, int idx) {
   constexpr int HD = C::HD, G = C::G, NS = C::ATTN_SPLITS, DPL = HD / 32, HALF = HD / 2;
-  const int j = idx % NS, g = (idx / NS) % C::NKV, b = idx / (NS * C::NKV);
+  const AttnSplit<C> split(c, layer, idx);
+  const int j = split.j, g = split.g, b = split.b, pos = split.pos, p0 = split.p0, p1 = split.p1;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int pos = c.a.positions[b];
   const float* part = c.scratch(C::S::QKV_PART, layer);
-
-  // This split's positions.
-  const int n = pos + 1, per = (n + NS - 1) / NS;
-  const int p0 = j * per, p1 = min(n, p0 + per);
-  const size_t head = (static_cast<size_t>(layer) * C::B * C::NKV + b * C::NKV + g) * C::MAXCTX * HD;
-  __nv_bfloat16* kc = c.a.k_cache + head;
-  __nv_bfloat16* vc = c.a.v_cache + head;
+  __nv_bfloat16* kc = split.kc;
+  __nv_bfloat16* vc = split.vc;
 
   float* q = c.attn;            // [G][HD] roped queries
   float* wm = q + G * HD;       // [WARPS][G] running max per warp
@@ -114,18 +318,41 @@ __device__ void attention_task(Ctx<C>& c, int layer, int idx) {
   c.t_staged = global_ns();
 #endif
 
-  float m[G], l[G], o[G][DPL];  // o: the 128-dimension loop's (the other keeps its own)
+  // Three ways through the split's positions (measured on an H100, benchmarks/RESULTS.md,
+  // sessions 6, 7 and 10). All read every K and V row with 16-byte loads and update the softmax's
+  // running max and sum once per batch of positions, not once per position.
+  float m[G], l[G];  // per query head: the warp's running max, the lane's running sum
+  if constexpr (C::ATTN_BUFS > 0) {
+    // Several sequences: the rows from the shared-memory pieces (prefetch_kv), one batch of rows
+    // a warp per piece; the next copy into a buffer goes out once every warp is done with it.
+    constexpr int P = C::ATTN_PIECE, NB = C::ATTN_BUFS;
+    using LA = LaneAttention<C>;
+    constexpr int U = LA::rows_for(P);
+    LA la(q);
+    const int pieces = kv_pieces(split);
+    for (int i = 0; i < pieces; ++i) {
+      const int slot = i % NB, first = p0 + i * P;
+      thread::mbar_wait(c.kv_bars + slot, (c.kv_phase >> slot) & 1u);
+      c.kv_phase ^= 1u << slot;
+      const __nv_bfloat16* kb = kv_buffer(c, i);
+      la.template attend<U>(q, first, min(p1, first + P), pos, kb, kb + P * HD, first, kn, vn);
+      if (i + NB < pieces) {
+        __syncthreads();  // every warp is done with this buffer
+        if (threadIdx.x == 0) copy_kv_piece(c, split, i + NB);
+      }
+    }
+    la.finish(wo);
 #pragma unroll
-  for (int h = 0; h < G; ++h) {
-    m[h] = -INFINITY;
-    l[h] = 0.f;
+    for (int h = 0; h < G; ++h) { m[h] = la.m[h]; l[h] = la.l[h]; }
+  } else if constexpr (HD == 128) {
+    float o[G][DPL];
 #pragma unroll
-    for (int t = 0; t < DPL; ++t) o[h][t] = 0.f;
-  }
-  // Two ways through the split's positions, chosen by head size (measured on an H100,
-  // benchmarks/RESULTS.md, sessions 6 and 7). Both read every K and V row with 16-byte loads and
-  // update the softmax's running max and sum once per block of positions, not once per position.
-  if constexpr (HD == 128) {
+    for (int h = 0; h < G; ++h) {
+      m[h] = -INFINITY;
+      l[h] = 0.f;
+#pragma unroll
+      for (int t = 0; t < DPL; ++t) o[h][t] = 0.f;
+    }
     // Each warp takes blocks of PB = 16 positions, block slot i the position pb + warp + WARPS * i.
     // A key row is dotted by lanes i and i + 16 (64 dimensions each) with every query head: no
     // reduction across the warp per position. The warp updates the running max and sum once per
@@ -192,112 +419,23 @@ __device__ void attention_task(Ctx<C>& c, int layer, int idx) {
         }
       }
     }
-  } else {
-    // 64-dimension heads: eight lanes a position, each with 8 dimensions (one 16-byte load of the
-    // key row and one of the value row), so one load instruction of a warp covers PR = 4
-    // consecutive positions. A warp takes rows of PR positions, row u of a batch at
-    // pb + WARPS * PR * u, and issues the K and V loads of U rows (U * PR positions) before using
-    // any (U = 8: 64 KB in flight per block). Scores are reduced over the 8 lanes of a position (3
-    // shuffles a head for 4 positions); the running max is the warp's, updated once per batch; the
-    // running sum and output stay per lane (the lanes' positions) until the task's end.
-    constexpr int LP = HD / 8, PR = 32 / LP;  // lanes a position, positions a row
-    // Registers: U x G scores, G x 8 outputs and, for up to 4 query heads a group, the lane's 8
-    // dimensions of every query (more heads read them from shared memory at each use).
-    constexpr bool QREG = G <= 4;
-    constexpr int U = QREG ? 8 : 2;          // rows a batch
-    const int s = lane / LP, t = lane % LP;  // this lane's position in a row, its 8 dimensions
-    float qr[QREG ? G : 1][8], o8[G][8] = {};  // o8: the lane's 8 dimensions of each head's output
-    if constexpr (QREG)
 #pragma unroll
-      for (int h = 0; h < G; ++h)
-#pragma unroll
-        for (int i = 0; i < 8; ++i) qr[h][i] = q[h * HD + 8 * t + i];
-    for (int pb = p0 + warp * PR; pb < p1; pb += WARPS * PR * U) {
-      const int rows = min(U, (p1 - pb + WARPS * PR - 1) / (WARPS * PR));  // the same for the whole warp
-      uint4 kr[U], vr[U];
-#pragma unroll
-      for (int u = 0; u < U; ++u) {
-        if (u >= rows) break;
-        const int p = pb + WARPS * PR * u + s;
-        kr[u] = vr[u] = make_uint4(0u, 0u, 0u, 0u);  // past the split: zeros (never NaN) times 0
-        if (p < p1) {  // position pos: this step's own key and value, from shared memory
-          kr[u] = *reinterpret_cast<const uint4*>(p == pos ? kn + 8 * t : kc + static_cast<size_t>(p) * HD + 8 * t);
-          vr[u] = *reinterpret_cast<const uint4*>(p == pos ? vn + 8 * t : vc + static_cast<size_t>(p) * HD + 8 * t);
-        }
-      }
-      float sc[U][G];
-#pragma unroll
-      for (int u = 0; u < U; ++u) {
-        if (u >= rows) break;
-        float kf[8];
-        thread::unpack_words<4>(reinterpret_cast<const uint32_t(&)[4]>(kr[u]), kf);
-#pragma unroll
-        for (int h = 0; h < G; ++h) {
-          float d = 0.f;
-#pragma unroll
-          for (int i = 0; i < 8; ++i) {
-            float qv;
-            if constexpr (QREG) qv = qr[h][i];
-            else qv = q[h * HD + 8 * t + i];
-            d = fmaf(qv, kf[i], d);
-          }
-#pragma unroll
-          for (int x = LP / 2; x > 0; x >>= 1) d += __shfl_xor_sync(0xffffffffu, d, x);
-          sc[u][h] = pb + WARPS * PR * u + s < p1 ? d * C::ATTN_SCALE : -INFINITY;
-        }
-      }
-#pragma unroll
-      for (int h = 0; h < G; ++h) {
-        float mx = sc[0][h];
-#pragma unroll
-        for (int u = 1; u < U; ++u)
-          if (u < rows) mx = fmaxf(mx, sc[u][h]);
-#pragma unroll
-        for (int x = LP; x < 32; x <<= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, x));
-        const float mn = fmaxf(m[h], mx);  // finite: the batch's first position is live
-        const float alpha = __expf(m[h] - mn);
-        l[h] *= alpha;
-#pragma unroll
-        for (int i = 0; i < 8; ++i) o8[h][i] *= alpha;
-        m[h] = mn;
-      }
-#pragma unroll
-      for (int u = 0; u < U; ++u) {
-        if (u >= rows) break;
-        float vf[8];
-        thread::unpack_words<4>(reinterpret_cast<const uint32_t(&)[4]>(vr[u]), vf);
-#pragma unroll
-        for (int h = 0; h < G; ++h) {
-          const float pe = __expf(sc[u][h] - m[h]);  // 0 past the split
-          l[h] += pe;
-#pragma unroll
-          for (int i = 0; i < 8; ++i) o8[h][i] = fmaf(pe, vf[i], o8[h][i]);
-        }
-      }
-    }
-    // Sum the warp's PR position slots: lanes t, t + LP, ... hold the same dimensions.
-#pragma unroll
-    for (int h = 0; h < G; ++h) {
-#pragma unroll
-      for (int x = LP; x < 32; x <<= 1) {
-        l[h] += __shfl_xor_sync(0xffffffffu, l[h], x);
-#pragma unroll
-        for (int i = 0; i < 8; ++i) o8[h][i] += __shfl_xor_sync(0xffffffffu, o8[h][i], x);
-      }
-      if (s == 0) {
-        float4* dst = reinterpret_cast<float4*>(wo + (warp * G + h) * HD + 8 * t);
-        dst[0] = make_float4(o8[h][0], o8[h][1], o8[h][2], o8[h][3]);
-        dst[1] = make_float4(o8[h][4], o8[h][5], o8[h][6], o8[h][7]);
-      }
-    }
-  }
-#pragma unroll
-  for (int h = 0; h < G; ++h) {
-    if (lane == 0) { wm[warp * G + h] = m[h]; wl[warp * G + h] = l[h]; }
-    if constexpr (HD == 128)
+    for (int h = 0; h < G; ++h)
 #pragma unroll
       for (int t = 0; t < DPL; ++t) wo[(warp * G + h) * HD + lane * DPL + t] = o[h][t];
+  } else {
+    // 64-dimension heads: the rows straight from the cache into registers, U = 8 rows a batch
+    // (64 KB in flight per block) for up to 4 query heads a group, else 2.
+    using LA = LaneAttention<C>;
+    LA la(q);
+    la.template attend<LA::QREG ? 8 : 2>(q, p0, p1, pos, kc, vc, 0, kn, vn);
+    la.finish(wo);
+#pragma unroll
+    for (int h = 0; h < G; ++h) { m[h] = la.m[h]; l[h] = la.l[h]; }
   }
+#pragma unroll
+  for (int h = 0; h < G; ++h)
+    if (lane == 0) { wm[warp * G + h] = m[h]; wl[warp * G + h] = l[h]; }
   __syncthreads();
 
   // Combine the warps: out = sum_w o_w e^(m_w - M), sum = sum_w l_w e^(m_w - M).

@@ -47,6 +47,12 @@ __device__ __forceinline__ void bulk_copy(void* dst, const void* src, unsigned b
                ::"r"(smem_addr(dst)), "l"(src), "r"(bytes), "r"(smem_addr(bar)) : "memory");
 #endif
 }
+// Before bulk copies overwrite shared memory that this block last wrote with ordinary stores.
+__device__ __forceinline__ void fence_shared_for_bulk() {
+#ifdef ADAMK_BULK_COPY
+  asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+#endif
+}
 __device__ __forceinline__ void mbar_wait(uint64_t* bar, unsigned parity) {
 #ifdef ADAMK_BULK_COPY
   asm volatile(

@@ -176,6 +176,9 @@ __device__ void megakernel(const Args& a, const int4* runs, const int* sm_runs) 
            {bars}};
 #ifdef ADAMK_BULK_COPY
   c.bulk.init();
+  c.kv_bars = bars + 1 + (C::BULK_RING ? C::STAGES : 0);
+  if (threadIdx.x == 0)
+    for (int i = 0; i < C::ATTN_BUFS; ++i) thread::mbar_init(c.kv_bars + i, 1);
   __syncthreads();
 #endif
 #ifdef ADAMK_PROFILE
@@ -189,7 +192,11 @@ __device__ void megakernel(const Args& a, const int4* runs, const int* sm_runs) 
 #ifdef ADAMK_PROFILE
       const unsigned long long t_wait = global_ns();
 #endif
+      // The cached K/V rows an attention task reads were written by earlier steps: their copies
+      // go out before the wait for this step's q, k and v.
+      const int prefetched = kind == ATTN ? block::prefetch_kv<C>(c, layer, idx) : 0;
       if (!block::wait_inputs(c, kind, layer, idx)) {
+        block::drain_kv(c, prefetched);
         c.ring.drain();
         return;
       }
