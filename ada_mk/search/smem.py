@@ -17,8 +17,9 @@ The block holds, at once:
          multiply (B >= 2) max (rows + 2 * WARPS * chunk_rows) * B * 4 (LinearTiling.red_floats),
   attn   the attention scratch (independent of the linear tiling, see Plan.attn_bytes),
   misc   RMSNorm statistics,
-  barrier  mbarriers (8 bytes each): one that the Hopper bulk copies of x complete on, and one
-         per ring slot where bulk copies fill the ring (Plan.bulk_ring).
+  barrier  mbarriers (8 bytes each): one that the Hopper bulk copies of x complete on, one
+         per ring slot where bulk copies fill the ring (Plan.bulk_ring), and one per K/V buffer of
+         batched attention on Hopper (Plan.kv_pieces), whose buffers borrow the x and red regions.
 
 The byte counts are those of `Plan.smem_layout` (the layout the kernel is compiled with): this
 module only explains them per stage and evaluates counterfactuals (the same plan unsplit).
