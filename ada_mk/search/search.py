@@ -25,7 +25,7 @@ import numpy as np
 
 from ..config import DeployConfig, ModelConfig
 from .cost import CostConstants, CostModel, _Counters, constants_for, simulate, staged_key
-from .dag import STAGE_ORDER, Dag, stage_priority
+from .dag import STAGE_ORDER, stage_priority
 from .plan import LINEAR_KINDS, THREADS, LinearTiling, Plan, Task, batched, compress_runs, fitting_wpr
 from .smem import required_stage_bytes
 from .simple import linear_shapes
