@@ -37,6 +37,11 @@ KV_PIECE_POSITIONS = (64, 32, 16)
 KV_PIECE_BUFFERS = 4  # at most: all of them are in flight before the first is used
 
 
+def align16(nbytes: int) -> int:
+    """`nbytes` rounded up to a multiple of 16 (shared-memory regions start 16-byte aligned)."""
+    return -(-nbytes // 16) * 16
+
+
 def batched(batch: int) -> bool:
     """Whether a kernel of this batch uses the batched multiply."""
     return batch >= BATCHED_FROM
@@ -200,7 +205,7 @@ class Plan:
         (0, 0): the K/V rows are loaded into registers (one sequence, or no bulk-copy unit)."""
         if not (self.deploy.gpu.tma and self.batched):
             return 0, 0
-        region = -(-self.x_bytes // 16) * 16 + -(-self.red_bytes // 16) * 16
+        region = align16(self.x_bytes) + align16(self.red_bytes)  # SMEM_X .. SMEM_ATTN
         for positions in KV_PIECE_POSITIONS:
             buffers = region // (2 * positions * self.model.head_dim * 2)
             if buffers >= 2:
@@ -239,7 +244,7 @@ class Plan:
                            ("SMEM_RED", self.red_bytes), ("SMEM_ATTN", self.attn_bytes),
                            ("SMEM_MISC", self.misc_bytes), ("SMEM_BARRIER", self.barrier_bytes)):
             out[name] = cursor
-            cursor += -(-size // 16) * 16
+            cursor += align16(size)
         out["SMEM_TOTAL"] = cursor
         return out
 

@@ -29,11 +29,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from .plan import LINEAR_KINDS, WARPS, LinearTiling, Plan
-
-
-def _align16(n: int) -> int:
-    return -(-n // 16) * 16
+from .plan import LINEAR_KINDS, WARPS, LinearTiling, Plan, align16
 
 
 @dataclass(frozen=True)
@@ -51,7 +47,7 @@ class StageSmem:
 
     @property
     def total(self) -> int:
-        return _align16(self.ring) + _align16(self.x) + _align16(self.red)
+        return align16(self.ring) + align16(self.x) + align16(self.red)
 
 
 def stage_smem(t: LinearTiling, kind: str, stages: int, batch: int) -> StageSmem:
