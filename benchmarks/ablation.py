@@ -12,11 +12,11 @@ another context than 512)
 import os
 import sys
 
-from benchmarks.timing import cases_from_env
+from benchmarks.timing import cases_from_env, gpu_from_env
 from tests.gpu.kernels import kernel_for
 
-# ADAMK_CASES picks other (config, batch) pairs (benchmarks/timing.py); H100 plans throughout.
-CASES = [(config, "H100", batch) for config, batch in cases_from_env()]
+# ADAMK_CASES picks other (config, batch) pairs, ADAMK_GPU the plans' GPU (benchmarks/timing.py; H100).
+CASES = [(config, gpu_from_env(), batch) for config, batch in cases_from_env()]
 CONTEXT = int(os.environ.get("ADAMK_CONTEXT", "512"))
 MAX_CONTEXT = max(1024, CONTEXT + 256)  # the KV cache: the context, plus the timed steps
 # (label, ablation macros, attention splits (None: the searched plan's), scratch kept in L2)

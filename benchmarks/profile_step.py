@@ -11,13 +11,13 @@ import sys
 
 import numpy as np
 
-from benchmarks.timing import cases_from_env
+from benchmarks.timing import cases_from_env, gpu_from_env
 from tests.gpu.kernels import kernel_for
 
-# ADAMK_CASES profiles other batches (benchmarks/timing.py; H100 plans, the search's);
+# ADAMK_CASES profiles other batches, ADAMK_GPU other plans (benchmarks/timing.py; the search's H100 plans);
 # ADAMK_HAND="gate_up 64" adds that plan of benchmarks/experiment.py (HAND) for each case it has;
 # "splits 8" the searched tilings with 8 attention splits (benchmarks/ablation.py).
-CASES = [(config, "H100", batch, "search") for config, batch in cases_from_env()]
+CASES = [(config, gpu_from_env(), batch, "search") for config, batch in cases_from_env()]
 HAND = [h for h in os.environ.get("ADAMK_HAND", "").split("|") if h]
 DEFINES = tuple(d for d in os.environ.get("ADAMK_DEFINES", "").split(",") if d)  # e.g. ADAMK_ABLATE_STAGING
 CONTEXT = int(os.environ.get("ADAMK_CONTEXT", "512"))  # profiled context; the KV cache holds 256 more
@@ -30,9 +30,9 @@ def kernel(config: str, batch: int, strategy: str, profile: bool):
     if strategy.startswith("splits "):
         from benchmarks.ablation import with_splits
 
-        return with_splits(config, "H100", batch, int(strategy.split()[1]), profile=profile)
+        return with_splits(config, gpu_from_env(), batch, int(strategy.split()[1]), profile=profile)
     if strategy == "search":
-        return kernel_for(config, "H100", batch, profile=profile, strategy=strategy, max_context=MAX_CONTEXT,
+        return kernel_for(config, gpu_from_env(), batch, profile=profile, strategy=strategy, max_context=MAX_CONTEXT,
                           defines=DEFINES)
     from ada_mk.codegen.build import build
     from ada_mk.codegen.render import render

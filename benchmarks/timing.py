@@ -9,6 +9,11 @@ import os
 import numpy as np
 
 
+def gpu_from_env() -> str:
+    """The GPU the timed plans are made for: ADAMK_GPU (e.g. H200), else H100."""
+    return os.environ.get("ADAMK_GPU", "H100")
+
+
 def cases_from_env(default: str = "llama3.2-1b:1,llama3-8b:1") -> list[tuple[str, int]]:
     """(config, batch) pairs from ADAMK_CASES="llama3.2-1b:8,llama3-8b:8" (else `default`)."""
     out = []

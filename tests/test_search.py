@@ -240,6 +240,25 @@ def test_batched_attention_copies_kv_pieces_into_x_and_red(name):
         assert "ATTN_PIECE = 0, ATTN_BUFS = 0;" in render(other).files[f"{other.kernel_name}.cu"]
 
 
+@pytest.mark.parametrize("name", ["llama3.2-1b", "llama3-8b", "qwen2.5-7b"])
+@pytest.mark.parametrize("batch", [1, 8])
+def test_attention_scratch_holds_the_norm_weights(name, batch):
+    """On Hopper a task that normalises its input copies the RMSNorm weights of its K-chunk (bf16)
+    into the attention scratch before its wait (adamk/activations.cuh, prefetch_gamma)."""
+    plan = searched(name, "H100", batch)
+    lay = plan.smem_layout()
+    kc = max(plan.tilings[k].kc for k in ("qkv", "gate_up", "lm_head"))
+    assert lay["SMEM_MISC"] - lay["SMEM_ATTN"] >= 2 * kc
+
+
+def test_explain_without_any_unsplit_plan(tmp_path):
+    """Llama-3-8B at batch 8: no plan without K-split fits any GPU, so the report says so (it
+    used to end in a traceback from adamk-gen --explain)."""
+    plan = searched("llama3-8b", "H100", 8)
+    text = explain(plan, tmp_path, png=False)
+    assert "best plan without K-split: none (" in text and "no tiling fits" in text
+
+
 def test_explain_writes_report_gantt_and_trace(tmp_path):
     plan = searched("llama3.2-1b", "L20")
     text = explain(plan, tmp_path, compare_unsplit=False)

@@ -98,7 +98,9 @@ def report(plan: Plan, sim: SimResult | None = None, *, claim=None, measured: Me
     same_unsplit = peak_smem(plan, ksplit=False)
     lines.append(f"peak shared memory with K-split: {plan.smem_bytes} B; the same plan unsplit: {same_unsplit} B"
                  f" ({100 * (1 - plan.smem_bytes / same_unsplit):.0f}% saved)")
-    if claim is not None:
+    if isinstance(claim, str):
+        lines.append(claim)
+    elif claim is not None:
         lines.append(claim.describe())
         lines.append(f"  (this plan, the fastest found: {plan.smem_bytes} B, predicted {_us(sim.predicted_s)},"
                      f" {100 * (sim.predicted_s / claim.unsplit_s - 1):+.1f}% against the best unsplit plan)")
@@ -226,7 +228,12 @@ def explain(plan: Plan, out_dir: str | os.PathLike, *, compare_unsplit: bool = T
     claim = None
     if compare_unsplit:
         from .search import ksplit_claim
-        claim = ksplit_claim(plan.model, plan.deploy)
+        from .simple import PlanError
+
+        try:
+            claim = ksplit_claim(plan.model, plan.deploy)
+        except PlanError as e:  # no unsplit plan fits any GPU (Llama-3-8B at batch 8): nothing to compare
+            claim = f"best plan without K-split: none ({e})"
     text = report(plan, sim, claim=claim, measured=measured)
     (out / "explain.txt").write_text(text)
     (out / "trace.json").write_text(json.dumps(trace_events(sim, measured)))

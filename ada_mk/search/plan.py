@@ -225,12 +225,14 @@ class Plan:
 
     @property
     def attn_bytes(self) -> int:
-        """Attention scratch, shared with the LM head's per-row results (never live at the same
-        time)."""
+        """Attention scratch, shared with the LM head's per-row results and, on Hopper, with the
+        RMSNorm weights that a QKV, gate/up or LM head task copies in before its wait (bf16, one
+        K-chunk; adamk/activations.cuh, prefetch_gamma): never live at the same time."""
         m, B = self.model, self.batch
         attention = m.group_size * m.head_dim + 2 * m.head_dim + WARPS * m.group_size * (m.head_dim + 2)
         lm_rows = self.tilings["lm_head"].rows * B
-        return 4 * max(attention, lm_rows)
+        gamma = max(self.tilings[k].kc for k in ("qkv", "gate_up", "lm_head")) // 2  # in floats
+        return 4 * max(attention, lm_rows, gamma)
 
     @property
     def misc_bytes(self) -> int:

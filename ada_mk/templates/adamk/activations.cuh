@@ -138,50 +138,68 @@ __device__ void copy_rows(Ctx<C>& c, Row row, int k0) {
   if (threadIdx.x == 0) {
     c.bulk.fence_source();
     c.bulk.expect(C::B * T::KC * 2);
+#pragma unroll 1  // once per staging: small code over unrolled copies
     for (int b = 0; b < C::B; ++b) c.bulk.row(c.x + x_offset<C, T>(b, 0), row(b) + k0, T::KC * 2);
   }
 }
 #endif
 
+#ifdef ADAMK_BULK_COPY
+// Before a QKV, gate/up or LM head task that will stage its input waits for it: thread 0 copies
+// the RMSNorm weights of its K-chunk (gamma) into the attention scratch, free between attention
+// tasks and before the LM head's multiply (ada_mk.search.plan.Plan.attn_bytes makes room). Gamma
+// depends on nothing of this step, so the copy lands during the wait, where a load after it
+// stood one DRAM round trip behind the card's whole weight stream (Llama-3.2-1B at batch 8 on an
+// H200: 2.9% of the step; benchmarks/RESULTS.md, session 11). It completes in the phase of the
+// staging barrier that the stream's rows complete (copy_rows). Returns whether it started one.
+template <class C, class T>
+__device__ bool prefetch_gamma(Ctx<C>& c, int key, const __nv_bfloat16* gamma, int split) {
+#ifdef ADAMK_ABLATE_STAGING
+  return false;
+#endif
+  if (c.staged == key) return false;  // x holds the chunk already: nothing is staged
+  __syncthreads();                    // the previous task is done with the attention scratch
+  if (threadIdx.x == 0) {
+    thread::fence_shared_for_bulk();
+    c.bulk.early(c.attn, gamma + split * T::KC, T::KC * 2);
+  }
+  return true;
+}
+#endif
+
 // x[b][k] = bf16(gamma[k0 + k] * bf16(v * rsqrt(mean(v^2) + eps))), as HF's RMSNorm, reading
-// only the chunk's columns of the stream: a published stream's chunk and gamma are loaded
-// before rstd is summed from the tiles, so both round trips to L2 overlap.
+// only the chunk's columns of the stream. On Hopper gamma came into the attention scratch before
+// the task's wait (prefetch_gamma) and lands with the rows; elsewhere a published stream's chunk
+// and gamma are loaded before rstd is summed from the tiles, so both round trips to L2 overlap.
 template <class C, class T>
 __device__ void stage_rmsnorm(Ctx<C>& c, const Stream<C>& s, const __nv_bfloat16* gamma, int k0) {
   constexpr int B = C::B;
 #ifdef ADAMK_BULK_COPY
   copy_rows<C, T>(c, [&](int b) { return s.row(b); }, k0);
-  constexpr int PER = (T::VEC + C::THREADS - 1) / C::THREADS;  // 16-byte vectors of gamma
-  uint4 g[PER];
-#pragma unroll
-  for (int q = 0; q < PER; ++q) {
-    const int v = threadIdx.x + q * C::THREADS;
-    if (v < T::VEC) g[q] = __ldg(reinterpret_cast<const uint4*>(gamma + k0 + v * 8));
-  }
   if (s.x == nullptr) embedding_rstd<C>(c, s);
   else published_rstd<C>(c, s);
   c.bulk.wait();
+  // One 16-byte vector of one sequence an iteration, in a loop: this code runs once per staging,
+  // and unrolled (16 vectors a thread for Llama-3-8B at batch 8) it missed the instruction cache
+  // all the way through (ncu: "no instruction" was half of its stall samples on an H200).
+#pragma unroll 2
+  for (int e = threadIdx.x; e < B * T::VEC; e += C::THREADS) {
+    const int b = e / T::VEC, v = e % T::VEC;
+    const float rstd = c.misc[WARPS * B + b];
+    const uint4 g = reinterpret_cast<const uint4*>(c.attn)[v];
+    uint4* p = reinterpret_cast<uint4*>(c.x + x_offset<C, T>(b, v * 8));
+    const uint4 xv = *p;
+    uint2 out[2];
 #pragma unroll
-  for (int q = 0; q < PER; ++q) {
-    const int v = threadIdx.x + q * C::THREADS;
-    if (v < T::VEC) {
-      float gf[8];
-      thread::unpack4(reinterpret_cast<const uint2*>(&g[q])[0], reinterpret_cast<float(&)[4]>(gf[0]));
-      thread::unpack4(reinterpret_cast<const uint2*>(&g[q])[1], reinterpret_cast<float(&)[4]>(gf[4]));
+    for (int h = 0; h < 2; ++h) {
+      float gf[4], f[4];
+      thread::unpack4(h == 0 ? make_uint2(g.x, g.y) : make_uint2(g.z, g.w), gf);
+      thread::unpack4(h == 0 ? make_uint2(xv.x, xv.y) : make_uint2(xv.z, xv.w), f);
 #pragma unroll
-      for (int b = 0; b < B; ++b) {
-        const float rstd = c.misc[WARPS * B + b];
-        uint2* p = reinterpret_cast<uint2*>(c.x + x_offset<C, T>(b, v * 8));
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          float f[4];
-          thread::unpack4(p[h], f);
-#pragma unroll
-          for (int t = 0; t < 4; ++t) f[t] = gf[4 * h + t] * thread::bf16_round(f[t] * rstd);
-          p[h] = thread::pack4(f);
-        }
-      }
+      for (int t = 0; t < 4; ++t) f[t] = gf[t] * thread::bf16_round(f[t] * rstd);
+      out[h] = thread::pack4(f);
     }
+    *p = make_uint4(out[0].x, out[0].y, out[1].x, out[1].y);
   }
 #else
   constexpr int NK = T::KC / 4, PER = (NK + C::THREADS - 1) / C::THREADS;

@@ -41,6 +41,13 @@ __device__ __forceinline__ void mbar_expect(uint64_t* bar, unsigned bytes) {
   asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_addr(bar)), "r"(bytes) : "memory");
 #endif
 }
+// More bytes for the mbarrier's current phase, without an arrival: a copy that joins a phase whose
+// one arrival (mbar_expect) comes later.
+__device__ __forceinline__ void mbar_expect_more(uint64_t* bar, unsigned bytes) {
+#ifdef ADAMK_BULK_COPY
+  asm volatile("mbarrier.expect_tx.relaxed.cta.shared::cta.b64 [%0], %1;" ::"r"(smem_addr(bar)), "r"(bytes) : "memory");
+#endif
+}
 __device__ __forceinline__ void bulk_copy(void* dst, const void* src, unsigned bytes, uint64_t* bar) {
 #ifdef ADAMK_BULK_COPY
   asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];"
@@ -89,6 +96,12 @@ struct BulkCopy {
 
   // Thread 0: copy `bytes` (a multiple of 16, both addresses 16-byte aligned).
   __device__ void row(void* dst, const void* src, unsigned bytes) const { thread::bulk_copy(dst, src, bytes, bar); }
+
+  // Thread 0, before expect: a copy that lands in the same phase as the rows expected next.
+  __device__ void early(void* dst, const void* src, unsigned bytes) const {
+    thread::mbar_expect_more(bar, bytes);
+    thread::bulk_copy(dst, src, bytes, bar);
+  }
 
   // Every thread: until the expected bytes have landed.
   __device__ void wait() {

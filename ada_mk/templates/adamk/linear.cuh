@@ -11,22 +11,62 @@
 
 namespace adamk::block {
 
+// Which activation chunk a task stages: its stage, layer and K-split (Ctx::staged).
+template <int KIND>
+__device__ __forceinline__ int staging_key(int layer, int split) { return KIND | layer << 8 | split << 20; }
+
+// The RMSNorm weights of the stages whose input is normalised (QKV, gate/up, LM head).
+template <class C, int KIND>
+__device__ const __nv_bfloat16* norm_weight(const Ctx<C>& c, int layer) {
+  using W = typename C::W;
+  if constexpr (KIND == QKV) return c.weight(W::INPUT_NORM, layer);
+  else if constexpr (KIND == GATE_UP) return c.weight(W::POST_NORM, layer);
+  else return c.a.weights + W::FINAL_NORM;
+}
+
+// Before a task waits for its inputs (Hopper): the copy of its RMSNorm weights, if it will stage
+// a normalised input (prefetch_gamma). Returns whether a copy went out.
+template <class C>
+__device__ bool prefetch_norm_weights(Ctx<C>& c, int kind, int layer, int idx) {
+#ifdef ADAMK_BULK_COPY
+  switch (kind) {
+    case QKV: return prefetch_gamma<C, typename C::Qkv>(c, staging_key<QKV>(layer, idx % C::Qkv::KSPLIT),
+                                                        norm_weight<C, QKV>(c, layer), idx % C::Qkv::KSPLIT);
+    case GATE_UP:
+      return prefetch_gamma<C, typename C::GateUp>(c, staging_key<GATE_UP>(layer, idx % C::GateUp::KSPLIT),
+                                                   norm_weight<C, GATE_UP>(c, layer), idx % C::GateUp::KSPLIT);
+    case LM_HEAD: return prefetch_gamma<C, typename C::LmHead>(c, staging_key<LM_HEAD>(layer, 0),
+                                                               norm_weight<C, LM_HEAD>(c, layer), 0);
+  }
+#endif
+  return false;
+}
+
+// A debug build that gives up waiting leaves the kernel: first let the prefetched weights land
+// (the rows' arrival will not come: arrive with no bytes instead).
+template <class C>
+__device__ void drain_norm_weights(Ctx<C>& c, bool started) {
+#ifdef ADAMK_BULK_COPY
+  if (!started) return;
+  if (threadIdx.x == 0) c.bulk.expect(0);
+  c.bulk.wait();
+#endif
+}
+
 // Build the activation chunk a task of `kind` multiplies, unless the previous task on this SM
 // staged the very same chunk (same stage, layer and K-split): consecutive tasks of a stage share it.
 template <class C, class T, int KIND>
 __device__ void stage_input(Ctx<C>& c, int layer, int split) {
-  const int key = KIND | layer << 8 | split << 20;
+  const int key = staging_key<KIND>(layer, split);
 #ifdef ADAMK_ABLATE_STAGING
   return;
 #endif
   if (c.staged == key) return;
   c.staged = key;
-  using W = typename C::W;
   const int k0 = split * T::KC;
-  if constexpr (KIND == QKV) stage_rmsnorm<C, T>(c, stream_in(c, layer), c.weight(W::INPUT_NORM, layer), k0);
-  if constexpr (KIND == GATE_UP) stage_rmsnorm<C, T>(c, stream_mid(c, layer), c.weight(W::POST_NORM, layer), k0);
-  if constexpr (KIND == LM_HEAD)
-    stage_rmsnorm<C, T>(c, stream_in(c, C::L), c.a.weights + W::FINAL_NORM, k0);
+  if constexpr (KIND == QKV) stage_rmsnorm<C, T>(c, stream_in(c, layer), norm_weight<C, QKV>(c, layer), k0);
+  if constexpr (KIND == GATE_UP) stage_rmsnorm<C, T>(c, stream_mid(c, layer), norm_weight<C, GATE_UP>(c, layer), k0);
+  if constexpr (KIND == LM_HEAD) stage_rmsnorm<C, T>(c, stream_in(c, C::L), norm_weight<C, LM_HEAD>(c, layer), k0);
   if constexpr (KIND == O)
     stage_copy<C, T>(c, reinterpret_cast<const __nv_bfloat16*>(c.scratch(C::S::ATTN_OUT, layer)), C::Q, k0);
   if constexpr (KIND == DOWN) {

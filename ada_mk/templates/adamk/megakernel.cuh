@@ -194,9 +194,12 @@ __device__ void megakernel(const Args& a, const int4* runs, const int* sm_runs) 
 #endif
       // The cached K/V rows an attention task reads were written by earlier steps: their copies
       // go out before the wait for this step's q, k and v.
+      // So are the RMSNorm weights of a task that will normalise its input.
       const int prefetched = kind == ATTN ? block::prefetch_kv<C>(c, layer, idx) : 0;
+      const bool gamma = block::prefetch_norm_weights(c, kind, layer, idx);
       if (!block::wait_inputs(c, kind, layer, idx)) {
         block::drain_kv(c, prefetched);
+        block::drain_norm_weights(c, gamma);
         c.ring.drain();
         return;
       }
