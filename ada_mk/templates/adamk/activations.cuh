@@ -149,9 +149,10 @@ __device__ void copy_rows(Ctx<C>& c, Row row, int k0) {
 // the RMSNorm weights of its K-chunk (gamma) into the attention scratch, free between attention
 // tasks and before the LM head's multiply (ada_mk.search.plan.Plan.attn_bytes makes room). Gamma
 // depends on nothing of this step, so the copy lands during the wait, where a load after it
-// stood one DRAM round trip behind the card's whole weight stream (Llama-3.2-1B at batch 8 on an
-// H200: 2.9% of the step; benchmarks/RESULTS.md, session 11). It completes in the phase of the
-// staging barrier that the stream's rows complete (copy_rows). Returns whether it started one.
+// stood one DRAM round trip behind the card's whole weight stream (on an H200, a build without
+// those loads ran Llama-3.2-1B at batch 8 3% faster; this copy measured 0.8% at batch 1 and within
+// noise elsewhere: benchmarks/RESULTS.md, session 11). It completes in the phase of the staging
+// barrier that the stream's rows complete (copy_rows). Returns whether it started one.
 template <class C, class T>
 __device__ bool prefetch_gamma(Ctx<C>& c, int key, const __nv_bfloat16* gamma, int split) {
 #ifdef ADAMK_ABLATE_STAGING
