@@ -26,17 +26,19 @@ __device__ const __nv_bfloat16* norm_weight(const Ctx<C>& c, int layer) {
 
 // Before a task waits for its inputs (Hopper): the copy of its RMSNorm weights, if it will stage
 // a normalised input (prefetch_gamma). Returns whether a copy went out.
+template <class C, class T, int KIND>
+__device__ bool prefetch_norm(Ctx<C>& c, int layer, int idx) {
+  const int split = idx % T::KSPLIT;
+  return prefetch_gamma<C, T>(c, staging_key<KIND>(layer, split), norm_weight<C, KIND>(c, layer), split);
+}
+
 template <class C>
 __device__ bool prefetch_norm_weights(Ctx<C>& c, int kind, int layer, int idx) {
 #ifdef ADAMK_BULK_COPY
   switch (kind) {
-    case QKV: return prefetch_gamma<C, typename C::Qkv>(c, staging_key<QKV>(layer, idx % C::Qkv::KSPLIT),
-                                                        norm_weight<C, QKV>(c, layer), idx % C::Qkv::KSPLIT);
-    case GATE_UP:
-      return prefetch_gamma<C, typename C::GateUp>(c, staging_key<GATE_UP>(layer, idx % C::GateUp::KSPLIT),
-                                                   norm_weight<C, GATE_UP>(c, layer), idx % C::GateUp::KSPLIT);
-    case LM_HEAD: return prefetch_gamma<C, typename C::LmHead>(c, staging_key<LM_HEAD>(layer, 0),
-                                                               norm_weight<C, LM_HEAD>(c, layer), 0);
+    case QKV: return prefetch_norm<C, typename C::Qkv, QKV>(c, layer, idx);
+    case GATE_UP: return prefetch_norm<C, typename C::GateUp, GATE_UP>(c, layer, idx);
+    case LM_HEAD: return prefetch_norm<C, typename C::LmHead, LM_HEAD>(c, layer, idx);
   }
 #endif
   return false;
