@@ -26,11 +26,13 @@ __device__ const __nv_bfloat16* norm_weight(const Ctx<C>& c, int layer) {
 
 // Before a task waits for its inputs (Hopper): the copy of its RMSNorm weights, if it will stage
 // a normalised input (prefetch_gamma). Returns whether a copy went out.
+#ifdef ADAMK_BULK_COPY
 template <class C, class T, int KIND>
 __device__ bool prefetch_norm(Ctx<C>& c, int layer, int idx) {
   const int split = idx % T::KSPLIT;
   return prefetch_gamma<C, T>(c, staging_key<KIND>(layer, split), norm_weight<C, KIND>(c, layer), split);
 }
+#endif
 
 template <class C>
 __device__ bool prefetch_norm_weights(Ctx<C>& c, int kind, int layer, int idx) {
