@@ -151,3 +151,21 @@ def test_byte_accounting_identity(layers, kv, group, d, tied, bias, batch, conte
     assert g.weight_bytes() == all_w + rows - (0 if tied else 1000 * 256 * 2)
     assert g.kv_bytes() == layers * 2 * batch * kv * d * 2 * (context + 1)
     assert g.total_bytes() == sum(g.bytes_by_role().values())
+
+
+@pytest.mark.parametrize("theta, head_dim", [(500000.0, 64), (500000.0, 128), (10000.0, 64), (1000000.0, 128)])
+def test_rope_powers_are_correctly_rounded(theta: float, head_dim: int) -> None:
+    """The generated kernels bake inv_freq into their source: its values must not depend on the
+    CPU's SIMD path (numpy's float32 power differs by an ulp between AVX2 and AVX-512 machines).
+    Oracle: the power in 40-digit decimal arithmetic, rounded to float32, then HF's float32 division."""
+    from decimal import Decimal, getcontext
+
+    import numpy as np
+
+    from ada_mk.ir.rope import rope_inv_freq_from
+
+    getcontext().prec = 40
+    got = rope_inv_freq_from(head_dim, theta, None)
+    for i, e in enumerate(np.arange(0, head_dim, 2, dtype=np.float32) / np.float32(head_dim)):
+        power = np.float32(float(Decimal(float(np.float32(theta))) ** Decimal(float(e))))
+        assert got[i] == np.float32(1.0) / power, (i, float(got[i]))

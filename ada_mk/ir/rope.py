@@ -15,9 +15,14 @@ from ..config.model import ModelConfig, RopeScaling
 
 def rope_inv_freq_from(head_dim: int, theta: float, scaling: RopeScaling | None) -> np.ndarray:
     """inv_freq (head_dim/2,) float32 for the given base and scaling ("default" or "llama3")."""
-    # HF: 1 / base ** (arange(0, dim, 2).float() / dim), all in float32.
+    # HF: 1 / base ** (arange(0, dim, 2).float() / dim), all in float32. The power is taken in
+    # double and rounded once to float32 (correctly rounded), not with np.power: numpy's float32
+    # power follows the CPU's SIMD path (AVX-512 rounds differently from AVX2, by one ulp), and these
+    # values are baked into the generated source, which must not depend on the machine that made it.
     exponent = np.arange(0, head_dim, 2, dtype=np.float32) / np.float32(head_dim)
-    inv_freq = (np.float32(1.0) / np.power(np.float32(theta), exponent)).astype(np.float32)
+    base = float(np.float32(theta))
+    power = np.array([math.pow(base, float(e)) for e in exponent]).astype(np.float32)
+    inv_freq = (np.float32(1.0) / power).astype(np.float32)
     if scaling is None or scaling.rope_type == "default":
         return inv_freq
     if scaling.rope_type != "llama3":
