@@ -1,6 +1,7 @@
 """Kernel variants on fixed plans, timed in one run: which change moved the step time. A plan is
 the searched plan, or the plan of the previous commit (its tilings, attention splits and ring
-depth, scheduled by today's search), so that kernel changes and plan changes separate.
+depth, scheduled by today's search), so that kernel changes and plan changes separate. Plans are
+made for ADAMK_GPU (default H100).
 
     ADAMK_CACHE=.devbuild python -m benchmarks.experiment prebuild    (here)
     python3 -m benchmarks.experiment                                   (on the GPU machine)
@@ -52,24 +53,29 @@ for _n in (5, 4):
 for _s, _v in ((2, (2048, 8192, 32, 2, 2)), (4, (2048, 8192, 64, 4, 1))):
     FINER_GATE_UP[f"gate_up 64, down split {_s}"] = {
         "llama3.2-1b": ({**_1B_SEARCHED, "gate_up": (16384, 2048, 64, 1, 1), "down": _v}, 16, 6)}
-HAND = {"previous": PREVIOUS, "eight-row": EIGHT_ROW, **ONE_CHANGE, **FINER_GATE_UP}
+# Batch 8 on an H200 (session 12): the searched Llama-3-8B plan (b24375c5ea) rings 3 slots, 64 KB in
+# flight a block; with LM head tiles of 128 rows instead of 256 (the reductions' buffer 4 KB smaller)
+# 4 slots fit. 3 slots with the same tiles separate the two changes.
+_8B_BS8 = {"qkv": (6144, 4096, 48, 1, 4, True), "o": (4096, 4096, 32, 1, 4, True),
+           "gate_up": (28672, 4096, 32, 1, 4, True), "down": (4096, 14336, 128, 4, 4, True),
+           "lm_head": (128256, 4096, 128, 1, 4, True)}
+DEEP_RING = {f"lm_head 128, {n} stages": {"llama3-8b": (_8B_BS8, 2, n)} for n in (3, 4)}
+HAND = {"previous": PREVIOUS, "eight-row": EIGHT_ROW, **ONE_CHANGE, **FINER_GATE_UP, **DEEP_RING}
 # (config, batch, label, macros, plan: "searched" or a HAND key, attention splits instead of the plan's)
 VARIANTS = [
-    ("llama3.2-1b", 1, "searched plan", (), "searched", None),
-    ("llama3.2-1b", 1, "gate/up tasks of 64 rows, 6 stages", (), "gate_up 64", None),
-    ("llama3.2-1b", 1, "gate/up tasks of 64 rows, 5 stages", (), "gate_up 64, 5 stages", None),
-    ("llama3.2-1b", 1, "gate/up tasks of 64 rows, 4 stages", (), "gate_up 64, 4 stages", None),
-    ("llama3.2-1b", 1, "gate/up tasks of 64 rows, down K-split 2", (), "gate_up 64, down split 2", None),
-    ("llama3.2-1b", 1, "gate/up tasks of 64 rows, down K-split 4", (), "gate_up 64, down split 4", None),
+    ("llama3-8b", 8, "searched plan (3 stages)", (), "searched", None),
+    ("llama3-8b", 8, "LM head tiles of 128 rows, 3 stages", (), "lm_head 128, 3 stages", None),
+    ("llama3-8b", 8, "LM head tiles of 128 rows, 4 stages", (), "lm_head 128, 4 stages", None),
 ]
 
 
 def plan_for(config: str, which: str, splits: int | None = None, batch: int = 1):
     from ada_mk.search.search import Candidate, Searcher
     from ada_mk.search.simple import make_plan
+    from benchmarks.timing import gpu_from_env
     from tests.gpu.kernels import model_for
 
-    m, d = model_for(config, "H100", batch, None, MAX_CONTEXT)
+    m, d = model_for(config, gpu_from_env(), batch, None, MAX_CONTEXT)
     if which == "searched":
         plan = make_plan(m, d)
         if splits is None:

@@ -215,8 +215,10 @@ __device__ void multiply_rows(Ctx<C>& c, int row0) {
 template <class C, class T>
 __device__ void sum_group(Ctx<C>& c, int g) {
   constexpr int B = C::B, R = T::CHUNK_ROWS;
+  static_assert(R * B <= C::THREADS, "a thread per (row, sequence) of the group");
   const float* part = c.red + T::ROWS * B + (g & 1) * WARPS * R * B;
-  for (int e = threadIdx.x; e < R * B; e += C::THREADS) {
+  const int e = threadIdx.x;
+  if (e < R * B) {
     float v = 0.f;
 #pragma unroll
     for (int w = 0; w < WARPS; ++w) v += part[w * R * B + e];

@@ -35,44 +35,48 @@ __device__ __forceinline__ size_t weight_offset(int kind, int layer) {
 
 namespace block {
 
-// A position in the stream of weight chunks of one SM's schedule.
+// A position in the stream of weight chunks of one SM's schedule. The run under the cursor is
+// held in registers: the loader runs on the critical path of every chunk (each warp passes the
+// ring's barrier, then the loading thread issues the next copy before its own multiply), and a
+// global load of the run there stood before every copy.
 template <class C>
 struct ChunkCursor {
   const int4* run;
   const int4* end;
+  int4 cur;                 // *run: {kind | layer << 8, first index, stride, count}
   int item = 0, chunk = 0;  // the task within the run, the chunk within the task
 
-  __device__ ChunkCursor(const int4* first, const int4* last) : run(first), end(last) { skip_weightless(); }
+  __device__ ChunkCursor(const int4* first, const int4* last) : run(first), end(last) { seek(); }
 
   __device__ bool done() const { return run == end; }
-  __device__ int kind() const { return run->x & 0xff; }
+  __device__ int kind() const { return cur.x & 0xff; }
 
   // The chunk under the cursor: where its first row begins (its row group's first row in
   // row0; the task's K-split and the chunk's column block give the column).
   template <class T>
   __device__ const __nv_bfloat16* rows(const __nv_bfloat16* weights, int& row0) const {
-    const int idx = run->y + item * run->z;
+    const int idx = cur.y + item * cur.z;
     const int tile = idx / T::KSPLIT, split = idx % T::KSPLIT;
     row0 = tile * T::ROWS + chunk / T::KPARTS * T::CHUNK_ROWS;
-    return weights + weight_offset<C>(kind(), run->x >> 8) + static_cast<size_t>(row0) * T::K + split * T::KC +
+    return weights + weight_offset<C>(kind(), cur.x >> 8) + static_cast<size_t>(row0) * T::K + split * T::KC +
            chunk % T::KPARTS * T::CHUNK_COLS;
   }
 
   template <class T>
   __device__ void advance() {
-    if (++chunk == T::CHUNKS) {
-      chunk = 0;
-      ++item;
-      skip_weightless();
-    }
+    if (++chunk < T::CHUNKS) return;
+    chunk = 0;
+    if (++item < cur.w) return;
+    item = 0;
+    ++run;
+    seek();
   }
 
-  // Past runs without weight chunks (attention, argmax) and finished runs.
-  __device__ void skip_weightless() {
-    while (run != end && (kind() == ATTN || kind() == ARGMAX || item >= run->w)) {
-      ++run;
-      item = 0;
-      chunk = 0;
+  // From `run` on, the first run with weight chunks (not attention or argmax, not empty).
+  __device__ void seek() {
+    for (; run != end; ++run) {
+      cur = *run;
+      if (kind() != ATTN && kind() != ARGMAX && cur.w > 0) return;
     }
   }
 };
