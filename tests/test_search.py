@@ -192,7 +192,7 @@ def test_batched_chunks_are_16_row_column_blocks(name):
     for kind, t in plan.tilings.items():
         assert t.batched and t.chunk_rows == 16 and t.rows % 16 == 0, kind
         assert t.chunk_cols * t.kparts == t.kc and t.chunk_cols % 8 == 0, kind
-        assert t.chunks == t.rows // 16 * t.kparts and t.stage_bytes == 32 * t.chunk_cols <= plan.stage_bytes
+        assert t.chunks == t.rows // 16 * t.kparts and t.chunk_bytes == 32 * t.chunk_cols and t.stage_bytes == 32 * (t.chunk_cols + 32) <= plan.stage_bytes
         assert f"Tiling<{t.n}, {t.k}, {t.rows}, {t.ksplit}, {t.warps_per_row}, 16, {t.chunk_cols}>" in source
     one = searched(name, "H100", 1)  # one sequence: whole rows, the Tiling's default chunk
     assert not any(t.batched for t in one.tilings.values())
@@ -205,9 +205,9 @@ def test_batched_chunks_are_16_row_column_blocks(name):
 
 
 def test_bulk_ring_barriers_are_laid_out():
-    """Bulk copies fill the ring on Hopper with one sequence, and its slots' mbarriers sit after
-    the staging's in the barrier region (adamk/weights.cuh); elsewhere the region is one mbarrier."""
-    for gpu, batch, bulk in (("H100", 1, True), ("H100", 8, False), ("L20", 1, False)):
+    """Bulk copies fill the ring on Hopper, and its slots' mbarriers sit after the staging's in the
+    barrier region (adamk/weights.cuh); elsewhere the region is one mbarrier."""
+    for gpu, batch, bulk in (("H100", 1, True), ("H100", 8, True), ("L20", 1, False), ("L20", 4, False)):
         m, d = cfg("llama3.2-1b", gpu, batch)
         plan = make_plan(m, d)
         lay = plan.smem_layout()

@@ -46,7 +46,7 @@ def _tiling_rows(plan: Plan) -> list[dict]:
     rows = []
     for kind, t in plan.tilings.items():
         comment = (f"{t.tiles} tiles x {t.ksplit} K-split = {t.tasks} tasks of "
-                   f"{t.rows * t.kc * 2 // 1024} KB, {t.chunks} chunk(s) of {t.stage_bytes // 1024} KB")
+                   f"{t.rows * t.kc * 2 // 1024} KB, {t.chunks} chunk(s) of {t.chunk_bytes // 1024} KB")
         # the batched multiply's chunk shape (16 rows x kc / warps_per_row); one sequence: the default
         chunk = f", {t.chunk_rows}, {t.chunk_cols}" if t.batched else ""
         rows.append(dict(cls=TILING_CLASSES[kind], n=t.n, k=t.k, rows=t.rows, ksplit=t.ksplit,

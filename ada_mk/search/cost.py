@@ -140,7 +140,7 @@ class CostModel:
         self.kinds: dict[str, dict] = {}
         for kind in LINEAR_KINDS:
             t = plan.tilings[kind]
-            chunk = t.stage_bytes
+            chunk = t.chunk_bytes
             in_flight = max(1, S - 1) * chunk
             bw = min(self.share, in_flight / c.mem_latency_s)
             if plan.batched:  # shared-memory bound: the chunk written once, read once, and the

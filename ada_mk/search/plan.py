@@ -102,8 +102,22 @@ class LinearTiling:
         return self.rows // self.chunk_rows * self.kparts
 
     @property
-    def stage_bytes(self) -> int:
+    def chunk_bytes(self) -> int:
+        """Weight bytes of one chunk."""
         return self.chunk_rows * self.chunk_cols * 2
+
+    @property
+    def ring_row(self) -> int:
+        """Elements between two rows of a chunk in its ring slot: its columns, plus 64 bytes of
+        padding with the batched multiply, so that its 8-row loads hit both halves of the banks
+        (as LinearTiling.x_row does for the activations; adamk/tasks.cuh, tile_offset). Padding,
+        not a swizzle, so that each row arrives by one bulk copy."""
+        return self.chunk_cols + (32 if self.batched else 0)
+
+    @property
+    def stage_bytes(self) -> int:
+        """Ring slot bytes one chunk needs (its padded rows)."""
+        return self.chunk_rows * self.ring_row * 2
 
     def x_row(self, batch: int) -> int:
         """Elements between two sequences' rows of the staged activations: kc, plus 64 bytes of
@@ -130,7 +144,7 @@ def fitting_wpr(n: int, k: int, ksplit: int, batched: bool, target: int) -> int:
     `target` bytes and cuts its columns into whole blocks (8 if none does)."""
     for wpr in (1, 2, 4, 8):
         t = LinearTiling(n, k, 1, ksplit, wpr, batched)
-        if t.stage_bytes <= target and t.whole_column_blocks:
+        if t.chunk_bytes <= target and t.whole_column_blocks:
             return wpr
     return 8
 
@@ -192,9 +206,8 @@ class Plan:
 
     @property
     def bulk_ring(self) -> bool:
-        """Whether bulk copies (TMA, Hopper) fill the weight ring: with one sequence; the batched
-        multiply reads swizzled chunks that a row-long copy cannot lay out (adamk/weights.cuh)."""
-        return self.deploy.gpu.tma and not self.batched
+        """Whether bulk copies (TMA, Hopper) fill the weight ring (adamk/weights.cuh)."""
+        return self.deploy.gpu.tma
 
     @property
     def kv_pieces(self) -> tuple[int, int]:

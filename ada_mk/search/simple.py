@@ -47,7 +47,7 @@ def choose_tiling(kind: str, n: int, k: int, deploy: DeployConfig, max_kc: int) 
             continue
         wpr = fitting_wpr(n, k, s, several, target)
         probe = LinearTiling(n, k, 1, s, wpr, several)
-        if probe.stage_bytes > target and s != splits[-1]:
+        if probe.chunk_bytes > target and s != splits[-1]:
             continue
         chunk_rows = probe.chunk_rows
         bw_per_sm = gpu.read_bandwidth / gpu.sms

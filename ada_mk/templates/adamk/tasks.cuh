@@ -42,15 +42,17 @@ struct Tiling {
   static_assert(KC % CHUNK_COLS == 0 && CHUNK_COLS % 8 == 0, "a row group is whole column blocks of 16-byte vectors");
 };
 
-// Where element k of row `row` sits in a weight chunk in the ring ([CHUNK_ROWS][CHUNK_COLS] bf16).
-// The batched multiply (adamk/mma.cuh, TileDot) loads 64 bytes at the same column from each of 8
-// rows at once; with rows a multiple of 128 bytes apart rows 2i and 2i + 1 would hit the same
-// banks, so odd rows keep their 16-byte vectors XOR 4, in the other half of each 128-byte line.
+// Elements between two rows of a weight chunk in its ring slot. The batched multiply (adamk/mma.cuh,
+// TileDot) loads 64 bytes at the same column from each of 8 rows at once; with rows a multiple of
+// 128 bytes apart rows 2i and 2i + 1 would hit the same banks, so each row is 64 bytes longer than
+// the chunk's columns and odd rows fall in the other half of each 128-byte line. Padding, not a
+// swizzle, so that each row arrives by one bulk copy (ada_mk.search.plan.LinearTiling.ring_row).
 template <class C, class T>
-__device__ __forceinline__ int tile_offset(int row, int k) {
-  constexpr bool SWIZZLE = C::BATCHED && T::CHUNK_VEC % 8 == 0;
-  return row * T::CHUNK_COLS + (SWIZZLE ? k ^ ((row & 1) << 5) : k);
-}
+constexpr int RING_ROW = T::CHUNK_COLS + (C::BATCHED ? 32 : 0);
+
+// Where element k of row `row` sits in a weight chunk in the ring ([CHUNK_ROWS][RING_ROW] bf16).
+template <class C, class T>
+__device__ __forceinline__ int tile_offset(int row, int k) { return row * RING_ROW<C, T> + k; }
 
 // Elements between consecutive sequences of the staged activations. The batched multiply reads
 // them as it reads a weight chunk; here each sequence's row stays contiguous (one bulk copy per

@@ -4,8 +4,8 @@
 // list, in order, through a ring of C::STAGES shared-memory slots, C::STAGES - 1 chunks ahead of
 // the chunk being multiplied. While the block waits on a dependency, the next tasks' weights are
 // already in flight. The loader's cursor walks the same compiled schedule as the task loop.
-// A chunk arrives by bulk copies on Hopper with one sequence, else by cp.async; warp 0 issues no
-// copies (WeightRing::load_chunk says why).
+// A chunk arrives by bulk copies on Hopper, else by cp.async; warp 0 issues no copies
+// (WeightRing::load_chunk says why).
 // (Pulling further chunks into L2 with prefetch.global.L2 was measured slower on an H200,
 // 1.09 -> 1.44 ms/token for Llama-3.2-1B: the extra instructions and L2 pressure cost more; so
 // was a bulk prefetch of the 2, 4 or 8 chunks after the ring issued only while the block waits
@@ -88,13 +88,13 @@ struct WeightRing {
   ChunkCursor<C> load;            // the next chunk into the ring
   unsigned issued = 0, consumed = 0;
 #if defined(ADAMK_BULK_COPY) && !defined(ADAMK_CP_ASYNC_RING)
-  // Where the plan says so (Plan.bulk_ring: Hopper, one sequence), a chunk is one bulk copy (one a
-  // row when the chunk is narrower than the matrix), issued by one thread of warp 1 and completing
-  // on its slot's mbarrier, instead of 16-byte cp.async copies spread over warps 1-7 (on an H100,
-  // Llama-3.2-1B's step 5% faster at context 4,096; benchmarks/RESULTS.md, session 8). Several
-  // sequences keep cp.async: the batched multiply reads odd rows swizzled (tile_offset), which a
-  // row-long copy cannot lay out, and bulk copies of padded rows were slower there (session 9).
-  // (ADAMK_CP_ASYNC_RING builds the cp.async ring everywhere, for comparisons.)
+  // Where the plan says so (Plan.bulk_ring: Hopper), a chunk is one bulk copy, or one a row when
+  // its rows are not back to back (K-split, or the batched multiply's padded rows), issued by warp
+  // 1 and completing on its slot's mbarrier, instead of 16-byte cp.async copies spread over warps
+  // 1-7: on an H100, Llama-3.2-1B's step 5% faster at context 4,096 (benchmarks/RESULTS.md,
+  // session 8); on an H200 at batch 8, where the cp.async ring streamed at 3.0 TB/s even with the
+  // multiply removed, 4% faster for Llama-3.2-1B and Llama-3-8B (session 12). (ADAMK_CP_ASYNC_RING
+  // builds the cp.async ring everywhere, for comparisons.)
   static constexpr bool BULK = C::BULK_RING;
 #else
   static constexpr bool BULK = false;
@@ -137,17 +137,27 @@ struct WeightRing {
   __device__ void load_chunk(unsigned char* dst) {
     int row0;
     const __nv_bfloat16* src = load.template rows<T>(weights, row0);
+    static_assert(T::CHUNK_ROWS * RING_ROW<C, T> * 2 <= C::STAGE_BYTES, "a chunk fits its slot");
     if constexpr (BULK) {
-      if (threadIdx.x == 32) {  // the last tile's chunks may end past the matrix, or lie past it
-        uint64_t* bar = bars + issued % C::STAGES;
-        const int rows = max(0, min(T::CHUNK_ROWS, T::N - row0));
-        thread::mbar_expect(bar, rows * T::CHUNK_COLS * 2);  // no rows: the phase completes at once
-        if constexpr (T::CHUNK_COLS == T::K) {
+      // Warp 1. Thread 32 tells the slot's mbarrier how many bytes come (none: the phase completes
+      // at once); a chunk of whole rows is one copy, else lane r copies row r. The last tile's
+      // chunks may end past the matrix, or lie past it.
+      if constexpr (RING_ROW<C, T> == T::K) {
+        if (threadIdx.x == 32) {
+          uint64_t* bar = bars + issued % C::STAGES;
+          const int rows = max(0, min(T::CHUNK_ROWS, T::N - row0));
+          thread::mbar_expect(bar, rows * T::CHUNK_COLS * 2);
           if (rows > 0) thread::bulk_copy(dst, src, rows * T::K * 2, bar);
-        } else
-          for (int r = 0; r < rows; ++r)
-            thread::bulk_copy(dst + r * T::CHUNK_COLS * 2, src + static_cast<size_t>(r) * T::K, T::CHUNK_COLS * 2,
-                              bar);
+        }
+      } else if (threadIdx.x >> 5 == 1) {
+        static_assert(T::CHUNK_ROWS <= 32, "a lane per row");
+        uint64_t* bar = bars + issued % C::STAGES;
+        const int lane = threadIdx.x & 31, rows = max(0, min(T::CHUNK_ROWS, T::N - row0));
+        if (lane == 0) thread::mbar_expect(bar, rows * T::CHUNK_COLS * 2);
+        __syncwarp();
+        if (lane < rows)
+          thread::bulk_copy(dst + tile_offset<C, T>(lane, 0) * 2, src + static_cast<size_t>(lane) * T::K,
+                            T::CHUNK_COLS * 2, bar);
       }
       ++loaded;
       load.template advance<T>();
