@@ -6,6 +6,7 @@ made for ADAMK_GPU (default H100).
     ADAMK_CACHE=.devbuild python -m benchmarks.experiment prebuild    (here)
     python3 -m benchmarks.experiment                                   (on the GPU machine)
 """
+import dataclasses
 import os
 import sys
 
@@ -60,12 +61,19 @@ _8B_BS8 = {"qkv": (6144, 4096, 48, 1, 4, True), "o": (4096, 4096, 32, 1, 4, True
            "gate_up": (28672, 4096, 32, 1, 4, True), "down": (4096, 14336, 128, 4, 4, True),
            "lm_head": (128256, 4096, 128, 1, 4, True)}
 DEEP_RING = {f"lm_head 128, {n} stages": {"llama3-8b": (_8B_BS8, 2, n)} for n in (3, 4)}
+# With the bulk-copy ring (5d7f7aa; ring rows 64 bytes longer): more bytes in flight a block, by
+# half-size chunks (8 warps a row: 16 rows x 512 columns) in 6 slots, or by 64-row LM head and down
+# tiles (the reductions' buffer 2 KB smaller) and 4 slots of the searched 32 KB chunks.
+DEEP_RING["half chunks, 6 stages"] = {"llama3-8b": ({k: (n, kk, r, s, 8, True) for k, (n, kk, r, s, _, _) in {
+    **_8B_BS8, "lm_head": (128256, 4096, 256, 1, 4, True)}.items()}, 2, 6)}
+DEEP_RING["64-row down and LM head, 4 stages"] = {"llama3-8b": ({**_8B_BS8, "down": (4096, 14336, 64, 4, 4, True),
+                                                                 "lm_head": (128256, 4096, 64, 1, 4, True)}, 2, 4)}
 HAND = {"previous": PREVIOUS, "eight-row": EIGHT_ROW, **ONE_CHANGE, **FINER_GATE_UP, **DEEP_RING}
 # (config, batch, label, macros, plan: "searched" or a HAND key, attention splits instead of the plan's)
 VARIANTS = [
     ("llama3-8b", 8, "searched plan (3 stages)", (), "searched", None),
-    ("llama3-8b", 8, "LM head tiles of 128 rows, 3 stages", (), "lm_head 128, 3 stages", None),
-    ("llama3-8b", 8, "LM head tiles of 128 rows, 4 stages", (), "lm_head 128, 4 stages", None),
+    ("llama3-8b", 8, "half chunks (16 x 512), 6 stages", (), "half chunks, 6 stages", None),
+    ("llama3-8b", 8, "64-row down and LM head tiles, 4 stages", (), "64-row down and LM head, 4 stages", None),
 ]
 
 
@@ -84,6 +92,7 @@ def plan_for(config: str, which: str, splits: int | None = None, batch: int = 1)
     else:
         tilings, ns, stages = HAND[which][config]
         til = {k: LinearTiling(*v) for k, v in tilings.items()}
+        til = {k: dataclasses.replace(t, padded=t.batched and d.gpu.tma) for k, t in til.items()}  # Plan.bulk_ring
         splits = splits or ns
     _, plan = Searcher(m, d).full(Candidate(dict(til), splits, stages))
     return plan

@@ -231,7 +231,7 @@ def test_batched_attention_copies_kv_pieces_into_x_and_red(name):
     lay = plan.smem_layout()
     piece_bytes = 2 * positions * plan.model.head_dim * 2  # K rows, then V rows
     assert buffers * piece_bytes <= lay["SMEM_ATTN"] - lay["SMEM_X"]
-    assert plan.barrier_bytes == 8 * (1 + buffers)
+    assert plan.barrier_bytes == 8 * (1 + plan.stages + buffers)  # staging, ring slots, K/V buffers
     source = render(plan).files[f"{plan.kernel_name}.cu"]
     assert f"ATTN_PIECE = {positions}, ATTN_BUFS = {buffers};" in source
     for gpu, batch in (("H100", 1), ("L20", 4)):

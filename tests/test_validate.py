@@ -153,6 +153,20 @@ def test_tiling_batched_flag_follows_the_batch():
         validate_plan(dataclasses.replace(p, tilings=til))
 
 
+@pytest.mark.parametrize("gpu", ["H100", "L20"])
+def test_ring_padding_follows_the_bulk_ring(gpu):
+    """Batched ring rows are padded exactly where bulk copies fill the ring (Hopper), as the kernel
+    lays them out (adamk/tasks.cuh, RING_ROW): a plan that says otherwise is refused."""
+    p = rr_plan(gpu=gpu, batch=4)
+    assert all(t.padded == p.bulk_ring == (gpu == "H100") for t in p.tilings.values())
+    assert all(t.stage_bytes == 16 * (t.chunk_cols + (32 if t.padded else 0)) * 2 for t in p.tilings.values())
+    validate_plan(p)
+    til = dict(p.tilings)
+    til["o"] = dataclasses.replace(til["o"], padded=not til["o"].padded)
+    with pytest.raises(PlanError, match="o: ring rows"):
+        validate_plan(dataclasses.replace(p, tilings=til))
+
+
 def test_split_lm_head_refused():
     p = rr_plan()
     til = dict(p.tilings)

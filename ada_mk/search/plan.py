@@ -56,7 +56,9 @@ class LinearTiling:
     `WARPS // warps_per_row` whole rows, each reduced by `warps_per_row` warps. With the batched
     multiply (`batched`, set for plans of batch >= BATCHED_FROM) every warp takes part of every
     row of a chunk: a chunk is 16 rows (the MMA's M) by `kc // warps_per_row` columns, so
-    `warps_per_row` cuts a row group's columns into that many chunks (`kparts`).
+    `warps_per_row` cuts a row group's columns into that many chunks (`kparts`). `padded`: the
+    batched multiply's ring rows are 64 bytes longer than the chunk (set where bulk copies fill
+    the ring: Plan.bulk_ring).
     """
 
     n: int
@@ -65,6 +67,7 @@ class LinearTiling:
     ksplit: int
     warps_per_row: int
     batched: bool = False
+    padded: bool = False
 
     @property
     def kc(self) -> int:
@@ -109,10 +112,10 @@ class LinearTiling:
     @property
     def ring_row(self) -> int:
         """Elements between two rows of a chunk in its ring slot: its columns, plus 64 bytes of
-        padding with the batched multiply, so that its 8-row loads hit both halves of the banks
-        (as LinearTiling.x_row does for the activations; adamk/tasks.cuh, tile_offset). Padding,
-        not a swizzle, so that each row arrives by one bulk copy."""
-        return self.chunk_cols + (32 if self.batched else 0)
+        padding where `padded`. The batched multiply's 8-row loads must hit both halves of the
+        banks: a cp.async ring swizzles odd rows instead, which a row-long bulk copy cannot lay
+        out (adamk/tasks.cuh, tile_offset)."""
+        return self.chunk_cols + (32 if self.padded else 0)
 
     @property
     def stage_bytes(self) -> int:
@@ -301,7 +304,8 @@ class Plan:
             "threads": self.threads,
             "strategy": self.strategy,
             # `batched` follows from the batch: not a decision of its own
-            "tilings": {k: {f: x for f, x in asdict(v).items() if f != "batched"} for k, v in self.tilings.items()},
+            "tilings": {k: {f: x for f, x in asdict(v).items() if f not in ("batched", "padded")}
+                        for k, v in self.tilings.items()},
             "attn_splits": self.attn_splits,
             "stages": self.stages,
             "stage_bytes": self.stage_bytes,

@@ -300,7 +300,7 @@ class Searcher:
         return out
 
     def tiling(self, n: int, k: int, rows: int, ksplit: int, warps_per_row: int) -> LinearTiling:
-        return LinearTiling(n, k, rows, ksplit, warps_per_row, self.batched)
+        return LinearTiling(n, k, rows, ksplit, warps_per_row, self.batched, self.batched and self.deploy.gpu.tma)
 
     def initial(self, stage_target: int) -> dict:
         """Per kind: the smallest K-split whose chunk fits beside the hidden-size activation

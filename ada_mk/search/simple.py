@@ -39,6 +39,7 @@ def choose_tiling(kind: str, n: int, k: int, deploy: DeployConfig, max_kc: int) 
     gpu = deploy.gpu
     target = stage_target(deploy)
     several = batched(deploy.batch)
+    padded = several and gpu.tma  # the batched multiply's ring rows, filled by bulk copies (Plan.bulk_ring)
     splits = [1] if kind == "lm_head" else [s for s in range(1, 65) if k % s == 0 and (k // s) % 8 == 0]
     best = None
     for s in splits:
@@ -55,7 +56,7 @@ def choose_tiling(kind: str, n: int, k: int, deploy: DeployConfig, max_kc: int) 
             rows = chunk_rows * chunks
             if rows > max(chunk_rows, n):
                 break
-            t = LinearTiling(n, k, rows, s, wpr, several)
+            t = LinearTiling(n, k, rows, s, wpr, several, padded)
             rounds = -(-t.tasks // gpu.sms)
             cost = rounds * (rows * kc * 2 / bw_per_sm + TASK_OVERHEAD_S)
             if best is None or cost < best[0] - 1e-12:

@@ -47,6 +47,10 @@ def _check_tilings(plan: Plan) -> None:
 
 
 def _check_smem(plan: Plan) -> None:
+    for kind, t in plan.tilings.items():
+        if t.padded != (t.batched and plan.bulk_ring):
+            raise PlanError(f"{kind}: ring rows {'padded' if t.padded else 'not padded'}; the kernel pads them"
+                            f" exactly where bulk copies fill the batched multiply's ring (Plan.bulk_ring)")
     need = required_stage_bytes(plan.tilings)
     if plan.stage_bytes < need:
         raise PlanError(f"stage_bytes {plan.stage_bytes} < {need}, the largest chunk of any stage")

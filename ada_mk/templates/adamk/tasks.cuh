@@ -42,17 +42,21 @@ struct Tiling {
   static_assert(KC % CHUNK_COLS == 0 && CHUNK_COLS % 8 == 0, "a row group is whole column blocks of 16-byte vectors");
 };
 
-// Elements between two rows of a weight chunk in its ring slot. The batched multiply (adamk/mma.cuh,
-// TileDot) loads 64 bytes at the same column from each of 8 rows at once; with rows a multiple of
-// 128 bytes apart rows 2i and 2i + 1 would hit the same banks, so each row is 64 bytes longer than
-// the chunk's columns and odd rows fall in the other half of each 128-byte line. Padding, not a
-// swizzle, so that each row arrives by one bulk copy (ada_mk.search.plan.LinearTiling.ring_row).
+// The batched multiply (adamk/mma.cuh, TileDot) loads 64 bytes at the same column from each of 8
+// rows of a weight chunk at once; with rows a multiple of 128 bytes apart rows 2i and 2i + 1 would
+// hit the same banks. Where bulk copies fill the ring (Cfg::BULK_RING) each row is 64 bytes longer
+// than the chunk's columns, so odd rows fall in the other half of each 128-byte line (a row-long
+// copy cannot swizzle); a cp.async ring keeps odd rows' 16-byte vectors XOR 4 instead, with no
+// padding (ada_mk.search.plan.LinearTiling.ring_row).
 template <class C, class T>
-constexpr int RING_ROW = T::CHUNK_COLS + (C::BATCHED ? 32 : 0);
+constexpr int RING_ROW = T::CHUNK_COLS + (C::BATCHED && C::BULK_RING ? 32 : 0);
 
 // Where element k of row `row` sits in a weight chunk in the ring ([CHUNK_ROWS][RING_ROW] bf16).
 template <class C, class T>
-__device__ __forceinline__ int tile_offset(int row, int k) { return row * RING_ROW<C, T> + k; }
+__device__ __forceinline__ int tile_offset(int row, int k) {
+  constexpr bool SWIZZLE = C::BATCHED && !C::BULK_RING && T::CHUNK_VEC % 8 == 0;
+  return row * RING_ROW<C, T> + (SWIZZLE ? k ^ ((row & 1) << 5) : k);
+}
 
 // Elements between consecutive sequences of the staged activations. The batched multiply reads
 // them as it reads a weight chunk; here each sequence's row stays contiguous (one bulk copy per
