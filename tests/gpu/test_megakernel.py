@@ -137,6 +137,19 @@ CASES = [
 @pytest.mark.parametrize("config,gpu,batch,prompt_len", CASES, ids=[f"{c}-{g}-bs{b}-p{p}" for c, g, b, p in CASES])
 def test_logits_match_hf(config, gpu, batch, prompt_len):
     hf = hf_model(config)
+    # A greedy run from one random token can settle into a loop whose every step has a top-2 gap
+    # within bf16 noise (session 12: 0 clear steps of 64, all 64 agreeing); then another prompt is
+    # drawn, up to three, so that greedy agreement is checked on some clear step.
+    for _ in range(3):
+        clear = _decode_and_compare(hf, config, gpu, batch, prompt_len)
+        if clear:
+            break
+    assert clear > 0, "no step with a clear top-2 margin in three random prompts"
+
+
+def _decode_and_compare(hf, config: str, gpu: str, batch: int, prompt_len: int) -> int:
+    """Decode DECODE_STEPS tokens after a random prompt with HF and with the kernel; check the
+    logits, and greedy agreement with float32 on the clear steps. Returns how many were clear."""
     V = hf.config.vocab_size
     prompt = torch.randint(0, V, (batch, prompt_len), device="cuda")
     with torch.no_grad():
@@ -171,8 +184,8 @@ def test_logits_match_hf(config, gpu, batch, prompt_len):
     agree = ours.argmax(-1) == ref.argmax(-1)
     print(f"  greedy vs float32: {int(clear.sum())} clear steps of {clear.size}, "
           f"{int((agree & clear).sum())} agree; {int(agree.sum())} agree overall")
-    assert clear.sum() > 0
     assert agree[clear].all()
+    return int(clear.sum())
 
 
 def test_staggered_positions_match_hf():
