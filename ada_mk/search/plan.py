@@ -47,6 +47,12 @@ def batched(batch: int) -> bool:
     return batch >= BATCHED_FROM
 
 
+def padded_ring(deploy: DeployConfig) -> bool:
+    """Whether the tilings' ring rows are padded (LinearTiling.padded): the batched multiply's ring
+    where bulk copies fill it (Plan.bulk_ring, Hopper)."""
+    return batched(deploy.batch) and deploy.gpu.tma
+
+
 @dataclass(frozen=True)
 class LinearTiling:
     """How one fused linear stage is cut into tasks.

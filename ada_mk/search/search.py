@@ -26,7 +26,7 @@ import numpy as np
 from ..config import DeployConfig, ModelConfig
 from .cost import CostConstants, CostModel, _Counters, constants_for, simulate, staged_key
 from .dag import STAGE_ORDER, stage_priority
-from .plan import LINEAR_KINDS, THREADS, LinearTiling, Plan, Task, batched, compress_runs, fitting_wpr
+from .plan import LINEAR_KINDS, THREADS, LinearTiling, Plan, Task, batched, compress_runs, fitting_wpr, padded_ring
 from .smem import required_stage_bytes
 from .simple import linear_shapes
 
@@ -300,7 +300,7 @@ class Searcher:
         return out
 
     def tiling(self, n: int, k: int, rows: int, ksplit: int, warps_per_row: int) -> LinearTiling:
-        return LinearTiling(n, k, rows, ksplit, warps_per_row, self.batched, self.batched and self.deploy.gpu.tma)
+        return LinearTiling(n, k, rows, ksplit, warps_per_row, self.batched, padded_ring(self.deploy))
 
     def initial(self, stage_target: int) -> dict:
         """Per kind: the smallest K-split whose chunk fits beside the hidden-size activation

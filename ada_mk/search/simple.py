@@ -5,7 +5,7 @@ This is the baseline the offline search improves on; the kernel takes any valid 
 from __future__ import annotations
 
 from ..config import DeployConfig, ModelConfig
-from .plan import THREADS, LinearTiling, Plan, batched, compress_runs, fitting_wpr
+from .plan import THREADS, LinearTiling, Plan, batched, compress_runs, fitting_wpr, padded_ring
 
 TASK_OVERHEAD_S = 0.6e-6  # dependency wait, activation staging and signal per task (estimate)
 MAX_STAGES = 8
@@ -39,7 +39,7 @@ def choose_tiling(kind: str, n: int, k: int, deploy: DeployConfig, max_kc: int) 
     gpu = deploy.gpu
     target = stage_target(deploy)
     several = batched(deploy.batch)
-    padded = several and gpu.tma  # the batched multiply's ring rows, filled by bulk copies (Plan.bulk_ring)
+    padded = padded_ring(deploy)
     splits = [1] if kind == "lm_head" else [s for s in range(1, 65) if k % s == 0 and (k // s) % 8 == 0]
     best = None
     for s in splits:
