@@ -7,9 +7,10 @@
 // The last of a group's splits to finish combines them into the bf16 attention output that the
 // O projection multiplies, and only then publishes the group (all its splits' counts at once).
 // With several sequences on Hopper (Cfg::ATTN_BUFS > 0) the split's cached K and V rows come to
-// shared memory by bulk copies issued before the task waits for its inputs; otherwise every lane
-// loads its rows into registers.
+// shared memory by bulk copies issued before the task waits for its inputs, and the tensor cores
+// multiply them (MmaAttention); otherwise every lane loads its rows into registers.
 #pragma once
+#include <cute/arch/mma_sm80.hpp>
 #include "adamk/bf16.cuh"
 #include "adamk/context.cuh"
 #include "adamk/warp.cuh"
@@ -263,9 +264,152 @@ struct LaneAttention {
   }
 };
 
+// Batched attention on the tensor cores (warp scope): for up to 8 query heads a group and heads
+// of 64 or 128 dimensions, a warp takes blocks of 16 positions from the shared-memory pieces and
+// runs both products as m16n8k16 MMAs with the query heads as M (rows g + 8 and heads past G are
+// zero), as flash-attention does: S = Q K^T over 8 positions an n-tile, then O += P V with the
+// rounded probabilities P as the A operand straight from S's accumulators (the same layout).
+// Lane 4g + t: B column g of S is position 8 nt + g of the block, whose key row the lane reads
+// as 16-byte vectors 4 s + t; the k order of S is that permutation of the dimensions, applied to
+// the queries too. For O, lane 4g + t reads the value rows of positions 2t, 2t + 1, 2t + 8 and
+// 2t + 9 (P's k) at vectors g + 8 h, and pairs one dimension of two positions per 32-bit word
+// (byte_perm); n-tile j = 8 h + e of O is dimension 8 (n + 8 h) + e for column n.
+// It replaced the lanes' loop (LaneAttention) for these groups: that loop was compute-bound
+// (about 10 of a Llama-3-8B batch-8 task's 14 us); at batch 8 on an H200 the step went from
+// 1.137 to 1.099 ms (Llama-3.2-1B) and from 5.443 to 5.321 ms (Llama-3-8B; session 13).
+template <class C>
+struct MmaAttention {
+  static constexpr int HD = C::HD, G = C::G, KS = HD / 16, NT = HD / 8, HV = HD / 64;
+  static_assert(G <= 8 && HD % 64 == 0, "an MMA's 8 columns hold a group's query heads");
+  using Mma = cute::SM80_16x8x16_F32BF16BF16F32_TN;
+  int g, t;
+  uint32_t qa[KS][2];  // A fragments of the queries (head g; zero past G)
+  float m = -INFINITY, l = 0.f;  // head g: the warp's running max, this lane's running sum
+  float o[NT][2] = {};           // head g, n-tile j, columns 2t and 2t + 1
+
+  __device__ explicit MmaAttention(const float* q) {
+    const int lane = threadIdx.x & 31;
+    g = lane >> 2;
+    t = lane & 3;
+#pragma unroll
+    for (int ks = 0; ks < KS; ++ks) {
+      const int d = 8 * (4 * (ks / 2) + t) + 4 * (ks % 2);  // the dimensions of key words 2 (ks % 2), + 1
+      qa[ks][0] = qa[ks][1] = 0u;
+      if (g < G) {
+        qa[ks][0] = pack2(q[g * HD + d], q[g * HD + d + 1]);
+        qa[ks][1] = pack2(q[g * HD + d + 2], q[g * HD + d + 3]);
+      }
+    }
+  }
+
+  __device__ static uint32_t pack2(float lo, float hi) {
+    const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<const uint32_t*>(&v);
+  }
+
+  // Row of position p: this step's key / value (pos) from kn / vn, the others from the piece
+  // (rows from `first`).
+  __device__ static const __nv_bfloat16* row(const __nv_bfloat16* piece, const __nv_bfloat16* now, int p, int first,
+                                             int pos) {
+    return p == pos ? now : piece + static_cast<size_t>(p - first) * HD;
+  }
+
+  // Positions [pb, pb + 16) of a piece, those from q1 on masked out.
+  __device__ void block(int pb, int q1, int pos, const __nv_bfloat16* k, const __nv_bfloat16* v, int first,
+                        const __nv_bfloat16* kn, const __nv_bfloat16* vn) {
+    // The value rows' loads first: they are independent of the scores.
+    uint4 vr[4][HV];
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+      const int p = pb + 2 * t + (r & 1) + 8 * (r >> 1);
+      const __nv_bfloat16* src = row(v, vn, p, first, pos);
+#pragma unroll
+      for (int h = 0; h < HV; ++h)
+        vr[r][h] = p < q1 ? *reinterpret_cast<const uint4*>(src + 8 * (g + 8 * h)) : make_uint4(0u, 0u, 0u, 0u);
+    }
+    // S = Q K^T: two n-tiles of 8 positions, each over two accumulators (even and odd k-steps).
+    float s[2][2][4] = {};
+#pragma unroll
+    for (int nt = 0; nt < 2; ++nt) {
+      const __nv_bfloat16* src = row(k, kn, pb + 8 * nt + g, first, pos);
+#pragma unroll
+      for (int q = 0; q < HD / 32; ++q) {
+        const uint4 w = *reinterpret_cast<const uint4*>(src + 8 * (4 * q + t));
+        float(&a)[4] = s[nt][0];
+        float(&b)[4] = s[nt][1];
+        Mma::fma(a[0], a[1], a[2], a[3], qa[2 * q][0], 0u, qa[2 * q][1], 0u, w.x, w.y, a[0], a[1], a[2], a[3]);
+        Mma::fma(b[0], b[1], b[2], b[3], qa[2 * q + 1][0], 0u, qa[2 * q + 1][1], 0u, w.z, w.w, b[0], b[1], b[2],
+                 b[3]);
+      }
+    }
+    // Softmax bookkeeping for head g: lane t holds positions 8 nt + 2t + e.
+    float sc[2][2], mx = -INFINITY;
+#pragma unroll
+    for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const bool live = pb + 8 * nt + 2 * t + e < q1;
+        sc[nt][e] = live ? (s[nt][0][e] + s[nt][1][e]) * C::ATTN_SCALE : -INFINITY;
+        mx = fmaxf(mx, sc[nt][e]);
+      }
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+    const float mn = fmaxf(m, mx);  // finite: the block's first position is live
+    const float alpha = __expf(m - mn);
+    m = mn;
+    uint32_t pa[2];  // P, rounded to bf16 as the MMA takes it; the sum counts the rounded values
+    l *= alpha;
+#pragma unroll
+    for (int nt = 0; nt < 2; ++nt) {
+      pa[nt] = pack2(__expf(sc[nt][0] - mn), __expf(sc[nt][1] - mn));
+      const float2 r = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&pa[nt]));
+      l += r.x + r.y;
+    }
+    // O += P V, n-tile j = 8 h + e: dimension 8 (g + 8 h) + e of positions 2t, 2t + 1 (b0) and
+    // 2t + 8, 2t + 9 (b1), low or high halves of word e / 2.
+#pragma unroll
+    for (int h = 0; h < HV; ++h)
+#pragma unroll
+      for (int e = 0; e < 8; ++e) {
+        const unsigned sel = e % 2 ? 0x7632u : 0x5410u;
+        const uint32_t b0 = __byte_perm(word(vr[0][h], e / 2), word(vr[1][h], e / 2), sel);
+        const uint32_t b1 = __byte_perm(word(vr[2][h], e / 2), word(vr[3][h], e / 2), sel);
+        float(&d)[2] = o[8 * h + e];
+        float z0, z1;  // rows g + 8: zero queries, discarded
+        Mma::fma(d[0], d[1], z0, z1, pa[0], 0u, pa[1], 0u, b0, b1, d[0] * alpha, d[1] * alpha, 0.f, 0.f);
+      }
+  }
+
+  __device__ static uint32_t word(const uint4& v, int i) {
+    return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
+  }
+
+  // This warp's running max, sum and output of head g into wm, wl ([WARPS][G]) and wo
+  // ([WARPS][G][HD]). Column n of n-tile 8 h + e is dimension 8 (n + 8 h) + e.
+  __device__ void finish(float* wm, float* wl, float* wo) {
+    const int warp = threadIdx.x >> 5;
+    l += __shfl_xor_sync(0xffffffffu, l, 1);
+    l += __shfl_xor_sync(0xffffffffu, l, 2);
+    if (g >= G) return;
+    if (t == 0) {
+      wm[warp * G + g] = m;
+      wl[warp * G + g] = l;
+    }
+#pragma unroll
+    for (int h = 0; h < HV; ++h)
+#pragma unroll
+      for (int c = 0; c < 2; ++c) {
+        float4* dst = reinterpret_cast<float4*>(wo + (warp * G + g) * HD + 8 * (2 * t + c + 8 * h));
+        dst[0] = make_float4(o[8 * h][c], o[8 * h + 1][c], o[8 * h + 2][c], o[8 * h + 3][c]);
+        dst[1] = make_float4(o[8 * h + 4][c], o[8 * h + 5][c], o[8 * h + 6][c], o[8 * h + 7][c]);
+      }
+  }
+};
+
 template <class C>
 __device__ void attention_task(Ctx<C>& c, int layer, int idx) {
   constexpr int HD = C::HD, G = C::G, NS = C::ATTN_SPLITS, DPL = HD / 32, HALF = HD / 2;
+  constexpr bool MMA = C::ATTN_BUFS > 0 && G <= 8 && HD % 64 == 0;  // MmaAttention
   const AttnSplit<C> split(c, layer, idx);
   const int j = split.j, g = split.g, b = split.b, pos = split.pos, p0 = split.p0, p1 = split.p1;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -318,11 +462,36 @@ __device__ void attention_task(Ctx<C>& c, int layer, int idx) {
   c.t_staged = global_ns();
 #endif
 
-  // Three ways through the split's positions (measured on an H100, benchmarks/RESULTS.md,
-  // sessions 6, 7 and 10). All read every K and V row with 16-byte loads and update the softmax's
-  // running max and sum once per batch of positions, not once per position.
-  float m[G], l[G];  // per query head: the warp's running max, the lane's running sum
-  if constexpr (C::ATTN_BUFS > 0) {
+  // Four ways through the split's positions (benchmarks/RESULTS.md, sessions 6, 7, 10 and 13):
+  // the tensor cores on shared-memory pieces (several sequences, Hopper), the lanes' loop on
+  // pieces (the same, for groups MmaAttention does not take), and two register loops (one
+  // sequence, or no bulk copies). All read every K and V row with 16-byte loads and update the
+  // softmax's running max and sum once per block of positions, not once per position.
+  float m[G], l[G];  // per query head, lane loops: the warp's running max, the lane's running sum
+  if constexpr (MMA) {
+    // Several sequences: the rows from the shared-memory pieces (prefetch_kv), blocks of 16
+    // positions dealt to the warps in turn across pieces; the next copy into a buffer goes out
+    // once every warp is done with it.
+    constexpr int P = C::ATTN_PIECE, NB = C::ATTN_BUFS, BPP = P / 16;
+    static_assert(P % 16 == 0 && P / 16 <= WARPS, "pieces of whole 16-position blocks, a warp each");
+    MmaAttention<C> ma(q);
+    const int pieces = kv_pieces(split);
+    for (int i = 0; i < pieces; ++i) {
+      const int slot = i % NB, first = p0 + i * P, q1 = min(p1, first + P);
+      const int blk = ((warp - i * BPP) % WARPS + WARPS) % WARPS;  // this warp's block of the piece, if < BPP
+      if (blk < BPP && first + 16 * blk < q1) {
+        thread::mbar_wait(c.kv_bars + slot, (c.kv_phase >> slot) & 1u);
+        const __nv_bfloat16* kb = kv_buffer(c, i);
+        ma.block(first + 16 * blk, q1, pos, kb, kb + P * HD, first, kn, vn);
+      }
+      c.kv_phase ^= 1u << slot;
+      if (i + NB < pieces) {
+        __syncthreads();  // every warp is done with this buffer
+        if (threadIdx.x == 0) copy_kv_piece(c, split, i + NB);
+      }
+    }
+    ma.finish(wm, wl, wo);
+  } else if constexpr (C::ATTN_BUFS > 0) {
     // Several sequences: the rows from the shared-memory pieces (prefetch_kv), one batch of rows
     // a warp per piece; the next copy into a buffer goes out once every warp is done with it.
     constexpr int P = C::ATTN_PIECE, NB = C::ATTN_BUFS;
@@ -433,9 +602,10 @@ __device__ void attention_task(Ctx<C>& c, int layer, int idx) {
 #pragma unroll
     for (int h = 0; h < G; ++h) { m[h] = la.m[h]; l[h] = la.l[h]; }
   }
+  if constexpr (!MMA)
 #pragma unroll
-  for (int h = 0; h < G; ++h)
-    if (lane == 0) { wm[warp * G + h] = m[h]; wl[warp * G + h] = l[h]; }
+    for (int h = 0; h < G; ++h)
+      if (lane == 0) { wm[warp * G + h] = m[h]; wl[warp * G + h] = l[h]; }
   __syncthreads();
 
   // Combine the warps: out = sum_w o_w e^(m_w - M), sum = sum_w l_w e^(m_w - M).
