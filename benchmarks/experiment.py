@@ -68,13 +68,24 @@ DEEP_RING["half chunks, 6 stages"] = {"llama3-8b": ({k: (n, kk, r, s, 8, True) f
     **_8B_BS8, "lm_head": (128256, 4096, 256, 1, 4, True)}.items()}, 2, 6)}
 DEEP_RING["64-row down and LM head, 4 stages"] = {"llama3-8b": ({**_8B_BS8, "down": (4096, 14336, 64, 4, 4, True),
                                                                  "lm_head": (128256, 4096, 64, 1, 4, True)}, 2, 4)}
-HAND = {"previous": PREVIOUS, "eight-row": EIGHT_ROW, **ONE_CHANGE, **FINER_GATE_UP, **DEEP_RING}
+# Batch 8 on an H200 (session 13): the QKV task stages (RMSNorm) all 4,096 columns of 8 sequences,
+# 64 KB, about 4.4 us a task on the critical path of every layer; K-split 2 or 4 (the same 128
+# tasks, each twice or four times the rows over half or a quarter of the columns) stages less, and
+# attention sums 2 or 4 partials. Searched plans of session 13 (1a28a9e186 and its 1B twin).
+_8B_BS8_S13 = {"qkv": (6144, 4096, 48, 1, 4, True), "o": (4096, 4096, 32, 1, 4, True),
+               "gate_up": (28672, 4096, 32, 1, 4, True), "down": (4096, 14336, 128, 4, 4, True),
+               "lm_head": (128256, 4096, 256, 1, 4, True)}
+_1B_BS8_S13 = {"qkv": (3072, 2048, 32, 1, 2, True), "o": (2048, 2048, 16, 1, 2, True),
+               "gate_up": (16384, 2048, 64, 1, 2, True), "down": (2048, 8192, 64, 4, 2, True),
+               "lm_head": (128256, 2048, 256, 1, 2, True)}
+QKV_SPLIT = {f"qkv split {s}": {"llama3-8b": ({**_8B_BS8_S13, "qkv": (6144, 4096, 48 * s, s, 4, True)}, 2, 3),
+                                "llama3.2-1b": ({**_1B_BS8_S13, "qkv": (3072, 2048, 32 * s, s, 2, True)}, 2, 5)}
+             for s in (2, 4)}
+HAND = {"previous": PREVIOUS, "eight-row": EIGHT_ROW, **ONE_CHANGE, **FINER_GATE_UP, **DEEP_RING, **QKV_SPLIT}
 # (config, batch, label, macros, plan: "searched" or a HAND key, attention splits instead of the plan's)
-VARIANTS = [
-    ("llama3-8b", 8, "searched plan (3 stages)", (), "searched", None),
-    ("llama3-8b", 8, "half chunks (16 x 512), 6 stages", (), "half chunks, 6 stages", None),
-    ("llama3-8b", 8, "64-row down and LM head tiles, 4 stages", (), "64-row down and LM head, 4 stages", None),
-]
+VARIANTS = [(config, 8, label, (), which, None) for config in ("llama3.2-1b", "llama3-8b")
+            for label, which in (("searched plan", "searched"), ("QKV K-split 2", "qkv split 2"),
+                                 ("QKV K-split 4", "qkv split 4"))]
 
 
 def plan_for(config: str, which: str, splits: int | None = None, batch: int = 1):
