@@ -72,6 +72,8 @@ DEEP_RING["64-row down and LM head, 4 stages"] = {"llama3-8b": ({**_8B_BS8, "dow
 # 64 KB, about 4.4 us a task on the critical path of every layer; K-split 2 or 4 (the same 128
 # tasks, each twice or four times the rows over half or a quarter of the columns) stages less, and
 # attention sums 2 or 4 partials. Searched plans of session 13 (1a28a9e186 and its 1B twin).
+# Measured (session 13, call 3): 1B 1.111 / 1.154 / 1.255 ms, 8B 5.332 / 5.728 / 6.300 for
+# unsplit / 2 / 4: the search's unsplit QKV stands (the partials and longer tasks cost more).
 _8B_BS8_S13 = {"qkv": (6144, 4096, 48, 1, 4, True), "o": (4096, 4096, 32, 1, 4, True),
                "gate_up": (28672, 4096, 32, 1, 4, True), "down": (4096, 14336, 128, 4, 4, True),
                "lm_head": (128256, 4096, 256, 1, 4, True)}

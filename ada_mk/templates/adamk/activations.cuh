@@ -168,18 +168,24 @@ __device__ bool prefetch_gamma(Ctx<C>& c, int key, const __nv_bfloat16* gamma, i
 }
 #endif
 
-#ifdef ADAMK_BULK_COPY
-// RMSNorm in place over vectors [v0, v0 + nv) of every sequence's row in x (the stream's rows,
-// copied as they are), with rstd in misc and gamma in the attention scratch (prefetch_gamma).
-// One 16-byte vector of one sequence an iteration, in a loop: this code runs once per staging,
-// and unrolled (16 vectors a thread for Llama-3-8B at batch 8) it missed the instruction cache
-// all the way through (ncu: "no instruction" was half of its stall samples on an H200).
-template <class C, class T, int NV>
-__device__ void normalise_columns(Ctx<C>& c, int v0) {
+// x[b][k] = bf16(gamma[k0 + k] * bf16(v * rsqrt(mean(v^2) + eps))), as HF's RMSNorm, reading
+// only the chunk's columns of the stream. On Hopper gamma came into the attention scratch before
+// the task's wait (prefetch_gamma) and lands with the rows; elsewhere a published stream's chunk
+// and gamma are loaded before rstd is summed from the tiles, so both round trips to L2 overlap.
+template <class C, class T>
+__device__ void stage_rmsnorm(Ctx<C>& c, const Stream<C>& s, const __nv_bfloat16* gamma, int k0) {
   constexpr int B = C::B;
+#ifdef ADAMK_BULK_COPY
+  copy_rows<C, T>(c, [&](int b) { return s.row(b); }, k0);
+  if (s.x == nullptr) embedding_rstd<C>(c, s);
+  else published_rstd<C>(c, s);
+  c.bulk.wait();
+  // One 16-byte vector of one sequence an iteration, in a loop: this code runs once per staging,
+  // and unrolled (16 vectors a thread for Llama-3-8B at batch 8) it missed the instruction cache
+  // all the way through (ncu: "no instruction" was half of its stall samples on an H200).
 #pragma unroll 2
-  for (int e = threadIdx.x; e < B * NV; e += C::THREADS) {
-    const int b = e / NV, v = v0 + e % NV;
+  for (int e = threadIdx.x; e < B * T::VEC; e += C::THREADS) {
+    const int b = e / T::VEC, v = e % T::VEC;
     const float rstd = c.misc[WARPS * B + b];
     const uint4 g = reinterpret_cast<const uint4*>(c.attn)[v];
     uint4* p = reinterpret_cast<uint4*>(c.x + x_offset<C, T>(b, v * 8));
@@ -196,26 +202,6 @@ __device__ void normalise_columns(Ctx<C>& c, int v0) {
     }
     *p = make_uint4(out[0].x, out[0].y, out[1].x, out[1].y);
   }
-}
-#endif
-
-// x[b][k] = bf16(gamma[k0 + k] * bf16(v * rsqrt(mean(v^2) + eps))), as HF's RMSNorm, reading
-// only the chunk's columns of the stream. On Hopper gamma came into the attention scratch before
-// the task's wait (prefetch_gamma) and lands with the rows; elsewhere a published stream's chunk
-// and gamma are loaded before rstd is summed from the tiles, so both round trips to L2 overlap.
-// The batched multiply normalises the rows itself, one column block before the wait for each of
-// its first row group's weight chunks (Ctx::unnormalised): the ring's first refill goes out after
-// a block's normalisation instead of the whole row's.
-template <class C, class T>
-__device__ void stage_rmsnorm(Ctx<C>& c, const Stream<C>& s, const __nv_bfloat16* gamma, int k0) {
-  constexpr int B = C::B;
-#ifdef ADAMK_BULK_COPY
-  copy_rows<C, T>(c, [&](int b) { return s.row(b); }, k0);
-  if (s.x == nullptr) embedding_rstd<C>(c, s);
-  else published_rstd<C>(c, s);
-  c.bulk.wait();
-  if constexpr (C::BATCHED) c.unnormalised = true;
-  else normalise_columns<C, T, T::VEC>(c, 0);
 #else
   constexpr int NK = T::KC / 4, PER = (NK + C::THREADS - 1) / C::THREADS;
   if (s.x == nullptr) embedding_rstd<C>(c, s);

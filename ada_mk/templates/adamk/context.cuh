@@ -23,7 +23,6 @@ struct Ctx {
   float* misc;         // block reductions: [WARPS][B] + [B]
   block::BulkCopy bulk;  // copies staging x (Hopper)
   int staged = -1;     // which activation chunk x holds (kind, layer, split), -1: none
-  bool unnormalised = false;  // x holds a stream's raw rows that the multiply normalises part by part
   int waited = -1;     // the inputs the block last waited for (kind, layer, which part), -1: none
   uint64_t* kv_bars = nullptr;  // batched attention: an mbarrier per K/V buffer (Cfg::ATTN_BUFS)
   unsigned kv_phase = 0;        // the parity each K/V buffer's mbarrier completes next, bit per buffer

@@ -244,10 +244,7 @@ __device__ void multiply_batched(Ctx<C>& c, int row0) {
     const bool lo_in = row0 + g * R + n < T::N, hi_in = row0 + g * R + n + 8 < T::N, seq_in = n < B;
     warp::TileDot dot;
     for (int p = 0; p < T::KPARTS; ++p) {
-#ifdef ADAMK_BULK_COPY
-      if (g == 0 && c.unnormalised) normalise_columns<C, T, T::CHUNK_VEC>(c, p * T::CHUNK_VEC);  // stage_rmsnorm
-#endif
-      const __nv_bfloat16* w = c.ring.next();  // its barrier: x's columns are normalised
+      const __nv_bfloat16* w = c.ring.next();
       if (g > 0 && p == 0) sum_group<C, T>(c, g - 1);
 #ifndef ADAMK_ABLATE_MATH
 #pragma unroll 4
@@ -272,7 +269,6 @@ __device__ void multiply_batched(Ctx<C>& c, int row0) {
   }
   __syncthreads();
   sum_group<C, T>(c, T::ROWS / R - 1);
-  c.unnormalised = false;
 }
 
 template <class C, class T, int KIND>
