@@ -270,7 +270,7 @@ struct LaneAttention {
 // zero), as flash-attention does: S = Q K^T over 8 positions an n-tile, then O += P V with the
 // rounded probabilities P as the A operand straight from S's accumulators (the same layout).
 // Lane 4g + t: B column g of S is position 8 nt + g of the block, whose key row the lane reads
-// as 16-byte vectors 4 s + t; the k order of S is that permutation of the dimensions, applied to
+// as 16-byte vectors 4 q + t; the k order of S is that permutation of the dimensions, applied to
 // the queries too. For O, lane 4g + t reads the value rows of positions 2t, 2t + 1, 2t + 8 and
 // 2t + 9 (P's k) at vectors g + 8 h, and pairs one dimension of two positions per 32-bit word
 // (byte_perm); n-tile j = 8 h + e of O is dimension 8 (n + 8 h) + e for column n.
