@@ -296,15 +296,10 @@ struct MmaAttention {
       const int d = 8 * (4 * (ks / 2) + t) + 4 * (ks % 2);  // the dimensions of key words 2 (ks % 2), + 1
       qa[ks][0] = qa[ks][1] = 0u;
       if (g < G) {
-        qa[ks][0] = pack2(q[g * HD + d], q[g * HD + d + 1]);
-        qa[ks][1] = pack2(q[g * HD + d + 2], q[g * HD + d + 3]);
+        qa[ks][0] = thread::pack2(q[g * HD + d], q[g * HD + d + 1]);
+        qa[ks][1] = thread::pack2(q[g * HD + d + 2], q[g * HD + d + 3]);
       }
     }
-  }
-
-  __device__ static uint32_t pack2(float lo, float hi) {
-    const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-    return *reinterpret_cast<const uint32_t*>(&v);
   }
 
   // Row of position p: this step's key / value (pos) from kn / vn, the others from the piece
@@ -361,7 +356,7 @@ struct MmaAttention {
     l *= alpha;
 #pragma unroll
     for (int nt = 0; nt < 2; ++nt) {
-      pa[nt] = pack2(__expf(sc[nt][0] - mn), __expf(sc[nt][1] - mn));
+      pa[nt] = thread::pack2(__expf(sc[nt][0] - mn), __expf(sc[nt][1] - mn));
       const float2 r = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&pa[nt]));
       l += r.x + r.y;
     }

@@ -21,6 +21,12 @@ __device__ __forceinline__ void unpack4(const uint2& v, float (&f)[4]) {
 // bf16(silu(x)) of a bf16 value x, as the reference's bf16 SiLU.
 __device__ __forceinline__ float silu_bf16(float x) { return bf16_round(x / (1.f + expf(-x))); }
 
+// Two floats rounded to bf16 and packed in a 32-bit word, lo in the low half.
+__device__ __forceinline__ uint32_t pack2(float lo, float hi) {
+  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<const uint32_t*>(&v);
+}
+
 // Four floats rounded to bf16 and packed in a uint2 (one 8-byte store).
 __device__ __forceinline__ uint2 pack4(const float (&f)[4]) {
   const __nv_bfloat162 lo = __floats2bfloat162_rn(f[0], f[1]), hi = __floats2bfloat162_rn(f[2], f[3]);
