@@ -27,6 +27,8 @@ VARIANTS = [
     ("no waits", ("ADAMK_ABLATE_WAITS",), None, True),
     ("no math", ("ADAMK_ABLATE_MATH",), None, True),
     ("no waits, staging, math", ("ADAMK_ABLATE_WAITS", "ADAMK_ABLATE_STAGING", "ADAMK_ABLATE_MATH"), None, True),
+    ("no waits, staging, math, attention",
+     ("ADAMK_ABLATE_WAITS", "ADAMK_ABLATE_STAGING", "ADAMK_ABLATE_MATH", "ADAMK_ABLATE_ATTENTION"), None, True),
     ("searched tilings, 8 attention splits", (), 8, True),
 ]
 # ADAMK_VARIANTS="full kernel|no math|..." keeps only those labels; ADAMK_SPLITS="16,32" adds split counts.

@@ -10,7 +10,7 @@ import dataclasses
 import os
 import sys
 
-from ada_mk.search.plan import LinearTiling, padded_ring
+from ada_mk.search.plan import LinearTiling, tiled_weights
 
 CONTEXT = int(os.environ.get("ADAMK_CONTEXT", "512"))  # timed context; the KV cache holds 256 more
 MAX_CONTEXT = max(1024, CONTEXT + 256)
@@ -105,7 +105,7 @@ def plan_for(config: str, which: str, splits: int | None = None, batch: int = 1)
     else:
         tilings, ns, stages = HAND[which][config]
         til = {k: LinearTiling(*v) for k, v in tilings.items()}
-        til = {k: dataclasses.replace(t, padded=padded_ring(d)) for k, t in til.items()}
+        til = {k: dataclasses.replace(t, tiled=tiled_weights(d)) for k, t in til.items()}
         splits = splits or ns
     _, plan = Searcher(m, d).full(Candidate(dict(til), splits, stages))
     return plan

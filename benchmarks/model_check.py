@@ -11,7 +11,7 @@ import itertools
 import sys
 
 import ada_mk.search.cost as cost
-from ada_mk.search.plan import LinearTiling, padded_ring
+from ada_mk.search.plan import LinearTiling, tiled_weights
 from ada_mk.search.search import Candidate, Searcher
 from tests.gpu.kernels import model_for
 
@@ -61,7 +61,7 @@ def predicted_ms(changes: dict) -> list[float]:
         out = []
         for config, batch, tilings, splits, stages, _ in MEASURED:
             m, d = model_for(config, "H100", batch, None)
-            cand = Candidate({k: LinearTiling(*v, batch > 1, padded_ring(d)) for k, v in tilings.items()}, splits, stages)
+            cand = Candidate({k: LinearTiling(*v, batch > 1, tiled_weights(d)) for k, v in tilings.items()}, splits, stages)
             out.append(Searcher(m, d).full(cand)[0].time * 1e3)
         return out
     finally:

@@ -182,7 +182,8 @@ def test_smem_model_matches_layout():
 @pytest.mark.parametrize("name", ["llama3.2-1b", "llama3-8b"])
 def test_batched_chunks_are_16_row_column_blocks(name):
     """With several sequences a ring chunk is 16 rows (the MMA's M) by kc / warps_per_row columns
-    of whole 16-byte vectors, and the rendered Tiling carries that shape (adamk/tasks.cuh)."""
+    of whole 16-byte vectors (of whole 128-byte lines, tiled on Hopper), its ring slot the chunk
+    itself, and the rendered Tiling carries that shape (adamk/tasks.cuh)."""
     from ada_mk.codegen.render import render
     from ada_mk.search.plan import LinearTiling
     from ada_mk.search.search import tiling_ok
@@ -191,17 +192,19 @@ def test_batched_chunks_are_16_row_column_blocks(name):
     source = render(plan).files[f"{plan.kernel_name}.cu"]
     for kind, t in plan.tilings.items():
         assert t.batched and t.chunk_rows == 16 and t.rows % 16 == 0, kind
-        assert t.chunk_cols * t.kparts == t.kc and t.chunk_cols % 8 == 0, kind
-        assert t.chunks == t.rows // 16 * t.kparts and t.chunk_bytes == 32 * t.chunk_cols and t.stage_bytes == 32 * (t.chunk_cols + 32) <= plan.stage_bytes
+        assert t.chunk_cols * t.kparts == t.kc and t.chunk_cols % 64 == 0 and t.tiled, kind
+        assert t.chunks == t.rows // 16 * t.kparts and t.chunk_bytes == 32 * t.chunk_cols == t.stage_bytes <= plan.stage_bytes
         assert f"Tiling<{t.n}, {t.k}, {t.rows}, {t.ksplit}, {t.warps_per_row}, 16, {t.chunk_cols}>" in source
     one = searched(name, "H100", 1)  # one sequence: whole rows, the Tiling's default chunk
     assert not any(t.batched for t in one.tilings.values())
     one_source = render(one).files[f"{one.kernel_name}.cu"]
     for t in one.tilings.values():
         assert f"Tiling<{t.n}, {t.k}, {t.rows}, {t.ksplit}, {t.warps_per_row}>" in one_source
-    # 40 columns in 4 blocks of 10: not whole 16-byte vectors
+    # 40 columns in 4 blocks of 10: not whole 16-byte vectors; tiled, 4 blocks of 96: not whole lines
     assert "multiples of 8" in tiling_ok("o", LinearTiling(64, 40, 16, 1, 4, True))
     assert tiling_ok("down", LinearTiling(4096, 14336, 64, 4, 4, True)) is None
+    assert tiling_ok("down", LinearTiling(4096, 14336, 64, 4, 4, True, True)) is None
+    assert "multiples of 64" in tiling_ok("o", LinearTiling(64, 384, 16, 1, 4, True, True))
 
 
 def test_bulk_ring_barriers_are_laid_out():

@@ -154,16 +154,18 @@ def test_tiling_batched_flag_follows_the_batch():
 
 
 @pytest.mark.parametrize("gpu", ["H100", "L20"])
-def test_ring_padding_follows_the_bulk_ring(gpu):
-    """Batched ring rows are padded exactly where bulk copies fill the ring (Hopper), as the kernel
-    lays them out (adamk/tasks.cuh, RING_ROW): a plan that says otherwise is refused."""
+def test_weights_tiled_where_the_bulk_ring_is(gpu):
+    """The batched multiply's weights are packed tiled exactly where bulk copies fill the ring
+    (Hopper), as the kernel reads them (adamk/tasks.cuh, TILED_WEIGHTS), in whole 128-byte lines a
+    row; a ring slot is one chunk either way. A plan that says otherwise is refused."""
     p = rr_plan(gpu=gpu, batch=4)
-    assert all(t.padded == p.bulk_ring == (gpu == "H100") for t in p.tilings.values())
-    assert all(t.stage_bytes == 16 * (t.chunk_cols + (32 if t.padded else 0)) * 2 for t in p.tilings.values())
+    assert all(t.tiled == p.bulk_ring == (gpu == "H100") for t in p.tilings.values())
+    assert all(t.stage_bytes == 16 * t.chunk_cols * 2 for t in p.tilings.values())
+    assert all(t.chunk_cols % 64 == 0 for t in p.tilings.values() if t.tiled)
     validate_plan(p)
     til = dict(p.tilings)
-    til["o"] = dataclasses.replace(til["o"], padded=not til["o"].padded)
-    with pytest.raises(PlanError, match="o: ring rows"):
+    til["o"] = dataclasses.replace(til["o"], tiled=not til["o"].tiled)
+    with pytest.raises(PlanError, match="o: weights"):
         validate_plan(dataclasses.replace(p, tilings=til))
 
 

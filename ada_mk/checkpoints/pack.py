@@ -36,8 +36,9 @@ def weights_layout_from_json(doc: Mapping[str, Any]) -> _WeightsLayout:
     r = doc["layout"]["weights"]
 
     def segs(d: Mapping[str, Any]) -> dict[str, Segment]:
-        # v[4], the interleave flag, is absent from layouts written before it existed
-        return {k: Segment(k, int(v[0]), int(v[1]), tuple(v[2]), tuple(v[3]), len(v) > 4 and bool(v[4]))
+        # v[4], the interleave flag, and v[5], the tiling, are absent from layouts written before they existed
+        return {k: Segment(k, int(v[0]), int(v[1]), tuple(v[2]), tuple(v[3]), len(v) > 4 and bool(v[4]),
+                           tuple(int(x) for x in v[5]) if len(v) > 5 else ())
                 for k, v in d.items()}
 
     region = Region(int(r["unit_bytes"]), segs(r["globals"]), segs(r["per_layer"]), int(r["layer_base"]),

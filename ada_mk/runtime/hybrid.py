@@ -21,6 +21,7 @@ import numpy as np
 from ..config.model import ModelConfig
 from ..ir.rope import rope_inv_freq
 from .engine import KernelError, MegaKernelEngine, _check, _driver
+from .weights import untile_matrix
 
 
 class _CudaArray:
@@ -118,7 +119,9 @@ def torch_prefill(model: ModelConfig, region: Any, wbuf: Any, ids: Any, *, dtype
             sg, base = region.globals_[name], 0
         else:
             sg, base = region.per_layer[name], region.layer_base + layer * region.layer_stride
-        return wbuf[base + sg.offset: base + sg.offset + sg.size].view(*sg.shape).to(dtype)
+        flat = wbuf[base + sg.offset: base + sg.offset + sg.size]
+        mat = untile_matrix(flat, sg.shape, sg.tiling) if sg.tiling else flat.view(*sg.shape)
+        return mat.to(dtype)
 
     def rms(x, w):
         xf = x.float()

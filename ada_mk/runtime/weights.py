@@ -1,6 +1,6 @@
 """Pack a model's weights into the plan's device layout: one bf16 buffer, HF tensors concatenated
 along rows where the plan fuses them (q|k|v) or interleaved row by row (gate/up), every segment
-at its planned offset."""
+at its planned offset, the batched multiply's matrices tiled on Hopper (Segment.tiling)."""
 from __future__ import annotations
 
 from typing import Any, Mapping
@@ -26,6 +26,49 @@ def to_bf16_bits(x: Any) -> np.ndarray:
 
 def bf16_bits_to_float(bits: np.ndarray) -> np.ndarray:
     return (bits.astype(np.uint32) << 16).view(np.float32)
+
+
+def _is_torch(x: Any) -> bool:
+    return hasattr(x, "detach")
+
+
+def tile_matrix(mat: Any, tiling: tuple[int, ...]) -> Any:
+    """A [N, K] matrix (numpy array or torch tensor) in the tiled order of Segment.tiling, flat:
+    per task (tile, K-split), per 16-row group, per column block, 16 rows x chunk_cols, odd rows
+    with the 64-byte halves of each 128-byte line swapped; rows past N up to whole tiles zero."""
+    rows, ksplit, kparts, cc = tiling
+    n, k = mat.shape
+    tiles = -(-n // rows)
+    if tiles * rows != n:  # zero rows up to whole tiles
+        if _is_torch(mat):
+            import torch
+            mat = torch.cat([mat, mat.new_zeros(tiles * rows - n, k)])
+        else:
+            mat = np.concatenate([mat, np.zeros((tiles * rows - n, k), mat.dtype)])
+    # [tile, group, row, split, part, line, half, 32]
+    t = mat.reshape(tiles, rows // 16, 16, ksplit, kparts, cc // 64, 2, 32)
+    order = (0, 3, 1, 4, 2, 5, 6, 7)  # -> [tile, split, group, part, row, line, half, 32]
+    t = t.permute(*order) if _is_torch(mat) else t.transpose(order)
+    return _swap_odd_halves(t).reshape(-1)
+
+
+def untile_matrix(flat: Any, shape: tuple[int, ...], tiling: tuple[int, ...]) -> Any:
+    """The [N, K] matrix back from tile_matrix's order (numpy array or torch tensor)."""
+    rows, ksplit, kparts, cc = tiling
+    n, k = shape
+    tiles = -(-n // rows)
+    t = _swap_odd_halves(flat.reshape(tiles, ksplit, rows // 16, kparts, 16, cc // 64, 2, 32))
+    order = (0, 2, 4, 1, 3, 5, 6, 7)  # -> [tile, group, row, split, part, line, half, 32]
+    t = t.permute(*order) if _is_torch(flat) else t.transpose(order)
+    return t.reshape(tiles * rows, k)[:n]
+
+
+def _swap_odd_halves(t: Any) -> Any:
+    """[..., row (16), line, half (2), 32]: odd rows with their two halves swapped (an involution)."""
+    if _is_torch(t):
+        import torch
+        return torch.stack([t[..., 0::2, :, :, :], t[..., 1::2, :, :, :].flip(-2)], dim=-4).reshape(t.shape)
+    return np.stack([t[..., 0::2, :, :, :], t[..., 1::2, :, ::-1, :]], axis=-4).reshape(t.shape)
 
 
 def _segment_rows(seg: Segment, layer: int, weights: Mapping[str, Any]) -> list[tuple[str, Any]]:
@@ -63,6 +106,8 @@ def pack_weights(layout: Layout, weights: Mapping[str, Any]) -> np.ndarray:
         _check_shapes(seg, parts)
         bits = [to_bf16_bits(p) for _, p in parts]
         flat = np.stack(bits, axis=1) if seg.interleaved else np.concatenate([b.reshape(-1) for b in bits])
+        if seg.tiling:
+            flat = tile_matrix(flat.reshape(seg.shape), seg.tiling)
         out[base + seg.offset: base + seg.offset + seg.size] = flat.reshape(-1)
 
     for seg in w.globals_.values():
@@ -90,5 +135,7 @@ def pack_weights_torch(layout: Layout, weights: Mapping[str, Any], device: Any =
         _check_shapes(seg, parts)
         ts = [p.detach().to(device=device, dtype=torch.bfloat16) for _, p in parts]
         flat = torch.stack(ts, dim=1) if seg.interleaved else torch.cat([t.reshape(-1) for t in ts])
+        if seg.tiling:
+            flat = tile_matrix(flat.reshape(seg.shape), seg.tiling)
         out[base + seg.offset: base + seg.offset + seg.size] = flat.reshape(-1)
     return out

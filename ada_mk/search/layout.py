@@ -20,7 +20,15 @@ def _align(n: int, a: int) -> int:
 class Segment:
     """One region of a buffer: `name`, offset and size in elements of the buffer's unit,
     and for weights the HF tensors concatenated (along rows) into it, or, `interleaved`, taken a
-    row of each in turn (gate 0, up 0, gate 1, up 1, ...)."""
+    row of each in turn (gate 0, up 0, gate 1, up 1, ...).
+
+    `tiling` = (rows, ksplit, kparts, chunk_cols): the [N, K] matrix is stored tiled (the
+    batched multiply's weights on Hopper, LinearTiling.tiled), in the order its ring consumes
+    it, so that each ring chunk is one contiguous bulk copy: for each task (tile of `rows` rows,
+    K-split), its 16-row groups, each group's `kparts` column blocks, each block 16 rows x
+    `chunk_cols` row-major, with the 64-byte halves of every 128-byte line swapped in odd rows
+    (the multiply's bank swizzle, adamk/tasks.cuh tile_offset). Rows past N up to whole tiles
+    are zero (`size` counts them). ada_mk.runtime.weights.tile_matrix makes this order."""
 
     name: str
     offset: int
@@ -28,6 +36,7 @@ class Segment:
     shape: tuple[int, ...] = ()
     sources: tuple[str, ...] = ()
     interleaved: bool = False
+    tiling: tuple[int, ...] = ()
 
 
 @dataclass
@@ -55,11 +64,14 @@ class _Builder:
         self.unit, self.cursor, self.segs = unit, 0, {}
         self.align = ALIGN_BYTES // unit
 
-    def add(self, name: str, shape: tuple[int, ...], sources: tuple[str, ...] = (), interleaved: bool = False) -> None:
+    def add(self, name: str, shape: tuple[int, ...], sources: tuple[str, ...] = (), interleaved: bool = False,
+            tiling: tuple[int, ...] = ()) -> None:
         size = 1
         for d in shape:
             size *= d
-        self.segs[name] = Segment(name, self.cursor, size, shape, sources, interleaved)
+        if tiling:  # whole tiles of rows
+            size = -(-shape[0] // tiling[0]) * tiling[0] * shape[1]
+        self.segs[name] = Segment(name, self.cursor, size, shape, sources, interleaved, tiling)
         self.cursor = _align(self.cursor + size, self.align)
 
 
@@ -71,8 +83,8 @@ class Layout:
     kv_elems_per_layer: int  # bf16 elements of K (and of V) per layer
 
     def to_json(self) -> dict:
-        def seg(s: Segment) -> list:  # [offset, size, shape, sources, sources' rows interleaved]
-            return [s.offset, s.size, list(s.shape), list(s.sources), s.interleaved]
+        def seg(s: Segment) -> list:  # [offset, size, shape, sources, sources' rows interleaved, tiling]
+            return [s.offset, s.size, list(s.shape), list(s.sources), s.interleaved, list(s.tiling)]
 
         def region(r: Region) -> dict:
             return {
@@ -105,24 +117,33 @@ def make_layout(plan: Plan) -> Layout:
     nqkv = m.q_size + 2 * m.kv_size
     p = "model.layers.{i}."
 
+    def tiling(kind: str) -> tuple[int, ...]:
+        t = plan.tilings[kind]
+        return (t.rows, t.ksplit, t.kparts, t.chunk_cols) if t.tiled else ()
+
     g = _Builder(2)
     g.add("embed", (V, H), ("model.embed_tokens.weight",))
     g.add("final_norm", (H,), ("model.norm.weight",))
-    if not m.tie_word_embeddings:
-        g.add("lm_head", (V, H), ("lm_head.weight",))
+    # A tied LM head shares the embedding's rows unless it is tiled (the embedding's rows are read
+    # row by row): then it gets a tiled copy.
+    tied = m.tie_word_embeddings and not tiling("lm_head")
+    if not tied:
+        src = "model.embed_tokens.weight" if m.tie_word_embeddings else "lm_head.weight"
+        g.add("lm_head", (V, H), (src,), tiling=tiling("lm_head"))
     w = _Builder(2)
     w.add("input_norm", (H,), (p + "input_layernorm.weight",))
-    w.add("wqkv", (nqkv, H), tuple(p + f"self_attn.{x}_proj.weight" for x in "qkv"))
+    w.add("wqkv", (nqkv, H), tuple(p + f"self_attn.{x}_proj.weight" for x in "qkv"), tiling=tiling("qkv"))
     if m.attention_bias:
         w.add("bqkv", (nqkv,), tuple(p + f"self_attn.{x}_proj.bias" for x in "qkv"))
-    w.add("wo", (H, m.q_size), (p + "self_attn.o_proj.weight",))
+    w.add("wo", (H, m.q_size), (p + "self_attn.o_proj.weight",), tiling=tiling("o"))
     w.add("post_norm", (H,), (p + "post_attention_layernorm.weight",))
     # gate and up rows interleaved: a gate/up task holds both halves of its columns and stores
     # SiLU(gate) * up itself (adamk/linear.cuh), so the down projection stages a plain copy.
-    w.add("wgate_up", (2 * I, H), (p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight"), interleaved=True)
-    w.add("wdown", (H, I), (p + "mlp.down_proj.weight",))
+    w.add("wgate_up", (2 * I, H), (p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight"), interleaved=True,
+          tiling=tiling("gate_up"))
+    w.add("wdown", (H, I), (p + "mlp.down_proj.weight",), tiling=tiling("down"))
     weights = _region(2, g, w, L)
-    if m.tie_word_embeddings:
+    if tied:
         weights.globals_["lm_head"] = weights.globals_["embed"]
 
     t = plan.tilings

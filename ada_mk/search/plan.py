@@ -47,9 +47,9 @@ def batched(batch: int) -> bool:
     return batch >= BATCHED_FROM
 
 
-def padded_ring(deploy: DeployConfig) -> bool:
-    """Whether the tilings' ring rows are padded (LinearTiling.padded): the batched multiply's ring
-    where bulk copies fill it (Plan.bulk_ring, Hopper)."""
+def tiled_weights(deploy: DeployConfig) -> bool:
+    """Whether the linear stages' weights are packed pre-tiled (LinearTiling.tiled): the batched
+    multiply's where bulk copies fill the ring (Plan.bulk_ring, Hopper)."""
     return batched(deploy.batch) and deploy.gpu.tma
 
 
@@ -62,9 +62,10 @@ class LinearTiling:
     `WARPS // warps_per_row` whole rows, each reduced by `warps_per_row` warps. With the batched
     multiply (`batched`, set for plans of batch >= BATCHED_FROM) every warp takes part of every
     row of a chunk: a chunk is 16 rows (the MMA's M) by `kc // warps_per_row` columns, so
-    `warps_per_row` cuts a row group's columns into that many chunks (`kparts`). `padded`: the
-    batched multiply's ring rows are 64 bytes longer than the chunk (set where bulk copies fill
-    the ring: Plan.bulk_ring).
+    `warps_per_row` cuts a row group's columns into that many chunks (`kparts`). `tiled`: the
+    packed weights hold the batched multiply's chunks one after the other, each laid out as its
+    ring slot (set where bulk copies fill the ring, Plan.bulk_ring: one copy a chunk; see
+    ada_mk.search.layout.Segment.tiling).
     """
 
     n: int
@@ -73,7 +74,7 @@ class LinearTiling:
     ksplit: int
     warps_per_row: int
     batched: bool = False
-    padded: bool = False
+    tiled: bool = False
 
     @property
     def kc(self) -> int:
@@ -102,9 +103,10 @@ class LinearTiling:
 
     @property
     def whole_column_blocks(self) -> bool:
-        """Whether its chunks cut the K-chunk into equal blocks of whole 16-byte vectors (always,
-        with one sequence: a chunk there is whole rows)."""
-        return not self.batched or (self.kc % self.kparts == 0 and self.chunk_cols % 8 == 0)
+        """Whether its chunks cut the K-chunk into equal blocks of whole 16-byte vectors, or where
+        `tiled` of whole 128-byte lines (the swizzle swaps their halves; always, with one sequence:
+        a chunk there is whole rows)."""
+        return not self.batched or (self.kc % self.kparts == 0 and self.chunk_cols % (64 if self.tiled else 8) == 0)
 
     @property
     def chunks(self) -> int:
@@ -116,17 +118,11 @@ class LinearTiling:
         return self.chunk_rows * self.chunk_cols * 2
 
     @property
-    def ring_row(self) -> int:
-        """Elements between two rows of a chunk in its ring slot: its columns, plus 64 bytes of
-        padding where `padded`. The batched multiply's 8-row loads must hit both halves of the
-        banks: a cp.async ring swizzles odd rows instead, which a row-long bulk copy cannot lay
-        out (adamk/tasks.cuh, tile_offset)."""
-        return self.chunk_cols + (32 if self.padded else 0)
-
-    @property
     def stage_bytes(self) -> int:
-        """Ring slot bytes one chunk needs (its padded rows)."""
-        return self.chunk_rows * self.ring_row * 2
+        """Ring slot bytes one chunk needs: the chunk itself. (The batched multiply's 8-row loads
+        hit both halves of the banks because odd rows swap the 64-byte halves of every 128-byte
+        line, as a cp.async ring copies them or as tiled weights lie: adamk/tasks.cuh, tile_offset.)"""
+        return self.chunk_bytes
 
     def x_row(self, batch: int) -> int:
         """Elements between two sequences' rows of the staged activations: kc, plus 64 bytes of
@@ -148,11 +144,11 @@ class LinearTiling:
         return tile * self.rows, min((tile + 1) * self.rows, self.n)
 
 
-def fitting_wpr(n: int, k: int, ksplit: int, batched: bool, target: int) -> int:
+def fitting_wpr(n: int, k: int, ksplit: int, batched: bool, target: int, tiled: bool = False) -> int:
     """The fewest warps per row whose chunk of an (n x k, K-split `ksplit`) stage brings at most
     `target` bytes and cuts its columns into whole blocks (8 if none does)."""
     for wpr in (1, 2, 4, 8):
-        t = LinearTiling(n, k, 1, ksplit, wpr, batched)
+        t = LinearTiling(n, k, 1, ksplit, wpr, batched, tiled)
         if t.chunk_bytes <= target and t.whole_column_blocks:
             return wpr
     return 8
@@ -310,7 +306,7 @@ class Plan:
             "threads": self.threads,
             "strategy": self.strategy,
             # `batched` follows from the batch: not a decision of its own
-            "tilings": {k: {f: x for f, x in asdict(v).items() if f not in ("batched", "padded")}
+            "tilings": {k: {f: x for f, x in asdict(v).items() if f not in ("batched", "tiled")}
                         for k, v in self.tilings.items()},
             "attn_splits": self.attn_splits,
             "stages": self.stages,

@@ -26,7 +26,7 @@ import numpy as np
 from ..config import DeployConfig, ModelConfig
 from .cost import CostConstants, CostModel, _Counters, constants_for, simulate, staged_key
 from .dag import STAGE_ORDER, stage_priority
-from .plan import LINEAR_KINDS, THREADS, LinearTiling, Plan, Task, batched, compress_runs, fitting_wpr, padded_ring
+from .plan import LINEAR_KINDS, THREADS, LinearTiling, Plan, Task, batched, compress_runs, fitting_wpr, tiled_weights
 from .smem import required_stage_bytes
 from .simple import linear_shapes
 
@@ -187,7 +187,8 @@ def tiling_ok(kind: str, t: LinearTiling) -> str | None:
     if t.ksplit <= 0 or t.k % t.ksplit or (t.k // t.ksplit) % 8:
         return f"ksplit {t.ksplit} does not cut K={t.k} into multiples of 8"
     if not t.whole_column_blocks:
-        return f"warps_per_row {t.warps_per_row} does not cut the batched chunk's {t.kc} columns into multiples of 8"
+        return (f"warps_per_row {t.warps_per_row} does not cut the batched chunk's {t.kc} columns into multiples of"
+                f" {64 if t.tiled else 8}")
     if kind == "gate_up" and t.rows % 2:
         return f"rows {t.rows} odd: a gate/up task holds whole (gate, up) row pairs"
     if kind == "lm_head" and t.ksplit != 1:
@@ -300,7 +301,7 @@ class Searcher:
         return out
 
     def tiling(self, n: int, k: int, rows: int, ksplit: int, warps_per_row: int) -> LinearTiling:
-        return LinearTiling(n, k, rows, ksplit, warps_per_row, self.batched, padded_ring(self.deploy))
+        return LinearTiling(n, k, rows, ksplit, warps_per_row, self.batched, tiled_weights(self.deploy))
 
     def initial(self, stage_target: int) -> dict:
         """Per kind: the smallest K-split whose chunk fits beside the hidden-size activation
@@ -314,7 +315,7 @@ class Searcher:
             splits = valid_splits(kind, k) if self.allow_ksplit else [1]
             s = next((x for x in splits if k // x <= H), splits[-1])
             kc = k // s
-            wpr = fitting_wpr(n, k, s, self.batched, stage_target)
+            wpr = fitting_wpr(n, k, s, self.batched, stage_target, tiled_weights(self.deploy))
             cr = self.tiling(n, k, 1, s, wpr).chunk_rows
             best = None
             for c in CHUNK_COUNTS:
@@ -334,7 +335,7 @@ class Searcher:
         rows rounded up to whole chunks: the global move that changes the ring slot size."""
         out = {}
         for kind, t in tilings.items():
-            wpr = fitting_wpr(t.n, t.k, t.ksplit, self.batched, target)
+            wpr = fitting_wpr(t.n, t.k, t.ksplit, self.batched, target, t.tiled)
             cr = dataclasses.replace(t, warps_per_row=wpr).chunk_rows
             out[kind] = dataclasses.replace(t, warps_per_row=wpr, rows=-(-t.rows // cr) * cr)
         return out

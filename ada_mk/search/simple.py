@@ -5,7 +5,7 @@ This is the baseline the offline search improves on; the kernel takes any valid 
 from __future__ import annotations
 
 from ..config import DeployConfig, ModelConfig
-from .plan import THREADS, LinearTiling, Plan, batched, compress_runs, fitting_wpr, padded_ring
+from .plan import THREADS, LinearTiling, Plan, batched, compress_runs, fitting_wpr, tiled_weights
 
 TASK_OVERHEAD_S = 0.6e-6  # dependency wait, activation staging and signal per task (estimate)
 MAX_STAGES = 8
@@ -39,14 +39,14 @@ def choose_tiling(kind: str, n: int, k: int, deploy: DeployConfig, max_kc: int) 
     gpu = deploy.gpu
     target = stage_target(deploy)
     several = batched(deploy.batch)
-    padded = padded_ring(deploy)
+    tiled = tiled_weights(deploy)
     splits = [1] if kind == "lm_head" else [s for s in range(1, 65) if k % s == 0 and (k // s) % 8 == 0]
     best = None
     for s in splits:
         kc = k // s
         if kc > max_kc and s != splits[-1]:
             continue
-        wpr = fitting_wpr(n, k, s, several, target)
+        wpr = fitting_wpr(n, k, s, several, target, tiled)
         probe = LinearTiling(n, k, 1, s, wpr, several)
         if probe.chunk_bytes > target and s != splits[-1]:
             continue
@@ -56,7 +56,7 @@ def choose_tiling(kind: str, n: int, k: int, deploy: DeployConfig, max_kc: int) 
             rows = chunk_rows * chunks
             if rows > max(chunk_rows, n):
                 break
-            t = LinearTiling(n, k, rows, s, wpr, several, padded)
+            t = LinearTiling(n, k, rows, s, wpr, several, tiled)
             rounds = -(-t.tasks // gpu.sms)
             cost = rounds * (rows * kc * 2 / bw_per_sm + TASK_OVERHEAD_S)
             if best is None or cost < best[0] - 1e-12:

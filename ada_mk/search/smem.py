@@ -9,10 +9,8 @@ A linear task of stage kind `k` is cut in three dimensions:
 
 The block holds, at once:
 
-  ring   d * stage_bytes, stage_bytes = max over kinds of r * ring_row * 2   (the weight
-         pipeline: the current task's chunks and the prefetch of the next tasks' weights share it;
-         ring_row = chunk columns, plus 32 elements of padding per row where bulk copies fill the
-         batched multiply's ring: LinearTiling.ring_row),
+  ring   d * stage_bytes, stage_bytes = max over kinds of r * chunk columns * 2   (the weight
+         pipeline: the current task's chunks and the prefetch of the next tasks' weights share it),
   x      B * max x_row * 2    (the staged bf16 activation chunk; x_row = kc, plus 32 elements of
          padding per sequence with the batched multiply: LinearTiling.x_row),
   red    per-warp partial dot products: max rows * warps_per_row * B * 4, or with the batched

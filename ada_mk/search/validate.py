@@ -20,7 +20,7 @@ from collections import Counter
 
 from .cost import CostModel, Deadlock, simulate
 from .dag import Dag
-from .plan import KIND_IDS, LINEAR_KINDS, THREADS, Plan, Task, padded_ring
+from .plan import KIND_IDS, LINEAR_KINDS, THREADS, Plan, Task, tiled_weights
 from .search import linear_shapes, tiling_ok
 from .simple import PlanError
 from .smem import required_stage_bytes
@@ -48,8 +48,8 @@ def _check_tilings(plan: Plan) -> None:
 
 def _check_smem(plan: Plan) -> None:
     for kind, t in plan.tilings.items():
-        if t.padded != padded_ring(plan.deploy):
-            raise PlanError(f"{kind}: ring rows {'padded' if t.padded else 'not padded'}; the kernel pads them"
+        if t.tiled != tiled_weights(plan.deploy):
+            raise PlanError(f"{kind}: weights {'tiled' if t.tiled else 'not tiled'}; they are packed tiled"
                             f" exactly where bulk copies fill the batched multiply's ring (Plan.bulk_ring)")
     need = required_stage_bytes(plan.tilings)
     if plan.stage_bytes < need:

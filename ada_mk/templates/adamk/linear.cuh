@@ -247,12 +247,17 @@ __device__ void multiply_batched(Ctx<C>& c, int row0) {
       const __nv_bfloat16* w = c.ring.next();
       if (g > 0 && p == 0) sum_group<C, T>(c, g - 1);
 #ifndef ADAMK_ABLATE_MATH
+      // The lane's vectors lie 4 * WARPS vectors (whole 128-byte lines) apart: tile_offset's
+      // swizzle is the same for all of them, taken once.
+      static_assert(4 * WARPS * 8 % 64 == 0, "a step of whole 128-byte lines");
+      const __nv_bfloat16* w_lo = w + tile_offset<C, T>(n, (warp * 4 + q) * 8) - warp * 4 * 8;
+      const __nv_bfloat16* w_hi = w + tile_offset<C, T>(n + 8, (warp * 4 + q) * 8) - warp * 4 * 8;
 #pragma unroll 4
       for (int v0 = warp * 4; v0 < T::CHUNK_VEC; v0 += 4 * WARPS) {
         const int k = (v0 + q) * 8;
         const bool in = T::CHUNK_VEC % 4 == 0 || k < T::CHUNK_COLS;
-        const uint4 wl = lo_in && in ? *reinterpret_cast<const uint4*>(w + tile_offset<C, T>(n, k)) : zero;
-        const uint4 wh = hi_in && in ? *reinterpret_cast<const uint4*>(w + tile_offset<C, T>(n + 8, k)) : zero;
+        const uint4 wl = lo_in && in ? *reinterpret_cast<const uint4*>(w_lo + v0 * 8) : zero;
+        const uint4 wh = hi_in && in ? *reinterpret_cast<const uint4*>(w_hi + v0 * 8) : zero;
         const uint4 xv =
             seq_in && in ? *reinterpret_cast<const uint4*>(c.x + x_offset<C, T>(n, p * T::CHUNK_COLS + k)) : zero;
         dot.add(wl, wh, xv);

@@ -189,6 +189,9 @@ __device__ void megakernel(const Args& a, const int4* runs, const int* sm_runs) 
     const int kind = run.x & 0xff, layer = run.x >> 8;
     for (int i = 0; i < run.w; ++i) {
       const int idx = run.y + i * run.z;
+#ifdef ADAMK_ABLATE_ATTENTION
+      if (kind == ATTN) continue;
+#endif
 #ifdef ADAMK_PROFILE
       const unsigned long long t_wait = global_ns();
 #endif

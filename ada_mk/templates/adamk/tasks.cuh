@@ -14,8 +14,10 @@ constexpr int THREADS = 256;
 
 // Diagnostic builds (benchmarks/ablation.py) remove one part of the step to time what is left:
 // ADAMK_ABLATE_WAITS (no counter waits), ADAMK_ABLATE_STAGING (no input staging), ADAMK_ABLATE_MATH
-// (weights stream through the ring, no multiply). Their outputs are wrong by design.
-#if defined(ADAMK_ABLATE_WAITS) || defined(ADAMK_ABLATE_STAGING) || defined(ADAMK_ABLATE_MATH)
+// (weights stream through the ring, no multiply), ADAMK_ABLATE_ATTENTION (no attention tasks; with
+// ADAMK_ABLATE_WAITS only, or the O projection waits forever). Their outputs are wrong by design.
+#if defined(ADAMK_ABLATE_WAITS) || defined(ADAMK_ABLATE_STAGING) || defined(ADAMK_ABLATE_MATH) || \
+    defined(ADAMK_ABLATE_ATTENTION)
 #define ADAMK_ABLATED 1
 #endif
 constexpr int WARPS = THREADS / 32;
@@ -44,18 +46,18 @@ struct Tiling {
 
 // The batched multiply (adamk/mma.cuh, TileDot) loads 64 bytes at the same column from each of 8
 // rows of a weight chunk at once; with rows a multiple of 128 bytes apart rows 2i and 2i + 1 would
-// hit the same banks. Where bulk copies fill the ring (Cfg::BULK_RING) each row is 64 bytes longer
-// than the chunk's columns, so odd rows fall in the other half of each 128-byte line (a row-long
-// copy cannot swizzle); a cp.async ring keeps odd rows' 16-byte vectors XOR 4 instead, with no
-// padding (ada_mk.search.plan.LinearTiling.ring_row).
-template <class C, class T>
-constexpr int RING_ROW = T::CHUNK_COLS + (C::BATCHED && C::BULK_RING ? 32 : 0);
+// hit the same banks, so odd rows keep the two 64-byte halves of each 128-byte line swapped
+// (16-byte vectors XOR 4). A cp.async ring puts them there; where bulk copies fill the ring
+// (Cfg::BULK_RING) the packed weights are stored that way (TILED_WEIGHTS).
+template <class C>
+constexpr bool TILED_WEIGHTS = C::BATCHED && C::BULK_RING;
 
-// Where element k of row `row` sits in a weight chunk in the ring ([CHUNK_ROWS][RING_ROW] bf16).
+// Where element k of row `row` sits in a weight chunk in the ring ([CHUNK_ROWS][CHUNK_COLS] bf16).
 template <class C, class T>
 __device__ __forceinline__ int tile_offset(int row, int k) {
-  constexpr bool SWIZZLE = C::BATCHED && !C::BULK_RING && T::CHUNK_VEC % 8 == 0;
-  return row * RING_ROW<C, T> + (SWIZZLE ? k ^ ((row & 1) << 5) : k);
+  constexpr bool SWIZZLE = C::BATCHED && T::CHUNK_VEC % 8 == 0;
+  static_assert(SWIZZLE || !TILED_WEIGHTS<C>, "tiled weights are whole 128-byte lines a row");
+  return row * T::CHUNK_COLS + (SWIZZLE ? k ^ ((row & 1) << 5) : k);
 }
 
 // Elements between consecutive sequences of the staged activations. The batched multiply reads

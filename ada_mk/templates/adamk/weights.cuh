@@ -62,6 +62,15 @@ struct ChunkCursor {
            chunk % T::KPARTS * T::CHUNK_COLS;
   }
 
+  // The same chunk in tiled weights (TILED_WEIGHTS): each task's chunks lie back to back, in
+  // the order the ring takes them (ada_mk.search.layout.Segment.tiling).
+  template <class T>
+  __device__ const __nv_bfloat16* tiled(const __nv_bfloat16* weights) const {
+    const int idx = cur.y + item * cur.z;
+    return weights + weight_offset<C>(kind(), cur.x >> 8) +
+           (static_cast<size_t>(idx) * T::CHUNKS + chunk) * T::CHUNK_ROWS * T::CHUNK_COLS;
+  }
+
   template <class T>
   __device__ void advance() {
     if (++chunk < T::CHUNKS) return;
@@ -88,13 +97,14 @@ struct WeightRing {
   ChunkCursor<C> load;            // the next chunk into the ring
   unsigned issued = 0, consumed = 0;
 #if defined(ADAMK_BULK_COPY) && !defined(ADAMK_CP_ASYNC_RING)
-  // Where the plan says so (Plan.bulk_ring: Hopper), a chunk is one bulk copy, or one a row when
-  // its rows are not back to back (K-split, or the batched multiply's padded rows), issued by warp
-  // 1 and completing on its slot's mbarrier, instead of 16-byte cp.async copies spread over warps
-  // 1-7: on an H100, Llama-3.2-1B's step 5% faster at context 4,096 (benchmarks/RESULTS.md,
-  // session 8); on an H200 at batch 8, where the cp.async ring streamed at 3.0 TB/s even with the
-  // multiply removed, 4% faster for Llama-3.2-1B and Llama-3-8B (session 12). (ADAMK_CP_ASYNC_RING
-  // builds the cp.async ring everywhere, for comparisons.)
+  // Where the plan says so (Plan.bulk_ring: Hopper), a chunk is one bulk copy (whole rows, or
+  // the batched multiply's tiled weights), or one a row when its rows are not back to back (a
+  // K-split with one sequence), issued by warp 1 and completing on its slot's mbarrier, instead of
+  // 16-byte cp.async copies spread over warps 1-7: on an H100, Llama-3.2-1B's step 5% faster at
+  // context 4,096 (benchmarks/RESULTS.md, session 8); on an H200 at batch 8, where the cp.async
+  // ring streamed at 3.0 TB/s even with the multiply removed, 4% faster for Llama-3.2-1B and
+  // Llama-3-8B (session 12). (ADAMK_CP_ASYNC_RING builds the cp.async ring everywhere, for
+  // comparisons.)
   static constexpr bool BULK = C::BULK_RING;
 #else
   static constexpr bool BULK = false;
@@ -135,29 +145,38 @@ struct WeightRing {
  private:
   template <class T>
   __device__ void load_chunk(unsigned char* dst) {
-    int row0;
-    const __nv_bfloat16* src = load.template rows<T>(weights, row0);
-    static_assert(T::CHUNK_ROWS * RING_ROW<C, T> * 2 <= C::STAGE_BYTES, "a chunk fits its slot");
+    static_assert(T::CHUNK_ROWS * T::CHUNK_COLS * 2 <= C::STAGE_BYTES, "a chunk fits its slot");
+    constexpr int CHUNK_BYTES = T::CHUNK_ROWS * T::CHUNK_COLS * 2;
     if constexpr (BULK) {
       // Warp 1. Thread 32 tells the slot's mbarrier how many bytes come (none: the phase completes
-      // at once); a chunk of whole rows is one copy, else lane r copies row r. The last tile's
-      // chunks may end past the matrix, or lie past it.
-      if constexpr (RING_ROW<C, T> == T::K) {
+      // at once). Tiled weights hold the chunk as its slot does: one copy (the last tile's rows
+      // past the matrix are zeros there). Otherwise a chunk of whole rows is one copy, else lane r
+      // copies row r (a K-split chunk with one sequence); the last tile's chunks may end past the
+      // matrix, or lie past it.
+      uint64_t* bar = bars + issued % C::STAGES;
+      if constexpr (TILED_WEIGHTS<C>) {
         if (threadIdx.x == 32) {
-          uint64_t* bar = bars + issued % C::STAGES;
-          const int rows = max(0, min(T::CHUNK_ROWS, T::N - row0));
-          thread::mbar_expect(bar, rows * T::CHUNK_COLS * 2);
-          if (rows > 0) thread::bulk_copy(dst, src, rows * T::K * 2, bar);
+          thread::mbar_expect(bar, CHUNK_BYTES);
+          thread::bulk_copy(dst, load.template tiled<T>(weights), CHUNK_BYTES, bar);
         }
-      } else if (threadIdx.x >> 5 == 1) {
-        static_assert(T::CHUNK_ROWS <= 32, "a lane per row");
-        uint64_t* bar = bars + issued % C::STAGES;
-        const int lane = threadIdx.x & 31, rows = max(0, min(T::CHUNK_ROWS, T::N - row0));
-        if (lane == 0) thread::mbar_expect(bar, rows * T::CHUNK_COLS * 2);
-        __syncwarp();
-        if (lane < rows)
-          thread::bulk_copy(dst + tile_offset<C, T>(lane, 0) * 2, src + static_cast<size_t>(lane) * T::K,
-                            T::CHUNK_COLS * 2, bar);
+      } else {
+        int row0;
+        const __nv_bfloat16* src = load.template rows<T>(weights, row0);
+        if constexpr (T::CHUNK_COLS == T::K) {
+          if (threadIdx.x == 32) {
+            const int rows = max(0, min(T::CHUNK_ROWS, T::N - row0));
+            thread::mbar_expect(bar, rows * T::CHUNK_COLS * 2);
+            if (rows > 0) thread::bulk_copy(dst, src, rows * T::K * 2, bar);
+          }
+        } else if (threadIdx.x >> 5 == 1) {
+          static_assert(T::CHUNK_ROWS <= 32, "a lane per row");
+          const int lane = threadIdx.x & 31, rows = max(0, min(T::CHUNK_ROWS, T::N - row0));
+          if (lane == 0) thread::mbar_expect(bar, rows * T::CHUNK_COLS * 2);
+          __syncwarp();
+          if (lane < rows)
+            thread::bulk_copy(dst + tile_offset<C, T>(lane, 0) * 2, src + static_cast<size_t>(lane) * T::K,
+                              T::CHUNK_COLS * 2, bar);
+        }
       }
       ++loaded;
       load.template advance<T>();
@@ -167,11 +186,16 @@ struct WeightRing {
     // (release add, arrival atomic), and a release waits for the warp's outstanding reads, which
     // would include ring chunks still queued behind the whole card's weight traffic (on an H100
     // this cut Llama-3.2-1B's step 1.5% at batch 1 and 4% at batch 8; benchmarks/RESULTS.md).
+    // Tiled weights (an ADAMK_CP_ASYNC_RING build on Hopper) are copied as they lie.
     constexpr int LOADERS = C::THREADS - 32;
+    int row0;
+    const __nv_bfloat16* src = TILED_WEIGHTS<C> ? load.template tiled<T>(weights) : load.template rows<T>(weights, row0);
 #pragma unroll 4
     for (int v = static_cast<int>(threadIdx.x) - 32; v >= 0 && v < T::CHUNK_ROWS * T::CHUNK_VEC; v += LOADERS) {
       const int r = v / T::CHUNK_VEC, c = v % T::CHUNK_VEC;
-      if (row0 + r < T::N)
+      if constexpr (TILED_WEIGHTS<C>)
+        thread::cp_async_16(dst + v * 16, src + v * 8);
+      else if (row0 + r < T::N)
         thread::cp_async_16(dst + tile_offset<C, T>(r, c * 8) * 2, src + static_cast<size_t>(r) * T::K + c * 8);
     }
     load.template advance<T>();
