@@ -335,17 +335,16 @@ class Plan:
 
 def compress_runs(tasks: list[Task]) -> list[Run]:
     """Encode one SM's ordered task list as arithmetic runs (exact, any order survives)."""
-    runs: list[Run] = []
+    runs: list[list] = []  # [kind, layer, start, stride, count] (made Runs at the end: cheaper to grow)
     for t in tasks:
         if runs:
             r = runs[-1]
-            if r.kind == t.kind and r.layer == t.layer:
-                nxt = r.start + r.count * r.stride
-                if r.count == 1 and t.index > r.start:
-                    runs[-1] = Run(r.kind, r.layer, r.start, t.index - r.start, 2)
+            if r[0] == t.kind and r[1] == t.layer:
+                if r[4] == 1 and t.index > r[2]:
+                    r[3], r[4] = t.index - r[2], 2
                     continue
-                if t.index == nxt and r.stride > 0:
-                    runs[-1] = Run(r.kind, r.layer, r.start, r.stride, r.count + 1)
+                if t.index == r[2] + r[4] * r[3] and r[3] > 0:
+                    r[4] += 1
                     continue
-        runs.append(Run(t.kind, t.layer, t.index, 1, 1))
-    return runs
+        runs.append([t.kind, t.layer, t.index, 1, 1])
+    return [Run(*r) for r in runs]
