@@ -76,8 +76,8 @@ def list_schedule(plan: Plan, cost: CostModel | None = None, *, layers: range | 
     begins; consecutive tasks with the same ready time, staged chunk and size form a group, whose
     tasks go one by one to the SM that would finish each first. Ties go to the lowest SM index.
 
-    `init` = (end, loader, staged, ring history) of the SMs before the first task (default: all
-    idle at time 0)."""
+    `init` = (end, loader, staged, ring history) of the SMs before the first task, as a
+    schedule's `state` leaves them (default: all idle at time 0)."""
     cost = cost or CostModel(plan)
     dag = cost.dag
     S = plan.sms
