@@ -26,10 +26,12 @@ def kernel_address(tiling: tuple, k: int, row: int, col: int) -> int:
     split, c = divmod(col, kc)
     part, c = divmod(c, cc)
     idx, chunk = tile * ksplit + split, group * kparts + part
-    return (idx * (rows // 16 * kparts) + chunk) * 16 * cc + n * cc + (c ^ ((n & 1) << 5))
+    swizzle = (n & 1) << 5 if cc % 64 == 0 else 0
+    return (idx * (rows // 16 * kparts) + chunk) * 16 * cc + n * cc + (c ^ swizzle)
 
 
-@pytest.mark.parametrize("n,k,tiling", [(100, 256, (32, 2, 2, 64)), (96, 512, (48, 1, 4, 128)), (33, 128, (16, 1, 1, 128))])
+@pytest.mark.parametrize("n,k,tiling", [(100, 256, (32, 2, 2, 64)), (96, 512, (48, 1, 4, 128)), (33, 128, (16, 1, 1, 128)),
+                                        (40, 192, (16, 2, 1, 96)), (20, 48, (16, 1, 2, 24))])
 def test_tile_matrix_puts_every_element_where_the_kernel_reads_it(n, k, tiling):
     rng = np.random.default_rng()
     m = rng.integers(0, 2**16, size=(n, k), dtype=np.uint16)

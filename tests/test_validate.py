@@ -156,12 +156,11 @@ def test_tiling_batched_flag_follows_the_batch():
 @pytest.mark.parametrize("gpu", ["H100", "L20"])
 def test_weights_tiled_where_the_bulk_ring_is(gpu):
     """The batched multiply's weights are packed tiled exactly where bulk copies fill the ring
-    (Hopper), as the kernel reads them (adamk/tasks.cuh, TILED_WEIGHTS), in whole 128-byte lines a
-    row; a ring slot is one chunk either way. A plan that says otherwise is refused."""
+    (Hopper), as the kernel reads them (adamk/tasks.cuh, TILED_WEIGHTS); a ring slot is one chunk
+    either way. A plan that says otherwise is refused."""
     p = rr_plan(gpu=gpu, batch=4)
     assert all(t.tiled == p.bulk_ring == (gpu == "H100") for t in p.tilings.values())
     assert all(t.stage_bytes == 16 * t.chunk_cols * 2 for t in p.tilings.values())
-    assert all(t.chunk_cols % 64 == 0 for t in p.tilings.values() if t.tiled)
     validate_plan(p)
     til = dict(p.tilings)
     til["o"] = dataclasses.replace(til["o"], tiled=not til["o"].tiled)

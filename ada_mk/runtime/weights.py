@@ -35,7 +35,8 @@ def _is_torch(x: Any) -> bool:
 def tile_matrix(mat: Any, tiling: tuple[int, ...]) -> Any:
     """A [N, K] matrix (numpy array or torch tensor) in the tiled order of Segment.tiling, flat:
     per task (tile, K-split), per 16-row group, per column block, 16 rows x chunk_cols, odd rows
-    with the 64-byte halves of each 128-byte line swapped; rows past N up to whole tiles zero."""
+    with the 64-byte halves of each 128-byte line swapped where rows are whole lines (chunk_cols a
+    multiple of 64, as adamk/tasks.cuh tile_offset reads them); rows past N up to whole tiles zero."""
     rows, ksplit, kparts, cc = tiling
     n, k = mat.shape
     tiles = -(-n // rows)
@@ -45,9 +46,8 @@ def tile_matrix(mat: Any, tiling: tuple[int, ...]) -> Any:
             mat = torch.cat([mat, mat.new_zeros(tiles * rows - n, k)])
         else:
             mat = np.concatenate([mat, np.zeros((tiles * rows - n, k), mat.dtype)])
-    # [tile, group, row, split, part, line, half, 32]
-    t = mat.reshape(tiles, rows // 16, 16, ksplit, kparts, cc // 64, 2, 32)
-    order = (0, 3, 1, 4, 2, 5, 6, 7)  # -> [tile, split, group, part, row, line, half, 32]
+    t = mat.reshape(tiles, rows // 16, 16, ksplit, kparts, cc)  # [tile, group, row, split, part, column]
+    order = (0, 3, 1, 4, 2, 5)  # -> [tile, split, group, part, row, column]
     t = t.permute(*order) if _is_torch(mat) else t.transpose(order)
     return _swap_odd_halves(t).reshape(-1)
 
@@ -57,18 +57,23 @@ def untile_matrix(flat: Any, shape: tuple[int, ...], tiling: tuple[int, ...]) ->
     rows, ksplit, kparts, cc = tiling
     n, k = shape
     tiles = -(-n // rows)
-    t = _swap_odd_halves(flat.reshape(tiles, ksplit, rows // 16, kparts, 16, cc // 64, 2, 32))
-    order = (0, 2, 4, 1, 3, 5, 6, 7)  # -> [tile, group, row, split, part, line, half, 32]
+    t = _swap_odd_halves(flat.reshape(tiles, ksplit, rows // 16, kparts, 16, cc))
+    order = (0, 2, 4, 1, 3, 5)  # -> [tile, group, row, split, part, column]
     t = t.permute(*order) if _is_torch(flat) else t.transpose(order)
     return t.reshape(tiles * rows, k)[:n]
 
 
 def _swap_odd_halves(t: Any) -> Any:
-    """[..., row (16), line, half (2), 32]: odd rows with their two halves swapped (an involution)."""
+    """[..., row (16), column]: where rows are whole 128-byte lines, odd rows with the two 64-byte
+    halves of each line swapped (an involution); otherwise t as it is."""
+    cc = t.shape[-1]
+    if cc % 64:
+        return t
+    lines = t.reshape(*t.shape[:-1], cc // 64, 2, 32)
     if _is_torch(t):
         import torch
-        return torch.stack([t[..., 0::2, :, :, :], t[..., 1::2, :, :, :].flip(-2)], dim=-4).reshape(t.shape)
-    return np.stack([t[..., 0::2, :, :, :], t[..., 1::2, :, ::-1, :]], axis=-4).reshape(t.shape)
+        return torch.stack([lines[..., 0::2, :, :, :], lines[..., 1::2, :, :, :].flip(-2)], dim=-4).reshape(t.shape)
+    return np.stack([lines[..., 0::2, :, :, :], lines[..., 1::2, :, ::-1, :]], axis=-4).reshape(t.shape)
 
 
 def _segment_rows(seg: Segment, layer: int, weights: Mapping[str, Any]) -> list[tuple[str, Any]]:

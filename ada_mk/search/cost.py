@@ -171,6 +171,7 @@ class CostModel:
                           + max(attn_loop, kv_time) + c.task_overhead_s)
         self.argmax_time = c.argmax_s + self.dag.staging_bytes("argmax", 0) / c.l2_bw_per_sm
         self._stage: dict = {}
+        self._timing: dict = {}
 
     def stage_time(self, kind: str, layer: int) -> float:
         key = (kind, layer == 0)
@@ -189,50 +190,75 @@ class CostModel:
         """Chunks the loader may run ahead of the consumer: stages - 1."""
         return max(1, self.plan.stages - 1)
 
-    def linear_end(self, kind: str, layer: int, idx: int, end_prev: float, f_prev: float, reuse: bool,
-                   ready: float, hist: list, want_hist: bool = True) -> tuple:
-        """(exec start, loader finish, end, new ring history) of a linear task.
-
-        `ready` includes the sync latency. `hist` holds, oldest first, when the consumer began
-        each of the SM's last `depth` chunks: chunk j of this task may load only once chunk
-        j - depth (counted over the SM's whole stream) has begun (the ring slot is free)."""
+    def timing(self, kind: str, layer: int, idx: int) -> LinearTiming:
+        """The timing of linear task `idx` of `kind` in `layer`: one per stage, first layer or
+        not, and task size (only a stage's last tile can be smaller), made once per cost model."""
         k = self.kinds[kind]
-        t = self.plan.tilings[kind]
-        c, D = t.chunks, self.depth
-        ct = self.load_time(kind, idx) / c
-        s = max(end_prev, ready) + (0.0 if reuse else self.stage_time(kind, layer))
-        m = min(c, D)
-        a = f_prev + m * ct
-        for j in range(m):
-            v = hist[j] + (m - j) * ct
+        key = (kind, layer == 0, idx // k["ksplit"] == k["tiles"] - 1)
+        tm = self._timing.get(key)
+        if tm is None:
+            tm = self._timing[key] = LinearTiming(self, kind, layer, self.load_time(kind, idx))
+        return tm
+
+
+class LinearTiming:
+    """The cost model's formulas for one linear task, with everything that does not depend on the
+    SM's state computed once (the search evaluates them for hundreds of thousands of tasks; the
+    *_vec forms for every SM at once). `ready` includes the sync latency. `hist` holds, oldest first, when the consumer
+    began each of the SM's last `depth` chunks: chunk j of this task may load only once chunk
+    j - depth (counted over the SM's whole stream) has begun (the ring slot is free)."""
+
+    __slots__ = ("chunks", "depth", "stage", "lead", "offsets", "rest", "compute", "last", "overhead", "span")
+
+    def __init__(self, cost: CostModel, kind: str, layer: int, load: float):
+        k = cost.kinds[kind]
+        c, D = cost.plan.tilings[kind].chunks, cost.depth
+        ct = load / c  # one chunk's load time
+        m = min(c, D)  # chunks that can be in the ring before the task starts
+        self.chunks, self.depth = c, D
+        self.stage = cost.stage_time(kind, layer)
+        self.lead = m * ct
+        self.offsets = [(m - j) * ct for j in range(m)]  # chunk j's wait for the slot of hist[j]
+        self.rest = (c - m) * ct  # the chunks loaded after the task starts (where c > depth)
+        self.compute, self.last, self.overhead = k["compute"], k["last"], k["overhead"]
+        self.span = range(max(0, c - D), c)  # its chunks that remain in the history
+
+    def end(self, end_prev: float, f_prev: float, reuse: bool, ready: float, hist: list) -> tuple[float, float, float]:
+        """(exec start, loader finish, end) on an SM whose previous task ended at `end_prev`,
+        its loader at `f_prev`; `reuse`: the SM has the task's activation chunk staged."""
+        s = max(end_prev, ready) + (0.0 if reuse else self.stage)
+        a = f_prev + self.lead
+        for h, o in zip(hist, self.offsets):
+            v = h + o
             if v > a:
                 a = v
-        f = a if c <= D else max(a, s) + (c - m) * ct
-        end = max(s + k["compute"], f + k["last"]) + k["overhead"]
-        if not want_hist:
-            return s, f, end, None
-        body = end - k["overhead"] - s
-        new = (list(hist) + [s + body * i / c for i in range(max(0, c - D), c)])[-D:]
-        return s, f, end, new
+        f = a if self.chunks <= self.depth else max(a, s) + self.rest
+        return s, f, max(s + self.compute, f + self.last) + self.overhead
 
-    def linear_end_vec(self, kind: str, layer: int, idx: int, end: np.ndarray, f: np.ndarray,
-                       reuse: np.ndarray, ready: float, hist: np.ndarray):
-        """linear_end for every SM at once (arrays over SMs; hist is [SMs][depth])."""
-        k = self.kinds[kind]
-        t = self.plan.tilings[kind]
-        c, D = t.chunks, self.depth
-        ct = self.load_time(kind, idx) / c
-        s = np.maximum(end, ready) + np.where(reuse, 0.0, self.stage_time(kind, layer))
-        m = min(c, D)
-        a = np.maximum(f + m * ct, (hist[:, :m] + (m - np.arange(m)) * ct).max(axis=1))
-        fn = a if c <= D else np.maximum(a, s) + (c - m) * ct
-        e = np.maximum(s + k["compute"], fn + k["last"]) + k["overhead"]
-        return s, fn, e
+    def end_vec(self, end: np.ndarray, f: np.ndarray, reuse: np.ndarray, ready: float, hist: np.ndarray):
+        """end() on every SM at once (arrays over SMs; hist is [SMs][depth]): the same float
+        operations, elementwise."""
+        s = np.maximum(end, ready) + np.where(reuse, 0.0, self.stage)
+        m = len(self.offsets)
+        a = np.maximum(f + self.lead, (hist[:, :m] + np.array(self.offsets)).max(axis=1))
+        fn = a if self.chunks <= self.depth else np.maximum(a, s) + self.rest
+        return s, fn, np.maximum(s + self.compute, fn + self.last) + self.overhead
 
-    def push_hist(self, kind: str, hist_row: list, s: float, end: float) -> list:
-        c, D = self.plan.tilings[kind].chunks, self.depth
-        body = end - self.kinds[kind]["overhead"] - s
-        return (list(hist_row) + [s + body * i / c for i in range(max(0, c - D), c)])[-D:]
+    def hist_after(self, hist: list, s: float, end: float) -> list:
+        """The SM's ring history after this task, which began executing at `s` and ended at
+        `end`: its chunks begin evenly over its body. (A new list: rows are never changed in
+        place.)"""
+        c = self.chunks
+        body = end - self.overhead - s
+        new = [s + body * i / c for i in self.span]
+        return new if c >= self.depth else [*hist[c:], *new]
+
+    def hist_after_vec(self, hist: np.ndarray, s: np.ndarray, end: np.ndarray) -> np.ndarray:
+        """hist_after on every SM at once, with the same float operations."""
+        c = self.chunks
+        body = end - self.overhead - s
+        new = s[:, None] + body[:, None] * np.arange(self.span.start, c) / c
+        return new if c >= self.depth else np.concatenate([hist[:, c:], new], axis=1)
 
 
 # ---- simulation of a fixed schedule ----------------------------------------------------------
@@ -252,6 +278,7 @@ class _Counters:
         self.time: dict = {}
         self.last: dict = {}
         self.done: dict = {}  # resolved dependency ranges -> (time, producer)
+        self.short: dict = {}  # unresolved ones -> a counter found short of its target (checked first)
 
     def _arrays(self, stage: str, layer: int):
         key = (stage, layer)
@@ -279,8 +306,15 @@ class _Counters:
             return r
         stage, layer, first, count, per = dep
         c, tm, last = self._arrays(stage, layer)
+        j = self.short.get(dep)
+        if j is not None and c[j] < per:  # still short
+            return None
         seg = c[first:first + count]
-        if len(seg) < count or min(seg) < per:
+        if len(seg) < count:
+            return None
+        low = min(seg)
+        if low < per:
+            self.short[dep] = first + seg.index(low)
             return None
         ts = tm[first:first + count]
         j = max(range(count), key=ts.__getitem__)
@@ -336,6 +370,45 @@ class SimResult:
         return out
 
 
+def _wait(ctr: _Counters, deps: tuple, sync: float) -> tuple | None:
+    """(ready time, the producer that set it) of a task with these dependencies, or None while
+    some counter is short of its target."""
+    ready, who = 0.0, None
+    for d in deps:
+        r = ctr.ready(d)
+        if r is None:
+            return None
+        if r[0] + sync > ready:
+            ready, who = r[0] + sync, r[1]
+    return ready, who
+
+
+class _SimStage:
+    """What simulate needs of the tasks of one (kind, layer), looked up once."""
+
+    __slots__ = ("dep_of", "deps", "waits", "per_step", "counters", "linear", "ksplit", "keys", "last_tile",
+                 "timing", "timing_last", "time")
+
+    def __init__(self, cost: CostModel, ctr: _Counters, kind: str, layer: int):
+        tasks = cost.dag.stage_tasks(kind, layer)
+        self.dep_of = tasks.dep_of
+        # per dependency class: its deps_of, and its _wait once every counter is complete
+        # (resolved counters never change: _Counters.ready)
+        self.deps = {n: tuple((g, layer + dl, a, c, p) for (g, dl, a, c, p) in d) for n, d in tasks.deps.items()}
+        self.waits: dict = {}
+        self.per_step = tasks.per_step
+        self.counters = ctr._arrays(kind, layer) if tasks.per_step else None
+        self.linear = kind in LINEAR_KINDS
+        if self.linear:
+            k = cost.kinds[kind]
+            self.ksplit, self.last_tile = k["ksplit"], k["tiles"] - 1
+            self.keys = [staged_key(kind, layer, sp, self.ksplit) for sp in range(self.ksplit)]
+            self.timing = cost.timing(kind, layer, 0)
+            self.timing_last = cost.timing(kind, layer, self.last_tile * self.ksplit)
+        else:
+            self.time = cost.attn_time if kind == "attn" else cost.argmax_time
+
+
 def simulate(plan: Plan, cost: CostModel | None = None, *, context: int | None = None,
              per_sm: list[list[Task]] | None = None) -> SimResult:
     """Run the plan's per-SM task lists against the dependency rule and the cost model.
@@ -343,7 +416,6 @@ def simulate(plan: Plan, cost: CostModel | None = None, *, context: int | None =
     Raises Deadlock when some SM's next task can never become ready (a task waiting on one
     scheduled after it on the same SM, or a cycle across SMs)."""
     cost = cost or CostModel(plan, context=context)
-    dag = cost.dag
     lists = per_sm if per_sm is not None else [plan.sm_tasks(s) for s in range(plan.sms)]
     S = len(lists)
     pos = [0] * S
@@ -356,6 +428,7 @@ def simulate(plan: Plan, cost: CostModel | None = None, *, context: int | None =
     sync = cost.c.sync_latency_s
     res = SimResult(plan, [], [], [], [], [], [], 0.0, cost.c.launch_s, cost.c)
     rec_of: dict = {}
+    stages: dict = {}  # (kind, layer) -> _SimStage
     progress = True
     while progress:
         progress = False
@@ -364,30 +437,27 @@ def simulate(plan: Plan, cost: CostModel | None = None, *, context: int | None =
             while pos[s] < len(lst):
                 t = lst[pos[s]]
                 kind, layer, idx = t.kind, t.layer, t.index
-                ready, who = 0.0, None
-                ok = True
-                for d in dag.deps_of(kind, layer, idx):
-                    r = ctr.ready(d)
-                    if r is None:
-                        ok = False
+                g = stages.get((kind, layer))
+                if g is None:
+                    g = stages[(kind, layer)] = _SimStage(cost, ctr, kind, layer)
+                n = g.dep_of[idx]
+                w = g.waits.get(n)
+                if w is None:
+                    w = _wait(ctr, g.deps[n], sync)
+                    if w is None:
                         break
-                    if r[0] + sync > ready:
-                        ready, who = r[0] + sync, r[1]
-                if not ok:
-                    break
+                    g.waits[n] = w
+                ready, who = w
                 e0 = end[s]
-                if kind in LINEAR_KINDS:
-                    key = staged_key(kind, layer, idx, cost.kinds[kind]["ksplit"])
-                    st, f[s], e, hist[s] = cost.linear_end(kind, layer, idx, e0, f[s], staged[s] == key, ready,
-                                                           hist[s])
+                st = max(e0, ready)
+                if g.linear:
+                    key = g.keys[idx % g.ksplit]
+                    tm = g.timing_last if idx // g.ksplit == g.last_tile else g.timing
+                    x, f[s], e = tm.end(e0, f[s], staged[s] == key, ready, hist[s])  # x: after staging
+                    hist[s] = tm.hist_after(hist[s], x, e)
                     staged[s] = key
-                    st = max(e0, ready)
-                elif kind == "attn":
-                    st = max(e0, ready)
-                    e = st + cost.attn_time
                 else:
-                    st = max(e0, ready)
-                    e = st + cost.argmax_time
+                    e = st + g.time
                 i = len(res.tasks)
                 res.tasks.append(t)
                 res.sm.append(s)
@@ -398,9 +468,12 @@ def simulate(plan: Plan, cost: CostModel | None = None, *, context: int | None =
                 rec_of[t] = i
                 last_rec[s] = i
                 end[s] = e
-                sig = dag.signal_of(kind, layer, idx)
-                if sig is not None:
-                    ctr.bump(sig, e, t)
+                if g.per_step:  # _Counters.bump of the task's counter, on the stage's arrays
+                    cnt, when, by = g.counters
+                    j = idx // g.per_step
+                    cnt[j] += 1
+                    if e >= when[j]:
+                        when[j], by[j] = e, t
                 pos[s] += 1
                 progress = True
     stuck = [(s, lists[s][pos[s]]) for s in range(S) if pos[s] < len(lists[s])]

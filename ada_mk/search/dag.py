@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .deps import task_deps, task_signal
+from .deps import dep_classes, producer_per_step, task_deps, task_signal
 from .plan import LINEAR_KINDS, WARPS, Plan, Task
 
 STAGE_ORDER = ("qkv", "attn", "o", "gate_up", "down")  # the kinds of one layer, in topological order
@@ -38,18 +38,49 @@ def nominal_context(max_context: int) -> int:
     return max(min(max_context, 512), max_context // 2)
 
 
-class Dag:
-    """Per-task properties of a plan's decode step, computed per class and cached."""
+# What a stage's task structure (StageTasks: deps.task_deps, deps.task_signal, stage_priority) reads
+# of a plan besides the model and batch: the tilings of the stage and of its producer, for gate/up
+# the down projection's (gate/up tiles are ordered by the down K-chunks their columns feed), and
+# for attention and its consumer the attention splits.
+STAGE_INPUTS = {"qkv": ("qkv", "down"), "attn": ("qkv", "attn_splits"), "o": ("o", "attn_splits"),
+                "gate_up": ("gate_up", "o", "down"), "down": ("down", "gate_up"), "lm_head": ("lm_head", "down"),
+                "argmax": ("lm_head",)}
 
-    def __init__(self, plan: Plan, context: int | None = None):
+
+@dataclass(frozen=True)
+class StageTasks:
+    """The tasks of one stage as the list scheduler takes them."""
+
+    order: list  # task indices, in stage_priority's order
+    deps: dict  # dependency class (deps.dep_classes) -> its tasks' deps_of, layers relative to the stage's
+    dep_of: list  # per task index: its dependency class
+    per_step: int  # task i bumps counter i // per_step (deps.task_signal); 0 for argmax, which bumps none
+    runs: list  # (start, stop) in `order` of the runs of tasks with one dependency class, K-split and size
+
+
+class Dag:
+    """Per-task properties of a plan's decode step, computed per class and cached.
+
+    `shared`: a dict in which StageTasks are kept for every plan given the same one (the search
+    passes one per Searcher: its candidates differ in one stage's tiling at a time)."""
+
+    def __init__(self, plan: Plan, context: int | None = None, shared: dict | None = None):
         self.plan = plan
         m = plan.model
         self.context = nominal_context(plan.deploy.max_context) if context is None else int(context)
         self._deps: dict = {}
+        self._stages = {} if shared is None else shared
         self._L = m.num_hidden_layers
 
     # ---- dependencies --------------------------------------------------------------------
     def deps_of(self, kind: str, layer: int, idx: int) -> tuple:
+        rel = self._rel_deps(kind, layer, idx)
+        if kind in ("lm_head", "argmax"):
+            return rel
+        return tuple((s, layer + dl, f, c, p) for (s, dl, f, c, p) in rel)
+
+    def _rel_deps(self, kind: str, layer: int, idx: int) -> tuple:
+        """deps_of with layers relative to `layer` (absolute for the LM head and argmax)."""
         key = (kind, idx, layer == 0)
         rel = self._deps.get(key)
         if rel is None:
@@ -59,12 +90,36 @@ class Dag:
             rel = tuple((d.stage, d.layer - rep, d.first, d.count, d.per_step)
                         for d in task_deps(self.plan, Task(kind, rep, idx)))
             self._deps[key] = rel
-        if kind in ("lm_head", "argmax"):
-            return rel
-        return tuple((s, layer + dl, f, c, p) for (s, dl, f, c, p) in rel)
+        return rel
 
     def signal_of(self, kind: str, layer: int, idx: int) -> tuple | None:
         return task_signal(self.plan, Task(kind, layer, idx))
+
+    def stage_tasks(self, kind: str, layer: int) -> StageTasks:
+        """The tasks of `kind` in `layer` as a scheduler takes them (StageTasks). They depend
+        only on the tilings STAGE_INPUTS names (and the model, batch and attention splits), so
+        plans that share those share them, through `shared`."""
+        p = self.plan
+        key = (kind, layer == 0, p.model, p.batch,
+               *(p.attn_splits if x == "attn_splits" else p.tilings[x] for x in STAGE_INPUTS[kind]))
+        st = self._stages.get(key)
+        if st is None:
+            dep_of = dep_classes(p, kind)
+            first: dict = {}  # class -> its first task
+            for i, c in enumerate(dep_of):
+                first.setdefault(c, i)
+            deps = {c: self._rel_deps(kind, layer, i) for c, i in first.items()}
+            per_step = 0 if kind == "argmax" else producer_per_step(p, kind)
+            order = stage_priority(p, kind)
+            t = p.tilings.get(kind)
+            if t is None:
+                same = [dep_of[i] for i in order]
+            else:  # and the same K-split, and size (only the last tile can be smaller)
+                same = [(dep_of[i], i % t.ksplit, i // t.ksplit == t.tiles - 1) for i in order]
+            cut = [j for j in range(1, len(order)) if same[j] != same[j - 1]]
+            runs = list(zip([0, *cut], [*cut, len(order)]))
+            st = self._stages[key] = StageTasks(order, deps, dep_of, per_step, runs)
+        return st
 
     def producers(self, stage: str, layer: int, counter: int) -> list[Task]:
         """The tasks that bump counter `counter` of `stage` in `layer`."""

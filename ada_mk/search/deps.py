@@ -81,11 +81,23 @@ def task_deps(plan: Plan, task: Task) -> list[Dep]:
     raise ValueError(f"unknown task kind {kind!r}")
 
 
+def dep_classes(plan: Plan, kind: str) -> list[int]:
+    """Per task index of `kind`: its dependency class. Tasks of one stage and layer in the same
+    class have the same dependencies: task_deps reads a task's index only through it (an attention
+    task's group, the K-chunk of an O or down task), so a scheduler resolves them once per class."""
+    n = plan.tasks_of(kind)
+    if kind == "attn":
+        ns, nkv = plan.attn_splits, plan.model.num_key_value_heads
+        return [(i // ns) % nkv for i in range(n)]
+    if kind in ("o", "down"):
+        ks = plan.tilings[kind].ksplit
+        return [i % ks for i in range(n)]
+    return [0] * n
+
+
 def task_signal(plan: Plan, task: Task) -> tuple[str, int, int] | None:
-    """The counter a task bumps when done: (stage, layer, index), or None for the last task."""
+    """The counter a task bumps when done: (stage, layer, index), or None for the last task. The
+    splits of a tile (or attention group) share its counter."""
     if task.kind == "argmax":
         return None
-    if task.kind == "attn":
-        return ("attn", task.layer, task.index // plan.attn_splits)
-    t = plan.tilings[task.kind]
-    return (task.kind, task.layer, task.index // t.ksplit)
+    return (task.kind, task.layer, task.index // producer_per_step(plan, task.kind))

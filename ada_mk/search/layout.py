@@ -27,8 +27,8 @@ class Segment:
     it, so that each ring chunk is one contiguous bulk copy: for each task (tile of `rows` rows,
     K-split), its 16-row groups, each group's `kparts` column blocks, each block 16 rows x
     `chunk_cols` row-major, with the 64-byte halves of every 128-byte line swapped in odd rows
-    (the multiply's bank swizzle, adamk/tasks.cuh tile_offset). Rows past N up to whole tiles
-    are zero (`size` counts them). ada_mk.runtime.weights.tile_matrix makes this order."""
+    where rows are whole lines (the multiply's bank swizzle, adamk/tasks.cuh tile_offset). Rows
+    past N up to whole tiles are zero (`size` counts them). ada_mk.runtime.weights.tile_matrix makes this order."""
 
     name: str
     offset: int

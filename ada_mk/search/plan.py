@@ -103,10 +103,9 @@ class LinearTiling:
 
     @property
     def whole_column_blocks(self) -> bool:
-        """Whether its chunks cut the K-chunk into equal blocks of whole 16-byte vectors, or where
-        `tiled` of whole 128-byte lines (the swizzle swaps their halves; always, with one sequence:
-        a chunk there is whole rows)."""
-        return not self.batched or (self.kc % self.kparts == 0 and self.chunk_cols % (64 if self.tiled else 8) == 0)
+        """Whether its chunks cut the K-chunk into equal blocks of whole 16-byte vectors (always,
+        with one sequence: a chunk there is whole rows)."""
+        return not self.batched or (self.kc % self.kparts == 0 and self.chunk_cols % 8 == 0)
 
     @property
     def chunks(self) -> int:
@@ -120,8 +119,9 @@ class LinearTiling:
     @property
     def stage_bytes(self) -> int:
         """Ring slot bytes one chunk needs: the chunk itself. (The batched multiply's 8-row loads
-        hit both halves of the banks because odd rows swap the 64-byte halves of every 128-byte
-        line, as a cp.async ring copies them or as tiled weights lie: adamk/tasks.cuh, tile_offset.)"""
+        hit both halves of the banks: rows of whole 128-byte lines swap the 64-byte halves of each
+        line in odd rows, as a cp.async ring copies them or as tiled weights lie; rows of an odd
+        number of 64-byte halves alternate by themselves. adamk/tasks.cuh, tile_offset.)"""
         return self.chunk_bytes
 
     def x_row(self, batch: int) -> int:
@@ -144,11 +144,11 @@ class LinearTiling:
         return tile * self.rows, min((tile + 1) * self.rows, self.n)
 
 
-def fitting_wpr(n: int, k: int, ksplit: int, batched: bool, target: int, tiled: bool = False) -> int:
+def fitting_wpr(n: int, k: int, ksplit: int, batched: bool, target: int) -> int:
     """The fewest warps per row whose chunk of an (n x k, K-split `ksplit`) stage brings at most
     `target` bytes and cuts its columns into whole blocks (8 if none does)."""
     for wpr in (1, 2, 4, 8):
-        t = LinearTiling(n, k, 1, ksplit, wpr, batched, tiled)
+        t = LinearTiling(n, k, 1, ksplit, wpr, batched)
         if t.chunk_bytes <= target and t.whole_column_blocks:
             return wpr
     return 8
@@ -331,17 +331,16 @@ class Plan:
 
 def compress_runs(tasks: list[Task]) -> list[Run]:
     """Encode one SM's ordered task list as arithmetic runs (exact, any order survives)."""
-    runs: list[Run] = []
+    runs: list[list] = []  # [kind, layer, start, stride, count] (made Runs at the end: cheaper to grow)
     for t in tasks:
         if runs:
             r = runs[-1]
-            if r.kind == t.kind and r.layer == t.layer:
-                nxt = r.start + r.count * r.stride
-                if r.count == 1 and t.index > r.start:
-                    runs[-1] = Run(r.kind, r.layer, r.start, t.index - r.start, 2)
+            if r[0] == t.kind and r[1] == t.layer:
+                if r[4] == 1 and t.index > r[2]:
+                    r[3], r[4] = t.index - r[2], 2
                     continue
-                if t.index == nxt and r.stride > 0:
-                    runs[-1] = Run(r.kind, r.layer, r.start, r.stride, r.count + 1)
+                if t.index == r[2] + r[4] * r[3] and r[3] > 0:
+                    r[4] += 1
                     continue
-        runs.append(Run(t.kind, t.layer, t.index, 1, 1))
-    return runs
+        runs.append([t.kind, t.layer, t.index, 1, 1])
+    return [Run(*r) for r in runs]

@@ -46,7 +46,7 @@ def choose_tiling(kind: str, n: int, k: int, deploy: DeployConfig, max_kc: int) 
         kc = k // s
         if kc > max_kc and s != splits[-1]:
             continue
-        wpr = fitting_wpr(n, k, s, several, target, tiled)
+        wpr = fitting_wpr(n, k, s, several, target)
         probe = LinearTiling(n, k, 1, s, wpr, several)
         if probe.chunk_bytes > target and s != splits[-1]:
             continue

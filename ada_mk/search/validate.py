@@ -12,7 +12,8 @@ Checked:
     dependency names existing counters with that same target;
   * deadlock freedom: the per-SM lists are run against the dependency rule (cost.simulate); if
     some SM can never proceed (a task waiting on one scheduled after it on the same SM, or a
-    cycle across SMs) the plan is refused.
+    cycle across SMs) the plan is refused. Lists that follow the step's stage order cannot
+    deadlock and are not run (_in_stage_order).
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from collections import Counter
 
 from .cost import CostModel, Deadlock, simulate
 from .dag import Dag
+from .deps import task_signal
 from .plan import KIND_IDS, LINEAR_KINDS, THREADS, Plan, Task, tiled_weights
 from .search import linear_shapes, tiling_ok
 from .simple import PlanError
@@ -67,13 +69,13 @@ def _check_smem(plan: Plan) -> None:
             f" layout {lay})")
 
 
-def _check_schedule(plan: Plan) -> list[list[Task]]:
+def _check_schedule(plan: Plan, want: list[Task]) -> None:
+    """`want`: plan.all_tasks()."""
     if plan.sms != plan.deploy.gpu.sms:
         raise PlanError(f"plan for {plan.sms} SMs; {plan.deploy.gpu.name} has {plan.deploy.gpu.sms}")
     if len(plan.schedule) != plan.sms:
         raise PlanError(f"schedule has {len(plan.schedule)} SM lists; the plan has {plan.sms} SMs")
     L = plan.model.num_hidden_layers
-    lists = []
     for sm, runs in enumerate(plan.schedule):
         for r in runs:
             if r.kind not in KIND_IDS:
@@ -86,31 +88,28 @@ def _check_schedule(plan: Plan) -> list[list[Task]]:
             n = plan.tasks_of(r.kind)
             if r.start < 0 or r.start + (r.count - 1) * r.stride >= n:
                 raise PlanError(f"SM {sm}: run {r} names task indices outside 0..{n - 1} of {r.kind}")
-        lists.append(plan.sm_tasks(sm))
-    seen = Counter(t for lst in lists for t in lst)
+    # Tasks as (kind, layer, index) tuples, Task's identity (cheaper to count than Task objects).
+    seen = Counter((r.kind, r.layer, r.start + i * r.stride) for runs in plan.schedule for r in runs
+                   for i in range(r.count))
     dups = [t for t, c in seen.items() if c > 1]
     if dups:
-        t = min(dups, key=lambda t: (t.layer, KIND_IDS[t.kind], t.index))
-        raise PlanError(f"task {t.kind}[{t.index}] of layer {t.layer} scheduled {seen[t]} times: its output tile"
+        t = min(dups, key=lambda t: (t[1], KIND_IDS[t[0]], t[2]))
+        raise PlanError(f"task {t[0]}[{t[2]}] of layer {t[1]} scheduled {seen[t]} times: its output tile"
                         f" would be written twice ({len(dups)} duplicated task(s))")
-    want = plan.all_tasks()
-    missing = [t for t in want if t not in seen]
-    if missing:
-        t = missing[0]
-        raise PlanError(f"task {t.kind}[{t.index}] of layer {t.layer} is never scheduled: its output tile would"
-                        f" never be written ({len(missing)} missing task(s))")
-    if len(seen) != len(want):  # cannot happen after the range checks; kept as a guard
-        raise PlanError(f"{len(seen)} distinct tasks scheduled; the step has {len(want)}")
-    return lists
+    if len(seen) != len(want):  # the range checks above leave no other way for a task to be missing
+        missing = [t for t in want if (t.kind, t.layer, t.index) not in seen]
+        if missing:
+            t = missing[0]
+            raise PlanError(f"task {t.kind}[{t.index}] of layer {t.layer} is never scheduled: its output tile"
+                            f" would never be written ({len(missing)} missing task(s))")
+        raise PlanError(f"{len(seen)} distinct tasks scheduled; the step has {len(want)}")  # kept as a guard
 
 
-def _check_counters(plan: Plan, dag: Dag) -> None:
-    """Each counter receives exactly per_step bumps; every dependency waits for that target."""
-    bumps: Counter = Counter()
-    for t in plan.all_tasks():
-        sig = dag.signal_of(t.kind, t.layer, t.index)
-        if sig is not None:
-            bumps[sig] += 1
+def _check_counters(plan: Plan, dag: Dag, tasks: list[Task]) -> None:
+    """Each counter receives exactly per_step bumps from `tasks` (all of the step's); every
+    dependency waits for that target."""
+    bumps = Counter(task_signal(plan, t) for t in tasks)
+    bumps.pop(None, None)  # argmax bumps none
     m = plan.model
     sizes = {"attn": plan.batch * m.num_key_value_heads}
     per_step = {"attn": plan.attn_splits}
@@ -143,14 +142,41 @@ def _check_counters(plan: Plan, dag: Dag) -> None:
                                         f" of {sizes[stage]}")
 
 
+def _in_stage_order(plan: Plan, dag: Dag) -> bool:
+    """Whether the schedule cannot deadlock by construction (the search's list scheduler makes such
+    schedules): every dependency names counters of an earlier stage (in the order layer by layer,
+    QKV to down, then the LM head and argmax), and every SM's tasks follow that order. Then the
+    SM whose next task comes earliest in that order can always run it: the producers its counters
+    wait for (_check_counters: each counter's bumps all come from its own stage) all sit at or
+    before the SMs' next tasks, and those are not earlier than it, so they have all run."""
+    L = plan.model.num_hidden_layers
+
+    def position(kind: str, layer: int) -> tuple[int, int]:
+        return (L if kind in ("lm_head", "argmax") else layer, KIND_IDS[kind])
+
+    for kind in KIND_IDS:  # deps_of repeats from layer 1 on, shifted (as _check_counters assumes)
+        for layer in ((0, 1) if kind not in ("lm_head", "argmax") and L > 1 else (0,)):
+            for idx in range(plan.tasks_of(kind)):
+                for stage, dep_layer, *_ in dag.deps_of(kind, layer, idx):
+                    if position(stage, dep_layer) >= position(kind, layer):
+                        return False
+    for runs in plan.schedule:
+        at = [position(r.kind, r.layer) for r in runs]
+        if any(a > b for a, b in zip(at, at[1:])):
+            return False
+    return True
+
+
 def validate_plan(plan: Plan, *, simulate_deadlock: bool = True) -> None:
     """Raise PlanError with the reason when the plan is not one the kernel can run correctly."""
     _check_tilings(plan)
     _check_smem(plan)
-    lists = _check_schedule(plan)
+    tasks = plan.all_tasks()
+    _check_schedule(plan, tasks)
     dag = Dag(plan)
-    _check_counters(plan, dag)
-    if simulate_deadlock:
+    _check_counters(plan, dag, tasks)
+    if simulate_deadlock and not _in_stage_order(plan, dag):
+        lists = [plan.sm_tasks(sm) for sm in range(plan.sms)]
         try:
             simulate(plan, CostModel(plan, dag=dag), per_sm=lists)
         except Deadlock as e:

@@ -47,8 +47,9 @@ struct Tiling {
 // The batched multiply (adamk/mma.cuh, TileDot) loads 64 bytes at the same column from each of 8
 // rows of a weight chunk at once; with rows a multiple of 128 bytes apart rows 2i and 2i + 1 would
 // hit the same banks, so odd rows keep the two 64-byte halves of each 128-byte line swapped
-// (16-byte vectors XOR 4). A cp.async ring puts them there; where bulk copies fill the ring
-// (Cfg::BULK_RING) the packed weights are stored that way (TILED_WEIGHTS).
+// (16-byte vectors XOR 4; rows of an odd number of 64-byte halves alternate by themselves). A
+// cp.async ring puts them there; where bulk copies fill the ring (Cfg::BULK_RING) the packed
+// weights are stored that way (TILED_WEIGHTS; ada_mk.runtime.weights.tile_matrix).
 template <class C>
 constexpr bool TILED_WEIGHTS = C::BATCHED && C::BULK_RING;
 
@@ -56,7 +57,6 @@ constexpr bool TILED_WEIGHTS = C::BATCHED && C::BULK_RING;
 template <class C, class T>
 __device__ __forceinline__ int tile_offset(int row, int k) {
   constexpr bool SWIZZLE = C::BATCHED && T::CHUNK_VEC % 8 == 0;
-  static_assert(SWIZZLE || !TILED_WEIGHTS<C>, "tiled weights are whole 128-byte lines a row");
   return row * T::CHUNK_COLS + (SWIZZLE ? k ^ ((row & 1) << 5) : k);
 }
 
