@@ -28,7 +28,8 @@ class Segment:
     K-split), its 16-row groups, each group's `kparts` column blocks, each block 16 rows x
     `chunk_cols` row-major, with the 64-byte halves of every 128-byte line swapped in odd rows
     where rows are whole lines (the multiply's bank swizzle, adamk/tasks.cuh tile_offset). Rows
-    past N up to whole tiles are zero (`size` counts them). ada_mk.runtime.weights.tile_matrix makes this order."""
+    past N up to whole tiles are zero (`size` counts them). ada_mk.runtime.weights.tile_matrix
+    makes this order."""
 
     name: str
     offset: int
