@@ -10,10 +10,14 @@ import numpy as np
 from ..search.layout import Layout, Segment
 
 
+def _is_torch(x: Any) -> bool:
+    return hasattr(x, "detach")
+
+
 def to_bf16_bits(x: Any) -> np.ndarray:
     """bf16 bit patterns (uint16) of an array, rounding to nearest even like torch does.
     torch tensors are converted by torch itself (exact); everything else through float32."""
-    if hasattr(x, "detach"):
+    if _is_torch(x):
         import torch
 
         return x.detach().to(torch.bfloat16).view(torch.int16).cpu().numpy().view(np.uint16)
@@ -26,10 +30,6 @@ def to_bf16_bits(x: Any) -> np.ndarray:
 
 def bf16_bits_to_float(bits: np.ndarray) -> np.ndarray:
     return (bits.astype(np.uint32) << 16).view(np.float32)
-
-
-def _is_torch(x: Any) -> bool:
-    return hasattr(x, "detach")
 
 
 def tile_matrix(mat: Any, tiling: tuple[int, ...]) -> Any:

@@ -291,9 +291,10 @@ class _Counters:
             self.last[key] = [None] * n
         return c, self.time[key], self.last[key]
 
-    def bump(self, sig: tuple, t: float, who) -> None:
-        stage, layer, i = sig
-        c, tm, last = self._arrays(stage, layer)
+    @staticmethod
+    def bump(arrays: tuple, i: int, t: float, who) -> None:
+        """Counter i of a stage (its _arrays) bumped at time t by `who`."""
+        c, tm, last = arrays
         c[i] += 1
         if t >= tm[i]:
             tm[i] = t
@@ -468,12 +469,8 @@ def simulate(plan: Plan, cost: CostModel | None = None, *, context: int | None =
                 rec_of[t] = i
                 last_rec[s] = i
                 end[s] = e
-                if g.per_step:  # _Counters.bump of the task's counter, on the stage's arrays
-                    cnt, when, by = g.counters
-                    j = idx // g.per_step
-                    cnt[j] += 1
-                    if e >= when[j]:
-                        when[j], by[j] = e, t
+                if g.per_step:
+                    _Counters.bump(g.counters, idx // g.per_step, e, t)
                 pos[s] += 1
                 progress = True
     stuck = [(s, lists[s][pos[s]]) for s in range(S) if pos[s] < len(lists[s])]
