@@ -83,11 +83,17 @@ _1B_BS8_S13 = {"qkv": (3072, 2048, 32, 1, 2, True), "o": (2048, 2048, 16, 1, 2, 
 QKV_SPLIT = {f"qkv split {s}": {"llama3-8b": ({**_8B_BS8_S13, "qkv": (6144, 4096, 48 * s, s, 4, True)}, 2, 3),
                                 "llama3.2-1b": ({**_1B_BS8_S13, "qkv": (3072, 2048, 32 * s, s, 2, True)}, 2, 5)}
              for s in (2, 4)}
+# With tiled weights (8f7e863: one bulk copy a 32 KB chunk) the batch-8 ring alone still streamed
+# at 3.7 TB/s against 4.7 at batch 1, where 4 chunks are in flight a block instead of 2
+# (session 14): the same deeper rings again, and half chunks in 7 slots (6 in flight, 96 KB).
+DEEP_RING["half chunks, 7 stages"] = {"llama3-8b": (DEEP_RING["half chunks, 6 stages"]["llama3-8b"][0], 2, 7)}
 HAND = {"previous": PREVIOUS, "eight-row": EIGHT_ROW, **ONE_CHANGE, **FINER_GATE_UP, **DEEP_RING, **QKV_SPLIT}
 # (config, batch, label, macros, plan: "searched" or a HAND key, attention splits instead of the plan's)
-VARIANTS = [(config, 8, label, (), which, None) for config in ("llama3.2-1b", "llama3-8b")
-            for label, which in (("searched plan", "searched"), ("QKV K-split 2", "qkv split 2"),
-                                 ("QKV K-split 4", "qkv split 4"))]
+VARIANTS = [("llama3-8b", 8, label, (), which, None)
+            for label, which in (("searched plan (3 slots)", "searched"),
+                                 *((w, w) for w in ("lm_head 128, 3 stages", "lm_head 128, 4 stages",
+                                                    "64-row down and LM head, 4 stages",
+                                                    "half chunks, 6 stages", "half chunks, 7 stages")))]
 
 
 def plan_for(config: str, which: str, splits: int | None = None, batch: int = 1):
