@@ -30,14 +30,6 @@ VARIANTS = [
     ("no waits, staging, math, attention",
      ("ADAMK_ABLATE_WAITS", "ADAMK_ABLATE_STAGING", "ADAMK_ABLATE_MATH", "ADAMK_ABLATE_ATTENTION"), None, True),
     ("searched tilings, 8 attention splits", (), 8, True),
-    # Experiment (session 15), outputs correct: the inputs staged by the load/store unit (16-byte
-    # loads from L2) instead of bulk copies, which on Hopper queue in the SM's bulk-copy unit
-    # behind the weight ring's chunks.
-    ("staging by loads", ("ADAMK_STAGE_LSU",), None, True),
-    # ... and the RMSNorm weights copied before the wait by cp.async (not the bulk-copy unit),
-    # with the rows by bulk copies or by loads.
-    ("gamma by cp.async", ("ADAMK_GAMMA_CP_ASYNC",), None, True),
-    ("staging by loads, gamma by cp.async", ("ADAMK_STAGE_LSU", "ADAMK_GAMMA_CP_ASYNC"), None, True),
 ]
 # ADAMK_VARIANTS="full kernel|no math|..." keeps only those labels; ADAMK_SPLITS="16,32" adds split counts.
 if os.environ.get("ADAMK_VARIANTS"):

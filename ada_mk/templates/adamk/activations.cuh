@@ -144,33 +144,6 @@ __device__ void copy_rows(Ctx<C>& c, Row row, int k0) {
 }
 #endif
 
-#if defined(ADAMK_BULK_COPY) && defined(ADAMK_STAGE_LSU)
-// Experiment (session 15): copy_rows by 16-byte loads from L2 and shared stores instead of bulk
-// copies, which queue in the SM's bulk-copy unit behind the weight ring's chunks; 8 vectors a
-// thread in flight (4 with several sequences: registers). Gamma's K-chunk, if given, goes to the attention scratch as prefetch_gamma's.
-template <class C, class T, class Row>
-__device__ void load_rows(Ctx<C>& c, Row row, int k0, const __nv_bfloat16* gamma) {
-  constexpr int NX = C::B * T::VEC, U = C::BATCHED ? 4 : 8;
-  const int n = NX + (gamma != nullptr ? T::VEC : 0);
-#pragma unroll 1
-  for (int base = threadIdx.x; base < n; base += U * C::THREADS) {
-    uint4 v[U];
-#pragma unroll
-    for (int q = 0; q < U; ++q) {
-      const int e = base + q * C::THREADS;
-      if (e < NX) v[q] = __ldcg(reinterpret_cast<const uint4*>(row(e / T::VEC) + k0) + e % T::VEC);
-      else if (e < n) v[q] = __ldg(reinterpret_cast<const uint4*>(gamma + k0) + (e - NX));
-    }
-#pragma unroll
-    for (int q = 0; q < U; ++q) {
-      const int e = base + q * C::THREADS;
-      if (e < NX) *reinterpret_cast<uint4*>(c.x + x_offset<C, T>(e / T::VEC, e % T::VEC * 8)) = v[q];
-      else if (e < n) reinterpret_cast<uint4*>(c.attn)[e - NX] = v[q];
-    }
-  }
-}
-#endif
-
 #ifdef ADAMK_BULK_COPY
 // Before a QKV, gate/up or LM head task that will stage its input waits for it: thread 0 copies
 // the RMSNorm weights of its K-chunk (gamma) into the attention scratch, free between attention
@@ -182,23 +155,15 @@ __device__ void load_rows(Ctx<C>& c, Row row, int k0, const __nv_bfloat16* gamma
 // barrier that the stream's rows complete (copy_rows). Returns whether it started one.
 template <class C, class T>
 __device__ bool prefetch_gamma(Ctx<C>& c, int key, const __nv_bfloat16* gamma, int split) {
-#if defined(ADAMK_ABLATE_STAGING) || (defined(ADAMK_STAGE_LSU) && !defined(ADAMK_GAMMA_CP_ASYNC))
+#ifdef ADAMK_ABLATE_STAGING
   return false;
 #endif
   if (c.staged == key) return false;  // x holds the chunk already: nothing is staged
   __syncthreads();                    // the previous task is done with the attention scratch
-#ifdef ADAMK_GAMMA_CP_ASYNC
-  // Experiment (session 15): 16-byte cp.async copies from every thread, not queued in the
-  // bulk-copy unit behind the weight ring; stage_rmsnorm waits for the group.
-  for (int v = threadIdx.x; v < T::VEC; v += C::THREADS)
-    thread::cp_async_16(reinterpret_cast<uint4*>(c.attn) + v, gamma + split * T::KC + v * 8);
-  thread::cp_async_commit();
-#else
   if (threadIdx.x == 0) {
     thread::fence_shared_for_bulk();
     c.bulk.early(c.attn, gamma + split * T::KC, T::KC * 2);
   }
-#endif
   return true;
 }
 #endif
@@ -211,21 +176,10 @@ template <class C, class T>
 __device__ void stage_rmsnorm(Ctx<C>& c, const Stream<C>& s, const __nv_bfloat16* gamma, int k0) {
   constexpr int B = C::B;
 #ifdef ADAMK_BULK_COPY
-#if defined(ADAMK_STAGE_LSU) && defined(ADAMK_GAMMA_CP_ASYNC)
-  load_rows<C, T>(c, [&](int b) { return s.row(b); }, k0, nullptr);  // the rstd's barrier ends it
-#elif defined(ADAMK_STAGE_LSU)
-  load_rows<C, T>(c, [&](int b) { return s.row(b); }, k0, gamma);
-#else
   copy_rows<C, T>(c, [&](int b) { return s.row(b); }, k0);
-#endif
-#ifdef ADAMK_GAMMA_CP_ASYNC
-  thread::cp_async_wait<0>();  // gamma (prefetch_gamma); the rstd's barrier publishes it
-#endif
   if (s.x == nullptr) embedding_rstd<C>(c, s);
   else published_rstd<C>(c, s);
-#ifndef ADAMK_STAGE_LSU
   c.bulk.wait();
-#endif
   // One 16-byte vector of one sequence an iteration, in a loop: this code runs once per staging,
   // and unrolled (16 vectors a thread for Llama-3-8B at batch 8) it missed the instruction cache
   // all the way through (ncu: "no instruction" was half of its stall samples on an H200).
@@ -286,9 +240,7 @@ __device__ void stage_rmsnorm(Ctx<C>& c, const Stream<C>& s, const __nv_bfloat16
 // (attention's combined output for the O projection; SiLU(gate) * up for the down projection).
 template <class C, class T>
 __device__ void stage_copy(Ctx<C>& c, const __nv_bfloat16* src, int stride, int k0) {
-#if defined(ADAMK_BULK_COPY) && defined(ADAMK_STAGE_LSU)
-  load_rows<C, T>(c, [&](int b) { return src + b * stride; }, k0, nullptr);
-#elif defined(ADAMK_BULK_COPY)
+#ifdef ADAMK_BULK_COPY
   copy_rows<C, T>(c, [&](int b) { return src + b * stride; }, k0);
   c.bulk.wait();
 #else

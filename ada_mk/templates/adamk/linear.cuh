@@ -50,9 +50,7 @@ __device__ bool prefetch_norm_weights(Ctx<C>& c, int kind, int layer, int idx) {
 // (the rows' arrival will not come: arrive with no bytes instead).
 template <class C>
 __device__ void drain_norm_weights(Ctx<C>& c, bool started) {
-#if defined(ADAMK_BULK_COPY) && defined(ADAMK_GAMMA_CP_ASYNC)
-  thread::cp_async_wait<0>();
-#elif defined(ADAMK_BULK_COPY)
+#ifdef ADAMK_BULK_COPY
   if (!started) return;
   if (threadIdx.x == 0) c.bulk.expect(0);
   c.bulk.wait();
@@ -302,9 +300,6 @@ __device__ void linear_task(Ctx<C>& c, int layer, int idx) {
   if constexpr (C::BATCHED) multiply_batched<C, T>(c, row0);
   else multiply_rows<C, T>(c, row0);
   __syncthreads();
-#if defined(ADAMK_PROFILE) && defined(ADAMK_PROFILE_MULTIPLIED)
-  c.t_staged = global_ns();  // experiment (session 15): the "staged" stamp when the multiply ended
-#endif
 
   if constexpr (KIND == GATE_UP && T::KSPLIT == 1) {
     store_mlp_act<C, T>(c, layer, row0);
