@@ -243,15 +243,14 @@ class Plan:
 
     @property
     def attn_bytes(self) -> int:
-        """Attention scratch, shared with the LM head's per-row results, the O and down tiles'
-        rows (their sums of squares, adamk/linear.cuh, finish_stream) and, on Hopper, with the
+        """Attention scratch, shared with the LM head's per-row results and, on Hopper, with the
         RMSNorm weights that a QKV, gate/up or LM head task copies in before its wait (bf16, one
         K-chunk; adamk/activations.cuh, prefetch_gamma): never live at the same time."""
         m, B = self.model, self.batch
         attention = m.group_size * m.head_dim + 2 * m.head_dim + WARPS * m.group_size * (m.head_dim + 2)
-        rows = max(self.tilings[k].rows for k in ("o", "down", "lm_head")) * B
+        lm_rows = self.tilings["lm_head"].rows * B
         gamma = max(self.tilings[k].kc for k in ("qkv", "gate_up", "lm_head")) // 2  # in floats
-        return 4 * max(attention, rows, gamma)
+        return 4 * max(attention, lm_rows, gamma)
 
     @property
     def misc_bytes(self) -> int:

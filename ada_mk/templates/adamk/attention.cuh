@@ -112,8 +112,9 @@ __device__ void copy_kv_piece(const Ctx<C>& c, const AttnSplit<C>& s, int i) {
 // earlier steps (pos itself, stale there, is read from shared memory): nothing of this step
 // orders them.
 template <class C>
-__device__ int prefetch_kv(Ctx<C>& c, const AttnSplit<C>& s) {
+__device__ int prefetch_kv(Ctx<C>& c, int layer, int idx) {
   if constexpr (C::ATTN_BUFS > 0) {
+    const AttnSplit<C> s(c, layer, idx);
     const int n = min(C::ATTN_BUFS, kv_pieces(s));
     __syncthreads();  // the previous task is done with x and red
     c.staged = -1;    // x is about to hold K/V rows
@@ -152,7 +153,7 @@ struct LaneAttention {
     return positions < WARPS * PR ? 1 : (positions > 8 * WARPS * PR ? 8 : positions / (WARPS * PR));
   }
 
-  __device__ LaneAttention() {
+  __device__ explicit LaneAttention(const float* q) {
     const int lane = threadIdx.x & 31;
     s = lane / LP;
     t = lane % LP;
@@ -163,10 +164,6 @@ struct LaneAttention {
 #pragma unroll
       for (int i = 0; i < 8; ++i) o8[h][i] = 0.f;
     }
-  }
-
-  // The roped queries [G][HD] (shared memory), before the first batch.
-  __device__ void queries(const float* q) {
     if constexpr (QREG)
 #pragma unroll
       for (int h = 0; h < G; ++h)
@@ -174,104 +171,74 @@ struct LaneAttention {
         for (int i = 0; i < 8; ++i) qr[h][i] = q[h * HD + 8 * t + i];
   }
 
-  // The K and V rows of the warp's batch at pb (U rows, row u at pb + WARPS * PR * u) of positions
-  // [pb, q1): position p at k + (p - first) * HD and v + (p - first) * HD, this step's (pos) at kn
-  // and vn; with kn null (before the step's k and v exist) pos is left zero for take_new.
-  template <int U>
-  __device__ void load(int pb, int q1, int pos, const __nv_bfloat16* k, const __nv_bfloat16* v, int first,
-                       const __nv_bfloat16* kn, const __nv_bfloat16* vn, uint4 (&kr)[U], uint4 (&vr)[U]) const {
-    const int rows = min(U, (q1 - pb + WARPS * PR - 1) / (WARPS * PR));  // the same for the whole warp
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-      if (u >= rows) break;
-      const int p = pb + WARPS * PR * u + s;
-      kr[u] = vr[u] = make_uint4(0u, 0u, 0u, 0u);  // past the split: zeros (never NaN) times 0
-      if (p < q1 && p == pos && kn != nullptr) {
-        kr[u] = *reinterpret_cast<const uint4*>(kn + 8 * t);
-        vr[u] = *reinterpret_cast<const uint4*>(vn + 8 * t);
-      } else if (p < q1 && p != pos) {
-        const size_t row = static_cast<size_t>(p - first) * HD + 8 * t;
-        kr[u] = *reinterpret_cast<const uint4*>(k + row);
-        vr[u] = *reinterpret_cast<const uint4*>(v + row);
-      }
-    }
-  }
-
-  // Rows loaded by load() without this step's key and value: put them in at position pos.
-  template <int U>
-  __device__ void take_new(int pb, int q1, int pos, const __nv_bfloat16* kn, const __nv_bfloat16* vn,
-                           uint4 (&kr)[U], uint4 (&vr)[U]) const {
-#pragma unroll
-    for (int u = 0; u < U; ++u)
-      if (pb + WARPS * PR * u + s == pos && pos < q1) {
-        kr[u] = *reinterpret_cast<const uint4*>(kn + 8 * t);
-        vr[u] = *reinterpret_cast<const uint4*>(vn + 8 * t);
-      }
-  }
-
-  // Positions [q0, q1) with U rows a batch (see load).
+  // Positions [q0, q1) with U rows a batch; the key and value rows of position p at
+  // k + (p - first) * HD and v + (p - first) * HD, those of position pos (this step's) at kn, vn.
   template <int U>
   __device__ void attend(const float* q, int q0, int q1, int pos, const __nv_bfloat16* k, const __nv_bfloat16* v,
                          int first, const __nv_bfloat16* kn, const __nv_bfloat16* vn) {
     const int warp = threadIdx.x >> 5;
     for (int pb = q0 + warp * PR; pb < q1; pb += WARPS * PR * U) {
+      const int rows = min(U, (q1 - pb + WARPS * PR - 1) / (WARPS * PR));  // the same for the whole warp
       uint4 kr[U], vr[U];
-      load<U>(pb, q1, pos, k, v, first, kn, vn, kr, vr);
-      batch<U>(q, pb, q1, kr, vr);
-    }
-  }
-
-  // One batch of the warp's rows, loaded.
-  template <int U>
-  __device__ void batch(const float* q, int pb, int q1, const uint4 (&kr)[U], const uint4 (&vr)[U]) {
-    const int rows = min(U, (q1 - pb + WARPS * PR - 1) / (WARPS * PR));
-    float sc[U][G];
 #pragma unroll
-    for (int u = 0; u < U; ++u) {
-      if (u >= rows) break;
-      float kf[8];
-      thread::unpack_words<4>(reinterpret_cast<const uint32_t(&)[4]>(kr[u]), kf);
-#pragma unroll
-      for (int h = 0; h < G; ++h) {
-        float d = 0.f;
-#pragma unroll
-        for (int i = 0; i < 8; ++i) {
-          float qv;
-          if constexpr (QREG) qv = qr[h][i];
-          else qv = q[h * HD + 8 * t + i];
-          d = fmaf(qv, kf[i], d);
+      for (int u = 0; u < U; ++u) {
+        if (u >= rows) break;
+        const int p = pb + WARPS * PR * u + s;
+        kr[u] = vr[u] = make_uint4(0u, 0u, 0u, 0u);  // past the split: zeros (never NaN) times 0
+        if (p < q1) {
+          const size_t row = static_cast<size_t>(p - first) * HD + 8 * t;
+          kr[u] = *reinterpret_cast<const uint4*>(p == pos ? kn + 8 * t : k + row);
+          vr[u] = *reinterpret_cast<const uint4*>(p == pos ? vn + 8 * t : v + row);
         }
-#pragma unroll
-        for (int x = LP / 2; x > 0; x >>= 1) d += __shfl_xor_sync(0xffffffffu, d, x);
-        sc[u][h] = pb + WARPS * PR * u + s < q1 ? d * C::ATTN_SCALE : -INFINITY;
       }
-    }
+      float sc[U][G];
 #pragma unroll
-    for (int h = 0; h < G; ++h) {
-      float mx = sc[0][h];
+      for (int u = 0; u < U; ++u) {
+        if (u >= rows) break;
+        float kf[8];
+        thread::unpack_words<4>(reinterpret_cast<const uint32_t(&)[4]>(kr[u]), kf);
 #pragma unroll
-      for (int u = 1; u < U; ++u)
-        if (u < rows) mx = fmaxf(mx, sc[u][h]);
+        for (int h = 0; h < G; ++h) {
+          float d = 0.f;
 #pragma unroll
-      for (int x = LP; x < 32; x <<= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, x));
-      const float mn = fmaxf(m[h], mx);  // finite: the batch's first position is live
-      const float alpha = __expf(m[h] - mn);
-      l[h] *= alpha;
+          for (int i = 0; i < 8; ++i) {
+            float qv;
+            if constexpr (QREG) qv = qr[h][i];
+            else qv = q[h * HD + 8 * t + i];
+            d = fmaf(qv, kf[i], d);
+          }
 #pragma unroll
-      for (int i = 0; i < 8; ++i) o8[h][i] *= alpha;
-      m[h] = mn;
-    }
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-      if (u >= rows) break;
-      float vf[8];
-      thread::unpack_words<4>(reinterpret_cast<const uint32_t(&)[4]>(vr[u]), vf);
+          for (int x = LP / 2; x > 0; x >>= 1) d += __shfl_xor_sync(0xffffffffu, d, x);
+          sc[u][h] = pb + WARPS * PR * u + s < q1 ? d * C::ATTN_SCALE : -INFINITY;
+        }
+      }
 #pragma unroll
       for (int h = 0; h < G; ++h) {
-        const float pe = __expf(sc[u][h] - m[h]);  // 0 past the split
-        l[h] += pe;
+        float mx = sc[0][h];
 #pragma unroll
-        for (int i = 0; i < 8; ++i) o8[h][i] = fmaf(pe, vf[i], o8[h][i]);
+        for (int u = 1; u < U; ++u)
+          if (u < rows) mx = fmaxf(mx, sc[u][h]);
+#pragma unroll
+        for (int x = LP; x < 32; x <<= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, x));
+        const float mn = fmaxf(m[h], mx);  // finite: the batch's first position is live
+        const float alpha = __expf(m[h] - mn);
+        l[h] *= alpha;
+#pragma unroll
+        for (int i = 0; i < 8; ++i) o8[h][i] *= alpha;
+        m[h] = mn;
+      }
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        if (u >= rows) break;
+        float vf[8];
+        thread::unpack_words<4>(reinterpret_cast<const uint32_t(&)[4]>(vr[u]), vf);
+#pragma unroll
+        for (int h = 0; h < G; ++h) {
+          const float pe = __expf(sc[u][h] - m[h]);  // 0 past the split
+          l[h] += pe;
+#pragma unroll
+          for (int i = 0; i < 8; ++i) o8[h][i] = fmaf(pe, vf[i], o8[h][i]);
+        }
       }
     }
   }
@@ -434,31 +401,13 @@ struct MmaAttention {
   }
 };
 
-// Attention task idx of `layer`; wait_inputs() waits for this step's q, k and v (false: a debug
-// build gave up, and so does the task). The cached K/V rows of the positions before pos were
-// written by earlier steps, so their loads go out before that wait: bulk copies of the first
-// pieces (Cfg::ATTN_BUFS), or, on the lanes' register path, each warp's first batch of rows.
-template <class C, class Wait>
-__device__ bool attention_task(Ctx<C>& c, int layer, int idx, Wait wait_inputs) {
+template <class C>
+__device__ void attention_task(Ctx<C>& c, int layer, int idx) {
   constexpr int HD = C::HD, G = C::G, NS = C::ATTN_SPLITS, DPL = HD / 32, HALF = HD / 2;
   constexpr bool MMA = C::ATTN_BUFS > 0 && G <= 8 && HD % 64 == 0;  // MmaAttention
   const AttnSplit<C> split(c, layer, idx);
   const int j = split.j, g = split.g, b = split.b, pos = split.pos, p0 = split.p0, p1 = split.p1;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-
-  using LA = LaneAttention<C>;
-  constexpr bool LANE_REGS = C::ATTN_BUFS == 0 && HD != 128;  // the lanes' loop from the cache
-  constexpr int UR = LA::QREG ? 8 : 2;                         // its rows a batch
-  constexpr int U0 = UR < 2 ? UR : 2;  // rows of the first batch, loaded before the wait (registers)
-  LA la;
-  uint4 kr0[U0], vr0[U0];
-  const int prefetched = prefetch_kv(c, split);
-  if constexpr (LANE_REGS)
-    if (p0 + warp * LA::PR < p1) la.template load<U0>(p0 + warp * LA::PR, p1, pos, split.kc, split.vc, 0, nullptr, nullptr, kr0, vr0);
-  if (!wait_inputs()) {
-    drain_kv(c, prefetched);
-    return false;
-  }
   const float* part = c.scratch(C::S::QKV_PART, layer);
   __nv_bfloat16* kc = split.kc;
   __nv_bfloat16* vc = split.vc;
@@ -541,8 +490,9 @@ __device__ bool attention_task(Ctx<C>& c, int layer, int idx, Wait wait_inputs) 
     // Several sequences: the rows from the shared-memory pieces (prefetch_kv), one batch of rows
     // a warp per piece; the next copy into a buffer goes out once every warp is done with it.
     constexpr int P = C::ATTN_PIECE, NB = C::ATTN_BUFS;
+    using LA = LaneAttention<C>;
     constexpr int U = LA::rows_for(P);
-    la.queries(q);
+    LA la(q);
     const int pieces = kv_pieces(split);
     for (int i = 0; i < pieces; ++i) {
       const int slot = i % NB, first = p0 + i * P;
@@ -638,15 +588,11 @@ __device__ bool attention_task(Ctx<C>& c, int layer, int idx, Wait wait_inputs) 
 #pragma unroll
       for (int t = 0; t < DPL; ++t) wo[(warp * G + h) * HD + lane * DPL + t] = o[h][t];
   } else {
-    // 64-dimension heads: the rows straight from the cache into registers, UR = 8 rows a batch
-    // (64 KB in flight per block) for up to 4 query heads a group, else 2; the first batch's
-    // came before the wait, this step's row is put in now.
-    la.queries(q);
-    if (p0 + warp * LA::PR < p1) {
-      la.template take_new<U0>(p0 + warp * LA::PR, p1, pos, kn, vn, kr0, vr0);
-      la.template batch<U0>(q, p0 + warp * LA::PR, p1, kr0, vr0);
-    }
-    la.template attend<UR>(q, p0 + WARPS * LA::PR * U0, p1, pos, kc, vc, 0, kn, vn);
+    // 64-dimension heads: the rows straight from the cache into registers, U = 8 rows a batch
+    // (64 KB in flight per block) for up to 4 query heads a group, else 2.
+    using LA = LaneAttention<C>;
+    LA la(q);
+    la.template attend<LA::QREG ? 8 : 2>(q, p0, p1, pos, kc, vc, 0, kn, vn);
     la.finish(wo);
 #pragma unroll
     for (int h = 0; h < G; ++h) { m[h] = la.m[h]; l[h] = la.l[h]; }
@@ -690,7 +636,6 @@ __device__ bool attention_task(Ctx<C>& c, int layer, int idx, Wait wait_inputs) 
     __syncthreads();
     signal(c.counter(C::K::ATTN, layer) + group, NS);
   }
-  return true;
 }
 
 }  // namespace adamk::block

@@ -111,13 +111,8 @@ __device__ void store_row(Ctx<C>& c, int layer, int split, int b, int row, float
       if constexpr (T::KSPLIT == 1) v = thread::bf16_round(v);
       v += KIND == O ? stream_in(c, layer).value(b, row) : stream_mid(c, layer).value(b, row);
     }
-    if constexpr (T::KSPLIT == 1) {
-      const __nv_bfloat16 o = __float2bfloat16_rn(v);
-      stream_out<C, KIND>(c, layer)[b * C::H + row] = o;
-      c.attn[row % T::ROWS * C::B + b] = __bfloat162float(o);  // for finish_stream's sums of squares
-    } else {
-      stream_part<C, KIND>(c, layer)[(split * C::B + b) * T::N + row] = v;
-    }
+    if constexpr (T::KSPLIT == 1) stream_out<C, KIND>(c, layer)[b * C::H + row] = __float2bfloat16_rn(v);
+    else stream_part<C, KIND>(c, layer)[(split * C::B + b) * T::N + row] = v;
   }
   if constexpr (KIND == LM_HEAD) c.a.scratch[S::LOGITS + b * C::V + row] = v;
 }
@@ -141,13 +136,10 @@ __device__ void store_mlp_act(Ctx<C>& c, int layer, int row0) {
 // stream (bf16 [B][H]) and its sums of squares per sequence, from which every consumer's RMSNorm
 // takes rstd without reading the whole stream. K-split, the last split of the tile to finish sums
 // the partials first (in split order, so every step computes the same bits); it alone bumps the
-// tile's counter, by the split count. The sums of squares read the tile's bf16 rows from a copy in
-// the attention scratch ([ROWS][B] floats), not back from global memory: that read was an L2
-// round trip on the path to the next stage.
+// tile's counter, by the split count.
 template <class C, class T, int KIND>
 __device__ void finish_stream(Ctx<C>& c, int layer, int tile) {
   constexpr int B = C::B;
-  static_assert(T::ROWS * B * 4 <= C::SMEM_MISC - C::SMEM_ATTN, "the tile's rows fit the attention scratch");
   const int row0 = tile * T::ROWS, rows = min(T::ROWS, T::N - row0);
   __nv_bfloat16* out = stream_out<C, KIND>(c, layer);
   __syncthreads();
@@ -155,13 +147,11 @@ __device__ void finish_stream(Ctx<C>& c, int layer, int tile) {
     if (!arrive_last(stream_arrivals<C, KIND>(c, layer) + tile, T::KSPLIT, c.a.epoch)) return;
     const float* part = stream_part<C, KIND>(c, layer);
     for (int e = threadIdx.x; e < rows * B; e += C::THREADS) {
-      const int b = e / rows, r = e % rows;
+      const int b = e / rows, row = row0 + e % rows;
       float v = 0.f;
 #pragma unroll
-      for (int s = 0; s < T::KSPLIT; ++s) v += thread::ld_cg(part + (s * B + b) * T::N + row0 + r);
-      const __nv_bfloat16 o = __float2bfloat16_rn(v);
-      out[b * C::H + row0 + r] = o;
-      c.attn[r * B + b] = __bfloat162float(o);
+      for (int s = 0; s < T::KSPLIT; ++s) v += thread::ld_cg(part + (s * B + b) * T::N + row);
+      out[b * C::H + row] = __float2bfloat16_rn(v);
     }
     __syncthreads();
   }
@@ -169,7 +159,7 @@ __device__ void finish_stream(Ctx<C>& c, int layer, int tile) {
   if (warp < B) {
     float ss = 0.f;
     for (int r = lane; r < rows; r += 32) {
-      const float v = c.attn[r * B + warp];
+      const float v = __bfloat162float(out[warp * C::H + row0 + r]);
       ss += v * v;
     }
     ss = warp::sum(ss);

@@ -194,38 +194,30 @@ __device__ void megakernel(const Args& a, const int4* runs, const int* sm_runs) 
 #endif
 #ifdef ADAMK_PROFILE
       const unsigned long long t_wait = global_ns();
-      unsigned long long t_ready = 0;
 #endif
-      auto wait = [&] {
-        if (!block::wait_inputs(c, kind, layer, idx)) return false;
+      // The cached K/V rows an attention task reads were written by earlier steps: their copies
+      // go out before the wait for this step's q, k and v.
+      // So are the RMSNorm weights of a task that will normalise its input.
+      const int prefetched = kind == ATTN ? block::prefetch_kv<C>(c, layer, idx) : 0;
+      const bool gamma = block::prefetch_norm_weights(c, kind, layer, idx);
+      if (!block::wait_inputs(c, kind, layer, idx)) {
+        block::drain_kv(c, prefetched);
+        block::drain_norm_weights(c, gamma);
+        c.ring.drain();
+        return;
+      }
 #ifdef ADAMK_PROFILE
-        t_ready = block::latest_ns(c, global_ns());
-        c.t_staged = t_ready;
+      const unsigned long long t_ready = block::latest_ns(c, global_ns());
+      c.t_staged = t_ready;
 #endif
-        return true;
-      };
-      if (kind == ATTN) {  // it waits itself, after starting the loads of its cached K/V rows
-        if (!block::attention_task<C>(c, layer, idx, wait)) {
-          c.ring.drain();
-          return;
-        }
-      } else {
-        // The RMSNorm weights of a task that will normalise its input depend on nothing of this
-        // step either: their copy goes out before the wait.
-        const bool gamma = block::prefetch_norm_weights(c, kind, layer, idx);
-        if (!wait()) {
-          block::drain_norm_weights(c, gamma);
-          c.ring.drain();
-          return;
-        }
-        switch (kind) {
-          case QKV: block::linear_task<C, typename C::Qkv, QKV>(c, layer, idx); break;
-          case O: block::linear_task<C, typename C::O, O>(c, layer, idx); break;
-          case GATE_UP: block::linear_task<C, typename C::GateUp, GATE_UP>(c, layer, idx); break;
-          case DOWN: block::linear_task<C, typename C::Down, DOWN>(c, layer, idx); break;
-          case LM_HEAD: block::linear_task<C, typename C::LmHead, LM_HEAD>(c, layer, idx); break;
-          case ARGMAX: block::argmax_task<C>(c); break;
-        }
+      switch (kind) {
+        case QKV: block::linear_task<C, typename C::Qkv, QKV>(c, layer, idx); break;
+        case ATTN: block::attention_task<C>(c, layer, idx); break;
+        case O: block::linear_task<C, typename C::O, O>(c, layer, idx); break;
+        case GATE_UP: block::linear_task<C, typename C::GateUp, GATE_UP>(c, layer, idx); break;
+        case DOWN: block::linear_task<C, typename C::Down, DOWN>(c, layer, idx); break;
+        case LM_HEAD: block::linear_task<C, typename C::LmHead, LM_HEAD>(c, layer, idx); break;
+        case ARGMAX: block::argmax_task<C>(c); break;
       }
 #ifdef ADAMK_PROFILE
       if (threadIdx.x == 0) {
