@@ -79,7 +79,11 @@ __device__ __forceinline__ bool wait_counters(const unsigned* counters, int firs
 // thread 0, and the release orders them before the add at GPU scope (no separate fence needed).
 // Thread 0's warp issues no weight-ring copies, so the release does not wait for them.
 __device__ __forceinline__ void signal(unsigned* counter, unsigned count = 1u) {
+#ifdef ADAMK_ABLATE_RELEASE  // the add without its release: what waiting for the writes costs
+  if (threadIdx.x == 0) asm volatile("red.relaxed.gpu.global.add.u32 [%0], %1;" ::"l"(counter), "r"(count) : "memory");
+#else
   if (threadIdx.x == 0) thread::add_release(counter, count);
+#endif
 }
 
 // After a barrier that follows the block's last write of its share: count it in `arrivals`, and

@@ -15,9 +15,11 @@ constexpr int THREADS = 256;
 // Diagnostic builds (benchmarks/ablation.py) remove one part of the step to time what is left:
 // ADAMK_ABLATE_WAITS (no counter waits), ADAMK_ABLATE_STAGING (no input staging), ADAMK_ABLATE_MATH
 // (weights stream through the ring, no multiply), ADAMK_ABLATE_ATTENTION (no attention tasks; with
-// ADAMK_ABLATE_WAITS only, or the O projection waits forever). Their outputs are wrong by design.
+// ADAMK_ABLATE_WAITS only, or the O projection waits forever), ADAMK_ABLATE_RELEASE (counters
+// bumped without release semantics: a consumer may read stale data). Their outputs are wrong by
+// design.
 #if defined(ADAMK_ABLATE_WAITS) || defined(ADAMK_ABLATE_STAGING) || defined(ADAMK_ABLATE_MATH) || \
-    defined(ADAMK_ABLATE_ATTENTION)
+    defined(ADAMK_ABLATE_ATTENTION) || defined(ADAMK_ABLATE_RELEASE)
 #define ADAMK_ABLATED 1
 #endif
 constexpr int WARPS = THREADS / 32;
