@@ -86,6 +86,7 @@ QKV_SPLIT = {f"qkv split {s}": {"llama3-8b": ({**_8B_BS8_S13, "qkv": (6144, 4096
 # With tiled weights (8f7e863: one bulk copy a 32 KB chunk) the batch-8 ring alone still streamed
 # at 3.7 TB/s against 4.7 at batch 1, where 4 chunks are in flight a block instead of 2
 # (session 14): the same deeper rings again, and half chunks in 7 slots (6 in flight, 96 KB).
+# Measured (session 15, call 1): none faster than the searched 3 slots.
 DEEP_RING["half chunks, 7 stages"] = {"llama3-8b": (DEEP_RING["half chunks, 6 stages"]["llama3-8b"][0], 2, 7)}
 HAND = {"previous": PREVIOUS, "eight-row": EIGHT_ROW, **ONE_CHANGE, **FINER_GATE_UP, **DEEP_RING, **QKV_SPLIT}
 # (config, batch, label, macros, plan: "searched" or a HAND key, attention splits instead of the plan's)
