@@ -166,7 +166,9 @@ __device__ void finish_stream(Ctx<C>& c, int layer, int tile) {
     if (lane == 0) c.scratch_w(KIND == O ? C::S::O_SUMSQ : C::S::DOWN_SUMSQ, layer)[tile * B + warp] = ss;
   }
   __syncthreads();
-  signal(c.counter(KIND == O ? C::K::O : C::K::DOWN, layer) + tile, T::KSPLIT);
+  // The last split publishes a K-split tile; unsplit tiles are published with their group
+  // (publish_group).
+  if constexpr (T::KSPLIT > 1) signal(c.counter(KIND == O ? C::K::O : C::K::DOWN, layer) + tile, T::KSPLIT);
 }
 
 // One row per warp group (batch 1): each row of a chunk is reduced by WPR warps, lane by lane
@@ -319,12 +321,57 @@ __device__ void linear_task(Ctx<C>& c, int layer, int idx) {
       }
     }
   }
-  if constexpr (KIND == O || KIND == DOWN) {
-    finish_stream<C, T, KIND>(c, layer, tile);
-  } else {
-    __syncthreads();
-    signal(KIND == LM_HEAD ? c.a.counters + C::K::LM_HEAD + tile
-                           : c.counter(KIND == QKV ? C::K::QKV : C::K::GATE_UP, layer) + tile);
+  if constexpr (KIND == O || KIND == DOWN) finish_stream<C, T, KIND>(c, layer, tile);
+  else __syncthreads();  // the task's writes are done (publish_group publishes them)
+}
+
+// Which consumers the tile of task idx feeds: the attention group of its first row (QKV); the
+// down projection's K-chunk (gate/up); for the LM head (the argmax) and the residual stream (O,
+// down: RMSNorm), every consumer needs every tile.
+template <class C, class T, int KIND>
+__device__ int consumer_group(int idx) {
+  const int row = idx / T::KSPLIT * T::ROWS;
+  if constexpr (KIND == QKV) return row < C::Q ? row / (C::G * C::HD) : (row - C::Q) % C::KVD / C::HD;
+  if constexpr (KIND == GATE_UP) return row / (2 * C::Down::KC);
+  return 0;
+}
+
+// The tasks of a run of QKV, gate/up, LM head or unsplit O or down tiles (consecutive on this SM:
+// same stage and layer, tasks first, first + stride, ...) wait for the same inputs, so none of
+// them waits for another.
+// Their tiles are published a group at a time (consumer_group): when the next task of the run
+// feeds other consumers, or the run ends, one release fence for the group's tiles (after the
+// barrier that ended the last task), then each tile's add. A fence per task held the block
+// there, before its next chunk, until the task's stores were acknowledged (an L2 round trip on a
+// loaded card); a consumer still sees its tiles when the last of them is done, as before.
+template <class C, class T, int KIND>
+__device__ void publish_group(Ctx<C>& c, int layer, int4 run, int i) {
+  const auto task = [&](int t) { return run.y + t * run.z; };
+  const int group = consumer_group<C, T, KIND>(task(i));
+  if (threadIdx.x != 0 || (i + 1 < run.w && consumer_group<C, T, KIND>(task(i + 1)) == group)) return;
+  using K = typename C::K;
+  constexpr size_t STAGE = KIND == QKV ? K::QKV : KIND == GATE_UP ? K::GATE_UP : KIND == O ? K::O : K::DOWN;
+  unsigned* counters = KIND == LM_HEAD ? c.a.counters + K::LM_HEAD : c.counter(STAGE, layer);
+#ifndef ADAMK_ABLATE_RELEASE
+  thread::fence_release();
+#endif
+  for (int t = i; t >= 0 && consumer_group<C, T, KIND>(task(t)) == group; --t)
+    thread::add_relaxed(counters + task(t) / T::KSPLIT, 1u);
+}
+
+// After task i of a run of any stage: its group's publication, if it ends there.
+template <class C>
+__device__ void publish_group(Ctx<C>& c, int kind, int layer, int4 run, int i) {
+  switch (kind) {
+    case QKV: publish_group<C, typename C::Qkv, QKV>(c, layer, run, i); break;
+    case GATE_UP: publish_group<C, typename C::GateUp, GATE_UP>(c, layer, run, i); break;
+    case LM_HEAD: publish_group<C, typename C::LmHead, LM_HEAD>(c, layer, run, i); break;
+    case O:
+      if constexpr (C::O::KSPLIT == 1) publish_group<C, typename C::O, O>(c, layer, run, i);
+      break;
+    case DOWN:
+      if constexpr (C::Down::KSPLIT == 1) publish_group<C, typename C::Down, DOWN>(c, layer, run, i);
+      break;
   }
 }
 

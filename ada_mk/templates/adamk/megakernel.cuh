@@ -1,6 +1,7 @@
 // adamk/megakernel.cuh: the persistent decode step. Each block walks its SM's compiled task list;
 // before a task it waits for exactly the counters the task reads (the rule of
-// ada_mk/search/deps.py), after it, it bumps the one counter its output fills.
+// ada_mk/search/deps.py), after it, it bumps the one counter its output fills (QKV, gate/up and
+// LM head tasks: a group of a run at once, block::publish_group).
 #pragma once
 #include "adamk/attention.cuh"
 #include "adamk/linear.cuh"
@@ -219,6 +220,7 @@ __device__ void megakernel(const Args& a, const int4* runs, const int* sm_runs) 
         case LM_HEAD: block::linear_task<C, typename C::LmHead, LM_HEAD>(c, layer, idx); break;
         case ARGMAX: block::argmax_task<C>(c); break;
       }
+      block::publish_group(c, kind, layer, run, i);
 #ifdef ADAMK_PROFILE
       if (threadIdx.x == 0) {
         prof[0] = t_wait;

@@ -28,6 +28,14 @@ __device__ __forceinline__ void add_release(unsigned* p, unsigned v) {
   asm volatile("red.release.gpu.global.add.u32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
 }
 
+// A release fence and the adds it orders: the fence waits once for the writes before it, the
+// adds after it are plain.
+__device__ __forceinline__ void fence_release() { asm volatile("fence.acq_rel.gpu;" ::: "memory"); }
+
+__device__ __forceinline__ void add_relaxed(unsigned* p, unsigned v) {
+  asm volatile("red.relaxed.gpu.global.add.u32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
+}
+
 // Add v and return the value before: release for this thread's (and, after a barrier, the
 // block's) writes, acquire for those of every earlier adder.
 __device__ __forceinline__ unsigned add_acq_rel(unsigned* p, unsigned v) {
@@ -84,7 +92,7 @@ __device__ __forceinline__ bool wait_counters(const unsigned* counters, int firs
 // would remove.
 __device__ __forceinline__ void signal(unsigned* counter, unsigned count = 1u) {
 #ifdef ADAMK_ABLATE_RELEASE  // the add without its release: what waiting for the writes costs
-  if (threadIdx.x == 0) asm volatile("red.relaxed.gpu.global.add.u32 [%0], %1;" ::"l"(counter), "r"(count) : "memory");
+  if (threadIdx.x == 0) thread::add_relaxed(counter, count);
 #else
   if (threadIdx.x == 0) thread::add_release(counter, count);
 #endif
