@@ -190,17 +190,8 @@ __device__ void stage_rmsnorm(Ctx<C>& c, const Stream<C>& s, const __nv_bfloat16
     const uint4 g = reinterpret_cast<const uint4*>(c.attn)[v];
     uint4* p = reinterpret_cast<uint4*>(c.x + x_offset<C, T>(b, v * 8));
     const uint4 xv = *p;
-    uint2 out[2];
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      float gf[4], f[4];
-      thread::unpack4(h == 0 ? make_uint2(g.x, g.y) : make_uint2(g.z, g.w), gf);
-      thread::unpack4(h == 0 ? make_uint2(xv.x, xv.y) : make_uint2(xv.z, xv.w), f);
-#pragma unroll
-      for (int t = 0; t < 4; ++t) f[t] = gf[t] * thread::bf16_round(f[t] * rstd);
-      out[h] = thread::pack4(f);
-    }
-    *p = make_uint4(out[0].x, out[0].y, out[1].x, out[1].y);
+    *p = make_uint4(thread::rmsnorm2(xv.x, g.x, rstd), thread::rmsnorm2(xv.y, g.y, rstd),
+                    thread::rmsnorm2(xv.z, g.z, rstd), thread::rmsnorm2(xv.w, g.w, rstd));
   }
 #else
   constexpr int NK = T::KC / 4, PER = (NK + C::THREADS - 1) / C::THREADS;
