@@ -1,7 +1,7 @@
 // adamk/megakernel.cuh: the persistent decode step. Each block walks its SM's compiled task list;
 // before a task it waits for exactly the counters the task reads (the rule of
-// ada_mk/search/deps.py), after it, it bumps the one counter its output fills (QKV, gate/up and
-// LM head tasks: a group of a run at once, block::publish_group).
+// ada_mk/search/deps.py), after it, it bumps the one counter its output fills (QKV, gate/up, LM
+// head and unsplit O / down tasks: a group of a run at once, block::publish_group).
 #pragma once
 #include "adamk/attention.cuh"
 #include "adamk/linear.cuh"

@@ -89,7 +89,8 @@ __device__ __forceinline__ bool wait_counters(const unsigned* counters, int firs
 // waits for the block's own stores, and the block for thread 0 at its next barrier: without the
 // release (ADAMK_ABLATE_RELEASE) an H200 ran Llama-3.2-1B's batch-1 step 5.8% faster
 // (benchmarks/RESULTS.md, session 15), the cost a publication that the block does not wait for
-// would remove.
+// would remove. Runs of tasks that need no per-task publication publish a group of tiles behind
+// one fence instead (adamk/linear.cuh, publish_group).
 __device__ __forceinline__ void signal(unsigned* counter, unsigned count = 1u) {
 #ifdef ADAMK_ABLATE_RELEASE  // the add without its release: what waiting for the writes costs
   if (threadIdx.x == 0) thread::add_relaxed(counter, count);
