@@ -132,6 +132,19 @@ __device__ void store_mlp_act(Ctx<C>& c, int layer, int row0) {
   }
 }
 
+// The counters of stage KIND's tiles: this layer's, or the LM head's (one set per step).
+template <class C, int KIND>
+__device__ unsigned* tile_counters(const Ctx<C>& c, int layer) {
+  using K = typename C::K;
+  if constexpr (KIND == LM_HEAD) return c.a.counters + K::LM_HEAD;
+  else return c.counter(KIND == QKV ? K::QKV : KIND == GATE_UP ? K::GATE_UP : KIND == O ? K::O : K::DOWN, layer);
+}
+
+// Whether a linear task's tile is published with its run's group (publish_group): all but K-split
+// O and down tiles, whose last split publishes them (finish_stream).
+template <class T, int KIND>
+constexpr bool GROUP_PUBLISHED = !((KIND == O || KIND == DOWN) && T::KSPLIT > 1);
+
 // The O and down tasks of a tile have stored their rows: publish the tile's part of the residual
 // stream (bf16 [B][H]) and its sums of squares per sequence, from which every consumer's RMSNorm
 // takes rstd without reading the whole stream. K-split, the last split of the tile to finish sums
@@ -166,9 +179,7 @@ __device__ void finish_stream(Ctx<C>& c, int layer, int tile) {
     if (lane == 0) c.scratch_w(KIND == O ? C::S::O_SUMSQ : C::S::DOWN_SUMSQ, layer)[tile * B + warp] = ss;
   }
   __syncthreads();
-  // The last split publishes a K-split tile; unsplit tiles are published with their group
-  // (publish_group).
-  if constexpr (T::KSPLIT > 1) signal(c.counter(KIND == O ? C::K::O : C::K::DOWN, layer) + tile, T::KSPLIT);
+  if constexpr (!GROUP_PUBLISHED<T, KIND>) signal(tile_counters<C, KIND>(c, layer) + tile, T::KSPLIT);
 }
 
 // One row per warp group (batch 1): each row of a chunk is reduced by WPR warps, lane by lane
@@ -346,12 +357,11 @@ __device__ int consumer_group(int idx) {
 // loaded card); a consumer still sees its tiles when the last of them is done, as before.
 template <class C, class T, int KIND>
 __device__ void publish_group(Ctx<C>& c, int layer, int4 run, int i) {
+  if constexpr (!GROUP_PUBLISHED<T, KIND>) return;
   const auto task = [&](int t) { return run.y + t * run.z; };
   const int group = consumer_group<C, T, KIND>(task(i));
   if (threadIdx.x != 0 || (i + 1 < run.w && consumer_group<C, T, KIND>(task(i + 1)) == group)) return;
-  using K = typename C::K;
-  constexpr size_t STAGE = KIND == QKV ? K::QKV : KIND == GATE_UP ? K::GATE_UP : KIND == O ? K::O : K::DOWN;
-  unsigned* counters = KIND == LM_HEAD ? c.a.counters + K::LM_HEAD : c.counter(STAGE, layer);
+  unsigned* counters = tile_counters<C, KIND>(c, layer);
 #ifndef ADAMK_ABLATE_RELEASE
   thread::fence_release();
 #endif
@@ -366,12 +376,8 @@ __device__ void publish_group(Ctx<C>& c, int kind, int layer, int4 run, int i) {
     case QKV: publish_group<C, typename C::Qkv, QKV>(c, layer, run, i); break;
     case GATE_UP: publish_group<C, typename C::GateUp, GATE_UP>(c, layer, run, i); break;
     case LM_HEAD: publish_group<C, typename C::LmHead, LM_HEAD>(c, layer, run, i); break;
-    case O:
-      if constexpr (C::O::KSPLIT == 1) publish_group<C, typename C::O, O>(c, layer, run, i);
-      break;
-    case DOWN:
-      if constexpr (C::Down::KSPLIT == 1) publish_group<C, typename C::Down, DOWN>(c, layer, run, i);
-      break;
+    case O: publish_group<C, typename C::O, O>(c, layer, run, i); break;
+    case DOWN: publish_group<C, typename C::Down, DOWN>(c, layer, run, i); break;
   }
 }
 
