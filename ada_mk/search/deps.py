@@ -98,10 +98,11 @@ def dep_classes(plan: Plan, kind: str) -> list[int]:
 def task_signal(plan: Plan, task: Task) -> tuple[str, int, int] | None:
     """The counter a task bumps when done: (stage, layer, index), or None for the last task. The
     splits of a tile (or attention group) share its counter. The kernel bumps the counters of a
-    run's QKV, gate/up, LM head and unsplit O / down tiles together, after the last task of the run
+    run's gate/up, LM head and unsplit O / down tiles together, after the last task of the run
     that feeds the same consumers (adamk/linear.cuh, publish_group): the tasks of such a run wait
     for the same inputs, so none waits for another and no dependency is added; the cost model
-    still counts one bump per task."""
+    still counts one bump per task. QKV tiles have no counter in the kernel: their words carry the
+    step's epoch and attention polls them (adamk/attention.cuh, qkv_values), the same dependency."""
     if task.kind == "argmax":
         return None
     return (task.kind, task.layer, task.index // producer_per_step(plan, task.kind))

@@ -154,7 +154,9 @@ def make_layout(plan: Plan) -> Layout:
     g.add("arg_val", (B, lm_tiles))
     g.add("arg_idx", (B, lm_tiles))
     s = _Builder(4)
-    s.add("qkv_part", (t["qkv"].ksplit, B, nqkv))
+    # q/k/v partial sums, each with the step's epoch in the same 8-byte word: the attention tasks
+    # poll the values themselves (adamk/attention.cuh, qkv_values), no counter in between.
+    s.add("qkv_part", (t["qkv"].ksplit, B, nqkv, 2))
     s.add("attn_o", (B, m.num_attention_heads, plan.attn_splits, m.head_dim))
     s.add("attn_ml", (B, m.num_attention_heads, plan.attn_splits, 2))
     s.add("attn_out", (B, m.q_size // 2))  # the combined attention output, bf16 pairs
@@ -172,7 +174,6 @@ def make_layout(plan: Plan) -> Layout:
     g = _Builder(4)
     g.add("lm_head", (lm_tiles,))
     c = _Builder(4)
-    c.add("qkv", (t["qkv"].tiles,))
     c.add("attn", (B * m.num_key_value_heads,))
     c.add("attn_arrive", (B * m.num_key_value_heads,))  # splits finished, to elect the combiner
     c.add("o", (t["o"].tiles,))

@@ -17,13 +17,60 @@
 
 namespace adamk::block {
 
-// q/k/v value of column `col` for sequence b: the sum of the QKV stage's K-split partials,
-// rounded to bf16 as the reference's projection output is.
-template <class C>
-__device__ float qkv_value(const float* part, int b, int col) {
-  float s = 0.f;
-  for (int k = 0; k < C::Qkv::KSPLIT; ++k) s += thread::ld_cg(part + (k * C::B + b) * C::NQKV + col);
-  return thread::bf16_round(s);
+// q/k/v values of columns cols[i] (where live[i]) for sequence b: the sums of the QKV stage's
+// K-split partials, rounded to bf16 as the reference's projection output is. Each partial comes
+// with its step's epoch in one 8-byte word (thread::st_flagged): every load goes out before any is
+// checked, then each word not yet of this step is loaded again until it is, so the data is its own
+// dependency (no counter, no release fence at the producer) and a ready set costs one L2 round
+// trip. A debug build gives up as a counter wait does (thread::wait_counter), with the values as
+// they are.
+template <class C, int N>
+__device__ void qkv_values(const Ctx<C>& c, int layer, int idx, int b, const int (&cols)[N], const bool (&live)[N],
+                           float (&out)[N]) {
+  constexpr int KS = C::Qkv::KSPLIT;
+  const unsigned long long* part =
+      reinterpret_cast<const unsigned long long*>(c.scratch(C::S::QKV_PART, layer)) + b * C::NQKV;
+  const auto at = [&](int i, int k) { return part + k * C::B * C::NQKV + cols[i]; };
+  unsigned long long w[N][KS];
+#pragma unroll
+  for (int i = 0; i < N; ++i)
+#pragma unroll
+    for (int k = 0; k < KS; ++k) w[i][k] = live[i] ? thread::ld_flagged(at(i, k)) : 0ull;
+#ifndef ADAMK_ABLATE_WAITS
+  const unsigned epoch = c.a.epoch;
+#pragma unroll
+  for (int i = 0; i < N; ++i)
+#pragma unroll
+    for (int k = 0; k < KS; ++k) {
+      if (!live[i]) continue;
+#ifdef ADAMK_DEBUG
+      long long spins = 0;
+#endif
+      while (!thread::flagged(w[i][k], epoch)) {  // not yet of this step: load it again
+#ifdef ADAMK_DEBUG
+        if (*reinterpret_cast<volatile unsigned*>(&c.a.debug->flag)) break;  // someone else timed out
+        if (++spins > (1ll << 24)) {
+          WaitTimeout* dbg = c.a.debug;
+          if (atomicCAS(&dbg->flag, 0u, 1u) == 0u) {
+            dbg->sm = blockIdx.x; dbg->kind = ATTN; dbg->layer = layer; dbg->task = idx;
+            dbg->counter = -1; dbg->value = 0; dbg->target = epoch;  // a q/k/v word, not a counter
+            __threadfence();
+          }
+          break;
+        }
+        __nanosleep(64);
+#endif
+        w[i][k] = thread::ld_flagged(at(i, k));
+      }
+    }
+#endif
+#pragma unroll
+  for (int i = 0; i < N; ++i) {
+    float s = 0.f;
+#pragma unroll
+    for (int k = 0; k < KS; ++k) s += __uint_as_float(static_cast<unsigned>(w[i][k]));
+    out[i] = thread::bf16_round(s);
+  }
 }
 
 // Flash-decoding's reduction for sequence b and the G query heads of K/V head g: out =
@@ -408,7 +455,6 @@ __device__ void attention_task(Ctx<C>& c, int layer, int idx) {
   const AttnSplit<C> split(c, layer, idx);
   const int j = split.j, g = split.g, b = split.b, pos = split.pos, p0 = split.p0, p1 = split.p1;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const float* part = c.scratch(C::S::QKV_PART, layer);
   __nv_bfloat16* kc = split.kc;
   __nv_bfloat16* vc = split.vc;
 
@@ -420,29 +466,33 @@ __device__ void attention_task(Ctx<C>& c, int layer, int idx) {
   __nv_bfloat16* vn = kn + HD;  // [HD] the new value
 
   // RoPE, rotate-half convention, with bf16 rounding where the reference rounds:
-  // x * cos + rotate_half(x) * sin, cos and sin of pos * inv_freq cast to bf16. Every q/k/v load
-  // is issued before any is used: one L2 round trip.
+  // x * cos + rotate_half(x) * sin, cos and sin of pos * inv_freq cast to bf16. The thread's q/k/v
+  // values: both halves of its IT rotation pairs, then its dimension of v (qkv_values).
   constexpr int NR = (G + 1) * HALF, IT = (NR + C::THREADS - 1) / C::THREADS;
-  float x1[IT], x2[IT], xv = 0.f;
+  static_assert(HD <= C::THREADS, "a thread per dimension of v");
+  int cols[2 * IT + 1];
+  bool live[2 * IT + 1];
+  float x[2 * IT + 1];
 #pragma unroll
   for (int it = 0; it < IT; ++it) {
     const int e = threadIdx.x + it * C::THREADS, hh = e / HALF, d = e % HALF;
-    const int col = hh < G ? (g * G + hh) * HD + d : C::Q + g * HD + d;
-    if (e < NR) {
-      x1[it] = qkv_value<C>(part, b, col);
-      x2[it] = qkv_value<C>(part, b, col + HALF);
-    }
+    cols[2 * it] = hh < G ? (g * G + hh) * HD + d : C::Q + g * HD + d;
+    cols[2 * it + 1] = cols[2 * it] + HALF;
+    live[2 * it] = live[2 * it + 1] = e < NR;
   }
-  static_assert(HD <= C::THREADS, "a thread per dimension of v");
-  if (threadIdx.x < HD) xv = qkv_value<C>(part, b, C::Q + C::KVD + g * HD + threadIdx.x);
+  cols[2 * IT] = C::Q + C::KVD + g * HD + threadIdx.x;
+  live[2 * IT] = threadIdx.x < HD;
+  qkv_values<C>(c, layer, idx, b, cols, live, x);
+  const float xv = x[2 * IT];
 #pragma unroll
   for (int it = 0; it < IT; ++it) {
+    const float x1 = x[2 * it], x2 = x[2 * it + 1];
     const int e = threadIdx.x + it * C::THREADS, hh = e / HALF, d = e % HALF;
     if (e >= NR) continue;
     const float ang = static_cast<float>(pos) * C::inv_freq(d);
     const float cs = thread::bf16_round(cosf(ang)), sn = thread::bf16_round(sinf(ang));
-    const float lo = thread::bf16_round(thread::bf16_round(x1[it] * cs) - thread::bf16_round(x2[it] * sn));
-    const float hi = thread::bf16_round(thread::bf16_round(x2[it] * cs) + thread::bf16_round(x1[it] * sn));
+    const float lo = thread::bf16_round(thread::bf16_round(x1 * cs) - thread::bf16_round(x2 * sn));
+    const float hi = thread::bf16_round(thread::bf16_round(x2 * cs) + thread::bf16_round(x1 * sn));
     if (hh < G) {
       q[hh * HD + d] = lo;
       q[hh * HD + d + HALF] = hi;

@@ -98,7 +98,8 @@ __device__ void store_row(Ctx<C>& c, int layer, int split, int b, int row, float
   if constexpr (KIND == QKV) {
     if constexpr (C::HAS_BIAS)
       if (split == 0) v += __bfloat162float(c.weight(C::W::BQKV, layer)[row]);
-    c.scratch_w(S::QKV_PART, layer)[(split * C::B + b) * T::N + row] = v;
+    unsigned long long* part = reinterpret_cast<unsigned long long*>(c.scratch_w(S::QKV_PART, layer));
+    thread::st_flagged(part + (split * C::B + b) * T::N + row, v, c.a.epoch);
   }
   if constexpr (KIND == GATE_UP) {  // K-split only (unsplit: store_mlp_act)
     c.scratch_w(S::GATE_UP_PART, layer)[(split * C::B + b) * T::N + row] = v;
@@ -137,13 +138,14 @@ template <class C, int KIND>
 __device__ unsigned* tile_counters(const Ctx<C>& c, int layer) {
   using K = typename C::K;
   if constexpr (KIND == LM_HEAD) return c.a.counters + K::LM_HEAD;
-  else return c.counter(KIND == QKV ? K::QKV : KIND == GATE_UP ? K::GATE_UP : KIND == O ? K::O : K::DOWN, layer);
+  else return c.counter(KIND == GATE_UP ? K::GATE_UP : KIND == O ? K::O : K::DOWN, layer);
 }
 
-// Whether a linear task's tile is published with its run's group (publish_group): all but K-split
-// O and down tiles, whose last split publishes them (finish_stream).
+// Whether a linear task's tile is published with its run's group (publish_group): all but QKV
+// tiles, whose words carry their step (store_qkv), and K-split O and down tiles, whose last split
+// publishes them (finish_stream).
 template <class T, int KIND>
-constexpr bool GROUP_PUBLISHED = !((KIND == O || KIND == DOWN) && T::KSPLIT > 1);
+constexpr bool GROUP_PUBLISHED = KIND != QKV && !((KIND == O || KIND == DOWN) && T::KSPLIT > 1);
 
 // The O and down tasks of a tile have stored their rows: publish the tile's part of the residual
 // stream (bf16 [B][H]) and its sums of squares per sequence, from which every consumer's RMSNorm
@@ -336,18 +338,15 @@ __device__ void linear_task(Ctx<C>& c, int layer, int idx) {
   else __syncthreads();  // the task's writes are done (publish_group publishes them)
 }
 
-// Which consumers the tile of task idx feeds: the attention group of its first row (QKV); the
-// down projection's K-chunk (gate/up); for the LM head (the argmax) and the residual stream (O,
-// down: RMSNorm), every consumer needs every tile.
+// Which consumers the tile of task idx feeds: the down projection's K-chunk (gate/up); for the
+// LM head (the argmax) and the residual stream (O, down: RMSNorm), every consumer needs every tile.
 template <class C, class T, int KIND>
 __device__ int consumer_group(int idx) {
-  const int row = idx / T::KSPLIT * T::ROWS;
-  if constexpr (KIND == QKV) return row < C::Q ? row / (C::G * C::HD) : (row - C::Q) % C::KVD / C::HD;
-  if constexpr (KIND == GATE_UP) return row / (2 * C::Down::KC);
+  if constexpr (KIND == GATE_UP) return idx / T::KSPLIT * T::ROWS / (2 * C::Down::KC);
   return 0;
 }
 
-// The tasks of a run of QKV, gate/up, LM head or unsplit O or down tiles (consecutive on this SM:
+// The tasks of a run of gate/up, LM head or unsplit O or down tiles (consecutive on this SM:
 // same stage and layer, tasks first, first + stride, ...) wait for the same inputs, so none of
 // them waits for another.
 // Their tiles are published a group at a time (consumer_group): when the next task of the run
@@ -373,7 +372,6 @@ __device__ void publish_group(Ctx<C>& c, int layer, int4 run, int i) {
 template <class C>
 __device__ void publish_group(Ctx<C>& c, int kind, int layer, int4 run, int i) {
   switch (kind) {
-    case QKV: publish_group<C, typename C::Qkv, QKV>(c, layer, run, i); break;
     case GATE_UP: publish_group<C, typename C::GateUp, GATE_UP>(c, layer, run, i); break;
     case LM_HEAD: publish_group<C, typename C::LmHead, LM_HEAD>(c, layer, run, i); break;
     case O: publish_group<C, typename C::O, O>(c, layer, run, i); break;

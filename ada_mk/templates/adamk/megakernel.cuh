@@ -1,7 +1,8 @@
 // adamk/megakernel.cuh: the persistent decode step. Each block walks its SM's compiled task list;
 // before a task it waits for exactly the counters the task reads (the rule of
-// ada_mk/search/deps.py), after it, it bumps the one counter its output fills (QKV, gate/up, LM
-// head and unsplit O / down tasks: a group of a run at once, block::publish_group).
+// ada_mk/search/deps.py), after it, it bumps the one counter its output fills (gate/up, LM head
+// and unsplit O / down tasks: a group of a run at once, block::publish_group). QKV tasks have no
+// counter: each q/k/v word carries the step's epoch, and attention polls the words themselves.
 #pragma once
 #include "adamk/attention.cuh"
 #include "adamk/linear.cuh"
@@ -59,15 +60,8 @@ __device__ bool wait_inputs(Ctx<C>& c, int kind, int layer, int idx) {
     case QKV:  // the whole residual stream: RMSNorm needs every element
       if (layer > 0) w.template all<typename C::Down>(c.counter(K::DOWN, layer - 1));
       break;
-    case ATTN: {  // the q rows of the group's heads, and its k and v rows
-      const int g = (idx / C::ATTN_SPLITS) % C::NKV;
-      unsigned* qkv = c.counter(K::QKV, layer);
-      const int q0 = g * C::G * C::HD, k0 = C::Q + g * C::HD, v0 = C::Q + C::KVD + g * C::HD;
-      w.template rows<typename C::Qkv>(qkv, q0, q0 + C::G * C::HD);
-      w.template rows<typename C::Qkv>(qkv, k0, k0 + C::HD);
-      w.template rows<typename C::Qkv>(qkv, v0, v0 + C::HD);
+    case ATTN:  // q, k and v come with their epoch: the task polls them (attention_task)
       break;
-    }
     case O: {  // the attention heads this K-chunk covers, for every sequence
       using T = typename C::O;
       const int lo = (idx % T::KSPLIT) * T::KC, hi = lo + T::KC;

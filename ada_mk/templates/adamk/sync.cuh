@@ -44,6 +44,20 @@ __device__ __forceinline__ unsigned add_acq_rel(unsigned* p, unsigned v) {
   return old;
 }
 
+// A float published with its step: value and epoch in one 8-byte word, stored and loaded whole
+// (single-copy atomic), so a reader that sees the epoch sees the value, without a fence on either
+// side.
+__device__ __forceinline__ void st_flagged(unsigned long long* p, float v, unsigned epoch) {
+  const unsigned long long w = static_cast<unsigned long long>(epoch) << 32 | __float_as_uint(v);
+  asm volatile("st.relaxed.gpu.global.b64 [%0], %1;" ::"l"(p), "l"(w) : "memory");
+}
+__device__ __forceinline__ unsigned long long ld_flagged(const unsigned long long* p) {
+  unsigned long long w;
+  asm volatile("ld.relaxed.gpu.global.b64 %0, [%1];" : "=l"(w) : "l"(p) : "memory");
+  return w;
+}
+__device__ __forceinline__ bool flagged(unsigned long long w, unsigned epoch) { return static_cast<unsigned>(w >> 32) == epoch; }
+
 __device__ __forceinline__ bool reached(unsigned value, unsigned target) {
   return static_cast<int>(value - target) >= 0;
 }

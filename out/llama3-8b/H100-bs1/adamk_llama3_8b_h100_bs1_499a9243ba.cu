@@ -79,39 +79,38 @@ struct Cfg {
     static constexpr size_t BQKV = 0;
   };
 
-  // Scratch, 4-byte elements (13.68 MB): K-split partials, attention partials, logits.
+  // Scratch, 4-byte elements (14.46 MB): K-split partials, attention partials, logits.
   struct S {
     static constexpr size_t LOGITS = 0;
     static constexpr size_t ARG_VAL = 128256;
     static constexpr size_t ARG_IDX = 132288;
     static constexpr size_t LAYER_BASE = 136320;
-    static constexpr size_t LAYER_STRIDE = 102592;
-    static constexpr size_t TOTAL = 3419264;
+    static constexpr size_t LAYER_STRIDE = 108736;
+    static constexpr size_t TOTAL = 3615872;
     static constexpr size_t QKV_PART = 0;
-    static constexpr size_t ATTN_O = 6144;
-    static constexpr size_t ATTN_ML = 71680;
-    static constexpr size_t ATTN_OUT = 72704;
-    static constexpr size_t MLP_ACT = 74752;
-    static constexpr size_t O_STREAM = 81920;
-    static constexpr size_t O_SUMSQ = 83968;
-    static constexpr size_t DOWN_PART = 84096;
-    static constexpr size_t DOWN_STREAM = 100480;
-    static constexpr size_t DOWN_SUMSQ = 102528;
+    static constexpr size_t ATTN_O = 12288;
+    static constexpr size_t ATTN_ML = 77824;
+    static constexpr size_t ATTN_OUT = 78848;
+    static constexpr size_t MLP_ACT = 80896;
+    static constexpr size_t O_STREAM = 88064;
+    static constexpr size_t O_SUMSQ = 90112;
+    static constexpr size_t DOWN_PART = 90240;
+    static constexpr size_t DOWN_STREAM = 106624;
+    static constexpr size_t DOWN_SUMSQ = 108672;
   };
 
   // Dependency counters (u32), one per producer tile; attention: one per (sequence, K/V head).
   struct K {
     static constexpr size_t LM_HEAD = 0;
     static constexpr size_t LAYER_BASE = 4032;
-    static constexpr size_t LAYER_STRIDE = 1728;
-    static constexpr size_t TOTAL = 59328;
-    static constexpr size_t QKV = 0;
-    static constexpr size_t ATTN = 128;
-    static constexpr size_t ATTN_ARRIVE = 192;
-    static constexpr size_t O = 256;
-    static constexpr size_t GATE_UP = 384;
-    static constexpr size_t DOWN = 1600;
-    static constexpr size_t DOWN_ARRIVE = 1664;
+    static constexpr size_t LAYER_STRIDE = 1600;
+    static constexpr size_t TOTAL = 55232;
+    static constexpr size_t ATTN = 0;
+    static constexpr size_t ATTN_ARRIVE = 64;
+    static constexpr size_t O = 128;
+    static constexpr size_t GATE_UP = 256;
+    static constexpr size_t DOWN = 1472;
+    static constexpr size_t DOWN_ARRIVE = 1536;
   };
 
   // KV cache, bf16 elements: K and V each [layer][sequence][K/V head][position][head_dim].

@@ -79,39 +79,38 @@ struct Cfg {
     static constexpr size_t BQKV = 0;
   };
 
-  // Scratch, 4-byte elements (15.27 MB): K-split partials, attention partials, logits.
+  // Scratch, 4-byte elements (16.05 MB): K-split partials, attention partials, logits.
   struct S {
     static constexpr size_t LOGITS = 0;
     static constexpr size_t ARG_VAL = 128256;
     static constexpr size_t ARG_IDX = 132288;
     static constexpr size_t LAYER_BASE = 136320;
-    static constexpr size_t LAYER_STRIDE = 115008;
-    static constexpr size_t TOTAL = 3816576;
+    static constexpr size_t LAYER_STRIDE = 121152;
+    static constexpr size_t TOTAL = 4013184;
     static constexpr size_t QKV_PART = 0;
-    static constexpr size_t ATTN_O = 6144;
-    static constexpr size_t ATTN_ML = 71680;
-    static constexpr size_t ATTN_OUT = 72704;
-    static constexpr size_t MLP_ACT = 74752;
-    static constexpr size_t O_STREAM = 81920;
-    static constexpr size_t O_SUMSQ = 83968;
-    static constexpr size_t DOWN_PART = 84096;
-    static constexpr size_t DOWN_STREAM = 112768;
-    static constexpr size_t DOWN_SUMSQ = 114816;
+    static constexpr size_t ATTN_O = 12288;
+    static constexpr size_t ATTN_ML = 77824;
+    static constexpr size_t ATTN_OUT = 78848;
+    static constexpr size_t MLP_ACT = 80896;
+    static constexpr size_t O_STREAM = 88064;
+    static constexpr size_t O_SUMSQ = 90112;
+    static constexpr size_t DOWN_PART = 90240;
+    static constexpr size_t DOWN_STREAM = 118912;
+    static constexpr size_t DOWN_SUMSQ = 120960;
   };
 
   // Dependency counters (u32), one per producer tile; attention: one per (sequence, K/V head).
   struct K {
     static constexpr size_t LM_HEAD = 0;
     static constexpr size_t LAYER_BASE = 4032;
-    static constexpr size_t LAYER_STRIDE = 1536;
-    static constexpr size_t TOTAL = 53184;
-    static constexpr size_t QKV = 0;
-    static constexpr size_t ATTN = 256;
-    static constexpr size_t ATTN_ARRIVE = 320;
-    static constexpr size_t O = 384;
-    static constexpr size_t GATE_UP = 512;
-    static constexpr size_t DOWN = 1152;
-    static constexpr size_t DOWN_ARRIVE = 1344;
+    static constexpr size_t LAYER_STRIDE = 1280;
+    static constexpr size_t TOTAL = 44992;
+    static constexpr size_t ATTN = 0;
+    static constexpr size_t ATTN_ARRIVE = 64;
+    static constexpr size_t O = 128;
+    static constexpr size_t GATE_UP = 256;
+    static constexpr size_t DOWN = 896;
+    static constexpr size_t DOWN_ARRIVE = 1088;
   };
 
   // KV cache, bf16 elements: K and V each [layer][sequence][K/V head][position][head_dim].

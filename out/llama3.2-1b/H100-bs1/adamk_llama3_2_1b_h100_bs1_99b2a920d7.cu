@@ -74,37 +74,36 @@ struct Cfg {
     static constexpr size_t BQKV = 0;
   };
 
-  // Scratch, 4-byte elements (3.36 MB): K-split partials, attention partials, logits.
+  // Scratch, 4-byte elements (3.55 MB): K-split partials, attention partials, logits.
   struct S {
     static constexpr size_t LOGITS = 0;
     static constexpr size_t ARG_VAL = 128256;
     static constexpr size_t ARG_IDX = 129280;
     static constexpr size_t LAYER_BASE = 130304;
-    static constexpr size_t LAYER_STRIDE = 44288;
-    static constexpr size_t TOTAL = 838912;
+    static constexpr size_t LAYER_STRIDE = 47360;
+    static constexpr size_t TOTAL = 888064;
     static constexpr size_t QKV_PART = 0;
-    static constexpr size_t ATTN_O = 3072;
-    static constexpr size_t ATTN_ML = 35840;
-    static constexpr size_t ATTN_OUT = 36864;
-    static constexpr size_t MLP_ACT = 37888;
-    static constexpr size_t O_STREAM = 41984;
-    static constexpr size_t O_SUMSQ = 43008;
-    static constexpr size_t DOWN_STREAM = 43136;
-    static constexpr size_t DOWN_SUMSQ = 44160;
+    static constexpr size_t ATTN_O = 6144;
+    static constexpr size_t ATTN_ML = 38912;
+    static constexpr size_t ATTN_OUT = 39936;
+    static constexpr size_t MLP_ACT = 40960;
+    static constexpr size_t O_STREAM = 45056;
+    static constexpr size_t O_SUMSQ = 46080;
+    static constexpr size_t DOWN_STREAM = 46208;
+    static constexpr size_t DOWN_SUMSQ = 47232;
   };
 
   // Dependency counters (u32), one per producer tile; attention: one per (sequence, K/V head).
   struct K {
     static constexpr size_t LM_HEAD = 0;
     static constexpr size_t LAYER_BASE = 1024;
-    static constexpr size_t LAYER_STRIDE = 768;
-    static constexpr size_t TOTAL = 13312;
-    static constexpr size_t QKV = 0;
-    static constexpr size_t ATTN = 128;
-    static constexpr size_t ATTN_ARRIVE = 192;
-    static constexpr size_t O = 256;
-    static constexpr size_t GATE_UP = 384;
-    static constexpr size_t DOWN = 640;
+    static constexpr size_t LAYER_STRIDE = 640;
+    static constexpr size_t TOTAL = 11264;
+    static constexpr size_t ATTN = 0;
+    static constexpr size_t ATTN_ARRIVE = 64;
+    static constexpr size_t O = 128;
+    static constexpr size_t GATE_UP = 256;
+    static constexpr size_t DOWN = 512;
   };
 
   // KV cache, bf16 elements: K and V each [layer][sequence][K/V head][position][head_dim].
