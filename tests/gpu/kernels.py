@@ -32,6 +32,12 @@ KERNELS = [
     ("smollm2-135m", "H100", 4, 2, False),
 ]
 
+# Plans the search does not pick for any shipped config, with stages K-split by force (the
+# searched tilings otherwise): (config, GPU, batch, layers, debug build, {stage: K-split}).
+FORCED = [
+    ("llama3.2-1b", "H100", 4, 2, True, {"gate_up": 2}),  # gate/up float partials, summed by the down tasks
+]
+
 
 def model_for(config: str, gpu: str, batch: int, layers: int | None, max_context: int = 1024):
     m, d = load_config(ROOT / "configs" / f"{config}.yaml", gpu=gpu, batch=batch, max_context=max_context)
@@ -40,11 +46,21 @@ def model_for(config: str, gpu: str, batch: int, layers: int | None, max_context
     return m, d
 
 
+def forced_plan(m: ModelConfig, d, ksplits: dict[str, int]) -> Plan:
+    """The searched plan with these stages K-split as given, scheduled again."""
+    from ada_mk.search.search import Searcher
+
+    base = make_plan(m, d)
+    tilings = {k: dataclasses.replace(t, ksplit=ksplits.get(k, t.ksplit)) for k, t in base.tilings.items()}
+    return Searcher(m, d).with_splits(tilings, base.attn_splits)[1]
+
+
 def kernel_for(config: str, gpu: str, batch: int, layers: int | None = None, debug: bool = False,
                log=None, profile: bool = False, strategy: str = "search",
-               defines: tuple[str, ...] = (), max_context: int = 1024) -> tuple[Plan, Artifacts]:
+               defines: tuple[str, ...] = (), max_context: int = 1024,
+               ksplits: dict[str, int] | None = None) -> tuple[Plan, Artifacts]:
     m, d = model_for(config, gpu, batch, layers, max_context)
-    plan = make_plan(m, d, strategy=strategy)
+    plan = forced_plan(m, d, ksplits) if ksplits else make_plan(m, d, strategy=strategy)
     archs = ["sm_90a"]
     return plan, build(render(plan), archs, debug=debug, profile=profile, library=False, log=log, defines=defines)
 
@@ -53,3 +69,6 @@ if __name__ == "__main__":
     for spec in KERNELS:
         plan, art = kernel_for(*spec, log=lambda s: print("  " + s[:160], file=sys.stderr))
         print(f"{plan.kernel_name}: {art.fatbin}", file=sys.stderr)
+    for *spec, ksplits in FORCED:
+        plan, art = kernel_for(*spec, log=lambda s: print("  " + s[:160], file=sys.stderr), ksplits=ksplits)
+        print(f"{plan.kernel_name} {ksplits}: {art.fatbin}", file=sys.stderr)

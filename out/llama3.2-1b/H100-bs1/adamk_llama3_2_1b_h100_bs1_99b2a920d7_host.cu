@@ -393,6 +393,11 @@ int adamk_decode(adamk_session* s, const int32_t* tokens, const int32_t* positio
     const adamk::WaitTimeout& t = h->debug;
     s->stalled = true;
     const char* kind = t.kind >= 0 && t.kind < 7 ? kKindNames[t.kind] : "?";
+    if (t.counter < 0)  // q/k/v words polled by attention, not a counter (adamk/attention.cuh, qkv_values)
+      return fail(ADAMK_ERR_TIMEOUT,
+                  "decode step %u: a dependency wait timed out on SM %d, in task %s (kind %d) layer %d index %d: "
+                  "its q/k/v words of step %u never came; the step's results are invalid, call adamk_reset",
+                  a.epoch, t.sm, kind, t.kind, t.layer, t.task, t.target);
     return fail(ADAMK_ERR_TIMEOUT,
                 "decode step %u: a dependency wait timed out on SM %d, in task %s (kind %d) layer %d index %d: "
                 "counter %d holds %u, waited for %u; the step's results are invalid, call adamk_reset",
