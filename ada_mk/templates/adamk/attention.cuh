@@ -22,7 +22,7 @@ namespace adamk::block {
 // with its step's epoch in one 8-byte word (thread::st_flagged): every load goes out before any is
 // checked, then each word not yet of this step is loaded again until it is, so the data is its own
 // dependency (no counter, no release fence at the producer) and a ready set costs one L2 round
-// trip. A debug build gives up as a counter wait does (thread::wait_counter), with the values as
+// trip. A debug build gives up as a counter wait does (block::wait_counters), with the values as
 // they are.
 template <class C, int N>
 __device__ void qkv_values(const Ctx<C>& c, int layer, int idx, int b, const int (&cols)[N], const bool (&live)[N],

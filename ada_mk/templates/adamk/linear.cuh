@@ -142,7 +142,7 @@ __device__ unsigned* tile_counters(const Ctx<C>& c, int layer) {
 }
 
 // Whether a linear task's tile is published with its run's group (publish_group): all but QKV
-// tiles, whose words carry their step (store_qkv), and K-split O and down tiles, whose last split
+// tiles, whose words carry their step (store_row), and K-split O and down tiles, whose last split
 // publishes them (finish_stream).
 template <class T, int KIND>
 constexpr bool GROUP_PUBLISHED = KIND != QKV && !((KIND == O || KIND == DOWN) && T::KSPLIT > 1);
