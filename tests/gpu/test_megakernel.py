@@ -75,10 +75,10 @@ def hf_generate(hf, prompt: torch.Tensor, n: int):
     return out.sequences, [l.float() for l in out.logits]
 
 
-def engine_for(config: str, gpu: str, batch: int, hf, layers=None, debug=False):
+def engine_for(config: str, gpu: str, batch: int, hf, layers=None, debug=False, ksplits=None):
     from ada_mk.runtime.engine import MegaKernelEngine
 
-    plan, art = kernel_for(config, gpu, batch, layers, debug)
+    plan, art = kernel_for(config, gpu, batch, layers, debug, ksplits=ksplits)
     eng = MegaKernelEngine(plan, art.fatbin, debug=debug)
     eng.load_weights({k: v for k, v in hf.state_dict().items()})
     return eng
@@ -93,7 +93,6 @@ def _two_layer_debug_run(batch: int, ksplits: dict[str, int] | None = None) -> f
     prompts, 8 greedy steps; the worst relative error of the logits against HF's."""
     from transformers import AutoModelForCausalLM
 
-    from ada_mk.runtime.engine import MegaKernelEngine
     from tests.hf_util import hf_config_from_model
 
     m, _ = model_for("llama3.2-1b", "H100", batch, 2)
@@ -105,9 +104,7 @@ def _two_layer_debug_run(batch: int, ksplits: dict[str, int] | None = None) -> f
     prompt = torch.randint(0, m.vocab_size, (batch, 8), device="cuda")
     with torch.no_grad():
         seq, hf_logits = hf_generate(hf, prompt, 8)
-    plan, art = kernel_for("llama3.2-1b", "H100", batch, 2, True, ksplits=ksplits)
-    eng = MegaKernelEngine(plan, art.fatbin, debug=True)
-    eng.load_weights({k: v for k, v in hf.state_dict().items()})
+    eng = engine_for("llama3.2-1b", "H100", batch, hf, layers=2, debug=True, ksplits=ksplits)
     tokens = seq.cpu().numpy().astype(np.int32)
     errs = []
     try:

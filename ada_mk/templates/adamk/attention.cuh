@@ -45,20 +45,11 @@ __device__ void qkv_values(const Ctx<C>& c, int layer, int idx, int b, const int
       if (!live[i]) continue;
 #ifdef ADAMK_DEBUG
       long long spins = 0;
+      const WaitSite site{c.a.debug, ATTN, layer, idx};
 #endif
       while (!thread::flagged(w[i][k], epoch)) {  // not yet of this step: load it again
 #ifdef ADAMK_DEBUG
-        if (*reinterpret_cast<volatile unsigned*>(&c.a.debug->flag)) break;  // someone else timed out
-        if (++spins > (1ll << 24)) {
-          WaitTimeout* dbg = c.a.debug;
-          if (atomicCAS(&dbg->flag, 0u, 1u) == 0u) {
-            dbg->sm = blockIdx.x; dbg->kind = ATTN; dbg->layer = layer; dbg->task = idx;
-            dbg->counter = -1; dbg->value = 0; dbg->target = epoch;  // a q/k/v word, not a counter
-            __threadfence();
-          }
-          break;
-        }
-        __nanosleep(64);
+        if (!thread::spin_on(spins, site, -1, 0, epoch)) break;  // a q/k/v word, not a counter
 #endif
         w[i][k] = thread::ld_flagged(at(i, k));
       }

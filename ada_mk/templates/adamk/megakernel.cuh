@@ -19,7 +19,7 @@ struct Waiter {
 
   // Counters [first, first + count) from `base` each reach per_step * epoch.
   __device__ void on(unsigned* base, int first, int count, int per_step) {
-    if (ok) ok = wait_counters(base, first, count, per_step * c.a.epoch, c.a.debug, kind, layer, idx);
+    if (ok) ok = wait_counters(base, first, count, per_step * c.a.epoch, {c.a.debug, kind, layer, idx});
   }
   // The tiles of stage T (counters at `base`) that cover output rows [lo, hi).
   template <class T>

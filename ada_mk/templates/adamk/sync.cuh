@@ -16,6 +16,12 @@ struct WaitTimeout {
   unsigned value, target;
 };
 
+// Where a task waits, for a debug build's report.
+struct WaitSite {
+  WaitTimeout* dbg;
+  int kind, layer, task;
+};
+
 namespace thread {
 
 __device__ __forceinline__ unsigned ld_acquire(const unsigned* p) {
@@ -62,6 +68,25 @@ __device__ __forceinline__ bool reached(unsigned value, unsigned target) {
   return static_cast<int>(value - target) >= 0;
 }
 
+#ifdef ADAMK_DEBUG
+// A debug build bounds every spin: false once it has spun 2^24 times (recording where, if first:
+// `counter` is the counter's index, -1 for polled q/k/v words) or another block gave up.
+__device__ __forceinline__ bool spin_on(long long& spins, const WaitSite& s, int counter, unsigned value,
+                                        unsigned target) {
+  if (*reinterpret_cast<volatile unsigned*>(&s.dbg->flag)) return false;  // someone else timed out
+  if (++spins > (1ll << 24)) {
+    if (atomicCAS(&s.dbg->flag, 0u, 1u) == 0u) {
+      s.dbg->sm = blockIdx.x; s.dbg->kind = s.kind; s.dbg->layer = s.layer; s.dbg->task = s.task;
+      s.dbg->counter = counter; s.dbg->value = value; s.dbg->target = target;
+      __threadfence();
+    }
+    return false;
+  }
+  __nanosleep(64);
+  return true;
+}
+#endif
+
 }  // namespace thread
 
 namespace block {
@@ -69,25 +94,14 @@ namespace block {
 // Wait until counters[first .. first+count) each reach target. The block's threads share the
 // range; the caller ends the wait with a barrier. Returns false only in a debug build that gave up.
 __device__ __forceinline__ bool wait_counters(const unsigned* counters, int first, int count,
-                                              unsigned target, WaitTimeout* dbg, int kind,
-                                              int layer, int task) {
+                                              unsigned target, const WaitSite& site) {
   for (int i = threadIdx.x; i < count; i += blockDim.x) {
     const unsigned* c = counters + first + i;
 #ifdef ADAMK_DEBUG
     long long spins = 0;
     unsigned v;
-    while (!thread::reached(v = thread::ld_acquire(c), target)) {
-      if (*reinterpret_cast<volatile unsigned*>(&dbg->flag)) return false;  // someone else timed out
-      if (++spins > (1ll << 24)) {
-        if (atomicCAS(&dbg->flag, 0u, 1u) == 0u) {
-          dbg->sm = blockIdx.x; dbg->kind = kind; dbg->layer = layer; dbg->task = task;
-          dbg->counter = first + i; dbg->value = v; dbg->target = target;
-          __threadfence();
-        }
-        return false;
-      }
-      __nanosleep(64);
-    }
+    while (!thread::reached(v = thread::ld_acquire(c), target))
+      if (!thread::spin_on(spins, site, first + i, v, target)) return false;
 #else
     while (!thread::reached(thread::ld_acquire(c), target)) {
     }
