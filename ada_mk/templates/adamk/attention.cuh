@@ -8,7 +8,8 @@
 // O projection multiplies, and only then publishes the group (all its splits' counts at once).
 // With several sequences on Hopper (Cfg::ATTN_BUFS > 0) the split's cached K and V rows come to
 // shared memory by bulk copies issued before the task waits for its inputs, and the tensor cores
-// multiply them (MmaAttention); otherwise every lane loads its rows into registers.
+// multiply them (MmaAttention). With one sequence the lanes load the rows into registers, and for
+// 64-dimension heads the tensor cores multiply them there (MmaAttention again).
 #pragma once
 #include <cute/arch/mma_sm80.hpp>
 #include "adamk/bf16.cuh"
@@ -347,27 +348,56 @@ struct MmaAttention {
     return p == pos ? now : piece + static_cast<size_t>(p - first) * HD;
   }
 
-  // Positions [pb, pb + 16) of a piece, those from q1 on masked out.
-  __device__ void block(int pb, int q1, int pos, const __nv_bfloat16* k, const __nv_bfloat16* v, int first,
-                        const __nv_bfloat16* kn, const __nv_bfloat16* vn) {
-    // The value rows' loads first: they are independent of the scores.
+  // The K and V rows of one block of 16 positions, as this lane reads them: key vectors 4 q + t of
+  // positions 8 nt + g (kr[nt][q]) and value vectors g + 8 h of positions 2t + (r & 1) + 8 (r >> 1)
+  // (vr[r][h]).
+  struct Rows {
+    uint4 kr[2][HD / 32];
     uint4 vr[4][HV];
+  };
+
+  // Load the rows of positions [pb, pb + 16): values from q1 on are zeros; keys from q1 on are
+  // read only where GUARD is false (a piece's buffer holds them; their scores are masked out),
+  // else zeros too (in the cache they may lie past its end).
+  template <bool GUARD>
+  __device__ void load(Rows& x, int pb, int q1, int pos, const __nv_bfloat16* k, const __nv_bfloat16* v, int first,
+                       const __nv_bfloat16* kn, const __nv_bfloat16* vn) const {
 #pragma unroll
     for (int r = 0; r < 4; ++r) {
       const int p = pb + 2 * t + (r & 1) + 8 * (r >> 1);
       const __nv_bfloat16* src = row(v, vn, p, first, pos);
 #pragma unroll
       for (int h = 0; h < HV; ++h)
-        vr[r][h] = p < q1 ? *reinterpret_cast<const uint4*>(src + 8 * (g + 8 * h)) : make_uint4(0u, 0u, 0u, 0u);
+        x.vr[r][h] = p < q1 ? *reinterpret_cast<const uint4*>(src + 8 * (g + 8 * h)) : make_uint4(0u, 0u, 0u, 0u);
     }
+#pragma unroll
+    for (int nt = 0; nt < 2; ++nt) {
+      const int p = pb + 8 * nt + g;
+      const __nv_bfloat16* src = row(k, kn, p, first, pos);
+#pragma unroll
+      for (int q = 0; q < HD / 32; ++q)
+        x.kr[nt][q] = !GUARD || p < q1 ? *reinterpret_cast<const uint4*>(src + 8 * (4 * q + t)) : make_uint4(0u, 0u, 0u, 0u);
+    }
+  }
+
+  // Positions [pb, pb + 16) of a piece, those from q1 on masked out.
+  __device__ void block(int pb, int q1, int pos, const __nv_bfloat16* k, const __nv_bfloat16* v, int first,
+                        const __nv_bfloat16* kn, const __nv_bfloat16* vn) {
+    Rows x;
+    load<false>(x, pb, q1, pos, k, v, first, kn, vn);
+    block(x, pb, q1);
+  }
+
+  // The block of positions [pb, pb + 16) whose rows x holds, those from q1 on masked out.
+  __device__ void block(const Rows& x, int pb, int q1) {
+    const auto& vr = x.vr;
     // S = Q K^T: two n-tiles of 8 positions, each over two accumulators (even and odd k-steps).
     float s[2][2][4] = {};
 #pragma unroll
     for (int nt = 0; nt < 2; ++nt) {
-      const __nv_bfloat16* src = row(k, kn, pb + 8 * nt + g, first, pos);
 #pragma unroll
       for (int q = 0; q < HD / 32; ++q) {
-        const uint4 w = *reinterpret_cast<const uint4*>(src + 8 * (4 * q + t));
+        const uint4 w = x.kr[nt][q];
         float(&a)[4] = s[nt][0];
         float(&b)[4] = s[nt][1];
         Mma::fma(a[0], a[1], a[2], a[3], qa[2 * q][0], 0u, qa[2 * q][1], 0u, w.x, w.y, a[0], a[1], a[2], a[3]);
@@ -442,7 +472,8 @@ struct MmaAttention {
 template <class C>
 __device__ void attention_task(Ctx<C>& c, int layer, int idx) {
   constexpr int HD = C::HD, G = C::G, NS = C::ATTN_SPLITS, DPL = HD / 32, HALF = HD / 2;
-  constexpr bool MMA = C::ATTN_BUFS > 0 && G <= 8 && HD % 64 == 0;  // MmaAttention
+  constexpr bool MMA = C::ATTN_BUFS > 0 && G <= 8 && HD % 64 == 0;   // MmaAttention on pieces
+  constexpr bool MMA1 = C::ATTN_BUFS == 0 && G <= 8 && HD == 64;      // MmaAttention on the cache
   const AttnSplit<C> split(c, layer, idx);
   const int j = split.j, g = split.g, b = split.b, pos = split.pos, p0 = split.p0, p1 = split.p1;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -498,11 +529,12 @@ __device__ void attention_task(Ctx<C>& c, int layer, int idx) {
   c.t_staged = global_ns();
 #endif
 
-  // Four ways through the split's positions (benchmarks/RESULTS.md, sessions 6, 7, 10 and 13):
+  // Five ways through the split's positions (benchmarks/RESULTS.md, sessions 6, 7, 10, 13 and 18):
   // the tensor cores on shared-memory pieces (several sequences, Hopper), the lanes' loop on
-  // pieces (the same, for groups MmaAttention does not take), and two register loops (one
-  // sequence, or no bulk copies). All read every K and V row with 16-byte loads and update the
-  // softmax's running max and sum once per block of positions, not once per position.
+  // pieces (the same, for groups MmaAttention does not take), the tensor cores on rows loaded
+  // straight from the cache (one sequence, 64-dimension heads), and two register loops (the
+  // others). All read every K and V row with 16-byte loads and update the softmax's running max
+  // and sum once per block of positions, not once per position.
   float m[G], l[G];  // per query head, lane loops: the warp's running max, the lane's running sum
   if constexpr (MMA) {
     // Several sequences: the rows from the shared-memory pieces (prefetch_kv), blocks of 16
@@ -525,6 +557,24 @@ __device__ void attention_task(Ctx<C>& c, int layer, int idx) {
         __syncthreads();  // every warp is done with this buffer
         if (threadIdx.x == 0) copy_kv_piece(c, split, i + NB);
       }
+    }
+    ma.finish(wm, wl, wo);
+  } else if constexpr (MMA1) {
+    // One sequence: blocks of 16 positions straight from the cache, block i of the split to warp
+    // i % WARPS; each warp loads its next block's rows before it multiplies this block's, so two
+    // blocks' loads are in flight a warp. Against the lanes' loop below (U = 8) on an H200,
+    // Llama-3.2-1B's step went from 0.820 to 0.797 ms at context 512 and from 0.895 to 0.846 at
+    // 4,096 (session 18). Heads of 128 dimensions stay on their loop: two blocks' rows there
+    // made ptxas spill (Llama-3-8B).
+    using MA = MmaAttention<C>;
+    MA ma(q);
+    typename MA::Rows cur, next;
+    int pb = p0 + 16 * warp;
+    if (pb < p1) ma.template load<true>(cur, pb, p1, pos, kc, vc, 0, kn, vn);
+    for (; pb < p1; pb += 16 * WARPS) {
+      if (pb + 16 * WARPS < p1) ma.template load<true>(next, pb + 16 * WARPS, p1, pos, kc, vc, 0, kn, vn);
+      ma.block(cur, pb, p1);
+      cur = next;
     }
     ma.finish(wm, wl, wo);
   } else if constexpr (C::ATTN_BUFS > 0) {
@@ -629,16 +679,16 @@ __device__ void attention_task(Ctx<C>& c, int layer, int idx) {
 #pragma unroll
       for (int t = 0; t < DPL; ++t) wo[(warp * G + h) * HD + lane * DPL + t] = o[h][t];
   } else {
-    // 64-dimension heads: the rows straight from the cache into registers, U = 8 rows a batch
-    // (64 KB in flight per block) for up to 4 query heads a group, else 2.
+    // 64-dimension heads, groups of more than 8 query heads (MmaAttention's limit): the rows
+    // straight from the cache into registers, 2 rows a batch.
     using LA = LaneAttention<C>;
     LA la(q);
-    la.template attend<LA::QREG ? 8 : 2>(q, p0, p1, pos, kc, vc, 0, kn, vn);
+    la.template attend<2>(q, p0, p1, pos, kc, vc, 0, kn, vn);
     la.finish(wo);
 #pragma unroll
     for (int h = 0; h < G; ++h) { m[h] = la.m[h]; l[h] = la.l[h]; }
   }
-  if constexpr (!MMA)
+  if constexpr (!MMA && !MMA1)
 #pragma unroll
     for (int h = 0; h < G; ++h)
       if (lane == 0) { wm[warp * G + h] = m[h]; wl[warp * G + h] = l[h]; }
