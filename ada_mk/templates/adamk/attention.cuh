@@ -679,11 +679,12 @@ __device__ void attention_task(Ctx<C>& c, int layer, int idx) {
 #pragma unroll
       for (int t = 0; t < DPL; ++t) wo[(warp * G + h) * HD + lane * DPL + t] = o[h][t];
   } else {
-    // 64-dimension heads, groups of more than 8 query heads (MmaAttention's limit): the rows
-    // straight from the cache into registers, 2 rows a batch.
+    // The other head sizes, and 64-dimension heads in groups of more than 8 query heads
+    // (MmaAttention's limit): the rows straight from the cache into registers, U = 8 rows a batch
+    // (64 KB in flight per block) for up to 4 query heads a group, else 2.
     using LA = LaneAttention<C>;
     LA la(q);
-    la.template attend<2>(q, p0, p1, pos, kc, vc, 0, kn, vn);
+    la.template attend<LA::QREG ? 8 : 2>(q, p0, p1, pos, kc, vc, 0, kn, vn);
     la.finish(wo);
 #pragma unroll
     for (int h = 0; h < G; ++h) { m[h] = la.m[h]; l[h] = la.l[h]; }
