@@ -473,7 +473,7 @@ template <class C>
 __device__ void attention_task(Ctx<C>& c, int layer, int idx) {
   constexpr int HD = C::HD, G = C::G, NS = C::ATTN_SPLITS, DPL = HD / 32, HALF = HD / 2;
   constexpr bool MMA = C::ATTN_BUFS > 0 && G <= 8 && HD % 64 == 0;   // MmaAttention on pieces
-  constexpr bool MMA1 = C::ATTN_BUFS == 0 && G <= 8 && HD == 64;      // MmaAttention on the cache
+  constexpr bool MMA1 = C::ATTN_BUFS == 0 && G <= 8 && HD % 64 == 0;  // MmaAttention on the cache
   const AttnSplit<C> split(c, layer, idx);
   const int j = split.j, g = split.g, b = split.b, pos = split.pos, p0 = split.p0, p1 = split.p1;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -529,12 +529,12 @@ __device__ void attention_task(Ctx<C>& c, int layer, int idx) {
   c.t_staged = global_ns();
 #endif
 
-  // Five ways through the split's positions (benchmarks/RESULTS.md, sessions 6, 7, 10, 13 and 18):
+  // Five ways through the split's positions (benchmarks/RESULTS.md, sessions 6, 7, 10, 13, 18, 19):
   // the tensor cores on shared-memory pieces (several sequences, Hopper), the lanes' loop on
   // pieces (the same, for groups MmaAttention does not take), the tensor cores on rows loaded
-  // straight from the cache (one sequence, 64-dimension heads), and two register loops (the
-  // others). All read every K and V row with 16-byte loads and update the softmax's running max
-  // and sum once per block of positions, not once per position.
+  // straight from the cache (one sequence, heads of 64 or 128 dimensions), and two register loops
+  // (the others). All read every K and V row with 16-byte loads and update the softmax's running
+  // max and sum once per block of positions, not once per position.
   float m[G], l[G];  // per query head, lane loops: the warp's running max, the lane's running sum
   if constexpr (MMA) {
     // Several sequences: the rows from the shared-memory pieces (prefetch_kv), blocks of 16
@@ -564,17 +564,26 @@ __device__ void attention_task(Ctx<C>& c, int layer, int idx) {
     // i % WARPS; each warp loads its next block's rows before it multiplies this block's, so two
     // blocks' loads are in flight a warp. Against the lanes' loop below (U = 8) on an H200,
     // Llama-3.2-1B's step went from 0.820 to 0.797 ms at context 512 and from 0.895 to 0.846 at
-    // 4,096 (session 18). Heads of 128 dimensions stay on their loop: two blocks' rows there
-    // made ptxas spill (Llama-3-8B).
+    // 4,096 (session 18). Heads of 128 dimensions load one block's rows at a time: two blocks'
+    // rows there made ptxas spill (Llama-3-8B); against the lanes' loop, Llama-3-8B went from
+    // 3.931 to 3.903 ms at context 512 and from 4.221 to 4.071 at 4,096 (H200, session 19).
     using MA = MmaAttention<C>;
     MA ma(q);
-    typename MA::Rows cur, next;
-    int pb = p0 + 16 * warp;
-    if (pb < p1) ma.template load<true>(cur, pb, p1, pos, kc, vc, 0, kn, vn);
-    for (; pb < p1; pb += 16 * WARPS) {
-      if (pb + 16 * WARPS < p1) ma.template load<true>(next, pb + 16 * WARPS, p1, pos, kc, vc, 0, kn, vn);
-      ma.block(cur, pb, p1);
-      cur = next;
+    if constexpr (HD == 64) {
+      typename MA::Rows cur, next;
+      int pb = p0 + 16 * warp;
+      if (pb < p1) ma.template load<true>(cur, pb, p1, pos, kc, vc, 0, kn, vn);
+      for (; pb < p1; pb += 16 * WARPS) {
+        if (pb + 16 * WARPS < p1) ma.template load<true>(next, pb + 16 * WARPS, p1, pos, kc, vc, 0, kn, vn);
+        ma.block(cur, pb, p1);
+        cur = next;
+      }
+    } else {  // 128 dimensions: one block's rows at a time (two spilled)
+      for (int pb = p0 + 16 * warp; pb < p1; pb += 16 * WARPS) {
+        typename MA::Rows x;
+        ma.template load<true>(x, pb, p1, pos, kc, vc, 0, kn, vn);
+        ma.block(x, pb, p1);
+      }
     }
     ma.finish(wm, wl, wo);
   } else if constexpr (C::ATTN_BUFS > 0) {
