@@ -251,7 +251,7 @@ class Plan:
         may run behind it: true when every SM's list follows the stage order (only attention
         tasks of its layer and later stages can follow a combiner) and no combiner of a layer
         precedes one of that layer's other attention tasks. The search's schedules qualify."""
-        if not self.in_stage_order:
+        if not self.batched or not self.in_stage_order:  # one sequence: slower (RESULTS.md, session 18)
             return False
         last = self.attn_splits - 1
         for runs in self.schedule:
