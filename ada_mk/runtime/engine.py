@@ -231,8 +231,9 @@ class MegaKernelEngine:
         _check(drv.cuMemcpyDtoH(ctypes.addressof(rec), self.buffers["debug"], ctypes.sizeof(rec)))
         if rec.flag:
             kind = KIND_NAMES[rec.kind] if 0 <= rec.kind < len(KIND_NAMES) else rec.kind
+            polled = "q/k/v words" if rec.counter == -1 else "attention splits' partials"  # adamk/sync.cuh
             what = (f"counter {rec.counter} (value {rec.value}, target {rec.target})" if rec.counter >= 0
-                    else f"its q/k/v words of step {rec.target}")
+                    else f"its {polled} of step {rec.target}")
             raise KernelError(f"dependency wait timed out: SM {rec.sm}, task {kind} layer {rec.layer} index "
                               f"{rec.task} waited on {what}")
 

@@ -157,8 +157,11 @@ def make_layout(plan: Plan) -> Layout:
     # q/k/v partial sums, each with the step's epoch in the same 8-byte word: the attention tasks
     # poll the values themselves (adamk/attention.cuh, qkv_values), no counter in between.
     s.add("qkv_part", (t["qkv"].ksplit, B, nqkv, 2))
-    s.add("attn_o", (B, m.num_attention_heads, plan.attn_splits, m.head_dim))
-    s.add("attn_ml", (B, m.num_attention_heads, plan.attn_splits, 2))
+    # Flash-decoding's split partials; as 8-byte words {value, step} where the combiner polls them
+    # (Plan.attn_polled).
+    words = (2,) if plan.attn_polled else ()
+    s.add("attn_o", (B, m.num_attention_heads, plan.attn_splits, m.head_dim) + words)
+    s.add("attn_ml", (B, m.num_attention_heads, plan.attn_splits, 2) + words)
     s.add("attn_out", (B, m.q_size // 2))  # the combined attention output, bf16 pairs
     if t["gate_up"].ksplit > 1:  # float partials, rows interleaved as the weights
         s.add("gate_up_part", (t["gate_up"].ksplit, B, 2 * I))
@@ -175,7 +178,8 @@ def make_layout(plan: Plan) -> Layout:
     g.add("lm_head", (lm_tiles,))
     c = _Builder(4)
     c.add("attn", (B * m.num_key_value_heads,))
-    c.add("attn_arrive", (B * m.num_key_value_heads,))  # splits finished, to elect the combiner
+    if not plan.attn_polled:
+        c.add("attn_arrive", (B * m.num_key_value_heads,))  # splits finished, to elect the combiner
     c.add("o", (t["o"].tiles,))
     c.add("gate_up", (t["gate_up"].tiles,))
     c.add("down", (t["down"].tiles,))

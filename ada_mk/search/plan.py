@@ -231,6 +231,42 @@ class Plan:
         return 0, 0
 
     @property
+    def in_stage_order(self) -> bool:
+        """Whether every SM's runs follow the step's stage order: layer by layer, QKV to down,
+        then the LM head and argmax."""
+        L = self.model.num_hidden_layers
+        for runs in self.schedule:
+            at = [(L if r.kind in ("lm_head", "argmax") else r.layer, KIND_IDS[r.kind]) for r in runs]
+            if any(a > b for a, b in zip(at, at[1:])):
+                return False
+        return True
+
+    @property
+    def attn_polled(self) -> bool:
+        """Whether the last split of each attention group (split attn_splits - 1) combines the
+        group's partials by polling them: each split stores its partial as 8-byte words {value,
+        step} and nothing counts the splits (adamk/attention.cuh, combine_splits). Otherwise the
+        last split to finish, elected by an atomic count, combines them. A combiner holds its SM
+        until its group's other splits are done, so none of those, nor any task they wait for,
+        may run behind it: true when every SM's list follows the stage order (only attention
+        tasks of its layer and later stages can follow a combiner) and no combiner of a layer
+        precedes one of that layer's other attention tasks. The search's schedules qualify."""
+        if not self.batched or not self.in_stage_order:  # one sequence: slower (RESULTS.md, session 18)
+            return False
+        last = self.attn_splits - 1
+        for runs in self.schedule:
+            combined: set[int] = set()  # layers whose combiner this SM has run
+            for run in runs:
+                if run.kind != "attn":
+                    continue
+                for t in run.tasks():
+                    if t.index % self.attn_splits == last:
+                        combined.add(t.layer)
+                    elif t.layer in combined:
+                        return False
+        return True
+
+    @property
     def barrier_bytes(self) -> int:
         """mbarriers: the staged activations' bulk copies, one per ring slot (bulk_ring) and one
         per K/V buffer of batched attention (kv_pieces)."""

@@ -20,47 +20,25 @@ namespace adamk::block {
 
 // q/k/v values of columns cols[i] (where live[i]) for sequence b: the sums of the QKV stage's
 // K-split partials, rounded to bf16 as the reference's projection output is. Each partial comes
-// with its step's epoch in one 8-byte word (thread::st_flagged): every load goes out before any is
-// checked, then each word not yet of this step is loaded again until it is, so the data is its own
-// dependency (no counter, no release fence at the producer) and a ready set costs one L2 round
-// trip. A debug build gives up as a counter wait does (block::wait_counters), with the values as
-// they are.
+// with its step's epoch in one 8-byte word (thread::st_flagged), which the task polls
+// (thread::poll_flagged).
 template <class C, int N>
 __device__ void qkv_values(const Ctx<C>& c, int layer, int idx, int b, const int (&cols)[N], const bool (&live)[N],
                            float (&out)[N]) {
   constexpr int KS = C::Qkv::KSPLIT;
   const unsigned long long* part =
       reinterpret_cast<const unsigned long long*>(c.scratch(C::S::QKV_PART, layer)) + b * C::NQKV;
-  const auto at = [&](int i, int k) { return part + k * C::B * C::NQKV + cols[i]; };
-  unsigned long long w[N][KS];
+  bool on[N * KS];
 #pragma unroll
-  for (int i = 0; i < N; ++i)
-#pragma unroll
-    for (int k = 0; k < KS; ++k) w[i][k] = live[i] ? thread::ld_flagged(at(i, k)) : 0ull;
-#ifndef ADAMK_ABLATE_WAITS
-  const unsigned epoch = c.a.epoch;
-#pragma unroll
-  for (int i = 0; i < N; ++i)
-#pragma unroll
-    for (int k = 0; k < KS; ++k) {
-      if (!live[i]) continue;
-#ifdef ADAMK_DEBUG
-      long long spins = 0;
-      const WaitSite site{c.a.debug, ATTN, layer, idx};
-#endif
-      while (!thread::flagged(w[i][k], epoch)) {  // not yet of this step: load it again
-#ifdef ADAMK_DEBUG
-        if (!thread::spin_on(spins, site, -1, 0, epoch)) break;  // a q/k/v word, not a counter
-#endif
-        w[i][k] = thread::ld_flagged(at(i, k));
-      }
-    }
-#endif
+  for (int i = 0; i < N * KS; ++i) on[i] = live[i / KS];
+  float v[N * KS];
+  thread::poll_flagged<N * KS>([&](int i) { return part + i % KS * C::B * C::NQKV + cols[i / KS]; }, on, c.a.epoch,
+                               v, WaitSite{c.a.debug, ATTN, layer, idx}, -1);
 #pragma unroll
   for (int i = 0; i < N; ++i) {
     float s = 0.f;
 #pragma unroll
-    for (int k = 0; k < KS; ++k) s += __uint_as_float(static_cast<unsigned>(w[i][k]));
+    for (int k = 0; k < KS; ++k) s += v[i * KS + k];
     out[i] = thread::bf16_round(s);
   }
 }
@@ -68,32 +46,76 @@ __device__ void qkv_values(const Ctx<C>& c, int layer, int idx, int b, const int
 // Flash-decoding's reduction for sequence b and the G query heads of K/V head g: out =
 // sum_j o_j e^(m_j - M) / sum_j l_j e^(m_j - M) over the splits j, rounded to bf16 (the
 // reference's attention output is a bf16 tensor). Every load is issued before any is used.
+// Where the partials are polled (Cfg::ATTN_POLLED) they are 8-byte words {value, step}: the
+// threads poll every split's (m, l) into ml ([G][NS][2], shared memory) and their own
+// dimensions' outputs at once, then meet at a barrier.
 template <class C>
-__device__ void combine_splits(Ctx<C>& c, int layer, int b, int g) {
+__device__ void combine_splits(Ctx<C>& c, int layer, int idx, int b, int g, float* ml_s) {
   constexpr int NS = C::ATTN_SPLITS, HD = C::HD, G = C::G;
-  const float* o = c.scratch(C::S::ATTN_O, layer);
-  const float* ml = c.scratch(C::S::ATTN_ML, layer);
   __nv_bfloat16* out = reinterpret_cast<__nv_bfloat16*>(c.scratch_w(C::S::ATTN_OUT, layer)) + b * C::Q + g * G * HD;
-  for (int e = 2 * threadIdx.x; e < G * HD; e += 2 * C::THREADS) {  // two dimensions per thread
-    const size_t slot = (static_cast<size_t>(b) * C::NH + g * G + e / HD) * NS;
-    float2 part[NS], mj[NS];
+  const size_t first = (static_cast<size_t>(b) * C::NH + g * G) * NS;  // split 0 of query head g * G
+  if constexpr (C::ATTN_POLLED) {
+    constexpr int E = G * HD, EPT = (E + C::THREADS - 1) / C::THREADS;  // output elements, a thread's
+    constexpr int ML = G * NS * 2, MPT = (ML + C::THREADS - 1) / C::THREADS;  // (m, l) words, a thread's
+    const auto* o = reinterpret_cast<const unsigned long long*>(c.scratch(C::S::ATTN_O, layer)) + first * HD;
+    const auto* ml = reinterpret_cast<const unsigned long long*>(c.scratch(C::S::ATTN_ML, layer)) + first * 2;
+    // Word i < EPT * NS: split i % NS of element threadIdx.x + (i / NS) * THREADS; then (m, l) words.
+    const auto at = [&](int i) {
+      if (i < EPT * NS) {
+        const int e = threadIdx.x + i / NS * C::THREADS;
+        return o + (e / HD * NS + i % NS) * HD + e % HD;
+      }
+      return ml + threadIdx.x + (i - EPT * NS) * C::THREADS;
+    };
+    bool live[EPT * NS + MPT];
+    float v[EPT * NS + MPT];
 #pragma unroll
-    for (int j = 0; j < NS; ++j) {
-      part[j] = __ldcg(reinterpret_cast<const float2*>(o + (slot + j) * HD + e % HD));
-      mj[j] = __ldcg(reinterpret_cast<const float2*>(ml + (slot + j) * 2));
+    for (int i = 0; i < EPT * NS; ++i) live[i] = threadIdx.x + i / NS * C::THREADS < E;
+#pragma unroll
+    for (int i = 0; i < MPT; ++i) live[EPT * NS + i] = threadIdx.x + i * C::THREADS < ML;
+    thread::poll_flagged<EPT * NS + MPT>(at, live, c.a.epoch, v, WaitSite{c.a.debug, ATTN, layer, idx}, -2);
+#pragma unroll
+    for (int i = 0; i < MPT; ++i)
+      if (live[EPT * NS + i]) ml_s[threadIdx.x + i * C::THREADS] = v[EPT * NS + i];
+    __syncthreads();
+#pragma unroll
+    for (int it = 0; it < EPT; ++it) {
+      const int e = threadIdx.x + it * C::THREADS;
+      if (e >= E) break;
+      const float* mh = ml_s + e / HD * NS * 2;  // head e / HD: (m, l) of each split
+      float M = -INFINITY, den = 0.f, x = 0.f;
+#pragma unroll
+      for (int j = 0; j < NS; ++j) M = fmaxf(M, mh[2 * j]);  // split 0 is never empty: M is finite
+#pragma unroll
+      for (int j = 0; j < NS; ++j) den += mh[2 * j + 1] * __expf(mh[2 * j] - M);
+#pragma unroll
+      for (int j = 0; j < NS; ++j) x += __expf(mh[2 * j] - M) / den * v[it * NS + j];
+      out[e] = __float2bfloat16_rn(x);
     }
-    float M = -INFINITY, den = 0.f, x = 0.f, y = 0.f;
+  } else {
+    const float* o = c.scratch(C::S::ATTN_O, layer);
+    const float* ml = c.scratch(C::S::ATTN_ML, layer);
+    for (int e = 2 * threadIdx.x; e < G * HD; e += 2 * C::THREADS) {  // two dimensions per thread
+      const size_t slot = first + e / HD * NS;
+      float2 part[NS], mj[NS];
 #pragma unroll
-    for (int j = 0; j < NS; ++j) M = fmaxf(M, mj[j].x);  // split 0 is never empty: M is finite
+      for (int j = 0; j < NS; ++j) {
+        part[j] = __ldcg(reinterpret_cast<const float2*>(o + (slot + j) * HD + e % HD));
+        mj[j] = __ldcg(reinterpret_cast<const float2*>(ml + (slot + j) * 2));
+      }
+      float M = -INFINITY, den = 0.f, x = 0.f, y = 0.f;
 #pragma unroll
-    for (int j = 0; j < NS; ++j) den += mj[j].y * __expf(mj[j].x - M);
+      for (int j = 0; j < NS; ++j) M = fmaxf(M, mj[j].x);  // split 0 is never empty: M is finite
 #pragma unroll
-    for (int j = 0; j < NS; ++j) {
-      const float w = __expf(mj[j].x - M) / den;
-      x += w * part[j].x;
-      y += w * part[j].y;
+      for (int j = 0; j < NS; ++j) den += mj[j].y * __expf(mj[j].x - M);
+#pragma unroll
+      for (int j = 0; j < NS; ++j) {
+        const float w = __expf(mj[j].x - M) / den;
+        x += w * part[j].x;
+        y += w * part[j].y;
+      }
+      *reinterpret_cast<__nv_bfloat162*>(out + e) = __floats2bfloat162_rn(x, y);
     }
-    *reinterpret_cast<__nv_bfloat162*>(out + e) = __floats2bfloat162_rn(x, y);
   }
 }
 
@@ -720,8 +742,17 @@ __device__ void attention_task(Ctx<C>& c, int layer, int idx) {
       }
     }
     const size_t slot = (static_cast<size_t>(b) * C::NH + qh) * NS + j;
-    out_o[slot * HD + d] = acc;
-    if (d == 0) { out_ml[slot * 2] = M; out_ml[slot * 2 + 1] = sum; }
+    if constexpr (C::ATTN_POLLED) {  // words {value, step}: the combiner polls them
+      auto* words = reinterpret_cast<unsigned long long*>(out_o);
+      thread::st_flagged(words + slot * HD + d, acc, c.a.epoch);
+      if (d == 0) {
+        thread::st_flagged(reinterpret_cast<unsigned long long*>(out_ml) + slot * 2, M, c.a.epoch);
+        thread::st_flagged(reinterpret_cast<unsigned long long*>(out_ml) + slot * 2 + 1, sum, c.a.epoch);
+      }
+    } else {
+      out_o[slot * HD + d] = acc;
+      if (d == 0) { out_ml[slot * 2] = M; out_ml[slot * 2 + 1] = sum; }
+    }
   }
   // Append the new key and value: the split holding position pos owns that cache slot.
   if (p0 <= pos && pos < p1) {
@@ -731,9 +762,15 @@ __device__ void attention_task(Ctx<C>& c, int layer, int idx) {
     }
   }
   __syncthreads();
+  // The group's combiner: its last split (Plan.attn_polled: it runs behind the group's other
+  // splits), which polls their partials; else the last split to finish. It publishes the group
+  // for all its splits. wo is free again: it holds the splits' (m, l) while they are combined.
   const int group = b * C::NKV + g;
-  if (arrive_last(c.counter(C::K::ATTN_ARRIVE, layer) + group, NS, c.a.epoch)) {
-    combine_splits<C>(c, layer, b, g);
+  bool combiner;
+  if constexpr (C::ATTN_POLLED) combiner = j == NS - 1;
+  else combiner = arrive_last(c.counter(C::K::ATTN_ARRIVE, layer) + group, NS, c.a.epoch);
+  if (combiner) {
+    combine_splits<C>(c, layer, idx, b, g, wo);
     __syncthreads();
     signal(c.counter(C::K::ATTN, layer) + group, NS);
   }

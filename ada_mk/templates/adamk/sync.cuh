@@ -87,6 +87,37 @@ __device__ __forceinline__ bool spin_on(long long& spins, const WaitSite& s, int
 }
 #endif
 
+// Wait until the words at(i) (where live[i], i < N) carry `epoch`, and return their values (0
+// where not live). Every load goes out before any is checked, then each word not yet of this step
+// is loaded again until it is: the data is its own dependency (no counter, no release fence at
+// the producer) and a ready set costs one L2 round trip. A debug build gives up as a counter wait
+// does (spin_on; `what` stands for the counter: -1 q/k/v words, -2 attention partials), with the
+// values as they are.
+template <int N, class At>
+__device__ __forceinline__ void poll_flagged(At at, const bool (&live)[N], unsigned epoch, float (&out)[N],
+                                             const WaitSite& site, int what) {
+  unsigned long long w[N];
+#pragma unroll
+  for (int i = 0; i < N; ++i) w[i] = live[i] ? ld_flagged(at(i)) : 0ull;
+#ifndef ADAMK_ABLATE_WAITS
+#pragma unroll
+  for (int i = 0; i < N; ++i) {
+    if (!live[i]) continue;
+#ifdef ADAMK_DEBUG
+    long long spins = 0;
+#endif
+    while (!flagged(w[i], epoch)) {  // not yet of this step: load it again
+#ifdef ADAMK_DEBUG
+      if (!spin_on(spins, site, what, 0, epoch)) break;
+#endif
+      w[i] = ld_flagged(at(i));
+    }
+  }
+#endif
+#pragma unroll
+  for (int i = 0; i < N; ++i) out[i] = __uint_as_float(static_cast<unsigned>(w[i]));
+}
+
 }  // namespace thread
 
 namespace block {

@@ -47,6 +47,7 @@ struct Cfg {
   // One sequence: each row of a chunk is reduced by its own warps.
   static constexpr bool BATCHED = false;
   static constexpr int ATTN_SPLITS = 16;  // sequence splits per (sequence, K/V head)
+  static constexpr bool ATTN_POLLED = false;  // the last split to finish combines the partials
   static constexpr int ATTN_PIECE = 0, ATTN_BUFS = 0;  // attention loads K/V rows into registers
   static constexpr int MAX_TASKS = 480;  // the longest task list of any SM
 

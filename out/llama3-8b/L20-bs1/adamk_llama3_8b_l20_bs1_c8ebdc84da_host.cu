@@ -424,11 +424,12 @@ int adamk_decode(adamk_session* s, const int32_t* tokens, const int32_t* positio
     const adamk::WaitTimeout& t = h->debug;
     s->stalled = true;
     const char* kind = t.kind >= 0 && t.kind < 7 ? kKindNames[t.kind] : "?";
-    if (t.counter < 0)  // q/k/v words polled by attention, not a counter (adamk/attention.cuh, qkv_values)
+    if (t.counter < 0)  // words polled by attention, not a counter (adamk/sync.cuh, poll_flagged)
       return fail(ADAMK_ERR_TIMEOUT,
                   "decode step %u: a dependency wait timed out on SM %d, in task %s (kind %d) layer %d index %d: "
-                  "its q/k/v words of step %u never came; the step's results are invalid, call adamk_reset",
-                  a.epoch, t.sm, kind, t.kind, t.layer, t.task, t.target);
+                  "its %s of step %u never came; the step's results are invalid, call adamk_reset",
+                  a.epoch, t.sm, kind, t.kind, t.layer, t.task,
+                  t.counter == -1 ? "q/k/v words" : "attention splits' partials", t.target);
     return fail(ADAMK_ERR_TIMEOUT,
                 "decode step %u: a dependency wait timed out on SM %d, in task %s (kind %d) layer %d index %d: "
                 "counter %d holds %u, waited for %u; the step's results are invalid, call adamk_reset",
