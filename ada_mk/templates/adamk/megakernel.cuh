@@ -17,10 +17,9 @@ struct Waiter {
   int kind, layer, idx;
   bool ok = true;
 
-  // Counters [first, first + count) from `base`, and of `rows` - 1 more rows `stride` apart, each
-  // reach per_step * epoch.
-  __device__ void on(unsigned* base, int first, int count, int per_step, int rows = 1, int stride = 0) {
-    if (ok) ok = wait_counters(base, first, count, per_step * c.a.epoch, {c.a.debug, kind, layer, idx}, rows, stride);
+  // Counters [first, first + count) from `base` each reach per_step * epoch.
+  __device__ void on(unsigned* base, int first, int count, int per_step) {
+    if (ok) ok = wait_counters(base, first, count, per_step * c.a.epoch, {c.a.debug, kind, layer, idx});
   }
   // The tiles of stage T (counters at `base`) that cover output rows [lo, hi).
   template <class T>
@@ -67,11 +66,13 @@ __device__ bool wait_inputs(Ctx<C>& c, int kind, int layer, int idx) {
       using T = typename C::O;
       const int lo = (idx % T::KSPLIT) * T::KC, hi = lo + T::KC;
       const int g0 = lo / (C::HD * C::G), g1 = (hi - 1) / (C::HD * C::G);
-      // The groups' counters of every sequence in one round of polls (wait_counters): a wait per
-      // sequence took a loaded L2 round trip each, one after another. At batch 8 on an H200, O
-      // tasks saw their inputs 2-9 us after the last attention task ended; one round made the
-      // step 6% faster for Llama-3.2-1B and 2.3% for Llama-3-8B (session 19).
-      w.on(c.counter(K::ATTN, layer), g0, g1 - g0 + 1, C::ATTN_SPLITS, C::B, C::NKV);
+      // Every group of every sequence (an unsplit O): the counters lie back to back, so one round
+      // of polls. A wait per sequence took a loaded L2 round trip each, one after another: at
+      // batch 8 on an H200, O tasks saw their inputs 2-9 us after the last attention task ended;
+      // one round made the step 6% faster for Llama-3.2-1B and 2.3% for Llama-3-8B (session 19).
+      if (g1 - g0 + 1 == C::NKV) w.on(c.counter(K::ATTN, layer), 0, C::B * C::NKV, C::ATTN_SPLITS);
+      else
+        for (int b = 0; b < C::B; ++b) w.on(c.counter(K::ATTN, layer), b * C::NKV + g0, g1 - g0 + 1, C::ATTN_SPLITS);
       break;
     }
     case GATE_UP:

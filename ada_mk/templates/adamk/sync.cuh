@@ -122,35 +122,21 @@ __device__ __forceinline__ void poll_flagged(At at, const bool (&live)[N], unsig
 
 namespace block {
 
-// Wait until counters[first + r * stride + i], r < rows, i < count, each reach target. The block's
-// threads share them; the caller ends the wait with a barrier. A thread's loads (up to AHEAD
-// counters: the argmax waits for every LM head tile) are all issued before it checks any, so a
-// wait whose counts are there already takes one loaded L2 round trip, not one per counter.
-// Returns false only in a debug build that gave up.
-__device__ __forceinline__ bool wait_counters(const unsigned* counters, int first, int count, unsigned target,
-                                              const WaitSite& site, int rows = 1, int stride = 0) {
-  constexpr int AHEAD = 4;
-  const int n = rows * count;
-  const auto at = [&](int i) { return first + i / count * stride + i % count; };
-  for (int i0 = threadIdx.x; i0 < n; i0 += AHEAD * blockDim.x) {
-    unsigned v[AHEAD];
-#pragma unroll
-    for (int k = 0; k < AHEAD; ++k)
-      if (i0 + k * blockDim.x < n) v[k] = thread::ld_acquire(counters + at(i0 + k * blockDim.x));
-#pragma unroll
-    for (int k = 0; k < AHEAD; ++k) {
-      const int i = i0 + k * blockDim.x;
-      if (i >= n) break;
+// Wait until counters[first .. first+count) each reach target. The block's threads share the
+// range; the caller ends the wait with a barrier. Returns false only in a debug build that gave up.
+__device__ __forceinline__ bool wait_counters(const unsigned* counters, int first, int count,
+                                              unsigned target, const WaitSite& site) {
+  for (int i = threadIdx.x; i < count; i += blockDim.x) {
+    const unsigned* c = counters + first + i;
 #ifdef ADAMK_DEBUG
-      long long spins = 0;
-      while (!thread::reached(v[k], target)) {
-        if (!thread::spin_on(spins, site, at(i), v[k], target)) return false;
-        v[k] = thread::ld_acquire(counters + at(i));
-      }
+    long long spins = 0;
+    unsigned v;
+    while (!thread::reached(v = thread::ld_acquire(c), target))
+      if (!thread::spin_on(spins, site, first + i, v, target)) return false;
 #else
-      while (!thread::reached(v[k], target)) v[k] = thread::ld_acquire(counters + at(i));
-#endif
+    while (!thread::reached(thread::ld_acquire(c), target)) {
     }
+#endif
   }
   return true;
 }
