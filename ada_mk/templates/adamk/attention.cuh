@@ -765,6 +765,10 @@ __device__ void attention_task(Ctx<C>& c, int layer, int idx) {
   // The group's combiner: its last split (Plan.attn_polled: it runs behind the group's other
   // splits), which polls their partials; else the last split to finish. It publishes the group
   // for all its splits. wo is free again: it holds the splits' (m, l) while they are combined.
+  // (Leaving the partials to the O tasks, each split counting itself and every O task combining
+  // all heads while it stages, was slower at batch 1 on an H200: Llama-3.2-1B 0.840 -> 0.881
+  // ms/token at context 4,096, Llama-3-8B 4.066 -> 4.189; every O task then reads all the
+  // partials, 128 KB, from L2. Branch exp/o-combines; benchmarks/RESULTS.md, session 21.)
   const int group = b * C::NKV + g;
   bool combiner;
   if constexpr (C::ATTN_POLLED) combiner = j == NS - 1;

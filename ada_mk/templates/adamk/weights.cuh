@@ -12,7 +12,11 @@
 // on a counter, on an H100: 1.28 -> 1.30 / 1.36 / 1.42 ms, 8B 6.08 -> 6.19 / 6.25 / 6.36 ms, and
 // of the 4 or 8 chunks after the ring at the start of each attention task, where the memory
 // would idle: 1B 1.089 -> 1.100, 8B 5.556 -> 5.639 / 5.665, 8B batch 8 7.85 -> 8.00 / 8.06
-// (benchmarks/RESULTS.md, session 8).)
+// (benchmarks/RESULTS.md, session 8).) Holding back the refills a QKV task frees until the next
+// attention task is done, so that the attention's K/V loads would not queue behind them, was slower
+// too, on an H200: Llama-3.2-1B 0.845 -> 0.880 ms/token at context 4,096 and 0.793 -> 0.818 at
+// 512, batch 8 0.934 -> 0.975 (session 21). The attention tasks were no shorter in the profile, and
+// the ring started gate/up emptier.
 #pragma once
 #include "adamk/copy.cuh"
 #include "adamk/tasks.cuh"
