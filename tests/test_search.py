@@ -266,11 +266,12 @@ def test_bulk_ring_barriers_are_laid_out():
         assert lay["SMEM_TOTAL"] == plan.smem_bytes <= d.gpu.smem_per_block
 
 
-@pytest.mark.parametrize("name", ["llama3.2-1b", "llama3-8b"])
+@pytest.mark.parametrize("name", ["llama3-8b", "qwen2.5-7b"])
 def test_batched_attention_copies_kv_pieces_into_x_and_red(name):
-    """Batched plans on Hopper give attention K/V buffers (adamk/attention.cuh): at least two
-    pieces, which fit in the x and red regions they borrow, one mbarrier each, rendered into the
-    kernel's Cfg; one sequence, or a GPU without the bulk-copy unit, loads K/V into registers."""
+    """Batched plans on Hopper whose K/V rows do not come through the ring (128-dimension heads,
+    Plan.kv_ring) give attention K/V buffers (adamk/attention.cuh): at least two pieces, which fit
+    in the x and red regions they borrow, one mbarrier each, rendered into the kernel's Cfg; one
+    sequence, or a GPU without the bulk-copy unit, has none."""
     from ada_mk.codegen.render import render
 
     plan = searched(name, "H100", 8)
@@ -286,6 +287,33 @@ def test_batched_attention_copies_kv_pieces_into_x_and_red(name):
         other = searched(name, gpu, batch)
         assert other.kv_pieces == (0, 0), (gpu, batch)
         assert "ATTN_PIECE = 0, ATTN_BUFS = 0;" in render(other).files[f"{other.kernel_name}.cu"]
+
+
+@pytest.mark.parametrize("name,gpu,batch,expected", [
+    ("llama3.2-1b", "H100", 1, True), ("llama3.2-1b", "H200", 8, True), ("smollm2-135m", "H100", 1, True),
+    ("qwen2.5-0.5b", "H100", 4, True), ("llama3-8b", "H200", 1, True), ("llama3-8b", "H100", 8, False),
+    ("qwen2.5-7b", "H100", 8, False), ("llama3.2-1b", "L20", 1, False), ("llama3.2-1b", "A100", 8, False)])
+def test_kv_rows_through_the_ring(name, gpu, batch, expected):
+    """On Hopper, for heads MmaAttention takes, attention's K/V rows come through the weight ring
+    (Plan.kv_ring): whole 16-position blocks, a warp each, K and V rows in one slot, enough slots
+    for the longest split the cache allows; not with several sequences and 128-dimension heads
+    (slower, benchmarks/RESULTS.md session 21), nor without the bulk-copy unit. The plan's choice
+    is what the kernel's Cfg says, and such a plan has no batched K/V buffers of its own."""
+    from ada_mk.codegen.render import render
+
+    plan = searched(name, gpu, batch)
+    assert plan.kv_ring == expected
+    source = render(plan).files[f"{plan.kernel_name}.cu"]
+    if not expected:
+        assert "static constexpr bool KV_RING = false;" in source
+        return
+    p, hd = plan.kv_ring_positions, plan.model.head_dim
+    assert p % 16 == 0 and 16 <= p <= 128 and 4 * p * hd <= plan.stage_bytes
+    longest = -(-plan.deploy.max_context // plan.attn_splits)  # positions of the longest split
+    assert (plan.kv_ring_slots - 1) * p < longest <= plan.kv_ring_slots * p
+    assert plan.kv_pieces == (0, 0)
+    assert "static constexpr bool KV_RING = true;" in source
+    assert f"KV_PIECE = {p}, KV_SLOTS = {plan.kv_ring_slots};" in source
 
 
 @pytest.mark.parametrize("name", ["llama3.2-1b", "llama3-8b", "qwen2.5-7b"])

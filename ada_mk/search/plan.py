@@ -220,8 +220,9 @@ class Plan:
         split's K and V rows into shared memory by bulk copies, a piece (K rows, then V rows) per
         buffer, into the regions of the staged activations and the reductions, which attention
         does not use; all buffers are in flight before the first piece is used (adamk/attention.cuh).
-        (0, 0): the K/V rows are loaded into registers (one sequence, or no bulk-copy unit)."""
-        if not (self.deploy.gpu.tma and self.batched):
+        (0, 0): the K/V rows come through the weight ring (kv_ring), or are loaded into registers
+        (one sequence, or no bulk-copy unit)."""
+        if not (self.deploy.gpu.tma and self.batched) or self.kv_ring:
             return 0, 0
         region = align16(self.x_bytes) + align16(self.red_bytes)  # SMEM_X .. SMEM_ATTN
         for positions in KV_PIECE_POSITIONS:
@@ -229,6 +230,37 @@ class Plan:
             if buffers >= 2:
                 return positions, min(buffers, KV_PIECE_BUFFERS)
         return 0, 0
+
+    @property
+    def kv_ring_positions(self) -> int:
+        """Positions of the K/V rows one ring slot holds where they come through the weight ring
+        (kv_ring): the K rows, then the V rows, in whole blocks of 16 positions, a block per warp."""
+        fit = self.stage_bytes // (4 * self.model.head_dim) // 16 * 16
+        return min(fit, 16 * WARPS)
+
+    @property
+    def kv_ring_slots(self) -> int:
+        """Ring slots an attention task takes (kv_ring): enough for the longest split the cache
+        allows; slots past the split's last position arrive empty."""
+        per = -(-self.deploy.max_context // self.attn_splits)
+        return -(-per // self.kv_ring_positions)
+
+    @property
+    def kv_ring(self) -> bool:
+        """Whether attention's cached K/V rows come through the weight ring (adamk/weights.cuh):
+        the ring streams an attention task's rows as it streams a linear task's weight chunks, tasks
+        ahead, instead of the task loading them on the QKV-attention-O chain, and the tensor cores
+        multiply them in the slot (adamk/attention.cuh). Bulk copies only (Hopper), heads of 64 or
+        128 dimensions with groups of up to 8 query heads (MmaAttention). With several sequences
+        and 128-dimension heads a slot holds only 64 positions and Llama-3-8B at batch 8 went from
+        4.866 to 4.965 ms/token (H200), so those keep their own copies (kv_pieces); elsewhere it
+        was faster: Llama-3.2-1B 0.845 -> 0.838 ms at context 4,096, 0.793 -> 0.788 at 512, 0.940
+        -> 0.933 at batch 8; Llama-3-8B 4.116 -> 4.083 at context 4,096 (benchmarks/RESULTS.md,
+        session 21)."""
+        m = self.model
+        if not self.bulk_ring or m.head_dim % 64 or m.group_size > 8:
+            return False
+        return (self.batch == 1 or m.head_dim == 64) and self.kv_ring_positions >= 16
 
     @property
     def in_stage_order(self) -> bool:

@@ -6,10 +6,12 @@
 // falls in its split, and writes an unnormalised partial result with its running max and sum.
 // The last of a group's splits to finish combines them into the bf16 attention output that the
 // O projection multiplies, and only then publishes the group (all its splits' counts at once).
-// With several sequences on Hopper (Cfg::ATTN_BUFS > 0) the split's cached K and V rows come to
-// shared memory by bulk copies issued before the task waits for its inputs, and the tensor cores
-// multiply them (MmaAttention). With one sequence the lanes load the rows into registers, and for
-// 64-dimension heads the tensor cores multiply them there (MmaAttention again).
+// On Hopper, for heads MmaAttention takes (Cfg::KV_RING: one sequence, or 64-dimension heads),
+// the split's cached K and V rows come through the weight ring, which fetched them tasks ahead,
+// and the tensor cores multiply them in the ring's slots (MmaAttention). With several sequences
+// otherwise on Hopper (Cfg::ATTN_BUFS > 0) the task copies its rows to shared memory by bulk
+// copies issued before it waits for its inputs. Elsewhere the lanes load the rows into registers,
+// and for heads of 64 or 128 dimensions the tensor cores multiply them there.
 #pragma once
 #include <cute/arch/mma_sm80.hpp>
 #include "adamk/bf16.cuh"
@@ -494,8 +496,8 @@ struct MmaAttention {
 template <class C>
 __device__ void attention_task(Ctx<C>& c, int layer, int idx) {
   constexpr int HD = C::HD, G = C::G, NS = C::ATTN_SPLITS, DPL = HD / 32, HALF = HD / 2;
-  constexpr bool MMA = C::ATTN_BUFS > 0 && G <= 8 && HD % 64 == 0;   // MmaAttention on pieces
-  constexpr bool MMA1 = C::ATTN_BUFS == 0 && G <= 8 && HD % 64 == 0;  // MmaAttention on the cache
+  constexpr bool MMA = C::ATTN_BUFS > 0 && G <= 8 && HD % 64 == 0;                   // MmaAttention on pieces
+  constexpr bool MMA1 = !C::KV_RING && C::ATTN_BUFS == 0 && G <= 8 && HD % 64 == 0;  // ... on the cache
   const AttnSplit<C> split(c, layer, idx);
   const int j = split.j, g = split.g, b = split.b, pos = split.pos, p0 = split.p0, p1 = split.p1;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -551,14 +553,30 @@ __device__ void attention_task(Ctx<C>& c, int layer, int idx) {
   c.t_staged = global_ns();
 #endif
 
-  // Five ways through the split's positions (benchmarks/RESULTS.md, sessions 6, 7, 10, 13, 18, 19):
-  // the tensor cores on shared-memory pieces (several sequences, Hopper), the lanes' loop on
-  // pieces (the same, for groups MmaAttention does not take), the tensor cores on rows loaded
-  // straight from the cache (one sequence, heads of 64 or 128 dimensions), and two register loops
-  // (the others). All read every K and V row with 16-byte loads and update the softmax's running
-  // max and sum once per block of positions, not once per position.
+  // Six ways through the split's positions (benchmarks/RESULTS.md, sessions 6, 7, 10, 13, 18, 19,
+  // 21): the tensor cores on the ring's slots (KV_RING), on shared-memory pieces (several
+  // sequences, Hopper), the lanes' loop on pieces (the same, for groups MmaAttention does not
+  // take), the tensor cores on rows loaded straight from the cache (one sequence, heads of 64 or
+  // 128 dimensions), and two register loops (the others). All read every K and V row with 16-byte
+  // loads and update the softmax's running max and sum once per block of positions, not once per
+  // position.
   float m[G], l[G];  // per query head, lane loops: the warp's running max, the lane's running sum
-  if constexpr (MMA) {
+  if constexpr (C::KV_RING) {
+    // The split's rows from the weight ring (Cfg::KV_RING), which fetched them tasks ahead:
+    // KV_SLOTS slots of KV_PIECE positions, blocks of 16 positions dealt to the warps in turn
+    // across slots; the ring's barrier orders each slot's reuse.
+    constexpr int P = C::KV_PIECE, BPP = P / 16;
+    static_assert(P % 16 == 0 && BPP <= WARPS, "pieces of whole 16-position blocks, a warp each");
+    MmaAttention<C> ma(q);
+    for (int i = 0; i < C::KV_SLOTS; ++i) {
+      const __nv_bfloat16* kb = c.ring.next();
+      const int first = p0 + i * P, q1 = min(p1, first + P);
+      const int blk = ((warp - i * BPP) % WARPS + WARPS) % WARPS;  // this warp's block of the slot, if < BPP
+      if (blk < BPP && first + 16 * blk < q1)
+        ma.block(first + 16 * blk, q1, pos, kb, kb + P * HD, first, kn, vn);
+    }
+    ma.finish(wm, wl, wo);
+  } else if constexpr (MMA) {
     // Several sequences: the rows from the shared-memory pieces (prefetch_kv), blocks of 16
     // positions dealt to the warps in turn across pieces; the next copy into a buffer goes out
     // once every warp is done with it.
@@ -720,7 +738,7 @@ __device__ void attention_task(Ctx<C>& c, int layer, int idx) {
 #pragma unroll
     for (int h = 0; h < G; ++h) { m[h] = la.m[h]; l[h] = la.l[h]; }
   }
-  if constexpr (!MMA && !MMA1)
+  if constexpr (!C::KV_RING && !MMA && !MMA1)
 #pragma unroll
     for (int h = 0; h < G; ++h)
       if (lane == 0) { wm[warp * G + h] = m[h]; wl[warp * G + h] = l[h]; }

@@ -171,7 +171,9 @@ __device__ void megakernel(const Args& a, const int4* runs, const int* sm_runs) 
   const int4* first = runs + sm_runs[blockIdx.x];
   const int4* last = runs + sm_runs[blockIdx.x + 1];
   uint64_t* bars = reinterpret_cast<uint64_t*>(smem + C::SMEM_BARRIER);  // staging's, then the ring slots'
-  Ctx<C> c{a, block::WeightRing<C>(smem + C::SMEM_RING, a.weights, first, last, bars + 1),
+  Ctx<C> c{a,
+           block::WeightRing<C>(smem + C::SMEM_RING, a.weights, first, last, bars + 1, a.positions, a.k_cache,
+                                a.v_cache),
            reinterpret_cast<__nv_bfloat16*>(smem + C::SMEM_X), reinterpret_cast<float*>(smem + C::SMEM_RED),
            reinterpret_cast<float*>(smem + C::SMEM_ATTN), reinterpret_cast<float*>(smem + C::SMEM_MISC),
            {bars}};
@@ -191,7 +193,11 @@ __device__ void megakernel(const Args& a, const int4* runs, const int* sm_runs) 
     for (int i = 0; i < run.w; ++i) {
       const int idx = run.y + i * run.z;
 #ifdef ADAMK_ABLATE_ATTENTION
-      if (kind == ATTN) continue;
+      if (kind == ATTN) {
+        if constexpr (C::KV_RING)  // its K/V slots still pass through the ring
+          for (int k = 0; k < C::KV_SLOTS; ++k) c.ring.next();
+        continue;
+      }
 #endif
 #ifdef ADAMK_PROFILE
       const unsigned long long t_wait = global_ns();

@@ -55,6 +55,15 @@ struct Tiling {
 template <class C>
 constexpr bool TILED_WEIGHTS = C::BATCHED && C::BULK_RING;
 
+// The ring's view of an attention task where its K/V rows come through the ring (Cfg::KV_RING):
+// KV_SLOTS chunks of KV_PIECE positions, the K rows, then the V rows.
+template <class C>
+struct KvSlots {
+  static constexpr int CHUNKS = C::KV_SLOTS;
+  static_assert(!C::KV_RING || (4 * C::KV_PIECE * C::HD <= C::STAGE_BYTES && C::KV_PIECE % 16 == 0 &&
+                                C::KV_PIECE <= 16 * WARPS), "whole blocks of 16 positions, a warp each, in a slot");
+};
+
 // Where element k of row `row` sits in a weight chunk in the ring ([CHUNK_ROWS][CHUNK_COLS] bf16).
 template <class C, class T>
 __device__ __forceinline__ int tile_offset(int row, int k) {

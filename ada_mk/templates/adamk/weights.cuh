@@ -5,7 +5,9 @@
 // the chunk being multiplied. While the block waits on a dependency, the next tasks' weights are
 // already in flight. The loader's cursor walks the same compiled schedule as the task loop.
 // A chunk arrives by bulk copies on Hopper, else by cp.async; warp 0 issues no copies
-// (WeightRing::load_chunk says why).
+// (WeightRing::load_chunk says why). Where the plan says so (Cfg::KV_RING, Plan.kv_ring), the
+// ring streams attention tasks' cached K/V rows the same way (load_kv_chunk): they do not depend
+// on this step either, and so arrive before the task, not on the QKV-attention-O chain.
 // (Pulling further chunks into L2 with prefetch.global.L2 was measured slower on an H200,
 // 1.09 -> 1.44 ms/token for Llama-3.2-1B: the extra instructions and L2 pressure cost more; so
 // was a bulk prefetch of the 2, 4 or 8 chunks after the ring issued only while the block waits
@@ -85,11 +87,12 @@ struct ChunkCursor {
     seek();
   }
 
-  // From `run` on, the first run with weight chunks (not attention or argmax, not empty).
+  // From `run` on, the first run with chunks: weights, or attention's K/V rows (Cfg::KV_RING);
+  // not the argmax, not empty.
   __device__ void seek() {
     for (; run != end; ++run) {
       cur = *run;
-      if (kind() != ATTN && kind() != ARGMAX && cur.w > 0) return;
+      if ((kind() != ATTN || C::KV_RING) && kind() != ARGMAX && cur.w > 0) return;
     }
   }
 };
@@ -114,11 +117,14 @@ struct WeightRing {
   static constexpr bool BULK = false;
 #endif
   uint64_t* bars;                 // BULK: an mbarrier per slot (after the staging's, SMEM_BARRIER)
+  const int* positions;           // KV_RING: the sequences' positions and the K/V caches
+  const __nv_bfloat16* k_cache;
+  const __nv_bfloat16* v_cache;
   unsigned loaded = 0;            // BULK: chunks copied so far (the rest of `issued` are past the end)
 
   __device__ WeightRing(unsigned char* smem, const __nv_bfloat16* w, const int4* first, const int4* last,
-                        uint64_t* slot_bars)
-      : slots(smem), weights(w), load(first, last), bars(slot_bars) {
+                        uint64_t* slot_bars, const int* pos, const __nv_bfloat16* kc, const __nv_bfloat16* vc)
+      : slots(smem), weights(w), load(first, last), bars(slot_bars), positions(pos), k_cache(kc), v_cache(vc) {
     if constexpr (BULK) {
       if (threadIdx.x == 0)
         for (int i = 0; i < C::STAGES; ++i) thread::mbar_init(bars + i, 1);
@@ -147,6 +153,33 @@ struct WeightRing {
   }
 
  private:
+  // Cfg::KV_RING: slot `chunk` of attention task `idx` of `layer` (sequence b, K/V head g, split
+  // j, as AttnSplit): the cached rows of positions [first, first + KV_PIECE) within the split's
+  // [p0, p1), K then V; none past p1 (the mbarrier's phase then completes with no bytes). Rows
+  // before pos were written by earlier steps; pos's row is stale here, and the task takes this
+  // step's k and v from its own shared memory instead. Thread 32, as every ring copy.
+  __device__ void load_kv_chunk(unsigned char* dst) {
+    if constexpr (C::KV_RING) {
+      constexpr int NS = C::ATTN_SPLITS, HD = C::HD, P = C::KV_PIECE;
+      const int idx = load.cur.y + load.item * load.cur.z, layer = load.cur.x >> 8;
+      const int j = idx % NS, g = (idx / NS) % C::NKV, b = idx / (NS * C::NKV);
+      if (threadIdx.x == 32) {
+        const int n = positions[b] + 1, per = (n + NS - 1) / NS, p0 = j * per, p1 = min(n, p0 + per);
+        const int first = p0 + load.chunk * P, rows = max(0, min(P, p1 - first));
+        const size_t head = ((static_cast<size_t>(layer) * C::B + b) * C::NKV + g) * C::MAXCTX * HD +
+                            static_cast<size_t>(first) * HD;
+        uint64_t* bar = bars + issued % C::STAGES;
+        thread::mbar_expect(bar, 2 * rows * HD * 2);
+        if (rows > 0) {
+          thread::bulk_copy(dst, k_cache + head, rows * HD * 2, bar);
+          thread::bulk_copy(dst + P * HD * 2, v_cache + head, rows * HD * 2, bar);
+        }
+      }
+      ++loaded;
+      load.template advance<KvSlots<C>>();
+    }
+  }
+
   template <class T>
   __device__ void load_chunk(unsigned char* dst) {
     static_assert(T::CHUNK_ROWS * T::CHUNK_COLS * 2 <= C::STAGE_BYTES, "a chunk fits its slot");
@@ -216,6 +249,7 @@ struct WeightRing {
         case GATE_UP: load_chunk<typename C::GateUp>(dst); break;
         case DOWN: load_chunk<typename C::Down>(dst); break;
         case LM_HEAD: load_chunk<typename C::LmHead>(dst); break;
+        case ATTN: load_kv_chunk(dst); break;
       }
     }
     ++issued;

@@ -49,6 +49,8 @@ struct Cfg {
   static constexpr int ATTN_SPLITS = 16;  // sequence splits per (sequence, K/V head)
   static constexpr bool ATTN_POLLED = false;  // the last split to finish combines the partials
   static constexpr int ATTN_PIECE = 0, ATTN_BUFS = 0;  // attention loads K/V rows into registers
+  static constexpr bool KV_RING = false;  // attention loads its own K/V rows
+  static constexpr int KV_PIECE = 0, KV_SLOTS = 0;
   static constexpr int MAX_TASKS = 889;  // the longest task list of any SM
 
   // Shared memory (bytes): the weight ring, the staged activation chunk, reductions, attention.

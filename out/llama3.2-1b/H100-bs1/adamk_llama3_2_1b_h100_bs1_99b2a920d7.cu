@@ -43,7 +43,11 @@ struct Cfg {
   static constexpr bool BATCHED = false;
   static constexpr int ATTN_SPLITS = 16;  // sequence splits per (sequence, K/V head)
   static constexpr bool ATTN_POLLED = false;  // the last split to finish combines the partials
-  static constexpr int ATTN_PIECE = 0, ATTN_BUFS = 0;  // attention loads K/V rows into registers
+  static constexpr int ATTN_PIECE = 0, ATTN_BUFS = 0;  // attention's K/V rows come through the ring
+  // The weight ring streams attention's cached K/V rows too: KV_PIECE positions a slot (K rows,
+  // then V rows), KV_SLOTS slots a task (Plan.kv_ring).
+  static constexpr bool KV_RING = true;
+  static constexpr int KV_PIECE = 128, KV_SLOTS = 2;
   static constexpr int MAX_TASKS = 105;  // the longest task list of any SM
 
   // Shared memory (bytes): the weight ring, the staged activation chunk, reductions, attention.
