@@ -121,29 +121,6 @@ __device__ void combine_splits(Ctx<C>& c, int layer, int idx, int b, int g, floa
   }
 }
 
-// Attention task idx: sequence b, K/V head g, split j of the positions 0..pos, which are
-// [p0, p1) of the head's cache rows kc and vc.
-template <class C>
-struct AttnSplit {
-  int b, g, j, pos, p0, p1;
-  __nv_bfloat16* kc;
-  __nv_bfloat16* vc;
-
-  __device__ AttnSplit(const Ctx<C>& c, int layer, int idx) {
-    constexpr int NS = C::ATTN_SPLITS;
-    j = idx % NS;
-    g = (idx / NS) % C::NKV;
-    b = idx / (NS * C::NKV);
-    pos = c.a.positions[b];
-    const int n = pos + 1, per = (n + NS - 1) / NS;
-    p0 = j * per;
-    p1 = min(n, p0 + per);
-    const size_t head = (static_cast<size_t>(layer) * C::B * C::NKV + b * C::NKV + g) * C::MAXCTX * C::HD;
-    kc = c.a.k_cache + head;
-    vc = c.a.v_cache + head;
-  }
-};
-
 // Batched attention on Hopper (Cfg::ATTN_BUFS > 0): piece i of a split, ATTN_PIECE positions
 // from p0 + i * ATTN_PIECE, comes by bulk copy into buffer i % ATTN_BUFS, its K rows then its V
 // rows. The buffers lie in the staged activations' and the reductions' regions (x, red), which
@@ -177,7 +154,7 @@ __device__ void copy_kv_piece(const Ctx<C>& c, const AttnSplit<C>& s, int i) {
 template <class C>
 __device__ int prefetch_kv(Ctx<C>& c, int layer, int idx) {
   if constexpr (C::ATTN_BUFS > 0) {
-    const AttnSplit<C> s(c, layer, idx);
+    const AttnSplit<C> s(c.a, layer, idx);
     const int n = min(C::ATTN_BUFS, kv_pieces(s));
     __syncthreads();  // the previous task is done with x and red
     c.staged = -1;    // x is about to hold K/V rows
@@ -498,7 +475,7 @@ __device__ void attention_task(Ctx<C>& c, int layer, int idx) {
   constexpr int HD = C::HD, G = C::G, NS = C::ATTN_SPLITS, DPL = HD / 32, HALF = HD / 2;
   constexpr bool MMA = C::ATTN_BUFS > 0 && G <= 8 && HD % 64 == 0;                   // MmaAttention on pieces
   constexpr bool MMA1 = !C::KV_RING && C::ATTN_BUFS == 0 && G <= 8 && HD % 64 == 0;  // ... on the cache
-  const AttnSplit<C> split(c, layer, idx);
+  const AttnSplit<C> split(c.a, layer, idx);
   const int j = split.j, g = split.g, b = split.b, pos = split.pos, p0 = split.p0, p1 = split.p1;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   __nv_bfloat16* kc = split.kc;

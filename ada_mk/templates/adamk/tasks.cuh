@@ -98,4 +98,29 @@ struct Args {
   unsigned long long* profile;  // profile builds: [SM][task][wait start, inputs ready, input staged, end] ns
 };
 
+// Attention task idx of `layer`: sequence b, K/V head g, split j of the positions 0..pos, which are
+// [p0, p1) of the head's cache rows kc and vc (the attention task, and the ring that fetches the
+// rows where Cfg::KV_RING).
+template <class C>
+struct AttnSplit {
+  int b, g, j, pos, p0, p1;
+  __nv_bfloat16* kc;
+  __nv_bfloat16* vc;
+
+  __device__ AttnSplit(const int* positions, __nv_bfloat16* k_cache, __nv_bfloat16* v_cache, int layer, int idx) {
+    constexpr int NS = C::ATTN_SPLITS;
+    j = idx % NS;
+    g = (idx / NS) % C::NKV;
+    b = idx / (NS * C::NKV);
+    pos = positions[b];
+    const int n = pos + 1, per = (n + NS - 1) / NS;
+    p0 = j * per;
+    p1 = min(n, p0 + per);
+    const size_t head = (static_cast<size_t>(layer) * C::B * C::NKV + b * C::NKV + g) * C::MAXCTX * C::HD;
+    kc = k_cache + head;
+    vc = v_cache + head;
+  }
+  __device__ AttnSplit(const Args& a, int layer, int idx) : AttnSplit(a.positions, a.k_cache, a.v_cache, layer, idx) {}
+};
+
 }  // namespace adamk

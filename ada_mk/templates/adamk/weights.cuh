@@ -118,12 +118,12 @@ struct WeightRing {
 #endif
   uint64_t* bars;                 // BULK: an mbarrier per slot (after the staging's, SMEM_BARRIER)
   const int* positions;           // KV_RING: the sequences' positions and the K/V caches
-  const __nv_bfloat16* k_cache;
-  const __nv_bfloat16* v_cache;
+  __nv_bfloat16* k_cache;
+  __nv_bfloat16* v_cache;
   unsigned loaded = 0;            // BULK: chunks copied so far (the rest of `issued` are past the end)
 
   __device__ WeightRing(unsigned char* smem, const __nv_bfloat16* w, const int4* first, const int4* last,
-                        uint64_t* slot_bars, const int* pos, const __nv_bfloat16* kc, const __nv_bfloat16* vc)
+                        uint64_t* slot_bars, const int* pos, __nv_bfloat16* kc, __nv_bfloat16* vc)
       : slots(smem), weights(w), load(first, last), bars(slot_bars), positions(pos), k_cache(kc), v_cache(vc) {
     if constexpr (BULK) {
       if (threadIdx.x == 0)
@@ -153,26 +153,22 @@ struct WeightRing {
   }
 
  private:
-  // Cfg::KV_RING: slot `chunk` of attention task `idx` of `layer` (sequence b, K/V head g, split
-  // j, as AttnSplit): the cached rows of positions [first, first + KV_PIECE) within the split's
-  // [p0, p1), K then V; none past p1 (the mbarrier's phase then completes with no bytes). Rows
-  // before pos were written by earlier steps; pos's row is stale here, and the task takes this
-  // step's k and v from its own shared memory instead. Thread 32, as every ring copy.
+  // Cfg::KV_RING: slot `chunk` of the attention task under the cursor (its AttnSplit): the cached
+  // rows of positions [first, first + KV_PIECE) within the split's [p0, p1), K then V; none past
+  // p1 (the mbarrier's phase then completes with no bytes). Rows before pos were written by earlier
+  // steps; pos's row is stale here, and the task takes this step's k and v from its own shared
+  // memory instead. Thread 32, as every ring copy.
   __device__ void load_kv_chunk(unsigned char* dst) {
     if constexpr (C::KV_RING) {
-      constexpr int NS = C::ATTN_SPLITS, HD = C::HD, P = C::KV_PIECE;
-      const int idx = load.cur.y + load.item * load.cur.z, layer = load.cur.x >> 8;
-      const int j = idx % NS, g = (idx / NS) % C::NKV, b = idx / (NS * C::NKV);
+      constexpr int HD = C::HD, P = C::KV_PIECE;
       if (threadIdx.x == 32) {
-        const int n = positions[b] + 1, per = (n + NS - 1) / NS, p0 = j * per, p1 = min(n, p0 + per);
-        const int first = p0 + load.chunk * P, rows = max(0, min(P, p1 - first));
-        const size_t head = ((static_cast<size_t>(layer) * C::B + b) * C::NKV + g) * C::MAXCTX * HD +
-                            static_cast<size_t>(first) * HD;
+        const AttnSplit<C> s(positions, k_cache, v_cache, load.cur.x >> 8, load.cur.y + load.item * load.cur.z);
+        const int first = s.p0 + load.chunk * P, rows = max(0, min(P, s.p1 - first));
         uint64_t* bar = bars + issued % C::STAGES;
         thread::mbar_expect(bar, 2 * rows * HD * 2);
         if (rows > 0) {
-          thread::bulk_copy(dst, k_cache + head, rows * HD * 2, bar);
-          thread::bulk_copy(dst + P * HD * 2, v_cache + head, rows * HD * 2, bar);
+          thread::bulk_copy(dst, s.kc + static_cast<size_t>(first) * HD, rows * HD * 2, bar);
+          thread::bulk_copy(dst + P * HD * 2, s.vc + static_cast<size_t>(first) * HD, rows * HD * 2, bar);
         }
       }
       ++loaded;
