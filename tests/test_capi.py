@@ -47,10 +47,11 @@ def lib(artifacts: Artifacts) -> SharedLibrary:
 
 
 def test_render_adds_host_code_and_header(plan: Plan, source: Source) -> None:
-    name = plan.kernel_name
-    assert {f"{name}_host.cu", f"{name}.h"} <= set(source.files)
-    host, header = source.files[f"{name}_host.cu"], source.files[f"{name}.h"]
-    assert f'#include "{name}.cu"' in host and f'#include "{name}.h"' in host
+    stem = plan.file_stem
+    assert {f"{stem}_host.cu", f"{stem}.h"} <= set(source.files)
+    host, header = source.files[f"{stem}_host.cu"], source.files[f"{stem}.h"]
+    assert f'#include "{stem}.cu"' in host and f'#include "{stem}.h"' in host
+    assert f'#define ADAMK_KERNEL_NAME "{plan.kernel_name}"' in header
     assert f"#define ADAMK_WEIGHTS_BYTES ((size_t){make_layout(plan).weights.total_bytes}u)" in header
     assert plan.plan_hash in header and plan.deploy.gpu.name in header and plan.model.name in header
 
@@ -70,7 +71,7 @@ def test_header_next_to_library(artifacts: Artifacts, plan: Plan) -> None:
     assert artifacts.library is not None and artifacts.library.exists()
     assert artifacts.header is not None and artifacts.header.exists()
     assert artifacts.header.parent == artifacts.library.parent
-    assert artifacts.header.name == f"{plan.kernel_name}.h"
+    assert artifacts.header.name == f"{plan.file_stem}.h"
 
 
 def test_exports_only_adamk_symbols(artifacts: Artifacts) -> None:

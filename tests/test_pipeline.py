@@ -40,7 +40,7 @@ def test_no_build_writes_plan_and_sources(tmp_path):
     doc = json.loads((d / "plan.json").read_text())
     assert set(doc) == {"plan", "layout"}
     assert doc["plan"]["gpu"] == "H100" and doc["plan"]["batch"] == 1
-    assert stem.startswith("adamk_smollm2_135m_h100_bs1_")
+    assert stem == "adamk_smollm2_135m_h100_bs1"  # stable: the plan hash is inside the files
     assert "nvcc" not in r.stderr
     last = r.stderr.splitlines()[-1]
     assert last.startswith("adamk-gen: done: smollm2-135m on H100 bs1")
@@ -60,7 +60,7 @@ def test_plan_json_is_the_plan(tmp_path):
     assert json.loads(tmp_path.joinpath(*TARGET, "plan.json").read_text()) == json.loads(plan_json(plan, make_layout(plan)))
 
 
-def test_regeneration_replaces_an_earlier_plan(tmp_path, quick_plan):
+def test_regeneration_replaces_files_named_by_a_plan_hash(tmp_path, quick_plan):
     d = tmp_path.joinpath(*TARGET)
     d.mkdir(parents=True)
     old = "adamk_smollm2_135m_h100_bs1_0123456789"

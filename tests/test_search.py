@@ -236,7 +236,7 @@ def test_batched_chunks_are_16_row_column_blocks(name):
     from ada_mk.search.search import tiling_ok
 
     plan = searched(name, "H100", 8)
-    source = render(plan).files[f"{plan.kernel_name}.cu"]
+    source = render(plan).files[f"{plan.file_stem}.cu"]
     for kind, t in plan.tilings.items():
         assert t.batched and t.chunk_rows == 16 and t.rows % 16 == 0, kind
         assert t.chunk_cols * t.kparts == t.kc and t.chunk_cols % 8 == 0 and t.tiled, kind
@@ -244,7 +244,7 @@ def test_batched_chunks_are_16_row_column_blocks(name):
         assert f"Tiling<{t.n}, {t.k}, {t.rows}, {t.ksplit}, {t.warps_per_row}, 16, {t.chunk_cols}>" in source
     one = searched(name, "H100", 1)  # one sequence: whole rows, the Tiling's default chunk
     assert not any(t.batched for t in one.tilings.values())
-    one_source = render(one).files[f"{one.kernel_name}.cu"]
+    one_source = render(one).files[f"{one.file_stem}.cu"]
     for t in one.tilings.values():
         assert f"Tiling<{t.n}, {t.k}, {t.rows}, {t.ksplit}, {t.warps_per_row}>" in one_source
     # 40 columns in 4 blocks of 10: not whole 16-byte vectors
@@ -281,12 +281,12 @@ def test_batched_attention_copies_kv_pieces_into_x_and_red(name):
     piece_bytes = 2 * positions * plan.model.head_dim * 2  # K rows, then V rows
     assert buffers * piece_bytes <= lay["SMEM_ATTN"] - lay["SMEM_X"]
     assert plan.barrier_bytes == 8 * (1 + plan.stages + buffers)  # staging, ring slots, K/V buffers
-    source = render(plan).files[f"{plan.kernel_name}.cu"]
+    source = render(plan).files[f"{plan.file_stem}.cu"]
     assert f"ATTN_PIECE = {positions}, ATTN_BUFS = {buffers};" in source
     for gpu, batch in (("H100", 1), ("L20", 4)):
         other = searched(name, gpu, batch)
         assert other.kv_pieces == (0, 0), (gpu, batch)
-        assert "ATTN_PIECE = 0, ATTN_BUFS = 0;" in render(other).files[f"{other.kernel_name}.cu"]
+        assert "ATTN_PIECE = 0, ATTN_BUFS = 0;" in render(other).files[f"{other.file_stem}.cu"]
 
 
 @pytest.mark.parametrize("name,gpu,batch,expected", [
@@ -303,7 +303,7 @@ def test_kv_rows_through_the_ring(name, gpu, batch, expected):
 
     plan = searched(name, gpu, batch)
     assert plan.kv_ring == expected
-    source = render(plan).files[f"{plan.kernel_name}.cu"]
+    source = render(plan).files[f"{plan.file_stem}.cu"]
     if not expected:
         assert "static constexpr bool KV_RING = false;" in source
         return

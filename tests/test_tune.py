@@ -121,9 +121,9 @@ def test_measured_fastest_is_written(tmp_path, fake_build, monkeypatch):
     assert plan["plan"] == json.loads(json.dumps(winner.to_json()))
     names = {p.name for p in target.iterdir()}
     for suffix in (".cu", ".schedule.inc", "_host.cu", ".h", ".fatbin"):
-        assert f"{winner.kernel_name}{suffix}" in names
-    assert f"lib{winner.kernel_name}.so" in names and "ir.json" in names
-    assert not any(c.plan.plan_hash in n for c in smol_candidates() if c.plan is not winner for n in names)
+        assert f"{winner.file_stem}{suffix}" in names
+    assert f"lib{winner.file_stem}.so" in names and "ir.json" in names
+    assert f"{winner.plan_hash}" in (target / f"{winner.file_stem}.h").read_text()
 
     rec = json.loads((target / "tune.json").read_text())
     assert rec["winner"] == second and rec["card"] == "Fake GPU 80GB"
@@ -154,11 +154,12 @@ def test_build_only_fills_the_cache_and_writes_nothing(tmp_path, fake_build):
     r = run("--config", SMOL, "--out-dir", tmp_path / "out", "--build-only", "--candidates", 2, "--baseline")
     assert r.exit_code == 0, r.stderr
     assert not (tmp_path / "out").exists()
-    built = sorted(p.name for p in fake_build.glob("build/*/*.fatbin"))
+    # each cache entry's header names the plan it was built from (ADAMK_PLAN_HASH)
+    built = [next(p.parent.glob("*.h")).read_text() for p in fake_build.glob("build/*/*.fatbin")]
     # the 2 candidates of a 2-candidate run (not the first 2 of N: the search takes the n best
     # screened plans, then orders them by their full schedules, so the lists need not share a prefix)
     hashes = [c.plan.plan_hash for c in tune_mod.candidates_for(*load_config(SMOL), 2)]
-    assert len(built) == 3 and all(any(h in b for b in built) for h in hashes)
+    assert len(built) == 3 and all(any(f'ADAMK_PLAN_HASH "{h}"' in b for b in built) for h in hashes)
     assert "round-robin" in r.stdout
 
 

@@ -1,8 +1,11 @@
 """The code generator's stages after the IR, as `adamk-gen` runs them.
 
     plan (ada_mk.search)  ->  plan.json
-    render (templates)    ->  <name>.cu, <name>.schedule.inc, <name>_host.cu, <name>.h
-    build (nvcc)          ->  <name>.fatbin, lib<name>.so     (unless --no-build)
+    render (templates)    ->  <stem>.cu, <stem>.schedule.inc, <stem>_host.cu, <stem>.h
+    build (nvcc)          ->  <stem>.fatbin, lib<stem>.so     (unless --no-build)
+
+<stem> is adamk_<model>_<gpu>_bs<batch> (Plan.file_stem): the files keep their names when the
+plan changes, so a new plan reads as a modification; the plan hash lives inside them.
 
 Every file lands in the output directory atomically (a reader sees the old file or the whole new
 one). Failures the user can act on (a plan that does not fit the GPU, nvcc missing or failing)
@@ -81,15 +84,14 @@ def write_sources(plan: Plan, out_dir: Path, log: Log) -> Source:
 
 
 def _remove_stale(plan: Plan, out_dir: Path, source: Source, log: Log) -> None:
-    """Files of this (model, GPU, batch) generated from an earlier plan (another plan hash)."""
-    prefix = plan.kernel_name[: -len(plan.plan_hash)]  # adamk_<model>_<gpu>_bs<B>_
-    pattern = re.compile(r"(lib)?" + re.escape(prefix) + r"[0-9a-f]{10}(_debug)?"
+    """Files of this (model, GPU, batch) named with a plan hash (adamk_<model>_<gpu>_bs<B>_<hash>.*),
+    as ada_mk named them before file names became stable: the files just written replace them."""
+    pattern = re.compile(r"(lib)?" + re.escape(plan.file_stem) + r"_[0-9a-f]{10}(_debug)?"
                          r"(\.cu|\.schedule\.inc|_host\.cu|\.h|\.fatbin|\.so)$")
-    keep = set(source.files)
     for p in sorted(out_dir.iterdir()):
-        if pattern.fullmatch(p.name) and source.name not in p.name and p.name not in keep and p.is_file():
+        if pattern.fullmatch(p.name) and p.is_file():
             p.unlink()
-            log(f"removed {p.name} (from an earlier plan)")
+            log(f"removed {p.name} (named by an earlier plan)")
 
 
 def nvcc_path() -> str:

@@ -13,7 +13,7 @@ import numpy as np
 from .. import __version__
 from ..ir.rope import rope_inv_freq
 from ..search.layout import Layout, make_layout
-from ..search.plan import KIND_IDS, Plan
+from ..search.plan import KIND_IDS, Plan, Run
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 TILING_CLASSES = {"qkv": "Qkv", "o": "O", "gate_up": "GateUp", "down": "Down", "lm_head": "LmHead"}
@@ -21,9 +21,13 @@ TILING_CLASSES = {"qkv": "Qkv", "o": "O", "gate_up": "GateUp", "down": "Down", "
 
 @dataclass(frozen=True)
 class Source:
-    """The generated files of one kernel, by file name."""
+    """The generated files of one kernel, by file name.
+
+    name: the files' stem, stable per (model, GPU, batch) (Plan.file_stem); kernel: the kernel's
+    symbol, which carries the plan hash (Plan.kernel_name)."""
 
     name: str
+    kernel: str
     files: dict[str, str]
 
 
@@ -80,34 +84,73 @@ def _regions(layout: Layout) -> list[dict]:
     ]
 
 
+KIND_NAMES = {kind: kind.upper() for kind in KIND_IDS}  # adamk::Kind's enumerators
+SCHEDULE_LINE = 120  # characters before a layer's runs continue on the next line
+
+
+def _run_call(run: Run) -> str:
+    """One run as the .cu's `run(...)` helper reads it; stride and count only where not 1."""
+    args = [KIND_NAMES[run.kind], str(run.layer), str(run.start)]
+    if run.count > 1:
+        args += [str(run.stride), str(run.count)]
+    return f"run({', '.join(args)})"
+
+
+def _phase(run: Run) -> str:
+    """The comment heading a line of runs: the layer, or the LM head."""
+    return "LM head" if run.kind in ("lm_head", "argmax") else f"layer {run.layer}"
+
+
 def schedule_table(plan: Plan) -> tuple[str, list[int]]:
-    """The runs of every SM as C initialisers, and where each SM's runs begin."""
-    lines, starts, n = [], [], 0
+    """Every SM's runs as the .cu's kRuns[] initialisers, an SM's runs of one layer on a line
+    headed by that layer, and where each SM's runs begin in kRuns[]."""
+    width = len(f"layer {plan.model.num_hidden_layers - 1}")
+    lines = [f"// {plan.file_stem}.schedule.inc: the task list of every SM in plan {plan.plan_hash}, included",
+             "// by kRuns[] of the .cu. run(kind, layer, first[, stride, count]): the tasks first, first + stride,",
+             "// ... (count of them) of that stage, in order; a task's index within its stage is",
+             "// tile * ksplit + split for a linear stage, (sequence * K/V heads + head) * splits + split for",
+             "// attention. A line holds one SM's consecutive runs of one layer."]
+    starts, n = [], 0
     for sm, runs in enumerate(plan.schedule):
         starts.append(n)
-        lines.append(f"// SM {sm}: {sum(r.count for r in runs)} tasks")
-        lines += [f"{{{KIND_IDS[r.kind] | r.layer << 8}, {r.start}, {r.stride}, {r.count}}}," for r in runs]
         n += len(runs)
+        lines.append(f"\n// SM {sm}: {sum(r.count for r in runs)} tasks in {len(runs)} runs")
+        groups: list[list[Run]] = []
+        for r in runs:
+            if groups and _phase(groups[-1][-1]) == _phase(r):
+                groups[-1].append(r)
+            else:
+                groups.append([r])
+        for group in groups:
+            head = f"/* {_phase(group[0]):<{width}} */ "
+            line = head
+            for r in group:
+                call = _run_call(r) + ","
+                if line != head and len(line) + 1 + len(call) > SCHEDULE_LINE:
+                    lines.append(line)
+                    line = " " * len(head)
+                line += ("" if line.endswith(" ") else " ") + call
+            lines.append(line)
     starts.append(n)
     return "\n".join(lines) + "\n", starts
 
 
 def render(plan: Plan) -> Source:
-    name = plan.kernel_name
+    name, stem = plan.kernel_name, plan.file_stem
     layout = make_layout(plan)
     inv_freq = rope_inv_freq(plan.model)
     table, starts = schedule_table(plan)
     env = _env()
     kernel = env.get_template("megakernel.cu.j2").render(
-        name=name, plan=plan, m=plan.model, gpu=plan.deploy.gpu, deploy=plan.deploy, version=__version__,
+        name=name, stem=stem, plan=plan, m=plan.model, gpu=plan.deploy.gpu, deploy=plan.deploy, version=__version__,
         inv_freq=[_cfloat(x) for x in inv_freq], eps=_cfloat(plan.model.rms_norm_eps),
         attn_scale=_cfloat(1.0 / math.sqrt(plan.model.head_dim)),
         tilings=_tiling_rows(plan), smem=list(plan.smem_layout().items()), regions=_regions(layout),
         sm_runs=starts, max_tasks=max(sum(r.count for r in runs) for runs in plan.schedule),
     )
-    files = {f"{name}.cu": kernel, f"{name}.schedule.inc": table}
+    files = {f"{stem}.cu": kernel, f"{stem}.schedule.inc": table}
     files.update(render_host_api(plan, layout, env))
-    return Source(name, files)
+    return Source(stem, name, files)
 
 
 # ---- the C ABI: lib<name>.so's host code and its header ------------------------------------
@@ -148,13 +191,13 @@ def plan_json(plan: Plan, layout: Layout) -> str:
 
 
 def render_host_api(plan: Plan, layout: Layout, env: jinja2.Environment | None = None) -> dict[str, str]:
-    """`<name>_host.cu` (the C ABI, compiled into lib<name>.so) and `<name>.h` (its header)."""
+    """`<stem>_host.cu` (the C ABI, compiled into lib<stem>.so) and `<stem>.h` (its header)."""
     env = env or _env()
-    name = plan.kernel_name
+    name, stem = plan.kernel_name, plan.file_stem
     text = plan_json(plan, layout)
-    common = dict(name=name, plan=plan, m=plan.model, gpu=plan.deploy.gpu, deploy=plan.deploy,
+    common = dict(name=name, stem=stem, plan=plan, m=plan.model, gpu=plan.deploy.gpu, deploy=plan.deploy,
                   version=__version__, weights_bytes=layout.weights.total_bytes)
     host = env.get_template("host_api.cu.j2").render(
         **common, json_pieces=c_string_pieces(text), json_chars=len(text), json_piece_limit=JSON_PIECE_LIMIT)
     header = env.get_template("adamk_api.h.j2").render(**common)
-    return {f"{name}_host.cu": host, f"{name}.h": header}
+    return {f"{stem}_host.cu": host, f"{stem}.h": header}

@@ -391,10 +391,17 @@ class Plan:
         return hashlib.sha256(blob).hexdigest()[:10]
 
     @property
-    def kernel_name(self) -> str:
-        """CUTLASS-style: every variant named by its parameters."""
+    def file_stem(self) -> str:
+        """The generated files' name, stable per (model, GPU, batch): a changed plan reads as a
+        modification of the same files. CUTLASS-style: named by its parameters."""
         safe = self.model.name.replace(".", "_").replace("-", "_")
-        return f"adamk_{safe}_{self.deploy.gpu.name.lower()}_bs{self.batch}_{self.plan_hash}"
+        return f"adamk_{safe}_{self.deploy.gpu.name.lower()}_bs{self.batch}"
+
+    @property
+    def kernel_name(self) -> str:
+        """The kernel's symbol: the file stem and the plan hash, unique per plan, so that kernels of
+        several plans load side by side."""
+        return f"{self.file_stem}_{self.plan_hash}"
 
 
 def compress_runs(tasks: list[Task]) -> list[Run]:

@@ -1,7 +1,7 @@
 /* Decode with a generated MegaKernel from C: load packed weights, feed a prompt, print the
  * greedy continuation as token ids.
  *
- *   make KERNEL_DIR=~/.cache/ada_mk/build/adamk_smollm2_135m_h100_bs1_<hash>-<key>
+ *   make KERNEL_DIR=~/.cache/ada_mk/build/adamk_smollm2_135m_h100_bs1-<key>
  *   ./decode weights.bin 16 504 3575 282 4649 314      # "The capital of France is" (SmolLM2)
  *
  * weights.bin is the packed bf16 buffer for this kernel's layout, written by
