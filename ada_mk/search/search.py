@@ -289,9 +289,9 @@ class Searcher:
         """The candidate with its heaviest per-layer stage cut into at least one task per SM, or
         None where it has that already (or its rows cannot be halved). Fewer tasks than SMs means
         every task sits on its own SM and the stage's consumers wait for the slowest of them; the
-        model, whose SMs all stream at one rate, predicts both cuts equal, but on an H100 Llama-3.2-1B
-        with gate/up tasks of 64 rows (256 tasks) ran 5% faster than with 128 (128 tasks on 132 SMs)
-        at batch 1 and 8, contexts 512 and 4,096 (benchmarks/RESULTS.md, sessions 5-6)."""
+        model, whose SMs all stream at one rate, predicts both cuts equal, but the finer cut runs
+        faster. See docs/experiments.md, "Covering: at least one task per SM for the heaviest
+        stage"."""
         sms = self.deploy.gpu.sms
         kind = max((k for k in cand.tilings if k != "lm_head"), key=lambda k: self.shapes[k][0] * self.shapes[k][1])
         t = cand.tilings[kind]
@@ -310,11 +310,9 @@ class Searcher:
     def resplit(self, cand: Candidate, plan: Plan) -> tuple[Candidate, Plan]:
         """The fully scheduled candidate with half or twice the attention splits, where the full
         schedule predicts it faster. The descent compares split counts on the screening estimate,
-        which leaves out where the list scheduler puts the attention tasks; for Llama-3.2-1B at
-        batch 1 the full schedule predicts 8 splits 0.6% faster than the 16 the descent keeps, and
-        on an H100 they measured 3% faster (benchmarks/RESULTS.md, session 7). Twice the splits is
-        skipped where it gives more attention tasks than SMs (two tasks on one SM run one after
-        the other: 32 splits measured 28% slower than 16 for Llama-3.2-1B, session 7)."""
+        which leaves out where the list scheduler puts the attention tasks. Twice the splits is
+        skipped where it gives more attention tasks than SMs: two tasks on one SM run one after
+        the other. See docs/experiments.md, "Attention splits rechecked on the full schedule"."""
         best_c, best_p = cand, plan
         groups = self.deploy.batch * self.model.num_key_value_heads
         for a in (cand.attn_splits // 2, cand.attn_splits * 2):

@@ -70,11 +70,6 @@ class SmemReport:
     def fits(self) -> bool:
         return self.total <= self.limit
 
-    @property
-    def linear_bytes(self) -> int:
-        """The part K-splitting changes: the ring, the staged activation and the reductions."""
-        return self.regions["SMEM_RING"] + self.regions["SMEM_X"] + self.regions["SMEM_RED"]
-
 
 def smem_report(plan: Plan) -> SmemReport:
     lay = plan.smem_layout()
@@ -124,16 +119,6 @@ def peak_smem(plan: Plan, ksplit: bool = True) -> int:
     return smem_bytes_for(plan, unsplit_tilings(plan.tilings), plan.stages)
 
 
-def max_stages(plan: Plan, tilings: dict[str, LinearTiling], limit: int, cap: int = 8,
-               attn_splits: int | None = None) -> int:
-    """The deepest ring (<= cap) that keeps the block within `limit` bytes; 0 if even 1 slot
-    does not fit."""
-    base = with_tilings(plan, tilings, 0, attn_splits)
-    fixed = base.smem_bytes
-    sb = base.stage_bytes
-    return max(0, min(cap, (limit - fixed) // sb)) if sb else cap
-
-
 def describe(rep: SmemReport) -> list[str]:
     lines = [f"shared memory: {rep.total} B of {rep.limit} B per block"
              f" ({'fits' if rep.fits else 'DOES NOT FIT'}); ring {rep.stages} x {rep.stage_bytes} B"]
@@ -148,4 +133,4 @@ def describe(rep: SmemReport) -> list[str]:
 
 
 __all__ = ["StageSmem", "SmemReport", "stage_smem", "smem_report", "required_stage_bytes", "with_tilings",
-           "smem_bytes_for", "unsplit_tilings", "peak_smem", "max_stages", "describe", "WARPS"]
+           "smem_bytes_for", "unsplit_tilings", "peak_smem", "describe", "WARPS"]
