@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
+
+import ada_mk.search as package
 
 PACKAGE = Path(__file__).resolve().parents[1] / "ada_mk" / "search"
 LAZY_OK = {"matplotlib", "matplotlib.pyplot", "matplotlib.patches"}  # explain.py's optional plotting
@@ -75,3 +78,16 @@ def test_the_graph_sees_a_cycle(tmp_path):
     (tmp_path / "b.py").write_text("def f():\n    from .a import y\n")
     assert _graph(tmp_path) == {"a": {"b"}, "b": {"a"}}
     assert _imports(tmp_path / "b.py")[1] == [(2, "a")]
+
+
+def test_package_docstring_lists_the_modules_in_import_order():
+    """ada_mk/search/__init__.py's module map names every module, each after the ones it imports."""
+    order = []
+    for line in (package.__doc__ or "").splitlines():
+        m = re.match(r"  ([a-z_]+(?:, [a-z_]+)*)\s{2,}\S", line)
+        if m:
+            order += m.group(1).split(", ")
+    graph = _graph()
+    assert sorted(order) == sorted(graph)
+    for mod, deps in graph.items():
+        assert all(order.index(d) < order.index(mod) for d in deps), (mod, deps)

@@ -1,6 +1,8 @@
 """Planning: everything the generated kernel does, decided before it is generated.
 
-Modules, each one job (imports go down this list, never up; tests/test_search_imports.py checks):
+Modules, each one job; each imports only modules listed before it (tests/test_search_imports.py
+checks that there is no cycle):
+  errors        PlanError
   plan          the Plan (tilings, attention splits, ring, schedule, kernel features), its sizes,
                 plan.json (to_json) and hash
   kernel_rules  one rule per kernel feature (Plan.batched, bulk_ring, kv_ring, ..., attn_polled)
@@ -16,5 +18,4 @@ Modules, each one job (imports go down this list, never up; tests/test_search_im
   planner       make_plan: the validated plan adamk-gen compiles
   layout        where weights, scratch, counters and the KV cache live in device memory
   profile, explain  measured task times; adamk-gen --explain
-  errors        PlanError
 """
