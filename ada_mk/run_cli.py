@@ -143,7 +143,7 @@ def kernel_backend(model: ModelConfig, deploy: DeployConfig, weights: Any, prefi
     from .codegen.build import build
     from .codegen.render import render
     from .runtime.engine import MegaKernelEngine
-    from .search.simple import make_plan
+    from .search.planner import make_plan
 
     plan = make_plan(model, deploy)
     art = build(render(plan), [deploy.gpu.nvcc_arch], library=False, log=log if verbose else None)
@@ -213,7 +213,7 @@ def main(weights_path: Path, config_path: Path | None, prompt: str, n: int, chat
     try:
         from .codegen.build import BuildError
         from .runtime.engine import KernelError
-        from .search.simple import PlanError
+        from .search.errors import PlanError
 
         errors += (BuildError, KernelError, PlanError)
     except ImportError:  # pragma: no cover

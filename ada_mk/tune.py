@@ -150,8 +150,9 @@ def candidates_for(model: ModelConfig, deploy: DeployConfig, n: int, *, baseline
     """The n best distinct plans the search knows (fewer if it knows fewer), the plan adamk-gen
     compiles first, each validated; with `baseline`, the round-robin plan after them."""
     from .search.cost import simulate
+    from .search.errors import PlanError
+    from .search.planner import check_supported, make_plan
     from .search.search import search_plans
-    from .search.simple import PlanError, check_supported, make_plan
     from .search.validate import validate_plan
 
     try:

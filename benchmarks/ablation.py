@@ -44,7 +44,7 @@ def with_splits(config: str, gpu: str, batch: int, splits: int, profile: bool = 
     from ada_mk.codegen.build import build
     from ada_mk.codegen.render import render
     from ada_mk.search.search import Searcher
-    from ada_mk.search.simple import make_plan
+    from ada_mk.search.planner import make_plan
     from tests.gpu.kernels import model_for
 
     m, d = model_for(config, gpu, batch, None, MAX_CONTEXT)

@@ -10,7 +10,8 @@ import dataclasses
 import os
 import sys
 
-from ada_mk.search.plan import LinearTiling, tiled_weights
+from ada_mk.search.kernel_rules import tiled_weights
+from ada_mk.search.plan import LinearTiling
 
 CONTEXT = int(os.environ.get("ADAMK_CONTEXT", "512"))  # timed context; the KV cache holds 256 more
 MAX_CONTEXT = max(1024, CONTEXT + 256)
@@ -99,7 +100,7 @@ VARIANTS = [("llama3-8b", 8, label, (), which, None)
 
 def plan_for(config: str, which: str, splits: int | None = None, batch: int = 1):
     from ada_mk.search.search import Candidate, Searcher
-    from ada_mk.search.simple import make_plan
+    from ada_mk.search.planner import make_plan
     from benchmarks.timing import gpu_from_env
     from tests.gpu.kernels import model_for
 

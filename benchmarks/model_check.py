@@ -11,7 +11,8 @@ import itertools
 import sys
 
 import ada_mk.search.cost as cost
-from ada_mk.search.plan import LinearTiling, tiled_weights
+from ada_mk.search.kernel_rules import tiled_weights
+from ada_mk.search.plan import LinearTiling
 from ada_mk.search.search import Candidate, Searcher
 from tests.gpu.kernels import model_for
 

@@ -18,7 +18,7 @@ from ada_mk.config import load_config
 from ada_mk.runtime.capi import ADAMK_ERR_ARGUMENT, ADAMK_OK, SharedLibrary
 from ada_mk.search.layout import make_layout
 from ada_mk.search.plan import Plan
-from ada_mk.search.simple import make_plan
+from ada_mk.search.planner import make_plan
 
 ROOT = Path(__file__).resolve().parent.parent
 

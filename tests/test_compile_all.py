@@ -16,7 +16,7 @@ import pytest
 from ada_mk.codegen.build import build
 from ada_mk.codegen.render import render
 from ada_mk.config import load_config
-from ada_mk.search.simple import make_plan
+from ada_mk.search.planner import make_plan
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))

@@ -20,7 +20,7 @@ from ada_mk.codegen.render import render
 from ada_mk.config import load_config
 from ada_mk.runtime.weights import pack_weights
 from ada_mk.search.layout import make_layout
-from ada_mk.search.simple import make_plan
+from ada_mk.search.planner import make_plan
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "c"

@@ -12,7 +12,7 @@ import pytest
 
 from ada_mk.codegen import pipeline
 from ada_mk.config import load_config
-from ada_mk.search import simple
+from ada_mk.search import planner
 from ada_mk.search.cost import simulate
 from ada_mk.search.explain import MEASURED_PID, explain
 from ada_mk.search.profile import (ProfileError, from_summary_rows, load_profile, measured_from_times,
@@ -27,7 +27,7 @@ REAL_1B = ROOT / "tests" / "data" / "profile-llama3.2-1b-search.npy"  # benchmar
 @pytest.fixture(scope="module")
 def plan():
     m, d = load_config(SMOL)
-    return simple.make_plan(m, d, strategy="round-robin")
+    return planner.make_plan(m, d, strategy="round-robin")
 
 
 def synthetic_times(plan, noise=0.1, seed=0, t0=1_700_000_000_000):
@@ -90,7 +90,7 @@ def test_explain_without_profile_unchanged(plan, tmp_path):
 
 def test_other_kernels_profile_is_refused(plan, tmp_path):
     _, times = synthetic_times(plan)
-    other = simple.make_plan(*load_config(SMOL, batch=2), strategy="round-robin")
+    other = planner.make_plan(*load_config(SMOL, batch=2), strategy="round-robin")
     save_profile(tmp_path / "other.npz", other, np.zeros((other.sms, times.shape[1] * 2, 4), np.uint64))
     with pytest.raises(ProfileError, match=f"profile of kernel {other.kernel_name}, but the plan is {plan.kernel_name}"):
         load_profile(tmp_path / "other.npz", plan)
@@ -101,9 +101,9 @@ def test_other_kernels_profile_is_refused(plan, tmp_path):
 
 
 def test_cli_profile(tmp_path, monkeypatch):
-    monkeypatch.setattr(pipeline, "make_plan", lambda m, d: simple.make_plan(m, d, strategy="round-robin"))
+    monkeypatch.setattr(pipeline, "make_plan", lambda m, d: planner.make_plan(m, d, strategy="round-robin"))
     m, d = load_config(SMOL)
-    plan = simple.make_plan(m, d, strategy="round-robin")
+    plan = planner.make_plan(m, d, strategy="round-robin")
     _, times = synthetic_times(plan)
     save_profile(tmp_path / "profile.npz", plan, times)
     r = run("--config", SMOL, "--out", tmp_path / "o", "--no-build", "--explain", "--profile", tmp_path / "profile.npz")
@@ -111,7 +111,7 @@ def test_cli_profile(tmp_path, monkeypatch):
     assert "makespan predicted vs measured" in r.stdout
     assert (tmp_path / "o" / "smollm2-135m" / "H100-bs1" / "gantt_measured.png").exists()
 
-    other = simple.make_plan(*load_config(SMOL, batch=2), strategy="round-robin")
+    other = planner.make_plan(*load_config(SMOL, batch=2), strategy="round-robin")
     save_profile(tmp_path / "other.npz", other, synthetic_times(other)[1])
     r = run("--config", SMOL, "--out", tmp_path / "o", "--no-build", "--explain", "--profile", tmp_path / "other.npz")
     assert r.exit_code == 2 and "Traceback" not in r.stderr and r.stdout == ""
@@ -132,7 +132,7 @@ def test_summary_rows_of_a_real_step(tmp_path):
     from tests.gpu.kernels import model_for
 
     m, d = model_for("llama3.2-1b", "H100", 1, None)
-    plan = simple.make_plan(m, d)
+    plan = planner.make_plan(m, d)
     if plan.kernel_name != "adamk_llama3_2_1b_h100_bs1_a1b27e8d89":
         pytest.skip(f"the search now plans {plan.kernel_name}, not the profiled kernel")
     rows = np.load(REAL_1B, allow_pickle=True)
@@ -142,6 +142,6 @@ def test_summary_rows_of_a_real_step(tmp_path):
     assert load_profile(REAL_1B, plan).times == meas.times  # the .npy is read directly too
     text = explain(plan, tmp_path / "ex", compare_unsplit=False, png=False, profile=meas)
     assert "makespan predicted vs measured" in text
-    rr = simple.make_plan(m, d, strategy="round-robin")
+    rr = planner.make_plan(m, d, strategy="round-robin")
     with pytest.raises(ProfileError, match="another plan|task rows"):
         from_summary_rows(rr, rows)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from ada_mk.codegen import pipeline
-from ada_mk.search.simple import PlanError
+from ada_mk.search.errors import PlanError
 
 from test_cli_errors import SMOL, assert_one_line_error, run  # tests/ is on sys.path (rootdir import)
 
@@ -21,9 +21,9 @@ TARGET = ("smollm2-135m", "H100-bs1")
 def quick_plan(monkeypatch):
     """The round-robin plan instead of the (slower) search: these tests are about the CLI's
     mechanics, not the plan. The ones without this fixture run the default path."""
-    from ada_mk.search import simple
+    from ada_mk.search import planner
 
-    monkeypatch.setattr(pipeline, "make_plan", lambda m, d: simple.make_plan(m, d, strategy="round-robin"))
+    monkeypatch.setattr(pipeline, "make_plan", lambda m, d: planner.make_plan(m, d, strategy="round-robin"))
 
 
 def kernel_files(d: Path) -> dict[str, str]:
@@ -51,7 +51,7 @@ def test_plan_json_is_the_plan(tmp_path):
     from ada_mk.codegen.render import plan_json
     from ada_mk.config import load_config
     from ada_mk.search.layout import make_layout
-    from ada_mk.search.simple import make_plan
+    from ada_mk.search.planner import make_plan
 
     r = run("--config", SMOL, "--out", tmp_path, "--no-build")
     assert r.exit_code == 0, r.stderr
@@ -105,7 +105,7 @@ def test_explain_without_matplotlib(tmp_path, monkeypatch):
 
 def test_plan_summary_fallback():
     from ada_mk.config import load_config
-    from ada_mk.search.simple import make_plan
+    from ada_mk.search.planner import make_plan
 
     text = pipeline.plan_summary(make_plan(*load_config(SMOL), strategy="round-robin"))
     assert "shared memory" in text and "gate_up" in text

@@ -16,8 +16,11 @@ from ada_mk.search.dag import Dag, stage_priority
 from ada_mk.search.deps import task_deps
 from ada_mk.search.explain import explain
 from ada_mk.search.plan import Task, compress_runs
-from ada_mk.search.search import TIME_TOL, ksplit_claim, list_schedule, search_plan
-from ada_mk.search.simple import PlanError, make_plan
+from ada_mk.search.errors import PlanError
+from ada_mk.search.ksplit_claim import ksplit_claim
+from ada_mk.search.planner import make_plan
+from ada_mk.search.scheduling import list_schedule
+from ada_mk.search.search import TIME_TOL, search_plan
 from ada_mk.search.smem import peak_smem, smem_report
 from ada_mk.search.validate import validate_plan
 
@@ -112,13 +115,13 @@ def test_list_schedule_placements_agree(monkeypatch):
     """The scheduler places small groups task by task from heaps it updates lazily
     (_place_linear) and large ones a round of all SMs at a time (_place_rounds): either way alone
     gives the same schedule, times included."""
-    import ada_mk.search.search as search
+    import ada_mk.search.scheduling as scheduling
 
     for name, gpu, batch in (("llama3.2-1b", "L20", 1), ("llama3.2-1b", "H100", 8)):
         plan = dataclasses.replace(searched(name, gpu, batch), schedule=[])
         out = []
-        for rounds_from in (1, search.ROUNDS_FROM, 10 ** 9):
-            monkeypatch.setattr(search, "ROUNDS_FROM", rounds_from)
+        for rounds_from in (1, scheduling.ROUNDS_FROM, 10 ** 9):
+            monkeypatch.setattr(scheduling, "ROUNDS_FROM", rounds_from)
             s = list_schedule(plan, CostModel(plan))
             out.append((s.placed, s.makespan, s.layer_done, s.head_start, s.state))
         assert out[0] == out[1] == out[2], (name, gpu, batch)
@@ -233,7 +236,7 @@ def test_batched_chunks_are_16_row_column_blocks(name):
     Tiling carries that shape (adamk/tasks.cuh)."""
     from ada_mk.codegen.render import render
     from ada_mk.search.plan import LinearTiling
-    from ada_mk.search.search import tiling_ok
+    from ada_mk.search.shapes import tiling_ok
 
     plan = searched(name, "H100", 8)
     source = render(plan).files[f"{plan.file_stem}.cu"]

@@ -12,7 +12,7 @@ import pytest
 from ada_mk.config import load_config
 from ada_mk.runtime.weights import pack_weights, tile_matrix, untile_matrix
 from ada_mk.search.layout import make_layout
-from ada_mk.search.simple import make_plan
+from ada_mk.search.planner import make_plan
 
 ROOT = Path(__file__).resolve().parents[1]
 

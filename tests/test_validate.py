@@ -10,7 +10,8 @@ from ada_mk.config import load_config
 from ada_mk.search.deps import task_deps
 from ada_mk.search.plan import LinearTiling, Run, Task, compress_runs
 from ada_mk.search.search import search_plan
-from ada_mk.search.simple import PlanError, make_plan
+from ada_mk.search.errors import PlanError
+from ada_mk.search.planner import make_plan
 from ada_mk.search.validate import validate_plan
 
 ROOT = Path(__file__).resolve().parents[1]

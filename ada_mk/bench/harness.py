@@ -101,7 +101,7 @@ def megakernel_build(config: Path, gpu: str, batch: int, max_context: int, plann
 
         plan = plan_for(m, d)
     elif planner == "simple":  # the round-robin baseline plan
-        from ..search.simple import make_plan
+        from ..search.planner import make_plan
 
         plan = make_plan(m, d, strategy="round-robin")
     elif planner == "search":

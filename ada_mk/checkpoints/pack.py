@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             from ..run_cli import deploy_for
             from ..search.layout import make_layout
-            from ..search.simple import make_plan
+            from ..search.planner import make_plan
 
             plan = make_plan(ck.model, deploy_for(ck.model, a.gpu, a.batch, a.max_context))
             layout, what = make_layout(plan), plan.kernel_name

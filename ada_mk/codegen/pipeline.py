@@ -24,7 +24,8 @@ from ..config import DeployConfig, ModelConfig
 from ..fsutil import write_atomic
 from ..search.layout import make_layout
 from ..search.plan import Plan
-from ..search.simple import PlanError, make_plan
+from ..search.errors import PlanError
+from ..search.planner import make_plan
 from .build import ARCH_FLAGS, Artifacts, BuildError, build
 from .render import Source, render
 

@@ -22,8 +22,10 @@ min(its share of the read bandwidth, bytes in flight / loaded DRAM latency) (Lit
 ring keeps `stages - 1` chunks in flight). Attention tasks read no weights (the loader streams
 past them); they cost a fixed part plus the latency-bound loop over their positions.
 
-The constants are estimates until calibrated by GPU micro-benchmarks (adamk-tune); every one
-is marked as such in its table entry.
+The constants are fixed per GPU (COSTS): Hopper's are fitted to measurements on an H200
+(_fitted_hopper), the other GPUs' are estimates, and CostConstants.source says which. Nothing
+recalibrates them at run time: adamk-tune times the search's best few plans on the card and keeps
+the fastest, the constants stay as they are.
 """
 from __future__ import annotations
 
@@ -73,41 +75,38 @@ def _est(gpu: str, *, sync: float, l2_tb_s: float, sms: int, lanes: int, clock: 
         l2_bw_per_sm=l2_tb_s * 1e12 / sms,
         mem_latency_s=lat * US,
         alu_rate_per_sm=alu,
-        # Half the 32 banks x 4 bytes per clock: the batched multiply of Llama-3-8B at batch 8
-        # (2-row chunks) measured 0.73 us of multiply per chunk on an H100, where the full rate
-        # predicts 0.44 (benchmarks/RESULTS.md, session 4).
+        # Half the 32 banks x 4 bytes per clock: the rate the batched multiply achieves. See
+        # docs/experiments.md, "Cost model: shared-memory rate of the batched multiply".
         smem_bw_per_sm=64 * clock,
         attn_fixed_s=2.0 * US,
         attn_iter_s=0.2 * US,
         attn_head_s=0.03 * US,
         argmax_s=1.5 * US,
         launch_s=4.0 * US,
-        source=(f"estimate for {gpu} (not calibrated): sync {sync} us, L2 {l2_tb_s} TB/s shared by {sms} SMs,"
-                f" DRAM latency {lat} us under load, {alu:.3g} fp32 instr/s per SM; calibration by"
-                " micro-benchmarks replaces these"),
+        source=(f"estimate for {gpu} (not fitted to measurements): sync {sync} us, L2 {l2_tb_s} TB/s shared by"
+                f" {sms} SMs, DRAM latency {lat} us under load, {alu:.3g} fp32 instr/s per SM"),
     )
 
 
-def _calibrated_hopper(gpu: str) -> CostConstants:
-    """Measured on an H200 on 2026-11-27 (benchmarks/RESULTS.md): counter release -> acquire 0.42 us
-    (microbench pingpong); per-task overhead and input staging about 1.5 us each and weight streams
-    at 0.74-0.80 of the SM's bandwidth share (profile of an instrumented build, benchmarks/
-    profile_step.py). With these the simulator predicts 921 us for Llama-3.2-1B and 4,776 us for
-    Llama-3-8B (default plans, batch 1, context 512) against 1,001 and 4,933 us measured. The H100
-    uses the same constants (same SM, same L2), not measured there."""
+def _fitted_hopper(gpu: str) -> CostConstants:
+    """Hopper's constants, fitted to measurements on an H200: the counter release -> acquire
+    latency (benchmarks/microbench.cu, pingpong), the per-task overhead, the input staging and the
+    weight stream's share of the SM's bandwidth (a profile of an instrumented build,
+    benchmarks/profile_step.py). The H100 takes the same ones (the same SM and L2). See
+    docs/experiments.md, "Cost model: Hopper constants fitted to an H200"."""
     base = _est(gpu, sync=0.42, l2_tb_s=5.5, sms=132, lanes=128, clock=1.755e9)
     return dataclasses.replace(
         base, task_overhead_s=1.5 * US, stage_fixed_s=1.5 * US, stream_efficiency=0.75,
-        source=f"calibrated on an H200, 2026-11-27 (sync 0.42 us, task overhead 1.5 us, staging 1.5 us, "
+        source=f"fitted to an H200 (sync 0.42 us, task overhead 1.5 us, staging 1.5 us, "
                f"weight streams at 75% of the SM's bandwidth share); used for {gpu}")
 
 
-# Hopper: calibrated (above). The others: estimates -- latencies from public micro-benchmark papers
+# Hopper: fitted (above). The others: estimates -- latencies from public micro-benchmark papers
 # of Ampere/Ada (order of magnitude), clocks and lane counts from the vendor whitepapers, the
-# streaming efficiency assumed equal to Hopper's; none measured on this project's cards yet.
+# streaming efficiency assumed equal to Hopper's; no measurement on those cards backs them.
 COSTS: dict[str, CostConstants] = {
-    "H100": _calibrated_hopper("H100"),
-    "H200": _calibrated_hopper("H200"),
+    "H100": _fitted_hopper("H100"),
+    "H200": _fitted_hopper("H200"),
     "A100": _est("A100", sync=1.2, l2_tb_s=4.0, sms=108, lanes=64, clock=1.41e9),
     "L20": _est("L20", sync=1.2, l2_tb_s=3.5, sms=92, lanes=128, clock=2.52e9),
     "L40S": _est("L40S", sync=1.2, l2_tb_s=4.5, sms=142, lanes=128, clock=2.52e9),

@@ -31,10 +31,9 @@ class TaskInfo:
 
 def nominal_context(max_context: int) -> int:
     """The context a plan is optimised for: the middle of the deployment's range, and at least
-    512 positions (or the whole cache, if smaller). Planning a 4,096-position cache for 512 chose 6
-    attention splits for Llama-3-8B, 6.71 ms/token at context 4,096 on an H100 against 6.29 with
-    the 16 that planning for 2,048 chooses; at 512 the two measured 5.74 and 5.75
-    (benchmarks/RESULTS.md, session 5)."""
+    512 positions (or the whole cache, if smaller). Planning for the short end chooses too few
+    attention splits for long contexts, and planning for the middle costs nothing measurable at
+    the short end. See docs/experiments.md, "Nominal context of a plan"."""
     return max(min(max_context, 512), max_context // 2)
 
 
@@ -141,14 +140,6 @@ class Dag:
             return 0
         return self.rows_of(kind, idx) * self.plan.tilings[kind].kc * 2
 
-    def ring_bytes(self, kind: str) -> int:
-        """Bytes a task of `kind` occupies in the ring: whole chunks (the last tile's padding
-        rows are not loaded, but their slots are)."""
-        if kind not in LINEAR_KINDS:
-            return 0
-        t = self.plan.tilings[kind]
-        return t.chunks * self.plan.stage_bytes
-
     def staging_bytes(self, kind: str, layer: int) -> int:
         """Bytes read from global memory (mostly L2) to build the input chunk of a task."""
         p, m, B = self.plan, self.plan.model, self.plan.batch
@@ -161,11 +152,10 @@ class Dag:
             prev = {"qkv": "down", "gate_up": "o", "lm_head": "down"}[kind]
             return B * kc * 2 + p.tilings[prev].tiles * B * 4 + kc * 2
         if kind == "o":
-            # The copy of the combined output is B * kc * 2 bytes; the last attention split's
-            # combine of every split (adamk/attention.cuh) still reads the partials, and charging
-            # them here as before keeps the split counts that measured fastest on an H100 (charged
-            # to attention instead, the search chose 16 splits for llama3.2-1b: 1.21-1.28 ms
-            # against 1.15 with 8; benchmarks/RESULTS.md).
+            # The copy of the combined output is B * kc * 2 bytes; the partials that the last
+            # attention split's combine reads (adamk/attention.cuh) are charged here too, to the
+            # O task that waits for them, which keeps the attention split counts that run fastest.
+            # See docs/experiments.md, "Attention combine charged to the O projection's staging".
             kc = p.tilings["o"].kc
             heads = -(-kc // m.head_dim)
             return B * kc * p.attn_splits * 4 + 3 * B * heads * p.attn_splits * 2 * 4

@@ -21,6 +21,8 @@ from pathlib import Path
 
 from .cost import CostModel, SimResult, simulate
 from .dag import Dag
+from .errors import PlanError
+from .ksplit_claim import ksplit_claim
 from .plan import LINEAR_KINDS, Plan
 from .profile import Measured, ProfileError, load_profile
 from .smem import describe, peak_smem, smem_report
@@ -57,6 +59,33 @@ def compare_lines(sim: SimResult, measured: Measured) -> list[str]:
     return lines
 
 
+def feature_lines(plan: Plan) -> list[str]:
+    """The plan's kernel features (its fields that switch the kernel's code paths), each with what
+    it does; ada_mk/search/kernel_rules.py decides them."""
+    m, tiled = plan.model, sorted({t.tiled for t in plan.tilings.values()})
+    positions, buffers = plan.kv_pieces
+    what = {
+        "batched": "every warp multiplies a chunk by all sequences (tensor-core MMA)" if plan.batched
+        else "each row of a chunk is reduced by its own warps (one sequence)",
+        "bulk_ring": "bulk copies (TMA) fill the weight ring" if plan.bulk_ring else "cp.async fills the weight ring",
+        "kv_ring": "attention's K/V rows come through the weight ring" if plan.kv_ring
+        else "attention loads its own K/V rows",
+        "kv_ring_positions": f"positions of K and V rows ({m.head_dim} dimensions) a ring slot holds"
+        if plan.kv_ring else "(no K/V rows in the ring)",
+        "kv_ring_slots": "ring slots an attention task takes" if plan.kv_ring else "(no K/V rows in the ring)",
+        "kv_pieces": f"attention copies K/V rows to shared memory: {buffers} buffers of {positions} positions"
+        if buffers else "no K/V pieces in shared memory",
+        "attn_polled": "the last split of a group polls the others' partials" if plan.attn_polled
+        else "the last split to finish (an atomic count) combines the partials",
+    }
+    lines = ["kernel features (plan fields, decided by ada_mk/search/kernel_rules.py):"]
+    for name, value in plan.kernel_features.items():
+        lines.append(f"  {name:18s} {str(value):8s} {what[name]}")
+    lines.append(f"  {'tiled (tilings)':18s} {','.join(map(str, tiled)):8s} "
+                 + ("weights packed chunk by chunk, as the ring's slots" if tiled == [True] else "weights row-major"))
+    return lines
+
+
 def report(plan: Plan, sim: SimResult | None = None, *, claim=None, measured: Measured | None = None) -> str:
     sim = sim or simulate(plan)
     m, d = plan.model, plan.deploy
@@ -71,6 +100,8 @@ def report(plan: Plan, sim: SimResult | None = None, *, claim=None, measured: Me
     lines.append(f"weights read: {wbytes / 1e9:.3f} GB; floor bytes / read bandwidth {_us(floor)}"
                  f" ({100 * floor / sim.predicted_s:.0f}% of the prediction)")
     lines.append(f"cost model: {sim.constants.source}")
+    lines.append("")
+    lines += feature_lines(plan)
     lines.append("")
     lines.append("per stage (times: predicted busy SM-time summed over the step, and the mean span of one layer):")
     spans = sim.stage_spans()
@@ -227,9 +258,6 @@ def explain(plan: Plan, out_dir: str | os.PathLike, *, compare_unsplit: bool = T
     sim = simulate(plan, CostModel(plan))
     claim = None
     if compare_unsplit:
-        from .search import ksplit_claim
-        from .simple import PlanError
-
         try:
             claim = ksplit_claim(plan.model, plan.deploy)
         except PlanError as e:  # no unsplit plan fits any GPU (Llama-3-8B at batch 8): nothing to compare
@@ -244,4 +272,4 @@ def explain(plan: Plan, out_dir: str | os.PathLike, *, compare_unsplit: bool = T
     return text
 
 
-__all__ = ["explain", "report", "trace_events", "gantt", "gantt_measured", "compare_lines", "MEASURED_PID"]
+__all__ = ["explain", "report", "feature_lines", "trace_events", "gantt", "gantt_measured", "compare_lines", "MEASURED_PID"]

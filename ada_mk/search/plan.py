@@ -4,7 +4,10 @@ A plan fixes, for one (model, GPU, batch):
   * the tiling of each fused linear stage (rows per task, K-split, warps per row),
   * the number of sequence splits of decode attention,
   * the shared-memory carve-up (activation staging, the weight ring's stage size and depth),
-  * the static order of tasks on every SM.
+  * the static order of tasks on every SM,
+  * the kernel's features: which multiply, how the ring is filled, where attention's K/V rows
+    come from, how attention's splits are combined (Plan's fields after `notes`, decided by
+    ada_mk.search.kernel_rules).
 
 The kernel only executes it: which SM runs which task, in which order, waiting on which counter,
 is a table compiled into the kernel. Dependencies are a fixed function of the task (see
@@ -14,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import KW_ONLY, asdict, dataclass, field
 
 from ..config import DeployConfig, ModelConfig
 
@@ -25,32 +28,16 @@ WARPS = THREADS // 32
 LINEAR_KINDS = ("qkv", "o", "gate_up", "down", "lm_head")
 KIND_IDS = {"qkv": 0, "attn": 1, "o": 2, "gate_up": 3, "down": 4, "lm_head": 5, "argmax": 6}
 
-# From this batch on, the kernel multiplies a weight chunk by all sequences at once: every warp
-# takes all rows of the chunk over its share of the columns, 16 rows x 8 sequences per tensor-core
-# MMA (adamk/linear.cuh, multiply_batched). Below it, one row per warp group (multiply_rows).
-BATCHED_FROM = 2
 BATCHED_CHUNK_ROWS = 16  # rows of a batched multiply's chunk: the MMA's M (adamk/mma.cuh, TileDot)
 
-# Positions of one K/V piece that batched attention copies to shared memory (Plan.kv_pieces),
-# largest first: the first that gives two buffers is taken.
-KV_PIECE_POSITIONS = (64, 32, 16)
-KV_PIECE_BUFFERS = 4  # at most: all of them are in flight before the first is used
+# The fields of Plan that switch the kernel's code paths (kernel_rules.decide_kernel_features).
+KERNEL_FEATURES = ("batched", "bulk_ring", "kv_ring", "kv_ring_positions", "kv_ring_slots", "kv_pieces",
+                   "attn_polled")
 
 
 def align16(nbytes: int) -> int:
     """`nbytes` rounded up to a multiple of 16 (shared-memory regions start 16-byte aligned)."""
     return -(-nbytes // 16) * 16
-
-
-def batched(batch: int) -> bool:
-    """Whether a kernel of this batch uses the batched multiply."""
-    return batch >= BATCHED_FROM
-
-
-def tiled_weights(deploy: DeployConfig) -> bool:
-    """Whether the linear stages' weights are packed pre-tiled (LinearTiling.tiled): the batched
-    multiply's where bulk copies fill the ring (Plan.bulk_ring, Hopper)."""
-    return batched(deploy.batch) and deploy.gpu.tma
 
 
 @dataclass(frozen=True)
@@ -60,12 +47,12 @@ class LinearTiling:
     A task computes `rows` output rows over one K-chunk of `k // ksplit` columns. Its weight tile
     streams through the shared-memory ring chunk by chunk. With one sequence a chunk is
     `WARPS // warps_per_row` whole rows, each reduced by `warps_per_row` warps. With the batched
-    multiply (`batched`, set for plans of batch >= BATCHED_FROM) every warp takes part of every
+    multiply (`batched`, kernel_rules.batched_multiply) every warp takes part of every
     row of a chunk: a chunk is 16 rows (the MMA's M) by `kc // warps_per_row` columns, so
     `warps_per_row` cuts a row group's columns into that many chunks (`kparts`). `tiled`: the
     packed weights hold the batched multiply's chunks one after the other, each laid out as its
-    ring slot (set where bulk copies fill the ring, Plan.bulk_ring: one copy a chunk; see
-    ada_mk.search.layout.Segment.tiling).
+    ring slot (kernel_rules.tiled_weights: where bulk copies fill the batched multiply's ring,
+    Plan.bulk_ring, one copy a chunk; see ada_mk.search.layout.Segment.tiling).
     """
 
     n: int
@@ -124,16 +111,17 @@ class LinearTiling:
         number of 64-byte halves alternate by themselves. adamk/tasks.cuh, tile_offset.)"""
         return self.chunk_bytes
 
-    def x_row(self, batch: int) -> int:
+    @property
+    def x_row(self) -> int:
         """Elements between two sequences' rows of the staged activations: kc, plus 64 bytes of
         padding with the batched multiply so its 8-row loads hit both halves of the banks
         (adamk/tasks.cuh, x_offset)."""
-        return self.kc + (32 if batched(batch) else 0)
+        return self.kc + (32 if self.batched else 0)
 
     def red_floats(self, batch: int) -> int:
         """Shared floats its reduction needs: [rows][warps_per_row][B] per-warp partials, or with
         the batched multiply [rows][B] results plus two chunks' [WARPS][chunk_rows][B] partials."""
-        if batched(batch):
+        if self.batched:
             return (self.rows + 2 * WARPS * self.chunk_rows) * batch
         return self.rows * self.warps_per_row * batch
 
@@ -183,6 +171,10 @@ class Run:
 
 @dataclass
 class Plan:
+    """Everything the generated kernel does for one (model, deploy). The search fills the fields
+    up to `notes`; kernel_rules.decide_kernel_features decides the kernel features after them from
+    those (None: not decided yet; such a plan has no size, no hash and renders nothing)."""
+
     model: ModelConfig
     deploy: DeployConfig
     sms: int
@@ -194,6 +186,16 @@ class Plan:
     schedule: list[list[Run]]  # per SM, in execution order
     strategy: str = "round-robin"
     notes: dict = field(default_factory=dict)
+    _: KW_ONLY
+    # ---- kernel features (KERNEL_FEATURES; kernel_rules says why each takes its value) ---------
+    batched: bool | None = None  # the batched multiply: every warp takes all sequences (Cfg::BATCHED)
+    bulk_ring: bool | None = None  # bulk copies (TMA) fill the weight ring (Cfg::BULK_RING)
+    kv_ring: bool | None = None  # attention's cached K/V rows come through the weight ring (Cfg::KV_RING)
+    kv_ring_positions: int | None = None  # with kv_ring: positions a ring slot holds (Cfg::KV_PIECE), else 0
+    kv_ring_slots: int | None = None  # with kv_ring: ring slots an attention task takes (Cfg::KV_SLOTS), else 0
+    kv_pieces: tuple[int, int] | None = None  # (positions, buffers) of attention's bulk-copied K/V
+    #                                           pieces in shared memory (Cfg::ATTN_PIECE, ATTN_BUFS); (0, 0): none
+    attn_polled: bool | None = None  # the last split polls the others' partials (Cfg::ATTN_POLLED)
 
     # ---- derived sizes -------------------------------------------------------------------
     @property
@@ -203,64 +205,18 @@ class Plan:
     @property
     def x_bytes(self) -> int:
         """Shared memory staging the activation chunk a linear task multiplies (bf16, [B][kc])."""
-        return self.batch * max(t.x_row(self.batch) for t in self.tilings.values()) * 2
+        return self.batch * max(t.x_row for t in self.tilings.values()) * 2
 
     @property
-    def batched(self) -> bool:
-        return batched(self.batch)
+    def kv_region_bytes(self) -> int:
+        """Shared memory that attention's K/V pieces (kv_pieces) may borrow: the staged activations'
+        and the reductions' regions (SMEM_X .. SMEM_ATTN), which attention does not use."""
+        return align16(self.x_bytes) + align16(self.red_bytes)
 
     @property
-    def bulk_ring(self) -> bool:
-        """Whether bulk copies (TMA, Hopper) fill the weight ring (adamk/weights.cuh)."""
-        return self.deploy.gpu.tma
-
-    @property
-    def kv_pieces(self) -> tuple[int, int]:
-        """(positions a piece, buffers) of batched attention on Hopper: an attention task copies its
-        split's K and V rows into shared memory by bulk copies, a piece (K rows, then V rows) per
-        buffer, into the regions of the staged activations and the reductions, which attention
-        does not use; all buffers are in flight before the first piece is used (adamk/attention.cuh).
-        (0, 0): the K/V rows come through the weight ring (kv_ring), or are loaded into registers
-        (one sequence, or no bulk-copy unit)."""
-        if not (self.deploy.gpu.tma and self.batched) or self.kv_ring:
-            return 0, 0
-        region = align16(self.x_bytes) + align16(self.red_bytes)  # SMEM_X .. SMEM_ATTN
-        for positions in KV_PIECE_POSITIONS:
-            buffers = region // (2 * positions * self.model.head_dim * 2)
-            if buffers >= 2:
-                return positions, min(buffers, KV_PIECE_BUFFERS)
-        return 0, 0
-
-    @property
-    def kv_ring_positions(self) -> int:
-        """Positions of the K/V rows one ring slot holds where they come through the weight ring
-        (kv_ring): the K rows, then the V rows, in whole blocks of 16 positions, a block per warp."""
-        fit = self.stage_bytes // (4 * self.model.head_dim) // 16 * 16
-        return min(fit, 16 * WARPS)
-
-    @property
-    def kv_ring_slots(self) -> int:
-        """Ring slots an attention task takes (kv_ring): enough for the longest split the cache
-        allows; slots past the split's last position arrive empty."""
-        per = -(-self.deploy.max_context // self.attn_splits)
-        return -(-per // self.kv_ring_positions)
-
-    @property
-    def kv_ring(self) -> bool:
-        """Whether attention's cached K/V rows come through the weight ring (adamk/weights.cuh):
-        the ring streams an attention task's rows as it streams a linear task's weight chunks, tasks
-        ahead, instead of the task loading them on the QKV-attention-O chain, and the tensor cores
-        multiply them in the slot (adamk/attention.cuh). Bulk copies only (Hopper), heads of 64 or
-        128 dimensions with groups of up to 8 query heads (MmaAttention). With several sequences
-        and 128-dimension heads a slot holds only 64 positions and Llama-3-8B at batch 8 went from
-        4.866 to 4.965 ms/token (H200), so those keep their own copies (kv_pieces); elsewhere it
-        was faster: Llama-3.2-1B 0.845 -> 0.838 ms at context 4,096, 0.793 -> 0.788 at 512, 0.940
-        -> 0.933 at batch 8; Llama-3-8B 4.116 -> 4.083 at context 4,096 (benchmarks/RESULTS.md,
-        session 21)."""
-        m = self.model
-        if not self.bulk_ring or m.head_dim % 64 or m.group_size > 8:
-            return False
-        return (self.batch == 1 or m.head_dim == 64) and self.kv_ring_positions >= 16
+    def kernel_features(self) -> dict:
+        """The kernel features by name (KERNEL_FEATURES)."""
+        return {name: getattr(self, name) for name in KERNEL_FEATURES}
 
     @property
     def in_stage_order(self) -> bool:
@@ -274,34 +230,11 @@ class Plan:
         return True
 
     @property
-    def attn_polled(self) -> bool:
-        """Whether the last split of each attention group (split attn_splits - 1) combines the
-        group's partials by polling them: each split stores its partial as 8-byte words {value,
-        step} and nothing counts the splits (adamk/attention.cuh, combine_splits). Otherwise the
-        last split to finish, elected by an atomic count, combines them. A combiner holds its SM
-        until its group's other splits are done, so none of those, nor any task they wait for,
-        may run behind it: true when every SM's list follows the stage order (only attention
-        tasks of its layer and later stages can follow a combiner) and no combiner of a layer
-        precedes one of that layer's other attention tasks. The search's schedules qualify."""
-        if not self.batched or not self.in_stage_order:  # one sequence: slower (RESULTS.md, session 18)
-            return False
-        last = self.attn_splits - 1
-        for runs in self.schedule:
-            combined: set[int] = set()  # layers whose combiner this SM has run
-            for run in runs:
-                if run.kind != "attn":
-                    continue
-                for t in run.tasks():
-                    if t.index % self.attn_splits == last:
-                        combined.add(t.layer)
-                    elif t.layer in combined:
-                        return False
-        return True
-
-    @property
     def barrier_bytes(self) -> int:
         """mbarriers: the staged activations' bulk copies, one per ring slot (bulk_ring) and one
         per K/V buffer of batched attention (kv_pieces)."""
+        if self.bulk_ring is None or self.kv_pieces is None:
+            raise ValueError("the barriers follow bulk_ring and kv_pieces: apply kernel_rules.decide_kernel_features")
         return 8 * (1 + (self.stages if self.bulk_ring else 0) + self.kv_pieces[1])
 
     @property
@@ -362,7 +295,21 @@ class Plan:
         return [t for run in self.schedule[sm] for t in run.tasks()]
 
     # ---- identity ------------------------------------------------------------------------
+    def schedule_digest(self) -> dict:
+        """The schedule in brief: the sha256 of every SM's runs (canonical JSON of
+        [[[kind, layer, start, stride, count], ...] per SM]), the number of runs and the tasks of
+        each SM. The schedule itself is the kernel's table (render.schedule_table)."""
+        runs = [[[r.kind, r.layer, r.start, r.stride, r.count] for r in sm] for sm in self.schedule]
+        blob = json.dumps(runs, separators=(",", ":")).encode()
+        return {"sha256": hashlib.sha256(blob).hexdigest(), "runs": sum(len(sm) for sm in self.schedule),
+                "tasks_per_sm": [sum(r.count for r in sm) for sm in self.schedule]}
+
     def to_json(self) -> dict:
+        """The plan as plan.json has it: every decision (the notes are commentary)."""
+        undecided = [name for name in KERNEL_FEATURES if getattr(self, name) is None]
+        if undecided:
+            raise ValueError(f"plan with undecided kernel features {undecided}: "
+                             "apply kernel_rules.decide_kernel_features first")
         return {
             "model": self.model.to_dict(),
             "gpu": self.deploy.gpu.name,
@@ -373,14 +320,13 @@ class Plan:
             "sms": self.sms,
             "threads": self.threads,
             "strategy": self.strategy,
-            # `batched` follows from the batch: not a decision of its own
-            "tilings": {k: {f: x for f, x in asdict(v).items() if f not in ("batched", "tiled")}
-                        for k, v in self.tilings.items()},
+            "tilings": {k: asdict(v) for k, v in self.tilings.items()},
             "attn_splits": self.attn_splits,
             "stages": self.stages,
             "stage_bytes": self.stage_bytes,
             "smem_bytes": self.smem_bytes,
-            "schedule": [[[r.kind, r.layer, r.start, r.stride, r.count] for r in runs] for runs in self.schedule],
+            "kernel_features": {k: list(v) if isinstance(v, tuple) else v for k, v in self.kernel_features.items()},
+            "schedule": self.schedule_digest(),
             "notes": self.notes,
         }
 

@@ -23,7 +23,6 @@ import numpy as np
 
 from .plan import Plan, Task
 
-STAMPS = ("wait", "ready", "staged", "end")
 BASE_NS = 1_000_000  # where from_summary_rows puts the step start (0 marks an unused row)
 
 

@@ -1,14 +1,8 @@
-"""The offline search: per-stage tiling, K-split, ring depth and attention splits, and the static
-task-to-SM order, chosen to minimise the cost model's predicted makespan.
+"""The offline search: per-stage tiling, K-split, ring depth and attention splits, chosen to
+minimise the cost model's predicted step time; the static task-to-SM order is list scheduling's
+(scheduling.py).
 
-Order: list scheduling. Tasks are taken in a topological order (layer by layer, stage by stage;
-inside a stage in the order their consumers need them, see dag.stage_priority), and each goes to
-the SM that would finish it first given what that SM already holds (its previous task's end, its
-loader's progress through the ring, the activation chunk it has staged). Every SM's list is then
-a subsequence of one topological order: no SM ever waits on a task scheduled after it, and no
-cycle is possible.
-
-Tiling: candidates are screened on a two-layer model of the step (the steady-state layer period
+Candidates are screened on a two-layer model of the step (the steady-state layer period
 extrapolated to all layers, the LM head scheduled apart), improved by coordinate descent, and the
 best few are scheduled in full. Everything is deterministic: fixed candidate order, ties broken
 by the lowest SM index and the first candidate.
@@ -16,311 +10,24 @@ by the lowest SM index and the first candidate.
 from __future__ import annotations
 
 import dataclasses
-import heapq
-import sys
 from dataclasses import dataclass
-from typing import Callable
-
-import numpy as np
 
 from ..config import DeployConfig, ModelConfig
-from .cost import CostConstants, CostModel, LinearTiming, constants_for, simulate, staged_key
-from .dag import STAGE_ORDER, Dag, StageTasks
-from .plan import LINEAR_KINDS, THREADS, LinearTiling, Plan, Task, batched, compress_runs, fitting_wpr, tiled_weights
+from .baseline import round_robin_plan
+from .cost import CostConstants, CostModel, constants_for, simulate
+from .dag import Dag
+from .errors import PlanError
+from .kernel_rules import batched_multiply, decide_kernel_features, tiled_weights
+from .plan import LINEAR_KINDS, THREADS, LinearTiling, Plan, compress_runs, fitting_wpr
+from .scheduling import Progress, list_schedule
+from .shapes import linear_shapes, tiling_ok, valid_splits
 from .smem import required_stage_bytes
-from .simple import linear_shapes
-
-Progress = Callable[[str, float], None]  # (message, fraction done)
-
-
-# ---- list scheduling ---------------------------------------------------------------------------
-
-@dataclass
-class Schedule:
-    placed: list  # per group of tasks, in scheduling order: (kind, layer, task indices, SM of each)
-    sms: int
-    makespan: float
-    layer_done: list  # per layer: when its last down task ends
-    head_start: float  # when the first LM-head task starts
-
-    @property
-    def per_sm(self) -> list[list[Task]]:
-        """Per SM: its Tasks in execution order (made on demand: screening needs only times)."""
-        out: list[list[Task]] = [[] for _ in range(self.sms)]
-        for kind, layer, idxs, sm_of in self.placed:
-            for idx, i in zip(idxs, sm_of):
-                out[i].append(Task(kind, layer, idx))
-        return out
-
-
-def _kinds_of(plan: Plan, layers: range | None, head: bool):
-    L = plan.model.num_hidden_layers
-    for layer in (range(L) if layers is None else layers):
-        for kind in STAGE_ORDER:
-            yield kind, layer
-    if head:
-        yield "lm_head", 0
-        yield "argmax", 0
-
-
-# Groups of at least this many tasks are placed a round at a time with numpy (_place_rounds); the
-# smaller ones task by task (_place_linear), where a round over every SM would cost more.
-ROUNDS_FROM = 32
-
-
-def list_schedule(plan: Plan, cost: CostModel | None = None, *, layers: range | None = None,
-                  head: bool = True, init: tuple | None = None, progress: Progress | None = None) -> Schedule:
-    """Earliest-finish list scheduling of the plan's tasks (or of `layers` and/or the head).
-
-    Tasks of a stage never depend on each other, so their ready times are known when the stage
-    begins; consecutive tasks with the same ready time, staged chunk and size form a group, whose
-    tasks go one by one to the SM that would finish each first. Ties go to the lowest SM index.
-
-    `init` = (end, loader, staged, ring history) of the SMs before the first task, as a
-    schedule's `state` leaves them (default: all idle at time 0)."""
-    cost = cost or CostModel(plan)
-    dag = cost.dag
-    S = plan.sms
-    D = cost.depth
-    if init is None:
-        end = [0.0] * S
-        f = [0.0] * S
-        staged = [-1] * S
-        hist = [[0.0] * D for _ in range(S)]
-    else:
-        end, f, staged = list(init[0]), list(init[1]), list(init[2])
-        hist = [list(h) for h in init[3]]
-    sms = _SMs(end, f, staged, hist)
-    placed: list = []
-    # (stage, layer) -> per counter, when its last bump came. Stages are scheduled whole, in
-    # topological order: a stage's counters are all complete once it is here, and a dependency on
-    # a stage not here names producers outside the scheduled window (no wait is charged for it).
-    bumped: dict = {}
-    sync = cost.c.sync_latency_s
-    L = plan.model.num_hidden_layers
-    layer_done = [0.0] * L
-    head_start = float("inf")
-    stages = list(_kinds_of(plan, layers, head))
-    for n_done, (kind, layer) in enumerate(stages):
-        if progress is not None and n_done % 5 == 0:
-            progress("schedule", n_done / len(stages))
-        st = dag.stage_tasks(kind, layer)
-        ready_of = {}  # per dependency class of the stage's tasks: when its counters are all complete
-        for c, deps in st.deps.items():
-            ready = 0.0
-            for stage, dl, first, count, _ in deps:
-                times = bumped.get((stage, layer + dl))
-                if times is not None:
-                    ready = max(ready, float(times[first:first + count].max()) + sync)
-            ready_of[c] = ready
-        heaps: dict = {}  # _place_linear's
-        idx_all: list = []
-        end_all: list = []
-        for (ready, key, _), lo, hi in _groups(cost, kind, layer, st, ready_of):
-            idxs = st.order[lo:hi]
-            if kind not in LINEAR_KINDS:
-                sm_of, end_of = _place_fixed(cost.attn_time if kind == "attn" else cost.argmax_time, hi - lo, ready,
-                                             sms.end)
-            elif hi - lo >= ROUNDS_FROM:
-                sm_of, end_of = _place_rounds(cost.timing(kind, layer, idxs[0]), hi - lo, key, ready, sms)
-                for sig in [sig for sig in heaps if sig[1] == key]:  # the chunk now staged can make
-                    del heaps[sig]  # SMs earlier there than their entries (see _place_linear)
-            else:
-                sm_of, end_of = _place_linear(cost.timing(kind, layer, idxs[0]), hi - lo, key, ready, sms, heaps)
-            if kind in BLOCK_KINDS:
-                # The group's tasks are interchangeable and their consumers wait for all of them:
-                # give each SM a contiguous block (one strided run) instead of the pop order.
-                # Every SM keeps its count and its end times, so the prediction is unchanged.
-                ends: dict = {}
-                for i, t_end in zip(sm_of, end_of):
-                    ends.setdefault(i, []).append(t_end)
-                sm_of = [i for i, es in ends.items() for _ in es]
-                end_of = [t_end for es in ends.values() for t_end in es]
-            placed.append((kind, layer, idxs, sm_of))
-            idx_all += idxs
-            end_all += end_of
-        if st.per_step:  # each counter: when its last task ends
-            times = bumped[(kind, layer)] = np.zeros(len(st.dep_of) // st.per_step)
-            np.maximum.at(times, np.array(idx_all) // st.per_step, end_all)
-        if kind == "lm_head":
-            head_start = min(end_all)
-        elif kind == "down":
-            layer_done[layer] = max(0.0, max(end_all))
-    if progress is not None:
-        progress("schedule", 1.0)
-    sched = Schedule(placed, S, max(end), layer_done, head_start)
-    sched.state = (end, f, staged, hist)  # type: ignore[attr-defined]
-    return sched
-
-
-def _groups(cost: CostModel, kind: str, layer: int, st: StageTasks, ready_of: dict) -> list:
-    """The stage's groups: the longest runs of consecutive tasks (in st.order) with the same ready
-    time, staged chunk key and load time, each as [(ready, key, load), start, stop]."""
-    k = cost.kinds.get(kind)
-    if k is not None:
-        ks, last_tile = k["ksplit"], k["tiles"] - 1
-        keys = [staged_key(kind, layer, sp, ks) for sp in range(ks)]
-    out: list = []
-    for lo, hi in st.runs:
-        idx = st.order[lo]
-        if k is None:
-            sig = (ready_of[st.dep_of[idx]], -1, 0.0)
-        else:
-            sig = (ready_of[st.dep_of[idx]], keys[idx % ks], k["wt_last"] if idx // ks == last_tile else k["wt"])
-        if out and out[-1][0] == sig:
-            out[-1][2] = hi
-        else:
-            out.append([sig, lo, hi])
-    return out
-
-
-class _SMs:
-    """The SMs' state during list scheduling: when each one's consumer (end) and loader (f) are
-    done, its staged activation chunk, its ring history, and the version of all that (the
-    number of tasks it has been given)."""
-
-    __slots__ = ("end", "f", "staged", "hist", "version")
-
-    def __init__(self, end: list, f: list, staged: list, hist: list):
-        self.end, self.f, self.staged, self.hist = end, f, staged, hist
-        self.version = [0] * len(end)
-
-
-def _place_linear(tm: LinearTiming, n: int, key: int, ready: float, sms: _SMs,
-                  heaps: dict) -> tuple[list[int], list[float]]:
-    """Give n interchangeable linear tasks (timing `tm`, staged chunk `key`, ready at `ready`) one
-    by one to the SM that would finish each first (ties: the lowest SM), updating the SMs' state;
-    returns the SM and the end of each task.
-
-    `heaps` (one per stage) keeps per group signature (tm, key, ready) met so far a heap of the
-    SMs' (end, SM, start, loader finish, version) and per SM the version of its newest entry. An
-    SM given a task gets a new version and its entries go stale, but stay lower bounds of its
-    times: they only grow with its end, loader finish and ring history, which only grow. The one
-    exception, a chunk newly staged that a group reuses, gets fresh entries at once (all heaps of
-    this key). A stale entry that reaches the top is replaced by the SM's current times, so each
-    pick is the one a fresh computation of every SM's times would make, while a group of one
-    task costs a few updates instead of one per SM (stages whose order alternates K-splits task
-    by task form ~7,000 of those for Llama-3-8B)."""
-    end, f, staged, hist, version = sms.end, sms.f, sms.staged, sms.hist, sms.version
-    got = heaps.get((tm, key, ready))
-    if got is None:
-        s_v, f_v, e_v = tm.end_vec(np.array(end), np.array(f), np.array(staged) == key, ready, np.array(hist))
-        heap = list(zip(e_v.tolist(), range(len(end)), s_v.tolist(), f_v.tolist(), version))
-        heapq.heapify(heap)
-        got = heaps[(tm, key, ready)] = (heap, list(version))
-    heap, newest = got
-    sm_of, end_of = [], []
-    for _ in range(n):
-        t_end, i, s_i, f_i, v = heap[0]
-        while v != version[i]:  # stale
-            if newest[i] == version[i]:  # the current entry is further down
-                heapq.heappop(heap)
-            else:
-                s2, f2, e2 = tm.end(end[i], f[i], staged[i] == key, ready, hist[i])
-                heapq.heapreplace(heap, (e2, i, s2, f2, version[i]))
-                newest[i] = version[i]
-            t_end, i, s_i, f_i, v = heap[0]
-        f[i] = f_i
-        staged[i] = key
-        hist[i] = h = tm.hist_after(hist[i], s_i, t_end)
-        end[i] = t_end
-        version[i] = v = v + 1
-        for (tm2, key2, ready2), (heap2, newest2) in heaps.items():
-            if key2 == key:  # its next task there reuses the chunk (and here: the group's next)
-                s2, f2, e2 = tm2.end(t_end, f_i, True, ready2, h)
-                if heap2 is heap:
-                    heapq.heapreplace(heap, (e2, i, s2, f2, v))
-                else:
-                    heapq.heappush(heap2, (e2, i, s2, f2, v))
-                newest2[i] = v
-        sm_of.append(i)
-        end_of.append(t_end)
-    return sm_of, end_of
-
-
-def _place_rounds(tm: LinearTiming, n: int, key: int, ready: float, sms: _SMs) -> tuple[list[int], list[float]]:
-    """_place_linear for a large group, computed a round at a time for all SMs (numpy, the same
-    float operations): round r holds every SM's r-th task of the group, were it given that many.
-    Each SM's ends grow from round to round, so taking tasks one by one from the SM that would end
-    first picks the n smallest (end, SM) pairs of all rounds, in that order; rounds are added
-    until no SM has every one of its computed tasks picked (its next could be among them)."""
-    S = len(sms.end)
-    end, f, hist = np.array(sms.end), np.array(sms.f), np.array(sms.hist)
-    reuse = np.array(sms.staged) == key
-    ends, fs, hists = [end], [f], [hist]  # the SMs' state after 0, 1, ... tasks of the group
-    sm_of = np.tile(np.arange(S), -(-n // S))
-    while True:
-        s, f, end = tm.end_vec(end, f, reuse, ready, hist)
-        hist = tm.hist_after_vec(hist, s, end)
-        reuse = np.ones(S, dtype=bool)
-        ends.append(end)
-        fs.append(f)
-        hists.append(hist)
-        rounds = len(ends) - 1
-        if rounds * S < n:
-            continue
-        if len(sm_of) < rounds * S:
-            sm_of = np.tile(np.arange(S), rounds)
-        all_ends = np.concatenate(ends[1:])  # round by round
-        picked = np.lexsort((sm_of, all_ends))[:n]  # by end, then SM
-        count = np.bincount(picked % S, minlength=S)  # tasks per SM
-        if count.max() < rounds:
-            break
-    at = np.arange(S)
-    sms.end[:] = np.stack(ends)[count, at].tolist()
-    sms.f[:] = np.stack(fs)[count, at].tolist()
-    sms.hist[:] = np.stack(hists)[count, at].tolist()
-    for i in np.flatnonzero(count).tolist():
-        sms.staged[i] = key
-        sms.version[i] += int(count[i])
-    return (picked % S).tolist(), all_ends[picked].tolist()
-
-
-def _place_fixed(time: float, n: int, ready: float, end: list) -> tuple[list[int], list[float]]:
-    """_place_linear for tasks of a fixed duration (attention, argmax)."""
-    heap = [(max(e, ready) + time, i) for i, e in enumerate(end)]
-    heapq.heapify(heap)
-    sm_of, end_of = [], []
-    for _ in range(n):
-        t_end, i = heap[0]
-        end[i] = t_end
-        heapq.heapreplace(heap, (max(t_end, ready) + time, i))
-        sm_of.append(i)
-        end_of.append(t_end)
-    return sm_of, end_of
-
-
-# ---- the tiling search ---------------------------------------------------------------------------
 
 CHUNK_COUNTS = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 20, 24, 32, 48, 64)
 ATTN_SPLITS = (1, 2, 4, 6, 8, 12, 16, 24, 32)
 MAX_STAGES = 8
 TIME_TOL = 0.002  # plans within 0.2% of the best predicted time count as equally fast
-BLOCK_KINDS = ("o", "down", "lm_head")  # stages whose consumers wait for every tile
 STAGE_TARGETS = (4 * 1024, 8 * 1024, 16 * 1024, 32 * 1024, 64 * 1024)  # ring slot sizes tried
-
-
-def valid_splits(kind: str, k: int, max_split: int = 64) -> list[int]:
-    if kind == "lm_head":
-        return [1]
-    return [s for s in range(1, max_split + 1) if k % s == 0 and (k // s) % 8 == 0]
-
-
-def tiling_ok(kind: str, t: LinearTiling) -> str | None:
-    """Why a tiling is not one the kernel can run, or None."""
-    if t.warps_per_row not in (1, 2, 4, 8):
-        return f"warps_per_row {t.warps_per_row} not in 1, 2, 4, 8"
-    if t.rows <= 0 or t.rows % t.chunk_rows:
-        return f"rows {t.rows} not a positive multiple of the chunk's {t.chunk_rows} rows"
-    if t.ksplit <= 0 or t.k % t.ksplit or (t.k // t.ksplit) % 8:
-        return f"ksplit {t.ksplit} does not cut K={t.k} into multiples of 8"
-    if not t.whole_column_blocks:
-        return f"warps_per_row {t.warps_per_row} does not cut the batched chunk's {t.kc} columns into multiples of 8"
-    if kind == "gate_up" and t.rows % 2:
-        return f"rows {t.rows} odd: a gate/up task holds whole (gate, up) row pairs"
-    if kind == "lm_head" and t.ksplit != 1:
-        return "the LM head cannot be K-split (its argmax needs full sums)"
-    return None
 
 
 @dataclass
@@ -351,17 +58,19 @@ class Searcher:
         self.progress = progress
         self.budget: float | None = None  # with a time budget: least shared memory meeting it
         self.shapes = linear_shapes(model)
-        self.batched = batched(deploy.batch)
+        self.batched = batched_multiply(deploy.batch)
         self._cache: dict = {}
         self._head: dict = {}
         self._stages: dict = {}  # StageTasks shared by the candidates' Dags
         self.evals = 0
 
     # -- plans ---------------------------------------------------------------------------------
-    def plan_of(self, tilings: dict, attn_splits: int, stages: int, model: ModelConfig | None = None) -> Plan:
-        gpu = self.deploy.gpu
-        return Plan(model or self.model, self.deploy, gpu.sms, THREADS, dict(tilings), attn_splits, stages,
+    def plan_of(self, tilings: dict, attn_splits: int, stages: int) -> Plan:
+        """The schedule-less plan of these tilings, attention splits and ring depth, its kernel
+        features decided."""
+        plan = Plan(self.model, self.deploy, self.deploy.gpu.sms, THREADS, dict(tilings), attn_splits, stages,
                     required_stage_bytes(tilings), [], strategy="search")
+        return decide_kernel_features(plan)
 
     def max_stages(self, tilings: dict, attn_splits: int) -> int:
         p = self.plan_of(tilings, attn_splits, 0)
@@ -406,7 +115,7 @@ class Searcher:
         plan = self.plan_of(cand.tilings, cand.attn_splits, cand.stages)
         cost = self.cost_of(plan)
         sched = list_schedule(plan, cost, progress=self.progress)
-        plan.schedule = [compress_runs(lst) for lst in sched.per_sm]
+        plan = decide_kernel_features(dataclasses.replace(plan, schedule=[compress_runs(lst) for lst in sched.per_sm]))
         out = Candidate(dict(cand.tilings), cand.attn_splits, cand.stages,
                         sched.makespan + cost.c.launch_s, plan.smem_bytes, True)
         return out, plan
@@ -580,9 +289,9 @@ class Searcher:
         """The candidate with its heaviest per-layer stage cut into at least one task per SM, or
         None where it has that already (or its rows cannot be halved). Fewer tasks than SMs means
         every task sits on its own SM and the stage's consumers wait for the slowest of them; the
-        model, whose SMs all stream at one rate, predicts both cuts equal, but on an H100 Llama-3.2-1B
-        with gate/up tasks of 64 rows (256 tasks) ran 5% faster than with 128 (128 tasks on 132 SMs)
-        at batch 1 and 8, contexts 512 and 4,096 (benchmarks/RESULTS.md, sessions 5-6)."""
+        model, whose SMs all stream at one rate, predicts both cuts equal, but the finer cut runs
+        faster. See docs/experiments.md, "Covering: at least one task per SM for the heaviest
+        stage"."""
         sms = self.deploy.gpu.sms
         kind = max((k for k in cand.tilings if k != "lm_head"), key=lambda k: self.shapes[k][0] * self.shapes[k][1])
         t = cand.tilings[kind]
@@ -601,11 +310,9 @@ class Searcher:
     def resplit(self, cand: Candidate, plan: Plan) -> tuple[Candidate, Plan]:
         """The fully scheduled candidate with half or twice the attention splits, where the full
         schedule predicts it faster. The descent compares split counts on the screening estimate,
-        which leaves out where the list scheduler puts the attention tasks; for Llama-3.2-1B at
-        batch 1 the full schedule predicts 8 splits 0.6% faster than the 16 the descent keeps, and
-        on an H100 they measured 3% faster (benchmarks/RESULTS.md, session 7). Twice the splits is
-        skipped where it gives more attention tasks than SMs (two tasks on one SM run one after
-        the other: 32 splits measured 28% slower than 16 for Llama-3.2-1B, session 7)."""
+        which leaves out where the list scheduler puts the attention tasks. Twice the splits is
+        skipped where it gives more attention tasks than SMs: two tasks on one SM run one after
+        the other. See docs/experiments.md, "Attention splits rechecked on the full schedule"."""
         best_c, best_p = cand, plan
         groups = self.deploy.batch * self.model.num_key_value_heads
         for a in (cand.attn_splits // 2, cand.attn_splits * 2):
@@ -615,6 +322,17 @@ class Searcher:
             if c.time < best_c.time:
                 best_c, best_p = c, p
         return best_c, best_p
+
+    def baselines(self) -> list[tuple[Candidate, Plan]]:
+        """The round-robin plan (baseline.round_robin_plan), as the search's, with its simulated
+        time: the search never returns a plan predicted slower than the baseline."""
+        try:
+            rr = round_robin_plan(self.model, self.deploy)
+        except PlanError:
+            return []
+        rr = dataclasses.replace(rr, strategy="search")
+        t_rr = simulate(rr, self.cost_of(rr)).predicted_s
+        return [(Candidate(dict(rr.tilings), rr.attn_splits, rr.stages, t_rr, rr.smem_bytes, True), rr)]
 
     def _tick(self, what: str, frac: float) -> None:
         if self.progress is not None:
@@ -630,7 +348,8 @@ class Searcher:
             if c.time < float("inf"):
                 starts.append(c)
         if not starts:
-            raise_no_fit(self)
+            raise PlanError(f"{self.model.name} on {self.deploy.gpu.name} batch {self.deploy.batch}: no tiling fits"
+                            f" {self.limit} bytes of shared memory with a 2-deep weight ring")
         starts.sort(key=self.rank)
         bests = []
         n_start = min(2, len(starts))
@@ -696,40 +415,13 @@ class Searcher:
         return [p for _, p in found]
 
 
-def _baselines(self: Searcher) -> list:
-    """The round-robin plan (simple.make_plan), and its tiling list-scheduled: the search never
-    returns a plan predicted slower than the baseline."""
-    from .simple import PlanError, make_plan
-
-    try:
-        rr = make_plan(self.model, self.deploy, strategy="round-robin")
-    except PlanError:
-        return []
-    rr.strategy = "search"
-    cost = self.cost_of(rr)
-    t_rr = simulate(rr, cost).predicted_s
-    return [(Candidate(dict(rr.tilings), rr.attn_splits, rr.stages, t_rr, rr.smem_bytes, True), rr)]
-
-
-Searcher.baselines = _baselines  # type: ignore[attr-defined]
-
-
-def raise_no_fit(s: Searcher):
-    from .simple import PlanError
-    m, d = s.model, s.deploy
-    raise PlanError(f"{m.name} on {d.gpu.name} batch {d.batch}: no tiling fits {s.limit} bytes of shared memory"
-                    f" with a 2-deep weight ring")
-
-
 def search_plan(model: ModelConfig, deploy: DeployConfig, *, allow_ksplit: bool = True,
                 smem_limit: int | None = None, constants: CostConstants | None = None,
-                context: int | None = None, progress: Progress | bool | None = None) -> Plan:
+                context: int | None = None, progress: Progress | None = None) -> Plan:
     """The searched plan for (model, deploy): tilings, attention splits, ring depth and the
     static per-SM order minimising the predicted step time (then shared memory). Deterministic.
 
-    progress: a callback (message, fraction) or True for a progress bar on stderr."""
-    if progress is True:
-        progress = stderr_bar()
+    progress: a callback (message, fraction), told "done" at the end."""
     s = Searcher(model, deploy, allow_ksplit=allow_ksplit, smem_limit=smem_limit, constants=constants,
                  context=context, progress=progress or None)
     plan, _ = s.run()
@@ -745,88 +437,3 @@ def search_plans(model: ModelConfig, deploy: DeployConfig, n: int) -> list[Plan]
     s = Searcher(model, deploy)
     best, _ = s.run()
     return [best, *s.alternatives(best, n - 1)]
-
-
-def best_unsplit(model: ModelConfig, deploy: DeployConfig, *, smem_limit: int | None = None, **kw) -> Plan:
-    """The best plan without any K-split: under the GPU's own shared-memory limit when some
-    unsplit plan fits it; otherwise (the point of K-splitting: e.g. Llama-3-8B on Ada) with the
-    limit lifted to the largest of any GPU in the table (Hopper's 227 KB), a hypothetical plan
-    that does not fit the target."""
-    from ..config.gpus import GPUS
-    from .simple import PlanError
-
-    if smem_limit is not None:
-        return search_plan(model, deploy, allow_ksplit=False, smem_limit=smem_limit, **kw)
-    try:
-        return search_plan(model, deploy, allow_ksplit=False, **kw)
-    except PlanError:
-        return search_plan(model, deploy, allow_ksplit=False,
-                           smem_limit=max(g.smem_per_block for g in GPUS.values()), **kw)
-
-
-@dataclass
-class KsplitClaim:
-    """The paper's claim for one deployment: the K-split plan with the least shared memory whose
-    predicted time is no worse than the best plan without K-split."""
-
-    unsplit: Plan
-    unsplit_s: float
-    ksplit: Plan
-    ksplit_s: float
-
-    @property
-    def unsplit_fits(self) -> bool:
-        return self.unsplit.smem_bytes <= self.unsplit.deploy.gpu.smem_per_block
-
-    @property
-    def ratio(self) -> float:
-        return self.ksplit.smem_bytes / self.unsplit.smem_bytes
-
-    @property
-    def holds(self) -> bool:
-        return self.ratio <= 0.5 and self.ksplit_s <= self.unsplit_s * (1 + TIME_TOL)
-
-    def describe(self) -> str:
-        fit = "fits" if self.unsplit_fits else f"does not fit {self.unsplit.deploy.gpu.smem_per_block} B"
-        return (f"best plan without K-split: {self.unsplit.smem_bytes} B ({fit}), predicted"
-                f" {self.unsplit_s * 1e6:,.1f} us; least shared memory with K-split at no worse time:"
-                f" {self.ksplit.smem_bytes} B, predicted {self.ksplit_s * 1e6:,.1f} us -> peak shared memory"
-                f" {100 * (1 - self.ratio):.0f}% lower ({'claim holds' if self.holds else 'claim does NOT hold'})")
-
-
-def ksplit_claim(model: ModelConfig, deploy: DeployConfig, *, constants: CostConstants | None = None,
-                 context: int | None = None) -> KsplitClaim:
-    """Search the best unsplit plan, then the K-split plan with the least shared memory that is
-    predicted no slower (both on the full schedule)."""
-    from .cost import simulate as _sim
-
-    unsplit = best_unsplit(model, deploy, constants=constants, context=context)
-    t_u = _sim(unsplit, CostModel(unsplit, constants, context)).predicted_s
-    s = Searcher(model, deploy, constants=constants, context=context)
-    budget = s.screen(unsplit.tilings, unsplit.attn_splits, unsplit.stages).time
-    best = None
-    for _ in range(3):
-        s.budget = budget
-        plan, _ = s.run()
-        t_k = _sim(plan, CostModel(plan, constants, context)).predicted_s
-        if best is None or (t_k <= t_u * (1 + TIME_TOL), -plan.smem_bytes) > (best[1] <= t_u * (1 + TIME_TOL),
-                                                                              -best[0].smem_bytes):
-            best = (plan, t_k)
-        if t_k <= t_u * (1 + TIME_TOL):
-            break
-        budget *= t_u / t_k  # the screening model was optimistic for this plan: tighten
-    return KsplitClaim(unsplit, t_u, best[0], best[1])
-
-
-def stderr_bar(width: int = 30) -> Progress:
-    state = {"last": -1}
-
-    def cb(msg: str, frac: float) -> None:
-        n = int(frac * width)
-        if n == state["last"] and msg != "done":
-            return
-        state["last"] = n
-        end = "\n" if msg == "done" else ""
-        sys.stderr.write(f"\radamk search [{'#' * n}{'.' * (width - n)}] {int(frac * 100):3d}% {msg:10s}{end}")
-        sys.stderr.flush()
-    return cb

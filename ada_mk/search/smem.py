@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from .kernel_rules import decide_kernel_features
 from .plan import LINEAR_KINDS, WARPS, LinearTiling, Plan, align16
 
 
@@ -52,7 +53,7 @@ class StageSmem:
 
 def stage_smem(t: LinearTiling, kind: str, stages: int, batch: int) -> StageSmem:
     chunk = t.stage_bytes
-    return StageSmem(kind, t.chunk_rows, t.kc, stages, chunk, stages * chunk, batch * t.x_row(batch) * 2,
+    return StageSmem(kind, t.chunk_rows, t.kc, stages, chunk, stages * chunk, batch * t.x_row * 2,
                      t.red_floats(batch) * 4)
 
 
@@ -68,11 +69,6 @@ class SmemReport:
     @property
     def fits(self) -> bool:
         return self.total <= self.limit
-
-    @property
-    def linear_bytes(self) -> int:
-        """The part K-splitting changes: the ring, the staged activation and the reductions."""
-        return self.regions["SMEM_RING"] + self.regions["SMEM_X"] + self.regions["SMEM_RED"]
 
 
 def smem_report(plan: Plan) -> SmemReport:
@@ -95,12 +91,13 @@ def required_stage_bytes(tilings: dict[str, LinearTiling]) -> int:
 
 def with_tilings(plan: Plan, tilings: dict[str, LinearTiling], stages: int | None = None,
                  attn_splits: int | None = None) -> Plan:
-    """A schedule-less copy of `plan` with other tilings (stage_bytes recomputed)."""
-    return dataclasses.replace(
+    """A schedule-less copy of `plan` with other tilings (stage_bytes recomputed, kernel features
+    decided anew)."""
+    return decide_kernel_features(dataclasses.replace(
         plan, tilings=dict(tilings), stage_bytes=required_stage_bytes(tilings),
         stages=plan.stages if stages is None else stages,
         attn_splits=plan.attn_splits if attn_splits is None else attn_splits,
-        schedule=[], notes={})
+        schedule=[], notes={}))
 
 
 def smem_bytes_for(plan: Plan, tilings: dict[str, LinearTiling], stages: int,
@@ -116,20 +113,10 @@ def unsplit_tilings(tilings: dict[str, LinearTiling]) -> dict[str, LinearTiling]
 def peak_smem(plan: Plan, ksplit: bool = True) -> int:
     """Peak shared memory of the plan's block; with ksplit=False, of the same plan with every
     K-split undone (same rows, warps per row and ring depth): the direct counterfactual. The
-    search's "best plan without K-split" (search.best_unsplit) is the fairer comparison."""
+    search's "best plan without K-split" (ksplit_claim.best_unsplit) is the fairer comparison."""
     if ksplit:
         return plan.smem_bytes
     return smem_bytes_for(plan, unsplit_tilings(plan.tilings), plan.stages)
-
-
-def max_stages(plan: Plan, tilings: dict[str, LinearTiling], limit: int, cap: int = 8,
-               attn_splits: int | None = None) -> int:
-    """The deepest ring (<= cap) that keeps the block within `limit` bytes; 0 if even 1 slot
-    does not fit."""
-    base = with_tilings(plan, tilings, 0, attn_splits)
-    fixed = base.smem_bytes
-    sb = base.stage_bytes
-    return max(0, min(cap, (limit - fixed) // sb)) if sb else cap
 
 
 def describe(rep: SmemReport) -> list[str]:
@@ -146,4 +133,4 @@ def describe(rep: SmemReport) -> list[str]:
 
 
 __all__ = ["StageSmem", "SmemReport", "stage_smem", "smem_report", "required_stage_bytes", "with_tilings",
-           "smem_bytes_for", "unsplit_tilings", "peak_smem", "max_stages", "describe", "WARPS"]
+           "smem_bytes_for", "unsplit_tilings", "peak_smem", "describe", "WARPS"]

@@ -6,6 +6,10 @@ Checked:
     multiples of 8, the LM head unsplit, warps per row in 1/2/4/8; attention splits in 1..32;
   * shared memory: the ring slot holds every stage's chunk, at least 2 slots, the block's total
     within the GPU's per-block limit;
+  * kernel features (kernel_rules): each recorded value one the kernel can run with this plan
+    (bulk copies only on a GPU that has them, weights tiled as the kernel reads them, K/V rows
+    through the ring only where a slot holds them and the split fits the slots, K/V pieces only in
+    the space they borrow, polled attention combines only on a schedule that allows them);
   * the schedule: one list per SM, well-formed runs, every task of the step exactly once (each
     output tile / K-split partial written once, none missing);
   * counters: each counter is bumped exactly per_step times per step by its producers, and every
@@ -22,9 +26,10 @@ from collections import Counter
 from .cost import CostModel, Deadlock, simulate
 from .dag import Dag
 from .deps import task_signal
-from .plan import KIND_IDS, LINEAR_KINDS, THREADS, Plan, Task, tiled_weights
-from .search import linear_shapes, tiling_ok
-from .simple import PlanError
+from .errors import PlanError
+from .kernel_rules import schedule_allows_polling
+from .plan import KERNEL_FEATURES, KIND_IDS, LINEAR_KINDS, THREADS, WARPS, Plan, Task
+from .shapes import linear_shapes, tiling_ok
 from .smem import required_stage_bytes
 
 
@@ -36,9 +41,6 @@ def _check_tilings(plan: Plan) -> None:
         t = plan.tilings[kind]
         if (t.n, t.k) != (n, k):
             raise PlanError(f"{kind}: tiling is for a {t.n} x {t.k} matrix, the model's is {n} x {k}")
-        if t.batched != plan.batched:
-            raise PlanError(f"{kind}: tiling batched={t.batched}, but batch {plan.batch} "
-                            f"{'multiplies' if plan.batched else 'does not multiply'} sequences together")
         why = tiling_ok(kind, t)
         if why:
             raise PlanError(f"{kind}: {why}")
@@ -49,10 +51,6 @@ def _check_tilings(plan: Plan) -> None:
 
 
 def _check_smem(plan: Plan) -> None:
-    for kind, t in plan.tilings.items():
-        if t.tiled != tiled_weights(plan.deploy):
-            raise PlanError(f"{kind}: weights {'tiled' if t.tiled else 'not tiled'}; they are packed tiled"
-                            f" exactly where bulk copies fill the batched multiply's ring (Plan.bulk_ring)")
     need = required_stage_bytes(plan.tilings)
     if plan.stage_bytes < need:
         raise PlanError(f"stage_bytes {plan.stage_bytes} < {need}, the largest chunk of any stage")
@@ -67,6 +65,64 @@ def _check_smem(plan: Plan) -> None:
             f"needs {plan.smem_bytes} bytes of shared memory per block, {plan.deploy.gpu.name} allows {limit}"
             f" (ring {plan.stages} x {plan.stage_bytes}, activation {plan.x_bytes}, attention {plan.attn_bytes},"
             f" layout {lay})")
+
+
+def _check_features(plan: Plan) -> None:
+    """The kernel features recorded in the plan are ones the kernel can run (kernel_rules decides
+    them; these are the constraints of adamk/*.cuh that a hand-made value could break)."""
+    undecided = [name for name in KERNEL_FEATURES if getattr(plan, name) is None]
+    if undecided:
+        raise PlanError(f"kernel features {undecided} not decided (kernel_rules.decide_kernel_features)")
+    m, gpu = plan.model, plan.deploy.gpu
+    if plan.batched and plan.batch > 8:
+        raise PlanError(f"batched multiply at batch {plan.batch}: an MMA holds 8 sequences")
+    if plan.bulk_ring and not gpu.tma:
+        raise PlanError(f"bulk_ring: {gpu.name} has no bulk-copy unit (TMA) to fill the ring with")
+    for kind, t in plan.tilings.items():
+        if t.batched != plan.batched:
+            raise PlanError(f"{kind}: tiling batched={t.batched}, but batch {plan.batch} "
+                            f"{'multiplies' if plan.batched else 'does not multiply'} sequences together")
+        if t.tiled != (plan.batched and plan.bulk_ring):
+            raise PlanError(f"{kind}: weights {'tiled' if t.tiled else 'not tiled'}; the kernel reads them tiled"
+                            f" exactly where bulk copies fill the batched multiply's ring (Plan.bulk_ring)")
+    p, slots = plan.kv_ring_positions, plan.kv_ring_slots
+    if plan.kv_ring:
+        if not plan.bulk_ring:
+            raise PlanError("kv_ring: K/V rows come through the ring only where bulk copies fill it (bulk_ring)")
+        if m.head_dim % 64 or m.group_size > 8:
+            raise PlanError(f"kv_ring: the ring's K/V rows are multiplied by MmaAttention, which takes heads of"
+                            f" 64 or 128 dimensions and up to 8 query heads a group, not {m.head_dim} and"
+                            f" {m.group_size}")
+        if p % 16 or not 16 <= p <= 16 * WARPS or 4 * p * m.head_dim > plan.stage_bytes:
+            raise PlanError(f"kv_ring_positions {p}: a slot of {plan.stage_bytes} B holds whole blocks of 16"
+                            f" positions' K and V rows, at most {16 * WARPS}")
+        longest = -(-plan.deploy.max_context // plan.attn_splits)
+        if slots * p < longest:
+            raise PlanError(f"kv_ring_slots {slots} of {p} positions: a split holds up to {longest} positions")
+    elif p or slots:
+        raise PlanError(f"kv_ring_positions {p}, kv_ring_slots {slots} without kv_ring: both 0")
+    pieces = plan.kv_pieces
+    if len(pieces) != 2 or (pieces[0] == 0) != (pieces[1] == 0):
+        raise PlanError(f"kv_pieces {pieces}: (positions, buffers), both 0 or neither")
+    if pieces[1]:
+        positions, buffers = pieces
+        if not gpu.tma:
+            raise PlanError(f"kv_pieces: {gpu.name} has no bulk-copy unit (TMA) to copy K/V pieces with")
+        if plan.kv_ring:
+            raise PlanError("kv_pieces with kv_ring: attention's K/V rows come one way")
+        if positions % 16 or positions > 16 * WARPS:
+            raise PlanError(f"kv_pieces: {positions} positions a piece; whole blocks of 16, at most {16 * WARPS}")
+        need = buffers * 2 * positions * m.head_dim * 2
+        if need > plan.kv_region_bytes:
+            raise PlanError(f"kv_pieces: {buffers} buffers of {positions} positions need {need} B, the x and"
+                            f" red regions they borrow hold {plan.kv_region_bytes}")
+
+
+def _check_polling(plan: Plan) -> None:
+    """A polled attention combine (attn_polled) only on a schedule where it cannot deadlock."""
+    if plan.attn_polled and not schedule_allows_polling(plan):
+        raise PlanError("attn_polled: a combiner of some layer runs before another attention task it waits"
+                        " for on its SM, or the lists leave the stage order (kernel_rules.schedule_allows_polling)")
 
 
 def _check_schedule(plan: Plan, want: list[Task]) -> None:
@@ -166,9 +222,11 @@ def _in_stage_order(plan: Plan, dag: Dag) -> bool:
 def validate_plan(plan: Plan, *, simulate_deadlock: bool = True) -> None:
     """Raise PlanError with the reason when the plan is not one the kernel can run correctly."""
     _check_tilings(plan)
+    _check_features(plan)
     _check_smem(plan)
     tasks = plan.all_tasks()
     _check_schedule(plan, tasks)
+    _check_polling(plan)
     dag = Dag(plan)
     _check_counters(plan, dag, tasks)
     if simulate_deadlock and not _in_stage_order(plan, dag):
@@ -179,4 +237,4 @@ def validate_plan(plan: Plan, *, simulate_deadlock: bool = True) -> None:
             raise PlanError(str(e)) from None
 
 
-__all__ = ["validate_plan", "PlanError"]
+__all__ = ["validate_plan"]

@@ -13,7 +13,7 @@ from ada_mk.codegen.build import Artifacts, build
 from ada_mk.codegen.render import render
 from ada_mk.config import ModelConfig, load_config
 from ada_mk.search.plan import Plan
-from ada_mk.search.simple import make_plan
+from ada_mk.search.planner import make_plan
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -26,7 +26,7 @@ from ada_mk.ir.reference import ReferenceExecutor
 from ada_mk.runtime.capi import ADAMK_ERR_ARGUMENT, SharedLibrary
 from ada_mk.search.layout import make_layout
 from ada_mk.search.plan import Plan
-from ada_mk.search.simple import make_plan
+from ada_mk.search.planner import make_plan
 
 pytestmark = pytest.mark.gpu
 

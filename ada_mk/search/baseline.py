@@ -1,30 +1,18 @@
-"""A simple, valid plan: per-stage tiling from a small cost rule, and a round-robin task order.
+"""The baseline plan: per-stage tiling from a small cost rule, and a round-robin task order.
 
-This is the baseline the offline search improves on; the kernel takes any valid plan.
+The offline search (search.py) never returns a plan predicted slower than this one; the kernel
+takes any valid plan (`adamk-gen --strategy round-robin` builds this one).
 """
 from __future__ import annotations
 
 from ..config import DeployConfig, ModelConfig
-from .plan import THREADS, LinearTiling, Plan, batched, compress_runs, fitting_wpr, tiled_weights
+from .errors import PlanError
+from .kernel_rules import batched_multiply, decide_kernel_features, tiled_weights
+from .plan import THREADS, LinearTiling, Plan, Run, compress_runs, fitting_wpr
+from .shapes import linear_shapes, valid_splits
 
 TASK_OVERHEAD_S = 0.6e-6  # dependency wait, activation staging and signal per task (estimate)
 MAX_STAGES = 8
-
-
-class PlanError(ValueError):
-    """A plan that cannot be made or is not valid for its target; the message says why."""
-
-
-def linear_shapes(model: ModelConfig) -> dict[str, tuple[int, int]]:
-    """(output rows, reduction length) of each fused linear stage."""
-    m = model
-    return {
-        "qkv": (m.q_size + 2 * m.kv_size, m.hidden_size),
-        "o": (m.hidden_size, m.q_size),
-        "gate_up": (2 * m.intermediate_size, m.hidden_size),
-        "down": (m.hidden_size, m.intermediate_size),
-        "lm_head": (m.vocab_size, m.hidden_size),
-    }
 
 
 def stage_target(deploy: DeployConfig) -> int:
@@ -38,9 +26,9 @@ def choose_tiling(kind: str, n: int, k: int, deploy: DeployConfig, max_kc: int) 
     stage target, then the rows per task that minimise the stage's predicted makespan."""
     gpu = deploy.gpu
     target = stage_target(deploy)
-    several = batched(deploy.batch)
+    several = batched_multiply(deploy.batch)
     tiled = tiled_weights(deploy)
-    splits = [1] if kind == "lm_head" else [s for s in range(1, 65) if k % s == 0 and (k // s) % 8 == 0]
+    splits = valid_splits(kind, k)
     best = None
     for s in splits:
         kc = k // s
@@ -66,22 +54,18 @@ def choose_tiling(kind: str, n: int, k: int, deploy: DeployConfig, max_kc: int) 
     return best[1]
 
 
-def check_supported(model: ModelConfig) -> None:
-    """Refuse, before any search, a model the kernel's code cannot run."""
-    if model.head_dim not in (64, 128):  # the two attention loops measured (adamk/attention.cuh)
-        raise PlanError(f"head_dim {model.head_dim}: the attention code takes 64 or 128")
+def round_robin(plan: Plan) -> list[list[Run]]:
+    """Task i of the topological order goes to SM i mod sms: every SM's list stays sorted."""
+    per_sm: list[list] = [[] for _ in range(plan.sms)]
+    for i, task in enumerate(plan.all_tasks()):
+        per_sm[i % plan.sms].append(task)
+    return [compress_runs(tasks) for tasks in per_sm]
 
 
-def make_plan(model: ModelConfig, deploy: DeployConfig, strategy: str = "search") -> Plan:
+def round_robin_plan(model: ModelConfig, deploy: DeployConfig) -> Plan:
+    """The baseline plan: choose_tiling per stage, attention splits that fill the SMs, the deepest
+    ring (up to MAX_STAGES) that fits, the round-robin order, its kernel features decided."""
     gpu, B = deploy.gpu, deploy.batch
-    check_supported(model)
-    if strategy == "search":  # the offline search (search.py), validated before it is returned
-        from .search import search_plan
-        from .validate import validate_plan
-
-        plan = search_plan(model, deploy)
-        validate_plan(plan)
-        return plan
     # Activation chunks are staged in shared memory as bf16 [B][kc]; cap them at a quarter of it
     # (the LM head needs the whole hidden vector: it is never K-split, its argmax needs full sums).
     max_kc = max(model.hidden_size, (gpu.smem_per_block // 4) // (2 * B))
@@ -89,23 +73,18 @@ def make_plan(model: ModelConfig, deploy: DeployConfig, strategy: str = "search"
         kind: choose_tiling(kind, n, k, deploy, max_kc) for kind, (n, k) in linear_shapes(model).items()
     }
     attn_splits = max(1, min(32, gpu.sms // (B * model.num_key_value_heads)))
-    plan = Plan(model, deploy, gpu.sms, THREADS, tilings, attn_splits, stages=2,
-                stage_bytes=max(t.stage_bytes for t in tilings.values()), schedule=[], strategy=strategy)
+    plan = decide_kernel_features(Plan(model, deploy, gpu.sms, THREADS, tilings, attn_splits, stages=2,
+                                       stage_bytes=max(t.stage_bytes for t in tilings.values()), schedule=[],
+                                       strategy="round-robin"))
     free = gpu.smem_per_block - plan.smem_bytes + plan.stages * plan.stage_bytes
-    plan.stages = min(MAX_STAGES, free // plan.stage_bytes)
-    if plan.stages < 2:
+    stages = min(MAX_STAGES, free // plan.stage_bytes)
+    if stages < 2:
         raise PlanError(
             f"{model.name} on {gpu.name} batch {B}: needs {plan.smem_bytes} bytes of shared memory "
             f"with a 2-deep weight ring, the block limit is {gpu.smem_per_block}")
-    if strategy != "round-robin":
-        raise PlanError(f"unknown strategy {strategy!r} (round-robin or search)")
+    plan.stages = stages
     plan.schedule = round_robin(plan)
-    return plan
+    return decide_kernel_features(plan)
 
 
-def round_robin(plan: Plan) -> list:
-    """Task i of the topological order goes to SM i mod sms: every SM's list stays sorted."""
-    per_sm: list[list] = [[] for _ in range(plan.sms)]
-    for i, task in enumerate(plan.all_tasks()):
-        per_sm[i % plan.sms].append(task)
-    return [compress_runs(tasks) for tasks in per_sm]
+__all__ = ["round_robin_plan", "round_robin", "choose_tiling", "stage_target", "TASK_OVERHEAD_S", "MAX_STAGES"]

@@ -1,0 +1,34 @@
+"""The entry point: the validated plan for one (model, deployment)."""
+from __future__ import annotations
+
+from ..config import DeployConfig, ModelConfig
+from .baseline import round_robin_plan
+from .errors import PlanError
+from .plan import Plan
+from .search import search_plan
+from .validate import validate_plan
+
+STRATEGIES = ("search", "round-robin")
+
+
+def check_supported(model: ModelConfig) -> None:
+    """Refuse, before any search, a model the kernel's code cannot run."""
+    if model.head_dim not in (64, 128):  # the head sizes adamk/attention.cuh is written for
+        raise PlanError(f"head_dim {model.head_dim}: the attention code takes 64 or 128")
+
+
+def make_plan(model: ModelConfig, deploy: DeployConfig, strategy: str = "search") -> Plan:
+    """The plan adamk-gen compiles: the offline search's (search.search_plan), or with
+    strategy="round-robin" the baseline (baseline.round_robin_plan); validated either way."""
+    check_supported(model)
+    if strategy == "search":
+        plan = search_plan(model, deploy)
+    elif strategy == "round-robin":
+        plan = round_robin_plan(model, deploy)
+    else:
+        raise PlanError(f"unknown strategy {strategy!r} (round-robin or search)")
+    validate_plan(plan)
+    return plan
+
+
+__all__ = ["make_plan", "check_supported", "STRATEGIES"]
