@@ -195,3 +195,19 @@ def lookup_gpu(name_or_arch: str) -> GpuSpec:
     if spec is None:
         raise ConfigError(f"unknown GPU; expected one of {known_gpus_text()}", field="gpu", value=name_or_arch)
     return spec
+
+
+def detect_gpu() -> str | None:
+    """The name of CUDA device 0 ("NVIDIA H100 80GB HBM3"), or None without a GPU/driver."""
+    try:
+        from cuda.bindings import driver
+
+        if driver.cuInit(0)[0] != driver.CUresult.CUDA_SUCCESS:
+            return None
+        err, dev = driver.cuDeviceGet(0)
+        if err != driver.CUresult.CUDA_SUCCESS:
+            return None
+        err, name = driver.cuDeviceGetName(64, dev)
+        return name.split(b"\0", 1)[0].decode() if err == driver.CUresult.CUDA_SUCCESS else None
+    except Exception:  # noqa: BLE001 - no driver: cuda-python raises loader errors of its own
+        return None
