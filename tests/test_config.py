@@ -12,6 +12,7 @@ import yaml
 from ada_mk.config import (ARCH_ALIASES, GPUS, ConfigError, DeployConfig, GpuSpec, ModelConfig,
                            RopeScaling, load_config, lookup_gpu)
 from ada_mk.config import load as load_mod
+from ada_mk.config import read as read_mod
 from ada_mk.fsutil import write_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -474,7 +475,7 @@ def test_unreadable(tmp_path):
     with pytest.raises(ConfigError, match=r"cannot read config"):
         load_config(tmp_path)
     big = tmp_path / "big.yaml"
-    big.write_bytes(b"#" * (load_mod.MAX_FILE_BYTES + 1))
+    big.write_bytes(b"#" * (read_mod.MAX_FILE_BYTES + 1))
     with pytest.raises(ConfigError, match="too large"):
         load_config(big)
 
