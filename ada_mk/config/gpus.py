@@ -59,7 +59,7 @@ _GUIDE = "smem/regs: CUDA C++ Programming Guide, Compute Capabilities table ({ar
 # Where we have no measurement, the planner assumes this fraction of the vendor bandwidth for
 # streaming reads (what a good copy kernel reaches on GDDR6/HBM2e in practice).
 READ_FRACTION = 0.85
-_MEASURED = "read_bandwidth: measured 2026-11-27 on the lent cards"
+_MEASURED = "read_bandwidth: measured on the lent cards (docs/experiments.md, \"Read bandwidth of the lent cards\")"
 _ASSUMED = f"read_bandwidth: assumed {READ_FRACTION} x vendor mem_bandwidth (not measured)"
 
 
@@ -130,9 +130,8 @@ GPUS: dict[str, GpuSpec] = {
             "H200", "sm_90", sms=132, l2_mib=50, bw_gb_s=4800, measured_read_gb_s=4484,
             sources=(
                 "H200 SXM: 4.8 TB/s from the NVIDIA H200 datasheet",
-                "sms 132, L2 50 MB: vendor figure (same GH100 die as H100 SXM5); note: PyTorch's"
-                " L2_cache_size on the lent H200 reported 60 MB (measured 2026-11-27) -- we keep"
-                " the conservative 50 MB",
+                "sms 132, L2 50 MB: vendor figure (same GH100 die as H100 SXM5); PyTorch's"
+                " L2_cache_size on the lent H200 reports 60 MB -- we keep the conservative 50 MB",
             ),
         ),
     )
