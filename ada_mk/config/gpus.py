@@ -24,20 +24,12 @@ class GpuSpec:
     read_bandwidth: float  # bytes/s the planner assumes for streaming reads
     cp_async: bool
     tma: bool
-    wgmma: bool
-    clusters: bool
     sources: tuple[str, ...] = ()
 
     @property
     def nvcc_arch(self) -> str:
         """The -gencode target: sm_90a so that Hopper-only instructions are allowed."""
         return "sm_90a" if self.arch == "sm_90" else self.arch
-
-    @property
-    def compute_capability(self) -> tuple[int, int]:
-        """(major, minor), e.g. (9, 0) for sm_90; compare with torch.cuda.get_device_capability()."""
-        digits = self.arch.removeprefix("sm_")
-        return int(digits[:-1]), int(digits[-1])
 
 
 KB = 1024
@@ -91,8 +83,6 @@ def _spec(
         read_bandwidth=read,
         cp_async=True,  # sm_80 and later
         tma=hopper,
-        wgmma=hopper,
-        clusters=hopper,
         sources=sources + (_GUIDE.format(arch=arch), read_src),
     )
 
