@@ -117,7 +117,16 @@ def main(**opts: Any) -> int:
     GPU, at each context, in one process; append the table to --results, write the JSON and plots.
 
     With --build-only, build the MegaKernels such a run loads (needs nvcc, no GPU).
-    `adamk-bench readme` rewrites README's speed table from the recorded runs (see its --help)."""
+    `adamk-bench readme` rewrites README's speed table from the recorded runs (see its --help);
+    benchmarks/README.md says how to run on a lent GPU machine.
+
+    \b
+    Examples:
+      adamk-bench --config llama3-8b --config llama3.2-1b --context 512 4096
+      adamk-bench --config llama3.2-1b --batch 8 --systems megakernel,compile-flex
+      ADAMK_CACHE=.devbuild adamk-bench --build-only --config llama3-8b --context 512 4096
+      adamk-bench readme
+    """
     return bench(opts, click.get_current_context().meta["argv"])
 
 

@@ -73,11 +73,17 @@ def _codegen_errors() -> tuple[type[BaseException], ...]:
 def main(config_path: Path, gpu: str | None, batch: int | None, max_context: int | None,
          dtype: str | None, out_dir: Path, dump_ir: bool, no_build: bool, archs: tuple[str, ...],
          debug: bool, explain: bool, profile: Path | None) -> None:
-    """Generate one CUDA MegaKernel for low-latency decoding of MODEL on GPU at BATCH.
+    """Generate one CUDA MegaKernel that decodes the model of --config on --gpu at --batch.
 
     Writes ir.json, plan.json and the kernel sources (<name>.cu, <name>.schedule.inc,
     <name>_host.cu, <name>.h) to OUT/<model>/<gpu>-bs<batch>/, then compiles them with nvcc
     into <name>.fatbin (for cuda-python) and lib<name>.so (C ABI) there.
+
+    \b
+    Examples:
+      adamk-gen --config configs/llama3-8b.yaml                    # H100, batch 1
+      adamk-gen --config configs/llama3.2-1b.yaml --gpu L20 --batch 4 --explain
+      adamk-gen --config path/to/config.json --gpu H100 --no-build # sources only, no nvcc
     """
     if no_build and (archs or debug):
         fail(f"{'--arch' if archs else '--debug'} needs a build: drop --no-build")

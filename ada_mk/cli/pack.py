@@ -39,8 +39,15 @@ fail = partial(fail_as, PROG)
               help="Without --library/--plan: the KV cache length. [default: min(4096, max_position_embeddings)]")
 def main(weights_path: Path, config_path: Path | None, out_path: Path, library: Path | None,
          plan_path: Path | None, gpu: str | None, batch: int | None, max_context: int | None) -> None:
-    """Pack the weights of a checkpoint for one kernel: the kernel's own layout (--library or
-    --plan), or that of the plan adamk-gen makes for --gpu/--batch/--max-context."""
+    """Pack the weights of a checkpoint for one kernel, as the raw bf16 file adamk_create() takes:
+    for the kernel's own layout (--library or --plan), or for the plan adamk-gen makes for
+    --gpu/--batch/--max-context.
+
+    \b
+    Examples:
+      adamk-pack --weights SmolLM2.gguf --library out/smollm2/H100-bs1/libadamk_....so -o weights.bin
+      adamk-pack --weights ckpt/ --plan out/llama3.2-1b/H100-bs1/plan.json -o weights.bin
+    """
     from ..checkpoints.errors import CheckpointError
     from ..config import ConfigError
 

@@ -58,7 +58,17 @@ fail = partial(fail_as, PROG)
 def main(weights_path: Path, config_path: Path | None, prompt: str, n: int, chat: bool, temperature: float,
          top_k: int, top_p: float, seed: int | None, gpu: str | None, max_context: int | None, prefill_mode: str,
          cpu_reference: bool, ignore_eos: bool, print_ids: bool, verbose: bool) -> None:
-    """Generate text from WEIGHTS with the MegaKernel, streaming it to stdout."""
+    """Generate text from the checkpoint --weights with the MegaKernel, streaming it to stdout.
+
+    The kernel for this machine's GPU (batch 1) is built into the build cache on first use.
+    Time to first token and decode ms/token go to stderr.
+
+    \b
+    Examples:
+      adamk-run --weights SmolLM2-135M-Instruct.Q4_1.gguf --prompt "The capital of France is" -n 32
+      adamk-run --weights ckpt/ --prompt "Tell me a joke" --chat --temperature 0.7 --top-p 0.9
+      adamk-run --weights model.gguf --prompt "..." --cpu-reference   # NumPy reference, no GPU
+    """
     from ..checkpoints.errors import CheckpointError
     from ..codegen.build import BuildError
     from ..runtime.engine import KernelError

@@ -51,8 +51,15 @@ fail = partial(fail_as, PROG)
 def main(config_path: Path, gpu: str | None, batch: int | None, max_context: int | None, context: int,
          n: int, baseline: bool, steps: int, rounds: int, min_gain: float, out_dir: Path,
          archs: tuple[str, ...], build_only: bool) -> None:
-    """Build the N plans the cost model predicts fastest for MODEL on GPU at BATCH, time them on
-    this machine's GPU and write the fastest, as adamk-gen would, with tune.json beside it."""
+    """Build the --candidates plans the cost model predicts fastest for the model of --config on
+    --gpu at --batch, time them on this machine's GPU and write the fastest, as adamk-gen would,
+    with tune.json (card, date, commit, every candidate's predicted and measured time) beside it.
+
+    \b
+    Examples:
+      adamk-tune --config configs/llama3.2-1b.yaml --gpu H100 --candidates 4 --out-dir tuned
+      ADAMK_CACHE=.devbuild adamk-tune --config configs/llama3.2-1b.yaml --build-only  # no GPU here
+    """
     from ..tuning import TuneError, tune
 
     try:
