@@ -61,7 +61,8 @@ class OneLineErrors(click.Command):
 
 def command(prog: str, **kwargs: Any):
     """`@click.command` for the tool `prog`: one-line errors, -h as --help."""
-    cls = type(f"{prog.title().replace('-', '')}Command", (OneLineErrors,), {"prog": prog})
+    name = "".join(part.title() for part in prog.replace("-", " ").split()) + "Command"
+    cls = type(name, (OneLineErrors,), {"prog": prog})
     return click.command(cls=cls, context_settings=HELP, **kwargs)
 
 
