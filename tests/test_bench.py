@@ -165,7 +165,7 @@ def test_cli_needs_no_torch_and_parses():
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     for args, needle in ((["--systems", "nope"], "--systems"), (["--context", "x"], "--context"),
-                         (["--batch", "0"], "--batch")):
+                         (["--batch", "0"], "--batch"), (["--context", "--steps", "2"], "--context needs")):
         r = subprocess.run([sys.executable, "-m", "ada_mk.cli.bench", "--config", "llama3-8b", *args],
                            cwd=ROOT, capture_output=True, text=True)
         assert r.returncode == 2 and r.stderr.startswith("adamk-bench: error: ") and needle in r.stderr, r.stderr

@@ -14,7 +14,6 @@ import shutil
 import signal
 import sys
 import time
-from functools import partial
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -22,12 +21,11 @@ import click
 
 from ..bench.report import SYSTEMS, Row, append_results, markdown_section, plot, write_json
 from ..provenance import git_commit
-from .common import HELP, OneLineErrors, fail_as, say
+from .common import HELP, OneLineErrors, say
 
 PROG = "adamk-bench"
 ROOT = Path(__file__).resolve().parents[2]
 TABLES = "benchmarks/results/TABLES.md"
-fail = partial(fail_as, PROG)
 MULTI_VALUE = {"--context"}  # options that take several values after one flag: --context 512 4096
 
 
@@ -61,16 +59,19 @@ class BenchCommand(OneLineErrors):
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         ctx.meta["argv"] = list(args)
         out: list[str] = []
-        multi = None
+        multi, given = None, False  # the multi-value flag being read, and whether it has a value yet
         for a in args:
             if multi is not None and not a.startswith("-"):
                 out += [multi, a]
+                given = True
                 continue
-            multi = a if a in MULTI_VALUE else None
+            if multi is not None and not given:
+                raise click.BadOptionUsage(multi, f"{multi} needs at least one value", ctx)
+            multi, given = (a, False) if a in MULTI_VALUE else (None, False)
             if multi is None:
                 out.append(a)
-        if multi is not None:
-            out.append(multi)  # a flag with no value: click reports it
+        if multi is not None and not given:
+            raise click.BadOptionUsage(multi, f"{multi} needs at least one value", ctx)
         return super().parse_args(ctx, out)
 
 
