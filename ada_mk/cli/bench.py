@@ -15,13 +15,16 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 import click
 
 from ..bench.report import SYSTEMS, Row, append_results, markdown_section, plot, write_json
 from ..provenance import git_commit
 from .common import HELP, OneLineErrors, say
+
+if TYPE_CHECKING:
+    from ..bench.spec import Spec
 
 PROG = "adamk-bench"
 ROOT = Path(__file__).resolve().parents[2]
@@ -131,7 +134,7 @@ def main(**opts: Any) -> int:
     return bench(opts, click.get_current_context().meta["argv"])
 
 
-def spec_from_options(opts: dict[str, Any]):
+def spec_from_options(opts: dict[str, Any]) -> Spec:
     """The harness's Spec from the parsed options; click.BadParameter for values out of range."""
     from ..bench.spec import Spec
 

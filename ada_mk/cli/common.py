@@ -7,7 +7,7 @@ bug in ada_mk. stdout is kept for data (tables, --dump-ir, generated text).
 """
 from __future__ import annotations
 
-from typing import Any, NoReturn
+from typing import Any, Callable, NoReturn
 
 import click
 
@@ -59,7 +59,7 @@ class OneLineErrors(click.Command):
         return status
 
 
-def command(prog: str, **kwargs: Any):
+def command(prog: str, **kwargs: Any) -> Callable[[Callable[..., Any]], click.Command]:
     """`@click.command` for the tool `prog`: one-line errors, -h as --help."""
     name = "".join(part.title() for part in prog.replace("-", " ").split()) + "Command"
     cls = type(name, (OneLineErrors,), {"prog": prog})
