@@ -37,8 +37,8 @@ ONE_CHANGE = {
     "16 splits": {"llama3.2-1b": (_1B, 16, 6)},
 }
 # The search's 1B plan (b97beae7da) with smaller gate/up tasks: 128 tasks of 512 KB on 132 SMs
-# end over a spread of several us; do finer tasks even it out? (docs/experiments.md, "Hand-made
-# plans against the searched ones")
+# end over a spread of several us; do finer tasks even it out?
+# See docs/experiments.md, "Hand-made plans against the searched ones".
 _1B_SEARCHED = {"qkv": (3072, 2048, 24, 1, 1), "o": (2048, 2048, 16, 1, 1), "gate_up": (16384, 2048, 128, 1, 1),
                 "down": (2048, 8192, 16, 1, 4), "lm_head": (128256, 2048, 128, 1, 1)}
 FINER_GATE_UP = {f"gate_up {r}": {"llama3.2-1b": ({**_1B_SEARCHED, "gate_up": (16384, 2048, r, 1, 1)}, 16, 6)}
