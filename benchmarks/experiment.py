@@ -38,7 +38,8 @@ ONE_CHANGE = {
     "16 splits": {"llama3.2-1b": (_1B, 16, 6)},
 }
 # The search's 1B plan (b97beae7da) with smaller gate/up tasks: 128 tasks of 512 KB on 132 SMs
-# end over an 11 us spread (session 5); do finer tasks even it out?
+# end over a spread of several us; do finer tasks even it out?
+# See docs/experiments.md, "Hand-made plans against the searched ones".
 _1B_SEARCHED = {"qkv": (3072, 2048, 24, 1, 1), "o": (2048, 2048, 16, 1, 1), "gate_up": (16384, 2048, 128, 1, 1),
                 "down": (2048, 8192, 16, 1, 4), "lm_head": (128256, 2048, 128, 1, 1)}
 FINER_GATE_UP = {f"gate_up {r}": {"llama3.2-1b": ({**_1B_SEARCHED, "gate_up": (16384, 2048, r, 1, 1)}, 16, 6)}
@@ -55,8 +56,7 @@ for _n in (5, 4):
 for _s, _v in ((2, (2048, 8192, 32, 2, 2)), (4, (2048, 8192, 64, 4, 1))):
     FINER_GATE_UP[f"gate_up 64, down split {_s}"] = {
         "llama3.2-1b": ({**_1B_SEARCHED, "gate_up": (16384, 2048, 64, 1, 1), "down": _v}, 16, 6)}
-# Batch 8 on an H200 (session 12): the searched Llama-3-8B plan (b24375c5ea) rings 3 slots, 64 KB in
-# flight a block; with LM head tiles of 128 rows instead of 256 (the reductions' buffer 4 KB smaller)
+# Batch 8: the searched Llama-3-8B plan (b24375c5ea) rings 3 slots, 64 KB in flight a block; with LM head tiles of 128 rows instead of 256 (the reductions' buffer 4 KB smaller)
 # 4 slots fit. 3 slots with the same tiles separate the two changes.
 _8B_BS8 = {"qkv": (6144, 4096, 48, 1, 4, True), "o": (4096, 4096, 32, 1, 4, True),
            "gate_up": (28672, 4096, 32, 1, 4, True), "down": (4096, 14336, 128, 4, 4, True),
@@ -69,12 +69,11 @@ DEEP_RING["half chunks, 6 stages"] = {"llama3-8b": ({k: (n, kk, r, s, 8, True) f
     **_8B_BS8, "lm_head": (128256, 4096, 256, 1, 4, True)}.items()}, 2, 6)}
 DEEP_RING["64-row down and LM head, 4 stages"] = {"llama3-8b": ({**_8B_BS8, "down": (4096, 14336, 64, 4, 4, True),
                                                                  "lm_head": (128256, 4096, 64, 1, 4, True)}, 2, 4)}
-# Batch 8 on an H200 (session 13): the QKV task stages (RMSNorm) all 4,096 columns of 8 sequences,
-# 64 KB, about 4.4 us a task on the critical path of every layer; K-split 2 or 4 (the same 128
-# tasks, each twice or four times the rows over half or a quarter of the columns) stages less, and
-# attention sums 2 or 4 partials. Searched plans of session 13 (1a28a9e186 and its 1B twin).
-# Measured (session 13, call 3): 1B 1.111 / 1.154 / 1.255 ms, 8B 5.332 / 5.728 / 6.300 for
-# unsplit / 2 / 4: the search's unsplit QKV stands (the partials and longer tasks cost more).
+# Batch 8: the QKV task stages (RMSNorm) all 4,096 columns of 8 sequences, 64 KB, on the critical
+# path of every layer; K-split 2 or 4 (the same 128 tasks, each twice or four times the rows over
+# half or a quarter of the columns) stages less, and attention sums 2 or 4 partials. Searched
+# plans 1a28a9e186 and its 1B twin. The search's unsplit QKV is faster (docs/experiments.md,
+# "Hand-made plans against the searched ones").
 _8B_BS8_S13 = {"qkv": (6144, 4096, 48, 1, 4, True), "o": (4096, 4096, 32, 1, 4, True),
                "gate_up": (28672, 4096, 32, 1, 4, True), "down": (4096, 14336, 128, 4, 4, True),
                "lm_head": (128256, 4096, 256, 1, 4, True)}
@@ -84,10 +83,10 @@ _1B_BS8_S13 = {"qkv": (3072, 2048, 32, 1, 2, True), "o": (2048, 2048, 16, 1, 2, 
 QKV_SPLIT = {f"qkv split {s}": {"llama3-8b": ({**_8B_BS8_S13, "qkv": (6144, 4096, 48 * s, s, 4, True)}, 2, 3),
                                 "llama3.2-1b": ({**_1B_BS8_S13, "qkv": (3072, 2048, 32 * s, s, 2, True)}, 2, 5)}
              for s in (2, 4)}
-# With tiled weights (8f7e863: one bulk copy a 32 KB chunk) the batch-8 ring alone still streamed
-# at 3.7 TB/s against 4.7 at batch 1, where 4 chunks are in flight a block instead of 2
-# (session 14): the same deeper rings again, and half chunks in 7 slots (6 in flight, 96 KB).
-# Measured (session 15, call 1): none faster than the searched 3 slots.
+# With tiled weights (8f7e863: one bulk copy a 32 KB chunk) the batch-8 ring alone streams slower
+# than at batch 1, where 4 chunks are in flight a block instead of 2: the same deeper rings again,
+# and half chunks in 7 slots (6 in flight, 96 KB). None is faster than the searched 3 slots
+# (docs/experiments.md, "Hand-made plans against the searched ones").
 DEEP_RING["half chunks, 7 stages"] = {"llama3-8b": (DEEP_RING["half chunks, 6 stages"]["llama3-8b"][0], 2, 7)}
 HAND = {"previous": PREVIOUS, "eight-row": EIGHT_ROW, **ONE_CHANGE, **FINER_GATE_UP, **DEEP_RING, **QKV_SPLIT}
 # (config, batch, label, macros, plan: "searched" or a HAND key, attention splits instead of the plan's)

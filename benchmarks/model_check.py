@@ -1,7 +1,7 @@
-"""Does the cost model order plans as the GPU does? The H100 measurements of session 4 (same kernel,
-different plans, batch 1, context 512) and of session 9 (e2fe051's kernel, batch 8, context 512;
-benchmarks/RESULTS.md) against the model's full-schedule predictions, with the cost constants as
-they are or changed one at a time. CPU only:
+"""Does the cost model order plans as the GPU does? Plans timed on an H100 (the same kernel with
+different plans: 5775617's at batch 1, e2fe051's at batch 8, context 512; docs/experiments.md,
+"Cost model against measured plans") against the model's full-schedule predictions, with the cost
+constants as they are or changed one at a time. CPU only:
 
     python -m benchmarks.model_check          (the constants as committed)
     python -m benchmarks.model_check sweep    (one constant at a time)
@@ -25,8 +25,8 @@ B1 = {"qkv": (3072, 2048, 32, 1, 2), "o": (2048, 2048, 16, 1, 2), "gate_up": (16
       "down": (2048, 8192, 64, 4, 2), "lm_head": (128256, 2048, 256, 1, 2)}
 B8 = {"qkv": (6144, 4096, 48, 1, 4), "o": (4096, 4096, 32, 1, 4), "gate_up": (28672, 4096, 32, 1, 4),
       "down": (4096, 14336, 128, 4, 4), "lm_head": (128256, 4096, 256, 1, 4)}
-# (config, batch, tilings, attention splits, ring depth, measured ms/token on an H100: batch 1 at
-# 5775617 (session 4), batch 8 at e2fe051 (session 9, calls 5, 6 and 8: the mean of its rounds))
+# (config, batch, tilings, attention splits, ring depth, measured ms/token on an H100: batch 1 with
+# 5775617's kernel, batch 8 with e2fe051's, the mean of the rounds)
 MEASURED = [
     ("llama3.2-1b", 1, P1, 8, 6, 1.160),
     ("llama3.2-1b", 1, {**P1, "down": (2048, 8192, 16, 1, 4), "lm_head": (128256, 2048, 128, 1, 1)}, 16, 6, 1.228),

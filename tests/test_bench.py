@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from ada_mk.bench.harness import mk_max_context, plan_gpus, round_up, window_start
+from ada_mk.bench.spec import mk_max_context, plan_gpus, round_up, window_start
 from ada_mk.bench.report import Row, append_results, markdown_section, markdown_table, step_bytes, write_json
 from ada_mk.config import ModelConfig, RopeScaling, load_config
 
@@ -154,18 +154,25 @@ def test_plan_gpus():
 
 
 def test_cli_needs_no_torch_and_parses():
-    code = ("import sys; import ada_mk.bench.cli as c; "
-            "a = c.parser().parse_args(['--config', 'llama3-8b,llama3.2-1b', '--context', '512', '1024,2048', "
-            "'--context', '4096', '--systems', 'megakernel,eager']); s = c.spec_from_args(a); "
+    code = ("import sys; from ada_mk.cli import bench as c; "
+            "ctx = c.main.make_context('adamk-bench', ['--config', 'llama3-8b,llama3.2-1b', '--context', '512', "
+            "'1024,2048', '--context', '4096', '--systems', 'megakernel,eager']); "
+            "s = c.spec_from_options(ctx.params); "
             "assert s.contexts == [512, 1024, 2048, 4096], s.contexts; "
             "assert [p.stem for p in s.configs] == ['llama3-8b', 'llama3.2-1b']; "
             "assert s.systems == ('megakernel', 'eager'); "
             "assert 'torch' not in sys.modules, 'torch imported'")
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
-    r = subprocess.run([sys.executable, "-m", "ada_mk.bench.cli", "--config", "llama3-8b", "--systems", "nope"],
+    for args, needle in ((["--systems", "nope"], "--systems"), (["--context", "x"], "--context"),
+                         (["--batch", "0"], "--batch"), (["--context", "--steps", "2"], "--context needs")):
+        r = subprocess.run([sys.executable, "-m", "ada_mk.cli.bench", "--config", "llama3-8b", *args],
+                           cwd=ROOT, capture_output=True, text=True)
+        assert r.returncode == 2 and r.stderr.startswith("adamk-bench: error: ") and needle in r.stderr, r.stderr
+        assert len(r.stderr.splitlines()) == 1 and "Traceback" not in r.stderr
+    r = subprocess.run([sys.executable, "-m", "ada_mk.cli.bench", "--config", "no-such-config"],
                        cwd=ROOT, capture_output=True, text=True)
-    assert r.returncode != 0 and "--systems" in r.stderr
+    assert r.returncode == 2 and "no-such-config" in r.stderr and len(r.stderr.splitlines()) == 1
 
 
 # ------------------------------------------------------------------------------- the baseline model
@@ -273,7 +280,7 @@ TINY_YAML = """model:
 def test_whole_run_on_the_cpu(torch, tmp_path, capsys):
     """adamk-bench end to end with --device cpu (no MegaKernel; aot_eager instead of inductor):
     every baseline passes its logits check against HF eager and is timed; the outputs appear."""
-    from ada_mk.bench.cli import main
+    from ada_mk.cli.bench import main
 
     cfg = tmp_path / "tiny-bench.yaml"
     cfg.write_text(TINY_YAML)
@@ -281,7 +288,7 @@ def test_whole_run_on_the_cpu(torch, tmp_path, capsys):
     rc = main(["--config", str(cfg), "--batch", "2", "--context", "16,40", "--steps", "2", "--windows", "1",
                "--warmup", "0", "--device", "cpu", "--compile-backend", "aot_eager", "--bw-gb", "0.01",
                "--results", str(tmp_path / "RESULTS.md"), "--plot-dir", str(tmp_path / "plots"),
-               "--out-json", str(tmp_path / "r.json"), "--out-dir", str(out), "--seed", "3"])
+               "--out-json", str(tmp_path / "r.json"), "--out-dir", str(out), "--seed", "3"], standalone_mode=False)
     assert rc == 0
     data = json.loads((tmp_path / "r.json").read_text())
     rows = {(r["system"], r["context"]): r for r in data["results"]}

@@ -12,7 +12,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from ada_mk.cli import main
+from ada_mk.cli.gen import main
 
 ROOT = Path(__file__).resolve().parents[1]
 LLAMA = ROOT / "configs" / "llama3-8b.yaml"
@@ -110,10 +110,10 @@ def test_bad_hf_config(tmp_path):
 
 
 def test_subprocess_no_traceback(tmp_path):
-    """The real entry point (`python -m ada_mk.cli`), not just click's test runner."""
+    """The real entry point (`python -m ada_mk.cli.gen`), not just click's test runner."""
     p = mutated(tmp_path, lambda d: d["model"].update(num_key_value_heads=5))
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    r = subprocess.run([sys.executable, "-m", "ada_mk.cli", "--config", str(p)], capture_output=True,
+    r = subprocess.run([sys.executable, "-m", "ada_mk.cli.gen", "--config", str(p)], capture_output=True,
                        text=True, env=env, cwd=tmp_path, timeout=120)
     assert r.returncode == 2
     assert r.stderr == f"adamk-gen: error: {p}: model.num_key_value_heads = 5: must divide num_attention_heads (32)\n"

@@ -57,7 +57,7 @@ def test_ada_plan_compiles(fresh_cache):
 def test_adamk_gen_builds_fatbin_and_library(tmp_path, fresh_cache):
     from click.testing import CliRunner
 
-    from ada_mk.cli import main
+    from ada_mk.cli.gen import main
 
     out = tmp_path / "out"
     r = CliRunner().invoke(main, ["--config", str(ROOT / "configs" / "smollm2-135m.yaml"), "--out", str(out),

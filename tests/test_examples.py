@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ada_mk.checkpoints.pack import main as pack_main
+from ada_mk.cli.pack import main as pack_cli
 from ada_mk.checkpoints.pack import weights_layout_from_json
 from ada_mk.codegen.build import Artifacts, build
 from ada_mk.codegen.render import render
@@ -23,6 +23,11 @@ from ada_mk.search.layout import make_layout
 from ada_mk.search.planner import make_plan
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def pack_main(args: list[str]) -> int:
+    """adamk-pack with these arguments; its exit status."""
+    return pack_cli.main(args, standalone_mode=False)
 EXAMPLE = ROOT / "examples" / "c"
 
 

@@ -32,8 +32,7 @@ def gpu() -> GpuSpec:
     except (ImportError, KeyError):
         return GpuSpec(name="H100", arch="sm_90", sms=132, smem_per_block=227 * 1024,
                        smem_per_sm=228 * 1024, regs_per_sm=65536, l2_bytes=50 * 2**20,
-                       mem_bandwidth=3.35e12, read_bandwidth=3.0e12, cp_async=True, tma=True,
-                       wgmma=True, clusters=True)
+                       mem_bandwidth=3.35e12, read_bandwidth=3.0e12, cp_async=True, tma=True)
 
 
 def deploy(batch: int = 1) -> DeployConfig:

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from ada_mk.run_cli import Stats, deploy_for, generate, main, sample
+from ada_mk.cli.run import main
+from ada_mk.config import deploy_for
+from ada_mk.runtime.textgen import Stats, generate, sample
 from tests.gguf_util import write_gguf
 from tests.test_checkpoints_gguf import TINY, random_weights
 

@@ -97,7 +97,7 @@ def test_capital_of_france_is_paris(ours, executor) -> None:
 def test_adamk_run_cpu_reference(path: Path) -> None:
     from click.testing import CliRunner
 
-    from ada_mk.run_cli import main
+    from ada_mk.cli.run import main
 
     r = CliRunner().invoke(main, ["--weights", str(path), "--prompt", "The capital of France is", "-n", "3",
                                   "--cpu-reference", "--print-ids"])

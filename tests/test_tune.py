@@ -11,7 +11,8 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from ada_mk import tune as tune_mod
+from ada_mk import tuning
+from ada_mk.cli.tune import main as tune_main
 from ada_mk.codegen import build as build_mod
 from ada_mk.search.cost import simulate
 from ada_mk.codegen import pipeline
@@ -26,7 +27,7 @@ N = 4
 
 @functools.lru_cache(maxsize=None)
 def smol_candidates() -> tuple:
-    return tuple(tune_mod.candidates_for(*load_config(SMOL), N))
+    return tuple(tuning.candidates_for(*load_config(SMOL), N))
 
 
 class FakeTimer:
@@ -70,7 +71,7 @@ def runner() -> CliRunner:
 
 
 def run(*args):
-    return runner().invoke(tune_mod.main, [str(a) for a in args], catch_exceptions=True)
+    return runner().invoke(tune_main, [str(a) for a in args], catch_exceptions=True)
 
 
 def assert_one_line_error(result, *needles: str) -> None:
@@ -104,7 +105,7 @@ def test_candidates_are_distinct_valid_and_ranked():
 def test_measured_fastest_is_written(tmp_path, fake_build, monkeypatch):
     second = smol_candidates()[1].plan.plan_hash
     timer = FakeTimer(lambda i, plan: 0.5 if plan.plan_hash == second else 1.0)
-    monkeypatch.setattr(tune_mod, "GpuTimer", lambda: timer)
+    monkeypatch.setattr(tuning, "GpuTimer", lambda: timer)
     out = tmp_path / "out"
     r = run("--config", SMOL, "--out-dir", out, "--steps", 16, "--rounds", 3)
     assert r.exit_code == 0, r.stderr
@@ -144,7 +145,7 @@ def test_measured_fastest_is_written(tmp_path, fake_build, monkeypatch):
 def test_default_kept_within_noise(tmp_path, fake_build, monkeypatch):
     """Another plan 0.5% faster is within the noise (--min-gain 1%): the search's plan stays."""
     first = smol_candidates()[0].plan.plan_hash
-    monkeypatch.setattr(tune_mod, "GpuTimer", lambda: FakeTimer(lambda i, plan: 1.0 if i == 0 else 0.995))
+    monkeypatch.setattr(tuning, "GpuTimer", lambda: FakeTimer(lambda i, plan: 1.0 if i == 0 else 0.995))
     r = run("--config", SMOL, "--out-dir", tmp_path, "--rounds", 1, "--candidates", 2)
     assert r.exit_code == 0, r.stderr
     assert json.loads((tmp_path / "smollm2-135m" / "H100-bs1" / "tune.json").read_text())["winner"] == first
@@ -158,7 +159,7 @@ def test_build_only_fills_the_cache_and_writes_nothing(tmp_path, fake_build):
     built = [next(p.parent.glob("*.h")).read_text() for p in fake_build.glob("build/*/*.fatbin")]
     # the 2 candidates of a 2-candidate run (not the first 2 of N: the search takes the n best
     # screened plans, then orders them by their full schedules, so the lists need not share a prefix)
-    hashes = [c.plan.plan_hash for c in tune_mod.candidates_for(*load_config(SMOL), 2)]
+    hashes = [c.plan.plan_hash for c in tuning.candidates_for(*load_config(SMOL), 2)]
     assert len(built) == 3 and all(any(f'ADAMK_PLAN_HASH "{h}"' in b for b in built) for h in hashes)
     assert "round-robin" in r.stdout
 
@@ -195,7 +196,7 @@ def test_missing_nvcc(tmp_path, monkeypatch, build_only):
     """After the progress lines, one error line; on the GPU machine it says where to build."""
     monkeypatch.setenv("ADAMK_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(pipeline, "nvcc_path", lambda: str(tmp_path / "no" / "nvcc"))
-    monkeypatch.setattr(tune_mod, "GpuTimer", lambda: FakeTimer(lambda i, plan: 1.0))
+    monkeypatch.setattr(tuning, "GpuTimer", lambda: FakeTimer(lambda i, plan: 1.0))
     r = run("--config", SMOL, "--out-dir", tmp_path / "out", "--candidates", 1, *(["--build-only"] if build_only else []))
     assert r.exit_code == 2 and "Traceback" not in r.stderr
     last = r.stderr.splitlines()[-1]

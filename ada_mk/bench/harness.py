@@ -14,205 +14,18 @@ torch is imported inside functions only.
 """
 from __future__ import annotations
 
-import gc
 import statistics
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from ..config import load_config
-from ..config.gpus import GPUS, find_gpu
 from .report import Row, step_bytes
+from .spec import Spec, config_name, megakernel_build, mk_max_context, plan_gpus, round_up, window_start
+from .timing import card_meta, free, measure_bandwidth, memory_text, sync, time_windows
 
 CHECK_TOL = 3e-2
 MK_PROMPT = 4  # prompt steps of the MegaKernel's logits check
-
-
-@dataclass
-class Spec:
-    configs: list[Path]
-    batch: int = 1
-    contexts: list[int] = field(default_factory=lambda: [512])
-    steps: int = 128
-    windows: int = 5
-    warmup: int = 8
-    systems: tuple[str, ...] = ("megakernel", "eager", "compile-flex", "compile-sdpa")
-    gpu_plan: str = "auto"
-    planner: str = "gen"
-    arch: str = "sm_90a"
-    check: bool = True
-    seed: int | None = None
-    per_context_compile: bool = False
-    coordinate_descent: bool = True
-    mk_fill: str = "random"  # or "decode"
-    bw_gb: float = 4.0
-    device: str = "cuda"  # "cpu": a smoke run of the orchestration (tests), no MegaKernel
-    compile_backend: str | None = None  # None: inductor, mode="reduce-overhead" (tests: "aot_eager")
-
-
-def config_name(path: Path) -> str:
-    return path.stem
-
-
-def window_start(context: int, steps: int) -> int:
-    return max(0, context - steps // 2)
-
-
-def round_up(n: int, k: int) -> int:
-    return -(-n // k) * k
-
-
-def mk_max_context(context: int, steps: int, max_pos: int) -> int:
-    """The MegaKernel's KV-cache size for a context: the smallest power of two >= 1024 that holds the
-    timed window (so 512 -> 1024, as the GPU tests' prebuilt kernels), capped by the model."""
-    need = window_start(context, steps) + steps + 1  # the engine wants every position < max_context
-    size = 1024
-    while size < need:
-        size *= 2
-    if size > max_pos:
-        if max_pos < need:
-            raise ValueError(f"context {context} + {steps // 2} steps exceeds the model's {max_pos} positions")
-        size = max_pos
-    return size
-
-
-def plan_gpus(gpu_plan: str, device_name: str | None) -> list[str]:
-    """Plans to try for the MegaKernel, in order. auto: the card's own GPUS entry (e.g. H200), then the
-    H100 plan (same SM count and shared memory; the prebuilt one)."""
-    if gpu_plan != "auto":
-        spec = find_gpu(gpu_plan)
-        if spec is None:
-            raise ValueError(f"--gpu-plan {gpu_plan!r}: expected auto or one of {', '.join(GPUS)}")
-        return [spec.name]
-    found = find_gpu(device_name) if device_name else None
-    names = [found.name] if found else []
-    return names + ([] if "H100" in names else ["H100"])
-
-
-def megakernel_build(config: Path, gpu: str, batch: int, max_context: int, planner: str, arch: str, log=None):
-    """(plan, artifacts) from the codegen API; nvcc runs only on a cache miss ($ADAMK_CACHE)."""
-    from ..codegen.build import build
-    from ..codegen.render import render
-
-    m, d = load_config(config, gpu=gpu, batch=batch, max_context=max_context)
-    if planner == "gen":  # the plan adamk-gen emits
-        from ..codegen.pipeline import plan_for
-
-        plan = plan_for(m, d)
-    elif planner == "simple":  # the round-robin baseline plan
-        from ..search.planner import make_plan
-
-        plan = make_plan(m, d, strategy="round-robin")
-    elif planner == "search":
-        from ..search.search import search_plan
-
-        plan = search_plan(m, d)
-    else:
-        raise ValueError(f"planner {planner!r}")
-    return plan, build(render(plan), [arch], library=False, log=log)
-
-
-def build_only(spec: Spec, log: Callable[[str], None]) -> None:
-    """Build (or find in the cache) every MegaKernel a run with these arguments would load."""
-    gpus = plan_gpus(spec.gpu_plan, None) if spec.gpu_plan != "auto" else ["H100"]
-    for cfg in spec.configs:
-        m, _ = load_config(cfg)
-        for size in sorted({mk_max_context(c, spec.steps, m.max_position_embeddings) for c in spec.contexts}):
-            for gpu in gpus:
-                t0 = time.time()
-                plan, art = megakernel_build(cfg, gpu, spec.batch, size, spec.planner, spec.arch,
-                                             log=lambda s: log("  " + s[:200]))
-                log(f"{plan.kernel_name} (max_context {size}): {art.fatbin} [{time.time() - t0:.1f} s]")
-
-
-# ------------------------------------------------------------------------------------ GPU side
-
-
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available() and torch.cuda.is_initialized()
-
-
-def _sync() -> None:
-    import torch
-
-    if _cuda():
-        torch.cuda.synchronize()
-
-
-def _free() -> None:
-    import torch
-
-    gc.collect()
-    if _cuda():
-        torch.cuda.synchronize()
-        torch.cuda.empty_cache()
-
-
-def _mem() -> str:
-    import torch
-
-    if not _cuda():
-        return "(no CUDA)"
-    free, total = torch.cuda.mem_get_info()
-    return (f"GPU memory: {torch.cuda.memory_allocated() / 2**30:.1f} GiB allocated by torch, "
-            f"{free / 2**30:.1f} of {total / 2**30:.1f} GiB free")
-
-
-def time_windows(step: Callable[[int], object], steps: int, windows: int,
-                 before: Callable[[], object] | None = None) -> list[float]:
-    """ms per step of each window of `steps` calls, by CUDA events around the window."""
-    import torch
-
-    out = []
-    for _ in range(windows):
-        if before is not None:
-            before()
-        if not _cuda():  # the CPU smoke run
-            t0 = time.perf_counter()
-            for i in range(steps):
-                step(i)
-            out.append((time.perf_counter() - t0) * 1e3 / steps)
-            continue
-        torch.cuda.synchronize()
-        e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        e0.record()
-        for i in range(steps):
-            step(i)
-        e1.record()
-        e1.synchronize()
-        out.append(e0.elapsed_time(e1) / steps)
-    return out
-
-
-def measure_bandwidth(gb: float = 4.0, repeats: int = 10, device: str = "cuda") -> dict:
-    """Read-only bandwidth (best of `repeats` reductions over `gb` GB of bf16, counting the bytes
-    read) and copy bandwidth (read + write counted), in GB/s."""
-    import torch
-
-    n = int(gb * 1e9) // 4 * 2
-    x = torch.empty(n, dtype=torch.bfloat16, device=device).uniform_(-1, 1)
-    methods = {
-        "x.sum() over bf16": lambda: x.sum(),
-        "x.view(float32).sum()": lambda: x.view(torch.float32).sum(),
-        "x.view(int32).amax()": lambda: x.view(torch.int32).amax(),
-    }
-    best, how = 0.0, ""
-    for name, fn in methods.items():
-        fn()
-        ms = min(time_windows(lambda i: fn(), 1, repeats))
-        gbs = x.numel() * 2 / ms / 1e6
-        if gbs > best:
-            best, how = gbs, name
-    y = torch.empty_like(x)
-    y.copy_(x)
-    ms = min(time_windows(lambda i: y.copy_(x), 1, repeats))
-    copy = 2 * x.numel() * 2 / ms / 1e6
-    del x, y
-    _free()
-    return {"read_gbs": best, "read_method": f"{how}, {n * 2 / 1e9:.1f} GB, best of {repeats}", "copy_gbs": copy}
 
 
 class Runner:
@@ -248,7 +61,7 @@ class Runner:
         dtype = torch.bfloat16 if s.device == "cuda" else torch.float32  # CPU bf16 matmuls crawl
         hf = bl.random_hf_model(model, device=s.device, dtype=dtype, seed=seed, attn_implementation="sdpa")
         weights = bl.hf_weights(hf)
-        self.log(f"   HF model ready in {time.time() - t0:.1f} s; {_mem()}")
+        self.log(f"   HF model ready in {time.time() - t0:.1f} s; {memory_text()}")
         gen = torch.Generator(device=s.device).manual_seed(seed + 1)
         tokens = torch.randint(0, model.vocab_size, (s.batch, 1), device=s.device, generator=gen)
         refs: dict[int, torch.Tensor] = {}
@@ -275,7 +88,7 @@ class Runner:
                     row.error = f"{type(e).__name__}: {e}"
                 self.emit(row)
             del cache
-            _free()
+            free()
 
         # 2. torch.compile(mode="reduce-overhead", fullgraph=True) of the gpt-fast-style decoder.
         impls = [x for x in ("compile-flex", "compile-sdpa") if x in s.systems]
@@ -286,7 +99,7 @@ class Runner:
         if "megakernel" in s.systems:
             self.run_megakernel(cfg, model, hf, weights, seed)
         del hf, weights
-        _free()
+        free()
 
     def run_compiled(self, cfg, model, weights, tokens, refs, seed, impls) -> None:
         import torch
@@ -309,7 +122,7 @@ class Runner:
             groups = [(round_up(max(needs.values()), bl.FLEX_BLOCK), list(s.contexts))]
         self.log(f"   gpt-fast-style decoder: caches of {[g[0] for g in groups]} positions")
         dec = bl.GptFastDecoder(model, weights, s.batch, groups[0][0], "flex")
-        self.log(f"   {_mem()}")
+        self.log(f"   {memory_text()}")
         for max_seq, contexts in groups:
             for system in impls:
                 impl = system.removeprefix("compile-")
@@ -336,7 +149,7 @@ class Runner:
                             for _ in range(3):  # compile, then record the CUDA graph
                                 torch.compiler.cudagraph_mark_step_begin()
                                 step(dec, tokens, pos[0])
-                            _sync()
+                            sync()
                             compile_s = time.time() - t0
                             graphs = counters["stats"]["unique_graphs"]
                             skipped = counters["inductor"]["cudagraph_skips"] > skips0 and not s.compile_backend
@@ -366,9 +179,9 @@ class Runner:
                     self.emit(row)
                 del step
                 torch._dynamo.reset()
-                _free()
+                free()
         del dec
-        _free()
+        free()
 
     def run_megakernel(self, cfg, model, hf, weights, seed) -> None:
         import numpy as np
@@ -414,8 +227,8 @@ class Runner:
                 torch.cuda.synchronize()
                 eng.load_packed_device(packed.data_ptr(), packed.numel() * 2)
                 del packed
-                _free()
-                self.log(f"   {_mem()}")
+                free()
+                self.log(f"   {memory_text()}")
                 worst = 0.0
                 for t in range(MK_PROMPT):
                     _, logits = eng.step(prompt[:, t].cpu().numpy(), np.full(s.batch, t, np.int32), want_logits=True)
@@ -439,7 +252,7 @@ class Runner:
             finally:
                 if eng is not None:
                     eng.close()
-                _free()
+                free()
             for r in rows:
                 self.emit(r)
 
@@ -467,28 +280,6 @@ class Runner:
                 done += n * 2
                 del x
         torch.cuda.synchronize()
-
-
-def card_meta(device: str = "cuda") -> dict:
-    import torch
-
-    if device != "cuda":
-        import platform
-
-        meta = {"card": f"CPU ({platform.processor() or platform.machine()})", "card_memory_gib": 0.0,
-                "torch": torch.__version__, "cuda": None, "dtype": "float32"}
-    else:
-        props = torch.cuda.get_device_properties(0)
-        meta = {"card": torch.cuda.get_device_name(0), "card_memory_gib": props.total_memory / 2**30,
-                "sms": props.multi_processor_count, "torch": torch.__version__, "cuda": torch.version.cuda,
-                "dtype": "bf16"}
-    try:
-        import transformers
-
-        meta["transformers"] = transformers.__version__
-    except ImportError:
-        meta["transformers"] = None
-    return meta
 
 
 def run(spec: Spec, log: Callable[[str], None], on_row: Callable[[Row], None], meta: dict) -> None:
@@ -521,4 +312,4 @@ def run(spec: Spec, log: Callable[[str], None], on_row: Callable[[Row], None], m
 
                 log(f"{cfg}: failed, going on with the next config:\n{traceback.format_exc()}")
                 meta.setdefault("failed", []).append(f"{cfg}: {traceback.format_exc(limit=1).strip()[-300:]}")
-                _free()
+                free()

@@ -1,4 +1,5 @@
-"""What a decode step must read, and how a run is reported: RESULTS.md section, JSON, plots.
+"""What a decode step must read, and how a run is reported: its section of the tables file
+(benchmarks/results/TABLES.md), JSON, plots.
 
 No torch here: this module (and the byte accounting the tests check) works anywhere.
 """
@@ -132,7 +133,7 @@ def markdown_table(rows: Iterable[Row]) -> str:
 
 
 def markdown_section(meta: dict[str, Any], rows: list[Row]) -> str:
-    """One run's section of RESULTS.md: when, where, which commit, the bandwidth, the table."""
+    """One run's section of the tables file: when, where, which commit, the bandwidth, the table."""
     bw = meta.get("bandwidth", {})
     batches = sorted({r.batch for r in rows}) or [meta.get("batch", 1)]
     out = [
@@ -157,12 +158,14 @@ def markdown_section(meta: dict[str, Any], rows: list[Row]) -> str:
     return "\n".join(out) + "\n"
 
 
-RESULTS_HEADER = ("# adamk-bench results\n\nDecode speed of the MegaKernel against PyTorch baselines, measured "
-                  "side by side on one card per run. Appended by `adamk-bench` (see benchmarks/README.md).\n\n")
+RESULTS_HEADER = ("# adamk-bench results\n\nDecode speed of the MegaKernel against PyTorch baselines, measured side "
+                  "by side on one card per run. Appended by `adamk-bench` (see benchmarks/README.md), one section "
+                  "per run; the JSON of each run is beside this file. What was tried and why: "
+                  "benchmarks/RESULTS.md.\n\n")
 
 
 def append_results(path: str | os.PathLike, section: str) -> None:
-    """Append a section to RESULTS.md (created with a header when missing)."""
+    """Append a section to the tables file at `path` (created with a header when missing)."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     prefix = "" if p.exists() and p.stat().st_size else RESULTS_HEADER

@@ -4,7 +4,7 @@
     python -m ada_mk.codegen.regen --check    # exit 1, naming them, if any is stale
 
 Each is exactly what `adamk-gen --config configs/<config>.yaml --gpu <gpu> --batch <batch>
---no-build` writes (the same code path: ada_mk.cli.generate); tests/test_generated_kernels.py
+--no-build` writes (the same code path: ada_mk.cli.gen.generate); tests/test_generated_kernels.py
 fails while any of them differs from a fresh generation.
 """
 from __future__ import annotations
@@ -52,7 +52,7 @@ def kernel_dir(out_root: Path, config: str, gpu: str, batch: int, root: Path | N
 def generate(config: str, gpu: str, batch: int, out_root: Path, root: Path | None = None,
              log=lambda msg: None) -> Path:
     """Generate one kernel's sources under out_root as the CLI does; returns its directory."""
-    from ..cli import generate as cli_generate
+    from ..cli.gen import generate as cli_generate
 
     path = (root or repo_root()) / "configs" / f"{config}.yaml"
     target = cli_generate(path, gpu, batch, None, None, out_root, build=False, log=log)

@@ -1,5 +1,5 @@
 """Configuration: what model, on what GPU, at what batch -- and reading it from files."""
-from .deploy import DTYPES, MAX_BATCH, DeployConfig
+from .deploy import DTYPES, MAX_BATCH, DeployConfig, deploy_for
 from .errors import ConfigError
 from .gpus import ARCH_ALIASES, GPUS, GpuSpec, lookup_gpu
 from .load import load_config
@@ -15,6 +15,7 @@ __all__ = [
     "GpuSpec",
     "ModelConfig",
     "RopeScaling",
+    "deploy_for",
     "load_config",
     "lookup_gpu",
 ]

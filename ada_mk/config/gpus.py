@@ -24,20 +24,12 @@ class GpuSpec:
     read_bandwidth: float  # bytes/s the planner assumes for streaming reads
     cp_async: bool
     tma: bool
-    wgmma: bool
-    clusters: bool
     sources: tuple[str, ...] = ()
 
     @property
     def nvcc_arch(self) -> str:
         """The -gencode target: sm_90a so that Hopper-only instructions are allowed."""
         return "sm_90a" if self.arch == "sm_90" else self.arch
-
-    @property
-    def compute_capability(self) -> tuple[int, int]:
-        """(major, minor), e.g. (9, 0) for sm_90; compare with torch.cuda.get_device_capability()."""
-        digits = self.arch.removeprefix("sm_")
-        return int(digits[:-1]), int(digits[-1])
 
 
 KB = 1024
@@ -59,7 +51,7 @@ _GUIDE = "smem/regs: CUDA C++ Programming Guide, Compute Capabilities table ({ar
 # Where we have no measurement, the planner assumes this fraction of the vendor bandwidth for
 # streaming reads (what a good copy kernel reaches on GDDR6/HBM2e in practice).
 READ_FRACTION = 0.85
-_MEASURED = "read_bandwidth: measured 2026-11-27 on the lent cards"
+_MEASURED = "read_bandwidth: measured on the lent cards (docs/experiments.md, \"Read bandwidth of the lent cards\")"
 _ASSUMED = f"read_bandwidth: assumed {READ_FRACTION} x vendor mem_bandwidth (not measured)"
 
 
@@ -91,8 +83,6 @@ def _spec(
         read_bandwidth=read,
         cp_async=True,  # sm_80 and later
         tma=hopper,
-        wgmma=hopper,
-        clusters=hopper,
         sources=sources + (_GUIDE.format(arch=arch), read_src),
     )
 
@@ -130,9 +120,8 @@ GPUS: dict[str, GpuSpec] = {
             "H200", "sm_90", sms=132, l2_mib=50, bw_gb_s=4800, measured_read_gb_s=4484,
             sources=(
                 "H200 SXM: 4.8 TB/s from the NVIDIA H200 datasheet",
-                "sms 132, L2 50 MB: vendor figure (same GH100 die as H100 SXM5); note: PyTorch's"
-                " L2_cache_size on the lent H200 reported 60 MB (measured 2026-11-27) -- we keep"
-                " the conservative 50 MB",
+                "sms 132, L2 50 MB: vendor figure (same GH100 die as H100 SXM5); PyTorch's"
+                " L2_cache_size on the lent H200 reports 60 MB -- we keep the conservative 50 MB",
             ),
         ),
     )
@@ -195,3 +184,19 @@ def lookup_gpu(name_or_arch: str) -> GpuSpec:
     if spec is None:
         raise ConfigError(f"unknown GPU; expected one of {known_gpus_text()}", field="gpu", value=name_or_arch)
     return spec
+
+
+def detect_gpu() -> str | None:
+    """The name of CUDA device 0 ("NVIDIA H100 80GB HBM3"), or None without a GPU/driver."""
+    try:
+        from cuda.bindings import driver
+
+        if driver.cuInit(0)[0] != driver.CUresult.CUDA_SUCCESS:
+            return None
+        err, dev = driver.cuDeviceGet(0)
+        if err != driver.CUresult.CUDA_SUCCESS:
+            return None
+        err, name = driver.cuDeviceGetName(64, dev)
+        return name.split(b"\0", 1)[0].decode() if err == driver.CUresult.CUDA_SUCCESS else None
+    except Exception:  # noqa: BLE001 - no driver: cuda-python raises loader errors of its own
+        return None

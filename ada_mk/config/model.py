@@ -4,7 +4,7 @@ Field names mirror HF `config.json` so that a published config reads across dire
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 

@@ -11,7 +11,6 @@ without arguments. Byte counts model what a step must move through DRAM:
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from math import prod
 from typing import Any
@@ -293,5 +292,3 @@ class Graph:
                        "bytes_by_role": self.bytes_by_role()},
         }
 
-    def to_json_str(self) -> str:
-        return json.dumps(self.to_json(), indent=1)

@@ -156,7 +156,6 @@ class MegaKernelEngine:
     def load_weights(self, weights: Mapping[str, Any]) -> None:
         """Pack HF-named weights into the plan's layout and upload them. CUDA torch tensors are
         packed on the GPU and copied device to device."""
-        drv = _driver()
         first = next(iter(weights.values()))
         if getattr(first, "is_cuda", False):
             from .weights import pack_weights_torch

@@ -5,7 +5,7 @@
  *   ./decode weights.bin 16 504 3575 282 4649 314      # "The capital of France is" (SmolLM2)
  *
  * weights.bin is the packed bf16 buffer for this kernel's layout, written by
- *   python -m ada_mk.checkpoints.pack --weights SmolLM2.gguf --library <KERNEL_DIR>/lib<kernel>.so -o weights.bin
+ *   adamk-pack --weights SmolLM2.gguf --library <KERNEL_DIR>/lib<kernel>.so -o weights.bin
  * The kernel's header (<kernel>.h, next to the library) is force-included by the Makefile
  * (-include), so this file works for any kernel: it only uses the ADAMK_* names the header defines.
  * Every sequence of the batch gets the same prompt.

@@ -8,7 +8,7 @@ cuda-python): the way another runtime embeds the `.so`.
     python examples/python/ctypes_decode.py --library lib<kernel>.so --packed weights.bin --ids 504 3575 -n 16
 
 Build the library with `adamk-gen --config ...` (or ada_mk.codegen.build.build(..., library=True));
-pack weights with `python -m ada_mk.checkpoints.pack`.
+pack weights with `adamk-pack` (`python -m ada_mk.cli.pack` from a checkout).
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--library", required=True, help="lib<kernel>.so")
     src = ap.add_mutually_exclusive_group(required=True)
-    src.add_argument("--packed", help="packed bf16 weights for this kernel (python -m ada_mk.checkpoints.pack)")
+    src.add_argument("--packed", help="packed bf16 weights for this kernel (adamk-pack)")
     src.add_argument("--weights", help="a checkpoint (GGUF file or HF folder), packed here")
     prompt = ap.add_mutually_exclusive_group(required=True)
     prompt.add_argument("--prompt", help="text (needs --weights, for its tokenizer)")

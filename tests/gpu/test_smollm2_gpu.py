@@ -33,7 +33,7 @@ LONG_NEW = 16
 
 def _gpu_name() -> str:
     from ada_mk.config.gpus import find_gpu
-    from ada_mk.run_cli import detect_gpu
+    from ada_mk.config.gpus import detect_gpu
 
     name = detect_gpu() or ""
     spec = find_gpu(name)
@@ -158,7 +158,7 @@ def test_hybrid_matches_kernel_prefill(engine, tok, hf_tokens, case: int) -> Non
 def test_adamk_run_streams_hf_text(path: Path, tok, hf_tokens) -> None:
     from click.testing import CliRunner
 
-    from ada_mk.run_cli import main
+    from ada_mk.cli.run import main
 
     text, chat = PROMPTS[0]
     want = tok.decode(hf_tokens[0])
@@ -216,7 +216,7 @@ def test_ttft_2000_token_prompt(engine, tok, hf) -> None:
 
 
 def test_c_and_ctypes_examples_decode_hf_tokens(path: Path, ck, tok, hf_tokens, tmp_path: Path) -> None:
-    from ada_mk.checkpoints.pack import main as pack_main
+    from ada_mk.cli.pack import main as pack_cli
     from tests.gpu.smollm2_kernels import smollm2_kernel
 
     if shutil.which("make") is None or shutil.which("cc") is None:
@@ -226,7 +226,8 @@ def test_c_and_ctypes_examples_decode_hf_tokens(path: Path, ck, tok, hf_tokens, 
     shutil.copytree(ROOT / "examples" / "c", work)
     subprocess.run(["make", "-C", str(work), f"KERNEL_DIR={art.directory}"], check=True, capture_output=True)
     weights = tmp_path / "weights.bin"
-    assert pack_main(["--weights", str(path), "--library", str(art.library), "-o", str(weights)]) == 0
+    assert pack_cli.main(["--weights", str(path), "--library", str(art.library), "-o", str(weights)],
+                         standalone_mode=False) == 0
     ids = prompt_ids(tok, *PROMPTS[0])
     r = subprocess.run([str(work / "decode"), str(weights), str(N_NEW), *map(str, ids)], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr

@@ -1,6 +1,4 @@
-"""`adamk-tune`: build the search's best few plans, time them on the GPU, keep the fastest.
-
-    adamk-tune --config configs/llama3.2-1b.yaml --gpu H100 --candidates 4
+"""What `adamk-tune` does: build the search's best few plans, time them on the GPU, keep the fastest.
 
 The cost model ranks plans within a few percent of each other as equals and is only a model, so
 the plans it predicts fastest are timed on the card: candidate 1 is the plan adamk-gen compiles
@@ -15,8 +13,6 @@ predicted and measured time) beside it.
 Where nvcc and the CUTLASS headers are but no GPU is, `--build-only` compiles the candidates into
 the build cache ($ADAMK_CACHE); the same command without it, on the GPU machine with that cache,
 then finds every kernel built (the search is deterministic, so it renders the same sources).
-
-User errors are one line, `adamk-tune: error: ...`, exit status 2, as for adamk-gen.
 """
 from __future__ import annotations
 
@@ -24,20 +20,14 @@ import datetime
 import json
 import statistics
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Callable, Protocol, Sequence
 
-import click
-
-from . import cli
-from .config import MAX_BATCH, ConfigError, DeployConfig, ModelConfig, load_config
-from .config.gpus import known_gpus_text
+from .config import DeployConfig, ModelConfig, load_config
 from .fsutil import write_atomic
 from .provenance import git_commit
 from .search.plan import Plan
 
-PROG = "adamk-tune"
 WARMUP_STEPS = 8  # launches before each timed window (MegaKernelEngine.time_steps' default)
 NO_GPU = ("no CUDA device here to measure on: run with --build-only here (ADAMK_CACHE=DIR), then the same "
           "command without it on the GPU machine, with that build cache")
@@ -181,13 +171,14 @@ def tune(config_path: Path, *, gpu: str | None = None, batch: int | None = None,
          max_context: int | None = None, n: int = 4, context: int = 512, steps: int = 64,
          rounds: int = 5, min_gain: float = 0.01, archs: Sequence[str] = (), baseline: bool = False,
          out_dir: Path = Path("out"), build_only: bool = False, timer: Timer | None = None,
-         log: Callable[[str], None] | None = None) -> tuple[list[Candidate], Candidate | None, Path | None]:
+         log: Callable[[str], None] = lambda msg: None,
+         show: Callable[[str], None] = print) -> tuple[list[Candidate], Candidate | None, Path | None]:
     """What `adamk-tune` does. Returns the candidates, the winner and the output directory (both
-    None with build_only). `timer` measures (default GpuTimer()); tests pass a fake one."""
+    None with build_only). `timer` measures (default GpuTimer()); tests pass a fake one. Progress
+    goes to `log`, the table of candidates to `show`."""
     from .codegen import pipeline
     from .codegen.render import render
 
-    log = log or _log
     model, deploy = load_config(config_path, gpu=gpu, batch=batch, max_context=max_context)
     if context + WARMUP_STEPS + steps >= deploy.max_context:
         raise TuneError(f"--context {context} + {WARMUP_STEPS} warm-up + --steps {steps} steps must stay below "
@@ -213,7 +204,7 @@ def tune(config_path: Path, *, gpu: str | None = None, batch: int | None = None,
     except pipeline.EmitError as e:
         raise TuneError(str(e)) from None
     if build_only:
-        click.echo(table(cands, None, context))
+        show(table(cands, None, context))
         log(f"built {len(cands)} candidates into the build cache "
             f"({art.directory.parent}); measure them on the GPU machine with that $ADAMK_CACHE")
         return cands, None, None
@@ -223,7 +214,7 @@ def tune(config_path: Path, *, gpu: str | None = None, batch: int | None = None,
     for c, w in zip(cands, windows):
         c.windows_ms = list(w)
     winner = pick(cands, min_gain)
-    click.echo(table(cands, winner, context))
+    show(table(cands, winner, context))
 
     from .ir import build_decode_graph
 
@@ -287,58 +278,3 @@ def tune_record(cands: Sequence[Candidate], winner: Candidate, *, card: str, con
 
 def _one_line(text: str) -> str:
     return " ".join(text.split())
-
-
-_log = partial(cli.say, PROG)
-_fail = partial(cli.fail_as, PROG)
-
-
-class _OneLineErrors(cli.OneLineErrors):
-    prog = PROG
-
-
-@click.command(cls=_OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--config", "config_path", required=True, type=click.Path(path_type=Path),
-              help="Model config: one of configs/*.yaml, or an HF config.json.")
-@click.option("--gpu", default=None, metavar="NAME",
-              help=f"Target GPU the plans are made for: {known_gpus_text()}. [default: the config's deploy.gpu, else H100]")
-@click.option("--batch", type=int, default=None, metavar="N", help=f"Sequences decoded together, 1..{MAX_BATCH}. [default: 1]")
-@click.option("--max-context", type=int, default=None, metavar="N",
-              help="Positions the KV cache holds (as for adamk-gen). [default: min(4096, max_position_embeddings)]")
-@click.option("--context", type=click.IntRange(1), default=512, show_default=True, metavar="N",
-              help="Sequence length the steps are timed at (the KV cache is filled up to it).")
-@click.option("--candidates", "n", type=click.IntRange(1, 16), default=4, show_default=True, metavar="N",
-              help="How many of the best predicted plans to build and time.")
-@click.option("--baseline", is_flag=True, help="Also time the round-robin plan (make_plan's baseline).")
-@click.option("--steps", type=click.IntRange(1), default=64, show_default=True, metavar="N",
-              help="Chained decode steps in one timed window.")
-@click.option("--rounds", type=click.IntRange(1), default=5, show_default=True, metavar="N",
-              help="Windows per candidate, taken in turns with the other candidates; the median counts.")
-@click.option("--min-gain", type=click.FloatRange(0), default=1.0, show_default=True, metavar="PCT",
-              help="Keep the plan adamk-gen compiles unless another is measured at least PCT% faster.")
-@click.option("--out-dir", type=click.Path(path_type=Path), default=Path("out"), show_default=True,
-              help="Output root; the winner goes to OUT/<model>/<gpu>-bs<batch>/ as adamk-gen writes it.")
-@click.option("--arch", "archs", multiple=True, metavar="SM", callback=cli._check_arch,
-              help="Also compile for this architecture (repeatable), e.g. sm_90a to time an Ada plan on "
-                   "Hopper. The target GPU's own architecture is always included.")
-@click.option("--build-only", "--no-measure", "build_only", is_flag=True,
-              help="Build the candidates into the build cache ($ADAMK_CACHE) and stop: for a machine "
-                   "with nvcc but no GPU.")
-def main(config_path: Path, gpu: str | None, batch: int | None, max_context: int | None, context: int,
-         n: int, baseline: bool, steps: int, rounds: int, min_gain: float, out_dir: Path,
-         archs: tuple[str, ...], build_only: bool) -> None:
-    """Build the N plans the cost model predicts fastest for MODEL on GPU at BATCH, time them on
-    this machine's GPU and write the fastest, as adamk-gen would, with tune.json beside it."""
-    try:
-        tune(config_path, gpu=gpu, batch=batch, max_context=max_context, n=n, context=context, steps=steps,
-             rounds=rounds, min_gain=min_gain / 100, archs=archs, baseline=baseline, out_dir=out_dir,
-             build_only=build_only)
-    except (ConfigError, TuneError) as e:
-        _fail(str(e))
-    except OSError as e:
-        where = f"{e.filename}: " if e.filename else ""
-        _fail(f"{where}cannot write output: {e.strerror or e}")
-
-
-if __name__ == "__main__":
-    main(prog_name=PROG)

@@ -12,92 +12,34 @@ uses for usage errors); a traceback means a bug in the generator.
 """
 from __future__ import annotations
 
-import importlib
 import json
 import sys
 from pathlib import Path
 from functools import partial
-from types import ModuleType
-from typing import NoReturn
+from typing import Any, Callable
 
 import click
 
-from .config import DTYPES, MAX_BATCH, ConfigError, load_config
-from .config.gpus import known_gpus_text
-from .fsutil import write_atomic
+from ..config import DTYPES, MAX_BATCH, ConfigError, load_config
+from ..config.gpus import known_gpus_text
+from ..fsutil import write_atomic
+from .common import check_arch, command, fail_as, say
 
 PROG = "adamk-gen"
-EXIT_USAGE = 2
-CODEGEN_MODULE = "ada_mk.codegen.pipeline"
-
-
-def say(prog: str, msg: str) -> None:
-    """A progress line on stderr, `prog: msg` (stdout is kept for data such as --dump-ir)."""
-    click.echo(f"{prog}: {msg}", err=True)
-
-
-def fail_as(prog: str, msg: str) -> NoReturn:
-    """A user error: one line on stderr, exit status 2, no traceback (every ada_mk command)."""
-    click.echo(f"{prog}: error: {msg}", err=True)
-    raise SystemExit(EXIT_USAGE)
-
-
 log = partial(say, PROG)
 fail = partial(fail_as, PROG)
 
 
-def _codegen() -> ModuleType | None:
-    """The code generator's entry module, or None while it is not written yet. Only the module
-    itself being absent counts; an import error inside it is a bug and propagates."""
-    try:
-        return importlib.import_module(CODEGEN_MODULE)
-    except ModuleNotFoundError as e:
-        if e.name in (CODEGEN_MODULE, CODEGEN_MODULE.rsplit(".", 1)[0]):
-            return None
-        raise
-
-
 def _codegen_errors() -> tuple[type[BaseException], ...]:
-    """The code generator's one-line user errors (evaluated only when an exception propagates)."""
-    errs = []
-    for name, attr in ((CODEGEN_MODULE, "EmitError"), ("ada_mk.search.profile", "ProfileError")):
-        mod = sys.modules.get(name)
-        err = getattr(mod, attr, None) if mod is not None else None
-        if isinstance(err, type):
-            errs.append(err)
-    return tuple(errs)
+    """The code generator's one-line user errors (imported only when an exception propagates, so
+    that --help and config errors need no code generator)."""
+    from ..codegen.pipeline import EmitError
+    from ..search.profile import ProfileError
+
+    return EmitError, ProfileError
 
 
-class OneLineErrors(click.Command):
-    """click reports usage errors (a missing --config, `--batch x`) as a usage block; report them
-    as one line like every other user error, still with exit status 2."""
-
-    prog = PROG  # the name the lines start with (adamk-tune subclasses this)
-
-    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
-        try:
-            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
-        except click.ClickException as e:
-            hint = " (see --help)" if isinstance(e, click.UsageError) else ""
-            click.echo(f"{self.prog}: error: {' '.join(e.format_message().split())}{hint}", err=True)
-            raise SystemExit(EXIT_USAGE)
-        except click.Abort:
-            click.echo(f"{self.prog}: aborted", err=True)
-            raise SystemExit(1)
-
-
-def _check_arch(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> tuple[str, ...]:
-    if not value:
-        return value
-    from .codegen.build import ARCH_FLAGS  # imported late: --help works without the code generator
-
-    for a in value:
-        if a not in ARCH_FLAGS:
-            raise click.BadParameter(f"{a!r}: expected one of {', '.join(ARCH_FLAGS)}", ctx, param)
-    return value
-
-
-@click.command(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
+@command(PROG)
 @click.option("--config", "config_path", required=True, type=click.Path(path_type=Path),
               help="Model config: one of configs/*.yaml, or an HF config.json.")
 @click.option("--gpu", default=None, metavar="NAME",
@@ -115,7 +57,7 @@ def _check_arch(ctx: click.Context, param: click.Parameter, value: tuple[str, ..
               help="Print the decode-step IR to stdout and exit without writing anything.")
 @click.option("--no-build", is_flag=True,
               help="Write the plan and the kernel sources only; do not run nvcc.")
-@click.option("--arch", "archs", multiple=True, metavar="SM", callback=_check_arch,
+@click.option("--arch", "archs", multiple=True, metavar="SM", callback=check_arch,
               help="Also compile for this architecture (repeatable: --arch sm_89 --arch sm_90a): "
                    "sm_80, sm_89, sm_90a, or sm_90 (no Hopper-only instructions). "
                    "The target GPU's own architecture is always included.")
@@ -131,11 +73,17 @@ def _check_arch(ctx: click.Context, param: click.Parameter, value: tuple[str, ..
 def main(config_path: Path, gpu: str | None, batch: int | None, max_context: int | None,
          dtype: str | None, out_dir: Path, dump_ir: bool, no_build: bool, archs: tuple[str, ...],
          debug: bool, explain: bool, profile: Path | None) -> None:
-    """Generate one CUDA MegaKernel for low-latency decoding of MODEL on GPU at BATCH.
+    """Generate one CUDA MegaKernel that decodes the model of --config on --gpu at --batch.
 
     Writes ir.json, plan.json and the kernel sources (<name>.cu, <name>.schedule.inc,
     <name>_host.cu, <name>.h) to OUT/<model>/<gpu>-bs<batch>/, then compiles them with nvcc
     into <name>.fatbin (for cuda-python) and lib<name>.so (C ABI) there.
+
+    \b
+    Examples:
+      adamk-gen --config configs/llama3-8b.yaml                    # H100, batch 1
+      adamk-gen --config configs/llama3.2-1b.yaml --gpu L20 --batch 4 --explain
+      adamk-gen --config path/to/config.json --gpu H100 --no-build # sources only, no nvcc
     """
     if no_build and (archs or debug):
         fail(f"{'--arch' if archs else '--debug'} needs a build: drop --no-build")
@@ -156,13 +104,13 @@ def main(config_path: Path, gpu: str | None, batch: int | None, max_context: int
 def generate(config_path: Path, gpu: str | None, batch: int | None, max_context: int | None,
              dtype: str | None, out_dir: Path, *, dump_ir: bool = False, build: bool = True,
              archs: tuple[str, ...] = (), debug: bool = False, explain: bool = False,
-             profile: Path | None = None, log=log) -> Path | None:
+             profile: Path | None = None, log: Callable[[str], None] = log) -> Path | None:
     """What `adamk-gen` does; returns the output directory (None for dump_ir). Also used by
     `python -m ada_mk.codegen.regen`, so the checked-in kernels are exactly the CLI's output."""
     model, deploy = load_config(config_path, gpu=gpu, batch=batch, max_context=max_context, dtype=dtype)
 
     # Imported here so that config errors and --help work even while the IR is being changed.
-    from .ir import build_decode_graph
+    from ..ir import build_decode_graph
 
     graph = build_decode_graph(model, deploy)
     if dump_ir:
@@ -177,22 +125,20 @@ def generate(config_path: Path, gpu: str | None, batch: int | None, max_context:
     ir_path = write_atomic(target / "ir.json", json.dumps(graph.to_json(), indent=1) + "\n")
     log(f"wrote {ir_path}")
 
-    codegen = _codegen()
-    if codegen is None:
-        log(f"{CODEGEN_MODULE} not available; stopping after the IR")
-    else:
-        options = {}  # only what differs from emit's defaults
-        if not build:
-            options["build_kernel"] = False
-        if archs:
-            options["archs"] = tuple(archs)
-        if debug:
-            options["debug"] = True
-        if explain:
-            options["explain"] = lambda text: click.echo(text, nl=not text.endswith("\n"))
-            if profile is not None:
-                options["profile"] = profile
-        codegen.emit(model, deploy, graph, target, log, **options)
+    from ..codegen.pipeline import emit
+
+    options: dict[str, Any] = {}  # only what differs from emit's defaults
+    if not build:
+        options["build_kernel"] = False
+    if archs:
+        options["archs"] = tuple(archs)
+    if debug:
+        options["debug"] = True
+    if explain:
+        options["explain"] = lambda text: click.echo(text, nl=not text.endswith("\n"))
+        if profile is not None:
+            options["profile"] = profile
+    emit(model, deploy, graph, target, log, **options)
 
     context = getattr(graph, "context", None)
     at = f" at context {context}" if context is not None else ""
@@ -202,4 +148,4 @@ def generate(config_path: Path, gpu: str | None, batch: int | None, max_context:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,0 +1,77 @@
+"""`adamk-tune`: build the plans the cost model predicts fastest, time them on this machine's GPU,
+keep the fastest (the logic is ada_mk.tuning).
+
+    adamk-tune --config configs/llama3.2-1b.yaml --gpu H100 --candidates 4
+    ADAMK_CACHE=.devbuild adamk-tune --config configs/llama3.2-1b.yaml --build-only   # no GPU here
+"""
+from __future__ import annotations
+
+import sys
+from functools import partial
+from pathlib import Path
+
+import click
+
+from ..config import MAX_BATCH, ConfigError
+from ..config.gpus import known_gpus_text
+from .common import check_arch, command, fail_as, say
+
+PROG = "adamk-tune"
+log = partial(say, PROG)
+fail = partial(fail_as, PROG)
+
+
+@command(PROG)
+@click.option("--config", "config_path", required=True, type=click.Path(path_type=Path),
+              help="Model config: one of configs/*.yaml, or an HF config.json.")
+@click.option("--gpu", default=None, metavar="NAME",
+              help=f"Target GPU the plans are made for: {known_gpus_text()}. [default: the config's deploy.gpu, else H100]")
+@click.option("--batch", type=int, default=None, metavar="N", help=f"Sequences decoded together, 1..{MAX_BATCH}. [default: 1]")
+@click.option("--max-context", type=int, default=None, metavar="N",
+              help="Positions the KV cache holds (as for adamk-gen). [default: min(4096, max_position_embeddings)]")
+@click.option("--context", type=click.IntRange(1), default=512, show_default=True, metavar="N",
+              help="Sequence length the steps are timed at (the KV cache is filled up to it).")
+@click.option("--candidates", "n", type=click.IntRange(1, 16), default=4, show_default=True, metavar="N",
+              help="How many of the best predicted plans to build and time.")
+@click.option("--baseline", is_flag=True, help="Also time the round-robin plan (make_plan's baseline).")
+@click.option("--steps", type=click.IntRange(1), default=64, show_default=True, metavar="N",
+              help="Chained decode steps in one timed window.")
+@click.option("--rounds", type=click.IntRange(1), default=5, show_default=True, metavar="N",
+              help="Windows per candidate, taken in turns with the other candidates; the median counts.")
+@click.option("--min-gain", type=click.FloatRange(0), default=1.0, show_default=True, metavar="PCT",
+              help="Keep the plan adamk-gen compiles unless another is measured at least PCT% faster.")
+@click.option("--out-dir", type=click.Path(path_type=Path), default=Path("out"), show_default=True,
+              help="Output root; the winner goes to OUT/<model>/<gpu>-bs<batch>/ as adamk-gen writes it.")
+@click.option("--arch", "archs", multiple=True, metavar="SM", callback=check_arch,
+              help="Also compile for this architecture (repeatable), e.g. sm_90a to time an Ada plan on "
+                   "Hopper. The target GPU's own architecture is always included.")
+@click.option("--build-only", "--no-measure", "build_only", is_flag=True,
+              help="Build the candidates into the build cache ($ADAMK_CACHE) and stop: for a machine "
+                   "with nvcc but no GPU.")
+def main(config_path: Path, gpu: str | None, batch: int | None, max_context: int | None, context: int,
+         n: int, baseline: bool, steps: int, rounds: int, min_gain: float, out_dir: Path,
+         archs: tuple[str, ...], build_only: bool) -> None:
+    """Build the --candidates plans the cost model predicts fastest for the model of --config on
+    --gpu at --batch, time them on this machine's GPU and write the fastest, as adamk-gen would,
+    with tune.json (card, date, commit, every candidate's predicted and measured time) beside it.
+
+    \b
+    Examples:
+      adamk-tune --config configs/llama3.2-1b.yaml --gpu H100 --candidates 4 --out-dir tuned
+      ADAMK_CACHE=.devbuild adamk-tune --config configs/llama3.2-1b.yaml --build-only  # no GPU here
+    """
+    from ..tuning import TuneError, tune
+
+    try:
+        tune(config_path, gpu=gpu, batch=batch, max_context=max_context, n=n, context=context, steps=steps,
+             rounds=rounds, min_gain=min_gain / 100, archs=archs, baseline=baseline, out_dir=out_dir,
+             build_only=build_only, log=log, show=click.echo)
+    except (ConfigError, TuneError) as e:
+        fail(str(e))
+    except OSError as e:
+        where = f"{e.filename}: " if e.filename else ""
+        fail(f"{where}cannot write output: {e.strerror or e}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
