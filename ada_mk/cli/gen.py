@@ -75,9 +75,10 @@ def main(config_path: Path, gpu: str | None, batch: int | None, max_context: int
          debug: bool, explain: bool, profile: Path | None) -> None:
     """Generate one CUDA MegaKernel that decodes the model of --config on --gpu at --batch.
 
-    Writes ir.json, plan.json and the kernel sources (<name>.cu, <name>.schedule.inc,
-    <name>_host.cu, <name>.h) to OUT/<model>/<gpu>-bs<batch>/, then compiles them with nvcc
-    into <name>.fatbin (for cuda-python) and lib<name>.so (C ABI) there.
+    Writes ir.json, plan.json and the kernel sources (<stem>.cu, <stem>.schedule.inc,
+    <stem>_host.cu, <stem>.h, where <stem> is adamk_<model>_<gpu>_bs<batch>) to
+    OUT/<model>/<gpu>-bs<batch>/, then compiles them with nvcc into <stem>.fatbin (for
+    cuda-python) and lib<stem>.so (C ABI) there.
 
     \b
     Examples:
