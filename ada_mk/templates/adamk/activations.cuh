@@ -45,35 +45,35 @@ struct Stream {
 // The stream entering `layer` (layer == L: entering the final norm).
 template <class C>
 __device__ Stream<C> stream_in(const Ctx<C>& c, int layer) {
-  if (layer == 0) return {nullptr, nullptr, 0, c.a.weights + C::W::EMBED, c.a.tokens};
-  return {reinterpret_cast<const __nv_bfloat16*>(c.scratch(C::S::DOWN_STREAM, layer - 1)),
-          c.scratch(C::S::DOWN_SUMSQ, layer - 1), C::Down::TILES, nullptr, nullptr};
+  if (layer == 0) return {nullptr, nullptr, 0, c.a.weights + C::Weights::EMBED, c.a.tokens};
+  return {reinterpret_cast<const __nv_bfloat16*>(c.scratch(C::Scratch::DOWN_STREAM, layer - 1)),
+          c.scratch(C::Scratch::DOWN_SUMSQ, layer - 1), C::Down::TILES, nullptr, nullptr};
 }
 
 // The stream between attention and MLP of `layer`.
 template <class C>
 __device__ Stream<C> stream_mid(const Ctx<C>& c, int layer) {
-  return {reinterpret_cast<const __nv_bfloat16*>(c.scratch(C::S::O_STREAM, layer)),
-          c.scratch(C::S::O_SUMSQ, layer), C::O::TILES, nullptr, nullptr};
+  return {reinterpret_cast<const __nv_bfloat16*>(c.scratch(C::Scratch::O_STREAM, layer)),
+          c.scratch(C::Scratch::O_SUMSQ, layer), C::O::TILES, nullptr, nullptr};
 }
 
 // Where the O (KIND == O) or down projection of `layer` publishes the stream.
 template <class C, int KIND>
 __device__ __nv_bfloat16* stream_out(const Ctx<C>& c, int layer) {
-  return reinterpret_cast<__nv_bfloat16*>(c.scratch_w(KIND == O ? C::S::O_STREAM : C::S::DOWN_STREAM, layer));
+  return reinterpret_cast<__nv_bfloat16*>(c.scratch_w(KIND == O ? C::Scratch::O_STREAM : C::Scratch::DOWN_STREAM, layer));
 }
 
 // K-split O or down projections only: their float partials [split][B][H], and the arrival
 // counters that elect the split that sums them.
 template <class C, int KIND>
 __device__ float* stream_part(const Ctx<C>& c, int layer) {
-  if constexpr (KIND == O) return c.scratch_w(C::S::O_PART, layer);
-  else return c.scratch_w(C::S::DOWN_PART, layer);
+  if constexpr (KIND == O) return c.scratch_w(C::Scratch::O_PART, layer);
+  else return c.scratch_w(C::Scratch::DOWN_PART, layer);
 }
 template <class C, int KIND>
 __device__ unsigned* stream_arrivals(const Ctx<C>& c, int layer) {
-  if constexpr (KIND == O) return c.counter(C::K::O_ARRIVE, layer);
-  else return c.counter(C::K::DOWN_ARRIVE, layer);
+  if constexpr (KIND == O) return c.counter(C::Counters::O_ARRIVE, layer);
+  else return c.counter(C::Counters::DOWN_ARRIVE, layer);
 }
 
 namespace block {
@@ -257,7 +257,7 @@ __device__ void stage_silu_mul(Ctx<C>& c, int layer, int k0) {
   // Up to 8 vectors (2 columns of gate and up each) per thread in flight at once.
   constexpr int B = C::B, KC = T::KC, I = C::I, S = C::GateUp::KSPLIT, N2 = B * KC / 2;
   constexpr int PER = (N2 + C::THREADS - 1) / C::THREADS, UNROLL = PER < 8 ? PER : 8;
-  const float* part = c.scratch(C::S::GATE_UP_PART, layer);
+  const float* part = c.scratch(C::Scratch::GATE_UP_PART, layer);
   for (int base = threadIdx.x; base < N2; base += C::THREADS * UNROLL) {
     float4 gu[UNROLL];  // gate k, up k, gate k + 1, up k + 1
 #pragma unroll

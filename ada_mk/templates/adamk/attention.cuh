@@ -29,7 +29,7 @@ __device__ void qkv_values(const Ctx<C>& c, int layer, int idx, int b, const int
                            float (&out)[N]) {
   constexpr int KS = C::Qkv::KSPLIT;
   const unsigned long long* part =
-      reinterpret_cast<const unsigned long long*>(c.scratch(C::S::QKV_PART, layer)) + b * C::NQKV;
+      reinterpret_cast<const unsigned long long*>(c.scratch(C::Scratch::QKV_PART, layer)) + b * C::NQKV;
   bool on[N * KS];
 #pragma unroll
   for (int i = 0; i < N * KS; ++i) on[i] = live[i / KS];
@@ -54,13 +54,13 @@ __device__ void qkv_values(const Ctx<C>& c, int layer, int idx, int b, const int
 template <class C>
 __device__ void combine_splits(Ctx<C>& c, int layer, int idx, int b, int g, float* ml_s) {
   constexpr int NS = C::ATTN_SPLITS, HD = C::HD, G = C::G;
-  __nv_bfloat16* out = reinterpret_cast<__nv_bfloat16*>(c.scratch_w(C::S::ATTN_OUT, layer)) + b * C::Q + g * G * HD;
+  __nv_bfloat16* out = reinterpret_cast<__nv_bfloat16*>(c.scratch_w(C::Scratch::ATTN_OUT, layer)) + b * C::Q + g * G * HD;
   const size_t first = (static_cast<size_t>(b) * C::NH + g * G) * NS;  // split 0 of query head g * G
   if constexpr (C::ATTN_POLLED) {
     constexpr int E = G * HD, EPT = (E + C::THREADS - 1) / C::THREADS;  // output elements, a thread's
     constexpr int ML = G * NS * 2, MPT = (ML + C::THREADS - 1) / C::THREADS;  // (m, l) words, a thread's
-    const auto* o = reinterpret_cast<const unsigned long long*>(c.scratch(C::S::ATTN_O, layer)) + first * HD;
-    const auto* ml = reinterpret_cast<const unsigned long long*>(c.scratch(C::S::ATTN_ML, layer)) + first * 2;
+    const auto* o = reinterpret_cast<const unsigned long long*>(c.scratch(C::Scratch::ATTN_O, layer)) + first * HD;
+    const auto* ml = reinterpret_cast<const unsigned long long*>(c.scratch(C::Scratch::ATTN_ML, layer)) + first * 2;
     // Word i < EPT * NS: split i % NS of element threadIdx.x + (i / NS) * THREADS; then (m, l) words.
     const auto at = [&](int i) {
       if (i < EPT * NS) {
@@ -95,8 +95,8 @@ __device__ void combine_splits(Ctx<C>& c, int layer, int idx, int b, int g, floa
       out[e] = __float2bfloat16_rn(x);
     }
   } else {
-    const float* o = c.scratch(C::S::ATTN_O, layer);
-    const float* ml = c.scratch(C::S::ATTN_ML, layer);
+    const float* o = c.scratch(C::Scratch::ATTN_O, layer);
+    const float* ml = c.scratch(C::Scratch::ATTN_ML, layer);
     for (int e = 2 * threadIdx.x; e < G * HD; e += 2 * C::THREADS) {  // two dimensions per thread
       const size_t slot = first + e / HD * NS;
       float2 part[NS], mj[NS];
@@ -722,8 +722,8 @@ __device__ void attention_task(Ctx<C>& c, int layer, int idx) {
   __syncthreads();
 
   // Combine the warps: out = sum_w o_w e^(m_w - M), sum = sum_w l_w e^(m_w - M).
-  float* out_o = c.scratch_w(C::S::ATTN_O, layer);
-  float* out_ml = c.scratch_w(C::S::ATTN_ML, layer);
+  float* out_o = c.scratch_w(C::Scratch::ATTN_O, layer);
+  float* out_ml = c.scratch_w(C::Scratch::ATTN_ML, layer);
   for (int e = threadIdx.x; e < G * HD; e += C::THREADS) {
     const int h = e / HD, d = e % HD, qh = g * G + h;
     float M = -INFINITY;
@@ -767,11 +767,11 @@ __device__ void attention_task(Ctx<C>& c, int layer, int idx) {
   const int group = b * C::NKV + g;
   bool combiner;
   if constexpr (C::ATTN_POLLED) combiner = j == NS - 1;
-  else combiner = arrive_last(c.counter(C::K::ATTN_ARRIVE, layer) + group, NS, c.a.epoch);
+  else combiner = arrive_last(c.counter(C::Counters::ATTN_ARRIVE, layer) + group, NS, c.a.epoch);
   if (combiner) {
     combine_splits<C>(c, layer, idx, b, g, wo);
     __syncthreads();
-    signal(c.counter(C::K::ATTN, layer) + group, NS);
+    signal(c.counter(C::Counters::ATTN, layer) + group, NS);
   }
 }
 

@@ -18,10 +18,10 @@ __device__ __forceinline__ int staging_key(int layer, int split) { return KIND |
 // The RMSNorm weights of the stages whose input is normalised (QKV, gate/up, LM head).
 template <class C, int KIND>
 __device__ const __nv_bfloat16* norm_weight(const Ctx<C>& c, int layer) {
-  using W = typename C::W;
-  if constexpr (KIND == QKV) return c.weight(W::INPUT_NORM, layer);
-  else if constexpr (KIND == GATE_UP) return c.weight(W::POST_NORM, layer);
-  else return c.a.weights + W::FINAL_NORM;
+  using Weights = typename C::Weights;
+  if constexpr (KIND == QKV) return c.weight(Weights::INPUT_NORM, layer);
+  else if constexpr (KIND == GATE_UP) return c.weight(Weights::POST_NORM, layer);
+  else return c.a.weights + Weights::FINAL_NORM;
 }
 
 // Before a task waits for its inputs (Hopper): the copy of its RMSNorm weights, if it will stage
@@ -72,10 +72,10 @@ __device__ void stage_input(Ctx<C>& c, int layer, int split) {
   if constexpr (KIND == GATE_UP) stage_rmsnorm<C, T>(c, stream_mid(c, layer), norm_weight<C, GATE_UP>(c, layer), k0);
   if constexpr (KIND == LM_HEAD) stage_rmsnorm<C, T>(c, stream_in(c, C::L), norm_weight<C, LM_HEAD>(c, layer), k0);
   if constexpr (KIND == O)
-    stage_copy<C, T>(c, reinterpret_cast<const __nv_bfloat16*>(c.scratch(C::S::ATTN_OUT, layer)), C::Q, k0);
+    stage_copy<C, T>(c, reinterpret_cast<const __nv_bfloat16*>(c.scratch(C::Scratch::ATTN_OUT, layer)), C::Q, k0);
   if constexpr (KIND == DOWN) {
     if constexpr (C::GateUp::KSPLIT == 1)
-      stage_copy<C, T>(c, reinterpret_cast<const __nv_bfloat16*>(c.scratch(C::S::MLP_ACT, layer)), C::I, k0);
+      stage_copy<C, T>(c, reinterpret_cast<const __nv_bfloat16*>(c.scratch(C::Scratch::MLP_ACT, layer)), C::I, k0);
     else
       stage_silu_mul<C, T>(c, layer, k0);
   }
@@ -94,15 +94,15 @@ __device__ float row_sum(const Ctx<C>& c, int r, int b) {
 // Row `row` of batch entry b is done: store it where its consumers read it.
 template <class C, class T, int KIND>
 __device__ void store_row(Ctx<C>& c, int layer, int split, int b, int row, float v) {
-  using S = typename C::S;
+  using Scratch = typename C::Scratch;
   if constexpr (KIND == QKV) {
     if constexpr (C::HAS_BIAS)
-      if (split == 0) v += __bfloat162float(c.weight(C::W::BQKV, layer)[row]);
-    unsigned long long* part = reinterpret_cast<unsigned long long*>(c.scratch_w(S::QKV_PART, layer));
+      if (split == 0) v += __bfloat162float(c.weight(C::Weights::BQKV, layer)[row]);
+    unsigned long long* part = reinterpret_cast<unsigned long long*>(c.scratch_w(Scratch::QKV_PART, layer));
     thread::st_flagged(part + (split * C::B + b) * T::N + row, v, c.a.epoch);
   }
   if constexpr (KIND == GATE_UP) {  // K-split only (unsplit: store_mlp_act)
-    c.scratch_w(S::GATE_UP_PART, layer)[(split * C::B + b) * T::N + row] = v;
+    c.scratch_w(Scratch::GATE_UP_PART, layer)[(split * C::B + b) * T::N + row] = v;
   }
   // The residual add rides on split 0. Unsplit, the product is rounded to bf16 first, as the
   // bf16 reference rounds the projection's output before adding it to the stream, and the sum is
@@ -115,7 +115,7 @@ __device__ void store_row(Ctx<C>& c, int layer, int split, int b, int row, float
     if constexpr (T::KSPLIT == 1) stream_out<C, KIND>(c, layer)[b * C::H + row] = __float2bfloat16_rn(v);
     else stream_part<C, KIND>(c, layer)[(split * C::B + b) * T::N + row] = v;
   }
-  if constexpr (KIND == LM_HEAD) c.a.scratch[S::LOGITS + b * C::V + row] = v;
+  if constexpr (KIND == LM_HEAD) c.a.scratch[Scratch::LOGITS + b * C::V + row] = v;
 }
 
 // An unsplit gate/up task's rows are final and come in (gate, up) pairs (the weights' rows are
@@ -124,7 +124,7 @@ __device__ void store_row(Ctx<C>& c, int layer, int split, int b, int row, float
 template <class C, class T>
 __device__ void store_mlp_act(Ctx<C>& c, int layer, int row0) {
   constexpr int B = C::B;
-  __nv_bfloat16* act = reinterpret_cast<__nv_bfloat16*>(c.scratch_w(C::S::MLP_ACT, layer));
+  __nv_bfloat16* act = reinterpret_cast<__nv_bfloat16*>(c.scratch_w(C::Scratch::MLP_ACT, layer));
   for (int e = threadIdx.x; e < T::ROWS / 2 * B; e += C::THREADS) {
     const int r = 2 * (e / B), b = e % B;
     if (row0 + r >= T::N) continue;
@@ -136,9 +136,9 @@ __device__ void store_mlp_act(Ctx<C>& c, int layer, int row0) {
 // The counters of stage KIND's tiles: this layer's, or the LM head's (one set per step).
 template <class C, int KIND>
 __device__ unsigned* tile_counters(const Ctx<C>& c, int layer) {
-  using K = typename C::K;
-  if constexpr (KIND == LM_HEAD) return c.a.counters + K::LM_HEAD;
-  else return c.counter(KIND == GATE_UP ? K::GATE_UP : KIND == O ? K::O : K::DOWN, layer);
+  using Counters = typename C::Counters;
+  if constexpr (KIND == LM_HEAD) return c.a.counters + Counters::LM_HEAD;
+  else return c.counter(KIND == GATE_UP ? Counters::GATE_UP : KIND == O ? Counters::O : Counters::DOWN, layer);
 }
 
 // Whether a linear task's tile is published with its run's group (publish_group): all but QKV
@@ -178,7 +178,7 @@ __device__ void finish_stream(Ctx<C>& c, int layer, int tile) {
       ss += v * v;
     }
     ss = warp::sum(ss);
-    if (lane == 0) c.scratch_w(KIND == O ? C::S::O_SUMSQ : C::S::DOWN_SUMSQ, layer)[tile * B + warp] = ss;
+    if (lane == 0) c.scratch_w(KIND == O ? C::Scratch::O_SUMSQ : C::Scratch::DOWN_SUMSQ, layer)[tile * B + warp] = ss;
   }
   __syncthreads();
   if constexpr (!GROUP_PUBLISHED<T, KIND>) signal(tile_counters<C, KIND>(c, layer) + tile, T::KSPLIT);
@@ -329,8 +329,8 @@ __device__ void linear_task(Ctx<C>& c, int layer, int idx) {
       }
       warp::argmax(best, arg);
       if (lane == 0) {
-        c.a.scratch[C::S::ARG_VAL + warp * T::TILES + tile] = best;
-        reinterpret_cast<int*>(c.a.scratch)[C::S::ARG_IDX + warp * T::TILES + tile] = arg;
+        c.a.scratch[C::Scratch::ARG_VAL + warp * T::TILES + tile] = best;
+        reinterpret_cast<int*>(c.a.scratch)[C::Scratch::ARG_IDX + warp * T::TILES + tile] = arg;
       }
     }
   }

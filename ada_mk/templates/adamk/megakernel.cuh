@@ -47,7 +47,7 @@ __device__ int inputs_key(int kind, int layer, int idx) {
 // so this only removes counter reads that cannot fail. False only when a debug build gave up.
 template <class C>
 __device__ bool wait_inputs(Ctx<C>& c, int kind, int layer, int idx) {
-  using K = typename C::K;
+  using Counters = typename C::Counters;
   const int key = inputs_key<C>(kind, layer, idx);
 #ifdef ADAMK_ABLATE_WAITS
   __syncthreads();
@@ -58,7 +58,7 @@ __device__ bool wait_inputs(Ctx<C>& c, int kind, int layer, int idx) {
   Waiter<C> w{c, kind, layer, idx};
   switch (kind) {
     case QKV:  // the whole residual stream: RMSNorm needs every element
-      if (layer > 0) w.template all<typename C::Down>(c.counter(K::DOWN, layer - 1));
+      if (layer > 0) w.template all<typename C::Down>(c.counter(Counters::DOWN, layer - 1));
       break;
     case ATTN:  // q, k and v come with their epoch: the task polls them (attention_task)
       break;
@@ -70,25 +70,25 @@ __device__ bool wait_inputs(Ctx<C>& c, int kind, int layer, int idx) {
       // of polls. A wait per sequence took a loaded L2 round trip each, one after another: at
       // batch 8 on an H200, O tasks saw their inputs 2-9 us after the last attention task ended;
       // one round made the step 6% faster for Llama-3.2-1B and 2.3% for Llama-3-8B (session 19).
-      if (g1 - g0 + 1 == C::NKV) w.on(c.counter(K::ATTN, layer), 0, C::B * C::NKV, C::ATTN_SPLITS);
+      if (g1 - g0 + 1 == C::NKV) w.on(c.counter(Counters::ATTN, layer), 0, C::B * C::NKV, C::ATTN_SPLITS);
       else
-        for (int b = 0; b < C::B; ++b) w.on(c.counter(K::ATTN, layer), b * C::NKV + g0, g1 - g0 + 1, C::ATTN_SPLITS);
+        for (int b = 0; b < C::B; ++b) w.on(c.counter(Counters::ATTN, layer), b * C::NKV + g0, g1 - g0 + 1, C::ATTN_SPLITS);
       break;
     }
     case GATE_UP:
-      w.template all<typename C::O>(c.counter(K::O, layer));
+      w.template all<typename C::O>(c.counter(Counters::O, layer));
       break;
     case DOWN: {  // the gate and up rows of this K-chunk's columns (interleaved: 2k, 2k + 1)
       using T = typename C::Down;
       const int lo = (idx % T::KSPLIT) * T::KC, hi = lo + T::KC;
-      w.template rows<typename C::GateUp>(c.counter(K::GATE_UP, layer), 2 * lo, 2 * hi);
+      w.template rows<typename C::GateUp>(c.counter(Counters::GATE_UP, layer), 2 * lo, 2 * hi);
       break;
     }
     case LM_HEAD:
-      w.template all<typename C::Down>(c.counter(K::DOWN, C::L - 1));
+      w.template all<typename C::Down>(c.counter(Counters::DOWN, C::L - 1));
       break;
     case ARGMAX:
-      w.on(c.a.counters + K::LM_HEAD, 0, C::LmHead::TILES, 1);
+      w.on(c.a.counters + Counters::LM_HEAD, 0, C::LmHead::TILES, 1);
       break;
   }
 #ifdef ADAMK_DEBUG
@@ -106,8 +106,8 @@ __device__ void argmax_task(Ctx<C>& c) {
   constexpr int TILES = C::LmHead::TILES, PER = (TILES + C::THREADS - 1) / C::THREADS;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   for (int b = 0; b < C::B; ++b) {
-    const float* val = c.a.scratch + C::S::ARG_VAL + b * TILES;
-    const int* arg = reinterpret_cast<const int*>(c.a.scratch) + C::S::ARG_IDX + b * TILES;
+    const float* val = c.a.scratch + C::Scratch::ARG_VAL + b * TILES;
+    const int* arg = reinterpret_cast<const int*>(c.a.scratch) + C::Scratch::ARG_IDX + b * TILES;
     float v[PER];
     int i[PER];
 #pragma unroll
@@ -172,7 +172,7 @@ __device__ void megakernel(const Args& a, const int4* runs, const int* sm_runs) 
   const int4* last = runs + sm_runs[blockIdx.x + 1];
   uint64_t* bars = reinterpret_cast<uint64_t*>(smem + C::SMEM_BARRIER);  // staging's, then the ring slots'
   Ctx<C> c{a,
-           block::WeightRing<C>(smem + C::SMEM_RING, a.weights, first, last, bars + 1, a.positions, a.k_cache,
+           block::StreamRing<C>(smem + C::SMEM_RING, a.weights, first, last, bars + 1, a.positions, a.k_cache,
                                 a.v_cache),
            reinterpret_cast<__nv_bfloat16*>(smem + C::SMEM_X), reinterpret_cast<float*>(smem + C::SMEM_RED),
            reinterpret_cast<float*>(smem + C::SMEM_ATTN), reinterpret_cast<float*>(smem + C::SMEM_MISC),

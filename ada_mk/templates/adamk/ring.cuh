@@ -1,11 +1,11 @@
-// adamk/weights.cuh: the weight ring (block scope).
+// adamk/ring.cuh: the stream ring (block scope).
 //
 // Weights never depend on activations, so the block streams the weight tiles of its whole task
 // list, in order, through a ring of C::STAGES shared-memory slots, C::STAGES - 1 chunks ahead of
 // the chunk being multiplied. While the block waits on a dependency, the next tasks' weights are
 // already in flight. The loader's cursor walks the same compiled schedule as the task loop.
 // A chunk arrives by bulk copies on Hopper, else by cp.async; warp 0 issues no copies
-// (WeightRing::load_chunk says why). Where the plan says so (Cfg::KV_RING, Plan.kv_ring), the
+// (StreamRing::load_weight_chunk says why). Where the plan says so (Cfg::KV_RING, Plan.kv_ring), the
 // ring streams attention tasks' cached K/V rows the same way (load_kv_chunk): they do not depend
 // on this step either, and so arrive before the task, not on the QKV-attention-O chain.
 // (Pulling further chunks into L2 with prefetch.global.L2 was measured slower on an H200,
@@ -28,14 +28,14 @@ namespace adamk {
 // Where the weight matrix of a stage begins in the packed buffer (elements).
 template <class C>
 __device__ __forceinline__ size_t weight_offset(int kind, int layer) {
-  using W = typename C::W;
-  const size_t base = W::LAYER_BASE + static_cast<size_t>(layer) * W::LAYER_STRIDE;
+  using Weights = typename C::Weights;
+  const size_t base = Weights::LAYER_BASE + static_cast<size_t>(layer) * Weights::LAYER_STRIDE;
   switch (kind) {
-    case QKV: return base + W::WQKV;
-    case O: return base + W::WO;
-    case GATE_UP: return base + W::WGATE_UP;
-    case DOWN: return base + W::WDOWN;
-    default: return W::LM_HEAD;
+    case QKV: return base + Weights::WQKV;
+    case O: return base + Weights::WO;
+    case GATE_UP: return base + Weights::WGATE_UP;
+    case DOWN: return base + Weights::WDOWN;
+    default: return Weights::LM_HEAD;
   }
 }
 
@@ -98,7 +98,7 @@ struct ChunkCursor {
 };
 
 template <class C>
-struct WeightRing {
+struct StreamRing {
   unsigned char* slots;           // C::STAGES slots of C::STAGE_BYTES
   const __nv_bfloat16* weights;   // the packed weight buffer
   ChunkCursor<C> load;            // the next chunk into the ring
@@ -122,7 +122,7 @@ struct WeightRing {
   __nv_bfloat16* v_cache;
   unsigned loaded = 0;            // BULK: chunks copied so far (the rest of `issued` are past the end)
 
-  __device__ WeightRing(unsigned char* smem, const __nv_bfloat16* w, const int4* first, const int4* last,
+  __device__ StreamRing(unsigned char* smem, const __nv_bfloat16* w, const int4* first, const int4* last,
                         uint64_t* slot_bars, const int* pos, __nv_bfloat16* kc, __nv_bfloat16* vc)
       : slots(smem), weights(w), load(first, last), bars(slot_bars), positions(pos), k_cache(kc), v_cache(vc) {
     if constexpr (BULK) {
@@ -177,7 +177,7 @@ struct WeightRing {
   }
 
   template <class T>
-  __device__ void load_chunk(unsigned char* dst) {
+  __device__ void load_weight_chunk(unsigned char* dst) {
     static_assert(T::CHUNK_ROWS * T::CHUNK_COLS * 2 <= C::STAGE_BYTES, "a chunk fits its slot");
     constexpr int CHUNK_BYTES = T::CHUNK_ROWS * T::CHUNK_COLS * 2;
     if constexpr (BULK) {
@@ -240,11 +240,11 @@ struct WeightRing {
     if (!load.done()) {
       unsigned char* dst = slots + (issued % C::STAGES) * C::STAGE_BYTES;
       switch (load.kind()) {
-        case QKV: load_chunk<typename C::Qkv>(dst); break;
-        case O: load_chunk<typename C::O>(dst); break;
-        case GATE_UP: load_chunk<typename C::GateUp>(dst); break;
-        case DOWN: load_chunk<typename C::Down>(dst); break;
-        case LM_HEAD: load_chunk<typename C::LmHead>(dst); break;
+        case QKV: load_weight_chunk<typename C::Qkv>(dst); break;
+        case O: load_weight_chunk<typename C::O>(dst); break;
+        case GATE_UP: load_weight_chunk<typename C::GateUp>(dst); break;
+        case DOWN: load_weight_chunk<typename C::Down>(dst); break;
+        case LM_HEAD: load_weight_chunk<typename C::LmHead>(dst); break;
         case ATTN: load_kv_chunk(dst); break;
       }
     }
