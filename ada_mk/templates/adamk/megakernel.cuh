@@ -218,12 +218,12 @@ __device__ void megakernel(const Args& a, const int4* runs, const int* sm_runs) 
       c.t_staged = t_ready;
 #endif
       switch (kind) {
-        case QKV: block::linear_task<C, typename C::Qkv, QKV>(c, layer, idx); break;
+        case QKV: block::linear_task<C, QKV>(c, layer, idx); break;
         case ATTN: block::attention_task<C>(c, layer, idx); break;
-        case O: block::linear_task<C, typename C::O, O>(c, layer, idx); break;
-        case GATE_UP: block::linear_task<C, typename C::GateUp, GATE_UP>(c, layer, idx); break;
-        case DOWN: block::linear_task<C, typename C::Down, DOWN>(c, layer, idx); break;
-        case LM_HEAD: block::linear_task<C, typename C::LmHead, LM_HEAD>(c, layer, idx); break;
+        case O: block::linear_task<C, O>(c, layer, idx); break;
+        case GATE_UP: block::linear_task<C, GATE_UP>(c, layer, idx); break;
+        case DOWN: block::linear_task<C, DOWN>(c, layer, idx); break;
+        case LM_HEAD: block::linear_task<C, LM_HEAD>(c, layer, idx); break;
         case ARGMAX: block::argmax_task<C>(c); break;
       }
       block::publish_group(c, kind, layer, run, i);
