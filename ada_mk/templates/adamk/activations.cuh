@@ -94,9 +94,9 @@ __device__ void published_rstd(Ctx<C>& c, const Stream<C>& s) {
   __syncthreads();
 }
 
-// The same for the embedding rows entering layer 0, summed here: each step has its B sequences'
-// loads in flight together; holding every step's loads at once (unrolled) made the batch-8 Llama-3-8B
-// kernel spill 360 bytes of registers (ptxas), for a function that runs once per step.
+// The same for the embedding rows entering layer 0, summed here: each iteration has its B
+// sequences' loads in flight together. The loop is not unrolled: holding every iteration's loads
+// at once spills registers at batch 8, for a function that runs once per step.
 template <class C>
 __device__ void embedding_rstd(Ctx<C>& c, const Stream<C>& s) {
   constexpr int B = C::B, ITER = (C::H / 4 + C::THREADS - 1) / C::THREADS;
@@ -149,10 +149,9 @@ __device__ void copy_rows(Ctx<C>& c, Row row, int k0) {
 // the RMSNorm weights of its K-chunk (gamma) into the attention scratch, free between attention
 // tasks and before the LM head's multiply (ada_mk.search.plan.Plan.attn_bytes makes room). Gamma
 // depends on nothing of this step, so the copy lands during the wait, where a load after it
-// stood one DRAM round trip behind the card's whole weight stream (on an H200, a build without
-// those loads ran Llama-3.2-1B at batch 8 3% faster; this copy measured 0.8% at batch 1 and within
-// noise elsewhere: benchmarks/RESULTS.md, session 11). It completes in the phase of the staging
-// barrier that the stream's rows complete (copy_rows). Returns whether it started one.
+// would stand one DRAM round trip behind the card's whole weight stream (see
+// docs/experiments.md, "RMSNorm weights copied before the wait"). It completes in the phase of
+// the staging barrier that the stream's rows complete (copy_rows). Returns whether it started one.
 template <class C, class T>
 __device__ bool prefetch_gamma(Ctx<C>& c, int key, const __nv_bfloat16* gamma, int split) {
 #ifdef ADAMK_ABLATE_STAGING
@@ -181,8 +180,8 @@ __device__ void stage_rmsnorm(Ctx<C>& c, const Stream<C>& s, const __nv_bfloat16
   else published_rstd<C>(c, s);
   c.bulk.wait();
   // One 16-byte vector of one sequence an iteration, in a loop: this code runs once per staging,
-  // and unrolled (16 vectors a thread for Llama-3-8B at batch 8) it missed the instruction cache
-  // all the way through (ncu: "no instruction" was half of its stall samples on an H200).
+  // and unrolled (16 vectors a thread for Llama-3-8B at batch 8) it misses the instruction cache
+  // all the way through.
 #pragma unroll 2
   for (int e = threadIdx.x; e < B * T::VEC; e += C::THREADS) {
     const int b = e / T::VEC, v = e % T::VEC;

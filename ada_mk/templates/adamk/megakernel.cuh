@@ -67,9 +67,8 @@ __device__ bool wait_inputs(Ctx<C>& c, int kind, int layer, int idx) {
       const int lo = (idx % T::KSPLIT) * T::KC, hi = lo + T::KC;
       const int g0 = lo / (C::HD * C::G), g1 = (hi - 1) / (C::HD * C::G);
       // Every group of every sequence (an unsplit O): the counters lie back to back, so one round
-      // of polls. A wait per sequence took a loaded L2 round trip each, one after another: at
-      // batch 8 on an H200, O tasks saw their inputs 2-9 us after the last attention task ended;
-      // one round made the step 6% faster for Llama-3.2-1B and 2.3% for Llama-3-8B (session 19).
+      // of polls, not a loaded L2 round trip per sequence one after another (see
+      // docs/experiments.md, "One round of polls for an unsplit O").
       if (g1 - g0 + 1 == C::NKV) w.on(c.counter(Counters::ATTN, layer), 0, C::B * C::NKV, C::ATTN_SPLITS);
       else
         for (int b = 0; b < C::B; ++b) w.on(c.counter(Counters::ATTN, layer), b * C::NKV + g0, g1 - g0 + 1, C::ATTN_SPLITS);
@@ -146,8 +145,8 @@ __device__ void argmax_task(Ctx<C>& c) {
 #ifdef ADAMK_PROFILE
 // The latest of the block's stamps `t`. A stamp taken after wait_inputs is read, as ptxas
 // schedules it, when the thread's own share of the wait ended, not after the barrier that ends
-// the block's wait (thread 0's alone showed QKV tasks of Llama-3-8B at batch 8 ready 28 us early):
-// the latest of them is when the task's inputs were all ready.
+// the block's wait, so one thread's stamp can be early: the latest of them is when the task's
+// inputs were all ready.
 template <class C>
 __device__ unsigned long long latest_ns(Ctx<C>& c, unsigned long long t) {
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;

@@ -8,17 +8,8 @@
 // (StreamRing::load_weight_chunk says why). Where the plan says so (Cfg::KV_RING, Plan.kv_ring), the
 // ring streams attention tasks' cached K/V rows the same way (load_kv_chunk): they do not depend
 // on this step either, and so arrive before the task, not on the QKV-attention-O chain.
-// (Pulling further chunks into L2 with prefetch.global.L2 was measured slower on an H200,
-// 1.09 -> 1.44 ms/token for Llama-3.2-1B: the extra instructions and L2 pressure cost more; so
-// was a bulk prefetch of the 2, 4 or 8 chunks after the ring issued only while the block waits
-// on a counter, on an H100: 1.28 -> 1.30 / 1.36 / 1.42 ms, 8B 6.08 -> 6.19 / 6.25 / 6.36 ms, and
-// of the 4 or 8 chunks after the ring at the start of each attention task, where the memory
-// would idle: 1B 1.089 -> 1.100, 8B 5.556 -> 5.639 / 5.665, 8B batch 8 7.85 -> 8.00 / 8.06
-// (benchmarks/RESULTS.md, session 8).) Holding back the refills a QKV task frees until the next
-// attention task is done, so that the attention's K/V loads would not queue behind them, was slower
-// too, on an H200: Llama-3.2-1B 0.845 -> 0.880 ms/token at context 4,096 and 0.793 -> 0.818 at
-// 512, batch 8 0.934 -> 0.975 (session 21). The attention tasks were no shorter in the profile, and
-// the ring started gate/up emptier.
+// The ring is the only prefetch, and it refills a slot as soon as its chunk is consumed. See
+// docs/experiments.md, "Prefetching beyond the ring" and "Holding back QKV refills".
 #pragma once
 #include "adamk/copy.cuh"
 #include "adamk/tasks.cuh"
@@ -41,10 +32,10 @@ __device__ __forceinline__ size_t weight_offset(int kind, int layer) {
 
 namespace block {
 
-// A position in the stream of weight chunks of one SM's schedule. The run under the cursor is
-// held in registers: the loader runs on the critical path of every chunk (each warp passes the
-// ring's barrier, then the loading thread issues the next copy before its own multiply), and a
-// global load of the run there stood before every copy.
+// A position in the stream of chunks of one SM's schedule. The run under the cursor is held in
+// registers: the loader runs on the critical path of every chunk (each warp passes the ring's
+// barrier, then the loading thread issues the next copy before its own multiply), where a global
+// load of the run would stand before every copy.
 template <class C>
 struct ChunkCursor {
   const int4* run;
@@ -107,11 +98,8 @@ struct StreamRing {
   // Where the plan says so (Plan.bulk_ring: Hopper), a chunk is one bulk copy (whole rows, or
   // the batched multiply's tiled weights), or one a row when its rows are not back to back (a
   // K-split with one sequence), issued by warp 1 and completing on its slot's mbarrier, instead of
-  // 16-byte cp.async copies spread over warps 1-7: on an H100, Llama-3.2-1B's step 5% faster at
-  // context 4,096 (benchmarks/RESULTS.md, session 8); on an H200 at batch 8, where the cp.async
-  // ring streamed at 3.0 TB/s even with the multiply removed, 4% faster for Llama-3.2-1B and
-  // Llama-3-8B (session 12). (ADAMK_CP_ASYNC_RING builds the cp.async ring everywhere, for
-  // comparisons.)
+  // 16-byte cp.async copies spread over warps 1-7 (see docs/experiments.md, "Bulk copies fill the
+  // ring"). ADAMK_CP_ASYNC_RING builds the cp.async ring everywhere, for comparisons.
   static constexpr bool BULK = C::BULK_RING;
 #else
   static constexpr bool BULK = false;
@@ -217,8 +205,8 @@ struct StreamRing {
     }
     // Warps 1.. issue the copies, warp 0 none: its thread 0 publishes the block's results
     // (release add, arrival atomic), and a release waits for the warp's outstanding reads, which
-    // would include ring chunks still queued behind the whole card's weight traffic (on an H100
-    // this cut Llama-3.2-1B's step 1.5% at batch 1 and 4% at batch 8; benchmarks/RESULTS.md).
+    // would include ring chunks still queued behind the whole card's weight traffic (see
+    // docs/experiments.md, "Warp 0 issues no ring copies").
     // Tiled weights (an ADAMK_CP_ASYNC_RING build on Hopper) are copied as they lie.
     constexpr int LOADERS = C::THREADS - 32;
     int row0;
