@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def kernel_address(tiling: tuple, k: int, row: int, col: int) -> int:
-    """Where adamk/weights.cuh (ChunkCursor::tiled) and tasks.cuh (tile_offset) read element (row, col)."""
+    """Where adamk/ring.cuh (ChunkCursor::tiled) and tasks.cuh (tile_offset) read element (row, col)."""
     rows, ksplit, kparts, cc = tiling
     kc = k // ksplit
     tile, r = divmod(row, rows)

@@ -72,14 +72,14 @@ def _regions(layout: Layout) -> list[dict]:
 
     w, s, k = layout.weights, layout.scratch, layout.counters
     return [
-        dict(cls="W", comment=f"Packed weights, bf16 elements ({w.total_bytes / 1e9:.3f} GB); per layer at LAYER_BASE + layer * LAYER_STRIDE.",
+        dict(cls="Weights", comment=f"Packed weights, bf16 elements ({w.total_bytes / 1e9:.3f} GB); per layer at LAYER_BASE + layer * LAYER_STRIDE.",
              fields=fields(w, {"embed": "EMBED", "final_norm": "FINAL_NORM", "lm_head": "LM_HEAD"})
              + ([("BQKV", 0)] if "bqkv" not in w.per_layer else [])),
-        dict(cls="S", comment=f"Scratch, 4-byte elements ({s.total_bytes / 1e6:.2f} MB): K-split partials, attention partials, logits.",
+        dict(cls="Scratch", comment=f"Scratch, 4-byte elements ({s.total_bytes / 1e6:.2f} MB): K-split partials, attention partials, logits.",
              fields=fields(s, {"logits": "LOGITS", "arg_val": "ARG_VAL", "arg_idx": "ARG_IDX"})),
-        dict(cls="K", comment="Dependency counters (u32), one per producer tile; attention: one per (sequence, K/V head).",
+        dict(cls="Counters", comment="Dependency counters (u32), one per producer tile; attention: one per (sequence, K/V head).",
              fields=fields(k, {"lm_head": "LM_HEAD"})),
-        dict(cls="KV", comment="KV cache, bf16 elements: K and V each [layer][sequence][K/V head][position][head_dim].",
+        dict(cls="KvCache", comment="KV cache, bf16 elements: K and V each [layer][sequence][K/V head][position][head_dim].",
              fields=[("LAYER", layout.kv_elems_per_layer), ("TOTAL", layout.kv_elems_per_layer * k.layers)]),
     ]
 

@@ -45,35 +45,35 @@ struct Stream {
 // The stream entering `layer` (layer == L: entering the final norm).
 template <class C>
 __device__ Stream<C> stream_in(const Ctx<C>& c, int layer) {
-  if (layer == 0) return {nullptr, nullptr, 0, c.a.weights + C::W::EMBED, c.a.tokens};
-  return {reinterpret_cast<const __nv_bfloat16*>(c.scratch(C::S::DOWN_STREAM, layer - 1)),
-          c.scratch(C::S::DOWN_SUMSQ, layer - 1), C::Down::TILES, nullptr, nullptr};
+  if (layer == 0) return {nullptr, nullptr, 0, c.a.weights + C::Weights::EMBED, c.a.tokens};
+  return {reinterpret_cast<const __nv_bfloat16*>(c.scratch(C::Scratch::DOWN_STREAM, layer - 1)),
+          c.scratch(C::Scratch::DOWN_SUMSQ, layer - 1), C::Down::TILES, nullptr, nullptr};
 }
 
 // The stream between attention and MLP of `layer`.
 template <class C>
 __device__ Stream<C> stream_mid(const Ctx<C>& c, int layer) {
-  return {reinterpret_cast<const __nv_bfloat16*>(c.scratch(C::S::O_STREAM, layer)),
-          c.scratch(C::S::O_SUMSQ, layer), C::O::TILES, nullptr, nullptr};
+  return {reinterpret_cast<const __nv_bfloat16*>(c.scratch(C::Scratch::O_STREAM, layer)),
+          c.scratch(C::Scratch::O_SUMSQ, layer), C::O::TILES, nullptr, nullptr};
 }
 
 // Where the O (KIND == O) or down projection of `layer` publishes the stream.
 template <class C, int KIND>
 __device__ __nv_bfloat16* stream_out(const Ctx<C>& c, int layer) {
-  return reinterpret_cast<__nv_bfloat16*>(c.scratch_w(KIND == O ? C::S::O_STREAM : C::S::DOWN_STREAM, layer));
+  return reinterpret_cast<__nv_bfloat16*>(c.scratch_w(KIND == O ? C::Scratch::O_STREAM : C::Scratch::DOWN_STREAM, layer));
 }
 
 // K-split O or down projections only: their float partials [split][B][H], and the arrival
 // counters that elect the split that sums them.
 template <class C, int KIND>
 __device__ float* stream_part(const Ctx<C>& c, int layer) {
-  if constexpr (KIND == O) return c.scratch_w(C::S::O_PART, layer);
-  else return c.scratch_w(C::S::DOWN_PART, layer);
+  if constexpr (KIND == O) return c.scratch_w(C::Scratch::O_PART, layer);
+  else return c.scratch_w(C::Scratch::DOWN_PART, layer);
 }
 template <class C, int KIND>
 __device__ unsigned* stream_arrivals(const Ctx<C>& c, int layer) {
-  if constexpr (KIND == O) return c.counter(C::K::O_ARRIVE, layer);
-  else return c.counter(C::K::DOWN_ARRIVE, layer);
+  if constexpr (KIND == O) return c.counter(C::Counters::O_ARRIVE, layer);
+  else return c.counter(C::Counters::DOWN_ARRIVE, layer);
 }
 
 namespace block {
@@ -94,9 +94,9 @@ __device__ void published_rstd(Ctx<C>& c, const Stream<C>& s) {
   __syncthreads();
 }
 
-// The same for the embedding rows entering layer 0, summed here: each step has its B sequences'
-// loads in flight together; holding every step's loads at once (unrolled) made the batch-8 Llama-3-8B
-// kernel spill 360 bytes of registers (ptxas), for a function that runs once per step.
+// The same for the embedding rows entering layer 0, summed here: each iteration has its B
+// sequences' loads in flight together. The loop is not unrolled: holding every iteration's loads
+// at once spills registers at batch 8, for a function that runs once per step.
 template <class C>
 __device__ void embedding_rstd(Ctx<C>& c, const Stream<C>& s) {
   constexpr int B = C::B, ITER = (C::H / 4 + C::THREADS - 1) / C::THREADS;
@@ -149,10 +149,9 @@ __device__ void copy_rows(Ctx<C>& c, Row row, int k0) {
 // the RMSNorm weights of its K-chunk (gamma) into the attention scratch, free between attention
 // tasks and before the LM head's multiply (ada_mk.search.plan.Plan.attn_bytes makes room). Gamma
 // depends on nothing of this step, so the copy lands during the wait, where a load after it
-// stood one DRAM round trip behind the card's whole weight stream (on an H200, a build without
-// those loads ran Llama-3.2-1B at batch 8 3% faster; this copy measured 0.8% at batch 1 and within
-// noise elsewhere: benchmarks/RESULTS.md, session 11). It completes in the phase of the staging
-// barrier that the stream's rows complete (copy_rows). Returns whether it started one.
+// would stand one DRAM round trip behind the card's whole weight stream (see
+// docs/experiments.md, "RMSNorm weights copied before the wait"). It completes in the phase of
+// the staging barrier that the stream's rows complete (copy_rows). Returns whether it started one.
 template <class C, class T>
 __device__ bool prefetch_gamma(Ctx<C>& c, int key, const __nv_bfloat16* gamma, int split) {
 #ifdef ADAMK_ABLATE_STAGING
@@ -181,8 +180,8 @@ __device__ void stage_rmsnorm(Ctx<C>& c, const Stream<C>& s, const __nv_bfloat16
   else published_rstd<C>(c, s);
   c.bulk.wait();
   // One 16-byte vector of one sequence an iteration, in a loop: this code runs once per staging,
-  // and unrolled (16 vectors a thread for Llama-3-8B at batch 8) it missed the instruction cache
-  // all the way through (ncu: "no instruction" was half of its stall samples on an H200).
+  // and unrolled (16 vectors a thread for Llama-3-8B at batch 8) it misses the instruction cache
+  // all the way through.
 #pragma unroll 2
   for (int e = threadIdx.x; e < B * T::VEC; e += C::THREADS) {
     const int b = e / T::VEC, v = e % T::VEC;
@@ -257,7 +256,7 @@ __device__ void stage_silu_mul(Ctx<C>& c, int layer, int k0) {
   // Up to 8 vectors (2 columns of gate and up each) per thread in flight at once.
   constexpr int B = C::B, KC = T::KC, I = C::I, S = C::GateUp::KSPLIT, N2 = B * KC / 2;
   constexpr int PER = (N2 + C::THREADS - 1) / C::THREADS, UNROLL = PER < 8 ? PER : 8;
-  const float* part = c.scratch(C::S::GATE_UP_PART, layer);
+  const float* part = c.scratch(C::Scratch::GATE_UP_PART, layer);
   for (int base = threadIdx.x; base < N2; base += C::THREADS * UNROLL) {
     float4 gu[UNROLL];  // gate k, up k, gate k + 1, up k + 1
 #pragma unroll

@@ -2,7 +2,7 @@
 // laid out begin.
 #pragma once
 #include "adamk/tasks.cuh"
-#include "adamk/weights.cuh"
+#include "adamk/ring.cuh"
 
 namespace adamk {
 
@@ -16,7 +16,7 @@ __device__ __forceinline__ unsigned long long global_ns() {
 template <class C>
 struct Ctx {
   Args a;
-  block::WeightRing<C> ring;
+  block::StreamRing<C> ring;
   __nv_bfloat16* x;    // staged activation chunk, bf16 [B][kc]
   float* red;          // per-warp partial dot products
   float* attn;         // attention scratch
@@ -31,16 +31,16 @@ struct Ctx {
 #endif
 
   __device__ const float* scratch(size_t off, int layer) const {
-    return a.scratch + C::S::LAYER_BASE + static_cast<size_t>(layer) * C::S::LAYER_STRIDE + off;
+    return a.scratch + C::Scratch::LAYER_BASE + static_cast<size_t>(layer) * C::Scratch::LAYER_STRIDE + off;
   }
   __device__ float* scratch_w(size_t off, int layer) const {
-    return a.scratch + C::S::LAYER_BASE + static_cast<size_t>(layer) * C::S::LAYER_STRIDE + off;
+    return a.scratch + C::Scratch::LAYER_BASE + static_cast<size_t>(layer) * C::Scratch::LAYER_STRIDE + off;
   }
   __device__ unsigned* counter(size_t off, int layer) const {
-    return a.counters + C::K::LAYER_BASE + static_cast<size_t>(layer) * C::K::LAYER_STRIDE + off;
+    return a.counters + C::Counters::LAYER_BASE + static_cast<size_t>(layer) * C::Counters::LAYER_STRIDE + off;
   }
   __device__ const __nv_bfloat16* weight(size_t off, int layer) const {
-    return a.weights + C::W::LAYER_BASE + static_cast<size_t>(layer) * C::W::LAYER_STRIDE + off;
+    return a.weights + C::Weights::LAYER_BASE + static_cast<size_t>(layer) * C::Weights::LAYER_STRIDE + off;
   }
 };
 

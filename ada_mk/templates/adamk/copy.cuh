@@ -75,7 +75,7 @@ namespace adamk::block {
 
 // Rows copied from global to shared memory by the bulk-copy unit, completing on one mbarrier.
 // The copies hold no registers and are all in flight at once, so a stage's input arrives in one
-// L2 round trip however many bytes it is; the weight ring's cp.async groups are not involved.
+// L2 round trip however many bytes it is; the stream ring's cp.async groups are not involved.
 struct BulkCopy {
   uint64_t* bar;       // the mbarrier (shared memory)
   unsigned phase = 0;  // parity of the copy being waited for

@@ -47,7 +47,7 @@ __device__ int inputs_key(int kind, int layer, int idx) {
 // so this only removes counter reads that cannot fail. False only when a debug build gave up.
 template <class C>
 __device__ bool wait_inputs(Ctx<C>& c, int kind, int layer, int idx) {
-  using K = typename C::K;
+  using Counters = typename C::Counters;
   const int key = inputs_key<C>(kind, layer, idx);
 #ifdef ADAMK_ABLATE_WAITS
   __syncthreads();
@@ -58,7 +58,7 @@ __device__ bool wait_inputs(Ctx<C>& c, int kind, int layer, int idx) {
   Waiter<C> w{c, kind, layer, idx};
   switch (kind) {
     case QKV:  // the whole residual stream: RMSNorm needs every element
-      if (layer > 0) w.template all<typename C::Down>(c.counter(K::DOWN, layer - 1));
+      if (layer > 0) w.template all<typename C::Down>(c.counter(Counters::DOWN, layer - 1));
       break;
     case ATTN:  // q, k and v come with their epoch: the task polls them (attention_task)
       break;
@@ -67,28 +67,27 @@ __device__ bool wait_inputs(Ctx<C>& c, int kind, int layer, int idx) {
       const int lo = (idx % T::KSPLIT) * T::KC, hi = lo + T::KC;
       const int g0 = lo / (C::HD * C::G), g1 = (hi - 1) / (C::HD * C::G);
       // Every group of every sequence (an unsplit O): the counters lie back to back, so one round
-      // of polls. A wait per sequence took a loaded L2 round trip each, one after another: at
-      // batch 8 on an H200, O tasks saw their inputs 2-9 us after the last attention task ended;
-      // one round made the step 6% faster for Llama-3.2-1B and 2.3% for Llama-3-8B (session 19).
-      if (g1 - g0 + 1 == C::NKV) w.on(c.counter(K::ATTN, layer), 0, C::B * C::NKV, C::ATTN_SPLITS);
+      // of polls, not a loaded L2 round trip per sequence one after another (see
+      // docs/experiments.md, "One round of polls for an unsplit O").
+      if (g1 - g0 + 1 == C::NKV) w.on(c.counter(Counters::ATTN, layer), 0, C::B * C::NKV, C::ATTN_SPLITS);
       else
-        for (int b = 0; b < C::B; ++b) w.on(c.counter(K::ATTN, layer), b * C::NKV + g0, g1 - g0 + 1, C::ATTN_SPLITS);
+        for (int b = 0; b < C::B; ++b) w.on(c.counter(Counters::ATTN, layer), b * C::NKV + g0, g1 - g0 + 1, C::ATTN_SPLITS);
       break;
     }
     case GATE_UP:
-      w.template all<typename C::O>(c.counter(K::O, layer));
+      w.template all<typename C::O>(c.counter(Counters::O, layer));
       break;
     case DOWN: {  // the gate and up rows of this K-chunk's columns (interleaved: 2k, 2k + 1)
       using T = typename C::Down;
       const int lo = (idx % T::KSPLIT) * T::KC, hi = lo + T::KC;
-      w.template rows<typename C::GateUp>(c.counter(K::GATE_UP, layer), 2 * lo, 2 * hi);
+      w.template rows<typename C::GateUp>(c.counter(Counters::GATE_UP, layer), 2 * lo, 2 * hi);
       break;
     }
     case LM_HEAD:
-      w.template all<typename C::Down>(c.counter(K::DOWN, C::L - 1));
+      w.template all<typename C::Down>(c.counter(Counters::DOWN, C::L - 1));
       break;
     case ARGMAX:
-      w.on(c.a.counters + K::LM_HEAD, 0, C::LmHead::TILES, 1);
+      w.on(c.a.counters + Counters::LM_HEAD, 0, C::LmHead::TILES, 1);
       break;
   }
 #ifdef ADAMK_DEBUG
@@ -106,8 +105,8 @@ __device__ void argmax_task(Ctx<C>& c) {
   constexpr int TILES = C::LmHead::TILES, PER = (TILES + C::THREADS - 1) / C::THREADS;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   for (int b = 0; b < C::B; ++b) {
-    const float* val = c.a.scratch + C::S::ARG_VAL + b * TILES;
-    const int* arg = reinterpret_cast<const int*>(c.a.scratch) + C::S::ARG_IDX + b * TILES;
+    const float* val = c.a.scratch + C::Scratch::ARG_VAL + b * TILES;
+    const int* arg = reinterpret_cast<const int*>(c.a.scratch) + C::Scratch::ARG_IDX + b * TILES;
     float v[PER];
     int i[PER];
 #pragma unroll
@@ -146,8 +145,8 @@ __device__ void argmax_task(Ctx<C>& c) {
 #ifdef ADAMK_PROFILE
 // The latest of the block's stamps `t`. A stamp taken after wait_inputs is read, as ptxas
 // schedules it, when the thread's own share of the wait ended, not after the barrier that ends
-// the block's wait (thread 0's alone showed QKV tasks of Llama-3-8B at batch 8 ready 28 us early):
-// the latest of them is when the task's inputs were all ready.
+// the block's wait, so one thread's stamp can be early: the latest of them is when the task's
+// inputs were all ready.
 template <class C>
 __device__ unsigned long long latest_ns(Ctx<C>& c, unsigned long long t) {
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -172,7 +171,7 @@ __device__ void megakernel(const Args& a, const int4* runs, const int* sm_runs) 
   const int4* last = runs + sm_runs[blockIdx.x + 1];
   uint64_t* bars = reinterpret_cast<uint64_t*>(smem + C::SMEM_BARRIER);  // staging's, then the ring slots'
   Ctx<C> c{a,
-           block::WeightRing<C>(smem + C::SMEM_RING, a.weights, first, last, bars + 1, a.positions, a.k_cache,
+           block::StreamRing<C>(smem + C::SMEM_RING, a.weights, first, last, bars + 1, a.positions, a.k_cache,
                                 a.v_cache),
            reinterpret_cast<__nv_bfloat16*>(smem + C::SMEM_X), reinterpret_cast<float*>(smem + C::SMEM_RED),
            reinterpret_cast<float*>(smem + C::SMEM_ATTN), reinterpret_cast<float*>(smem + C::SMEM_MISC),
@@ -218,12 +217,12 @@ __device__ void megakernel(const Args& a, const int4* runs, const int* sm_runs) 
       c.t_staged = t_ready;
 #endif
       switch (kind) {
-        case QKV: block::linear_task<C, typename C::Qkv, QKV>(c, layer, idx); break;
+        case QKV: block::linear_task<C, QKV>(c, layer, idx); break;
         case ATTN: block::attention_task<C>(c, layer, idx); break;
-        case O: block::linear_task<C, typename C::O, O>(c, layer, idx); break;
-        case GATE_UP: block::linear_task<C, typename C::GateUp, GATE_UP>(c, layer, idx); break;
-        case DOWN: block::linear_task<C, typename C::Down, DOWN>(c, layer, idx); break;
-        case LM_HEAD: block::linear_task<C, typename C::LmHead, LM_HEAD>(c, layer, idx); break;
+        case O: block::linear_task<C, O>(c, layer, idx); break;
+        case GATE_UP: block::linear_task<C, GATE_UP>(c, layer, idx); break;
+        case DOWN: block::linear_task<C, DOWN>(c, layer, idx); break;
+        case LM_HEAD: block::linear_task<C, LM_HEAD>(c, layer, idx); break;
         case ARGMAX: block::argmax_task<C>(c); break;
       }
       block::publish_group(c, kind, layer, run, i);

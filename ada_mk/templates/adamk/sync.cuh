@@ -144,12 +144,10 @@ __device__ __forceinline__ bool wait_counters(const unsigned* counters, int firs
 // After a barrier that follows the block's last write of the task: publish it (count bumps at
 // once). The release add is cumulative: the barrier made every thread's writes visible to
 // thread 0, and the release orders them before the add at GPU scope (no separate fence needed).
-// Thread 0's warp issues no weight-ring copies, so the release does not wait for them. It still
-// waits for the block's own stores, and the block for thread 0 at its next barrier: without the
-// release (ADAMK_ABLATE_RELEASE) an H200 ran Llama-3.2-1B's batch-1 step 5.8% faster
-// (benchmarks/RESULTS.md, session 15), the cost a publication that the block does not wait for
-// would remove. Runs of tasks that need no per-task publication publish a group of tiles behind
-// one fence instead (adamk/linear.cuh, publish_group).
+// Thread 0's warp issues no ring copies, so the release does not wait for them. It still waits for
+// the block's own stores, and the block for thread 0 at its next barrier (see
+// docs/experiments.md, "The cost of a release per task"). Runs of tasks that need no per-task
+// publication publish a group of tiles behind one fence instead (adamk/linear.cuh, publish_group).
 __device__ __forceinline__ void signal(unsigned* counter, unsigned count = 1u) {
 #ifdef ADAMK_ABLATE_RELEASE  // the add without its release: what waiting for the writes costs
   if (threadIdx.x == 0) thread::add_relaxed(counter, count);

@@ -1,24 +1,15 @@
-// adamk/weights.cuh: the weight ring (block scope).
+// adamk/ring.cuh: the stream ring (block scope).
 //
 // Weights never depend on activations, so the block streams the weight tiles of its whole task
 // list, in order, through a ring of C::STAGES shared-memory slots, C::STAGES - 1 chunks ahead of
 // the chunk being multiplied. While the block waits on a dependency, the next tasks' weights are
 // already in flight. The loader's cursor walks the same compiled schedule as the task loop.
 // A chunk arrives by bulk copies on Hopper, else by cp.async; warp 0 issues no copies
-// (WeightRing::load_chunk says why). Where the plan says so (Cfg::KV_RING, Plan.kv_ring), the
+// (StreamRing::load_weight_chunk says why). Where the plan says so (Cfg::KV_RING, Plan.kv_ring), the
 // ring streams attention tasks' cached K/V rows the same way (load_kv_chunk): they do not depend
 // on this step either, and so arrive before the task, not on the QKV-attention-O chain.
-// (Pulling further chunks into L2 with prefetch.global.L2 was measured slower on an H200,
-// 1.09 -> 1.44 ms/token for Llama-3.2-1B: the extra instructions and L2 pressure cost more; so
-// was a bulk prefetch of the 2, 4 or 8 chunks after the ring issued only while the block waits
-// on a counter, on an H100: 1.28 -> 1.30 / 1.36 / 1.42 ms, 8B 6.08 -> 6.19 / 6.25 / 6.36 ms, and
-// of the 4 or 8 chunks after the ring at the start of each attention task, where the memory
-// would idle: 1B 1.089 -> 1.100, 8B 5.556 -> 5.639 / 5.665, 8B batch 8 7.85 -> 8.00 / 8.06
-// (benchmarks/RESULTS.md, session 8).) Holding back the refills a QKV task frees until the next
-// attention task is done, so that the attention's K/V loads would not queue behind them, was slower
-// too, on an H200: Llama-3.2-1B 0.845 -> 0.880 ms/token at context 4,096 and 0.793 -> 0.818 at
-// 512, batch 8 0.934 -> 0.975 (session 21). The attention tasks were no shorter in the profile, and
-// the ring started gate/up emptier.
+// The ring is the only prefetch, and it refills a slot as soon as its chunk is consumed. See
+// docs/experiments.md, "Prefetching beyond the ring" and "Holding back QKV refills".
 #pragma once
 #include "adamk/copy.cuh"
 #include "adamk/tasks.cuh"
@@ -28,23 +19,23 @@ namespace adamk {
 // Where the weight matrix of a stage begins in the packed buffer (elements).
 template <class C>
 __device__ __forceinline__ size_t weight_offset(int kind, int layer) {
-  using W = typename C::W;
-  const size_t base = W::LAYER_BASE + static_cast<size_t>(layer) * W::LAYER_STRIDE;
+  using Weights = typename C::Weights;
+  const size_t base = Weights::LAYER_BASE + static_cast<size_t>(layer) * Weights::LAYER_STRIDE;
   switch (kind) {
-    case QKV: return base + W::WQKV;
-    case O: return base + W::WO;
-    case GATE_UP: return base + W::WGATE_UP;
-    case DOWN: return base + W::WDOWN;
-    default: return W::LM_HEAD;
+    case QKV: return base + Weights::WQKV;
+    case O: return base + Weights::WO;
+    case GATE_UP: return base + Weights::WGATE_UP;
+    case DOWN: return base + Weights::WDOWN;
+    default: return Weights::LM_HEAD;
   }
 }
 
 namespace block {
 
-// A position in the stream of weight chunks of one SM's schedule. The run under the cursor is
-// held in registers: the loader runs on the critical path of every chunk (each warp passes the
-// ring's barrier, then the loading thread issues the next copy before its own multiply), and a
-// global load of the run there stood before every copy.
+// A position in the stream of chunks of one SM's schedule. The run under the cursor is held in
+// registers: the loader runs on the critical path of every chunk (each warp passes the ring's
+// barrier, then the loading thread issues the next copy before its own multiply), where a global
+// load of the run would stand before every copy.
 template <class C>
 struct ChunkCursor {
   const int4* run;
@@ -98,7 +89,7 @@ struct ChunkCursor {
 };
 
 template <class C>
-struct WeightRing {
+struct StreamRing {
   unsigned char* slots;           // C::STAGES slots of C::STAGE_BYTES
   const __nv_bfloat16* weights;   // the packed weight buffer
   ChunkCursor<C> load;            // the next chunk into the ring
@@ -107,11 +98,8 @@ struct WeightRing {
   // Where the plan says so (Plan.bulk_ring: Hopper), a chunk is one bulk copy (whole rows, or
   // the batched multiply's tiled weights), or one a row when its rows are not back to back (a
   // K-split with one sequence), issued by warp 1 and completing on its slot's mbarrier, instead of
-  // 16-byte cp.async copies spread over warps 1-7: on an H100, Llama-3.2-1B's step 5% faster at
-  // context 4,096 (benchmarks/RESULTS.md, session 8); on an H200 at batch 8, where the cp.async
-  // ring streamed at 3.0 TB/s even with the multiply removed, 4% faster for Llama-3.2-1B and
-  // Llama-3-8B (session 12). (ADAMK_CP_ASYNC_RING builds the cp.async ring everywhere, for
-  // comparisons.)
+  // 16-byte cp.async copies spread over warps 1-7 (see docs/experiments.md, "Bulk copies fill the
+  // ring"). ADAMK_CP_ASYNC_RING builds the cp.async ring everywhere, for comparisons.
   static constexpr bool BULK = C::BULK_RING;
 #else
   static constexpr bool BULK = false;
@@ -122,7 +110,7 @@ struct WeightRing {
   __nv_bfloat16* v_cache;
   unsigned loaded = 0;            // BULK: chunks copied so far (the rest of `issued` are past the end)
 
-  __device__ WeightRing(unsigned char* smem, const __nv_bfloat16* w, const int4* first, const int4* last,
+  __device__ StreamRing(unsigned char* smem, const __nv_bfloat16* w, const int4* first, const int4* last,
                         uint64_t* slot_bars, const int* pos, __nv_bfloat16* kc, __nv_bfloat16* vc)
       : slots(smem), weights(w), load(first, last), bars(slot_bars), positions(pos), k_cache(kc), v_cache(vc) {
     if constexpr (BULK) {
@@ -177,7 +165,7 @@ struct WeightRing {
   }
 
   template <class T>
-  __device__ void load_chunk(unsigned char* dst) {
+  __device__ void load_weight_chunk(unsigned char* dst) {
     static_assert(T::CHUNK_ROWS * T::CHUNK_COLS * 2 <= C::STAGE_BYTES, "a chunk fits its slot");
     constexpr int CHUNK_BYTES = T::CHUNK_ROWS * T::CHUNK_COLS * 2;
     if constexpr (BULK) {
@@ -217,8 +205,8 @@ struct WeightRing {
     }
     // Warps 1.. issue the copies, warp 0 none: its thread 0 publishes the block's results
     // (release add, arrival atomic), and a release waits for the warp's outstanding reads, which
-    // would include ring chunks still queued behind the whole card's weight traffic (on an H100
-    // this cut Llama-3.2-1B's step 1.5% at batch 1 and 4% at batch 8; benchmarks/RESULTS.md).
+    // would include ring chunks still queued behind the whole card's weight traffic (see
+    // docs/experiments.md, "Warp 0 issues no ring copies").
     // Tiled weights (an ADAMK_CP_ASYNC_RING build on Hopper) are copied as they lie.
     constexpr int LOADERS = C::THREADS - 32;
     int row0;
@@ -240,11 +228,11 @@ struct WeightRing {
     if (!load.done()) {
       unsigned char* dst = slots + (issued % C::STAGES) * C::STAGE_BYTES;
       switch (load.kind()) {
-        case QKV: load_chunk<typename C::Qkv>(dst); break;
-        case O: load_chunk<typename C::O>(dst); break;
-        case GATE_UP: load_chunk<typename C::GateUp>(dst); break;
-        case DOWN: load_chunk<typename C::Down>(dst); break;
-        case LM_HEAD: load_chunk<typename C::LmHead>(dst); break;
+        case QKV: load_weight_chunk<typename C::Qkv>(dst); break;
+        case O: load_weight_chunk<typename C::O>(dst); break;
+        case GATE_UP: load_weight_chunk<typename C::GateUp>(dst); break;
+        case DOWN: load_weight_chunk<typename C::Down>(dst); break;
+        case LM_HEAD: load_weight_chunk<typename C::LmHead>(dst); break;
         case ATTN: load_kv_chunk(dst); break;
       }
     }
