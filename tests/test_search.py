@@ -257,7 +257,7 @@ def test_batched_chunks_are_16_row_column_blocks(name):
 
 def test_bulk_ring_barriers_are_laid_out():
     """Bulk copies fill the ring on Hopper, and its slots' mbarriers sit after the staging's in the
-    barrier region (adamk/weights.cuh); elsewhere the region is one mbarrier."""
+    barrier region (adamk/ring.cuh); elsewhere the region is one mbarrier."""
     for gpu, batch, bulk in (("H100", 1, True), ("H100", 8, True), ("L20", 1, False), ("L20", 4, False)):
         m, d = cfg("llama3.2-1b", gpu, batch)
         plan = make_plan(m, d)
@@ -297,7 +297,7 @@ def test_batched_attention_copies_kv_pieces_into_x_and_red(name):
     ("qwen2.5-0.5b", "H100", 4, True), ("llama3-8b", "H200", 1, True), ("llama3-8b", "H100", 8, False),
     ("qwen2.5-7b", "H100", 8, False), ("llama3.2-1b", "L20", 1, False), ("llama3.2-1b", "A100", 8, False)])
 def test_kv_rows_through_the_ring(name, gpu, batch, expected):
-    """On Hopper, for heads MmaAttention takes, attention's K/V rows come through the weight ring
+    """On Hopper, for heads MmaAttention takes, attention's K/V rows come through the stream ring
     (Plan.kv_ring): whole 16-position blocks, a warp each, K and V rows in one slot, enough slots
     for the longest split the cache allows; not with several sequences and 128-dimension heads
     (slower, benchmarks/RESULTS.md session 21), nor without the bulk-copy unit. The plan's choice

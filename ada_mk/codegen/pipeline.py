@@ -168,7 +168,7 @@ def plan_summary(plan: Plan) -> str:
     lines.append(f"attention: {plan.attn_splits} sequence splits per (sequence, K/V head), "
                  f"{plan.tasks_of('attn')} tasks per layer")
     lines.append(f"shared memory: {plan.smem_bytes} of {gpu.smem_per_block} bytes per block "
-                 f"(weight ring {plan.stages} x {plan.stage_bytes} B)")
+                 f"(stream ring {plan.stages} x {plan.stage_bytes} B)")
     for name, off in plan.smem_layout().items():
         lines.append(f"  {name:<11} {off:>7}")
     return "\n".join(lines) + "\n"

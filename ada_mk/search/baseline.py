@@ -16,7 +16,7 @@ MAX_STAGES = 8
 
 
 def stage_target(deploy: DeployConfig) -> int:
-    """Bytes of one weight-ring slot: large enough to amortise a barrier, small enough that
+    """Bytes of one stream-ring slot: large enough to amortise a barrier, small enough that
     several fit beside the activation chunk (Ada has 99 KB a block, Hopper 227 KB)."""
     return 32 * 1024 if deploy.gpu.smem_per_block >= 160 * 1024 else 16 * 1024
 
@@ -81,7 +81,7 @@ def round_robin_plan(model: ModelConfig, deploy: DeployConfig) -> Plan:
     if stages < 2:
         raise PlanError(
             f"{model.name} on {gpu.name} batch {B}: needs {plan.smem_bytes} bytes of shared memory "
-            f"with a 2-deep weight ring, the block limit is {gpu.smem_per_block}")
+            f"with a 2-deep stream ring, the block limit is {gpu.smem_per_block}")
     plan.stages = stages
     plan.schedule = round_robin(plan)
     return decide_kernel_features(plan)

@@ -150,7 +150,7 @@ class CostModel:
             overhead = c.task_overhead_s
             if kind in ("o", "down") and t.ksplit > 1:
                 # the last split of a tile sums the splits' partials of the residual stream
-                # (adamk/linear.cuh, finish_stream): an arrival round trip and an L2 read
+                # (adamk/linear_stages.cuh, finish_stream_split): an arrival round trip and an L2 read
                 overhead += c.sync_latency_s + c.stage_fixed_s + t.rows * B * t.ksplit * 4 / c.l2_bw_per_sm
             self.kinds[kind] = dict(
                 overhead=overhead,

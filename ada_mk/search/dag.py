@@ -20,7 +20,7 @@ DepT = tuple  # (stage, layer, first, count, per_step)
 @dataclass(frozen=True)
 class TaskInfo:
     task: Task
-    weight_bytes: int  # streamed from DRAM through the weight ring
+    weight_bytes: int  # streamed from DRAM through the stream ring
     stage_bytes: int  # activation bytes read (L2) to stage its input chunk, when not reused
     kv_bytes: int  # K/V cache bytes read (attention)
     out_bytes: int  # partial results written

@@ -28,7 +28,7 @@ def producer_per_step(plan: Plan, stage: str) -> int:
     """How often each counter of `stage` is bumped in one decode step: once per split. For an
     attention group, and for a K-split O or down tile (the residual stream), the last split to
     finish combines the splits and adds all the counts at once (adamk/attention.cuh,
-    adamk/linear.cuh finish_stream), so they are published only combined."""
+    adamk/linear_stages.cuh finish_stream_split), so they are published only combined."""
     if stage == "attn":
         return plan.attn_splits
     return plan.tilings[stage].ksplit

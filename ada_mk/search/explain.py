@@ -67,8 +67,8 @@ def feature_lines(plan: Plan) -> list[str]:
     what = {
         "batched": "every warp multiplies a chunk by all sequences (tensor-core MMA)" if plan.batched
         else "each row of a chunk is reduced by its own warps (one sequence)",
-        "bulk_ring": "bulk copies (TMA) fill the weight ring" if plan.bulk_ring else "cp.async fills the weight ring",
-        "kv_ring": "attention's K/V rows come through the weight ring" if plan.kv_ring
+        "bulk_ring": "bulk copies (TMA) fill the stream ring" if plan.bulk_ring else "cp.async fills the stream ring",
+        "kv_ring": "attention's K/V rows come through the stream ring" if plan.kv_ring
         else "attention loads its own K/V rows",
         "kv_ring_positions": f"positions of K and V rows ({m.head_dim} dimensions) a ring slot holds"
         if plan.kv_ring else "(no K/V rows in the ring)",

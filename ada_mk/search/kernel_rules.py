@@ -26,13 +26,13 @@ KV_PIECE_BUFFERS = 4  # at most: all of them are in flight before the first is u
 
 def batched_multiply(batch: int) -> bool:
     """Plan.batched: whether every warp multiplies all rows of a weight chunk by all sequences, 16
-    rows x 8 sequences per tensor-core MMA (adamk/linear.cuh, multiply_batched), instead of one row
+    rows x 8 sequences per tensor-core MMA (adamk/linear_multiply.cuh, multiply_batched), instead of one row
     per warp group (multiply_rows). With one sequence an MMA would leave 7 of its 8 columns idle."""
     return batch >= BATCHED_FROM
 
 
 def bulk_ring(gpu: GpuSpec) -> bool:
-    """Plan.bulk_ring: whether bulk copies fill the weight ring (adamk/weights.cuh): one copy a
+    """Plan.bulk_ring: whether bulk copies fill the stream ring (adamk/ring.cuh): one copy a
     chunk, completed on the slot's mbarrier, with no thread of the loader busy for it. Only
     Hopper's bulk-copy unit (TMA, GpuSpec.tma) does this; elsewhere cp.async fills the ring."""
     return gpu.tma
@@ -55,14 +55,14 @@ def kv_ring_fit(model: ModelConfig, stage_bytes: int) -> int:
 
 
 def kv_ring(model: ModelConfig, batch: int, ring_bulk: bool, positions: int) -> bool:
-    """Plan.kv_ring: whether attention's cached K/V rows come through the weight ring: the ring
+    """Plan.kv_ring: whether attention's cached K/V rows come through the stream ring: the ring
     streams an attention task's rows as it streams a linear task's weight chunks, tasks ahead,
     instead of the task loading them on the QKV-attention-O chain, and the tensor cores multiply
     them in the slot (adamk/attention.cuh, MmaAttention). It needs bulk copies (bulk_ring), heads
     of 64 or 128 dimensions with groups of up to 8 query heads (what MmaAttention takes) and a slot
     of at least one 16-position block (`positions`, kv_ring_fit). With several sequences and
     128-dimension heads a slot holds only 64 positions, and attention's own bulk-copied pieces
-    (kv_pieces) are faster there. See docs/experiments.md, "K/V rows through the weight ring
+    (kv_pieces) are faster there. See docs/experiments.md, "K/V rows through the stream ring
     (Plan.kv_ring)"."""
     if not ring_bulk or model.head_dim % 64 or model.group_size > 8:
         return False
@@ -122,7 +122,7 @@ def schedule_allows_polling(plan: Plan) -> bool:
 def attn_polled(plan: Plan, batched: bool) -> bool:
     """Plan.attn_polled: whether the last split of each attention group (split attn_splits - 1)
     combines the group's partials by polling them: each split stores its partial as 8-byte words
-    {value, step} and nothing counts the splits (adamk/attention.cuh, combine_splits). Otherwise
+    {value, step} and nothing counts the splits (adamk/attention_combine.cuh, combine_splits_polled). Otherwise
     the last split to finish, elected by an atomic count, combines them. Polling needs a schedule
     that allows it (schedule_allows_polling); with one sequence the combiner, the split with the
     fewest positions, would poll while the others stream their K/V, and the election is faster.

@@ -3,7 +3,7 @@
 A plan fixes, for one (model, GPU, batch):
   * the tiling of each fused linear stage (rows per task, K-split, warps per row),
   * the number of sequence splits of decode attention,
-  * the shared-memory carve-up (activation staging, the weight ring's stage size and depth),
+  * the shared-memory carve-up (activation staging, the stream ring's stage size and depth),
   * the static order of tasks on every SM,
   * the kernel's features: which multiply, how the ring is filled, where attention's K/V rows
     come from, how attention's splits are combined (Plan's fields after `notes`, decided by
@@ -189,8 +189,8 @@ class Plan:
     _: KW_ONLY
     # ---- kernel features (KERNEL_FEATURES; kernel_rules says why each takes its value) ---------
     batched: bool | None = None  # the batched multiply: every warp takes all sequences (Cfg::BATCHED)
-    bulk_ring: bool | None = None  # bulk copies (TMA) fill the weight ring (Cfg::BULK_RING)
-    kv_ring: bool | None = None  # attention's cached K/V rows come through the weight ring (Cfg::KV_RING)
+    bulk_ring: bool | None = None  # bulk copies (TMA) fill the stream ring (Cfg::BULK_RING)
+    kv_ring: bool | None = None  # attention's cached K/V rows come through the stream ring (Cfg::KV_RING)
     kv_ring_positions: int | None = None  # with kv_ring: positions a ring slot holds (Cfg::KV_PIECE), else 0
     kv_ring_slots: int | None = None  # with kv_ring: ring slots an attention task takes (Cfg::KV_SLOTS), else 0
     kv_pieces: tuple[int, int] | None = None  # (positions, buffers) of attention's bulk-copied K/V

@@ -349,7 +349,7 @@ class Searcher:
                 starts.append(c)
         if not starts:
             raise PlanError(f"{self.model.name} on {self.deploy.gpu.name} batch {self.deploy.batch}: no tiling fits"
-                            f" {self.limit} bytes of shared memory with a 2-deep weight ring")
+                            f" {self.limit} bytes of shared memory with a 2-deep stream ring")
         starts.sort(key=self.rank)
         bests = []
         n_start = min(2, len(starts))

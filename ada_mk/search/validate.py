@@ -57,7 +57,7 @@ def _check_smem(plan: Plan) -> None:
     if plan.stage_bytes % 16:
         raise PlanError(f"stage_bytes {plan.stage_bytes} not a multiple of 16 (cp.async granularity)")
     if plan.stages < 2:
-        raise PlanError(f"a {plan.stages}-slot weight ring; the pipeline needs at least 2")
+        raise PlanError(f"a {plan.stages}-slot stream ring; the pipeline needs at least 2")
     limit = plan.deploy.gpu.smem_per_block
     if plan.smem_bytes > limit:
         lay = plan.smem_layout()

@@ -22,7 +22,7 @@
 namespace adamk {
 
 // The residual stream at one point of the step: the embedding rows (entering layer 0), or the
-// bf16 [B][H] stream that the O or down tiles published (adamk/linear.cuh, finish_stream) with
+// bf16 [B][H] stream that the O or down tiles published (adamk/linear_stages.cuh, finish_stream) with
 // their sums of squares [tiles][B].
 template <class C>
 struct Stream {
