@@ -54,7 +54,7 @@ def test_step_bytes_matches_the_brief():
 
 
 def _rows() -> list[Row]:
-    kw = dict(config="llama3-8b", batch=1, bytes_per_step=15_000_000_000, read_gbs=3000.0)
+    kw = dict(config="llama3-8b", batch=1, bytes_per_step=15_000_000_000, read_gbs=3000.0, layers=32)
     return [
         Row(context=512, system="eager", ms=30.0, **kw),
         Row(context=512, system="compile-flex", ms=6.0, check_rel_err=0.004, cache_len=4224, compile_s=80, **kw),
@@ -76,7 +76,7 @@ def test_row_metrics():
 def test_markdown_table():
     t = markdown_table(_rows()).splitlines()
     assert t[0].startswith("| config | batch | context | system | ms/step | tokens/s | GB/s | % of read bw "
-                        "| speedup vs compile-flex |")
+                        "| fixed us/layer | speedup vs compile-flex |")
     body = [line for line in t[2:]]
     # Sorted by context, then megakernel, compile-flex, compile-sdpa, eager; then the floors.
     assert [line.split(" | ")[3] for line in body] == [
@@ -84,7 +84,7 @@ def test_markdown_table():
         "HF transformers eager (sdpa)", "floor: bytes / read bandwidth",
         "torch.compile + flex_attention", "floor: bytes / read bandwidth"]
     mk = body[0].split(" | ")
-    assert mk[4:9] == ["5.500", "182", "2,727", "90.9", "1.09x"]
+    assert mk[4:10] == ["5.500", "182", "2,727", "90.9", "15.6", "1.09x"]  # (5.5 - 5.0) ms / 32 layers
     assert "NOT TIMED: AssertionError: logits / differ" in body[2]  # a pipe would break the table
     assert body[2].split(" | ")[4] == "-"
     assert "logits rel err 4.0e-03" in body[1] and "cache 4224" in body[1] and "compile 80 s" in body[1]

@@ -13,9 +13,9 @@ from ada_mk.cli.bench import main as bench_main
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _row(config: str, context: int, system: str, ms: float | None, frac: float | None = None) -> dict:
+def _row(config: str, context: int, system: str, ms: float | None, frac: float | None = None, **more) -> dict:
     return {"config": config, "batch": 1, "context": context, "system": system, "ms": ms,
-            "frac_read_bw": frac, "error": "" if ms else "NOT TIMED"}
+            "frac_read_bw": frac, "error": "" if ms else "NOT TIMED", **more}
 
 
 def _run(d: Path, name: str, card: str, date: str, commit: str, rows: list[dict], batch: int = 1, **meta) -> None:
@@ -31,8 +31,10 @@ def results(tmp_path: Path) -> Path:
     _run(d, "bench-1.json", "NVIDIA H100 80GB HBM3", "2026-11-28 01:22 UTC", "aaaaaaa",
          [_row("llama3-8b", 512, "megakernel", 6.0, 0.80), _row("llama3-8b", 512, "compile-flex", 6.5)])
     _run(d, "bench-2.json", "NVIDIA H100 80GB HBM3", "2026-12-01 09:00 UTC", "bbbbbbb",
-         [_row("llama3-8b", 512, "megakernel", 5.5, 0.916), _row("llama3-8b", 512, "compile-flex", 6.512),
-          _row("llama3-8b", 4096, "megakernel", 5.793, 0.898)])
+         [_row("llama3-8b", 512, "megakernel", 5.5, 0.916, fixed_us_per_layer=14.44),
+          _row("llama3-8b", 512, "compile-flex", 6.512),
+          # recorded before rows carried the fixed cost: from floor_ms and the shipped config's 32 layers
+          _row("llama3-8b", 4096, "megakernel", 5.793, 0.898, floor_ms=5.2)])
     # later, but cut off / without a MegaKernel time / a CPU smoke run: never the table's source
     _run(d, "bench-3.json", "NVIDIA H100 80GB HBM3", "2026-12-02 09:00 UTC", "ccccccc",
          [_row("llama3-8b", 512, "megakernel", 4.0, 0.9)], interrupted=True)
@@ -56,9 +58,9 @@ def test_table_rows(results: Path) -> None:
     table = speed_table(latest_runs(load_runs(results)))
     rows = [line for line in table.splitlines() if line.startswith("| H")]
     assert rows == [
-        "| H100 | 1 | llama3-8b | 512 | 5.500 | 91.6% | 6.512 | 1.18x | 2026-12-01 09:00 UTC, bbbbbbb |",
-        "| H100 | 1 | llama3-8b | 4,096 | 5.793 | 89.8% | - | - | 2026-12-01 09:00 UTC, bbbbbbb |",
-        "| H200 | 8 | llama3.2-1b | 512 | 0.928 | 66.9% | 1.287 | 1.39x | 2026-12-03 22:30 UTC, 1b64f84 |",
+        "| H100 | 1 | llama3-8b | 512 | 5.500 | 91.6% | 14.4 | 6.512 | 1.18x | 2026-12-01 09:00 UTC, bbbbbbb |",
+        "| H100 | 1 | llama3-8b | 4,096 | 5.793 | 89.8% | 18.5 | - | - | 2026-12-01 09:00 UTC, bbbbbbb |",
+        "| H200 | 8 | llama3.2-1b | 512 | 0.928 | 66.9% | - | 1.287 | 1.39x | 2026-12-03 22:30 UTC, 1b64f84 |",
     ]
     assert "`bench-2.json`, `bench-6.json`" in table
     with pytest.raises(ReadmeTableError):

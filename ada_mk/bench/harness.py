@@ -37,7 +37,8 @@ class Runner:
     def row(self, cfg: Path, model, context: int, system: str, **kw) -> Row:
         b = step_bytes(model, self.spec.batch, context)
         return Row(config_name(cfg), self.spec.batch, context, system, bytes_per_step=b.total,
-                   weight_bytes=b.weights, kv_bytes=b.kv, read_gbs=self.read_gbs, **kw)
+                   weight_bytes=b.weights, kv_bytes=b.kv, read_gbs=self.read_gbs,
+                   layers=model.num_hidden_layers, **kw)
 
     def emit(self, row: Row) -> None:
         if row.ms:

@@ -15,6 +15,7 @@ from typing import Any, Iterable
 from ..config.gpus import find_gpu
 from .report import REFERENCE_SYSTEM, SYSTEM_NAMES
 
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 BEGIN = "<!-- speed table: written by `adamk-bench readme`; edits between these lines are overwritten -->"
 END = "<!-- end of speed table -->"
 
@@ -79,12 +80,27 @@ def latest_runs(runs: Iterable[Run]) -> list[Run]:
     return [best[k] for k in sorted(best)]
 
 
-def _frac(run: Run, config: str, context: int) -> float | None:
+def _megakernel_row(run: Run, config: str, context: int) -> dict[str, Any]:
     for r in run.results:
-        if (r.get("system") == "megakernel" and r.get("config") == config and int(r.get("context", -1)) == context
-                and r.get("frac_read_bw")):
-            return float(r["frac_read_bw"])
-    return None
+        if r.get("system") == "megakernel" and r.get("config") == config and int(r.get("context", -1)) == context:
+            return r
+    return {}
+
+
+def _fixed_us_per_layer(row: dict[str, Any]) -> float | None:
+    """Row.fixed_us_per_layer, also for runs recorded before adamk-bench wrote it (their rows name
+    no layer count: the config's own is looked up)."""
+    if row.get("fixed_us_per_layer") is not None:
+        return float(row["fixed_us_per_layer"])
+    if not row.get("ms") or not row.get("floor_ms"):
+        return None
+    try:
+        from ..config import load_config
+
+        model, _ = load_config(CONFIGS / f"{row['config']}.yaml")
+    except Exception:  # a config no longer shipped: the column stays empty
+        return None
+    return (float(row["ms"]) - float(row["floor_ms"])) * 1e3 / model.num_hidden_layers
 
 
 def speed_table(runs: Iterable[Run]) -> str:
@@ -94,24 +110,27 @@ def speed_table(runs: Iterable[Run]) -> str:
         raise ReadmeTableError("no recorded run timed the MegaKernel")
     base = SYSTEM_NAMES[REFERENCE_SYSTEM]
     lines = [
-        f"| card | batch | model | context | MegaKernel ms/step | % of read bandwidth | {base} ms/step "
-        f"| speedup | run (date, commit) |",
-        "|" + " --- |" * 9,
+        f"| card | batch | model | context | MegaKernel ms/step | % of read bandwidth | fixed us per layer "
+        f"| {base} ms/step | speedup | run (date, commit) |",
+        "|" + " --- |" * 10,
     ]
     for run in runs:
         mk, ref = run.timed("megakernel"), run.timed(REFERENCE_SYSTEM)
         for (config, context), ms in sorted(mk.items()):
-            frac = _frac(run, config, context)
+            row = _megakernel_row(run, config, context)
+            frac, fixed = row.get("frac_read_bw"), _fixed_us_per_layer(row)
             b = ref.get((config, context))
             lines.append(
                 f"| {run.card} | {run.batch} | {config} | {context:,} | {ms:.3f} "
-                f"| {'-' if frac is None else f'{100 * frac:.1f}%'} | {'-' if b is None else f'{b:.3f}'} "
+                f"| {'-' if not frac else f'{100 * frac:.1f}%'} | {'-' if fixed is None else f'{fixed:.1f}'} "
+                f"| {'-' if b is None else f'{b:.3f}'} "
                 f"| {'-' if b is None else f'{b / ms:.2f}x'} | {run.date}, {run.meta.get('commit', '?')} |")
     sources = ", ".join(f"`{r.path.name}`" for r in runs)
     return ("\n".join(lines) + "\n\n"
             f"Each row: the latest `adamk-bench` run on that card at that batch ({sources} under "
             "`benchmarks/results/`), the MegaKernel and the baseline timed side by side in that run; "
-            "% of read bandwidth is bytes per step over the read bandwidth the same run measured.\n")
+            "% of read bandwidth is bytes per step over the read bandwidth the same run measured; the fixed "
+            "cost per layer is (ms per step - bytes / read bandwidth) / layers.\n")
 
 
 def rewrite_readme(readme: Path, table: str) -> bool:

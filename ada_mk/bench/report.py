@@ -61,6 +61,7 @@ class Row:
     weight_bytes: int = 0
     kv_bytes: int = 0
     read_gbs: float = 0.0  # the card's read bandwidth measured in the same run
+    layers: int = 0  # decoder layers of the model
     check_rel_err: float | None = None
     cache_len: int | None = None  # KV cache positions allocated (SDPA and HF read all of them)
     compile_s: float | None = None
@@ -83,9 +84,18 @@ class Row:
     def floor_ms(self) -> float | None:
         return None if not self.read_gbs else self.bytes_per_step / self.read_gbs / 1e6
 
+    @property
+    def fixed_us_per_layer(self) -> float | None:
+        """The fixed cost of a layer: (ms per step - bytes / read bandwidth) / layers, in us. The time a
+        layer adds beyond streaming its bytes (its chain of dependency waits and staging)."""
+        if not self.ms or not self.floor_ms or not self.layers:
+            return None
+        return (self.ms - self.floor_ms) * 1e3 / self.layers
+
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
-        d.update(tokens_per_s=self.tokens_per_s, gbs=self.gbs, frac_read_bw=self.frac, floor_ms=self.floor_ms)
+        d.update(tokens_per_s=self.tokens_per_s, gbs=self.gbs, frac_read_bw=self.frac, floor_ms=self.floor_ms,
+                 fixed_us_per_layer=self.fixed_us_per_layer)
         return d
 
 
@@ -103,8 +113,8 @@ def markdown_table(rows: Iterable[Row]) -> str:
     rows = sorted(rows, key=_sort_key)
     ref = {(r.config, r.batch, r.context): r.ms for r in rows if r.system == REFERENCE_SYSTEM and r.ms}
     head = ("| config | batch | context | system | ms/step | tokens/s | GB/s | % of read bw "
-            "| speedup vs compile-flex | GB/step | notes |")
-    lines = [head, "|" + " --- |" * 11]
+            "| fixed us/layer | speedup vs compile-flex | GB/step | notes |")
+    lines = [head, "|" + " --- |" * 12]
     for i, r in enumerate(rows):
         key = (r.config, r.batch, r.context)
         base = ref.get(key)
@@ -122,12 +132,13 @@ def markdown_table(rows: Iterable[Row]) -> str:
             notes.append(r.note.replace("|", "/"))
         lines.append(
             f"| {r.config} | {r.batch} | {r.context} | {SYSTEM_NAMES.get(r.system, r.system)} | {_f(r.ms, '.3f')} "
-            f"| {_f(r.tokens_per_s, ',.0f')} | {_f(r.gbs, ',.0f')} | {_f(r.frac and 100 * r.frac, '.1f')} | {speed} "
+            f"| {_f(r.tokens_per_s, ',.0f')} | {_f(r.gbs, ',.0f')} | {_f(r.frac and 100 * r.frac, '.1f')} "
+            f"| {_f(r.fixed_us_per_layer, '.1f')} | {speed} "
             f"| {r.bytes_per_step / 1e9:.3f} | {'; '.join(notes)} |")
         last = i + 1 == len(rows) or (rows[i + 1].config, rows[i + 1].batch, rows[i + 1].context) != key
         if last and r.floor_ms:  # bytes over the measured read bandwidth
             lines.append(f"| {r.config} | {r.batch} | {r.context} | floor: bytes / read bandwidth "
-                         f"| {r.floor_ms:.3f} | {r.batch * 1e3 / r.floor_ms:,.0f} | {r.read_gbs:,.0f} | 100.0 | - "
+                         f"| {r.floor_ms:.3f} | {r.batch * 1e3 / r.floor_ms:,.0f} | {r.read_gbs:,.0f} | 100.0 | 0.0 | - "
                          f"| {r.bytes_per_step / 1e9:.3f} | |")
     return "\n".join(lines)
 
