@@ -58,7 +58,7 @@ def kv_ring(model: ModelConfig, batch: int, ring_bulk: bool, positions: int) -> 
     """Plan.kv_ring: whether attention's cached K/V rows come through the stream ring: the ring
     streams an attention task's rows as it streams a linear task's weight chunks, tasks ahead,
     instead of the task loading them on the QKV-attention-O chain, and the tensor cores multiply
-    them in the slot (adamk/attention.cuh, MmaAttention). It needs bulk copies (bulk_ring), heads
+    them in the slot (adamk/attention_mma.cuh, MmaAttention). It needs bulk copies (bulk_ring), heads
     of 64 or 128 dimensions with groups of up to 8 query heads (what MmaAttention takes) and a slot
     of at least one 16-position block (`positions`, kv_ring_fit). With several sequences and
     128-dimension heads a slot holds only 64 positions, and attention's own bulk-copied pieces
@@ -84,7 +84,7 @@ def kv_pieces(model: ModelConfig, gpu: GpuSpec, batched: bool, through_ring: boo
     shared memory by bulk copies issued before it waits for its inputs, a piece (K rows, then V
     rows) per buffer, into `region_bytes` (the staged activations' and the reductions' regions,
     Plan.kv_region_bytes, which attention does not use); all buffers are in flight before the
-    first piece is used (adamk/attention.cuh). The largest piece that gives two buffers is taken.
+    first piece is used (adamk/attention_kv.cuh). The largest piece that gives two buffers is taken.
     (0, 0): the rows come through the ring (kv_ring), or the lanes load them into registers (one
     sequence, whose loads the tensor cores multiply in registers, or no bulk-copy unit)."""
     if not (gpu.tma and batched) or through_ring:
