@@ -1,0 +1,20 @@
+"""8-bit quantized weights: the QuantizedMatrix form (8-bit values, float32 scales per output row
+and group of input columns), the FP8 E4M3 codec, round-to-nearest quantizers, and the readers of
+the on-disk 8-bit layouts (FP8 safetensors checkpoints, GGUF Q8_0).
+
+    from ada_mk.quant import quantize_fp8, quantize_int8
+    m = quantize_int8(w, group=32)       # QuantizedMatrix; m.dequantize() -> float32 [N, K]
+
+Checkpoints stored in 8 bits load through ada_mk.checkpoints.load_checkpoint: `ck.weights` gives
+every tensor dequantized to float32 (what the bf16 kernel packs today), and `ck.quantized` gives
+the 8-bit linear weights as QuantizedMatrix, as stored.
+"""
+from .e4m3 import E4M3_MAX, decode_e4m3, encode_e4m3
+from .errors import QuantFormatError
+from .formats import FP8Scheme, fp8_matrix, fp8_scheme
+from .gguf_q8 import q8_0_bytes, q8_0_matrix
+from .matrix import QuantizedMatrix
+from .quantize import quantize_fp8, quantize_int8
+
+__all__ = ["E4M3_MAX", "FP8Scheme", "QuantFormatError", "QuantizedMatrix", "decode_e4m3", "encode_e4m3",
+           "fp8_matrix", "fp8_scheme", "q8_0_bytes", "q8_0_matrix", "quantize_fp8", "quantize_int8"]
