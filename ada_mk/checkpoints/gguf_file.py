@@ -4,7 +4,9 @@ to float32 on access, tensor names mapped to HF's, and llama.cpp's Q/K row permu
     model, weights, tok = load_gguf("SmolLM2-135M-Instruct.Q4_1.gguf")
 
 Needs the `gguf` package (pip install 'ada-mk[gguf]'). Tested types: F32, F16, BF16, Q8_0, Q4_0,
-Q4_1; anything else `gguf.quants.dequantize` knows (K-quants, ...) is accepted as well.
+Q4_1; anything else `gguf.quants.dequantize` knows (K-quants, ...) is accepted as well. Q8_0 matrices
+are also handed out as stored, `weights.quantized[name]` (ada_mk.quant.QuantizedMatrix, int8 with a
+scale per 32 columns, read from the raw blocks; `weights[name]` equals its dequantize()).
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..config.model import ModelConfig
+from ..quant import QuantFormatError, QuantizedMatrix, QuantizedTensors, q8_0_matrix
 from .errors import CheckpointError
 from .names import check_weights
 
@@ -128,6 +131,8 @@ class GGUFWeights(Mapping):
     def __getitem__(self, name: str) -> np.ndarray:
         gguf = _import_gguf()
         t = self.tensors[name]
+        if t.tensor_type == gguf.GGMLQuantizationType.Q8_0 and len(t.shape) == 2:
+            return self.quantized_matrix(name).dequantize()
         shape = tuple(int(s) for s in reversed(t.shape.tolist()))
         try:
             w = gguf.quants.dequantize(t.data, t.tensor_type)
@@ -135,11 +140,37 @@ class GGUFWeights(Mapping):
             raise CheckpointError(f"{self.path}: tensor {t.name!r} is {t.tensor_type.name}, which this gguf "
                                   "version cannot dequantize") from None
         w = np.asarray(w, dtype=np.float32).reshape(shape)
+        heads = self._permuted_heads(name)
+        return w if heads is None else unpermute_qk(w, heads)
+
+    def quantized_matrix(self, name: str) -> QuantizedMatrix:
+        """A Q8_0 matrix as stored: its blocks' fp16 scales and int8 values, rows un-permuted."""
+        t = self.tensors[name]
+        shape = tuple(int(s) for s in reversed(t.shape.tolist()))
+        try:
+            m = q8_0_matrix(np.asarray(t.data), shape, t.name)
+        except QuantFormatError as e:
+            raise CheckpointError(f"{self.path}: {e}") from None
+        heads = self._permuted_heads(name)
+        if heads is not None:
+            m = m.take_rows(unpermute_qk(np.arange(shape[0]), heads))
+        return m
+
+    def _permuted_heads(self, name: str) -> int | None:
+        """The head count of a Q/K tensor whose rows llama.cpp permuted (None: not permuted)."""
         if self.permute and name.endswith(("q_proj.weight", "q_proj.bias")):
-            w = unpermute_qk(w, self.model.num_attention_heads)
-        elif self.permute and name.endswith(("k_proj.weight", "k_proj.bias")):
-            w = unpermute_qk(w, self.model.num_key_value_heads)
-        return w
+            return self.model.num_attention_heads
+        if self.permute and name.endswith(("k_proj.weight", "k_proj.bias")):
+            return self.model.num_key_value_heads
+        return None
+
+    @property
+    def quantized(self) -> QuantizedTensors:
+        """The Q8_0 matrices as stored: name -> QuantizedMatrix, read on access."""
+        gguf = _import_gguf()
+        names = [n for n, t in self.tensors.items()
+                 if t.tensor_type == gguf.GGMLQuantizationType.Q8_0 and len(t.shape) == 2]
+        return QuantizedTensors(names, self.quantized_matrix)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.tensors)

@@ -1,8 +1,19 @@
-"""One entry point for any checkpoint path: a GGUF file or an HF safetensors folder."""
+"""One entry point for any checkpoint path: a GGUF file or an HF safetensors folder.
+
+    ck = load_checkpoint("Llama-3.1-8B-Instruct-FP8/")
+    ck.weights["model.layers.0.mlp.up_proj.weight"]    # float32, dequantized: what the bf16 kernel packs
+    ck.quantized["model.layers.0.mlp.up_proj.weight"]  # QuantizedMatrix, as stored (fp8, group = K)
+
+`weights` is every tensor the model needs, as float32 (8-bit and other quantized tensors
+dequantized exactly: W = q x scale). `quantized` holds the weights stored in 8 bits, read as they
+are into ada_mk.quant.QuantizedMatrix (8-bit values, float32 scales per row and group of columns):
+FP8 E4M3 safetensors (compressed-tensors, block FP8) and GGUF Q8_0 tensors; it is empty for
+bf16/fp16/fp32 checkpoints, and other GGUF types (Q4_0, Q4_K, ...) appear only in `weights`.
+"""
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -17,6 +28,7 @@ class Checkpoint:
     path: Path
     kind: str  # "gguf" or "safetensors"
     tokenizer_source: Any = None  # GGUFTokenizerInfo, or the folder holding tokenizer.json
+    quantized: Mapping[str, Any] = field(default_factory=dict)  # HF name -> QuantizedMatrix (read lazily)
 
     def tokenizer(self):
         """The checkpoint's tokenizer (needs the `tokenizers` package)."""
@@ -45,9 +57,9 @@ def load_checkpoint(path: str | os.PathLike, model: ModelConfig | None = None) -
         from .gguf_file import load_gguf
 
         m, w, tok = load_gguf(p, model)
-        return Checkpoint(m, w, p, "gguf", tok)
+        return Checkpoint(m, w, p, "gguf", tok, w.quantized)
     from .safetensors_dir import load_safetensors_dir
 
     m, w = load_safetensors_dir(p, model)
     tok = p if (p / "tokenizer.json").exists() else None
-    return Checkpoint(m, w, p, "safetensors", tok)
+    return Checkpoint(m, w, p, "safetensors", tok, w.quantized)

@@ -5,11 +5,15 @@ import re
 from typing import Mapping, Sequence
 
 from ..config.model import ModelConfig
+from ..quant.formats import SCALE_TENSOR
 from .errors import CheckpointError
 
 # Tensors some checkpoints carry that the network does not use: RoPE tables (recomputed from the
 # config), and llama.cpp's precomputed RoPE factors.
 IGNORED = re.compile(r"(^|\.)rotary_emb\.inv_freq$|^rope_freqs\.weight$")
+# Scale tensors of quantized checkpoints (X.weight_scale, X.weight_scale_inv, X.input_scale, ...):
+# not tensors of the network but part of their weight, paired with it by the quantized readers.
+QUANT_SCALES = SCALE_TENSOR
 
 
 def expected_weights(model: ModelConfig) -> dict[str, tuple[int, ...]]:
@@ -24,9 +28,9 @@ def check_weights(model: ModelConfig, shapes: Mapping[str, Sequence[int]], sourc
     """Raise CheckpointError unless `shapes` (name -> shape) holds exactly the model's tensors.
 
     A tied model may also carry `lm_head.weight` (some exporters write it); tensors matching
-    IGNORED are allowed. Returns the names to drop (ignored tensors)."""
+    IGNORED or QUANT_SCALES are allowed. Returns the names to drop (ignored tensors)."""
     want = expected_weights(model)
-    drop = [n for n in shapes if IGNORED.search(n)]
+    drop = [n for n in shapes if IGNORED.search(n) or QUANT_SCALES.search(n)]
     if model.tie_word_embeddings and "lm_head.weight" in shapes:
         drop.append("lm_head.weight")
         if tuple(shapes["lm_head.weight"]) != want["model.embed_tokens.weight"]:

@@ -1,7 +1,8 @@
 """A Hugging Face `config.json` as published -> ModelConfig, read leniently: fields we don't use
 are ignored, missing ones get the defaults transformers would apply; fields that would change the
 network in ways the kernel does not implement (another activation, an MLP bias, quantized
-weights, an unsupported RoPE type) are errors."""
+weights other than FP8 E4M3 (which the checkpoint loader dequantizes: ada_mk.quant.formats), an
+unsupported RoPE type) are errors."""
 from __future__ import annotations
 
 import re
@@ -10,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .errors import ConfigError
 from .fields import Fields
 from .model import ModelConfig
 from .model_checks import SIZE_KEYS, model_type_of, read_rope_scaling, shape_checks
@@ -83,7 +85,13 @@ def model_from_hf(data: Mapping, file: str, path: Path) -> tuple[ModelConfig, in
     if f.bool("mlp_bias", False):
         raise f.error("mlp_bias", "unsupported; the MLP projections must have no bias", True)
     if f.has("quantization_config"):
-        raise f.error("quantization_config", "quantized checkpoints are not supported; expected bf16/fp16 weights")
+        # FP8 weights are dequantized on load, so the network is the same; other schemes are errors.
+        from ..quant import QuantFormatError, fp8_scheme
+
+        try:
+            fp8_scheme(data["quantization_config"])
+        except QuantFormatError as e:
+            raise ConfigError(str(e), file=file) from None
     if model_type == "llama":
         if f.bool("attention_bias", False):
             # In HF Llama this also puts a bias on o_proj, which ModelConfig cannot express.

@@ -34,8 +34,9 @@ Our YAML format (strict: unknown keys, missing keys and wrong types are errors):
 A Hugging Face `config.json` (recognised by a `.json` suffix or a top-level `model_type` /
 `architectures` key) is read leniently: fields we don't use are ignored, missing ones get the
 defaults transformers would apply. Fields that would change the network we generate in ways we
-don't implement (another activation, an MLP bias, quantized weights, unsupported RoPE types, a
-sliding window shorter than max_context) are errors rather than silently ignored.
+don't implement (another activation, an MLP bias, quantized weights other than FP8 E4M3,
+unsupported RoPE types, a sliding window shorter than max_context) are errors rather than silently
+ignored.
 
 Every problem with the input raises ConfigError (one line naming file, field, value and what was
 expected); nothing else escapes for bad input.

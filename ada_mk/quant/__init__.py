@@ -13,8 +13,9 @@ from .e4m3 import E4M3_MAX, decode_e4m3, encode_e4m3
 from .errors import QuantFormatError
 from .formats import FP8Scheme, fp8_matrix, fp8_scheme
 from .gguf_q8 import q8_0_bytes, q8_0_matrix
+from .lazy import QuantizedTensors
 from .matrix import QuantizedMatrix
 from .quantize import quantize_fp8, quantize_int8
 
-__all__ = ["E4M3_MAX", "FP8Scheme", "QuantFormatError", "QuantizedMatrix", "decode_e4m3", "encode_e4m3",
+__all__ = ["E4M3_MAX", "FP8Scheme", "QuantFormatError", "QuantizedMatrix", "QuantizedTensors", "decode_e4m3", "encode_e4m3",
            "fp8_matrix", "fp8_scheme", "q8_0_bytes", "q8_0_matrix", "quantize_fp8", "quantize_int8"]
