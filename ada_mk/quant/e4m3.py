@@ -27,7 +27,7 @@ def _decode_table() -> np.ndarray:
     man = (codes & 0x7).astype(np.float64)
     val = np.where(exp == 0, man / 8.0 * 2.0 ** -6, (1.0 + man / 8.0) * 2.0 ** (exp.astype(np.float64) - 7))
     val = sign * val
-    val[(codes & 0x7F) == 0x7F] = np.nan
+    val = np.where((codes & 0x7F) == 0x7F, np.copysign(np.nan, sign), val)  # NaN keeps its sign bit
     return val.astype(np.float32)
 
 
@@ -35,7 +35,8 @@ E4M3_TABLE = _decode_table()  # code -> float32 value (exact: every E4M3 value i
 
 
 def decode_e4m3(codes: np.ndarray) -> np.ndarray:
-    """float32 values of E4M3 bit patterns (uint8 array of any shape); NaN codes give NaN."""
+    """float32 values of E4M3 bit patterns (uint8 array of any shape); 0x7F and 0xFF give NaN
+    with that sign."""
     codes = np.asarray(codes)
     if codes.dtype != np.uint8:
         raise TypeError(f"E4M3 codes must be uint8, not {codes.dtype}")
