@@ -248,13 +248,39 @@ def test_scale_shape_mismatch_is_named(tmp_path: Path) -> None:
         q, s, suffix = quant[name]
         quant[name] = (q, torch.ones(3, 2), suffix)
     folder = small_fp8(tmp_path, ct_config("channel"), edit)
-    ck = load_checkpoint(folder)  # shapes of scales are checked when the tensor is read
     with pytest.raises(CheckpointError, match=r"tensor 'model\.layers\.1\.mlp\.down_proj\.weight_scale' has shape "
-                                              r"\[3, 2\], which does not fit weight .* \[64, 160\]") as e:
-        ck.weights[name]
+                                              r"\[3, 2\], which does not fit weight .* \[64, 160\] under FP8 E4M3 "
+                                              r"\(compressed-tensors\); expected \[1\] or \[64, 1\]") as e:
+        load_checkpoint(folder)  # from the header, before any data is read
     _one_line(e)
-    with pytest.raises(CheckpointError, match="down_proj.weight_scale' has shape"):
-        ck.quantized[name]
+
+
+def test_block_scale_shape_mismatch(tmp_path: Path) -> None:
+    name = "model.layers.0.mlp.gate_proj.weight"
+
+    def edit(dense, quant, extra):
+        q, s, _ = quant[name]
+        quant[name] = (q, torch.ones(1, 1), "weight_scale_inv")  # 160 rows need 2 blocks of 128
+        for n in list(quant):
+            if n != name:
+                quant[n] = (quant[n][0], torch.ones(1, 2) if n.endswith("down_proj.weight") else torch.ones(1, 1),
+                            "weight_scale_inv")
+    with pytest.raises(CheckpointError, match=r"'model\.layers\.0\.mlp\.gate_proj\.weight_scale_inv' has shape "
+                                              r"\[1, 1\].*expected \[1\] or \[160, 1\] or \[2, 1\] \(128x128 blocks\)"):
+        load_checkpoint(small_fp8(tmp_path, block_fp8_config([128, 128]), edit))
+
+
+def test_non_finite_scale_is_named(tmp_path: Path) -> None:
+    name = "model.layers.0.mlp.up_proj.weight"
+
+    def edit(dense, quant, extra):
+        q, s, suffix = quant[name]
+        s = s.clone()
+        s[3] = float("nan")
+        quant[name] = (q, s, suffix)
+    ck = load_checkpoint(small_fp8(tmp_path, ct_config("channel"), edit))
+    with pytest.raises(CheckpointError, match=r"'model\.layers\.0\.mlp\.up_proj\.weight_scale' holds NaN"):
+        ck.weights[name]
 
 
 def test_missing_or_stray_scales(tmp_path: Path) -> None:

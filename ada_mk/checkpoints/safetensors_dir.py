@@ -25,7 +25,7 @@ import numpy as np
 from ..config import ConfigError, load_config
 from ..config.model import ModelConfig
 from ..quant import FP8Scheme, QuantFormatError, QuantizedMatrix, QuantizedTensors, fp8_matrix, fp8_scheme
-from ..quant.formats import IGNORED_SCALES, SCALE_TENSOR, scale_name
+from ..quant.formats import IGNORED_SCALES, SCALE_TENSOR, scale_layout, scale_name
 from .errors import CheckpointError
 from .names import check_weights
 
@@ -235,6 +235,13 @@ def _pair_fp8(infos: dict[str, TensorInfo], scheme: FP8Scheme | None, folder: Pa
         scale = infos[sname]
         if scale.dtype not in ("F32", "BF16", "F16"):
             raise CheckpointError(f"{scale.file}: tensor {sname!r} has dtype {scale.dtype}; expected F32, BF16 or F16")
+        if len(info.shape) != 2:
+            raise CheckpointError(f"{info.file}: tensor {name!r} is F8_E4M3 with shape {list(info.shape)}; "
+                                  "expected a 2-D matrix")
+        try:
+            scale_layout(scale.shape, (info.shape[0], info.shape[1]), scheme, name)
+        except QuantFormatError as e:
+            raise CheckpointError(f"{scale.file}: {e}") from None
         fp8[name] = FP8Tensor(info, scale, scheme)
     used = {scale_name(n, scheme) for n in fp8} if scheme else set()
     for name in [n for n in infos if SCALE_TENSOR.search(n)]:

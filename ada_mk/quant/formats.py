@@ -128,39 +128,53 @@ def scale_name(weight: str, scheme: FP8Scheme) -> str:
     return weight[: -len("weight")] + scheme.scale_suffix
 
 
+def scale_layout(scale_shape: tuple[int, ...], shape: tuple[int, int], scheme: FP8Scheme, name: str) -> str:
+    """Which layout a scale tensor of `scale_shape` has for weight `name` of `shape` [N, K]:
+    "tensor", "channel", "block" or "group". Raises QuantFormatError when it fits none (so a
+    checkpoint's scales can be checked from its header, before any data is read)."""
+    n, k = shape
+    ss = tuple(int(d) for d in scale_shape)
+    blocks = None if scheme.block is None else (math.ceil(n / scheme.block[0]), math.ceil(k / scheme.block[1]))
+    if ss in ((), (1,)) or (ss == (1, 1) and blocks in (None, (1, 1))):
+        return "tensor"
+    if ss in ((n, 1), (n,)):
+        return "channel"
+    if blocks is not None and ss == blocks:
+        return "block"
+    if scheme.group is not None and k % scheme.group == 0 and ss == (n, k // scheme.group):
+        return "group"
+    want = ["[1]", f"[{n}, 1]"]
+    if scheme.block is not None:
+        want.append(f"{list(blocks)} ({scheme.block[0]}x{scheme.block[1]} blocks)")
+    if scheme.group is not None:
+        want.append(f"[{n}, {k // scheme.group}] (groups of {scheme.group})")
+    raise QuantFormatError(f"tensor {scale_name(name, scheme)!r} has shape {list(ss)}, which does not fit weight "
+                           f"{name!r} {[n, k]} under {scheme.describe()}; expected {' or '.join(want)}")
+
+
 def row_scales(scale: np.ndarray, shape: tuple[int, int], scheme: FP8Scheme, name: str
                ) -> tuple[np.ndarray, int]:
     """A checkpoint's scale tensor for weight `name` of `shape` [N, K] as (float32 [N, K // g], g).
 
     Per tensor and per channel give g = K. A [bo, bi] block scale gives g = gcd(bi, K) (bi itself
     when it divides K), each block's scale repeated over its rows and groups; a group scale gives
-    its group. Any other shape raises QuantFormatError."""
+    its group."""
     n, k = shape
     s = np.asarray(scale, dtype=np.float32)
-    what = f"tensor {scale_name(name, scheme)!r}"
+    layout = scale_layout(s.shape, shape, scheme, name)
     if not np.isfinite(s).all():
-        raise QuantFormatError(f"{what} holds NaN or infinity")
-    if s.size == 1:
+        raise QuantFormatError(f"tensor {scale_name(name, scheme)!r} holds NaN or infinity")
+    if layout == "tensor":
         return np.full((n, 1), s.reshape(()), np.float32), k
-    if s.shape in ((n, 1), (n,)):
+    if layout == "channel":
         return s.reshape(n, 1).copy(), k
-    if scheme.block is not None:
-        bo, bi = scheme.block
-        if s.shape == (math.ceil(n / bo), math.ceil(k / bi)):
-            g = math.gcd(bi, k)
-            rows = np.repeat(s, bo, axis=0)[:n]
-            cols = (np.arange(k // g) * g) // bi
-            return np.ascontiguousarray(rows[:, cols]), g
-    if scheme.group is not None and k % scheme.group == 0 and s.shape == (n, k // scheme.group):
-        return s.copy(), scheme.group
-    want = ["[1]", f"[{n}, 1]"]
-    if scheme.block is not None:
-        want.append(f"[{math.ceil(n / scheme.block[0])}, {math.ceil(k / scheme.block[1])}] "
-                    f"({scheme.block[0]}x{scheme.block[1]} blocks)")
-    if scheme.group is not None:
-        want.append(f"[{n}, {k // scheme.group}] (groups of {scheme.group})")
-    raise QuantFormatError(f"{what} has shape {list(s.shape)}, which does not fit weight {name!r} {list(shape)} "
-                           f"under {scheme.describe()}; expected {' or '.join(want)}")
+    if layout == "block":
+        bo, bi = scheme.block  # type: ignore[misc]
+        g = math.gcd(bi, k)
+        rows = np.repeat(s, bo, axis=0)[:n]
+        cols = (np.arange(k // g) * g) // bi
+        return np.ascontiguousarray(rows[:, cols]), g
+    return s.copy(), int(scheme.group)  # type: ignore[arg-type]
 
 
 def fp8_matrix(q: np.ndarray, scale: np.ndarray, scheme: FP8Scheme, name: str) -> QuantizedMatrix:
