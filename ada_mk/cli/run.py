@@ -116,7 +116,8 @@ def _run(weights_path: Path, config_path: Path | None, prompt: str, n: int, chat
                                                                  log if verbose else None)
         where = f"{plan.kernel_name} on {detect_gpu() or deploy.gpu.name}, prefill: {mode}"
     stats.load_s = time.perf_counter() - t_load
-    log(f"{model.name}: {len(ids)} prompt tokens; {where}; loaded in {stats.load_s:.1f} s")
+    stored8 = f"; {len(ck.quantized)} 8-bit matrices dequantized" if ck.quantized else ""
+    log(f"{model.name}: {len(ids)} prompt tokens; {where}{stored8}; loaded in {stats.load_s:.1f} s")
 
     stream = tok.stream()
     stop = [] if ignore_eos else tok.eos_token_ids
