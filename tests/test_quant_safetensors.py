@@ -17,7 +17,7 @@ from ada_mk.checkpoints import CheckpointError, load_checkpoint
 from ada_mk.checkpoints.names import check_weights, expected_weights
 from ada_mk.config import ConfigError, ModelConfig, load_config
 from ada_mk.ir.reference import ReferenceExecutor
-from ada_mk.quant import quantize_fp8
+from ada_mk.quant import encode_e4m3, quantize_fp8
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("safetensors")
@@ -337,3 +337,35 @@ def test_bf16_checkpoint_has_no_quantized_weights(tmp_path: Path) -> None:
     hf.to(torch.bfloat16).save_pretrained(tmp_path / "ckpt", safe_serialization=True)
     ck = load_checkpoint(tmp_path / "ckpt")
     assert len(ck.quantized) == 0 and len(ck.weights) == len(expected_weights(TINY))
+
+
+def test_adamk_pack_packs_the_dequantized_fp8_weights(tmp_path: Path) -> None:
+    """adamk-pack on a block-FP8 folder writes the bf16 buffer of W = q x scale."""
+    import dataclasses
+
+    from ada_mk.cli.pack import main as pack_cli
+    from ada_mk.config import deploy_for
+    from ada_mk.runtime.weights import pack_weights
+    from ada_mk.search.layout import make_layout
+    from ada_mk.search.planner import make_plan
+
+    model = dataclasses.replace(TINY, hidden_size=256, head_dim=64, intermediate_size=384)  # the kernel's heads
+    rng = np.random.default_rng(6)
+    dense, quant, want = {}, {}, {}
+    for name, shape in expected_weights(model).items():
+        w = (rng.standard_normal(shape) * 0.05 + (1.0 if name.endswith("norm.weight") else 0.0)).astype(np.float32)
+        if name.endswith(LINEAR):  # block FP8 as DeepSeek writes it: scale = block amax / 448
+            n, k = shape
+            blocks = np.abs(w).reshape(n // 128, 128, k // 128, 128).max(axis=(1, 3)) / np.float32(448)
+            q = encode_e4m3(w / np.repeat(np.repeat(blocks, 128, 0), 128, 1))
+            quant[name] = (q, torch.from_numpy(blocks), "weight_scale_inv")
+            want[name] = torch_dequant(torch.from_numpy(q).view(torch.float8_e4m3fn), torch.from_numpy(blocks),
+                                       (128, 128))
+        else:
+            dense[name] = want[name] = w
+    folder = write_checkpoint(tmp_path / "ckpt", model, dense, block_fp8_config([128, 128]), quant)
+    out = tmp_path / "w.bin"
+    assert pack_cli.main(["--weights", str(folder), "--gpu", "H100", "--max-context", "64", "-o", str(out)],
+                         standalone_mode=False) == 0
+    plan = make_plan(model, deploy_for(model, "H100", None, 64))
+    assert out.read_bytes() == pack_weights(make_layout(plan), want).tobytes()

@@ -45,8 +45,8 @@ def decode_e4m3(codes: np.ndarray) -> np.ndarray:
 
 def encode_e4m3(x: np.ndarray) -> np.ndarray:
     """E4M3 bit patterns (uint8) of float32 values, rounded to nearest, ties to even, saturating:
-    values beyond +-448 and infinities become +-448 (as torch's `.to(torch.float8_e4m3fn)` does on
-    the CPU). NaN stays NaN (0x7F with the input's sign bit); -0.0 keeps its sign."""
+    values beyond +-448 and infinities become +-448 (torch 2.13's CPU `.to(torch.float8_e4m3fn)`
+    does the same). NaN stays NaN (0x7F with the input's sign bit); -0.0 keeps its sign."""
     x = np.asarray(x, dtype=np.float32)
     x = np.where(np.isnan(x), x, np.clip(x, -E4M3_MAX, E4M3_MAX)).astype(np.float32)
     bits = x.view(np.uint32)
