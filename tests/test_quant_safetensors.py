@@ -116,6 +116,7 @@ def random_fp8_checkpoint(folder: Path, layout: str, block: tuple[int, int] | No
 LAYOUTS = {
     "ct-tensor-f32": ("tensor", None, torch.float32, "weight_scale", ct_config("tensor")),
     "ct-channel-bf16": ("channel", None, torch.bfloat16, "weight_scale", ct_config("channel")),
+    "ct-naive-tensor-bf16": ("tensor", None, torch.bfloat16, "weight_scale", ct_config("tensor", fmt="naive-quantized")),
     "ct-block128-bf16": ("block", (128, 128), torch.bfloat16, "weight_scale", ct_config("block", [128, 128])),
     "ct-block-partial-f32": ("block", (32, 48), torch.float32, "weight_scale", ct_config("block", [32, 48])),
     "fp8-block128": ("block", (128, 128), torch.float32, "weight_scale_inv", block_fp8_config([128, 128])),

@@ -202,14 +202,15 @@ def load_safetensors_dir(path: str | os.PathLike, model: ModelConfig | None = No
 
 
 def _fp8_scheme(folder: Path) -> FP8Scheme | None:
-    """The FP8 scheme of config.json's quantization_config (None without one, or without config.json)."""
+    """The FP8 scheme of config.json's quantization_config (None without one, or without a
+    readable config.json)."""
     cfg = folder / "config.json"
     if not cfg.exists():
         return None
     try:
         data = json.loads(cfg.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{cfg}: not valid JSON: {e}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None  # only reached with an explicit model (load_config reports it otherwise)
     try:
         return fp8_scheme(data.get("quantization_config") if isinstance(data, dict) else None)
     except QuantFormatError as e:

@@ -3,9 +3,10 @@ their scale tensors turned into QuantizedMatrix's per-row-and-group scales.
 
 Read (weights only; activations and the KV cache run in bf16, so `input_scale`, `k_scale` and
 `v_scale` tensors are ignored):
-  - compressed-tensors, format "float-quantized" (quant_method "compressed-tensors"): `X.weight`
-    float8_e4m3fn [out, in] and `X.weight_scale` per tensor [1], per channel [out, 1], per group
-    [out, in / g] or per block [ceil(out / bo), ceil(in / bi)] (`block_structure`); W = q x scale.
+  - compressed-tensors (quant_method "compressed-tensors"), format "float-quantized" or the older
+    "naive-quantized", with 8-bit float weights: `X.weight` float8_e4m3fn [out, in] and
+    `X.weight_scale` per tensor [1], per channel [out, 1], per group [out, in / g] or per block
+    [ceil(out / bo), ceil(in / bi)] (`block_structure`); W = q x scale.
   - FP8 as DeepSeek and Qwen publish it (quant_method "fp8"): with `weight_block_size` [bo, bi],
     `X.weight_scale_inv` fp32 [ceil(out / bo), ceil(in / bi)], multiplied despite its name; without
     it, `X.weight_scale` per tensor (AutoFP8's layout).
@@ -24,6 +25,9 @@ import numpy as np
 from .errors import QuantFormatError
 from .matrix import QuantizedMatrix
 
+# compressed-tensors formats that store 8-bit float weights as float8_e4m3fn with a scale tensor
+# ("naive-quantized": the older name, as in the first published FP8 checkpoints).
+CT_FORMATS = ("float-quantized", "naive-quantized")
 # Tensors that only quantized checkpoints carry: a weight's scale, and activation / KV-cache scales.
 SCALE_TENSOR = re.compile(r"\.(weight_scale|weight_scale_inv|input_scale|k_scale|v_scale)$")
 IGNORED_SCALES = re.compile(r"\.(input_scale|k_scale|v_scale)$")
@@ -59,7 +63,7 @@ def _block(value: Any, field: str) -> tuple[int, int]:
 
 def _compressed_tensors(qc: Mapping[str, Any]) -> FP8Scheme:
     fmt = qc.get("format")
-    if fmt != "float-quantized":
+    if fmt not in CT_FORMATS:
         raise _err("format", fmt, "unsupported compressed-tensors format; ada-mk reads 'float-quantized' "
                    "(FP8 E4M3 weights)")
     groups = qc.get("config_groups")
@@ -71,7 +75,7 @@ def _compressed_tensors(qc: Mapping[str, Any]) -> FP8Scheme:
         where = f"config_groups.{gname}"
         if not isinstance(g, Mapping):
             raise _err(where, g, "expected a mapping")
-        if g.get("format") not in (None, "float-quantized"):
+        if g.get("format") not in (None, *CT_FORMATS):
             raise _err(f"{where}.format", g.get("format"), "unsupported compressed-tensors format; ada-mk reads "
                        "'float-quantized' (FP8 E4M3 weights)")
         w = g.get("weights")
