@@ -33,10 +33,11 @@ LINEAR = ("q_proj.weight", "k_proj.weight", "v_proj.weight", "o_proj.weight", "g
 TOKENS = [3, 17, 42, 5, 88, 1, 60, 33]
 
 
-def ct_config(strategy: str, block: list[int] | None = None, fmt: str = "float-quantized") -> dict[str, Any]:
+def ct_config(strategy: str, block: list[int] | None = None, fmt: str = "float-quantized",
+              group_size: int | None = None) -> dict[str, Any]:
     """A compressed-tensors quantization_config as llm-compressor writes it (FP8 weights)."""
     weights = {"num_bits": 8, "type": "float", "symmetric": True, "dynamic": False, "strategy": strategy,
-               "block_structure": block, "group_size": None, "actorder": None, "observer": "minmax"}
+               "block_structure": block, "group_size": group_size, "actorder": None, "observer": "minmax"}
     return {"quant_method": "compressed-tensors", "format": fmt, "quantization_status": "compressed",
             "ignore": ["lm_head"], "kv_cache_scheme": None,
             "config_groups": {"group_0": {"targets": ["Linear"], "weights": weights, "output_activations": None,
@@ -119,6 +120,8 @@ LAYOUTS = {
     "ct-naive-tensor-bf16": ("tensor", None, torch.bfloat16, "weight_scale", ct_config("tensor", fmt="naive-quantized")),
     "ct-block128-bf16": ("block", (128, 128), torch.bfloat16, "weight_scale", ct_config("block", [128, 128])),
     "ct-block-partial-f32": ("block", (32, 48), torch.float32, "weight_scale", ct_config("block", [32, 48])),
+    # a group of 32 columns is a 1x32 block as far as the expected values go
+    "ct-group32-bf16": ("block", (1, 32), torch.bfloat16, "weight_scale", ct_config("group", group_size=32)),
     "fp8-block128": ("block", (128, 128), torch.float32, "weight_scale_inv", block_fp8_config([128, 128])),
     "fp8-block-partial": ("block", (16, 48), torch.float32, "weight_scale_inv", block_fp8_config([16, 48])),
     "fp8-per-tensor": ("tensor", None, torch.float32, "weight_scale", {"quant_method": "fp8",
