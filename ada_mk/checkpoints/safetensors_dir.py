@@ -24,7 +24,8 @@ import numpy as np
 
 from ..config import ConfigError, load_config
 from ..config.model import ModelConfig
-from ..quant import FP8Scheme, QuantFormatError, QuantizedMatrix, QuantizedTensors, fp8_matrix, fp8_scheme
+from ..quant import (FP8Scheme, QuantFormatError, QuantizedMatrix, QuantizedTensors, decode_e4m3, fp8_matrix,
+                     fp8_scheme)
 from ..quant.formats import IGNORED_SCALES, SCALE_TENSOR, scale_layout, scale_name
 from .errors import CheckpointError
 from .names import check_weights
@@ -102,8 +103,6 @@ def read_tensor(info: TensorInfo) -> np.ndarray:
     if info.dtype == "BF16":
         return (raw.astype(np.uint32) << 16).view(np.float32)
     if info.dtype == "F8_E4M3":
-        from ..quant import decode_e4m3
-
         return decode_e4m3(raw)
     return raw.astype(np.float32)
 

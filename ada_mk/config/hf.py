@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..quant import QuantFormatError, fp8_scheme
 from .errors import ConfigError
 from .fields import Fields
 from .model import ModelConfig
@@ -86,8 +87,6 @@ def model_from_hf(data: Mapping, file: str, path: Path) -> tuple[ModelConfig, in
         raise f.error("mlp_bias", "unsupported; the MLP projections must have no bias", True)
     if f.has("quantization_config"):
         # FP8 weights are dequantized on load, so the network is the same; other schemes are errors.
-        from ..quant import QuantFormatError, fp8_scheme
-
         try:
             fp8_scheme(data["quantization_config"])
         except QuantFormatError as e:
