@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from ..config.model import ModelConfig
 from ..ir.rope import rope_inv_freq
+from .quantized import WeightOnlyLinear, linear
 
 FLEX_BLOCK = 128  # flex_attention's default sparse block; cache lengths are multiples of it
 
@@ -27,6 +28,12 @@ FLEX_BLOCK = 128  # flex_attention's default sparse block; cache lengths are mul
 
 def _p(t: torch.Tensor | None) -> nn.Parameter | None:
     return None if t is None else nn.Parameter(t.detach(), requires_grad=False)
+
+
+def _w(t: torch.Tensor, weights_format: str) -> nn.Parameter | WeightOnlyLinear:
+    """A linear's weight: the float tensor itself ("bf16": the model's dtype), or an 8-bit
+    weight-only module ("int8", "fp8") quantized from it per output row."""
+    return _p(t) if weights_format == "bf16" else WeightOnlyLinear.quantize(t, weights_format)
 
 
 def rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
@@ -42,25 +49,25 @@ def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
 
 
 class Block(nn.Module):
-    def __init__(self, m: ModelConfig, w: Mapping[str, torch.Tensor], i: int):
+    def __init__(self, m: ModelConfig, w: Mapping[str, torch.Tensor], i: int, weights_format: str = "bf16"):
         super().__init__()
         p = f"model.layers.{i}."
         cat = lambda *names: torch.cat([w[p + n] for n in names])  # noqa: E731
         self.m = m
         self.attn_norm = _p(w[p + "input_layernorm.weight"])
         self.mlp_norm = _p(w[p + "post_attention_layernorm.weight"])
-        self.wqkv = _p(cat(*(f"self_attn.{x}_proj.weight" for x in "qkv")))
+        self.wqkv = _w(cat(*(f"self_attn.{x}_proj.weight" for x in "qkv")), weights_format)
         self.bqkv = _p(cat(*(f"self_attn.{x}_proj.bias" for x in "qkv"))) if m.attention_bias else None
-        self.wo = _p(w[p + "self_attn.o_proj.weight"])
-        self.w13 = _p(cat("mlp.gate_proj.weight", "mlp.up_proj.weight"))
-        self.w2 = _p(w[p + "mlp.down_proj.weight"])
+        self.wo = _w(w[p + "self_attn.o_proj.weight"], weights_format)
+        self.w13 = _w(cat("mlp.gate_proj.weight", "mlp.up_proj.weight"), weights_format)
+        self.w2 = _w(w[p + "mlp.down_proj.weight"], weights_format)
         self.register_buffer("k_cache", None, persistent=False)
         self.register_buffer("v_cache", None, persistent=False)
 
     def forward(self, x, cos, sin, input_pos, mask, attention: str):
         m, B = self.m, x.shape[0]
         nh, nkv, d = m.num_attention_heads, m.num_key_value_heads, m.head_dim
-        q, k, v = F.linear(rms_norm(x, self.attn_norm, m.rms_norm_eps), self.wqkv, self.bqkv).split(
+        q, k, v = linear(rms_norm(x, self.attn_norm, m.rms_norm_eps), self.wqkv, self.bqkv).split(
             [nh * d, nkv * d, nkv * d], dim=-1)
         q, k, v = (t.view(B, 1, -1, d).transpose(1, 2) for t in (q, k, v))  # [B, heads, 1, d]
         q, k = rope(q, cos, sin), rope(k, cos, sin)
@@ -71,22 +78,30 @@ class Block(nn.Module):
         else:  # gpt-fast's SDPA path: expand K/V to every query head, mask the unused positions
             kk, vv = (c.repeat_interleave(nh // nkv, dim=1) for c in (self.k_cache, self.v_cache))
             y = F.scaled_dot_product_attention(q, kk, vv, attn_mask=mask)
-        h = x + F.linear(y.transpose(1, 2).reshape(B, 1, nh * d), self.wo)
-        gate, up = F.linear(rms_norm(h, self.mlp_norm, m.rms_norm_eps), self.w13).chunk(2, dim=-1)
-        return h + F.linear(F.silu(gate) * up, self.w2)
+        h = x + linear(y.transpose(1, 2).reshape(B, 1, nh * d), self.wo)
+        gate, up = linear(rms_norm(h, self.mlp_norm, m.rms_norm_eps), self.w13).chunk(2, dim=-1)
+        return h + linear(F.silu(gate) * up, self.w2)
 
 
 class GptFastDecoder(nn.Module):
-    """Decode-only (one token per sequence per step) over a static cache of `max_seq` positions."""
+    """Decode-only (one token per sequence per step) over a static cache of `max_seq` positions.
+    weights_format "int8" or "fp8": every linear of the layers and the LM head is an 8-bit
+    weight-only linear (quantized here from `weights`), as gpt-fast's int8 mode; the embedding,
+    norms and biases keep the weights' dtype (a tied head gets its own 8-bit copy)."""
 
     def __init__(self, m: ModelConfig, weights: Mapping[str, torch.Tensor], batch: int, max_seq: int,
-                 attention: str = "flex"):
+                 attention: str = "flex", weights_format: str = "bf16"):
         super().__init__()
-        self.m, self.batch = m, batch
+        if weights_format not in ("bf16", "int8", "fp8"):
+            raise ValueError(f"GptFastDecoder: weights_format {weights_format!r}; expected bf16, int8 or fp8")
+        self.m, self.batch, self.weights_format = m, batch, weights_format
         self.embed = _p(weights["model.embed_tokens.weight"])
-        self.head = self.embed if m.tie_word_embeddings else _p(weights["lm_head.weight"])
+        if weights_format != "bf16":
+            self.head = _w(weights["lm_head.weight"], weights_format)  # hf_weights maps a tied head
+        else:
+            self.head = self.embed if m.tie_word_embeddings else _p(weights["lm_head.weight"])
         self.norm = _p(weights["model.norm.weight"])
-        self.layers = nn.ModuleList(Block(m, weights, i) for i in range(m.num_hidden_layers))
+        self.layers = nn.ModuleList(Block(m, weights, i, weights_format) for i in range(m.num_hidden_layers))
         for name in ("cos", "sin", "causal"):
             self.register_buffer(name, None, persistent=False)
         self.setup_cache(max_seq, attention)
@@ -123,7 +138,7 @@ class GptFastDecoder(nn.Module):
         x = F.embedding(tokens, self.embed)
         for b in self.layers:
             x = b(x, cos, sin, input_pos, mask, self.attention)
-        return F.linear(rms_norm(x, self.norm, self.m.rms_norm_eps), self.head)[:, -1]
+        return linear(rms_norm(x, self.norm, self.m.rms_norm_eps), self.head)[:, -1]
 
 
 def causal_mask(b, h, q, kv):

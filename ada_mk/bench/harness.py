@@ -3,6 +3,9 @@
 Per (config, batch): one HF model with random bf16 weights (the reference, and the eager system);
 the gpt-fast-style decoder shares its tensors (torch.compile, flex_attention then SDPA); the
 MegaKernel is loaded with the same tensors packed on the GPU. Each is freed before the next.
+Last, the 8-bit baselines (compile-int8, compile-fp8): the decoder with weight-only int8 or fp8
+linears quantized from the same tensors; their reference is the same HF model with its linear
+weights replaced by the dequantized ones (so the bf16 systems run first).
 
 Context c: the timed steps write positions start .. start + steps - 1 with start = c - steps // 2
 (so the cache holds c tokens on average while timing); positions below start hold random K/V,
@@ -20,12 +23,15 @@ from pathlib import Path
 from typing import Callable
 
 from ..config import load_config
-from .report import Row, step_bytes
+from .report import SYSTEM_WEIGHTS, Row, step_bytes, system_weights
 from .spec import Spec, config_name, megakernel_build, mk_max_context, plan_gpus, round_up, window_start
 from .timing import card_meta, free, measure_bandwidth, memory_text, sync, time_windows
 
 CHECK_TOL = 3e-2
 MK_PROMPT = 4  # prompt steps of the MegaKernel's logits check
+# The torch.compile systems: (attention of the gpt-fast-style decoder, weights format).
+COMPILED = {"compile-flex": ("flex", "bf16"), "compile-sdpa": ("sdpa", "bf16"),
+            "compile-int8": ("flex", "int8"), "compile-fp8": ("flex", "fp8")}
 
 
 class Runner:
@@ -35,10 +41,38 @@ class Runner:
 
     # -------------------------------------------------------------------- helpers
     def row(self, cfg: Path, model, context: int, system: str, **kw) -> Row:
-        b = step_bytes(model, self.spec.batch, context)
+        fmt = system_weights(system)
+        b = step_bytes(model, self.spec.batch, context, fmt)
         return Row(config_name(cfg), self.spec.batch, context, system, bytes_per_step=b.total,
                    weight_bytes=b.weights, kv_bytes=b.kv, read_gbs=self.read_gbs,
-                   layers=model.num_hidden_layers, **kw)
+                   layers=model.num_hidden_layers, weights=fmt, **kw)
+
+    def hf_reference(self, hf, tokens, context: int, seed: int):
+        """(logits [B, V] float32, the cache): one HF step at the window's start of `context`, over an
+        HF StaticCache holding the run's random K/V below it (the same K/V the decoder gets)."""
+        import torch
+
+        from . import baselines as bl
+
+        start = window_start(context, self.spec.steps)
+        cache = bl.hf_static_cache(hf, self.spec.batch, round_up(start + self.spec.steps, 8))
+        bl.fill_random_kv(bl.cache_kv(cache), start, seed + 100 + context)
+        bl.set_cache_position(cache, start)
+        ref = bl.hf_step(hf, cache, tokens).float()
+        if not torch.isfinite(ref).all():
+            raise RuntimeError(f"HF logits are not finite at context {context}")
+        return ref, cache
+
+    def cache_groups(self) -> list[tuple[int, list[int]]]:
+        """(cache length, the contexts timed with it) of the compiled decoders: one cache for all
+        contexts, or one per context with per_context_compile."""
+        from . import baselines as bl
+
+        s = self.spec
+        needs = {c: window_start(c, s.steps) + s.steps for c in s.contexts}
+        if s.per_context_compile:
+            return [(round_up(needs[c], bl.FLEX_BLOCK), [c]) for c in s.contexts]
+        return [(round_up(max(needs.values()), bl.FLEX_BLOCK), list(s.contexts))]
 
     def emit(self, row: Row) -> None:
         if row.ms:
@@ -71,12 +105,7 @@ class Runner:
         for c in s.contexts:
             start = window_start(c, s.steps)
             need = start + s.steps
-            cache = bl.hf_static_cache(hf, s.batch, round_up(need, 8))
-            bl.fill_random_kv(bl.cache_kv(cache), start, seed + 100 + c)
-            bl.set_cache_position(cache, start)
-            refs[c] = bl.hf_step(hf, cache, tokens).float()
-            if not torch.isfinite(refs[c]).all():
-                raise RuntimeError(f"{name}: HF logits are not finite at context {c}")
+            refs[c], cache = self.hf_reference(hf, tokens, c, seed)
             if "eager" in s.systems:
                 row = self.row(cfg, model, c, "eager", cache_len=round_up(need, 8))
                 try:
@@ -94,15 +123,55 @@ class Runner:
         # 2. torch.compile(mode="reduce-overhead", fullgraph=True) of the gpt-fast-style decoder.
         impls = [x for x in ("compile-flex", "compile-sdpa") if x in s.systems]
         if impls:
-            self.run_compiled(cfg, model, weights, tokens, refs, seed, impls)
+            dec = bl.GptFastDecoder(model, weights, s.batch, self.cache_groups()[0][0], "flex")
+            self.run_compiled(cfg, model, dec, tokens, refs, seed, impls)
+            del dec
+            free()
 
         # 3. The MegaKernel, with the same weights.
         if "megakernel" in s.systems:
             self.run_megakernel(cfg, model, hf, weights, seed)
+
+        # 4. The 8-bit baselines (they overwrite HF's linear weights: last).
+        quantized = [x for x in SYSTEM_WEIGHTS if x in s.systems]
+        if quantized:
+            self.run_quantized(cfg, model, hf, weights, tokens, seed, quantized)
         del hf, weights
         free()
 
-    def run_compiled(self, cfg, model, weights, tokens, refs, seed, impls) -> None:
+    def run_quantized(self, cfg, model, hf, weights, tokens, seed, systems) -> None:
+        """compile-int8 / compile-fp8: every decoder is quantized from the original weights first;
+        then, per system, HF gets that decoder's dequantized weights, gives the reference logits at
+        each context, and the decoder is compiled, checked and timed as compile-flex is."""
+        from . import baselines as bl
+        from .quantized import load_dequantized
+
+        s = self.spec
+        decs = {}
+        for system in systems:
+            t0 = time.time()
+            decs[system] = bl.GptFastDecoder(model, weights, s.batch, self.cache_groups()[0][0], "flex",
+                                             weights_format=SYSTEM_WEIGHTS[system])
+            free()
+            self.log(f"   {system}: weights quantized in {time.time() - t0:.1f} s; {memory_text()}")
+        for system in systems:
+            dec = decs.pop(system)
+            try:
+                load_dequantized(hf, dec)
+                refs = {c: self.hf_reference(hf, tokens, c, seed)[0] for c in s.contexts}
+            except Exception as e:  # noqa: BLE001 - no reference: report the system's rows, go on
+                for c in s.contexts:
+                    self.emit(self.row(cfg, model, c, system, error=f"HF reference: {type(e).__name__}: {str(e)[:300]}"))
+                continue
+            finally:
+                free()
+            self.run_compiled(cfg, model, dec, tokens, refs, seed, [system])
+            del dec
+            free()
+
+    def run_compiled(self, cfg, model, dec, tokens, refs, seed, impls) -> None:
+        """Compile decode_one_token over the decoder `dec` for each system of `impls` (COMPILED gives
+        its attention), check one step against `refs` (HF's logits per context), time it."""
         import torch
         import torch._dynamo
         import torch._inductor.config as inductor_config
@@ -116,18 +185,12 @@ class Runner:
         inductor_config.triton.unique_kernel_names = True
         if hasattr(inductor_config, "fx_graph_cache"):
             inductor_config.fx_graph_cache = True
-        needs = {c: window_start(c, s.steps) + s.steps for c in s.contexts}
-        if s.per_context_compile:
-            groups = [(round_up(needs[c], bl.FLEX_BLOCK), [c]) for c in s.contexts]
-        else:
-            groups = [(round_up(max(needs.values()), bl.FLEX_BLOCK), list(s.contexts))]
-        self.log(f"   gpt-fast-style decoder: caches of {[g[0] for g in groups]} positions")
-        dec = bl.GptFastDecoder(model, weights, s.batch, groups[0][0], "flex")
-        self.log(f"   {memory_text()}")
+        groups = self.cache_groups()
+        self.log(f"   gpt-fast-style decoder ({dec.weights_format} weights): caches of "
+                 f"{[g[0] for g in groups]} positions; {memory_text()}")
         for max_seq, contexts in groups:
             for system in impls:
-                impl = system.removeprefix("compile-")
-                dec.setup_cache(max_seq, impl)
+                dec.setup_cache(max_seq, COMPILED[system][0])
                 torch._dynamo.reset()
                 if s.compile_backend:
                     step = torch.compile(bl.decode_one_token, backend=s.compile_backend, fullgraph=True)
@@ -181,8 +244,6 @@ class Runner:
                 del step
                 torch._dynamo.reset()
                 free()
-        del dec
-        free()
 
     def run_megakernel(self, cfg, model, hf, weights, seed) -> None:
         import numpy as np

@@ -13,17 +13,29 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ..config.model import ModelConfig
-from ..ir import DecodeAttention, Embedding, build_decode_graph
+from ..ir import DecodeAttention, Embedding, Linear, build_decode_graph
 
 # Display order and names of the systems.
-SYSTEMS = ("megakernel", "compile-flex", "compile-sdpa", "eager")
+SYSTEMS = ("megakernel", "compile-flex", "compile-sdpa", "compile-int8", "compile-fp8", "eager")
+DEFAULT_SYSTEMS = ("megakernel", "compile-flex", "compile-sdpa", "eager")  # the 8-bit ones are opt-in
 SYSTEM_NAMES = {
     "megakernel": "MegaKernel (ada_mk)",
     "compile-flex": "torch.compile + flex_attention",
     "compile-sdpa": "torch.compile + SDPA",
+    "compile-int8": "torch.compile + flex_attention, int8 weights",
+    "compile-fp8": "torch.compile + flex_attention, fp8 weights",
     "eager": "HF transformers eager (sdpa)",
 }
 REFERENCE_SYSTEM = "compile-flex"  # the strongest PyTorch decode: the baseline to beat
+# The weights format each system reads (those not named read the model's bf16 weights).
+SYSTEM_WEIGHTS = {"compile-int8": "int8", "compile-fp8": "fp8"}
+WEIGHT_FORMATS = ("bf16", "int8", "fp8")
+SCALE_BYTES = 4  # the 8-bit systems' scales: float32, one per output row
+
+
+def system_weights(system: str) -> str:
+    """The weights format `system` reads: "bf16", "int8" or "fp8"."""
+    return SYSTEM_WEIGHTS.get(system, "bf16")
 
 
 @dataclass(frozen=True)
@@ -35,13 +47,29 @@ class StepBytes:
     total: int
 
 
-def step_bytes(model: ModelConfig, batch: int, context: int) -> StepBytes:
+def step_bytes(model: ModelConfig, batch: int, context: int, weights_format: str = "bf16",
+               scale_bytes: int = SCALE_BYTES) -> StepBytes:
     """From the op-graph IR (ada_mk.ir): the weights each op reads plus the K/V that attention reads.
-    Tied embeddings are counted once, by the LM head (Graph.weight_bytes() adds the B looked-up rows
-    on top of that)."""
+
+    bf16: tied embeddings are counted once, by the LM head (Graph.weight_bytes() adds the B
+    looked-up rows on top of that). int8 / fp8 (weight-only, as the compile-int8 and compile-fp8
+    baselines store them): every linear's matrix (layers and LM head) is 1 byte per weight plus
+    `scale_bytes` per output row; the embedding (B rows, read from its own bf16 copy even when
+    tied), norms and biases stay bf16."""
+    if weights_format not in WEIGHT_FORMATS:
+        raise ValueError(f"step_bytes: weights format {weights_format!r}; expected one of {', '.join(WEIGHT_FORMATS)}")
     g = build_decode_graph(model, None, context=context, batch=batch, max_context=max(context, 1))
-    weights = sum(b for op in g.ops if not (model.tie_word_embeddings and isinstance(op, Embedding))
-                  for t, b in op.reads() if t.role == "weight")
+    eight_bit = weights_format != "bf16"
+
+    def op_weight_bytes(op) -> int:
+        if isinstance(op, Embedding) and model.tie_word_embeddings and not eight_bit:
+            return 0
+        if isinstance(op, Linear) and eight_bit:
+            n, k = op.ins[1].shape
+            return n * k + n * scale_bytes + sum(t.nbytes for t in op.ins[2:])  # + the bf16 bias
+        return sum(b for t, b in op.reads() if t.role == "weight")
+
+    weights = sum(op_weight_bytes(op) for op in g.ops)
     kv = sum(b for op in g.ops if isinstance(op, DecodeAttention)
              for t, b in op.reads() if t.role == "kv_cache")
     return StepBytes(weights, kv, weights + kv)
@@ -65,6 +93,7 @@ class Row:
     check_rel_err: float | None = None
     cache_len: int | None = None  # KV cache positions allocated (SDPA and HF read all of them)
     compile_s: float | None = None
+    weights: str = "bf16"  # the weights format the system reads (bytes_per_step counts that)
     note: str = ""
     error: str = ""
 
@@ -136,11 +165,29 @@ def markdown_table(rows: Iterable[Row]) -> str:
             f"| {_f(r.fixed_us_per_layer, '.1f')} | {speed} "
             f"| {r.bytes_per_step / 1e9:.3f} | {'; '.join(notes)} |")
         last = i + 1 == len(rows) or (rows[i + 1].config, rows[i + 1].batch, rows[i + 1].context) != key
-        if last and r.floor_ms:  # bytes over the measured read bandwidth
-            lines.append(f"| {r.config} | {r.batch} | {r.context} | floor: bytes / read bandwidth "
-                         f"| {r.floor_ms:.3f} | {r.batch * 1e3 / r.floor_ms:,.0f} | {r.read_gbs:,.0f} | 100.0 | 0.0 | - "
-                         f"| {r.bytes_per_step / 1e9:.3f} | |")
+        if last:  # bytes over the measured read bandwidth, one line per bytes-per-step in the group
+            for label, f in floors([x for x in rows if (x.config, x.batch, x.context) == key]):
+                lines.append(f"| {f.config} | {f.batch} | {f.context} | {label} "
+                             f"| {f.floor_ms:.3f} | {f.batch * 1e3 / f.floor_ms:,.0f} | {f.read_gbs:,.0f} | 100.0 "
+                             f"| 0.0 | - | {f.bytes_per_step / 1e9:.3f} | |")
     return "\n".join(lines)
+
+
+def floors(rows: Iterable[Row]) -> list[tuple[str, Row]]:
+    """(label, a row) per distinct bytes per step among rows of one (config, batch, context): the
+    bf16 floor is "floor: bytes / read bandwidth"; the 8-bit systems' floor names their formats."""
+    groups: dict[int, list[Row]] = {}
+    for r in rows:
+        if r.floor_ms:
+            groups.setdefault(r.bytes_per_step, []).append(r)
+    out = []
+    for nbytes, sel in sorted(groups.items(), key=lambda kv: -kv[0]):
+        fmts = sorted({r.weights for r in sel}, key=lambda f: WEIGHT_FORMATS.index(f) if f in WEIGHT_FORMATS else 99)
+        label = "floor: bytes / read bandwidth"
+        if fmts != ["bf16"]:
+            label = f"floor, {'/'.join(fmts)} weights: bytes / read bandwidth"
+        out.append((label, sel[-1]))
+    return out
 
 
 def markdown_section(meta: dict[str, Any], rows: list[Row]) -> str:
@@ -159,7 +206,8 @@ def markdown_section(meta: dict[str, Any], rows: list[Row]) -> str:
         f"{meta.get('steps', '?')} chained decode steps, CUDA events, after warm-up; one step decodes one token "
         f"per sequence (batch B: B tokens per step). Context c: the cache holds about c tokens (timed steps "
         f"centred on c). Bytes per step: every weight matrix once (embedding: B rows unless tied) + the K/V "
-        f"read at that context (ada_mk.ir). Random {meta.get('dtype', 'bf16')} weights and inputs, fresh each run "
+        f"read at that context (ada_mk.ir); int8/fp8 systems: 1 byte per linear weight + a float32 scale per row, "
+        f"embedding rows and norms in bf16. Random {meta.get('dtype', 'bf16')} weights and inputs, fresh each run "
         f"(seed {meta.get('seed', '?')}).",
         *([f"- FAILED: {f}" for f in meta.get("failed", [])]),
         "",
@@ -214,9 +262,12 @@ def plot(rows: list[Row], plot_dir: str | os.PathLike, card: str) -> list[Path]:
             pts = sorted((r.context, r.ms) for r in sel if r.system == system and r.ms)
             if pts:
                 ax.plot(*zip(*pts), marker="o", label=SYSTEM_NAMES[system])
-        floor = sorted({(r.context, r.floor_ms) for r in sel if r.floor_ms})
-        if floor:
-            ax.plot(*zip(*floor), linestyle="--", color="gray", label="floor: bytes / read bandwidth")
+        by_label: dict[str, set[tuple[int, float]]] = {}
+        for c in sorted({r.context for r in sel}):
+            for label, f in floors(r for r in sel if r.context == c):
+                by_label.setdefault(label, set()).add((c, f.floor_ms))
+        for j, (label, pts) in enumerate(by_label.items()):
+            ax.plot(*zip(*sorted(pts)), linestyle="--" if j == 0 else ":", color="gray", label=label)
         ax.set_xscale("log", base=2)
         ax.set_xlabel("context (tokens in the KV cache)")
         ax.set_ylabel(f"ms per decode step (batch {batch})")

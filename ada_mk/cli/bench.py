@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 import click
 
-from ..bench.report import SYSTEMS, Row, append_results, markdown_section, plot, write_json
+from ..bench.report import DEFAULT_SYSTEMS, SYSTEMS, Row, append_results, markdown_section, plot, write_json
 from ..provenance import git_commit
 from .common import HELP, OneLineErrors, say
 
@@ -88,8 +88,9 @@ class BenchCommand(OneLineErrors):
 @click.option("--steps", type=int, default=128, show_default=True, help="Decode steps per timing window.")
 @click.option("--windows", type=int, default=5, show_default=True, help="Timing windows; the median is reported.")
 @click.option("--warmup", type=int, default=8, show_default=True, help="Untimed steps before timing.")
-@click.option("--systems", default=",".join(SYSTEMS), show_default=True,
-              help=f"Comma list of the systems to time, among {', '.join(SYSTEMS)}.")
+@click.option("--systems", default=",".join(DEFAULT_SYSTEMS), show_default=True,
+              help=f"Comma list of the systems to time, among {', '.join(SYSTEMS)} (compile-int8 and "
+                   "compile-fp8: the compile-flex decoder with 8-bit weight-only linears; opt-in).")
 @click.option("--gpu-plan", default="auto", show_default=True,
               help="The GPU the MegaKernel is planned for; auto: the card's own entry, then H100.")
 @click.option("--planner", type=click.Choice(["gen", "simple", "search"]), default="gen", show_default=True,
@@ -128,6 +129,7 @@ def main(**opts: Any) -> int:
     Examples:
       adamk-bench --config llama3-8b --config llama3.2-1b --context 512 4096
       adamk-bench --config llama3.2-1b --batch 8 --systems megakernel,compile-flex
+      adamk-bench --config llama3-8b --systems megakernel,compile-flex,compile-int8,compile-fp8
       ADAMK_CACHE=.devbuild adamk-bench --build-only --config llama3-8b --context 512 4096
       adamk-bench readme
     """
