@@ -2,8 +2,10 @@
 
 For each (card, batch), the latest run that timed the MegaKernel gives the rows: one per (model,
 context), the MegaKernel's ms per step and fraction of the read bandwidth that run measured, the
-torch.compile + flex_attention baseline of the same run, and the run's date and commit. The table
-lives in README.md between BEGIN and END; `rewrite_readme` replaces what is between them.
+torch.compile + flex_attention baseline of the same run, and the run's date and commit. Where a
+chosen run also timed the 8-bit baselines (compile-int8, compile-fp8), a column each gives their
+ms per step beside it; the speedup stays against the bf16 baseline. The table lives in README.md
+between BEGIN and END; `rewrite_readme` replaces what is between them.
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ..config.gpus import find_gpu
-from .report import REFERENCE_SYSTEM, SYSTEM_NAMES
+from .report import REFERENCE_SYSTEM, SYSTEM_NAMES, SYSTEM_WEIGHTS
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 BEGIN = "<!-- speed table: written by `adamk-bench readme`; edits between these lines are overwritten -->"
@@ -109,13 +111,16 @@ def speed_table(runs: Iterable[Run]) -> str:
     if not runs:
         raise ReadmeTableError("no recorded run timed the MegaKernel")
     base = SYSTEM_NAMES[REFERENCE_SYSTEM]
+    extra = [x for x in SYSTEM_WEIGHTS if any(run.timed(x) for run in runs)]  # the 8-bit baselines, if timed
     lines = [
         f"| card | batch | model | context | MegaKernel ms/step | % of read bandwidth | fixed us per layer "
-        f"| {base} ms/step | speedup | run (date, commit) |",
-        "|" + " --- |" * 10,
+        f"| {base} ms/step | speedup | "
+        + "".join(f"torch.compile {SYSTEM_WEIGHTS[x]} weights ms/step | " for x in extra) + "run (date, commit) |",
+        "|" + " --- |" * (10 + len(extra)),
     ]
     for run in runs:
         mk, ref = run.timed("megakernel"), run.timed(REFERENCE_SYSTEM)
+        more = [run.timed(x) for x in extra]
         for (config, context), ms in sorted(mk.items()):
             row = _megakernel_row(run, config, context)
             frac, fixed = row.get("frac_read_bw"), _fixed_us_per_layer(row)
@@ -124,7 +129,9 @@ def speed_table(runs: Iterable[Run]) -> str:
                 f"| {run.card} | {run.batch} | {config} | {context:,} | {ms:.3f} "
                 f"| {'-' if not frac else f'{100 * frac:.1f}%'} | {'-' if fixed is None else f'{fixed:.1f}'} "
                 f"| {'-' if b is None else f'{b:.3f}'} "
-                f"| {'-' if b is None else f'{b / ms:.2f}x'} | {run.date}, {run.meta.get('commit', '?')} |")
+                f"| {'-' if b is None else f'{b / ms:.2f}x'} | "
+                + "".join(f"{t[(config, context)]:.3f} | " if (config, context) in t else "- | " for t in more)
+                + f"{run.date}, {run.meta.get('commit', '?')} |")
     sources = ", ".join(f"`{r.path.name}`" for r in runs)
     return ("\n".join(lines) + "\n\n"
             f"Each row: the latest `adamk-bench` run on that card at that batch ({sources} under "
