@@ -92,3 +92,19 @@ def test_checked_in_readme_is_up_to_date() -> None:
     """README.md's table is what `adamk-bench readme` makes of benchmarks/results/."""
     r = CliRunner().invoke(bench_main, ["readme", "--check"])
     assert r.exit_code == 0, r.output
+
+
+def test_table_columns_for_the_8bit_baselines(tmp_path: Path) -> None:
+    """A run that also timed compile-int8 / compile-fp8 gets a column each (ms per step); the
+    speedup stays against compile-flex; a table of runs without them keeps its columns."""
+    d = tmp_path / "results"
+    d.mkdir()
+    _run(d, "bench-1.json", "NVIDIA H100 80GB HBM3", "2026-12-08 09:00 UTC", "fffffff",
+         [_row("llama3-8b", 512, "megakernel", 5.3, 0.949), _row("llama3-8b", 512, "compile-flex", 6.4),
+          _row("llama3-8b", 512, "compile-int8", 5.0), _row("llama3-8b", 4096, "megakernel", 5.6, 0.9)])
+    lines = speed_table(latest_runs(load_runs(d))).splitlines()
+    assert lines[0].endswith("| speedup | torch.compile int8 weights ms/step | run (date, commit) |")
+    assert lines[1] == "|" + " --- |" * 11
+    assert lines[2] == "| H100 | 1 | llama3-8b | 512 | 5.300 | 94.9% | - | 6.400 | 1.21x | 5.000 | 2026-12-08 09:00 UTC, fffffff |"
+    assert lines[3].endswith("| - | - | - | 2026-12-08 09:00 UTC, fffffff |")
+    assert all(line.count("|") == lines[0].count("|") for line in lines[:4])
