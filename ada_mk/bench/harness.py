@@ -150,11 +150,15 @@ class Runner:
         decs = {}
         for system in systems:
             t0 = time.time()
-            decs[system] = bl.GptFastDecoder(model, weights, s.batch, self.cache_groups()[0][0], "flex",
-                                             weights_format=SYSTEM_WEIGHTS[system])
+            try:
+                decs[system] = bl.GptFastDecoder(model, weights, s.batch, self.cache_groups()[0][0], "flex",
+                                                 weights_format=SYSTEM_WEIGHTS[system])
+                self.log(f"   {system}: weights quantized in {time.time() - t0:.1f} s; {memory_text()}")
+            except Exception as e:  # noqa: BLE001 - e.g. out of memory: this system's rows say so
+                for c in s.contexts:
+                    self.emit(self.row(cfg, model, c, system, error=f"quantizing: {type(e).__name__}: {str(e)[:300]}"))
             free()
-            self.log(f"   {system}: weights quantized in {time.time() - t0:.1f} s; {memory_text()}")
-        for system in systems:
+        for system in [x for x in systems if x in decs]:
             dec = decs.pop(system)
             try:
                 load_dequantized(hf, dec)
