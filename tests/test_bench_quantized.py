@@ -165,6 +165,9 @@ def test_load_dequantized_needs_a_quantized_decoder(torch):
     hf = bl.random_hf_model(m, device="cpu", dtype=torch.float32, seed=3, attn_implementation="eager")
     with pytest.raises(TypeError, match="not quantized"):
         load_dequantized(hf, bl.GptFastDecoder(m, bl.hf_weights(hf), batch=1, max_seq=128))
+    dec = bl.GptFastDecoder(m, bl.hf_weights(hf), batch=1, max_seq=128, weights_format="int8")
+    load_dequantized(hf, dec)  # outside no_grad too: HF's parameters require grad
+    assert torch.equal(hf.model.layers[1].mlp.down_proj.weight, dec.layers[1].w2.dequantized())
 
 
 # ------------------------------------------------------------------------------- bytes per step

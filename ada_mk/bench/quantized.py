@@ -103,6 +103,7 @@ def linear(x: torch.Tensor, w: torch.Tensor | nn.Module, b: torch.Tensor | None 
     return w(x) if b is None else w(x) + b
 
 
+@torch.no_grad()
 def load_dequantized(hf: Any, dec: Any) -> None:
     """Write the quantized decoder `dec`'s linear weights, dequantized to HF's dtype, into the HF
     model `hf` (in place; its embedding, norms and biases are the decoder's already). The fused
