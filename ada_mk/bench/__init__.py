@@ -3,5 +3,5 @@
 
 report (byte accounting, the tables file, JSON, plots), spec (what a run measures, the MegaKernel
 builds) and readme_table need no torch; baselines (the gpt-fast-style decoder, HF helpers),
-timing and harness (the GPU half) import it when they run.
+quantized (its 8-bit weight-only linears), timing and harness (the GPU half) import it when they run.
 """

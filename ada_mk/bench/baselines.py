@@ -4,7 +4,8 @@ for HF transformers' own model (random weights, a static KV cache we can fill an
 This module imports torch at the top: the harness imports it lazily (torch is not a dependency of
 ada-mk). The decoder shares the HF model's weight tensors (q|k|v and gate|up are concatenated
 once, as gpt-fast does), so it computes the same function; tests/test_bench.py checks it against
-HF transformers on the CPU in float32.
+HF transformers on the CPU in float32. With 8-bit weights (ada_mk/bench/quantized.py) it computes
+the function of the dequantized weights; tests/test_bench_quantized.py checks that.
 """
 from __future__ import annotations
 
