@@ -165,7 +165,8 @@ class Runner:
                 refs = {c: self.hf_reference(hf, tokens, c, seed)[0] for c in s.contexts}
             except Exception as e:  # noqa: BLE001 - no reference: report the system's rows, go on
                 for c in s.contexts:
-                    self.emit(self.row(cfg, model, c, system, error=f"HF reference: {type(e).__name__}: {str(e)[:300]}"))
+                    err = f"HF reference: {type(e).__name__}: {str(e)[:300]}"
+                    self.emit(self.row(cfg, model, c, system, error=err))
                 continue
             finally:
                 free()
