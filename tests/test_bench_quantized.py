@@ -13,6 +13,7 @@ import pytest
 from ada_mk.bench.report import (DEFAULT_SYSTEMS, SYSTEMS, Row, floors, markdown_table, step_bytes,
                                  system_weights)
 from ada_mk.config import ModelConfig, load_config
+from tests.test_bench import TINY_YAML
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -245,24 +246,6 @@ def test_plot_with_8bit_floors(tmp_path):
 
 
 # ------------------------------------------------------------------------------- the whole run
-
-
-TINY_YAML = """model:
-  name: tiny-bench
-  model_type: qwen2
-  hidden_size: 64
-  intermediate_size: 128
-  num_hidden_layers: 2
-  num_attention_heads: 4
-  num_key_value_heads: 2
-  head_dim: 16
-  vocab_size: 256
-  rms_norm_eps: 1.0e-6
-  rope_theta: 1000000.0
-  max_position_embeddings: 1024
-  tie_word_embeddings: true
-  attention_bias: true
-"""
 
 
 def test_whole_run_with_the_8bit_baselines_on_the_cpu(torch, tmp_path):

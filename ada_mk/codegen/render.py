@@ -2,6 +2,7 @@
 header. Pure text; nothing here compiles."""
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from dataclasses import dataclass
@@ -21,13 +22,10 @@ TILING_CLASSES = {"qkv": "Qkv", "o": "O", "gate_up": "GateUp", "down": "Down", "
 
 @dataclass(frozen=True)
 class Source:
-    """The generated files of one kernel, by file name.
-
-    name: the files' stem, stable per (model, GPU, batch) (Plan.file_stem); kernel: the kernel's
-    symbol, which carries the plan hash (Plan.kernel_name)."""
+    """The generated files of one kernel, by file name; `name` is their stem, stable per (model,
+    GPU, batch) (Plan.file_stem). The kernel's symbol, Plan.kernel_name, carries the plan hash."""
 
     name: str
-    kernel: str
     files: dict[str, str]
 
 
@@ -115,14 +113,8 @@ def schedule_table(plan: Plan) -> tuple[str, list[int]]:
         starts.append(n)
         n += len(runs)
         lines.append(f"\n// SM {sm}: {sum(r.count for r in runs)} tasks in {len(runs)} runs")
-        groups: list[list[Run]] = []
-        for r in runs:
-            if groups and _phase(groups[-1][-1]) == _phase(r):
-                groups[-1].append(r)
-            else:
-                groups.append([r])
-        for group in groups:
-            head = f"/* {_phase(group[0]):<{width}} */ "
+        for phase, group in itertools.groupby(runs, key=_phase):
+            head = f"/* {phase:<{width}} */ "
             line = head
             for r in group:
                 call = _run_call(r) + ","
@@ -150,7 +142,7 @@ def render(plan: Plan) -> Source:
     )
     files = {f"{stem}.cu": kernel, f"{stem}.schedule.inc": table}
     files.update(render_host_api(plan, layout, env))
-    return Source(stem, name, files)
+    return Source(stem, files)
 
 
 # ---- the C ABI: lib<name>.so's host code and its header ------------------------------------
