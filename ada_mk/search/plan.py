@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import KW_ONLY, asdict, dataclass, field
 
 from ..config import DeployConfig, ModelConfig
@@ -27,6 +28,8 @@ WARPS = THREADS // 32
 # The fused linear stages of one layer, in execution order, and the LM head.
 LINEAR_KINDS = ("qkv", "o", "gate_up", "down", "lm_head")
 KIND_IDS = {"qkv": 0, "attn": 1, "o": 2, "gate_up": 3, "down": 4, "lm_head": 5, "argmax": 6}
+
+WEIGHT_FORMATS = ("bf16", "fp8", "int8")  # how a linear stage's weights stream (LinearTiling.weights)
 
 BATCHED_CHUNK_ROWS = 16  # rows of a batched multiply's chunk: the MMA's M (adamk/mma.cuh, TileDot)
 
@@ -53,6 +56,11 @@ class LinearTiling:
     packed weights hold the batched multiply's chunks one after the other, each laid out as its
     ring slot (kernel_rules.tiled_weights: where bulk copies fill the batched multiply's ring,
     Plan.bulk_ring, one copy a chunk; see ada_mk.search.layout.Segment.tiling).
+
+    `weights` is the format the stage's weights stream in (WEIGHT_FORMATS): bf16, or 8-bit codes
+    (fp8: E4M3; int8: symmetric integers) with float32 scales, one per row (`group` 0) or per
+    `group` input columns of a row. 8-bit weights are always tiled: each chunk carries its codes and
+    then its scales (docs/quantized-weights.md, "The packed chunk").
     """
 
     n: int
@@ -62,6 +70,33 @@ class LinearTiling:
     warps_per_row: int
     batched: bool = False
     tiled: bool = False
+    weights: str = "bf16"
+    group: int = 0
+
+    @property
+    def quantized(self) -> bool:
+        return self.weights != "bf16"
+
+    @property
+    def elem_bytes(self) -> int:
+        """Bytes of one weight element as it streams."""
+        return 1 if self.quantized else 2
+
+    @property
+    def column_block(self) -> int:
+        """The columns a chunk (and a task) is cut in whole multiples of: 8 (a 16-byte vector of
+        bf16); with 8-bit weights a 64-column block (the 4 lanes of an MMA's k, 16 bytes each) and
+        whole scale groups."""
+        if not self.quantized:
+            return 8
+        return math.lcm(64, self.group) if self.group else 64
+
+    @property
+    def scales_per_row(self) -> int:
+        """float32 scales one row of a chunk carries (8-bit weights): its groups, or 1 (per row)."""
+        if not self.quantized:
+            return 0
+        return self.chunk_cols // self.group if self.group else 1
 
     @property
     def kc(self) -> int:
@@ -90,9 +125,11 @@ class LinearTiling:
 
     @property
     def whole_column_blocks(self) -> bool:
-        """Whether its chunks cut the K-chunk into equal blocks of whole 16-byte vectors (always,
-        with one sequence: a chunk there is whole rows)."""
-        return not self.batched or (self.kc % self.kparts == 0 and self.chunk_cols % 8 == 0)
+        """Whether its chunks cut the K-chunk into equal blocks of whole column blocks
+        (column_block; with one sequence and bf16 weights always: a chunk there is whole rows)."""
+        if not self.batched and not self.quantized:
+            return True
+        return self.kc % self.kparts == 0 and self.chunk_cols % self.column_block == 0
 
     @property
     def chunks(self) -> int:
@@ -100,8 +137,16 @@ class LinearTiling:
 
     @property
     def chunk_bytes(self) -> int:
-        """Weight bytes of one chunk."""
-        return self.chunk_rows * self.chunk_cols * 2
+        """Bytes of one chunk as it streams: its weights, and with 8-bit weights their float32
+        scales after them, padded to 16 bytes (one bulk copy)."""
+        if not self.quantized:
+            return self.chunk_rows * self.chunk_cols * 2
+        return align16(self.chunk_rows * self.chunk_cols + 4 * self.chunk_rows * self.scales_per_row)
+
+    @property
+    def task_bytes(self) -> int:
+        """Bytes one task streams: its chunks (weights, and scales with 8-bit weights)."""
+        return self.chunks * self.chunk_bytes
 
     @property
     def stage_bytes(self) -> int:
