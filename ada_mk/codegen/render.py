@@ -44,15 +44,28 @@ def _cfloat(x: float) -> str:
     return f"{float(np.float32(x)):.9e}f"
 
 
+FORMAT_ENUM = {"bf16": "adamk::BF16", "fp8": "adamk::FP8", "int8": "adamk::INT8"}
+
+
+def _tiling_params(t) -> list[str]:
+    """Tiling<...>'s arguments: the shape, then only as many of the defaulted ones (chunk shape,
+    tiled, format, group) as differ from their defaults."""
+    params = [t.n, t.k, t.rows, t.ksplit, t.warps_per_row, t.chunk_rows, t.chunk_cols,
+              "true" if t.tiled else "false", FORMAT_ENUM[t.weights], t.group]
+    defaults = [None] * 5 + [8 // t.warps_per_row, t.kc, "false", "adamk::BF16", 0]
+    while len(params) > 5 and params[-1] == defaults[len(params) - 1]:
+        params.pop()
+    return [str(p) for p in params]
+
+
 def _tiling_rows(plan: Plan) -> list[dict]:
     rows = []
     for kind, t in plan.tilings.items():
-        comment = (f"{t.tiles} tiles x {t.ksplit} K-split = {t.tasks} tasks of "
-                   f"{t.rows * t.kc * 2 // 1024} KB, {t.chunks} chunk(s) of {t.chunk_bytes // 1024} KB")
-        # the batched multiply's chunk shape (16 rows x kc / warps_per_row); one sequence: the default
-        chunk = f", {t.chunk_rows}, {t.chunk_cols}" if t.batched else ""
-        rows.append(dict(cls=TILING_CLASSES[kind], n=t.n, k=t.k, rows=t.rows, ksplit=t.ksplit,
-                         warps_per_row=t.warps_per_row, chunk=chunk, comment=comment))
+        weights = "bf16" if not t.quantized else f"{t.weights}, a scale per " + (
+            f"{t.group} columns" if t.group else "row")
+        comment = (f"{t.tiles} tiles x {t.ksplit} K-split = {t.tasks} tasks of {t.task_bytes // 1024} KB, "
+                   f"{t.chunks} chunk(s) of {t.chunk_bytes // 1024} KB; {weights}")
+        rows.append(dict(cls=TILING_CLASSES[kind], params=", ".join(_tiling_params(t)), comment=comment))
     return rows
 
 

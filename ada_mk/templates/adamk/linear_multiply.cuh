@@ -1,6 +1,6 @@
-// adamk/linear_multiply.cuh: the multiply of a linear task (block scope): its weight tile, which
-// arrives through the stream ring one chunk at a time, times the staged activation chunk, on the
-// tensor cores; the warps' partial sums land in red (Ctx::red).
+// adamk/linear_multiply.cuh: the multiply of a linear task with bf16 weights (block scope): its
+// weight tile, which arrives through the stream ring one chunk at a time, times the staged
+// activation chunk, on the tensor cores; the warps' partial sums land in red (Ctx::red).
 #pragma once
 #include "adamk/context.cuh"
 #include "adamk/mma.cuh"
@@ -122,16 +122,6 @@ __device__ void multiply_batched(Ctx<C>& c, int row0) {
   }
   __syncthreads();
   sum_group<C, T>(c, T::ROWS / R - 1);
-}
-
-// The task's rows times the staged chunk: one row per warp group with one sequence, all 16 rows
-// of a group by every warp with several sequences (Cfg::BATCHED). Reads: the ring's chunks
-// (StreamRing::next waits for each) and x. Writes: red, then a barrier.
-template <class C, class T>
-__device__ __forceinline__ void multiply(Ctx<C>& c, int row0) {
-  if constexpr (C::BATCHED) multiply_batched<C, T>(c, row0);
-  else multiply_rows<C, T>(c, row0);
-  __syncthreads();
 }
 
 }  // namespace adamk::block

@@ -20,17 +20,32 @@
 
 namespace adamk::warp {
 
+// 8-bit weights with a scale per group (adamk/dequant.cuh): the two MMAs of one 16-byte bf16
+// vector span 32 columns of a row, one group's half-block, so their product, taken from zero, is
+// scaled once and added to an accumulator (add_scaled): a multiply per product register, not per
+// weight.
+using Mma = cute::SM80_16x8x16_F32BF16BF16F32_TN;
+
 // Accumulators of one pair of sequences: two MMA tiles (the halves of the 16-byte vectors).
 struct RowDot {
   float d[2][4] = {};
 
   // acc += this lane's 16 bytes of the row (w) times those of sequences 2p (x0) and 2p + 1 (x1).
   __device__ __forceinline__ void add(const uint4& w, const uint4& x0, const uint4& x1) {
-    using Mma = cute::SM80_16x8x16_F32BF16BF16F32_TN;
     Mma::fma(d[0][0], d[0][1], d[0][2], d[0][3], x0.x, x1.x, x0.y, x1.y, w.x, w.y,
              d[0][0], d[0][1], d[0][2], d[0][3]);
     Mma::fma(d[1][0], d[1][1], d[1][2], d[1][3], x0.z, x1.z, x0.w, x1.w, w.z, w.w,
              d[1][0], d[1][1], d[1][2], d[1][3]);
+  }
+
+  // d[h] += s * (this step's product): the 32 columns of the lane's quad are one scale group.
+  // The diagonal that total() reads lies in the quad whose scale the lane brings.
+  __device__ __forceinline__ void add_scaled(const uint4& w, const uint4& x0, const uint4& x1, float s, int h) {
+    float t[4];
+    Mma::fma(t[0], t[1], t[2], t[3], x0.x, x1.x, x0.y, x1.y, w.x, w.y, 0.f, 0.f, 0.f, 0.f);
+    Mma::fma(t[0], t[1], t[2], t[3], x0.z, x1.z, x0.w, x1.w, w.z, w.w, t[0], t[1], t[2], t[3]);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) d[h][i] = fmaf(s, t[i], d[h][i]);
   }
 
   // The full dot product for sequence 2p + odd, on every lane: the diagonal of D summed over
@@ -55,11 +70,23 @@ struct TileDot {
   float d[2][4] = {};
 
   __device__ __forceinline__ void add(const uint4& w_lo, const uint4& w_hi, const uint4& x) {
-    using Mma = cute::SM80_16x8x16_F32BF16BF16F32_TN;
     Mma::fma(d[0][0], d[0][1], d[0][2], d[0][3], w_lo.x, w_hi.x, w_lo.y, w_hi.y, x.x, x.y,
              d[0][0], d[0][1], d[0][2], d[0][3]);
     Mma::fma(d[1][0], d[1][1], d[1][2], d[1][3], w_lo.z, w_hi.z, w_lo.w, w_hi.w, x.z, x.w,
              d[1][0], d[1][1], d[1][2], d[1][3]);
+  }
+
+  // d[h] += this step's product, rows n scaled by s_lo and n + 8 by s_hi: the step's 32 columns
+  // are one scale group of each row.
+  __device__ __forceinline__ void add_scaled(const uint4& w_lo, const uint4& w_hi, const uint4& x, float s_lo,
+                                             float s_hi, int h) {
+    float t[4];
+    Mma::fma(t[0], t[1], t[2], t[3], w_lo.x, w_hi.x, w_lo.y, w_hi.y, x.x, x.y, 0.f, 0.f, 0.f, 0.f);
+    Mma::fma(t[0], t[1], t[2], t[3], w_lo.z, w_hi.z, w_lo.w, w_hi.w, x.z, x.w, t[0], t[1], t[2], t[3]);
+    d[h][0] = fmaf(s_lo, t[0], d[h][0]);
+    d[h][1] = fmaf(s_lo, t[1], d[h][1]);
+    d[h][2] = fmaf(s_hi, t[2], d[h][2]);
+    d[h][3] = fmaf(s_hi, t[3], d[h][3]);
   }
 
   // Lane 4n + q holds rows n (hi = 0) and n + 8 (hi = 1) times sequences 2q (j = 0) and 2q + 1.

@@ -59,13 +59,13 @@ struct ChunkCursor {
            chunk % T::KPARTS * T::CHUNK_COLS;
   }
 
-  // The same chunk in tiled weights (TILED_WEIGHTS): each task's chunks lie back to back, in
-  // the order the ring takes them (ada_mk.search.layout.Segment.tiling).
+  // The same chunk in tiled weights (Tiling::TILED): each task's chunks lie back to back, CHUNK_BYTES
+  // each, in the order the ring takes them (ada_mk.search.layout.Segment.tiling).
   template <class T>
-  __device__ const __nv_bfloat16* tiled(const __nv_bfloat16* weights) const {
+  __device__ const unsigned char* tiled(const __nv_bfloat16* weights) const {
     const int idx = cur.y + item * cur.z;
-    return weights + weight_offset<C>(kind(), cur.x >> 8) +
-           (static_cast<size_t>(idx) * T::CHUNKS + chunk) * T::CHUNK_ROWS * T::CHUNK_COLS;
+    return reinterpret_cast<const unsigned char*>(weights + weight_offset<C>(kind(), cur.x >> 8)) +
+           (static_cast<size_t>(idx) * T::CHUNKS + chunk) * T::CHUNK_BYTES;
   }
 
   template <class T>
@@ -166,8 +166,7 @@ struct StreamRing {
 
   template <class T>
   __device__ void load_weight_chunk(unsigned char* dst) {
-    static_assert(T::CHUNK_ROWS * T::CHUNK_COLS * 2 <= C::STAGE_BYTES, "a chunk fits its slot");
-    constexpr int CHUNK_BYTES = T::CHUNK_ROWS * T::CHUNK_COLS * 2;
+    static_assert(T::CHUNK_BYTES <= C::STAGE_BYTES, "a chunk fits its slot");
     if constexpr (BULK) {
       // Warp 1. Thread 32 tells the slot's mbarrier how many bytes come (none: the phase completes
       // at once). Tiled weights hold the chunk as its slot does: one copy (the last tile's rows
@@ -175,10 +174,10 @@ struct StreamRing {
       // copies row r (a K-split chunk with one sequence); the last tile's chunks may end past the
       // matrix, or lie past it.
       uint64_t* bar = bars + issued % C::STAGES;
-      if constexpr (TILED_WEIGHTS<C>) {
+      if constexpr (T::TILED) {
         if (threadIdx.x == 32) {
-          thread::mbar_expect(bar, CHUNK_BYTES);
-          thread::bulk_copy(dst, load.template tiled<T>(weights), CHUNK_BYTES, bar);
+          thread::mbar_expect(bar, T::CHUNK_BYTES);
+          thread::bulk_copy(dst, load.template tiled<T>(weights), T::CHUNK_BYTES, bar);
         }
       } else {
         int row0;
@@ -207,17 +206,22 @@ struct StreamRing {
     // (release add, arrival atomic), and a release waits for the warp's outstanding reads, which
     // would include ring chunks still queued behind the whole card's weight traffic (see
     // docs/experiments.md, "Warp 0 issues no ring copies").
-    // Tiled weights (an ADAMK_CP_ASYNC_RING build on Hopper) are copied as they lie.
+    // Tiled weights (8-bit weights, or an ADAMK_CP_ASYNC_RING build on Hopper) are copied as they lie.
     constexpr int LOADERS = C::THREADS - 32;
-    int row0;
-    const __nv_bfloat16* src = TILED_WEIGHTS<C> ? load.template tiled<T>(weights) : load.template rows<T>(weights, row0);
+    if constexpr (T::TILED) {
+      const unsigned char* src = load.template tiled<T>(weights);
 #pragma unroll 4
-    for (int v = static_cast<int>(threadIdx.x) - 32; v >= 0 && v < T::CHUNK_ROWS * T::CHUNK_VEC; v += LOADERS) {
-      const int r = v / T::CHUNK_VEC, c = v % T::CHUNK_VEC;
-      if constexpr (TILED_WEIGHTS<C>)
-        thread::cp_async_16(dst + v * 16, src + v * 8);
-      else if (row0 + r < T::N)
-        thread::cp_async_16(dst + tile_offset<C, T>(r, c * 8) * 2, src + static_cast<size_t>(r) * T::K + c * 8);
+      for (int v = static_cast<int>(threadIdx.x) - 32; v >= 0 && v < T::CHUNK_BYTES / 16; v += LOADERS)
+        thread::cp_async_16(dst + v * 16, src + v * 16);
+    } else {
+      int row0;
+      const __nv_bfloat16* src = load.template rows<T>(weights, row0);
+#pragma unroll 4
+      for (int v = static_cast<int>(threadIdx.x) - 32; v >= 0 && v < T::CHUNK_ROWS * T::CHUNK_VEC; v += LOADERS) {
+        const int r = v / T::CHUNK_VEC, c = v % T::CHUNK_VEC;
+        if (row0 + r < T::N)
+          thread::cp_async_16(dst + tile_offset<C, T>(r, c * 8) * 2, src + static_cast<size_t>(r) * T::K + c * 8);
+      }
     }
     load.template advance<T>();
   }

@@ -24,36 +24,52 @@ constexpr int THREADS = 256;
 #endif
 constexpr int WARPS = THREADS / 32;
 
+// How a stage's weights stream (ada_mk.search.plan.LinearTiling.weights): bf16, or 8-bit codes
+// with float32 scales (docs/quantized-weights.md).
+enum WeightFormat : int { BF16 = 0, FP8 = 1, INT8 = 2 };
+
 // One fused linear stage: N output rows, reduction length K, tasks of ROWS rows x K/KSPLIT
 // columns. A task's weight tile streams through the ring in chunks of CHUNK_ROWS rows x
 // CHUNK_COLS columns, row group by row group, each group's column blocks in order. With one
 // sequence a chunk is WARPS / WPR whole rows, each reduced by WPR warps; the batched multiply
 // (Cfg::BATCHED) takes 16 rows a chunk (the MMA's M), over KC / CHUNK_COLS column blocks.
+// TILED: the packed weights hold each task's chunks back to back, each as its ring slot holds it
+// (LinearTiling.tiled). FORMAT and GROUP: the weights' format and, for 8-bit codes, the input
+// columns per scale (0: one scale per row); an 8-bit chunk is its codes, then its scales
+// [CHUNK_ROWS][SCALES] (docs/quantized-weights.md, "The packed chunk").
 template <int N_, int K_, int ROWS_, int KSPLIT_, int WPR_, int CHUNK_ROWS_ = WARPS / WPR_,
-          int CHUNK_COLS_ = K_ / KSPLIT_>
+          int CHUNK_COLS_ = K_ / KSPLIT_, bool TILED_ = false, int FORMAT_ = BF16, int GROUP_ = 0>
 struct Tiling {
   static constexpr int N = N_, K = K_, ROWS = ROWS_, KSPLIT = KSPLIT_, WPR = WPR_;
   static constexpr int KC = K / KSPLIT;             // columns of one task
-  static constexpr int VEC = KC / 8;                // 16-byte vectors in a row of a task
+  static constexpr int VEC = KC / 8;                // 16-byte vectors in a row of a task (bf16)
   static constexpr int CHUNK_ROWS = CHUNK_ROWS_;    // rows of one weight chunk (one ring slot)
   static constexpr int CHUNK_COLS = CHUNK_COLS_;    // its columns
-  static constexpr int CHUNK_VEC = CHUNK_COLS / 8;  // 16-byte vectors in a row of a chunk
+  static constexpr int CHUNK_VEC = CHUNK_COLS / 8;  // 16-byte vectors in a row of a chunk (bf16)
   static constexpr int KPARTS = KC / CHUNK_COLS;    // column blocks of a row group
   static constexpr int CHUNKS = ROWS / CHUNK_ROWS * KPARTS;  // chunks of one task
   static constexpr int TILES = (N + ROWS - 1) / ROWS;
+  static constexpr bool TILED = TILED_;
+  static constexpr int FORMAT = FORMAT_, GROUP = GROUP_;
+  static constexpr bool Q8 = FORMAT != BF16;
+  static constexpr int SCALES = !Q8 ? 0 : GROUP ? CHUNK_COLS / GROUP : 1;  // scales per row of a chunk
+  static constexpr int CODE_BYTES = CHUNK_ROWS * CHUNK_COLS * (Q8 ? 1 : 2);  // a chunk's weights
+  static constexpr int CHUNK_BYTES = (CODE_BYTES + 4 * CHUNK_ROWS * SCALES + 15) / 16 * 16;  // and its scales
   static_assert(K % KSPLIT == 0 && KC % 8 == 0, "K-chunks are whole 16-byte vectors");
   static_assert(ROWS % CHUNK_ROWS == 0, "a task is whole row groups");
   static_assert(KC % CHUNK_COLS == 0 && CHUNK_COLS % 8 == 0, "a row group is whole column blocks of 16-byte vectors");
+  static_assert(!Q8 || (TILED && CHUNK_COLS % 64 == 0 && GROUP % 32 == 0 && (GROUP == 0 || CHUNK_COLS % GROUP == 0)),
+                "8-bit chunks are tiled, whole 64-column blocks and whole scale groups of 32-column halves");
 };
 
 // The batched multiply (adamk/mma.cuh, TileDot) loads 64 bytes at the same column from each of 8
 // rows of a weight chunk at once; with rows a multiple of 128 bytes apart rows 2i and 2i + 1 would
 // hit the same banks, so odd rows keep the two 64-byte halves of each 128-byte line swapped
 // (16-byte vectors XOR 4; rows of an odd number of 64-byte halves alternate by themselves). A
-// cp.async ring puts them there; where bulk copies fill the ring (Cfg::BULK_RING) the packed
-// weights are stored that way (TILED_WEIGHTS; ada_mk.runtime.weights.tile_matrix).
-template <class C>
-constexpr bool TILED_WEIGHTS = C::BATCHED && C::BULK_RING;
+// cp.async ring puts them there; tiled weights are stored that way (Tiling::TILED;
+// ada_mk.runtime.weights.tile_matrix).
+template <class C, class T>
+constexpr bool SWIZZLED = C::BATCHED && T::CHUNK_COLS * (T::Q8 ? 1 : 2) % 128 == 0;
 
 // The ring's view of an attention task where its K/V rows come through the ring (Cfg::KV_RING):
 // KV_SLOTS chunks of KV_PIECE positions, the K rows, then the V rows.
@@ -64,11 +80,16 @@ struct KvSlots {
                                 C::KV_PIECE <= 16 * WARPS), "whole blocks of 16 positions, a warp each, in a slot");
 };
 
-// Where element k of row `row` sits in a weight chunk in the ring ([CHUNK_ROWS][CHUNK_COLS] bf16).
+// Where element k of row `row` sits in a bf16 weight chunk in the ring ([CHUNK_ROWS][CHUNK_COLS]).
 template <class C, class T>
 __device__ __forceinline__ int tile_offset(int row, int k) {
-  constexpr bool SWIZZLE = C::BATCHED && T::CHUNK_VEC % 8 == 0;
-  return row * T::CHUNK_COLS + (SWIZZLE ? k ^ ((row & 1) << 5) : k);
+  return row * T::CHUNK_COLS + (SWIZZLED<C, T> ? k ^ ((row & 1) << 5) : k);
+}
+
+// Where byte `byte` of row `row` sits among an 8-bit chunk's codes ([CHUNK_ROWS][CHUNK_COLS]).
+template <class C, class T>
+__device__ __forceinline__ int code_offset(int row, int byte) {
+  return row * T::CHUNK_COLS + (SWIZZLED<C, T> ? byte ^ ((row & 1) << 6) : byte);
 }
 
 // Elements between consecutive sequences of the staged activations. The batched multiply reads

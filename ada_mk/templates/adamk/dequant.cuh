@@ -1,0 +1,54 @@
+// adamk/dequant.cuh: 8-bit weight codes to bf16, exactly, in registers (thread scope).
+//
+// A 16-byte vector of codes holds a lane's 16 columns of one 64-column block: bytes 0-7 its
+// columns of the block's first 32-column half, bytes 8-15 those of the second (the packed chunk,
+// docs/quantized-weights.md). decode8 turns it into two bf16 vectors, one per half, the operands
+// of two RowDot / TileDot steps (adamk/mma.cuh). The scales are not applied here: the multiply
+// applies each one once, to the MMA products of its group (or row).
+#pragma once
+#include <cuda_bf16.h>
+#include <cstdint>
+#include "adamk/tasks.cuh"
+
+namespace adamk::thread {
+
+// Four FP8 E4M3 codes -> four bf16 (two bf16x2 words). A code's 7 magnitude bits, moved into a
+// bf16's exponent and mantissa fields (exponent field = the E4M3 exponent, mantissa = its 3 bits),
+// are its value times 2^-120; E4M3 subnormals land on bf16 subnormals, which scale the same way.
+// One bf16x2 multiply by 2^120 (exact: a power of two, into bf16's normal range) gives the value.
+__device__ __forceinline__ uint2 fp8x4_to_bf16(uint32_t codes) {
+  const __nv_bfloat162 two_120 = __halves2bfloat162(__ushort_as_bfloat16(0x7B80), __ushort_as_bfloat16(0x7B80));
+  uint32_t out[2];
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const uint32_t t = __byte_perm(codes, 0u, h ? 0x3424 : 0x1404);  // codes 2h, 2h + 1 in the high bytes of each half
+    const uint32_t bits = (t & 0x80008000u) | ((t >> 4) & 0x07F007F0u);
+    const __nv_bfloat162 v = __hmul2(*reinterpret_cast<const __nv_bfloat162*>(&bits), two_120);
+    out[h] = *reinterpret_cast<const uint32_t*>(&v);
+  }
+  return make_uint2(out[0], out[1]);
+}
+
+// Four int8 codes (stored as value + 128) -> four bf16. Each code becomes the low byte of the
+// float 2^23 + code; subtracting 2^23 + 128 leaves the value, exactly, and a value of at most 8
+// significant bits is exact in the float's upper half, the bf16.
+__device__ __forceinline__ uint2 int8x4_to_bf16(uint32_t codes) {
+  float f[4];
+#pragma unroll
+  for (int i = 0; i < 4; ++i) f[i] = __uint_as_float(__byte_perm(codes, 0x4B000000u, 0x7650 + i)) - 8388736.f;
+  return make_uint2(__byte_perm(__float_as_uint(f[0]), __float_as_uint(f[1]), 0x7632),
+                    __byte_perm(__float_as_uint(f[2]), __float_as_uint(f[3]), 0x7632));
+}
+
+// A lane's 16 codes of a 64-column block -> its 8 columns of the first half (a) and of the
+// second half (b), bf16.
+template <int FORMAT>
+__device__ __forceinline__ void decode8(const uint4& codes, uint4& a, uint4& b) {
+  static_assert(FORMAT == FP8 || FORMAT == INT8, "8-bit codes");
+  const auto cvt = [](uint32_t w) { return FORMAT == FP8 ? fp8x4_to_bf16(w) : int8x4_to_bf16(w); };
+  const uint2 a0 = cvt(codes.x), a1 = cvt(codes.y), b0 = cvt(codes.z), b1 = cvt(codes.w);
+  a = make_uint4(a0.x, a0.y, a1.x, a1.y);
+  b = make_uint4(b0.x, b0.y, b1.x, b1.y);
+}
+
+}  // namespace adamk::thread
