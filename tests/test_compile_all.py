@@ -1,6 +1,8 @@
 """CI compile check: every shipped config's kernel compiles with nvcc for Ada (sm_89) and Hopper
-(sm_90a), in one nvcc call per kernel, fatbin only; and one full `adamk-gen` build (fatbin plus
-the C-ABI library, copied into the output directory) for the smallest model.
+(sm_90a), in one nvcc call per kernel, fatbin only, in every weights format (bf16 for the config's
+own GPU; fp8 and int8 for it and for the L20, whose plans fit 99 KB of shared memory); and one full
+`adamk-gen` build (fatbin plus the C-ABI library, copied into the output directory) for the
+smallest model.
 
 Compile only: no GPU needed. Skipped when nvcc is not on PATH. Each test builds into its own
 empty cache ($ADAMK_CACHE), so nvcc really runs (about 5 s per kernel for both architectures
@@ -31,8 +33,8 @@ def fresh_cache(tmp_path, monkeypatch):
     return tmp_path / "cache"
 
 
-def _compile(config: Path, gpu: str | None, cache: Path) -> None:
-    model, deploy = load_config(config, gpu=gpu, batch=1)
+def _compile(config: Path, gpu: str | None, cache: Path, weights: str = "bf16") -> None:
+    model, deploy = load_config(config, gpu=gpu, batch=1, weights=weights)
     plan = make_plan(model, deploy)
     art = build(render(plan), ARCHS, library=False)
     assert art.fatbin.is_file() and art.fatbin.stat().st_size > 0
@@ -47,6 +49,14 @@ def test_configs_are_shipped():
 def test_compiles_for_ada_and_hopper(config, fresh_cache):
     """The plan for the config's own deploy GPU."""
     _compile(config, None, fresh_cache)
+
+
+@pytest.mark.parametrize("weights", ["fp8", "int8"])
+@pytest.mark.parametrize("gpu", [None, "L20"], ids=["own-gpu", "L20"])
+@pytest.mark.parametrize("config", CONFIGS, ids=[p.stem for p in CONFIGS])
+def test_8bit_kernels_compile(config, gpu, weights, fresh_cache):
+    """8-bit weights: the plan for the config's own GPU and the Ada plan."""
+    _compile(config, gpu, fresh_cache, weights)
 
 
 def test_ada_plan_compiles(fresh_cache):

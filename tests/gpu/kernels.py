@@ -32,6 +32,12 @@ KERNELS = [
     ("smollm2-135m", "H100", 4, 2, False),
 ]
 
+# 8-bit weights (tests/gpu/test_quantized_gpu.py): (config, planned-for GPU, batch, weights format),
+# ordered so that the cases of one (config, format) share its quantized HF model.
+Q8_CASES = [(c, g, b, w) for c in ("llama3.2-1b", "qwen2.5-0.5b", "mistral-7b", "llama3-8b") for w in ("fp8", "int8")
+            for g, b in (("H100", 1), ("H100", 4))]
+Q8_CASES += [(c, "L20", 1, w) for c in ("llama3.2-1b", "qwen2.5-0.5b") for w in ("fp8", "int8")]
+
 # Plans the search does not pick for any shipped config, with stages K-split by force (the
 # searched tilings otherwise): (config, GPU, batch, layers, debug build, {stage: K-split}).
 FORCED = [
@@ -39,8 +45,9 @@ FORCED = [
 ]
 
 
-def model_for(config: str, gpu: str, batch: int, layers: int | None, max_context: int = 1024):
-    m, d = load_config(ROOT / "configs" / f"{config}.yaml", gpu=gpu, batch=batch, max_context=max_context)
+def model_for(config: str, gpu: str, batch: int, layers: int | None, max_context: int = 1024, weights: str = "bf16"):
+    m, d = load_config(ROOT / "configs" / f"{config}.yaml", gpu=gpu, batch=batch, max_context=max_context,
+                       weights=weights)
     if layers is not None:
         m = dataclasses.replace(m, num_hidden_layers=layers, name=f"{m.name}-{layers}l")
     return m, d
@@ -58,8 +65,8 @@ def forced_plan(m: ModelConfig, d, ksplits: dict[str, int]) -> Plan:
 def kernel_for(config: str, gpu: str, batch: int, layers: int | None = None, debug: bool = False,
                log=None, profile: bool = False, strategy: str = "search",
                defines: tuple[str, ...] = (), max_context: int = 1024,
-               ksplits: dict[str, int] | None = None) -> tuple[Plan, Artifacts]:
-    m, d = model_for(config, gpu, batch, layers, max_context)
+               ksplits: dict[str, int] | None = None, weights: str = "bf16") -> tuple[Plan, Artifacts]:
+    m, d = model_for(config, gpu, batch, layers, max_context, weights)
     plan = forced_plan(m, d, ksplits) if ksplits else make_plan(m, d, strategy=strategy)
     archs = ["sm_90a"]
     return plan, build(render(plan), archs, debug=debug, profile=profile, library=False, log=log, defines=defines)
@@ -68,6 +75,9 @@ def kernel_for(config: str, gpu: str, batch: int, layers: int | None = None, deb
 if __name__ == "__main__":
     for spec in KERNELS:
         plan, art = kernel_for(*spec, log=lambda s: print("  " + s[:160], file=sys.stderr))
+        print(f"{plan.kernel_name}: {art.fatbin}", file=sys.stderr)
+    for config, gpu, batch, weights in Q8_CASES:
+        plan, art = kernel_for(config, gpu, batch, weights=weights, log=lambda s: print("  " + s[:160], file=sys.stderr))
         print(f"{plan.kernel_name}: {art.fatbin}", file=sys.stderr)
     for *spec, ksplits in FORCED:
         plan, art = kernel_for(*spec, log=lambda s: print("  " + s[:160], file=sys.stderr), ksplits=ksplits)

@@ -16,6 +16,7 @@ from pathlib import Path
 from ada_mk.codegen.build import Artifacts, build
 from ada_mk.codegen.render import render
 from ada_mk.config import DeployConfig, ModelConfig, load_config
+from ada_mk.config.deploy import DEFAULT_GROUPS
 from ada_mk.config.gpus import lookup_gpu
 from ada_mk.search.plan import Plan
 from ada_mk.search.planner import make_plan
@@ -29,12 +30,13 @@ def smollm2_model() -> ModelConfig:
     return load_config(ROOT / "configs" / "smollm2-135m.yaml")[0]
 
 
-def smollm2_plan(model: ModelConfig, gpu: str, max_context: int = MAX_CONTEXT) -> Plan:
-    return make_plan(model, DeployConfig(gpu=lookup_gpu(gpu), batch=1, max_context=max_context))
+def smollm2_plan(model: ModelConfig, gpu: str, max_context: int = MAX_CONTEXT, weights: str = "bf16") -> Plan:
+    return make_plan(model, DeployConfig(gpu=lookup_gpu(gpu), batch=1, max_context=max_context, weights=weights,
+                                         weights_group=DEFAULT_GROUPS[weights]))
 
 
-def smollm2_kernel(model: ModelConfig, gpu: str, library: bool, log=None) -> tuple[Plan, Artifacts]:
-    plan = smollm2_plan(model, gpu)
+def smollm2_kernel(model: ModelConfig, gpu: str, library: bool, log=None, weights: str = "bf16") -> tuple[Plan, Artifacts]:
+    plan = smollm2_plan(model, gpu, weights=weights)
     return plan, build(render(plan), [plan.deploy.gpu.nvcc_arch], library=library, log=log)
 
 
@@ -45,6 +47,10 @@ def prebuild(log=None) -> list[Artifacts]:
         for library in (False, True):
             plan, art = smollm2_kernel(model, gpu, library, log)
             print(f"{plan.kernel_name} ({'library' if library else 'fatbin'}): {art.directory}", file=sys.stderr)
+            out.append(art)
+        for weights in ("fp8", "int8"):  # tests/gpu/test_smollm2_8bit_gpu.py
+            plan, art = smollm2_kernel(model, gpu, False, log, weights)
+            print(f"{plan.kernel_name}: {art.directory}", file=sys.stderr)
             out.append(art)
     return out
 

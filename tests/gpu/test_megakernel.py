@@ -162,14 +162,15 @@ def test_logits_match_hf(config, gpu, batch, prompt_len):
     assert clear > 0, "no step with a clear top-2 margin in three random prompts"
 
 
-def _decode_and_compare(hf, config: str, gpu: str, batch: int, prompt_len: int) -> int:
-    """Decode DECODE_STEPS tokens after a random prompt with HF and with the kernel; check the
-    logits, and greedy agreement with float32 on the clear steps. Returns how many were clear."""
+def _decode_and_compare(hf, config: str, gpu: str, batch: int, prompt_len: int, make_engine=None) -> int:
+    """Decode DECODE_STEPS tokens after a random prompt with HF and with the kernel (engine_for's,
+    or make_engine()'s); check the logits, and greedy agreement with float32 on the clear steps.
+    Returns how many were clear."""
     V = hf.config.vocab_size
     prompt = torch.randint(0, V, (batch, prompt_len), device="cuda")
     with torch.no_grad():
         seq, hf_logits = hf_generate(hf, prompt, DECODE_STEPS)
-    eng = engine_for(config, gpu, batch, hf)
+    eng = make_engine() if make_engine is not None else engine_for(config, gpu, batch, hf)
     try:
         tokens = seq.cpu().numpy().astype(np.int32)
         ours = []
