@@ -36,7 +36,7 @@ def build_decode_graph(model: ModelConfig, deploy: DeployConfig | None = None, c
     nh, nkv = m.num_attention_heads, m.num_key_value_heads
     assert nh % nkv == 0, "GQA needs num_attention_heads to be a multiple of num_key_value_heads"
 
-    g = Graph(model_name=m.name, batch=B, context=context, dtype=dt, weights=wfmt,
+    g = Graph(model_name=m.name, batch=B, context=context, dtype=dt, weights_format=wfmt,
               weights_group=wgrp if wfmt != "bf16" else 0)
     W = lambda name, *shape: g.tensor(name, shape, dt, "weight")  # noqa: E731
     WL = lambda name, *shape: g.tensor(name, shape, wdt, "weight", g.weights_group)  # noqa: E731  (a linear's matrix)

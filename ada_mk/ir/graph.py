@@ -218,7 +218,7 @@ class Graph:
     dtype: str
     tensors: dict[str, Tensor] = field(default_factory=dict)
     ops: list[Op] = field(default_factory=list)
-    weights: str = "bf16"  # the linear weights' format (DeployConfig.weights); the embedding stays bf16
+    weights_format: str = "bf16"  # the linear weights' format (DeployConfig.weights); the embedding stays bf16
     weights_group: int = 0  # 8-bit: input columns per scale, 0 per row (DeployConfig.weights_group)
 
     def tensor(self, name: str, shape: tuple[int, ...], dtype: str, role: str, group: int = 0) -> str:
@@ -293,17 +293,17 @@ class Graph:
 
     def weights_note(self) -> str:
         """', <format> weights (...)' for 8-bit linear weights, else ''."""
-        if self.weights not in QUANTIZED:
+        if self.weights_format not in QUANTIZED:
             return ""
         scales = f"a float32 scale per {self.weights_group} columns" if self.weights_group else "a float32 scale per row"
-        return f", {self.weights} linear weights ({scales}; embedding bf16)"
+        return f", {self.weights_format} linear weights ({scales}; embedding bf16)"
 
     def to_json(self) -> dict[str, Any]:
         return {
             "model": self.model_name, "batch": self.batch, "context": self.context,
             "dtype": self.dtype,
-            **({"weights": self.weights, "weights_group": self.weights_group}
-               if self.weights in QUANTIZED else {}),
+            **({"weights": self.weights_format, "weights_group": self.weights_group}
+               if self.weights_format in QUANTIZED else {}),
             "tensors": [dict(name=t.name, shape=list(t.shape), dtype=t.dtype, role=t.role,
                              **({"group": t.group} if t.dtype in QUANTIZED else {}))
                         for t in self.tensors.values()],
