@@ -69,6 +69,19 @@ def test_every_shipped_config_plans_in_8bit(cfg: Path, weights: str, gpu: str, b
         assert plan.to_json()["weights"] == weights
 
 
+@pytest.mark.parametrize("config,gpu,weights", [("llama3.2-1b", "H200", "int8"), ("qwen2.5-0.5b", "L20", "fp8"),
+                                                ("llama3.2-3b", "L20", "int8")])
+def test_batch_8(config: str, gpu: str, weights: str) -> None:
+    """Batch 8 in 8 bits, also where the bf16 plan does not fit Ada's 99 KB (Llama-3.2-3B: half
+    the ring bytes)."""
+    plan = plan_of(config, gpu, 8, weights=weights)
+    validate_plan(plan)
+    assert all(t.tiled and t.whole_column_blocks and t.batched for t in plan.tilings.values())
+    if config == "llama3.2-3b":
+        with pytest.raises(PlanError):
+            plan_of(config, gpu, 8)
+
+
 def test_file_stem_hash_and_json() -> None:
     bf16 = plan_of("llama3-8b", "H100", 1)
     fp8 = plan_of("llama3-8b", "H100", 1, weights="fp8")

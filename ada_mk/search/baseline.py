@@ -17,8 +17,10 @@ MAX_STAGES = 8
 
 def stage_target(deploy: DeployConfig) -> int:
     """Bytes of one stream-ring slot: large enough to amortise a barrier, small enough that
-    several fit beside the activation chunk (Ada has 99 KB a block, Hopper 227 KB)."""
-    return 32 * 1024 if deploy.gpu.smem_per_block >= 160 * 1024 else 16 * 1024
+    several fit beside the activation chunk (Ada has 99 KB a block, Hopper 227 KB). 8-bit weights
+    take half: chunks of the shape bf16's would have (rows by columns), at a byte a weight."""
+    target = 32 * 1024 if deploy.gpu.smem_per_block >= 160 * 1024 else 16 * 1024
+    return target // 2 if deploy.weights != "bf16" else target
 
 
 def choose_tiling(kind: str, n: int, k: int, deploy: DeployConfig, max_kc: int) -> LinearTiling:
@@ -51,7 +53,7 @@ def choose_tiling(kind: str, n: int, k: int, deploy: DeployConfig, max_kc: int) 
                 break
             t = LinearTiling(n, k, rows, s, wpr, several, tiled, **fmt)
             rounds = -(-t.tasks // gpu.sms)
-            cost = rounds * (t.task_bytes / bw_per_sm + TASK_OVERHEAD_S)
+            cost = rounds * (t.rows_bytes(rows) / bw_per_sm + TASK_OVERHEAD_S)
             if best is None or cost < best[0] - 1e-12:
                 best = (cost, t)
         break

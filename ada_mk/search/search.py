@@ -166,6 +166,15 @@ class Searcher:
             splits = self.splits(kind, k)
             s = next((x for x in splits if k // x <= H), splits[-1])
             wpr = fitting_wpr(n, k, s, self.batched, stage_target, weights=self.weights, group=self.group)
+            if self.weights != "bf16" and self.tiling(n, k, 1, s, wpr).chunk_bytes > stage_target:
+                # 8-bit chunks are whole 64-column blocks, so a K-chunk of an odd number of blocks
+                # has no finer cut (a chunk of 16 rows x 37 blocks is 37 KB): the next K-split whose
+                # chunk fits the target, if one does
+                for s2 in splits[splits.index(s) + 1:]:
+                    w2 = fitting_wpr(n, k, s2, self.batched, stage_target, weights=self.weights, group=self.group)
+                    if self.tiling(n, k, 1, s2, w2).chunk_bytes <= stage_target:
+                        s, wpr = s2, w2
+                        break
             cr = self.tiling(n, k, 1, s, wpr).chunk_rows
             best = None
             for c in CHUNK_COUNTS:
@@ -174,7 +183,7 @@ class Searcher:
                     break
                 t = self.tiling(n, k, rows, s, wpr)
                 rounds = -(-t.tasks // gpu.sms)
-                est = rounds * (t.task_bytes / share + self.constants.task_overhead_s + self.constants.stage_fixed_s)
+                est = rounds * (t.rows_bytes(rows) / share + self.constants.task_overhead_s + self.constants.stage_fixed_s)
                 if best is None or est < best[0] * (1 - 1e-9):
                     best = (est, t)
             tilings[kind] = best[1]
