@@ -54,7 +54,8 @@ class LinearTiling:
     `warps_per_row` cuts a row group's columns into that many chunks (`kparts`). `tiled`: the
     packed weights hold the batched multiply's chunks one after the other, each laid out as its
     ring slot (kernel_rules.tiled_weights: where bulk copies fill the batched multiply's ring,
-    Plan.bulk_ring, one copy a chunk; see ada_mk.search.layout.Segment.tiling).
+    Plan.bulk_ring, one copy a chunk, and always with 8-bit weights; see
+    ada_mk.search.layout.Segment.tiling).
 
     `weights` is the format the stage's weights stream in (WEIGHT_FORMATS): bf16, or 8-bit codes
     (fp8: E4M3; int8: symmetric integers) with float32 scales, one per row (`group` 0) or per
