@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -159,7 +159,8 @@ def _deploy(
     return DeployConfig(gpu=spec, batch=n_batch, max_context=context, dtype=dt, weights=fmt, weights_group=grp)
 
 
-def _weights(flags: Fields, section: Fields | None, pick) -> tuple[str, int]:
+def _weights(flags: Fields, section: Fields | None,
+             pick: Callable[[str, str], tuple[Fields, str] | None]) -> tuple[str, int]:
     """The weights format and scale group, each from its flag, else the deploy section. A format
     without a group (or a format flag over the file's group) takes the format's default group
     (DEFAULT_GROUPS). Errors name the flag or the file's field."""
