@@ -155,12 +155,11 @@ def _deploy(
         dt = f.data[key]
         if not isinstance(dt, str) or dt not in DTYPES:
             raise f.error(key, f"unsupported dtype; expected one of {', '.join(DTYPES)}", dt)
-    fmt, grp = _weights(flags, section, pick)
+    fmt, grp = _weights(flags, pick)
     return DeployConfig(gpu=spec, batch=n_batch, max_context=context, dtype=dt, weights=fmt, weights_group=grp)
 
 
-def _weights(flags: Fields, section: Fields | None,
-             pick: Callable[[str, str], tuple[Fields, str] | None]) -> tuple[str, int]:
+def _weights(flags: Fields, pick: Callable[[str, str], tuple[Fields, str] | None]) -> tuple[str, int]:
     """The weights format and scale group, each from its flag, else the deploy section. A format
     without a group (or a format flag over the file's group) takes the format's default group
     (DEFAULT_GROUPS). Errors name the flag or the file's field."""
