@@ -172,14 +172,17 @@ def tune(config_path: Path, *, gpu: str | None = None, batch: int | None = None,
          rounds: int = 5, min_gain: float = 0.01, archs: Sequence[str] = (), baseline: bool = False,
          out_dir: Path = Path("out"), build_only: bool = False, timer: Timer | None = None,
          log: Callable[[str], None] = lambda msg: None,
-         show: Callable[[str], None] = print) -> tuple[list[Candidate], Candidate | None, Path | None]:
+         show: Callable[[str], None] = print, weights: str | None = None,
+         weights_group: int | None = None) -> tuple[list[Candidate], Candidate | None, Path | None]:
     """What `adamk-tune` does. Returns the candidates, the winner and the output directory (both
     None with build_only). `timer` measures (default GpuTimer()); tests pass a fake one. Progress
-    goes to `log`, the table of candidates to `show`."""
+    goes to `log`, the table of candidates to `show`. `weights` / `weights_group`:
+    --weights-format / --weights-group (None: the config's)."""
     from .codegen import pipeline
     from .codegen.render import render
 
-    model, deploy = load_config(config_path, gpu=gpu, batch=batch, max_context=max_context)
+    model, deploy = load_config(config_path, gpu=gpu, batch=batch, max_context=max_context, weights=weights,
+                                weights_group=weights_group)
     if context + WARMUP_STEPS + steps >= deploy.max_context:
         raise TuneError(f"--context {context} + {WARMUP_STEPS} warm-up + --steps {steps} steps must stay below "
                         f"the KV cache's {deploy.max_context} positions (--max-context)")
@@ -194,7 +197,9 @@ def tune(config_path: Path, *, gpu: str | None = None, batch: int | None = None,
 
     log(f"{config_path}: {model.name} on {deploy.gpu.name}, batch {deploy.batch}: searching the {n} best plans")
     cands = candidates_for(model, deploy, n, baseline=baseline, context=context)
-    target = out_dir / model.name / f"{deploy.gpu.name}-bs{deploy.batch}"
+    from .cli.gen import output_dir_name
+
+    target = out_dir / model.name / output_dir_name(deploy)
     try:
         for c in cands:
             # The same build as adamk-gen's (library included), so the winner's is a cache hit.

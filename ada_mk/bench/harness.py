@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..config import load_config
-from .report import SYSTEM_WEIGHTS, Row, step_bytes, system_weights
+from .report import SYSTEM_WEIGHTS, Row, plan_step_bytes, step_bytes, system_weights
 from .spec import Spec, config_name, megakernel_build, mk_max_context, plan_gpus, round_up, window_start
 from .timing import card_meta, free, measure_bandwidth, memory_text, sync, time_windows
 
@@ -40,9 +40,10 @@ class Runner:
         self.read_gbs = 0.0
 
     # -------------------------------------------------------------------- helpers
-    def row(self, cfg: Path, model, context: int, system: str, **kw) -> Row:
-        fmt = system_weights(system)
-        b = step_bytes(model, self.spec.batch, context, fmt)
+    def row(self, cfg: Path, model, context: int, system: str, plan=None, **kw) -> Row:
+        """A row of `system`; with `plan` (the MegaKernel's), its bytes are what the plan streams."""
+        fmt = system_weights(system) if plan is None else plan.weights
+        b = step_bytes(model, self.spec.batch, context, fmt) if plan is None else plan_step_bytes(plan, context)
         return Row(config_name(cfg), self.spec.batch, context, system, bytes_per_step=b.total,
                    weight_bytes=b.weights, kv_bytes=b.kv, read_gbs=self.read_gbs,
                    layers=model.num_hidden_layers, weights=fmt, **kw)
@@ -279,12 +280,13 @@ class Runner:
             err, plan, note = "", None, ""
             for gpu in plan_gpus(s.gpu_plan, torch.cuda.get_device_name()):
                 try:
-                    plan, art = megakernel_build(cfg, gpu, s.batch, size, s.planner, s.arch)
+                    plan, art = megakernel_build(cfg, gpu, s.batch, size, s.planner, s.arch, weights=s.weights,
+                                                 weights_group=s.weights_group)
                     note = f"plan {gpu}, max_context {size}"
                     break
                 except Exception as e:  # noqa: BLE001 - e.g. not prebuilt and no nvcc here
                     err += f"{gpu} plan: {type(e).__name__}: {str(e)[:200]}; "
-            rows = [self.row(cfg, model, c, "megakernel", cache_len=size, note=note) for c in contexts]
+            rows = [self.row(cfg, model, c, "megakernel", plan=plan, cache_len=size, note=note) for c in contexts]
             try:
                 if plan is None:
                     raise RuntimeError(err or "no plan")

@@ -75,6 +75,36 @@ def step_bytes(model: ModelConfig, batch: int, context: int, weights_format: str
     return StepBytes(weights, kv, weights + kv)
 
 
+def plan_step_bytes(plan: Any, context: int) -> StepBytes:
+    """Bytes one decode step of the MegaKernel's `plan` (ada_mk.search.plan.Plan) reads at `context`:
+    each linear stage's weights as the plan streams them (LinearTiling.rows_bytes over its tiles and
+    K-splits: bf16 rows * k * 2; 8-bit packed chunks with their float32 scales and padded rows),
+    the embedding's B rows (bf16; none where a bf16 LM head reads the tied matrix), the norms and
+    biases (bf16), and the K/V that attention reads. With bf16 weights this is
+    step_bytes(model, batch, context)."""
+    from ..search.shapes import linear_shapes
+
+    model, B = plan.model, plan.batch
+    g = build_decode_graph(model, plan.deploy, context=context, batch=B, max_context=max(context, 1))
+    tied_bf16 = model.tie_word_embeddings and plan.weights == "bf16"
+    other = 0  # the embedding rows, norms and biases
+    for op in g.ops:
+        if isinstance(op, Embedding) and tied_bf16:
+            continue
+        if isinstance(op, Linear):
+            other += sum(t.nbytes for t in op.ins[2:])  # the bf16 bias
+            continue
+        other += sum(b for t, b in op.reads() if t.role == "weight")
+    linear = 0
+    for kind in linear_shapes(model):
+        t = plan.tilings[kind]
+        stage = sum(t.rows_bytes(hi - lo) for lo, hi in map(t.row_range, range(t.tiles))) * t.ksplit
+        linear += stage * (1 if kind == "lm_head" else model.num_hidden_layers)
+    kv = sum(b for op in g.ops if isinstance(op, DecodeAttention)
+             for t, b in op.reads() if t.role == "kv_cache")
+    return StepBytes(linear + other, kv, linear + other + kv)
+
+
 @dataclass
 class Row:
     """One (config, batch, context, system) measurement; `ms` is None when it was not timed."""
@@ -159,8 +189,11 @@ def markdown_table(rows: Iterable[Row]) -> str:
             notes.append(f"compile {r.compile_s:.0f} s")
         if r.note:
             notes.append(r.note.replace("|", "/"))
+        name = SYSTEM_NAMES.get(r.system, r.system)
+        if r.system == "megakernel" and r.weights != "bf16":
+            name += f", {r.weights} weights"
         lines.append(
-            f"| {r.config} | {r.batch} | {r.context} | {SYSTEM_NAMES.get(r.system, r.system)} | {_f(r.ms, '.3f')} "
+            f"| {r.config} | {r.batch} | {r.context} | {name} | {_f(r.ms, '.3f')} "
             f"| {_f(r.tokens_per_s, ',.0f')} | {_f(r.gbs, ',.0f')} | {_f(r.frac and 100 * r.frac, '.1f')} "
             f"| {_f(r.fixed_us_per_layer, '.1f')} | {speed} "
             f"| {r.bytes_per_step / 1e9:.3f} | {'; '.join(notes)} |")

@@ -33,6 +33,8 @@ class Spec:
     bw_gb: float = 4.0
     device: str = "cuda"  # "cpu": a smoke run of the orchestration (tests), no MegaKernel
     compile_backend: str | None = None  # None: inductor, mode="reduce-overhead" (tests: "aot_eager")
+    weights: str | None = None  # the MegaKernel's weights format (--weights-format); None: the config's
+    weights_group: int | None = None  # its scale group (--weights-group); None: the format's default
 
 
 def config_name(path: Path) -> str:
@@ -75,12 +77,15 @@ def plan_gpus(gpu_plan: str, device_name: str | None) -> list[str]:
 
 
 def megakernel_build(config: Path, gpu: str, batch: int, max_context: int, planner: str, arch: str,
-                     log: Callable[[str], None] | None = None) -> tuple[Any, Any]:
-    """(plan, artifacts) from the codegen API; nvcc runs only on a cache miss ($ADAMK_CACHE)."""
+                     log: Callable[[str], None] | None = None, *, weights: str | None = None,
+                     weights_group: int | None = None) -> tuple[Any, Any]:
+    """(plan, artifacts) from the codegen API; nvcc runs only on a cache miss ($ADAMK_CACHE).
+    `weights` / `weights_group`: the plan's weights format (None: the config's deploy section)."""
     from ..codegen.build import build
     from ..codegen.render import render
 
-    m, d = load_config(config, gpu=gpu, batch=batch, max_context=max_context)
+    m, d = load_config(config, gpu=gpu, batch=batch, max_context=max_context, weights=weights,
+                       weights_group=weights_group)
     if planner == "gen":  # the plan adamk-gen emits
         from ..codegen.pipeline import plan_for
 
@@ -107,5 +112,6 @@ def build_only(spec: Spec, log: Callable[[str], None]) -> None:
             for gpu in gpus:
                 t0 = time.time()
                 plan, art = megakernel_build(cfg, gpu, spec.batch, size, spec.planner, spec.arch,
-                                             log=lambda s: log("  " + s[:200]))
+                                             log=lambda s: log("  " + s[:200]), weights=spec.weights,
+                                             weights_group=spec.weights_group)
                 log(f"{plan.kernel_name} (max_context {size}): {art.fatbin} [{time.time() - t0:.1f} s]")

@@ -91,6 +91,11 @@ class BenchCommand(OneLineErrors):
 @click.option("--systems", default=",".join(DEFAULT_SYSTEMS), show_default=True,
               help=f"Comma list of the systems to time, among {', '.join(SYSTEMS)} (compile-int8 and "
                    "compile-fp8: the compile-flex decoder with 8-bit weight-only linears; opt-in).")
+@click.option("--weights-format", "weights", default=None, metavar="FORMAT",
+              help="The MegaKernel's weights format for its rows: bf16, fp8, int8 (the compile-int8/fp8"
+                   " systems keep theirs). [default: the config's deploy.weights, else bf16]")
+@click.option("--weights-group", "weights_group", type=int, default=None, metavar="N",
+              help="The MegaKernel's scale group: 0 (per row) or a multiple of 32. [default: per format]")
 @click.option("--gpu-plan", default="auto", show_default=True,
               help="The GPU the MegaKernel is planned for; auto: the card's own entry, then H100.")
 @click.option("--planner", type=click.Choice(["gen", "simple", "search"]), default="gen", show_default=True,
@@ -152,12 +157,20 @@ def spec_from_options(opts: dict[str, Any]) -> Spec:
     if (not contexts or min(contexts) < 1 or opts["batch"] < 1 or opts["steps"] < 1 or opts["windows"] < 1
             or opts["warmup"] < 0):
         raise click.UsageError("--context, --batch, --steps and --windows must be positive")
+    from ..config import ConfigError, resolve_weights
+
+    if opts.get("weights") is not None or opts.get("weights_group") is not None:
+        try:
+            resolve_weights(opts.get("weights"), opts.get("weights_group"))
+        except ConfigError as e:
+            raise click.UsageError(str(e)) from None
     return Spec(configs=[resolve_config(c) for c in _split(opts["configs"])], batch=opts["batch"],
                 contexts=contexts, steps=opts["steps"], windows=opts["windows"], warmup=opts["warmup"],
                 systems=systems, gpu_plan=opts["gpu_plan"], planner=opts["planner"], arch=opts["arch"],
                 check=not opts["no_check"], seed=opts["seed"], per_context_compile=opts["per_context_compile"],
                 coordinate_descent=not opts["no_coordinate_descent"], mk_fill=opts["mk_fill"],
-                bw_gb=opts["bw_gb"], device=opts["device"], compile_backend=opts["compile_backend"])
+                bw_gb=opts["bw_gb"], device=opts["device"], compile_backend=opts["compile_backend"],
+                weights=opts.get("weights"), weights_group=opts.get("weights_group"))
 
 
 def bench(opts: dict[str, Any], argv: list[str]) -> int:

@@ -66,6 +66,24 @@ def command(prog: str, **kwargs: Any) -> Callable[[Callable[..., Any]], click.Co
     return click.command(cls=cls, context_settings=HELP, **kwargs)
 
 
+def weights_options(what: str = "the kernel") -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """--weights-format and --weights-group (DeployConfig.weights / weights_group), passed to the
+    command as `weights` and `weights_group` (None when not given: the config's deploy section,
+    else bf16). Their values are checked by the config loader (ConfigError naming the flag)."""
+    from ..config.deploy import DEFAULT_GROUPS, WEIGHT_FORMATS
+
+    defaults = ", ".join(f"{f} {g}" for f, g in DEFAULT_GROUPS.items() if f != "bf16")
+
+    def add(f: Callable[..., Any]) -> Callable[..., Any]:
+        f = click.option("--weights-group", "weights_group", type=int, default=None, metavar="N",
+                         help="Input columns per float32 scale of 8-bit weights: 0 (one per row) or a multiple"
+                              f" of 32. [default: per format: {defaults}]")(f)
+        return click.option("--weights-format", "weights", default=None, metavar="FORMAT",
+                            help=f"How {what} streams the linear weights: {', '.join(WEIGHT_FORMATS)}"
+                                 " (docs/quantized-weights.md). [default: the config's deploy.weights, else bf16]")(f)
+    return add
+
+
 def check_arch(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> tuple[str, ...]:
     """click callback of --arch: every value one that nvcc is given flags for."""
     if not value:

@@ -20,10 +20,10 @@ from typing import Any, Callable
 
 import click
 
-from ..config import DTYPES, MAX_BATCH, ConfigError, load_config
+from ..config import DTYPES, MAX_BATCH, ConfigError, DeployConfig, load_config, weights_suffix
 from ..config.gpus import known_gpus_text
 from ..fsutil import write_atomic
-from .common import check_arch, command, fail_as, say
+from .common import check_arch, command, fail_as, say, weights_options
 
 PROG = "adamk-gen"
 log = partial(say, PROG)
@@ -51,8 +51,10 @@ def _codegen_errors() -> tuple[type[BaseException], ...]:
                    "[default: min(4096, max_position_embeddings)]")
 @click.option("--dtype", default=None, metavar="DTYPE",
               help=f"Weight/activation dtype: {', '.join(DTYPES)}. [default: bf16]")
+@weights_options()
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("out"),
-              show_default=True, help="Output root; files go to OUT/<model>/<gpu>-bs<batch>/.")
+              show_default=True, help="Output root; files go to OUT/<model>/<gpu>-bs<batch>/ "
+                                      "(8-bit weights: <gpu>-bs<batch>-<format>/).")
 @click.option("--dump-ir", is_flag=True,
               help="Print the decode-step IR to stdout and exit without writing anything.")
 @click.option("--no-build", is_flag=True,
@@ -71,13 +73,13 @@ def _codegen_errors() -> tuple[type[BaseException], ...]:
               metavar="PATH", help="With --explain: a profile.npz of this kernel from an instrumented build "
                                    "(benchmarks/profile_step.py); shows measured task times beside the predicted.")
 def main(config_path: Path, gpu: str | None, batch: int | None, max_context: int | None,
-         dtype: str | None, out_dir: Path, dump_ir: bool, no_build: bool, archs: tuple[str, ...],
+         dtype: str | None, weights: str | None, weights_group: int | None, out_dir: Path, dump_ir: bool, no_build: bool, archs: tuple[str, ...],
          debug: bool, explain: bool, profile: Path | None) -> None:
     """Generate one CUDA MegaKernel that decodes the model of --config on --gpu at --batch.
 
     Writes ir.json, plan.json and the kernel sources (<stem>.cu, <stem>.schedule.inc,
-    <stem>_host.cu, <stem>.h, where <stem> is adamk_<model>_<gpu>_bs<batch>) to
-    OUT/<model>/<gpu>-bs<batch>/, then compiles them with nvcc into <stem>.fatbin (for
+    <stem>_host.cu, <stem>.h, where <stem> is adamk_<model>_<gpu>_bs<batch>, plus _fp8 or
+    _int8 with 8-bit weights) to OUT/<model>/<gpu>-bs<batch>/, then compiles them with nvcc into <stem>.fatbin (for
     cuda-python) and lib<stem>.so (C ABI) there.
 
     \b
@@ -85,6 +87,7 @@ def main(config_path: Path, gpu: str | None, batch: int | None, max_context: int
       adamk-gen --config configs/llama3-8b.yaml                    # H100, batch 1
       adamk-gen --config configs/llama3.2-1b.yaml --gpu L20 --batch 4 --explain
       adamk-gen --config path/to/config.json --gpu H100 --no-build # sources only, no nvcc
+      adamk-gen --config configs/llama3-8b.yaml --weights-format fp8 --weights-group 128
     """
     if no_build and (archs or debug):
         fail(f"{'--arch' if archs else '--debug'} needs a build: drop --no-build")
@@ -92,7 +95,8 @@ def main(config_path: Path, gpu: str | None, batch: int | None, max_context: int
         fail("--profile needs --explain")
     try:
         generate(config_path, gpu, batch, max_context, dtype, out_dir, dump_ir=dump_ir,
-                 build=not no_build, archs=archs, debug=debug, explain=explain, profile=profile)
+                 build=not no_build, archs=archs, debug=debug, explain=explain, profile=profile,
+                 weights=weights, weights_group=weights_group)
     except ConfigError as e:
         fail(str(e))
     except OSError as e:
@@ -105,10 +109,13 @@ def main(config_path: Path, gpu: str | None, batch: int | None, max_context: int
 def generate(config_path: Path, gpu: str | None, batch: int | None, max_context: int | None,
              dtype: str | None, out_dir: Path, *, dump_ir: bool = False, build: bool = True,
              archs: tuple[str, ...] = (), debug: bool = False, explain: bool = False,
-             profile: Path | None = None, log: Callable[[str], None] = log) -> Path | None:
+             profile: Path | None = None, log: Callable[[str], None] = log, weights: str | None = None,
+             weights_group: int | None = None) -> Path | None:
     """What `adamk-gen` does; returns the output directory (None for dump_ir). Also used by
-    `python -m ada_mk.codegen.regen`, so the checked-in kernels are exactly the CLI's output."""
-    model, deploy = load_config(config_path, gpu=gpu, batch=batch, max_context=max_context, dtype=dtype)
+    `python -m ada_mk.codegen.regen`, so the checked-in kernels are exactly the CLI's output.
+    `weights` / `weights_group`: --weights-format / --weights-group (None: the config's)."""
+    model, deploy = load_config(config_path, gpu=gpu, batch=batch, max_context=max_context, dtype=dtype,
+                                weights=weights, weights_group=weights_group)
 
     # Imported here so that config errors and --help work even while the IR is being changed.
     from ..ir import build_decode_graph
@@ -120,8 +127,8 @@ def generate(config_path: Path, gpu: str | None, batch: int | None, max_context:
 
     log(f"{config_path}: {model.name} ({model.model_type}, {model.num_hidden_layers} layers, hidden {model.hidden_size}) "
         f"on {deploy.gpu.name} ({deploy.gpu.arch}), batch {deploy.batch}, "
-        f"max_context {deploy.max_context}, {deploy.dtype}")
-    target = out_dir / model.name / f"{deploy.gpu.name}-bs{deploy.batch}"
+        f"max_context {deploy.max_context}, {deploy.dtype}{weights_text(deploy)}")
+    target = out_dir / model.name / output_dir_name(deploy)
     target.mkdir(parents=True, exist_ok=True)
     ir_path = write_atomic(target / "ir.json", json.dumps(graph.to_json(), indent=1) + "\n")
     log(f"wrote {ir_path}")
@@ -143,9 +150,23 @@ def generate(config_path: Path, gpu: str | None, batch: int | None, max_context:
 
     context = getattr(graph, "context", None)
     at = f" at context {context}" if context is not None else ""
-    log(f"done: {model.name} on {deploy.gpu.name} bs{deploy.batch}: "
+    log(f"done: {model.name} on {deploy.gpu.name} bs{deploy.batch}{weights_text(deploy)}: "
         f"{graph.total_bytes() / 1e9:.3f} GB/step{at}, {graph.total_flops() / 1e9:.2f} GFLOP/step -> {target}")
     return target
+
+
+def output_dir_name(deploy: DeployConfig) -> str:
+    """The kernel's folder under OUT/<model>/: <gpu>-bs<batch>, plus -<format> for 8-bit weights
+    (-fp8, -int8g128: weights_suffix)."""
+    return f"{deploy.gpu.name}-bs{deploy.batch}" + weights_suffix(deploy.weights, deploy.weights_group).replace("_", "-")
+
+
+def weights_text(deploy: DeployConfig) -> str:
+    """', <format> weights[ group N]' for 8-bit weights, else ''."""
+    if deploy.weights == "bf16":
+        return ""
+    group = f" group {deploy.weights_group}" if deploy.weights_group else " per-row scales"
+    return f", {deploy.weights} weights{group}"
 
 
 if __name__ == "__main__":

@@ -21,10 +21,10 @@ from pathlib import Path
 import click
 import numpy as np
 
-from ..config import ConfigError, deploy_for
+from ..config import ConfigError, deploy_for, resolve_weights
 from ..config.gpus import detect_gpu
 from ..runtime.textgen import Stats, generate, kernel_backend, reference_backend
-from .common import command, fail_as, one_line, say
+from .common import command, fail_as, one_line, say, weights_options
 
 PROG = "adamk-run"
 log = partial(say, PROG)
@@ -49,6 +49,7 @@ fail = partial(fail_as, PROG)
 @click.option("--gpu", default=None, help="GPU to generate the kernel for. [default: this machine's, else H100]")
 @click.option("--max-context", type=click.IntRange(1), default=None,
               help="KV cache length of the kernel. [default: min(4096, max_position_embeddings)]")
+@weights_options()
 @click.option("--prefill", "prefill_mode", type=click.Choice(["auto", "torch", "kernel"]), default="auto",
               show_default=True, help="torch: batched PyTorch prefill (hybrid); kernel: token by token.")
 @click.option("--cpu-reference", is_flag=True, help="Run the NumPy reference executor instead of the GPU.")
@@ -56,7 +57,8 @@ fail = partial(fail_as, PROG)
 @click.option("--print-ids", is_flag=True, help="Also print the generated token ids (stderr).")
 @click.option("-v", "--verbose", is_flag=True, help="Log the build steps.")
 def main(weights_path: Path, config_path: Path | None, prompt: str, n: int, chat: bool, temperature: float,
-         top_k: int, top_p: float, seed: int | None, gpu: str | None, max_context: int | None, prefill_mode: str,
+         top_k: int, top_p: float, seed: int | None, gpu: str | None, max_context: int | None,
+         weights: str | None, weights_group: int | None, prefill_mode: str,
          cpu_reference: bool, ignore_eos: bool, print_ids: bool, verbose: bool) -> None:
     """Generate text from the checkpoint --weights with the MegaKernel, streaming it to stdout.
 
@@ -76,7 +78,8 @@ def main(weights_path: Path, config_path: Path | None, prompt: str, n: int, chat
 
     try:
         _run(weights_path, config_path, prompt, n, chat, temperature, top_k, top_p, seed, gpu, max_context,
-             prefill_mode, cpu_reference, ignore_eos, print_ids, verbose)
+             prefill_mode, cpu_reference, ignore_eos, print_ids, verbose, weights_format=weights,
+             weights_group=weights_group)
     except (CheckpointError, ConfigError, BuildError, KernelError, PlanError) as e:
         fail(one_line(str(e)) or type(e).__name__)
     except OSError as e:
@@ -85,7 +88,8 @@ def main(weights_path: Path, config_path: Path | None, prompt: str, n: int, chat
 
 def _run(weights_path: Path, config_path: Path | None, prompt: str, n: int, chat: bool, temperature: float,
          top_k: int, top_p: float, seed: int | None, gpu: str | None, max_context: int | None, prefill_mode: str,
-         cpu_reference: bool, ignore_eos: bool, print_ids: bool, verbose: bool) -> None:
+         cpu_reference: bool, ignore_eos: bool, print_ids: bool, verbose: bool, *,
+         weights_format: str | None = None, weights_group: int | None = None) -> None:
     from ..checkpoints import load_checkpoint
     from ..config import load_config
 
@@ -93,6 +97,7 @@ def _run(weights_path: Path, config_path: Path | None, prompt: str, n: int, chat
     model = base = None
     if config_path is not None:
         model, base = load_config(config_path)
+    resolve_weights(weights_format, weights_group, base=base)  # bad flags fail before the checkpoint loads
     ck = load_checkpoint(weights_path, model)
     model = ck.model
     tok = ck.tokenizer()
@@ -100,7 +105,7 @@ def _run(weights_path: Path, config_path: Path | None, prompt: str, n: int, chat
     ids = tok.encode(text)
     if not ids:
         fail("the prompt encodes to no tokens")
-    deploy = deploy_for(model, gpu, None, max_context, base)
+    deploy = deploy_for(model, gpu, None, max_context, base, weights=weights_format, weights_group=weights_group)
     if len(ids) + n > deploy.max_context:
         raise ConfigError(f"prompt ({len(ids)} tokens) + {n} new tokens exceed the KV cache "
                           f"({deploy.max_context}); raise --max-context or lower -n", field="--max-context")

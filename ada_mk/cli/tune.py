@@ -14,7 +14,7 @@ import click
 
 from ..config import MAX_BATCH, ConfigError
 from ..config.gpus import known_gpus_text
-from .common import check_arch, command, fail_as, say
+from .common import check_arch, command, fail_as, say, weights_options
 
 PROG = "adamk-tune"
 log = partial(say, PROG)
@@ -40,6 +40,7 @@ fail = partial(fail_as, PROG)
               help="Windows per candidate, taken in turns with the other candidates; the median counts.")
 @click.option("--min-gain", type=click.FloatRange(0), default=1.0, show_default=True, metavar="PCT",
               help="Keep the plan adamk-gen compiles unless another is measured at least PCT% faster.")
+@weights_options("every candidate")
 @click.option("--out-dir", type=click.Path(path_type=Path), default=Path("out"), show_default=True,
               help="Output root; the winner goes to OUT/<model>/<gpu>-bs<batch>/ as adamk-gen writes it.")
 @click.option("--arch", "archs", multiple=True, metavar="SM", callback=check_arch,
@@ -49,7 +50,8 @@ fail = partial(fail_as, PROG)
               help="Build the candidates into the build cache ($ADAMK_CACHE) and stop: for a machine "
                    "with nvcc but no GPU.")
 def main(config_path: Path, gpu: str | None, batch: int | None, max_context: int | None, context: int,
-         n: int, baseline: bool, steps: int, rounds: int, min_gain: float, out_dir: Path,
+         n: int, baseline: bool, steps: int, rounds: int, min_gain: float, weights: str | None,
+         weights_group: int | None, out_dir: Path,
          archs: tuple[str, ...], build_only: bool) -> None:
     """Build the --candidates plans the cost model predicts fastest for the model of --config on
     --gpu at --batch, time them on this machine's GPU and write the fastest, as adamk-gen would,
@@ -65,7 +67,7 @@ def main(config_path: Path, gpu: str | None, batch: int | None, max_context: int
     try:
         tune(config_path, gpu=gpu, batch=batch, max_context=max_context, n=n, context=context, steps=steps,
              rounds=rounds, min_gain=min_gain / 100, archs=archs, baseline=baseline, out_dir=out_dir,
-             build_only=build_only, log=log, show=click.echo)
+             build_only=build_only, log=log, show=click.echo, weights=weights, weights_group=weights_group)
     except (ConfigError, TuneError) as e:
         fail(str(e))
     except OSError as e:

@@ -11,6 +11,29 @@ MAX_BATCH = 8
 DTYPES = ("bf16",)
 DEFAULT_GPU = "H100"
 
+# How the linear stages' weights stream (docs/quantized-weights.md): bf16, or 8-bit codes (fp8: E4M3;
+# int8: symmetric integers) with float32 scales per row or per group of input columns.
+WEIGHT_FORMATS = ("bf16", "fp8", "int8")
+# The scale group each format takes when none is given: 0 is one scale per row (fp8), 32 is GGUF
+# Q8_0's group (int8); bf16 has no scales.
+DEFAULT_GROUPS = {"bf16": 0, "fp8": 0, "int8": 32}
+GROUP_MULTIPLE = 32  # a scale group is a whole number of the kernel's 32-column k-halves
+
+
+def weights_problem(weights: object, group: object) -> tuple[str, str] | None:
+    """(field, what was expected) when `weights` / `group` are not a valid weights format and scale
+    group (field "weights" or "weights_group"), else None."""
+    if not isinstance(weights, str) or weights not in WEIGHT_FORMATS:
+        return "weights", f"unknown weights format; expected one of {', '.join(WEIGHT_FORMATS)}"
+    if not isinstance(group, int) or isinstance(group, bool) or group < 0 or group % GROUP_MULTIPLE:
+        return "weights_group", f"must be 0 (one scale per row) or a positive multiple of {GROUP_MULTIPLE}"
+    if weights == "bf16" and group:
+        return "weights_group", "bf16 weights have no scales: the group must be 0"
+    if weights == "int8" and not group:
+        return "weights_group", (f"int8 weights need a scale group (a positive multiple of {GROUP_MULTIPLE},"
+                                 f" default {DEFAULT_GROUPS['int8']}): one scale per row loses too much precision")
+    return None
+
 
 @dataclass(frozen=True)
 class DeployConfig:
@@ -18,12 +41,50 @@ class DeployConfig:
     batch: int = 1
     max_context: int = 4096
     dtype: str = "bf16"
+    weights: str = "bf16"  # WEIGHT_FORMATS: how the linear stages' weights stream
+    weights_group: int = 0  # input columns per float32 scale (0: one per row); DEFAULT_GROUPS[weights]
+
+    def __post_init__(self) -> None:
+        bad = weights_problem(self.weights, self.weights_group)
+        if bad is not None:
+            value = self.weights if bad[0] == "weights" else self.weights_group
+            raise ConfigError(bad[1], field=f"deploy.{bad[0]}", value=value)
+
+
+def weights_suffix(weights: str, group: int) -> str:
+    """What an 8-bit format adds to the generated files' names: `_fp8`, `_int8`, with `g<group>`
+    where the group is not the format's default (`_fp8g128`); nothing for bf16."""
+    if weights == "bf16":
+        return ""
+    return f"_{weights}" + (f"g{group}" if group != DEFAULT_GROUPS[weights] else "")
+
+
+def resolve_weights(weights: str | None, group: int | None, *, base: DeployConfig | None = None,
+                    weights_field: str = "--weights-format", group_field: str = "--weights-group") -> tuple[str, int]:
+    """(format, scale group) from flags, then `base`, then the defaults (bf16; the format's default
+    group, DEFAULT_GROUPS). A group given without a format applies to base's format. A format
+    given without a group takes that format's default group. Bad values raise ConfigError
+    naming `weights_field` or `group_field`."""
+    fmt = weights if weights is not None else (base.weights if base is not None else "bf16")
+    if group is not None:
+        grp = group
+    elif weights is not None and (base is None or weights != base.weights):
+        grp = DEFAULT_GROUPS.get(fmt, 0) if isinstance(fmt, str) else 0
+    else:
+        grp = base.weights_group if base is not None else DEFAULT_GROUPS.get(fmt, 0)
+    bad = weights_problem(fmt, grp)
+    if bad is not None:
+        name, value = (weights_field, fmt) if bad[0] == "weights" else (group_field, grp)
+        raise ConfigError(bad[1], field=name, value=value)
+    return fmt, grp
 
 
 def deploy_for(model: ModelConfig, gpu: str | None, batch: int | None, max_context: int | None,
-               base: DeployConfig | None = None) -> DeployConfig:
+               base: DeployConfig | None = None, *, weights: str | None = None,
+               weights_group: int | None = None) -> DeployConfig:
     """A DeployConfig from flags, then `base` (a config file's deploy section), then defaults:
-    the GPU this machine has (else H100), batch 1, min(4096, max_position_embeddings)."""
+    the GPU this machine has (else H100), batch 1, min(4096, max_position_embeddings), bf16
+    weights (resolve_weights)."""
     if gpu is not None:
         spec = lookup_gpu(gpu)
     elif base is not None:
@@ -39,4 +100,5 @@ def deploy_for(model: ModelConfig, gpu: str | None, batch: int | None, max_conte
     if not 1 <= ctx <= model.max_position_embeddings:
         raise ConfigError(f"must be in 1..max_position_embeddings ({model.max_position_embeddings})",
                           field="--max-context", value=ctx)
-    return DeployConfig(gpu=spec, batch=batch, max_context=ctx)
+    fmt, grp = resolve_weights(weights, weights_group, base=base)
+    return DeployConfig(gpu=spec, batch=batch, max_context=ctx, weights=fmt, weights_group=grp)

@@ -30,6 +30,9 @@ Our YAML format (strict: unknown keys, missing keys and wrong types are errors):
       batch: 1                  # 1..MAX_BATCH; default 1
       max_context: 4096         # 1..max_position_embeddings; default min(4096, that)
       dtype: bf16               # one of DTYPES; default bf16
+      weights: fp8              # WEIGHT_FORMATS: bf16 | fp8 | int8; default bf16
+      weights_group: 128        # input columns per scale, 0 (per row) or a multiple of 32;
+                                # default per format (DEFAULT_GROUPS: fp8 0, int8 32)
 
 A Hugging Face `config.json` (recognised by a `.json` suffix or a top-level `model_type` /
 `architectures` key) is read leniently: fields we don't use are ignored, missing ones get the
@@ -45,11 +48,11 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from .deploy import DEFAULT_GPU, DTYPES, MAX_BATCH, DeployConfig
+from .deploy import DEFAULT_GPU, DEFAULT_GROUPS, DTYPES, MAX_BATCH, DeployConfig, weights_problem
 from .errors import ConfigError
 from .fields import Fields
 from .gpus import GpuSpec, find_gpu, known_gpus_text
@@ -101,10 +104,13 @@ def _deploy(
     batch: int | None,
     max_context: int | None,
     dtype: str | None,
+    weights: str | None = None,
+    weights_group: int | None = None,
 ) -> DeployConfig:
     """Each value from its flag if given, else the file's deploy section, else the default.
     Flag errors name the flag (`--batch`) and no file."""
-    flags = Fields({"gpu": gpu, "batch": batch, "max-context": max_context, "dtype": dtype}, "", "--", null_is_missing=True)
+    flags = Fields({"gpu": gpu, "batch": batch, "max-context": max_context, "dtype": dtype,
+                    "weights-format": weights, "weights-group": weights_group}, "", "--", null_is_missing=True)
 
     def pick(flag: str, key: str) -> tuple[Fields, str] | None:
         if flags.has(flag):
@@ -149,7 +155,31 @@ def _deploy(
         dt = f.data[key]
         if not isinstance(dt, str) or dt not in DTYPES:
             raise f.error(key, f"unsupported dtype; expected one of {', '.join(DTYPES)}", dt)
-    return DeployConfig(gpu=spec, batch=n_batch, max_context=context, dtype=dt)
+    fmt, grp = _weights(flags, pick)
+    return DeployConfig(gpu=spec, batch=n_batch, max_context=context, dtype=dt, weights=fmt, weights_group=grp)
+
+
+def _weights(flags: Fields, pick: Callable[[str, str], tuple[Fields, str] | None]) -> tuple[str, int]:
+    """The weights format and scale group, each from its flag, else the deploy section. A format
+    without a group (or a format flag over the file's group) takes the format's default group
+    (DEFAULT_GROUPS). Errors name the flag or the file's field."""
+    src_fmt = pick("weights-format", "weights")
+    src_grp = pick("weights-group", "weights_group")
+    fmt = "bf16"
+    if src_fmt is not None:
+        f, key = src_fmt
+        fmt = f.data[key]
+        bad = weights_problem(fmt, 0)
+        if bad is not None and bad[0] == "weights":
+            raise f.error(key, bad[1], fmt)
+    if src_grp is None or (src_fmt is not None and src_fmt[0] is flags and src_grp[0] is not flags):
+        return fmt, DEFAULT_GROUPS[fmt]
+    f, key = src_grp
+    grp = f.data[key]
+    bad = weights_problem(fmt, grp)
+    if bad is not None:
+        raise f.error(key, bad[1], grp)
+    return fmt, grp
 
 
 # --------------------------------------------------------------------------- entry point
@@ -162,12 +192,15 @@ def load_config(
     batch: int | None = None,
     max_context: int | None = None,
     dtype: str | None = None,
+    weights: str | None = None,
+    weights_group: int | None = None,
 ) -> tuple[ModelConfig, DeployConfig]:
     """Read a model + deployment configuration.
 
     `path` is our YAML format or an HF `config.json`. The keyword arguments (the CLI's flags)
     override the file's `deploy:` section; without either, the deployment is H100, batch 1,
-    max_context = min(4096, max_position_embeddings), bf16.
+    max_context = min(4096, max_position_embeddings), bf16 activations and bf16 weights.
+    `weights` / `weights_group` are --weights-format / --weights-group.
 
     Raises ConfigError (and nothing else) for any bad input.
     """
@@ -194,11 +227,13 @@ def load_config(
         if "deploy" in data:
             deploy_map = top.mapping("deploy")
             if deploy_map is None:
-                raise top.error("deploy", "must be a mapping (gpu, batch, max_context, dtype)", None)
+                raise top.error("deploy", "must be a mapping (gpu, batch, max_context, dtype, weights,"
+                                          " weights_group)", None)
             deploy_section = Fields(deploy_map, file, "deploy.")
-            deploy_section.reject_unknown(("gpu", "batch", "max_context", "dtype"))
+            deploy_section.reject_unknown(("gpu", "batch", "max_context", "dtype", "weights", "weights_group"))
 
-    deploy = _deploy(model, deploy_section, gpu=gpu, batch=batch, max_context=max_context, dtype=dtype)
+    deploy = _deploy(model, deploy_section, gpu=gpu, batch=batch, max_context=max_context, dtype=dtype,
+                     weights=weights, weights_group=weights_group)
 
     # We generate full attention. With a sliding window W, a query attends to keys at distance
     # < W, so the two agree exactly while max_context <= W; beyond that they would differ.

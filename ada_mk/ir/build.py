@@ -1,29 +1,45 @@
 """Build the IR graph of one decode step from a ModelConfig (+ DeployConfig)."""
 from __future__ import annotations
 
-from ..config.deploy import DeployConfig
+from ..config.deploy import DEFAULT_GROUPS, DeployConfig
 from ..config.model import ModelConfig
 from .graph import (Argmax, DecodeAttention, Embedding, Graph, KVAppend, Linear, ResidualAdd,
                     RMSNorm, Rope, SiluMul)
 
 
 def build_decode_graph(model: ModelConfig, deploy: DeployConfig | None = None, context: int = 512,
-                       *, batch: int | None = None, max_context: int | None = None) -> Graph:
+                       *, batch: int | None = None, max_context: int | None = None,
+                       weights: str | None = None, weights_group: int | None = None) -> Graph:
     """One decode step for `deploy.batch` sequences, each attending over `context` positions.
 
     `batch` / `max_context` override the deploy values (or stand in for a missing deploy, as the
     reference executor does). `max_context` only sizes the KV-cache tensors; costs use `context`.
+    The weight matrices of the linear ops (q, k, v, o, gate, up, down, the LM head) take the
+    format `weights` / `weights_group`, else deploy.weights / weights_group, else bf16: 8-bit
+    codes count a byte each plus their float32 scales. The embedding, the norms and the biases stay
+    bf16. A tied LM head shares the embedding's tensor in bf16; with 8-bit weights it streams its
+    own 8-bit copy of that matrix (docs/quantized-weights.md), the tensor `lm_head.weight`.
     """
     B = batch if batch is not None else (deploy.batch if deploy is not None else 1)
     T = max_context or (deploy.max_context if deploy is not None else max(context, 1))
     dt = deploy.dtype if deploy is not None else "bf16"
+    wfmt = weights if weights is not None else (deploy.weights if deploy is not None else "bf16")
+    if weights_group is not None:
+        wgrp = weights_group
+    elif weights is None and deploy is not None:
+        wgrp = deploy.weights_group
+    else:
+        wgrp = DEFAULT_GROUPS.get(wfmt, 0)
+    wdt = dt if wfmt == "bf16" else wfmt
     m = model
     H, I, V, d = m.hidden_size, m.intermediate_size, m.vocab_size, m.head_dim
     nh, nkv = m.num_attention_heads, m.num_key_value_heads
     assert nh % nkv == 0, "GQA needs num_attention_heads to be a multiple of num_key_value_heads"
 
-    g = Graph(model_name=m.name, batch=B, context=context, dtype=dt)
+    g = Graph(model_name=m.name, batch=B, context=context, dtype=dt, weights_format=wfmt,
+              weights_group=wgrp if wfmt != "bf16" else 0)
     W = lambda name, *shape: g.tensor(name, shape, dt, "weight")  # noqa: E731
+    WL = lambda name, *shape: g.tensor(name, shape, wdt, "weight", g.weights_group)  # noqa: E731  (a linear's matrix)
     A = lambda name, *shape: g.tensor(name, shape, dt, "activation")  # noqa: E731
 
     tokens = g.tensor("tokens", (B,), "i32", "input")
@@ -37,7 +53,7 @@ def build_decode_graph(model: ModelConfig, deploy: DeployConfig | None = None, c
 
         def linear(proj: str, x: str, n_out: int, n_in: int, bias: bool, out: str,
                    module: str) -> str:
-            ins = [x, W(f"{p}.{module}.{proj}.weight", n_out, n_in)]
+            ins = [x, WL(f"{p}.{module}.{proj}.weight", n_out, n_in)]
             if bias:
                 ins.append(W(f"{p}.{module}.{proj}.bias", n_out))
             g.add(Linear(f"{L}.{proj}", i, tuple(ins), (A(out, B, n_out),)))
@@ -79,8 +95,9 @@ def build_decode_graph(model: ModelConfig, deploy: DeployConfig | None = None, c
 
     hf = A("h_final", B, H)
     g.add(RMSNorm("final_norm", None, (h, W("model.norm.weight", H)), (hf,), eps=m.rms_norm_eps))
-    # Tied: the LM head's weight tensor IS the embedding tensor.
-    head = emb if m.tie_word_embeddings else W("lm_head.weight", V, H)
+    # Tied: the LM head's weight tensor IS the embedding tensor (bf16); 8-bit weights stream a
+    # quantized copy of it.
+    head = emb if m.tie_word_embeddings and wfmt == "bf16" else WL("lm_head.weight", V, H)
     logits = g.tensor("logits", (B, V), "f32", "output")
     g.add(Linear("lm_head", None, (hf, head), (logits,)))
     nxt = g.tensor("next_token", (B,), "i32", "output")

@@ -17,7 +17,8 @@ from typing import Any
 
 from ..config.model import RopeScaling
 
-DTYPE_BYTES = {"bf16": 2, "f16": 2, "f32": 4, "i32": 4}
+DTYPE_BYTES = {"bf16": 2, "f16": 2, "f32": 4, "i32": 4, "fp8": 1, "int8": 1}
+QUANTIZED = ("fp8", "int8")  # 8-bit weight dtypes: one byte a code, plus float32 scales (Tensor.group)
 ROLES = ("weight", "activation", "kv_cache", "input", "output")
 
 
@@ -25,16 +26,26 @@ ROLES = ("weight", "activation", "kv_cache", "input", "output")
 class Tensor:
     name: str
     shape: tuple[int, ...]
-    dtype: str  # "bf16", "f32", "i32"
+    dtype: str  # "bf16", "f32", "i32"; 8-bit weights "fp8" or "int8"
     role: str  # one of ROLES
+    group: int = 0  # 8-bit weights: input columns per float32 scale, 0 for one scale per row
 
     @property
     def numel(self) -> int:
         return prod(self.shape)
 
     @property
+    def scales(self) -> int:
+        """float32 scales of an 8-bit weight: one per row, or per `group` columns of a row."""
+        if self.dtype not in QUANTIZED:
+            return 0
+        rows, cols = prod(self.shape[:-1]), self.shape[-1]
+        return rows * (-(-cols // self.group) if self.group else 1)
+
+    @property
     def nbytes(self) -> int:
-        return self.numel * DTYPE_BYTES[self.dtype]
+        """Its bytes: the elements, and an 8-bit weight's float32 scales."""
+        return self.numel * DTYPE_BYTES[self.dtype] + 4 * self.scales
 
 
 # --------------------------------------------------------------------------------------- ops
@@ -207,11 +218,13 @@ class Graph:
     dtype: str
     tensors: dict[str, Tensor] = field(default_factory=dict)
     ops: list[Op] = field(default_factory=list)
+    weights_format: str = "bf16"  # the linear weights' format (DeployConfig.weights); the embedding stays bf16
+    weights_group: int = 0  # 8-bit: input columns per scale, 0 per row (DeployConfig.weights_group)
 
-    def tensor(self, name: str, shape: tuple[int, ...], dtype: str, role: str) -> str:
+    def tensor(self, name: str, shape: tuple[int, ...], dtype: str, role: str, group: int = 0) -> str:
         assert role in ROLES and dtype in DTYPE_BYTES, (role, dtype)
         old = self.tensors.get(name)
-        t = Tensor(name, tuple(shape), dtype, role)
+        t = Tensor(name, tuple(shape), dtype, role, group)
         assert old is None or old == t, f"tensor {name} redefined: {old} vs {t}"
         self.tensors[name] = t
         return name
@@ -264,7 +277,7 @@ class Graph:
 
         head = f"{'op':<20} {'kind':<16} {'inputs -> outputs':<52} {'MFLOP':>10} {'MB':>10}"
         lines = [f"# {self.model_name}: decode step, batch {self.batch}, context {self.context}, "
-                 f"{self.dtype}", head, "-" * len(head)]
+                 f"{self.dtype}{self.weights_note()}", head, "-" * len(head)]
         for op in self.ops:
             io = f"{shapes(op.ins)} -> {shapes(op.outs)}"
             mb = (op.bytes_read() + op.bytes_written()) / 1e6
@@ -278,11 +291,21 @@ class Graph:
             f"{(r['activation'] + r['input'] + r['output']) / 1e6:.3f} MB)")
         return "\n".join(lines)
 
+    def weights_note(self) -> str:
+        """', <format> weights (...)' for 8-bit linear weights, else ''."""
+        if self.weights_format not in QUANTIZED:
+            return ""
+        scales = f"a float32 scale per {self.weights_group} columns" if self.weights_group else "a float32 scale per row"
+        return f", {self.weights_format} linear weights ({scales}; embedding bf16)"
+
     def to_json(self) -> dict[str, Any]:
         return {
             "model": self.model_name, "batch": self.batch, "context": self.context,
             "dtype": self.dtype,
-            "tensors": [dict(name=t.name, shape=list(t.shape), dtype=t.dtype, role=t.role)
+            **({"weights": self.weights_format, "weights_group": self.weights_group}
+               if self.weights_format in QUANTIZED else {}),
+            "tensors": [dict(name=t.name, shape=list(t.shape), dtype=t.dtype, role=t.role,
+                             **({"group": t.group} if t.dtype in QUANTIZED else {}))
                         for t in self.tensors.values()],
             "ops": [dict(name=op.name, kind=op.kind, layer=op.layer, inputs=list(op.inputs),
                          outputs=list(op.outputs), attrs=op.attrs(), flops=op.flops(),

@@ -8,7 +8,7 @@ from __future__ import annotations
 from ..config import DeployConfig, ModelConfig
 from .errors import PlanError
 from .kernel_rules import batched_multiply, decide_kernel_features, tiled_weights
-from .plan import THREADS, LinearTiling, Plan, Run, compress_runs, fitting_wpr
+from .plan import THREADS, LinearTiling, Plan, Run, column_block, compress_runs, fitting_wpr
 from .shapes import linear_shapes, valid_splits
 
 TASK_OVERHEAD_S = 0.6e-6  # dependency wait, activation staging and signal per task (estimate)
@@ -17,25 +17,32 @@ MAX_STAGES = 8
 
 def stage_target(deploy: DeployConfig) -> int:
     """Bytes of one stream-ring slot: large enough to amortise a barrier, small enough that
-    several fit beside the activation chunk (Ada has 99 KB a block, Hopper 227 KB)."""
-    return 32 * 1024 if deploy.gpu.smem_per_block >= 160 * 1024 else 16 * 1024
+    several fit beside the activation chunk (Ada has 99 KB a block, Hopper 227 KB). 8-bit weights
+    take half: chunks of the shape bf16's would have (rows by columns), at a byte a weight."""
+    target = 32 * 1024 if deploy.gpu.smem_per_block >= 160 * 1024 else 16 * 1024
+    return target // 2 if deploy.weights != "bf16" else target
 
 
 def choose_tiling(kind: str, n: int, k: int, deploy: DeployConfig, max_kc: int) -> LinearTiling:
     """Smallest K-split whose chunk fits `max_kc`, fewest warps per row whose chunk fits the
-    stage target, then the rows per task that minimise the stage's predicted makespan."""
+    stage target, then the rows per task that minimise the stage's predicted makespan. The
+    tiling streams deploy.weights (K-chunks of whole column blocks of that format)."""
     gpu = deploy.gpu
     target = stage_target(deploy)
     several = batched_multiply(deploy.batch)
     tiled = tiled_weights(deploy)
-    splits = valid_splits(kind, k)
+    fmt = {"weights": deploy.weights, "group": deploy.weights_group}
+    splits = valid_splits(kind, k, block=column_block(**fmt))
+    if not splits:
+        raise PlanError(f"the {kind} stage's K={k} is no whole {column_block(**fmt)}-column blocks of"
+                        f" {deploy.weights} weights with scale group {deploy.weights_group}")
     best = None
     for s in splits:
         kc = k // s
         if kc > max_kc and s != splits[-1]:
             continue
-        wpr = fitting_wpr(n, k, s, several, target)
-        probe = LinearTiling(n, k, 1, s, wpr, several)
+        wpr = fitting_wpr(n, k, s, several, target, **fmt)
+        probe = LinearTiling(n, k, 1, s, wpr, several, **fmt)
         if probe.chunk_bytes > target and s != splits[-1]:
             continue
         chunk_rows = probe.chunk_rows
@@ -44,9 +51,9 @@ def choose_tiling(kind: str, n: int, k: int, deploy: DeployConfig, max_kc: int) 
             rows = chunk_rows * chunks
             if rows > max(chunk_rows, n):
                 break
-            t = LinearTiling(n, k, rows, s, wpr, several, tiled)
+            t = LinearTiling(n, k, rows, s, wpr, several, tiled, **fmt)
             rounds = -(-t.tasks // gpu.sms)
-            cost = rounds * (rows * kc * 2 / bw_per_sm + TASK_OVERHEAD_S)
+            cost = rounds * (t.rows_bytes(rows) / bw_per_sm + TASK_OVERHEAD_S)
             if best is None or cost < best[0] - 1e-12:
                 best = (cost, t)
         break

@@ -142,9 +142,11 @@ class CostModel:
             chunk = t.chunk_bytes
             in_flight = max(1, S - 1) * chunk
             bw = min(self.share, in_flight / c.mem_latency_s)
-            if plan.batched:  # shared-memory bound: the chunk written once, read once, and the
-                # activations of its columns read once per chunk (batched multiply, adamk/linear.cuh)
-                per_chunk = c.chunk_overhead_s + (4 * t.chunk_rows + 2 * B) * t.chunk_cols / c.smem_bw_per_sm
+            if plan.batched:  # shared-memory bound: the chunk written once, read once (elem_bytes a
+                # weight), and the activations of its columns read once per chunk (batched multiply,
+                # adamk/linear.cuh)
+                per_chunk = (c.chunk_overhead_s
+                             + (2 * t.elem_bytes * t.chunk_rows + 2 * B) * t.chunk_cols / c.smem_bw_per_sm)
             else:
                 per_chunk = c.chunk_overhead_s + t.chunk_rows * t.kc * (1 + 2 * B) / c.alu_rate_per_sm
             overhead = c.task_overhead_s
@@ -159,8 +161,8 @@ class CostModel:
                 last=per_chunk,
                 ksplit=t.ksplit,
                 tiles=t.tiles,
-                wt=t.rows * t.kc * 2 / bw,
-                wt_last=(t.n - (t.tiles - 1) * t.rows) * t.kc * 2 / bw,
+                wt=t.rows_bytes(t.rows) / bw,
+                wt_last=t.rows_bytes(t.n - (t.tiles - 1) * t.rows) / bw,
             )
         m = plan.model
         iters = -(-self.dag.kv_positions() // 8)

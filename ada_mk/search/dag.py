@@ -138,7 +138,7 @@ class Dag:
     def weight_bytes(self, kind: str, idx: int) -> int:
         if kind not in LINEAR_KINDS:
             return 0
-        return self.rows_of(kind, idx) * self.plan.tilings[kind].kc * 2
+        return self.plan.tilings[kind].rows_bytes(self.rows_of(kind, idx))
 
     def staging_bytes(self, kind: str, layer: int) -> int:
         """Bytes read from global memory (mostly L2) to build the input chunk of a task."""

@@ -59,6 +59,16 @@ def compare_lines(sim: SimResult, measured: Measured) -> list[str]:
     return lines
 
 
+def weights_text(plan: Plan) -> str:
+    """The format the plan's linear stages stream their weights in, in words (deploy.weights)."""
+    fmt, group = plan.weights, plan.weights_group
+    if fmt == "bf16":
+        return "bf16"
+    code = {"fp8": "FP8 E4M3 codes", "int8": "int8 codes"}[fmt]
+    scales = f"a float32 scale per {group} columns of a row" if group else "a float32 scale per row"
+    return f"{fmt} ({code}, {scales}; the embedding stays bf16)"
+
+
 def feature_lines(plan: Plan) -> list[str]:
     """The plan's kernel features (its fields that switch the kernel's code paths), each with what
     it does; ada_mk/search/kernel_rules.py decides them."""
@@ -97,6 +107,7 @@ def report(plan: Plan, sim: SimResult | None = None, *, claim=None, measured: Me
              f"predicted step: {_us(sim.predicted_s)} (schedule {_us(sim.makespan)} + launch {_us(sim.launch_s)})"]
     wbytes = sum(v["weight_bytes"] for v in totals.values())
     floor = wbytes / d.gpu.read_bandwidth
+    lines.append(f"weights: {weights_text(plan)}")
     lines.append(f"weights read: {wbytes / 1e9:.3f} GB; floor bytes / read bandwidth {_us(floor)}"
                  f" ({100 * floor / sim.predicted_s:.0f}% of the prediction)")
     lines.append(f"cost model: {sim.constants.source}")

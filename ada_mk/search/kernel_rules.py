@@ -42,9 +42,11 @@ def tiled_weights(deploy: DeployConfig) -> bool:
     """LinearTiling.tiled: whether the linear stages' weights are packed chunk by chunk, each laid
     out as its ring slot. One bulk copy fills a slot only from contiguous bytes, and a chunk of the
     batched multiply (16 rows by a block of columns) is not contiguous in a row-major matrix; so
-    exactly where bulk copies fill the batched multiply's ring (the kernel's TILED_WEIGHTS =
-    BATCHED && BULK_RING, adamk/tasks.cuh)."""
-    return batched_multiply(deploy.batch) and bulk_ring(deploy.gpu)
+    where bulk copies fill the batched multiply's ring (the kernel's TILED_WEIGHTS, adamk/tasks.cuh).
+    8-bit weights (deploy.weights fp8 or int8) are always tiled, at any batch and on any GPU: a
+    chunk carries its codes and then its scales, which only a packed chunk keeps together
+    (docs/quantized-weights.md, "The packed chunk")."""
+    return (batched_multiply(deploy.batch) and bulk_ring(deploy.gpu)) or deploy.weights != "bf16"
 
 
 def kv_ring_fit(model: ModelConfig, stage_bytes: int) -> int:

@@ -21,6 +21,7 @@ import math
 from dataclasses import KW_ONLY, asdict, dataclass, field
 
 from ..config import DeployConfig, ModelConfig
+from ..config.deploy import WEIGHT_FORMATS, weights_suffix  # noqa: F401  (WEIGHT_FORMATS: re-exported)
 
 THREADS = 256
 WARPS = THREADS // 32
@@ -28,8 +29,6 @@ WARPS = THREADS // 32
 # The fused linear stages of one layer, in execution order, and the LM head.
 LINEAR_KINDS = ("qkv", "o", "gate_up", "down", "lm_head")
 KIND_IDS = {"qkv": 0, "attn": 1, "o": 2, "gate_up": 3, "down": 4, "lm_head": 5, "argmax": 6}
-
-WEIGHT_FORMATS = ("bf16", "fp8", "int8")  # how a linear stage's weights stream (LinearTiling.weights)
 
 BATCHED_CHUNK_ROWS = 16  # rows of a batched multiply's chunk: the MMA's M (adamk/mma.cuh, TileDot)
 
@@ -55,7 +54,8 @@ class LinearTiling:
     `warps_per_row` cuts a row group's columns into that many chunks (`kparts`). `tiled`: the
     packed weights hold the batched multiply's chunks one after the other, each laid out as its
     ring slot (kernel_rules.tiled_weights: where bulk copies fill the batched multiply's ring,
-    Plan.bulk_ring, one copy a chunk; see ada_mk.search.layout.Segment.tiling).
+    Plan.bulk_ring, one copy a chunk, and always with 8-bit weights; see
+    ada_mk.search.layout.Segment.tiling).
 
     `weights` is the format the stage's weights stream in (WEIGHT_FORMATS): bf16, or 8-bit codes
     (fp8: E4M3; int8: symmetric integers) with float32 scales, one per row (`group` 0) or per
@@ -148,6 +148,14 @@ class LinearTiling:
         """Bytes one task streams: its chunks (weights, and scales with 8-bit weights)."""
         return self.chunks * self.chunk_bytes
 
+    def rows_bytes(self, rows: int) -> int:
+        """Bytes a task streams for `rows` of its output rows (a tile's rows; the last tile may have
+        fewer): bf16, rows * kc * 2; 8-bit, the packed chunks holding those rows (whole chunks of
+        chunk_rows rows, zero-padded, codes and scales: chunk_bytes). task_bytes for a whole tile."""
+        if not self.quantized:
+            return rows * self.kc * 2
+        return -(-rows // self.chunk_rows) * self.kparts * self.chunk_bytes
+
     @property
     def stage_bytes(self) -> int:
         """Ring slot bytes one chunk needs: the chunk itself. (The batched multiply's 8-row loads
@@ -177,14 +185,28 @@ class LinearTiling:
         return tile * self.rows, min((tile + 1) * self.rows, self.n)
 
 
-def fitting_wpr(n: int, k: int, ksplit: int, batched: bool, target: int) -> int:
-    """The fewest warps per row whose chunk of an (n x k, K-split `ksplit`) stage brings at most
-    `target` bytes and cuts its columns into whole blocks (8 if none does)."""
+def fitting_wpr(n: int, k: int, ksplit: int, batched: bool, target: int, *, weights: str = "bf16",
+                group: int = 0) -> int:
+    """The fewest warps per row whose chunk of an (n x k, K-split `ksplit`) stage in `weights`
+    (scale group `group`) brings at most `target` bytes and cuts its columns into whole blocks
+    (LinearTiling.whole_column_blocks). If none fits: 8 with bf16 weights; with 8-bit weights the
+    most warps per row that cut whole blocks (1 when none does)."""
+    whole = []
     for wpr in (1, 2, 4, 8):
-        t = LinearTiling(n, k, 1, ksplit, wpr, batched)
-        if t.chunk_bytes <= target and t.whole_column_blocks:
-            return wpr
-    return 8
+        t = LinearTiling(n, k, 1, ksplit, wpr, batched, weights=weights, group=group)
+        if t.whole_column_blocks:
+            if t.chunk_bytes <= target:
+                return wpr
+            whole.append(wpr)
+    if weights == "bf16":
+        return 8
+    return whole[-1] if whole else 1
+
+
+def column_block(weights: str, group: int) -> int:
+    """The columns a K-chunk of a stage in `weights` (scale group `group`) is a multiple of:
+    LinearTiling.column_block (8 for bf16; lcm(64, group) for 8-bit)."""
+    return LinearTiling(1, 1, 1, 1, 1, weights=weights, group=group).column_block
 
 
 @dataclass(frozen=True)
@@ -246,6 +268,16 @@ class Plan:
     @property
     def batch(self) -> int:
         return self.deploy.batch
+
+    @property
+    def weights(self) -> str:
+        """The format the linear stages' weights stream in (DeployConfig.weights, WEIGHT_FORMATS)."""
+        return self.deploy.weights
+
+    @property
+    def weights_group(self) -> int:
+        """Input columns per float32 scale of 8-bit weights, 0 for one per row (DeployConfig)."""
+        return self.deploy.weights_group
 
     @property
     def x_bytes(self) -> int:
@@ -350,7 +382,10 @@ class Plan:
                 "tasks_per_sm": [sum(r.count for r in sm) for sm in self.schedule]}
 
     def to_json(self) -> dict:
-        """The plan as plan.json has it: every decision (the notes are commentary)."""
+        """The plan as plan.json has it: every decision (the notes are commentary). 8-bit plans
+        name their weights format and scale group at the top ("weights", "weights_group"); a bf16
+        plan's document has neither key, so bf16 plans keep their plan.json and hash (every
+        tiling records its format either way)."""
         undecided = [name for name in KERNEL_FEATURES if getattr(self, name) is None]
         if undecided:
             raise ValueError(f"plan with undecided kernel features {undecided}: "
@@ -362,6 +397,7 @@ class Plan:
             "batch": self.batch,
             "max_context": self.deploy.max_context,
             "dtype": self.deploy.dtype,
+            **({"weights": self.weights, "weights_group": self.weights_group} if self.weights != "bf16" else {}),
             "sms": self.sms,
             "threads": self.threads,
             "strategy": self.strategy,
@@ -383,10 +419,12 @@ class Plan:
 
     @property
     def file_stem(self) -> str:
-        """The generated files' name, stable per (model, GPU, batch): a changed plan reads as a
-        modification of the same files. CUTLASS-style: named by its parameters."""
+        """The generated files' name, stable per (model, GPU, batch, weights format): a changed
+        plan reads as a modification of the same files. CUTLASS-style: named by its parameters;
+        8-bit plans end in their format (config.deploy.weights_suffix: `_fp8`, `_int8g128`)."""
         safe = self.model.name.replace(".", "_").replace("-", "_")
-        return f"adamk_{safe}_{self.deploy.gpu.name.lower()}_bs{self.batch}"
+        suffix = weights_suffix(self.weights, self.weights_group)
+        return f"adamk_{safe}_{self.deploy.gpu.name.lower()}_bs{self.batch}{suffix}"
 
     @property
     def kernel_name(self) -> str:

@@ -18,7 +18,7 @@ from .cost import CostConstants, CostModel, constants_for, simulate
 from .dag import Dag
 from .errors import PlanError
 from .kernel_rules import batched_multiply, decide_kernel_features, tiled_weights
-from .plan import LINEAR_KINDS, THREADS, LinearTiling, Plan, compress_runs, fitting_wpr
+from .plan import LINEAR_KINDS, THREADS, LinearTiling, Plan, column_block, compress_runs, fitting_wpr
 from .scheduling import Progress, list_schedule
 from .shapes import linear_shapes, tiling_ok, valid_splits
 from .smem import required_stage_bytes
@@ -59,6 +59,13 @@ class Searcher:
         self.budget: float | None = None  # with a time budget: least shared memory meeting it
         self.shapes = linear_shapes(model)
         self.batched = batched_multiply(deploy.batch)
+        self.weights, self.group = deploy.weights, deploy.weights_group
+        self.block = column_block(self.weights, self.group)
+        for kind, (_, k) in self.shapes.items():
+            if not self.splits(kind, k):
+                raise PlanError(f"{model.name}: the {kind} stage's K={k} is no whole {self.block}-column blocks of"
+                                f" {self.weights} weights with scale group {self.group}"
+                                f" ({'another --weights-group' if self.group else 'not streamable in 8 bits'})")
         self._cache: dict = {}
         self._head: dict = {}
         self._stages: dict = {}  # StageTasks shared by the candidates' Dags
@@ -121,9 +128,15 @@ class Searcher:
         return out, plan
 
     # -- candidate tilings ---------------------------------------------------------------------
+    def splits(self, kind: str, k: int) -> list[int]:
+        """The K-splits the search may take for a stage: those that cut K into whole column blocks
+        of the plan's weights format (only 1, where K-split is off)."""
+        splits = valid_splits(kind, k, block=self.block)
+        return splits if self.allow_ksplit else [s for s in splits if s == 1]
+
     def options(self, kind: str) -> list[LinearTiling]:
         n, k = self.shapes[kind]
-        splits = valid_splits(kind, k) if self.allow_ksplit else [1]
+        splits = self.splits(kind, k)
         out = []
         for s in splits:
             for wpr in (1, 2, 4, 8):
@@ -138,7 +151,8 @@ class Searcher:
         return out
 
     def tiling(self, n: int, k: int, rows: int, ksplit: int, warps_per_row: int) -> LinearTiling:
-        return LinearTiling(n, k, rows, ksplit, warps_per_row, self.batched, tiled_weights(self.deploy))
+        return LinearTiling(n, k, rows, ksplit, warps_per_row, self.batched, tiled_weights(self.deploy),
+                            self.weights, self.group)
 
     def initial(self, stage_target: int) -> dict:
         """Per kind: the smallest K-split whose chunk fits beside the hidden-size activation
@@ -149,10 +163,18 @@ class Searcher:
         tilings = {}
         share = gpu.read_bandwidth / gpu.sms
         for kind, (n, k) in self.shapes.items():
-            splits = valid_splits(kind, k) if self.allow_ksplit else [1]
+            splits = self.splits(kind, k)
             s = next((x for x in splits if k // x <= H), splits[-1])
-            kc = k // s
-            wpr = fitting_wpr(n, k, s, self.batched, stage_target)
+            wpr = fitting_wpr(n, k, s, self.batched, stage_target, weights=self.weights, group=self.group)
+            if self.weights != "bf16" and self.tiling(n, k, 1, s, wpr).chunk_bytes > stage_target:
+                # 8-bit chunks are whole 64-column blocks, so a K-chunk of an odd number of blocks
+                # has no finer cut (a chunk of 16 rows x 37 blocks is 37 KB): the next K-split whose
+                # chunk fits the target, if one does
+                for s2 in splits[splits.index(s) + 1:]:
+                    w2 = fitting_wpr(n, k, s2, self.batched, stage_target, weights=self.weights, group=self.group)
+                    if self.tiling(n, k, 1, s2, w2).chunk_bytes <= stage_target:
+                        s, wpr = s2, w2
+                        break
             cr = self.tiling(n, k, 1, s, wpr).chunk_rows
             best = None
             for c in CHUNK_COUNTS:
@@ -161,7 +183,7 @@ class Searcher:
                     break
                 t = self.tiling(n, k, rows, s, wpr)
                 rounds = -(-t.tasks // gpu.sms)
-                est = rounds * (rows * kc * 2 / share + self.constants.task_overhead_s + self.constants.stage_fixed_s)
+                est = rounds * (t.rows_bytes(rows) / share + self.constants.task_overhead_s + self.constants.stage_fixed_s)
                 if best is None or est < best[0] * (1 - 1e-9):
                     best = (est, t)
             tilings[kind] = best[1]
@@ -172,7 +194,7 @@ class Searcher:
         rows rounded up to whole chunks: the global move that changes the ring slot size."""
         out = {}
         for kind, t in tilings.items():
-            wpr = fitting_wpr(t.n, t.k, t.ksplit, self.batched, target)
+            wpr = fitting_wpr(t.n, t.k, t.ksplit, self.batched, target, weights=self.weights, group=self.group)
             cr = dataclasses.replace(t, warps_per_row=wpr).chunk_rows
             out[kind] = dataclasses.replace(t, warps_per_row=wpr, rows=-(-t.rows // cr) * cr)
         return out
@@ -200,7 +222,7 @@ class Searcher:
                 rows = max(cr2, round(t.rows / cr2) * cr2)
                 out.append(dataclasses.replace(t, rows=rows, warps_per_row=wpr))
         if self.allow_ksplit and kind != "lm_head":
-            splits = valid_splits(kind, k)
+            splits = self.splits(kind, k)
             i = splits.index(t.ksplit)
             for j in (i - 1, i + 1):
                 if 0 <= j < len(splits):

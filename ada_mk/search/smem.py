@@ -9,7 +9,8 @@ A linear task of stage kind `k` is cut in three dimensions:
 
 The block holds, at once:
 
-  ring   d * stage_bytes, stage_bytes = max over kinds of r * chunk columns * 2   (the weight
+  ring   d * stage_bytes, stage_bytes = max over kinds of r * chunk columns * 2 (bf16; 8-bit
+         weights: r * chunk columns + 4 * r * scales a row, 16-aligned: LinearTiling.chunk_bytes) (the weight
          pipeline: the current task's chunks and the prefetch of the next tasks' weights share it),
   x      B * max x_row * 2    (the staged bf16 activation chunk; x_row = kc, plus 32 elements of
          padding per sequence with the batched multiply: LinearTiling.x_row),
@@ -41,10 +42,12 @@ class StageSmem:
     chunk_rows: int
     kc: int
     stages: int
-    chunk_bytes: int  # one ring slot as this stage fills it: chunk_rows * kc * 2
+    chunk_bytes: int  # one ring slot as this stage fills it (LinearTiling.chunk_bytes: 8-bit scales included)
     ring: int  # stages * chunk_bytes: this stage's own pipeline
     x: int  # B * x_row * 2
     red: int  # LinearTiling.red_floats(B) * 4
+    chunk_cols: int = 0  # columns of one chunk (LinearTiling.chunk_cols)
+    weights: str = "bf16"  # the stage's weights format (LinearTiling.weights)
 
     @property
     def total(self) -> int:
@@ -54,7 +57,7 @@ class StageSmem:
 def stage_smem(t: LinearTiling, kind: str, stages: int, batch: int) -> StageSmem:
     chunk = t.stage_bytes
     return StageSmem(kind, t.chunk_rows, t.kc, stages, chunk, stages * chunk, batch * t.x_row * 2,
-                     t.red_floats(batch) * 4)
+                     t.red_floats(batch) * 4, t.chunk_cols, t.weights)
 
 
 @dataclass(frozen=True)
@@ -126,7 +129,8 @@ def describe(rep: SmemReport) -> list[str]:
     for k in LINEAR_KINDS:
         s = rep.per_stage.get(k)
         if s is not None:
-            lines.append(f"  {k:8s} chunk {s.chunk_rows} rows x {s.chunk_bytes // (2 * s.chunk_rows)} of kc {s.kc}"
+            fmt = "" if s.weights == "bf16" else f" {s.weights} (scales included)"
+            lines.append(f"  {k:8s} chunk {s.chunk_rows} rows x {s.chunk_cols} of kc {s.kc}{fmt}"
                          f" = {s.chunk_bytes} B/slot,"
                          f" own ring {s.ring} B, x {s.x} B, red {s.red} B")
     return lines

@@ -7,7 +7,8 @@ Checked:
   * shared memory: the ring slot holds every stage's chunk, at least 2 slots, the block's total
     within the GPU's per-block limit;
   * kernel features (kernel_rules): each recorded value one the kernel can run with this plan
-    (bulk copies only on a GPU that has them, weights tiled as the kernel reads them, K/V rows
+    (bulk copies only on a GPU that has them, weights tiled as the kernel reads them, each stage in
+    the deployment's weights format, 8-bit stages tiled in whole column blocks, K/V rows
     through the ring only where a slot holds them and the split fits the slots, K/V pieces only in
     the space they borrow, polled attention combines only on a schedule that allows them);
   * the schedule: one list per SM, well-formed runs, every task of the step exactly once (each
@@ -27,7 +28,7 @@ from .cost import CostModel, Deadlock, simulate
 from .dag import Dag
 from .deps import task_signal
 from .errors import PlanError
-from .kernel_rules import schedule_allows_polling
+from .kernel_rules import schedule_allows_polling, tiled_weights
 from .plan import KERNEL_FEATURES, KIND_IDS, LINEAR_KINDS, THREADS, WARPS, Plan, Task
 from .shapes import linear_shapes, tiling_ok
 from .smem import required_stage_bytes
@@ -82,9 +83,19 @@ def _check_features(plan: Plan) -> None:
         if t.batched != plan.batched:
             raise PlanError(f"{kind}: tiling batched={t.batched}, but batch {plan.batch} "
                             f"{'multiplies' if plan.batched else 'does not multiply'} sequences together")
-        if t.tiled != (plan.batched and plan.bulk_ring):
+        if (t.weights, t.group) != (plan.weights, plan.weights_group):
+            raise PlanError(f"{kind}: tiling streams {t.weights} weights with scale group {t.group}; the deployment's"
+                            f" are {plan.weights} with group {plan.weights_group} (deploy.weights, weights_group)")
+        if t.quantized and not t.tiled:
+            raise PlanError(f"{kind}: {t.weights} weights not tiled; 8-bit weights are always tiled (each chunk"
+                            f" carries its codes and scales, docs/quantized-weights.md)")
+        if t.quantized and not t.whole_column_blocks:
+            raise PlanError(f"{kind}: {t.weights} chunks of {t.chunk_cols} columns (K-chunk {t.kc}) are not whole"
+                            f" {t.column_block}-column blocks")
+        if t.tiled != tiled_weights(plan.deploy):
             raise PlanError(f"{kind}: weights {'tiled' if t.tiled else 'not tiled'}; the kernel reads them tiled"
-                            f" exactly where bulk copies fill the batched multiply's ring (Plan.bulk_ring)")
+                            f" exactly where bulk copies fill the batched multiply's ring (Plan.bulk_ring)"
+                            f" or the weights are 8-bit")
     p, slots = plan.kv_ring_positions, plan.kv_ring_slots
     if plan.kv_ring:
         if not plan.bulk_ring:
