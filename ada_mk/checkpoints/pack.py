@@ -11,7 +11,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from ..search.layout import Region, Segment
+from ..search.layout import Region, Segment, quantized_from_json
 
 class _WeightsLayout:
     """Just enough of a Layout for pack_weights: the weights region."""
@@ -25,9 +25,11 @@ def weights_layout_from_json(doc: Mapping[str, Any]) -> _WeightsLayout:
     r = doc["layout"]["weights"]
 
     def segs(d: Mapping[str, Any]) -> dict[str, Segment]:
-        # v[4], the interleave flag, and v[5], the tiling, are absent from layouts written before they existed
+        # v[4], the interleave flag, and v[5], the tiling, are absent from layouts written before they
+        # existed; v[6], an 8-bit segment's chunking, is present only on 8-bit segments
         return {k: Segment(k, int(v[0]), int(v[1]), tuple(v[2]), tuple(v[3]), len(v) > 4 and bool(v[4]),
-                           tuple(int(x) for x in v[5]) if len(v) > 5 else ())
+                           tuple(int(x) for x in v[5]) if len(v) > 5 else (),
+                           quantized_from_json(v[6], f"weights segment {k!r}") if len(v) > 6 else None)
                 for k, v in d.items()}
 
     region = Region(int(r["unit_bytes"]), segs(r["globals"]), segs(r["per_layer"]), int(r["layer_base"]),
