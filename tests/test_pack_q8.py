@@ -309,3 +309,31 @@ def test_bf16_layouts_unchanged():
             for v in lay.to_json()["weights"][r].values():
                 assert len(v) == 6
         assert all(s.linear is None for s in {**lay.weights.globals_, **lay.weights.per_layer}.values())
+
+
+@pytest.mark.parametrize("case", ["int8-g32-batched", "fp8-row-rows"])
+def test_torch_prefill_over_8bit_weights_matches_hf_on_the_dequantized_weights(case):
+    """The torch prefill reads the 8-bit segments of the packed buffer (dequantize_packed_torch)
+    and computes what HF computes with dequantized_weights loaded (its LM head untied)."""
+    from ada_mk.runtime.hybrid import torch_prefill
+    from ada_mk.runtime.weights import pack_weights_torch
+    from tests.hf_util import hf_logits, hf_weights, random_hf_model
+
+    batch, fmt, group, cuts = CASES[case]
+    plan = q8_plan(batch, fmt, group, cuts)
+    lay = make_layout(plan)
+    m = plan.model
+    hf = random_hf_model(m, seed=int(np.random.default_rng().integers(1 << 30)))
+    w = hf_weights(hf)
+    dq = dequantized_weights(lay, {k: torch.from_numpy(v) for k, v in w.items()})
+    with torch.no_grad():
+        for name, p in hf.named_parameters():
+            if name in dq and name != "lm_head.weight":
+                p.copy_(dq[name])
+        hf.lm_head.weight = torch.nn.Parameter(dq["lm_head.weight"].clone())
+        hf.config.tie_word_embeddings = False
+    buf = pack_weights_torch(lay, {k: torch.from_numpy(v) for k, v in w.items()})
+    ids = np.random.default_rng().integers(0, m.vocab_size, size=(1, 9))
+    got = torch_prefill(m, lay.weights, buf, torch.from_numpy(ids)).numpy()[0]
+    want = hf_logits(hf, ids[0])[-1]
+    assert np.abs(got - want).max() <= 0.05 * np.abs(want).max(), (np.abs(got - want).max(), np.abs(want).max())
