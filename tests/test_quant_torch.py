@@ -89,3 +89,14 @@ def test_quantized_tensor_round_trips_and_regroups():
         quantize_fp8_torch(torch.tensor([[1.0, float("nan")]]))
     with pytest.raises(ValueError, match="group 48 does not divide K = 64"):
         quantize_int8_torch(torch.zeros(2, 64), 48)
+
+
+def test_row_blocks_change_nothing(monkeypatch):
+    """Quantizing a few rows at a time (the GPU's memory bound) gives the same codes and scales."""
+    from ada_mk.quant import torch_quant
+
+    rng = np.random.default_rng()
+    w = weights(rng, 45, 128)
+    monkeypatch.setattr(torch_quant, "ROW_BLOCK_ELEMENTS", 128 * 7)  # 7 rows a block
+    same(quantize_fp8_torch(torch.from_numpy(w)), quantize_fp8(w))
+    same(quantize_int8_torch(torch.from_numpy(w), 32), quantize_int8(w, 32))

@@ -112,34 +112,56 @@ def _scaled(wg: Any, qmax: float) -> tuple[Any, Any]:
     return scales, wg / safe[:, :, None]
 
 
+ROW_BLOCK_ELEMENTS = 1 << 26  # elements quantized at once: bounds the float32 temporaries on the GPU
+
+
 def encode_e4m3_torch(x: Any) -> Any:
     """E4M3 bit patterns (uint8) of float32 values, exactly as ada_mk.quant.encode_e4m3 (round to
-    nearest even, saturating at +-448, NaN to 0x7F with its sign), in int64 arithmetic on the
-    float32 bits."""
+    nearest even, saturating at +-448, NaN to 0x7F with its sign), in int32 arithmetic on the
+    float32 bits (every intermediate that is selected stays within int32)."""
     import torch
 
     x = x.to(torch.float32)
     x = torch.where(torch.isnan(x), x, x.clamp(-E4M3_MAX, E4M3_MAX))
-    bits = x.view(torch.int32).to(torch.int64) & 0xFFFFFFFF
-    sign = bits & 0x80000000
-    mag = bits ^ sign
-    magf = mag.to(torch.int32).view(torch.float32)
+    bits = x.view(torch.int32)
+    negative = bits < 0
+    mag = bits & 0x7FFFFFFF
     # subnormal range: a float32 add of 2**14 rounds |x| to a multiple of 2**-9 (RNE)
-    sub = ((magf + 2.0 ** 14).view(torch.int32).to(torch.int64) - (141 << 23)) & 0xFFFFFFFF
+    out = (mag.view(torch.float32) + 2.0 ** 14).view(torch.int32) - (141 << 23)
     # normal range: rebias the exponent 127 -> 7 and round the mantissa to 3 bits (RNE)
-    odd = (mag >> 20) & 1
-    norm = ((mag + (((7 - 127) << 23) & 0xFFFFFFFF) + 0x7FFFF + odd) & 0xFFFFFFFF) >> 20
-    out = torch.where(mag < (121 << 23), sub, norm)
+    norm = (mag - (120 << 23) + 0x7FFFF + ((mag >> 20) & 1)) >> 20
+    out = torch.where(mag < (121 << 23), out, norm)
     out = torch.where(mag >= 0x7F800001, torch.full_like(out, 0x7F), out)
-    return ((out | (sign >> 24)) & 0xFF).to(torch.uint8)
+    out = torch.where(negative, out | 0x80, out)
+    return out.to(torch.uint8)
+
+
+def _by_row_blocks(w: Any, group: int | None, one: Any) -> tuple[Any, Any, int]:
+    """(q [N, K], scales, group) of one(w_block as [n, G, group]) -> (codes, scales) over blocks of
+    rows: every row is quantized on its own, so the blocks change nothing but the peak memory."""
+    import torch
+
+    if w.dim() != 2:
+        raise ValueError(f"quantize: expected a 2-D weight matrix, not shape {tuple(w.shape)}")
+    n, k = w.shape
+    step = max(1, ROW_BLOCK_ELEMENTS // max(k, 1))
+    qs, ss = [], []
+    for r in range(0, max(n, 1), step):
+        wg, group = _grouped(w[r:r + step], group)
+        q, s = one(wg)
+        qs.append(q.reshape(wg.shape[0], k))
+        ss.append(s)
+    return torch.cat(qs), torch.cat(ss).contiguous(), group
 
 
 def quantize_fp8_torch(w: Any, group: int | None = None) -> QuantizedTensor:
     """FP8 E4M3 as quantize_fp8 (scale = amax / 448 per row, or per group of columns), on w's device."""
-    wg, group = _grouped(w, group)
-    scales, x = _scaled(wg, E4M3_MAX)
-    n, g, _ = wg.shape
-    return QuantizedTensor(encode_e4m3_torch(x).reshape(n, g * group), scales.contiguous(), "fp8", group)
+    def one(wg: Any) -> tuple[Any, Any]:
+        scales, x = _scaled(wg, E4M3_MAX)
+        return encode_e4m3_torch(x), scales
+
+    q, scales, group = _by_row_blocks(w, group, one)
+    return QuantizedTensor(q, scales, "fp8", group)
 
 
 def quantize_int8_torch(w: Any, group: int | None = 32) -> QuantizedTensor:
@@ -147,8 +169,9 @@ def quantize_int8_torch(w: Any, group: int | None = 32) -> QuantizedTensor:
     to [-127, 127]), on w's device."""
     import torch
 
-    wg, group = _grouped(w, group)
-    scales, x = _scaled(wg, INT8_MAX)
-    q = torch.round(x).clamp(-INT8_MAX, INT8_MAX).to(torch.int8)
-    n, g, _ = wg.shape
-    return QuantizedTensor(q.reshape(n, g * group).view(torch.uint8), scales.contiguous(), "int8", group)
+    def one(wg: Any) -> tuple[Any, Any]:
+        scales, x = _scaled(wg, INT8_MAX)
+        return torch.round(x).clamp(-INT8_MAX, INT8_MAX).to(torch.int8).view(torch.uint8), scales
+
+    q, scales, group = _by_row_blocks(w, group, one)
+    return QuantizedTensor(q, scales, "int8", group)
