@@ -97,17 +97,17 @@ def _grouped(w: Any, group: int | None) -> tuple[Any, int]:
     group = k if group is None else int(group)
     if group <= 0 or k % group:
         raise ValueError(f"quantize: group {group} does not divide K = {k}")
-    w = w.to(torch.float32)
-    if not bool(torch.isfinite(w).all()):
-        raise ValueError("quantize: the weights hold NaN or infinity")
-    return w.reshape(n, k // group, group), group
+    return w.to(torch.float32).reshape(n, k // group, group), group
 
 
 def _scaled(wg: Any, qmax: float) -> tuple[Any, Any]:
     """(scales [N, G] = amax / qmax, w / scale) with zero groups divided by 1 instead of 0."""
     import torch
 
-    scales = wg.abs().amax(dim=2) / torch.tensor(qmax, dtype=torch.float32, device=wg.device)
+    amax = wg.abs().amax(dim=2)
+    if not bool(torch.isfinite(amax).all()):  # amax is NaN or infinite where a group holds one
+        raise ValueError("quantize: the weights hold NaN or infinity")
+    scales = amax / torch.tensor(qmax, dtype=torch.float32, device=wg.device)
     safe = torch.where(scales == 0, torch.ones_like(scales), scales)
     return scales, wg / safe[:, :, None]
 

@@ -37,8 +37,7 @@ def _block_columns() -> np.ndarray:
     return np.array([8 * j + i if i < 8 else 32 + 8 * j + (i - 8) for j in range(4) for i in range(16)])
 
 
-BLOCK_COLUMNS = _block_columns()
-BLOCK_BYTES = np.argsort(BLOCK_COLUMNS)  # column c of a block lies at byte BLOCK_BYTES[c]
+BLOCK_COLUMNS = _block_columns()  # the packing's transpose of [half, j, 8] columns to [j, half, 8] bytes
 
 
 def _is_torch(x: Any) -> bool:
@@ -162,13 +161,10 @@ def pack_chunks(q: Any, scales: Any, t: LinearTiling) -> Any:
     q, scales = _pad_rows(q, npad), _pad_rows(scales, npad)  # zero values, zero scales
     if t.weights == "int8":
         q = q ^ 0x80  # value + 128
-    perm = BLOCK_COLUMNS
-    if torch_:
-        import torch
-
-        perm = torch.from_numpy(perm).to(q.device)
-    codes = q.reshape(tiles, rows // cr, cr, ks, kp, cc // BLOCK, BLOCK)[..., perm]
-    codes = _permute(codes, (0, 3, 1, 4, 2, 5, 6))  # -> [tile, split, row group, part, row, block, byte]
+    # a block's columns [half, lane j, 8] as its bytes [lane j, half, 8] (BLOCK_COLUMNS)
+    codes = q.reshape(tiles, rows // cr, cr, ks, kp, cc // BLOCK, 2, 4, 8)
+    codes = _permute(codes, (0, 3, 1, 4, 2, 5, 7, 6, 8))  # -> [tile, split, row group, part, row, block, j, half, 8]
+    codes = codes.reshape(tiles, ks, rows // cr, kp, cr, cc // BLOCK, BLOCK)
     if swizzled(t):
         codes = _swap_odd_halves(codes)
     codes = codes.reshape(nch, cr * cc)
@@ -177,6 +173,8 @@ def pack_chunks(q: Any, scales: Any, t: LinearTiling) -> Any:
     sc = _permute(scales.reshape(tiles, rows // cr, cr, ks, kp, spr), (0, 3, 1, 4, 2, 5)).reshape(nch, cr * spr)
     nb = cr * cc + 4 * cr * spr
     if torch_:
+        import torch
+
         out = torch.zeros(nch, t.chunk_bytes, dtype=torch.uint8, device=q.device)
         out[:, :cr * cc] = codes
         out[:, cr * cc:nb] = sc.to(torch.float32).contiguous().view(torch.uint8)
@@ -198,15 +196,14 @@ def unpack_chunks(flat: Any, t: LinearTiling) -> tuple[Any, Any]:
     codes = a[:, :cr * cc].reshape(tiles, ks, rows // cr, kp, cr, cc // BLOCK, BLOCK)
     if swizzled(t):
         codes = _swap_odd_halves(codes)
-    inv = BLOCK_BYTES
     if torch_:
         import torch
 
-        inv = torch.from_numpy(inv).to(flat.device)
         sb = a[:, cr * cc:cr * cc + 4 * cr * spr].contiguous().view(torch.float32)
     else:
         sb = np.ascontiguousarray(a[:, cr * cc:cr * cc + 4 * cr * spr]).view("<f4").astype(np.float32)
-    codes = _permute(codes[..., inv], (0, 2, 4, 1, 3, 5, 6)).reshape(npad, t.k)
+    codes = codes.reshape(tiles, ks, rows // cr, kp, cr, cc // BLOCK, 4, 2, 8)  # bytes [j, half, 8] -> columns
+    codes = _permute(codes, (0, 2, 4, 1, 3, 5, 7, 6, 8)).reshape(npad, t.k)
     if t.weights == "int8":
         codes = codes ^ 0x80
     sc = _permute(sb.reshape(tiles, ks, rows // cr, kp, cr, spr), (0, 2, 4, 1, 3, 5)).reshape(npad, ks * kp * spr)
