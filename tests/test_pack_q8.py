@@ -212,8 +212,6 @@ def test_quantized_sources_regroup_and_errors():
         if seg.name == "wdown":
             m0 = src[f"model.layers.{layer}.mlp.down_proj.weight"]
             assert (um.q == m0.q).all() and (um.scales == np.repeat(m0.scales, 2, axis=1)).all()
-    tg = pack_weights(lay, {k: v for k, v in src.items()})
-    assert (tg == got).all()
     # torch: QuantizedTensor sources give the same bytes
     from ada_mk.quant import QuantizedTensor
     from ada_mk.runtime.weights import pack_weights_torch
@@ -246,11 +244,9 @@ def test_quantized_sources_regroup_and_errors():
     m = quantize_fp8(fw[name])
     fsrc[name] = m.regroup(128)
     assert (pack_weights(flay, fsrc) == pack_weights(flay, fw)).all()
-    blocks = quantize_fp8(fw[name], 128)
-    if not (blocks.scales == blocks.scales[:, :1]).all():
-        fsrc[name] = blocks
-        with pytest.raises(ValueError, match=r"up_proj.weight.*group 128.*one scale per row"):
-            pack_weights(flay, fsrc)
+    fsrc[name] = quantize_fp8(fw[name], 128)  # random rows: their 128-column blocks' scales differ
+    with pytest.raises(ValueError, match=r"up_proj.weight.*group 128.*one scale per row"):
+        pack_weights(flay, fsrc)
 
 
 @pytest.mark.parametrize("case", ["fp8-row-batched", "int8-g32-rows"])

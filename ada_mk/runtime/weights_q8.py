@@ -95,9 +95,11 @@ def _regroup(name: str, m: Any, t: LinearTiling) -> Any:
     if gc == t.k and bool((m.scales == m.scales[:, :1]).all()):  # per row in all but name
         return type(m)(m.q, m.scales[:, :1].copy() if not _is_torch(m.scales) else m.scales[:, :1].contiguous(),
                        m.fmt, gc)
-    plan = "one scale per row" if not t.group else f"group {t.group}"
-    raise ValueError(f"weight {name!r} is {m.fmt} with group {m.group}; the plan's {t.weights} has {plan}, "
-                     f"which that group is not a multiple of")
+    if not t.group:
+        raise ValueError(f"weight {name!r} is {m.fmt} with group {m.group} and scales that differ along a row; "
+                         f"the plan streams {t.weights} with one scale per row")
+    raise ValueError(f"weight {name!r} is {m.fmt} with group {m.group}; the plan streams {t.weights} with group "
+                     f"{t.group}, which must divide it")
 
 
 def _segment_matrix(seg: Any, parts: list[tuple[str, Any]], device: Any, on_torch: bool) -> tuple[Any, Any]:
