@@ -77,23 +77,20 @@ def _layout_format(layout: Any) -> str:
     return fmts.pop() if len(fmts) == 1 else ("bf16" if not fmts else "/".join(sorted(fmts)))
 
 
-def _with_weights(deploy: Any, fmt: str | None, group: int | None) -> Any:
-    """The deployment with --weights-format/--weights-group applied (DeployConfig's `weights` and
-    `weights_group` fields check them)."""
-    import dataclasses
+def _deploy(model: Any, gpu: str | None, batch: int | None, max_context: int | None, fmt: str | None,
+            group: int | None) -> Any:
+    """The deployment for a plan made here, --weights-format/--weights-group passed through to
+    deploy_for where it takes them (it checks them; ConfigError naming the flag)."""
+    import inspect
 
-    from ..config import ConfigError
+    from ..config import ConfigError, deploy_for
 
-    if fmt is None and group is None:
-        return deploy
-    names = {f.name for f in dataclasses.fields(deploy)}
-    if "weights" not in names or "weights_group" not in names:
+    if "weights" in inspect.signature(deploy_for).parameters:
+        return deploy_for(model, gpu, batch, max_context, weights=fmt, weights_group=group)
+    if fmt not in (None, "bf16") or group:
         raise ConfigError("this ada-mk's planner makes bf16 plans only; pack for an 8-bit kernel with --plan or "
                           "--library", field="--weights-format", value=fmt)
-    change = {"weights": fmt} if fmt is not None else {}
-    if group is not None:
-        change["weights_group"] = group
-    return dataclasses.replace(deploy, **change)
+    return deploy_for(model, gpu, batch, max_context)
 
 
 def _pack(weights_path: Path, config_path: Path | None, out_path: Path, library: Path | None,
@@ -102,7 +99,7 @@ def _pack(weights_path: Path, config_path: Path | None, out_path: Path, library:
     from ..checkpoints.errors import CheckpointError
     from ..checkpoints.load import load_checkpoint
     from ..checkpoints.pack import pack_checkpoint, weights_layout_from_json
-    from ..config import ConfigError, deploy_for, load_config
+    from ..config import ConfigError, load_config
 
     model = load_config(config_path)[0] if config_path is not None else None
     ck = load_checkpoint(weights_path, model)
@@ -127,8 +124,7 @@ def _pack(weights_path: Path, config_path: Path | None, out_path: Path, library:
         from ..search.layout import make_layout
         from ..search.planner import make_plan
 
-        deploy = _with_weights(deploy_for(ck.model, gpu, batch, max_context), weights_format, weights_group)
-        plan = make_plan(ck.model, deploy)
+        plan = make_plan(ck.model, _deploy(ck.model, gpu, batch, max_context, weights_format, weights_group))
         layout, what = make_layout(plan), plan.kernel_name
     return pack_checkpoint(ck.weights, layout, out_path, ck.quantized), what
 
