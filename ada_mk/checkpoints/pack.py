@@ -1,5 +1,8 @@
-"""Pack a checkpoint's weights into one kernel's device layout, as a raw file of bf16 bytes that
-`adamk_create()` takes as it is (see examples/c/); what `adamk-pack` does.
+"""Pack a checkpoint's weights into one kernel's device layout, as a raw file that `adamk_create()`
+takes as it is (see examples/c/); what `adamk-pack` does. bf16 segments hold bf16 bytes; a plan's
+8-bit stages hold their chunks of codes and scales (docs/quantized-weights.md), quantized here once
+(a bf16 checkpoint) or taken as the checkpoint stores them (FP8 safetensors, GGUF Q8_0), so that a
+later load (`read_packed`) copies the file as it is.
 
 The layout comes from the kernel itself (its adamk_plan_json(), or its plan.json:
 `weights_layout_from_json`) or from a plan made here (`ada_mk.search.layout.make_layout`).
@@ -7,11 +10,12 @@ The layout comes from the kernel itself (its adamk_plan_json(), or its plan.json
 from __future__ import annotations
 
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any, Mapping
 
 import numpy as np
 
-from ..search.layout import Region, Segment
+from ..search.layout import Region, Segment, quantized_from_json
 
 class _WeightsLayout:
     """Just enough of a Layout for pack_weights: the weights region."""
@@ -25,9 +29,11 @@ def weights_layout_from_json(doc: Mapping[str, Any]) -> _WeightsLayout:
     r = doc["layout"]["weights"]
 
     def segs(d: Mapping[str, Any]) -> dict[str, Segment]:
-        # v[4], the interleave flag, and v[5], the tiling, are absent from layouts written before they existed
+        # v[4], the interleave flag, and v[5], the tiling, are absent from layouts written before they
+        # existed; v[6], an 8-bit segment's chunking, is present only on 8-bit segments
         return {k: Segment(k, int(v[0]), int(v[1]), tuple(v[2]), tuple(v[3]), len(v) > 4 and bool(v[4]),
-                           tuple(int(x) for x in v[5]) if len(v) > 5 else ())
+                           tuple(int(x) for x in v[5]) if len(v) > 5 else (),
+                           quantized_from_json(v[6], f"weights segment {k!r}") if len(v) > 6 else None)
                 for k, v in d.items()}
 
     region = Region(int(r["unit_bytes"]), segs(r["globals"]), segs(r["per_layer"]), int(r["layer_base"]),
@@ -38,12 +44,62 @@ def weights_layout_from_json(doc: Mapping[str, Any]) -> _WeightsLayout:
     return _WeightsLayout(region)
 
 
-def pack_checkpoint(weights: Mapping[str, Any], layout: Any, out: Path) -> int:
-    """Write the packed buffer to `out` (atomically); returns its size in bytes."""
+def quantized_source_names(layout: Any) -> set[str]:
+    """The HF names of the tensors the layout's 8-bit segments are packed from."""
+    w = layout.weights
+    out = {s for seg in w.globals_.values() if seg.linear is not None for s in seg.sources}
+    for seg in w.per_layer.values():
+        if seg.linear is not None:
+            out |= {s.format(i=i) for s in seg.sources for i in range(w.layers)}
+    return out
+
+
+class PackingSources(Mapping):
+    """A checkpoint's tensors as packing takes them: the 8-bit matrix the checkpoint stores
+    (`quantized`, e.g. Checkpoint.quantized) for a source of an 8-bit segment, used as stored;
+    otherwise its float weights (quantized on load where the segment is 8-bit)."""
+
+    def __init__(self, weights: Mapping[str, Any], quantized: Mapping[str, Any], layout: Any) -> None:
+        self.weights, self.quantized = weights, quantized
+        self.eight_bit = quantized_source_names(layout)
+
+    def __getitem__(self, name: str) -> Any:
+        if name in self.eight_bit and name in self.quantized:
+            return self.quantized[name]
+        return self.weights[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.weights
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.weights)
+
+    def __len__(self) -> int:
+        return len(self.weights)
+
+
+def pack_checkpoint(weights: Mapping[str, Any], layout: Any, out: Path,
+                    quantized: Mapping[str, Any] | None = None) -> int:
+    """Write the packed buffer to `out` (atomically); returns its size in bytes. `quantized`: the
+    checkpoint's 8-bit matrices (Checkpoint.quantized), which 8-bit segments take as stored."""
     from ..runtime.weights import pack_weights
 
+    if quantized:
+        weights = PackingSources(weights, quantized, layout)
     packed = np.ascontiguousarray(pack_weights(layout, weights), dtype="<u2")
     tmp = out.with_name(out.name + ".tmp")
     packed.tofile(tmp)
     tmp.replace(out)
     return packed.nbytes
+
+
+def read_packed(path: Path, layout: Any) -> np.ndarray:
+    """A file `pack_checkpoint` wrote, as the uint16 buffer pack_weights returns (what
+    MegaKernelEngine.load_packed and adamk_create() take); ValueError when its size is not the
+    layout's."""
+    path = Path(path)
+    want = layout.weights.total_bytes
+    size = path.stat().st_size
+    if size != want:
+        raise ValueError(f"{path}: {size} bytes of packed weights; the kernel's layout needs {want}")
+    return np.fromfile(path, dtype="<u2").astype(np.uint16, copy=False)

@@ -1,9 +1,11 @@
-"""`adamk-pack`: pack a checkpoint's weights into one kernel's device layout, as the raw file of
-bf16 bytes that `adamk_create()` takes (see examples/c/; the logic is ada_mk.checkpoints.pack).
+"""`adamk-pack`: pack a checkpoint's weights into one kernel's device layout, as the raw file
+that `adamk_create()` takes (see examples/c/; the logic is ada_mk.checkpoints.pack): bf16 bytes,
+and for a plan with 8-bit stages their quantized chunks, so later loads skip the quantization.
 
     adamk-pack --weights SmolLM2.gguf -o weights.bin                          # plan made here
     adamk-pack --weights ckpt/ --library out/.../libadamk_....so -o weights.bin
     adamk-pack --weights ckpt/ --plan out/.../plan.json -o weights.bin
+    adamk-pack --weights ckpt/ --weights-format fp8 -o weights.bin          # an 8-bit plan made here
 """
 from __future__ import annotations
 
@@ -37,8 +39,15 @@ fail = partial(fail_as, PROG)
 @click.option("--batch", type=int, default=None, help="Without --library/--plan: the batch. [default: 1]")
 @click.option("--max-context", type=int, default=None,
               help="Without --library/--plan: the KV cache length. [default: min(4096, max_position_embeddings)]")
+@click.option("--weights-format", type=click.Choice(["bf16", "fp8", "int8"]), default=None,
+              help="Without --library/--plan: the format the plan streams its linear weights in (deploy.weights); "
+                   "with them, a check of the kernel's. [default: bf16]")
+@click.option("--weights-group", type=int, default=None,
+              help="Without --library/--plan: input columns per scale of 8-bit weights, 0 for one per row "
+                   "(deploy.weights_group). [default: the format's]")
 def main(weights_path: Path, config_path: Path | None, out_path: Path, library: Path | None,
-         plan_path: Path | None, gpu: str | None, batch: int | None, max_context: int | None) -> None:
+         plan_path: Path | None, gpu: str | None, batch: int | None, max_context: int | None,
+         weights_format: str | None, weights_group: int | None) -> None:
     """Pack the weights of a checkpoint for one kernel, as the raw bf16 file adamk_create() takes:
     for the kernel's own layout (--library or --plan), or for the plan adamk-gen makes for
     --gpu/--batch/--max-context.
@@ -54,18 +63,43 @@ def main(weights_path: Path, config_path: Path | None, out_path: Path, library: 
     if library is not None and plan_path is not None:
         fail("--library and --plan are alternatives: give one")
     try:
-        n, what = _pack(weights_path, config_path, out_path, library, plan_path, gpu, batch, max_context)
+        n, what = _pack(weights_path, config_path, out_path, library, plan_path, gpu, batch, max_context,
+                        weights_format, weights_group)
     except (CheckpointError, ConfigError, ValueError, KeyError, OSError) as e:
         fail(e.args[0] if isinstance(e, KeyError) and e.args else str(e))
     log(f"wrote {out_path}: {n} bytes for {what}")
 
 
+def _layout_format(layout: Any) -> str:
+    """The format a layout's linear stages stream in ("bf16" when none is 8-bit)."""
+    w = layout.weights
+    fmts = {s.weights for s in (*w.globals_.values(), *w.per_layer.values()) if s.linear is not None}
+    return fmts.pop() if len(fmts) == 1 else ("bf16" if not fmts else "/".join(sorted(fmts)))
+
+
+def _deploy(model: Any, gpu: str | None, batch: int | None, max_context: int | None, fmt: str | None,
+            group: int | None) -> Any:
+    """The deployment for a plan made here, --weights-format/--weights-group passed through to
+    deploy_for where it takes them (it checks them; ConfigError naming the flag)."""
+    import inspect
+
+    from ..config import ConfigError, deploy_for
+
+    if "weights" in inspect.signature(deploy_for).parameters:
+        return deploy_for(model, gpu, batch, max_context, weights=fmt, weights_group=group)
+    if fmt not in (None, "bf16") or group:
+        raise ConfigError("this ada-mk's planner makes bf16 plans only; pack for an 8-bit kernel with --plan or "
+                          "--library", field="--weights-format", value=fmt)
+    return deploy_for(model, gpu, batch, max_context)
+
+
 def _pack(weights_path: Path, config_path: Path | None, out_path: Path, library: Path | None,
-          plan_path: Path | None, gpu: str | None, batch: int | None, max_context: int | None) -> tuple[int, str]:
+          plan_path: Path | None, gpu: str | None, batch: int | None, max_context: int | None,
+          weights_format: str | None = None, weights_group: int | None = None) -> tuple[int, str]:
     from ..checkpoints.errors import CheckpointError
     from ..checkpoints.load import load_checkpoint
     from ..checkpoints.pack import pack_checkpoint, weights_layout_from_json
-    from ..config import deploy_for, load_config
+    from ..config import ConfigError, load_config
 
     model = load_config(config_path)[0] if config_path is not None else None
     ck = load_checkpoint(weights_path, model)
@@ -83,13 +117,16 @@ def _pack(weights_path: Path, config_path: Path | None, out_path: Path, library:
             if key in pm and pm[key] != getattr(ck.model, key):
                 raise CheckpointError(f"{what}: the kernel's model has {key} = {pm[key]}; the checkpoint "
                                       f"{getattr(ck.model, key)}")
+        if weights_format is not None and weights_format != _layout_format(layout):
+            raise ConfigError(f"{what} streams {_layout_format(layout)} weights", field="--weights-format",
+                              value=weights_format)
     else:
         from ..search.layout import make_layout
         from ..search.planner import make_plan
 
-        plan = make_plan(ck.model, deploy_for(ck.model, gpu, batch, max_context))
+        plan = make_plan(ck.model, _deploy(ck.model, gpu, batch, max_context, weights_format, weights_group))
         layout, what = make_layout(plan), plan.kernel_name
-    return pack_checkpoint(ck.weights, layout, out_path), what
+    return pack_checkpoint(ck.weights, layout, out_path, ck.quantized), what
 
 
 if __name__ == "__main__":

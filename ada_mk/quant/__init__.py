@@ -8,6 +8,9 @@ the on-disk 8-bit layouts (FP8 safetensors checkpoints, GGUF Q8_0).
 Checkpoints stored in 8 bits load through ada_mk.checkpoints.load_checkpoint: `ck.weights` gives
 every tensor dequantized to float32 (what the bf16 kernel packs today), and `ck.quantized` gives
 the 8-bit linear weights as QuantizedMatrix, as stored.
+
+The torch twins (QuantizedTensor, quantize_fp8_torch, quantize_int8_torch; torch is imported only
+when they are called) quantize on the GPU bit for bit as the numpy quantizers do.
 """
 from .e4m3 import E4M3_MAX, decode_e4m3, encode_e4m3
 from .errors import QuantFormatError
@@ -16,6 +19,8 @@ from .gguf_q8 import q8_0_bytes, q8_0_matrix
 from .lazy import QuantizedTensors
 from .matrix import QuantizedMatrix
 from .quantize import quantize_fp8, quantize_int8
+from .torch_quant import QuantizedTensor, encode_e4m3_torch, quantize_fp8_torch, quantize_int8_torch
 
 __all__ = ["E4M3_MAX", "FP8Scheme", "QuantFormatError", "QuantizedMatrix", "QuantizedTensors", "decode_e4m3", "encode_e4m3",
-           "fp8_matrix", "fp8_scheme", "q8_0_bytes", "q8_0_matrix", "quantize_fp8", "quantize_int8"]
+           "fp8_matrix", "fp8_scheme", "q8_0_bytes", "q8_0_matrix", "quantize_fp8", "quantize_int8",
+           "QuantizedTensor", "encode_e4m3_torch", "quantize_fp8_torch", "quantize_int8_torch"]

@@ -1,6 +1,7 @@
 """Pack a model's weights into the plan's device layout: one bf16 buffer, HF tensors concatenated
 along rows where the plan fuses them (q|k|v) or interleaved row by row (gate/up), every segment
-at its planned offset, the batched multiply's matrices tiled on Hopper (Segment.tiling)."""
+at its planned offset, the batched multiply's matrices tiled on Hopper (Segment.tiling), and
+8-bit stages as chunks of codes and scales (Segment.linear; ada_mk.runtime.weights_q8)."""
 from __future__ import annotations
 
 from typing import Any, Mapping
@@ -12,6 +13,15 @@ from ..search.layout import Layout, Segment
 
 def _is_torch(x: Any) -> bool:
     return hasattr(x, "detach")
+
+
+def _as_torch(x: Any) -> Any:
+    """A torch tensor of x (numpy arrays are wrapped, not copied)."""
+    if _is_torch(x):
+        return x
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(x))
 
 
 def to_bf16_bits(x: Any) -> np.ndarray:
@@ -86,6 +96,13 @@ def _segment_rows(seg: Segment, layer: int, weights: Mapping[str, Any]) -> list[
     return out
 
 
+def _dequantized(x: Any) -> Any:
+    """An 8-bit source (QuantizedMatrix, QuantizedTensor) that feeds a bf16 segment, as floats."""
+    from ..quant import QuantizedMatrix, QuantizedTensor
+
+    return x.dequantize() if isinstance(x, (QuantizedMatrix, QuantizedTensor)) else x
+
+
 def _check_shapes(seg: Segment, parts: list[tuple[str, Any]]) -> None:
     rows = sum(int(p.shape[0]) for _, p in parts)
     tail = tuple(seg.shape[1:])
@@ -98,7 +115,8 @@ def _check_shapes(seg: Segment, parts: list[tuple[str, Any]]) -> None:
 
 
 def pack_weights(layout: Layout, weights: Mapping[str, Any]) -> np.ndarray:
-    """The packed buffer as uint16 (bf16 bits) on the host. Padding between segments is zero."""
+    """The packed buffer as uint16 (bf16 bits; an 8-bit segment's bytes read as little-endian
+    pairs) on the host. Padding between segments is zero."""
     w = layout.weights
     out = np.zeros(w.total, np.uint16)
     done: set[int] = set()
@@ -109,7 +127,12 @@ def pack_weights(layout: Layout, weights: Mapping[str, Any]) -> np.ndarray:
         done.add(base + seg.offset)
         parts = _segment_rows(seg, layer, weights)
         _check_shapes(seg, parts)
-        bits = [to_bf16_bits(p) for _, p in parts]
+        if seg.linear is not None:
+            from .weights_q8 import pack_segment
+
+            out[base + seg.offset: base + seg.offset + seg.size] = pack_segment(seg, parts).view(np.uint16)
+            return
+        bits = [to_bf16_bits(_dequantized(p)) for _, p in parts]
         flat = np.stack(bits, axis=1) if seg.interleaved else np.concatenate([b.reshape(-1) for b in bits])
         if seg.tiling:
             flat = tile_matrix(flat.reshape(seg.shape), seg.tiling)
@@ -126,19 +149,26 @@ def pack_weights(layout: Layout, weights: Mapping[str, Any]) -> np.ndarray:
 
 def pack_weights_torch(layout: Layout, weights: Mapping[str, Any], device: Any = None):
     """The same buffer built by torch (on `device`, e.g. the GPU, so 16 GB of weights never cross
-    PCIe twice). Returns a 1-D torch.bfloat16 tensor."""
+    PCIe twice). Returns a 1-D torch.bfloat16 tensor (8-bit segments: their bytes)."""
     import torch
+
+    from .weights_q8 import pack_segment_torch
 
     w = layout.weights
     first = next(iter(weights.values()))
-    device = device if device is not None else first.device
+    device = device if device is not None else getattr(first, "device", None)
     out = torch.zeros(w.total, dtype=torch.bfloat16, device=device)
+    out_bytes = out.view(torch.uint8)
     segs = [(0, 0, s) for s in w.globals_.values()]
     segs += [(w.layer_base + l * w.layer_stride, l, s) for l in range(w.layers) for s in w.per_layer.values()]
     for base, layer, seg in segs:
         parts = _segment_rows(seg, layer, weights)
         _check_shapes(seg, parts)
-        ts = [p.detach().to(device=device, dtype=torch.bfloat16) for _, p in parts]
+        if seg.linear is not None:
+            start = 2 * (base + seg.offset)
+            out_bytes[start: start + 2 * seg.size] = pack_segment_torch(seg, parts, out.device)
+            continue
+        ts = [_as_torch(_dequantized(p)).detach().to(device=device, dtype=torch.bfloat16) for _, p in parts]
         flat = torch.stack(ts, dim=1) if seg.interleaved else torch.cat([t.reshape(-1) for t in ts])
         if seg.tiling:
             flat = tile_matrix(flat.reshape(seg.shape), seg.tiling)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .plan import Plan
+from .plan import LinearTiling, Plan
 
 ALIGN_BYTES = 256
 
@@ -29,7 +29,12 @@ class Segment:
     `chunk_cols` row-major, with the 64-byte halves of every 128-byte line swapped in odd rows
     where rows are whole lines (the multiply's bank swizzle, adamk/tasks.cuh tile_offset). Rows
     past N up to whole tiles are zero (`size` counts them). ada_mk.runtime.weights.tile_matrix
-    makes this order."""
+    makes this order.
+
+    `linear`: the stage's LinearTiling where its weights are 8-bit (LinearTiling.quantized; then
+    `tiling` is empty): the segment holds its chunks of codes and scales, `linear.tasks *
+    linear.chunks * linear.chunk_bytes` bytes (`size` counts bf16 elements, half that;
+    docs/quantized-weights.md, "The packed chunk"; ada_mk.runtime.weights_q8 packs them)."""
 
     name: str
     offset: int
@@ -38,6 +43,12 @@ class Segment:
     sources: tuple[str, ...] = ()
     interleaved: bool = False
     tiling: tuple[int, ...] = ()
+    linear: LinearTiling | None = None
+
+    @property
+    def weights(self) -> str:
+        """The format the segment's matrix is stored in: bf16, fp8 or int8."""
+        return self.linear.weights if self.linear is not None else "bf16"
 
 
 @dataclass
@@ -66,13 +77,17 @@ class _Builder:
         self.align = ALIGN_BYTES // unit
 
     def add(self, name: str, shape: tuple[int, ...], sources: tuple[str, ...] = (), interleaved: bool = False,
-            tiling: tuple[int, ...] = ()) -> None:
+            tiling: tuple[int, ...] = (), linear: LinearTiling | None = None) -> None:
         size = 1
         for d in shape:
             size *= d
         if tiling:  # whole tiles of rows
             size = -(-shape[0] // tiling[0]) * tiling[0] * shape[1]
-        self.segs[name] = Segment(name, self.cursor, size, shape, sources, interleaved, tiling)
+        if linear is not None:  # 8-bit chunks: codes and scales, counted in units
+            if (linear.n, linear.k) != tuple(shape):
+                raise ValueError(f"layout: {name} is {list(shape)}; its tiling is for [{linear.n}, {linear.k}]")
+            size = linear.tasks * linear.chunks * linear.chunk_bytes // self.unit
+        self.segs[name] = Segment(name, self.cursor, size, shape, sources, interleaved, tiling, linear)
         self.cursor = _align(self.cursor + size, self.align)
 
 
@@ -84,8 +99,11 @@ class Layout:
     kv_elems_per_layer: int  # bf16 elements of K (and of V) per layer
 
     def to_json(self) -> dict:
-        def seg(s: Segment) -> list:  # [offset, size, shape, sources, sources' rows interleaved, tiling]
-            return [s.offset, s.size, list(s.shape), list(s.sources), s.interleaved, list(s.tiling)]
+        def seg(s: Segment) -> list:  # [offset, size, shape, sources, sources' rows interleaved, tiling(, 8-bit)]
+            out = [s.offset, s.size, list(s.shape), list(s.sources), s.interleaved, list(s.tiling)]
+            if s.linear is not None:
+                out.append(quantized_json(s.linear))
+            return out
 
         def region(r: Region) -> dict:
             return {
@@ -106,6 +124,26 @@ class Layout:
         }
 
 
+def quantized_json(t: LinearTiling) -> dict:
+    """An 8-bit segment's chunking as the layout's JSON has it (the 7th entry of its segment): the
+    LinearTiling's fields and the chunk geometry a reader of the packed buffer needs."""
+    return {"weights": t.weights, "group": t.group, "n": t.n, "k": t.k, "rows": t.rows, "ksplit": t.ksplit,
+            "warps_per_row": t.warps_per_row, "batched": t.batched, "tiled": True, "kparts": t.kparts,
+            "chunk_rows": t.chunk_rows, "chunk_cols": t.chunk_cols, "scales_per_row": t.scales_per_row,
+            "chunk_bytes": t.chunk_bytes, "swizzled": t.batched and t.chunk_cols % 128 == 0}
+
+
+def quantized_from_json(d: dict, where: str) -> LinearTiling:
+    """quantized_json's inverse; ValueError (naming `where`) when its derived sizes disagree."""
+    t = LinearTiling(int(d["n"]), int(d["k"]), int(d["rows"]), int(d["ksplit"]), int(d["warps_per_row"]),
+                     bool(d["batched"]), True, str(d["weights"]), int(d["group"]))
+    want = quantized_json(t)
+    for key, v in d.items():
+        if key in want and want[key] != v:
+            raise ValueError(f"layout: {where} has {key} = {v!r}; its tiling gives {want[key]!r}")
+    return t
+
+
 def _region(unit: int, glob: _Builder, layer: _Builder, layers: int) -> Region:
     base = _align(glob.cursor, ALIGN_BYTES // unit)
     stride = _align(layer.cursor, ALIGN_BYTES // unit)
@@ -118,31 +156,35 @@ def make_layout(plan: Plan) -> Layout:
     nqkv = m.q_size + 2 * m.kv_size
     p = "model.layers.{i}."
 
-    def tiling(kind: str) -> tuple[int, ...]:
+    def tiling(kind: str) -> dict:
+        """The stored form of a stage's matrix: bf16 tiled (Segment.tiling) or 8-bit chunks
+        (Segment.linear; 8-bit weights are always tiled), or row-major bf16 ({})."""
         t = plan.tilings[kind]
-        return (t.rows, t.ksplit, t.kparts, t.chunk_cols) if t.tiled else ()
+        if t.quantized:
+            return {"linear": t}
+        return {"tiling": (t.rows, t.ksplit, t.kparts, t.chunk_cols)} if t.tiled else {}
 
     g = _Builder(2)
     g.add("embed", (V, H), ("model.embed_tokens.weight",))
     g.add("final_norm", (H,), ("model.norm.weight",))
-    # A tied LM head shares the embedding's rows unless it is tiled (the embedding's rows are read
-    # row by row): then it gets a tiled copy.
+    # A tied LM head shares the embedding's rows unless it is tiled or 8-bit (the embedding's rows
+    # are read row by row, in bf16): then it gets its own tiled copy.
     tied = m.tie_word_embeddings and not tiling("lm_head")
     if not tied:
         src = "model.embed_tokens.weight" if m.tie_word_embeddings else "lm_head.weight"
-        g.add("lm_head", (V, H), (src,), tiling=tiling("lm_head"))
+        g.add("lm_head", (V, H), (src,), **tiling("lm_head"))
     w = _Builder(2)
     w.add("input_norm", (H,), (p + "input_layernorm.weight",))
-    w.add("wqkv", (nqkv, H), tuple(p + f"self_attn.{x}_proj.weight" for x in "qkv"), tiling=tiling("qkv"))
+    w.add("wqkv", (nqkv, H), tuple(p + f"self_attn.{x}_proj.weight" for x in "qkv"), **tiling("qkv"))
     if m.attention_bias:
         w.add("bqkv", (nqkv,), tuple(p + f"self_attn.{x}_proj.bias" for x in "qkv"))
-    w.add("wo", (H, m.q_size), (p + "self_attn.o_proj.weight",), tiling=tiling("o"))
+    w.add("wo", (H, m.q_size), (p + "self_attn.o_proj.weight",), **tiling("o"))
     w.add("post_norm", (H,), (p + "post_attention_layernorm.weight",))
     # gate and up rows interleaved: a gate/up task holds both halves of its columns and stores
     # SiLU(gate) * up itself (adamk/linear.cuh), so the down projection stages a plain copy.
     w.add("wgate_up", (2 * I, H), (p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight"), interleaved=True,
-          tiling=tiling("gate_up"))
-    w.add("wdown", (H, I), (p + "mlp.down_proj.weight",), tiling=tiling("down"))
+          **tiling("gate_up"))
+    w.add("wdown", (H, I), (p + "mlp.down_proj.weight",), **tiling("down"))
     weights = _region(2, g, w, L)
     if tied:
         weights.globals_["lm_head"] = weights.globals_["embed"]
