@@ -275,3 +275,55 @@ def test_whole_run_with_the_8bit_baselines_on_the_cpu(torch, tmp_path):
     text = (tmp_path / "RESULTS.md").read_text()
     assert "| tiny-bench | 2 | 40 | torch.compile + flex_attention, fp8 weights |" in text
     assert "| tiny-bench | 2 | 40 | floor, int8/fp8 weights: bytes / read bandwidth |" in text
+
+
+# ------------------------------------------------------------------------------- the MegaKernel's 8-bit rows
+
+
+@pytest.mark.parametrize("fmt", ["int8", "fp8"])
+@pytest.mark.parametrize("kind", list(TINY_MODELS))
+def test_megakernel_reference_is_hf_on_the_packed_weights(torch, kind, fmt):
+    """The 8-bit MegaKernel rows' check: HF's logits on the weights dequantized from the kernel's
+    own packed buffer, given to HF for one call; those are what packing quantized (the packer's
+    dequantized_weights), HF's parameters are left as they were, and bf16 plans use HF as it is."""
+    import dataclasses
+
+    from ada_mk.bench import baselines as bl
+    from ada_mk.bench.harness import megakernel_reference
+    from ada_mk.bench.quantized import packed_hf_weights
+    from ada_mk.config import DeployConfig
+    from ada_mk.config.deploy import DEFAULT_GROUPS
+    from ada_mk.config.gpus import lookup_gpu
+    from ada_mk.runtime.weights import pack_weights_torch
+    from ada_mk.runtime.weights_q8 import dequantized_weights
+    from ada_mk.search.layout import make_layout
+    from ada_mk.search.planner import make_plan
+
+    m = dataclasses.replace(TINY_MODELS[kind], hidden_size=128, intermediate_size=256, num_attention_heads=2,
+                            num_key_value_heads=1, head_dim=64)  # heads the kernel's attention takes
+    hf = bl.random_hf_model(m, device="cpu", dtype=torch.float32, seed=int(torch.randint(0, 1000, ())),
+                            attn_implementation="eager")
+    weights = bl.hf_weights(hf)
+    before = {n: p.detach().clone() for n, p in hf.named_parameters()}
+    tokens = torch.randint(0, m.vocab_size, (2, STEPS))
+    deploy = DeployConfig(gpu=lookup_gpu("H100"), batch=2, max_context=64, weights=fmt, weights_group=DEFAULT_GROUPS[fmt])
+    layout = make_layout(make_plan(m, deploy))
+    packed = pack_weights_torch(layout, weights)
+    got = packed_hf_weights(hf, layout, packed)
+    want = dequantized_weights(layout, weights)
+    linears = [n for n in want if n.endswith("proj.weight")] + ["lm_head.weight"]
+    assert set(got) == set(linears)
+    for n in linears:
+        assert torch.equal(got[n], want[n].to(torch.float32)), n
+    ref = megakernel_reference(hf, layout, packed, tokens)
+    for n, p in hf.named_parameters():
+        assert torch.equal(p, before[n]), n  # HF itself unchanged
+    with torch.no_grad():
+        for n in linears:
+            if n == "lm_head.weight":
+                hf.lm_head.weight = torch.nn.Parameter(got[n])  # untied
+            else:
+                hf.get_parameter(n).copy_(got[n])
+        assert bl.rel_err(ref, hf(input_ids=tokens, use_cache=False).logits) < 1e-6
+    bf16 = make_layout(make_plan(m, dataclasses.replace(deploy, weights="bf16", weights_group=0)))
+    assert packed_hf_weights(hf, bf16, pack_weights_torch(bf16, weights)) == {}

@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import Callable
 
 from ..config import load_config
-from .report import SYSTEM_WEIGHTS, Row, plan_step_bytes, step_bytes, system_weights
-from .spec import Spec, config_name, megakernel_build, mk_max_context, plan_gpus, round_up, window_start
+from .report import MEGAKERNEL_SYSTEMS, QUANTIZED_BASELINES, Row, plan_step_bytes, step_bytes, system_weights
+from .spec import (Spec, config_name, megakernel_build, megakernel_weights, mk_max_context, plan_gpus, round_up,
+                   window_start)
 from .timing import card_meta, free, measure_bandwidth, memory_text, sync, time_windows
 
 CHECK_TOL = 3e-2
@@ -129,12 +130,12 @@ class Runner:
             del dec
             free()
 
-        # 3. The MegaKernel, with the same weights.
-        if "megakernel" in s.systems:
-            self.run_megakernel(cfg, model, hf, weights, seed)
+        # 3. The MegaKernel, with the same weights (8-bit systems: quantized from them on load).
+        for system in [x for x in MEGAKERNEL_SYSTEMS if x in s.systems]:
+            self.run_megakernel(cfg, model, hf, weights, seed, system)
 
         # 4. The 8-bit baselines (they overwrite HF's linear weights: last).
-        quantized = [x for x in SYSTEM_WEIGHTS if x in s.systems]
+        quantized = [x for x in QUANTIZED_BASELINES if x in s.systems]
         if quantized:
             self.run_quantized(cfg, model, hf, weights, tokens, seed, quantized)
         del hf, weights
@@ -153,7 +154,7 @@ class Runner:
             t0 = time.time()
             try:
                 decs[system] = bl.GptFastDecoder(model, weights, s.batch, self.cache_groups()[0][0], "flex",
-                                                 weights_format=SYSTEM_WEIGHTS[system])
+                                                 weights_format=system_weights(system))
                 self.log(f"   {system}: weights quantized in {time.time() - t0:.1f} s; {memory_text()}")
             except Exception as e:  # noqa: BLE001 - e.g. out of memory: this system's rows say so
                 for c in s.contexts:
@@ -251,7 +252,11 @@ class Runner:
                 torch._dynamo.reset()
                 free()
 
-    def run_megakernel(self, cfg, model, hf, weights, seed) -> None:
+    def run_megakernel(self, cfg, model, hf, weights, seed, system: str = "megakernel") -> None:
+        """One MegaKernel system's rows: a plan per KV-cache size, the weights packed from HF's (8-bit
+        formats quantized on load), MK_PROMPT steps checked against HF on the weights the kernel
+        multiplies (8-bit: dequantized from its packed buffer, through torch.func.functional_call, so
+        HF's own weights stay as they are), then timed at each context."""
         import numpy as np
         import torch
 
@@ -263,38 +268,41 @@ class Runner:
         s = self.spec
         if s.device != "cuda":
             for c in s.contexts:
-                self.emit(self.row(cfg, model, c, "megakernel", error="the MegaKernel needs a CUDA device"))
+                self.emit(self.row(cfg, model, c, system, error="the MegaKernel needs a CUDA device"))
             return
         sizes: dict[int, list[int]] = {}
         for c in s.contexts:
             try:
                 sizes.setdefault(mk_max_context(c, s.steps, model.max_position_embeddings), []).append(c)
             except ValueError as e:
-                self.emit(self.row(cfg, model, c, "megakernel", error=str(e)))
+                self.emit(self.row(cfg, model, c, system, error=str(e)))
         gen = torch.Generator(device="cuda").manual_seed(seed + 2)
         prompt = torch.randint(0, model.vocab_size, (s.batch, MK_PROMPT), device="cuda", generator=gen)
-        with torch.no_grad():
-            ref = hf(input_ids=prompt).logits.float()  # [B, T, V], no cache
+        fmt, group = megakernel_weights(s, system)
+        ref = None  # HF's logits [B, T, V] on the weights the kernel multiplies
         for size, contexts in sorted(sizes.items()):
             eng = None
             err, plan, note = "", None, ""
             for gpu in plan_gpus(s.gpu_plan, torch.cuda.get_device_name()):
                 try:
-                    plan, art = megakernel_build(cfg, gpu, s.batch, size, s.planner, s.arch, weights=s.weights,
-                                                 weights_group=s.weights_group)
+                    plan, art = megakernel_build(cfg, gpu, s.batch, size, s.planner, s.arch, weights=fmt,
+                                                 weights_group=group)
                     note = f"plan {gpu}, max_context {size}"
                     break
                 except Exception as e:  # noqa: BLE001 - e.g. not prebuilt and no nvcc here
                     err += f"{gpu} plan: {type(e).__name__}: {str(e)[:200]}; "
-            rows = [self.row(cfg, model, c, "megakernel", plan=plan, cache_len=size, note=note) for c in contexts]
+            rows = [self.row(cfg, model, c, system, plan=plan, cache_len=size, note=note) for c in contexts]
             try:
                 if plan is None:
                     raise RuntimeError(err or "no plan")
                 self.log(f"   MegaKernel {plan.kernel_name}: {note}")
                 eng = MegaKernelEngine(plan, art.fatbin)
-                packed = pack_weights_torch(make_layout(plan), weights)
+                layout = make_layout(plan)
+                packed = pack_weights_torch(layout, weights)
                 torch.cuda.synchronize()
                 eng.load_packed_device(packed.data_ptr(), packed.numel() * 2)
+                if ref is None:
+                    ref = megakernel_reference(hf, layout, packed, prompt)
                 del packed
                 free()
                 self.log(f"   {memory_text()}")
@@ -349,6 +357,23 @@ class Runner:
                 done += n * 2
                 del x
         torch.cuda.synchronize()
+
+
+def megakernel_reference(hf, layout, packed, prompt):
+    """HF's logits [B, T, V] (float32, no cache) for `prompt` on the weights a MegaKernel multiplies:
+    HF's own where the plan streams bf16, else its 8-bit segments dequantized from the packed
+    buffer and passed to HF for this call only (torch.func.functional_call)."""
+    import torch
+
+    from .quantized import packed_hf_weights
+
+    with torch.no_grad():
+        deq = packed_hf_weights(hf, layout, packed)
+        if not deq:
+            return hf(input_ids=prompt).logits.float()
+        out = torch.func.functional_call(hf, deq, (prompt,), tie_weights=False).logits.float()
+        del deq
+        return out
 
 
 def run(spec: Spec, log: Callable[[str], None], on_row: Callable[[Row], None], meta: dict) -> None:

@@ -137,3 +137,29 @@ def load_dequantized(hf: Any, dec: Any) -> None:
         hf.lm_head.weight = nn.Parameter(head, requires_grad=False)
     else:
         put(hf.lm_head.weight, head)
+
+
+def packed_hf_weights(hf: Any, layout: Any, packed: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The weights a MegaKernel multiplies, by HF parameter name, in HF's dtype: every 8-bit segment
+    of its packed buffer (`layout`, ada_mk.search.layout) dequantized where the buffer lives and cut
+    back into HF's projections (q|k|v rows concatenated, gate/up rows interleaved); the LM head as
+    "lm_head.weight" even where the model ties it to the embedding. Empty for a bf16 plan."""
+    from ..runtime.weights_q8 import dequantize_packed_torch
+
+    dtype = next(hf.parameters()).dtype
+    w = layout.weights
+    segs = [(s, 0, 0) for s in w.globals_.values()]
+    segs += [(s, i, w.layer_base + i * w.layer_stride) for i in range(w.layers) for s in w.per_layer.values()]
+    out: dict[str, torch.Tensor] = {}
+    for seg, layer, base in segs:
+        if seg.linear is None:
+            continue
+        mat = dequantize_packed_torch(packed, seg, base).to(dtype)
+        names = ["lm_head.weight"] if seg.name == "lm_head" else [s.format(i=layer) for s in seg.sources]
+        if seg.interleaved:
+            parts = [mat[j::len(names)] for j in range(len(names))]
+        else:
+            parts = list(mat.split([hf.get_parameter(n).shape[0] for n in names]))
+        out.update((n, p.contiguous()) for n, p in zip(names, parts))
+        del mat
+    return out

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ..config.gpus import find_gpu
-from .report import REFERENCE_SYSTEM, SYSTEM_NAMES, SYSTEM_WEIGHTS
+from .report import QUANTIZED_BASELINES, REFERENCE_SYSTEM, SYSTEM_NAMES, SYSTEM_WEIGHTS
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 BEGIN = "<!-- speed table: written by `adamk-bench readme`; edits between these lines are overwritten -->"
@@ -111,7 +111,7 @@ def speed_table(runs: Iterable[Run]) -> str:
     if not runs:
         raise ReadmeTableError("no recorded run timed the MegaKernel")
     base = SYSTEM_NAMES[REFERENCE_SYSTEM]
-    extra = [x for x in SYSTEM_WEIGHTS if any(run.timed(x) for run in runs)]  # the 8-bit baselines, if timed
+    extra = [x for x in QUANTIZED_BASELINES if any(run.timed(x) for run in runs)]  # the 8-bit baselines, if timed
     lines = [
         f"| card | batch | model | context | MegaKernel ms/step | % of read bandwidth | fixed us per layer "
         f"| {base} ms/step | speedup | "

@@ -16,10 +16,13 @@ from ..config.model import ModelConfig
 from ..ir import DecodeAttention, Embedding, Linear, build_decode_graph
 
 # Display order and names of the systems.
-SYSTEMS = ("megakernel", "compile-flex", "compile-sdpa", "compile-int8", "compile-fp8", "eager")
+SYSTEMS = ("megakernel", "megakernel-fp8", "megakernel-int8", "compile-flex", "compile-sdpa", "compile-int8",
+           "compile-fp8", "eager")
 DEFAULT_SYSTEMS = ("megakernel", "compile-flex", "compile-sdpa", "eager")  # the 8-bit ones are opt-in
 SYSTEM_NAMES = {
     "megakernel": "MegaKernel (ada_mk)",
+    "megakernel-fp8": "MegaKernel (ada_mk), fp8 weights",
+    "megakernel-int8": "MegaKernel (ada_mk), int8 weights",
     "compile-flex": "torch.compile + flex_attention",
     "compile-sdpa": "torch.compile + SDPA",
     "compile-int8": "torch.compile + flex_attention, int8 weights",
@@ -28,7 +31,11 @@ SYSTEM_NAMES = {
 }
 REFERENCE_SYSTEM = "compile-flex"  # the strongest PyTorch decode: the baseline to beat
 # The weights format each system reads (those not named read the model's bf16 weights).
-SYSTEM_WEIGHTS = {"compile-int8": "int8", "compile-fp8": "fp8"}
+SYSTEM_WEIGHTS = {"compile-int8": "int8", "compile-fp8": "fp8", "megakernel-int8": "int8", "megakernel-fp8": "fp8"}
+# The MegaKernel's systems: "megakernel" streams the format of --weights-format (else the config's),
+# the others theirs (SYSTEM_WEIGHTS), each at the format's default scale group.
+MEGAKERNEL_SYSTEMS = ("megakernel", "megakernel-fp8", "megakernel-int8")
+QUANTIZED_BASELINES = ("compile-int8", "compile-fp8")  # torch.compile with 8-bit weight-only linears
 WEIGHT_FORMATS = ("bf16", "int8", "fp8")
 SCALE_BYTES = 4  # the 8-bit systems' scales: float32, one per output row
 

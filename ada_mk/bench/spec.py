@@ -103,15 +103,28 @@ def megakernel_build(config: Path, gpu: str, batch: int, max_context: int, plann
     return plan, build(render(plan), [arch], library=False, log=log)
 
 
+def megakernel_weights(spec: Spec, system: str) -> tuple[str | None, int | None]:
+    """(format, scale group) of a MegaKernel system's plan: megakernel's from --weights-format /
+    --weights-group (None: the config's), megakernel-fp8 / -int8 theirs at the default group."""
+    from .report import SYSTEM_WEIGHTS
+
+    if system == "megakernel":
+        return spec.weights, spec.weights_group
+    return SYSTEM_WEIGHTS[system], None
+
+
 def build_only(spec: Spec, log: Callable[[str], None]) -> None:
     """Build (or find in the cache) every MegaKernel a run with these arguments would load."""
+    from .report import MEGAKERNEL_SYSTEMS
+
     gpus = plan_gpus(spec.gpu_plan, None) if spec.gpu_plan != "auto" else ["H100"]
+    systems = [x for x in MEGAKERNEL_SYSTEMS if x in spec.systems]
     for cfg in spec.configs:
         m, _ = load_config(cfg)
         for size in sorted({mk_max_context(c, spec.steps, m.max_position_embeddings) for c in spec.contexts}):
-            for gpu in gpus:
+            for gpu, system in ((g, x) for g in gpus for x in systems):
                 t0 = time.time()
+                weights, group = megakernel_weights(spec, system)
                 plan, art = megakernel_build(cfg, gpu, spec.batch, size, spec.planner, spec.arch,
-                                             log=lambda s: log("  " + s[:200]), weights=spec.weights,
-                                             weights_group=spec.weights_group)
+                                             log=lambda s: log("  " + s[:200]), weights=weights, weights_group=group)
                 log(f"{plan.kernel_name} (max_context {size}): {art.fatbin} [{time.time() - t0:.1f} s]")
