@@ -14,7 +14,6 @@ from ada_mk.quant import QuantizedMatrix, quantize_fp8, quantize_int8
 from ada_mk.runtime.weights import pack_weights
 from ada_mk.runtime.weights_q8 import dequantized_weights, unpack_quantized
 from ada_mk.search.layout import make_layout
-from ada_mk.search.plan import LinearTiling
 from ada_mk.search.planner import make_plan
 from tests.q8_kernel_model import kernel_matvec
 
