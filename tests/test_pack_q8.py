@@ -14,7 +14,6 @@ from ada_mk.quant import QuantizedMatrix, quantize_fp8, quantize_int8
 from ada_mk.runtime.weights import pack_weights
 from ada_mk.runtime.weights_q8 import dequantized_weights, unpack_quantized
 from ada_mk.search.layout import make_layout
-from ada_mk.search.plan import LinearTiling
 from ada_mk.search.planner import make_plan
 from tests.q8_kernel_model import kernel_matvec
 
@@ -80,6 +79,9 @@ def random_weights(plan, rng) -> dict[str, np.ndarray]:
             a = (rng.standard_normal(shape) * rng.uniform(0.01, 1.0, (shape[0], 1))).astype(np.float32)
             a[rng.integers(shape[0])] = 0  # a zero row: scale 0, codes 0
             w[p + name + ".weight"] = a
+        if m.attention_bias:
+            for x, n in (("q", m.q_size), ("k", m.kv_size), ("v", m.kv_size)):
+                w[p + f"self_attn.{x}_proj.bias"] = (0.1 * rng.standard_normal(n)).astype(np.float32)
         w[p + "input_layernorm.weight"] = (1 + 0.1 * rng.standard_normal(H)).astype(np.float32)
         w[p + "post_attention_layernorm.weight"] = (1 + 0.1 * rng.standard_normal(H)).astype(np.float32)
     return w
@@ -333,3 +335,35 @@ def test_torch_prefill_over_8bit_weights_matches_hf_on_the_dequantized_weights(c
     got = torch_prefill(m, lay.weights, buf, torch.from_numpy(ids)).numpy()[0]
     want = hf_logits(hf, ids[0])[-1]
     assert np.abs(got - want).max() <= 0.05 * np.abs(want).max(), (np.abs(got - want).max(), np.abs(want).max())
+
+
+@pytest.mark.parametrize("config,gpu,batch,fmt,group", [("llama3.2-1b", "H100", 4, "fp8", None),
+                                                        ("qwen2.5-0.5b", "L20", 1, "int8", None),
+                                                        ("llama3.2-1b", "L20", 4, "fp8", 128)])
+def test_searched_8bit_plans_pack_what_the_kernel_computes(config, gpu, batch, fmt, group):
+    """The searcher's own 8-bit plans (deploy.weights; skipped where the deployment has no such
+    field) pack chunks whose kernel math is dequantize() @ x, numpy and torch alike."""
+    from ada_mk.config import DeployConfig
+    from ada_mk.runtime.weights import pack_weights_torch
+
+    if "weights" not in {f.name for f in dataclasses.fields(DeployConfig)}:
+        pytest.skip("this deployment has no weights format")
+    m, d = load_config(ROOT / "configs" / f"{config}.yaml", gpu=gpu, batch=batch, max_context=64, weights=fmt,
+                       weights_group=group)
+    m = dataclasses.replace(m, num_hidden_layers=2, vocab_size=1000, name="tiny-searched")
+    plan = make_plan(m, d)
+    lay = make_layout(plan)
+    rng = np.random.default_rng()
+    w = random_weights(plan, rng)
+    packed = pack_weights(lay, w)
+    tp = pack_weights_torch(lay, {k: torch.from_numpy(v) for k, v in w.items()})
+    assert (tp.view(torch.int16).numpy().view(np.uint16) == packed).all()
+    for seg, layer, base in stage_segments(lay):
+        t = plan.tilings[SEGS[seg.name]]
+        assert seg.linear == t and t.weights == fmt
+        want = stage_matrix(plan, seg.name, layer, w, fmt, t.group)
+        x = rng.standard_normal(t.k)
+        exact = want.values().astype(np.float64) * np.repeat(want.scales.astype(np.float64), want.group, axis=1)
+        y = kernel_matvec(packed.view(np.uint8)[2 * (base + seg.offset): 2 * (base + seg.offset + seg.size)], t, x)
+        ref = exact @ x
+        assert np.allclose(y, ref, rtol=1e-9, atol=1e-12 * np.abs(ref).max()), seg.name

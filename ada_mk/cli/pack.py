@@ -30,7 +30,7 @@ fail = partial(fail_as, PROG)
 @click.option("--config", "config_path", type=click.Path(path_type=Path), default=None,
               help="Model config (configs/*.yaml or an HF config.json); default: the checkpoint's own.")
 @click.option("-o", "--out", "out_path", required=True, type=click.Path(path_type=Path),
-              help="Output file of raw bf16 bytes.")
+              help="Output file of the raw packed weights (bf16 bytes, 8-bit stages as their chunks).")
 @click.option("--library", type=click.Path(path_type=Path), default=None,
               help="A generated lib<kernel>.so: pack for the layout it was built with.")
 @click.option("--plan", "plan_path", type=click.Path(path_type=Path), default=None,
