@@ -100,19 +100,28 @@ class GpuTimer:
         engines = []
         try:
             torch.manual_seed(0)
-            weights = torch.empty(layouts[0].weights.total, device="cuda", dtype=torch.bfloat16).normal_(0.0, 0.02)
-            torch.cuda.synchronize()
+
+            def random_weights(layout) -> None:
+                """Random bf16 bytes in the engine's weights (8-bit plans: read as codes and scales;
+                the timing does not depend on the values)."""
+                w = torch.empty(layout.weights.total, device="cuda", dtype=torch.bfloat16).normal_(0.0, 0.02)
+                torch.cuda.synchronize()
+                engines[-1].load_packed_device(w.data_ptr(), layout.weights.total_bytes)
+                del w
+                torch.cuda.empty_cache()  # back to the driver, for the other engines' cuMemAlloc
+
             first = MegaKernelEngine(*kernels[0])
             engines.append(first)
-            first.load_packed_device(weights.data_ptr(), layouts[0].weights.total_bytes)
-            del weights
-            torch.cuda.empty_cache()  # back to the driver, for the other engines' cuMemAlloc
-            for plan, fatbin in kernels[1:]:
+            random_weights(layouts[0])
+            for (plan, fatbin), layout in zip(kernels[1:], layouts[1:]):
                 eng = MegaKernelEngine(plan, fatbin)
                 engines.append(eng)
-                # The packed weights are the HF tensors concatenated: the same bytes for every
-                # plan of one model (load_packed_device refuses another size).
-                eng.load_packed_device(first.buffers["weights"], layouts[0].weights.total_bytes)
+                if plan.weights == "bf16":
+                    # bf16 packed weights are the HF tensors concatenated: the same bytes for every
+                    # plan of one model (load_packed_device refuses another size).
+                    eng.load_packed_device(first.buffers["weights"], layouts[0].weights.total_bytes)
+                else:  # 8-bit chunks depend on the tiling
+                    random_weights(layout)
             for eng in engines:
                 eng.time_steps(0, context, warmup=0)  # fill the KV cache up to the context
             windows: list[list[float]] = [[] for _ in kernels]

@@ -244,7 +244,7 @@ def test_batched_chunks_are_16_row_column_blocks(name):
         assert t.batched and t.chunk_rows == 16 and t.rows % 16 == 0, kind
         assert t.chunk_cols * t.kparts == t.kc and t.chunk_cols % 8 == 0 and t.tiled, kind
         assert t.chunks == t.rows // 16 * t.kparts and t.chunk_bytes == 32 * t.chunk_cols == t.stage_bytes <= plan.stage_bytes
-        assert f"Tiling<{t.n}, {t.k}, {t.rows}, {t.ksplit}, {t.warps_per_row}, 16, {t.chunk_cols}>" in source
+        assert f"Tiling<{t.n}, {t.k}, {t.rows}, {t.ksplit}, {t.warps_per_row}, 16, {t.chunk_cols}, true>" in source
     one = searched(name, "H100", 1)  # one sequence: whole rows, the Tiling's default chunk
     assert not any(t.batched for t in one.tilings.values())
     one_source = render(one).files[f"{one.file_stem}.cu"]
