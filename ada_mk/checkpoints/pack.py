@@ -44,20 +44,22 @@ def weights_layout_from_json(doc: Mapping[str, Any]) -> _WeightsLayout:
     return _WeightsLayout(region)
 
 
-def quantized_source_names(layout: Any) -> set[str]:
-    """The HF names of the tensors the layout's 8-bit segments are packed from."""
+def quantized_source_names(layout: Any) -> dict[str, str]:
+    """The HF names of the tensors the layout's 8-bit segments are packed from, with the format
+    each streams in."""
     w = layout.weights
-    out = {s for seg in w.globals_.values() if seg.linear is not None for s in seg.sources}
+    out = {s: seg.weights for seg in w.globals_.values() if seg.linear is not None for s in seg.sources}
     for seg in w.per_layer.values():
         if seg.linear is not None:
-            out |= {s.format(i=i) for s in seg.sources for i in range(w.layers)}
+            out.update((s.format(i=i), seg.weights) for s in seg.sources for i in range(w.layers))
     return out
 
 
 class PackingSources(Mapping):
     """A checkpoint's tensors as packing takes them: the 8-bit matrix the checkpoint stores
-    (`quantized`, e.g. Checkpoint.quantized) for a source of an 8-bit segment, used as stored;
-    otherwise its float weights (quantized on load where the segment is 8-bit)."""
+    (`quantized`, e.g. Checkpoint.quantized) for a source of an 8-bit segment of the same format,
+    used as stored; otherwise its float weights (quantized on load where the segment is 8-bit:
+    an FP8 checkpoint packed for an int8 plan is requantized from its exact dequantized values)."""
 
     def __init__(self, weights: Mapping[str, Any], quantized: Mapping[str, Any], layout: Any) -> None:
         self.weights, self.quantized = weights, quantized
@@ -65,7 +67,9 @@ class PackingSources(Mapping):
 
     def __getitem__(self, name: str) -> Any:
         if name in self.eight_bit and name in self.quantized:
-            return self.quantized[name]
+            q = self.quantized[name]
+            if q.fmt == self.eight_bit[name]:
+                return q
         return self.weights[name]
 
     def __contains__(self, name: object) -> bool:

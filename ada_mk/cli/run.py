@@ -118,10 +118,13 @@ def _run(weights_path: Path, config_path: Path | None, prompt: str, n: int, chat
         where = "NumPy reference (CPU)"
     else:
         prefill, step, close, plan, mode = kernel_backend(model, deploy, ck.weights, prefill_mode, want_logits,
-                                                                 log if verbose else None)
+                                                                 log if verbose else None, quantized=ck.quantized)
         where = f"{plan.kernel_name} on {detect_gpu() or deploy.gpu.name}, prefill: {mode}"
     stats.load_s = time.perf_counter() - t_load
-    stored8 = f"; {len(ck.quantized)} 8-bit matrices dequantized" if ck.quantized else ""
+    stored8 = ""
+    if ck.quantized:
+        stored8 = f"; {len(ck.quantized)} 8-bit matrices " + ("dequantized" if cpu_reference or deploy.weights == "bf16"
+                                                              else "streamed as stored where their format is the plan's")
     log(f"{model.name}: {len(ids)} prompt tokens; {where}{stored8}; loaded in {stats.load_s:.1f} s")
 
     stream = tok.stream()

@@ -30,6 +30,15 @@ def kernel8(ck, weights):
     return smollm2_kernel(ck.model, _gpu_name(), library=False, weights=weights)
 
 
+def sources(ck, plan):
+    """The tensors an 8-bit kernel packs, as adamk-run gives them: the file's own 8-bit matrices of
+    the plan's format as stored, the rest quantized on load."""
+    from ada_mk.checkpoints.pack import PackingSources
+    from ada_mk.search.layout import make_layout
+
+    return PackingSources(ck.weights, ck.quantized, make_layout(plan))
+
+
 @pytest.fixture(scope="module")
 def hf8(hf, ck, kernel8):
     """HF's model with every linear weight (and the LM head, untied) replaced by the weights the
@@ -40,7 +49,7 @@ def hf8(hf, ck, kernel8):
     from ada_mk.search.layout import make_layout
 
     plan, _ = kernel8
-    deq = dequantized_weights(make_layout(plan), {k: np.asarray(v, np.float32) for k, v in ck.weights.items()})
+    deq = dequantized_weights(make_layout(plan), sources(ck, plan))
     m = copy.deepcopy(hf)
     with torch.no_grad():
         for name, p in m.named_parameters():
@@ -63,7 +72,7 @@ def test_8bit_kernel_greedy_matches_hf(kernel8, ck, tok, hf8_tokens, weights, ca
 
     plan, art = kernel8
     with MegaKernelEngine(plan, art.fatbin) as eng:
-        eng.load_weights(ck.weights)
+        eng.load_weights(sources(ck, plan))
         got = eng.generate(np.array([prompt_ids(tok, *PROMPTS[case])], np.int32), N_NEW)[0].tolist()
     print(f"\n[{weights} {case}] kernel: {tok.decode(got)!r}")
     assert got == hf8_tokens[case], f"kernel {tok.decode(got)!r}\n HF    {tok.decode(hf8_tokens[case])!r}"
