@@ -34,9 +34,9 @@ KERNELS = [
 
 # 8-bit weights (tests/gpu/test_quantized_gpu.py): (config, planned-for GPU, batch, weights format),
 # ordered so that the cases of one (config, format) share its quantized HF model.
-Q8_CASES = [(c, g, b, w) for c in ("llama3.2-1b", "qwen2.5-0.5b", "mistral-7b", "llama3-8b") for w in ("fp8", "int8")
-            for g, b in (("H100", 1), ("H100", 4))]
-Q8_CASES += [(c, "L20", 1, w) for c in ("llama3.2-1b", "qwen2.5-0.5b") for w in ("fp8", "int8")]
+Q8_CASES = [(c, g, b, w) for c in ("llama3.2-1b", "qwen2.5-0.5b") for w in ("fp8", "int8")
+            for g, b in (("H100", 1), ("H100", 4), ("L20", 1))]
+Q8_CASES += [(c, "H100", b, w) for c in ("mistral-7b", "llama3-8b") for w in ("fp8", "int8") for b in (1, 4)]
 
 # Plans the search does not pick for any shipped config, with stages K-split by force (the
 # searched tilings otherwise): (config, GPU, batch, layers, debug build, {stage: K-split}).
