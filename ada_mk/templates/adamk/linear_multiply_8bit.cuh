@@ -11,9 +11,11 @@
 
 namespace adamk::block {
 
-// The scale of chunk row r's columns [k, k + 32) (a group's half-block) in a chunk's scales.
+// The scale of chunk row r's columns [k, k + 32) (a group's half-block) in a chunk's scales
+// (Tiling::GROUP > 0).
 template <class T>
 __device__ __forceinline__ float group_scale(const float* scales, int r, int k) {
+  static_assert(T::GROUP > 0, "a scale per group");
   return scales[r * T::SCALES + k / T::GROUP];
 }
 
@@ -42,15 +44,15 @@ __device__ void multiply_rows_8bit(Ctx<C>& c, int row0) {
         const bool in = VEC % 32 == 0 || v < VEC;
         uint4 wa, wb;
         thread::decode8<T::FORMAT>(in ? *reinterpret_cast<const uint4*>(w + v * 16) : zero, wa, wb);
-        const float sa = T::GROUP && in ? group_scale<T>(scales, crow, k) : 0.f;
-        const float sb = T::GROUP && in ? group_scale<T>(scales, crow, k + 32) : 0.f;
 #pragma unroll
         for (int p = 0; p < BP; ++p) {
           const bool odd_in = 2 * p + 1 < B;
           const auto x = [&](int b, int col) {
             return in && (b == 2 * p || odd_in) ? *reinterpret_cast<const uint4*>(c.x + x_offset<C, T>(b, col)) : zero;
           };
-          if constexpr (T::GROUP) {
+          if constexpr (T::GROUP > 0) {
+            const float sa = in ? group_scale<T>(scales, crow, k) : 0.f;  // lanes past the row: no scale there
+            const float sb = in ? group_scale<T>(scales, crow, k + 32) : 0.f;
             dot[p].add_scaled(wa, x(2 * p, k), x(2 * p + 1, k), sa, 0);
             dot[p].add_scaled(wb, x(2 * p, k + 32), x(2 * p + 1, k + 32), sb, 1);
           } else {
@@ -101,7 +103,7 @@ __device__ void multiply_batched_8bit(Ctx<C>& c, int row0) {
         const __nv_bfloat16* xs = c.x + x_offset<C, T>(n, p * T::CHUNK_COLS + k);
         const uint4 xa = seq_in ? *reinterpret_cast<const uint4*>(xs) : zero;
         const uint4 xb = seq_in ? *reinterpret_cast<const uint4*>(xs + 32) : zero;
-        if constexpr (T::GROUP) {
+        if constexpr (T::GROUP > 0) {
           dot.add_scaled(lo_a, hi_a, xa, group_scale<T>(scales, n, k), group_scale<T>(scales, n + 8, k), 0);
           dot.add_scaled(lo_b, hi_b, xb, group_scale<T>(scales, n, k + 32), group_scale<T>(scales, n + 8, k + 32), 1);
         } else {
