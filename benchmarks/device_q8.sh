@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# 8-bit weights on the lent GPU, in phases that each fit one device call (see benchmarks/README.md):
+#   build here:  ADAMK_CACHE=.devbuild python -m tests.gpu.kernels
+#                ADAMK_CACHE=.devbench adamk-bench --build-only --gpu-plan H100 --config llama3-8b \
+#                    --config llama3.2-1b --systems megakernel,megakernel-fp8,megakernel-int8
+#   there:       bash benchmarks/device_q8.sh tests|mk8b|baselines8b|mk1b   (carry .devbuild, .devbench)
+# Logs and bench tables land in $OUT. ADAMK_COMMIT names the commit the trees were built from.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-device-logs}; mkdir -p "$OUT"
+export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee -a "$OUT/card.txt"
+bench() {  # bench <tag> <adamk-bench args...>
+  local tag=$1; shift
+  ADAMK_CACHE=$PWD/.devbench timeout "${BENCH_TIMEOUT:-560}" python3 -m ada_mk.cli.bench --gpu-plan H100 --batch 1 \
+    --context 512 --out-dir "$OUT/$tag" "$@" 2>&1 | tee "$OUT/bench-$tag.log" | grep -E "^\| |error|Error" | tail -20
+}
+case "${1:-tests}" in
+  tests)  # the device's 8-bit decode, the 8-bit kernels against HF, the bf16 kernels' own suite
+    ADAMK_CACHE=$PWD/.devbuild timeout "${GPU_TEST_TIMEOUT:-400}" python3 -m pytest tests/gpu/test_dequant_gpu.py \
+      tests/gpu/test_quantized_gpu.py tests/gpu/test_megakernel.py tests/gpu/test_capi_gpu.py -m gpu \
+      -p no:cacheprovider -q -s -rA > "$OUT/gpu-tests.log" 2>&1
+    echo "pytest rc=$?"
+    grep -E "rel err|greedy vs|PASSED|FAILED|ERROR|passed|failed|^E " "$OUT/gpu-tests.log" | tail -80 ;;
+  mk8b) bench mk8b --config llama3-8b --systems megakernel,megakernel-fp8,megakernel-int8 ;;
+  baselines8b) bench base8b --config llama3-8b --systems megakernel-fp8,megakernel-int8,compile-fp8,compile-int8 ;;
+  mk1b) bench mk1b --config llama3.2-1b --systems megakernel,megakernel-fp8,megakernel-int8,compile-flex ;;
+esac
