@@ -24,6 +24,7 @@ from .dag import Dag
 from .errors import PlanError
 from .ksplit_claim import ksplit_claim
 from .plan import LINEAR_KINDS, Plan
+from .chain import chain_lines
 from .profile import Measured, ProfileError, load_profile
 from .smem import describe, peak_smem, smem_report
 
@@ -135,6 +136,8 @@ def report(plan: Plan, sim: SimResult | None = None, *, claim=None, measured: Me
     lines.append("")
     if measured is not None:
         lines += compare_lines(sim, measured)
+        lines.append("")
+        lines += chain_lines(measured)
         lines.append("")
     lines += describe(rep)
     same_unsplit = peak_smem(plan, ksplit=False)
