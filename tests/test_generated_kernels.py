@@ -23,9 +23,10 @@ def _first_diff(a: Path, b: Path) -> str:
     return ""
 
 
-@pytest.mark.parametrize("config, gpu, batch", regen.KERNELS, ids=[f"{c}-{g}-bs{b}" for c, g, b in regen.KERNELS])
-def test_checked_in_kernel_is_current(tmp_path, config, gpu, batch):
-    fresh = regen.generate(config, gpu, batch, tmp_path, ROOT)
+@pytest.mark.parametrize("config, gpu, batch, weights", regen.KERNELS,
+                         ids=[f"{c}-{g}-bs{b}-{w}" for c, g, b, w in regen.KERNELS])
+def test_checked_in_kernel_is_current(tmp_path, config, gpu, batch, weights):
+    fresh = regen.generate(config, gpu, batch, weights, tmp_path, ROOT)
     rel = fresh.relative_to(tmp_path)
     checked_in = ROOT / "out" / rel
     diff = regen.differences(checked_in, fresh)
@@ -38,8 +39,8 @@ def test_checked_in_kernel_is_current(tmp_path, config, gpu, batch):
 
 def test_checked_in_kernels_are_complete():
     """Every kernel directory has the plan, the IR and all four sources of one kernel."""
-    for config, gpu, batch in regen.KERNELS:
-        d = regen.kernel_dir(ROOT / "out", config, gpu, batch, ROOT)
+    for config, gpu, batch, weights in regen.KERNELS:
+        d = regen.kernel_dir(ROOT / "out", config, gpu, batch, weights, ROOT)
         names = regen.generated_files(d)
         assert "plan.json" in names and "ir.json" in names, (d, names)
         cu = [n for n in names if n.endswith(".cu") and not n.endswith("_host.cu")]

@@ -4,7 +4,7 @@
     python -m ada_mk.codegen.regen --check    # exit 1, naming them, if any is stale
 
 Each is exactly what `adamk-gen --config configs/<config>.yaml --gpu <gpu> --batch <batch>
---no-build` writes (the same code path: ada_mk.cli.gen.generate); tests/test_generated_kernels.py
+--weights-format <format> --no-build` writes (the same code path: ada_mk.cli.gen.generate); tests/test_generated_kernels.py
 fails while any of them differs from a fresh generation.
 """
 from __future__ import annotations
@@ -15,11 +15,13 @@ import sys
 import tempfile
 from pathlib import Path
 
-# (config under configs/, GPU, batch)
-KERNELS: tuple[tuple[str, str, int], ...] = (
-    ("llama3-8b", "L20", 1),
-    ("llama3-8b", "H100", 1),
-    ("llama3.2-1b", "H100", 1),
+# (config under configs/, GPU, batch, weights format at its default group)
+KERNELS: tuple[tuple[str, str, int, str], ...] = (
+    ("llama3-8b", "L20", 1, "bf16"),
+    ("llama3-8b", "H100", 1, "bf16"),
+    ("llama3.2-1b", "H100", 1, "bf16"),
+    ("llama3-8b", "H100", 1, "fp8"),
+    ("llama3.2-1b", "H100", 1, "int8"),
 )
 
 # What a --no-build generation writes; other files in a kernel directory (a fatbin or library
@@ -41,21 +43,24 @@ def repo_root() -> Path:
     raise SystemExit(f"{COMMAND}: no configs/ beside {here} or in {Path.cwd()}: run it from the repository")
 
 
-def kernel_dir(out_root: Path, config: str, gpu: str, batch: int, root: Path | None = None) -> Path:
-    """Where the kernel of (config, gpu, batch) goes under out_root."""
+def kernel_dir(out_root: Path, config: str, gpu: str, batch: int, weights: str = "bf16",
+               root: Path | None = None) -> Path:
+    """Where the kernel of (config, gpu, batch, weights) goes under out_root."""
+    from ..cli.gen import output_dir_name
     from ..config import load_config
 
-    model, deploy = load_config((root or repo_root()) / "configs" / f"{config}.yaml", gpu=gpu, batch=batch)
-    return out_root / model.name / f"{deploy.gpu.name}-bs{deploy.batch}"
+    model, deploy = load_config((root or repo_root()) / "configs" / f"{config}.yaml", gpu=gpu, batch=batch,
+                                weights=weights)
+    return out_root / model.name / output_dir_name(deploy)
 
 
-def generate(config: str, gpu: str, batch: int, out_root: Path, root: Path | None = None,
+def generate(config: str, gpu: str, batch: int, weights: str, out_root: Path, root: Path | None = None,
              log=lambda msg: None) -> Path:
     """Generate one kernel's sources under out_root as the CLI does; returns its directory."""
     from ..cli.gen import generate as cli_generate
 
     path = (root or repo_root()) / "configs" / f"{config}.yaml"
-    target = cli_generate(path, gpu, batch, None, None, out_root, build=False, log=log)
+    target = cli_generate(path, gpu, batch, None, None, out_root, build=False, log=log, weights=weights)
     assert target is not None
     return target
 
@@ -81,8 +86,8 @@ def stale(root: Path | None = None, scratch: Path | None = None) -> dict[str, li
     root = root or repo_root()
     result: dict[str, list[str]] = {}
     with tempfile.TemporaryDirectory(prefix="adamk-regen-", dir=scratch) as tmp:
-        for config, gpu, batch in KERNELS:
-            fresh = generate(config, gpu, batch, Path(tmp), root)
+        for config, gpu, batch, weights in KERNELS:
+            fresh = generate(config, gpu, batch, weights, Path(tmp), root)
             rel = fresh.relative_to(tmp)
             diff = differences(root / "out" / rel, fresh)
             if diff:
@@ -95,8 +100,8 @@ def regenerate(root: Path | None = None, log=print) -> list[Path]:
     root = root or repo_root()
     written = []
     with tempfile.TemporaryDirectory(prefix="adamk-regen-") as tmp:
-        for config, gpu, batch in KERNELS:
-            fresh = generate(config, gpu, batch, Path(tmp), root)
+        for config, gpu, batch, weights in KERNELS:
+            fresh = generate(config, gpu, batch, weights, Path(tmp), root)
             target = root / "out" / fresh.relative_to(tmp)
             target.mkdir(parents=True, exist_ok=True)
             keep = set(generated_files(fresh))

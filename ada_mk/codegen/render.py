@@ -140,6 +140,15 @@ def schedule_table(plan: Plan) -> tuple[str, list[int]]:
     return "\n".join(lines) + "\n", starts
 
 
+def weights_line(plan: Plan) -> str:
+    """The format the kernel's linear weights stream in, for its header comment."""
+    if plan.weights == "bf16":
+        return "bf16"
+    per = f"{plan.weights_group} columns" if plan.weights_group else "row"
+    return (f"{plan.weights} codes with a float32 scale per {per}, decoded in registers "
+            "(docs/quantized-weights.md); the embedding stays bf16")
+
+
 def render(plan: Plan) -> Source:
     name, stem = plan.kernel_name, plan.file_stem
     layout = make_layout(plan)
@@ -152,6 +161,7 @@ def render(plan: Plan) -> Source:
         attn_scale=_cfloat(1.0 / math.sqrt(plan.model.head_dim)),
         tilings=_tiling_rows(plan), smem=list(plan.smem_layout().items()), regions=_regions(layout),
         sm_runs=starts, max_tasks=max(sum(r.count for r in runs) for runs in plan.schedule),
+        weights=weights_line(plan),
     )
     files = {f"{stem}.cu": kernel, f"{stem}.schedule.inc": table}
     files.update(render_host_api(plan, layout, env))
