@@ -26,6 +26,7 @@ from typing import Callable, Protocol, Sequence
 from .config import DeployConfig, ModelConfig, load_config
 from .fsutil import write_atomic
 from .provenance import git_commit
+from .search.device_memory import device_bytes
 from .search.plan import Plan
 
 WARMUP_STEPS = 8  # launches before each timed window (MegaKernelEngine.time_steps' default)
@@ -90,7 +91,7 @@ class GpuTimer:
         # Every engine holds its own weights and KV cache for the whole run, so that the windows
         # can alternate; say so plainly rather than fail in cuMemAlloc. The random weights exist
         # beside the first engine only: the others copy that engine's.
-        sizes = [_device_bytes(p, lay) for (p, _), lay in zip(kernels, layouts)]
+        sizes = [device_bytes(p, lay).total for (p, _), lay in zip(kernels, layouts)]
         need = max(sum(sizes), sizes[0] + layouts[0].weights.total_bytes)
         free, _ = torch.cuda.mem_get_info(0)
         if need > 0.95 * free:
@@ -136,12 +137,6 @@ class GpuTimer:
         finally:
             for eng in engines:
                 eng.close()
-
-
-def _device_bytes(plan: Plan, layout) -> int:
-    """What MegaKernelEngine allocates for the plan: weights, scratch, counters, K and V caches."""
-    kv = layout.kv_elems_per_layer * plan.model.num_hidden_layers * 2
-    return layout.weights.total_bytes + layout.scratch.total_bytes + layout.counters.total_bytes + 2 * kv
 
 
 def candidates_for(model: ModelConfig, deploy: DeployConfig, n: int, *, baseline: bool = False,

@@ -128,14 +128,15 @@ def generate(config_path: Path, gpu: str | None, batch: int | None, max_context:
     log(f"{config_path}: {model.name} ({model.model_type}, {model.num_hidden_layers} layers, hidden {model.hidden_size}) "
         f"on {deploy.gpu.name} ({deploy.gpu.arch}), batch {deploy.batch}, "
         f"max_context {deploy.max_context}, {deploy.dtype}{weights_text(deploy)}")
+    from ..codegen.pipeline import emit, plan_for
+
+    plan = plan_for(model, deploy)  # a plan that does not fit the card fails before anything is written
     target = out_dir / model.name / output_dir_name(deploy)
     target.mkdir(parents=True, exist_ok=True)
     ir_path = write_atomic(target / "ir.json", json.dumps(graph.to_json(), indent=1) + "\n")
     log(f"wrote {ir_path}")
 
-    from ..codegen.pipeline import emit
-
-    options: dict[str, Any] = {}  # only what differs from emit's defaults
+    options: dict[str, Any] = {"plan": plan}  # and what differs from emit's defaults
     if not build:
         options["build_kernel"] = False
     if archs:

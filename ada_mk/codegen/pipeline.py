@@ -24,6 +24,7 @@ from ..config import DeployConfig, ModelConfig
 from ..fsutil import write_atomic
 from ..search.layout import make_layout
 from ..search.plan import Plan
+from ..search.device_memory import check_fits_device
 from ..search.errors import PlanError
 from ..search.planner import make_plan
 from .build import ARCH_FLAGS, Artifacts, BuildError, build
@@ -56,9 +57,12 @@ def target_archs(deploy: DeployConfig, extra: Iterable[str] = ()) -> list[str]:
 
 def plan_for(model: ModelConfig, deploy: DeployConfig) -> Plan:
     """The plan the kernel is generated from: the searched plan, which make_plan validates
-    (validating it a second time here took about 2 of adamk-gen's 17 s for llama3-8b)."""
+    (validating it a second time here took about 2 of adamk-gen's 17 s for llama3-8b), refused
+    where its buffers do not fit the GPU's memory (search.device_memory)."""
     try:
-        return make_plan(model, deploy)
+        plan = make_plan(model, deploy)
+        check_fits_device(plan)
+        return plan
     except PlanError as e:
         raise EmitError(f"no valid plan for {model.name} on {deploy.gpu.name} batch {deploy.batch}: "
                         f"{_one_line(str(e))}") from None

@@ -24,6 +24,7 @@ class GpuSpec:
     read_bandwidth: float  # bytes/s the planner assumes for streaming reads
     cp_async: bool
     tma: bool
+    memory_bytes: int = 0  # device memory, vendor figure (decimal GB); 0: unknown
     sources: tuple[str, ...] = ()
 
     @property
@@ -63,6 +64,7 @@ def _spec(
     l2_mib: int,
     bw_gb_s: float,
     measured_read_gb_s: float | None,
+    memory_gb: int,
     sources: tuple[str, ...],
 ) -> GpuSpec:
     smem_block, smem_sm, regs = _ARCH_LIMITS[arch]
@@ -83,6 +85,7 @@ def _spec(
         read_bandwidth=read,
         cp_async=True,  # sm_80 and later
         tma=hopper,
+        memory_bytes=memory_gb * 10**9,
         sources=sources + (_GUIDE.format(arch=arch), read_src),
     )
 
@@ -91,35 +94,35 @@ GPUS: dict[str, GpuSpec] = {
     g.name: g
     for g in (
         _spec(
-            "L20", "sm_89", sms=92, l2_mib=96, bw_gb_s=864, measured_read_gb_s=None,
-            sources=("sms, L2, 864 GB/s: NVIDIA L20 datasheet (48 GB GDDR6)",),
+            "L20", "sm_89", sms=92, l2_mib=96, bw_gb_s=864, measured_read_gb_s=None, memory_gb=48,
+            sources=("sms, L2, 864 GB/s, 48 GB: NVIDIA L20 datasheet (48 GB GDDR6)",),
         ),
         _spec(
-            "L40S", "sm_89", sms=142, l2_mib=96, bw_gb_s=864, measured_read_gb_s=None,
-            sources=("sms, L2, 864 GB/s: NVIDIA L40S datasheet and Ada Lovelace architecture whitepaper",),
+            "L40S", "sm_89", sms=142, l2_mib=96, bw_gb_s=864, measured_read_gb_s=None, memory_gb=48,
+            sources=("sms, L2, 864 GB/s, 48 GB: NVIDIA L40S datasheet and Ada Lovelace architecture whitepaper",),
         ),
         _spec(
-            "RTX4090", "sm_89", sms=128, l2_mib=72, bw_gb_s=1008, measured_read_gb_s=None,
-            sources=("sms, 72 MB L2, 1008 GB/s: NVIDIA Ada Lovelace (AD102) architecture whitepaper, RTX 4090 column",),
+            "RTX4090", "sm_89", sms=128, l2_mib=72, bw_gb_s=1008, measured_read_gb_s=None, memory_gb=24,
+            sources=("sms, 72 MB L2, 1008 GB/s, 24 GB: NVIDIA Ada Lovelace (AD102) architecture whitepaper, RTX 4090 column",),
         ),
         _spec(
-            "A100", "sm_80", sms=108, l2_mib=40, bw_gb_s=2039, measured_read_gb_s=None,
+            "A100", "sm_80", sms=108, l2_mib=40, bw_gb_s=2039, measured_read_gb_s=None, memory_gb=80,
             sources=(
-                "A100 80GB SXM4: 2039 GB/s from the NVIDIA A100 datasheet",
+                "A100 80GB SXM4: 2039 GB/s, 80 GB from the NVIDIA A100 datasheet",
                 "sms 108, L2 40 MB: NVIDIA A100 Tensor Core GPU architecture whitepaper (the 80 GB part keeps 40 MB L2)",
             ),
         ),
         _spec(
-            "H100", "sm_90", sms=132, l2_mib=50, bw_gb_s=3350, measured_read_gb_s=3021,
+            "H100", "sm_90", sms=132, l2_mib=50, bw_gb_s=3350, measured_read_gb_s=3021, memory_gb=80,
             sources=(
-                "H100 SXM5: 3.35 TB/s from the NVIDIA H100 datasheet",
+                "H100 SXM5: 3.35 TB/s, 80 GB from the NVIDIA H100 datasheet",
                 "sms 132, L2 50 MB: NVIDIA H100 Tensor Core GPU architecture whitepaper (SXM5)",
             ),
         ),
         _spec(
-            "H200", "sm_90", sms=132, l2_mib=50, bw_gb_s=4800, measured_read_gb_s=4484,
+            "H200", "sm_90", sms=132, l2_mib=50, bw_gb_s=4800, measured_read_gb_s=4484, memory_gb=141,
             sources=(
-                "H200 SXM: 4.8 TB/s from the NVIDIA H200 datasheet",
+                "H200 SXM: 4.8 TB/s, 141 GB from the NVIDIA H200 datasheet",
                 "sms 132, L2 50 MB: vendor figure (same GH100 die as H100 SXM5); PyTorch's"
                 " L2_cache_size on the lent H200 reports 60 MB -- we keep the conservative 50 MB",
             ),

@@ -101,7 +101,10 @@ def kernel_backend(model: ModelConfig, deploy: DeployConfig, weights: Any, prefi
     from .engine import MegaKernelEngine
     from ..search.planner import make_plan
 
+    from ..search.device_memory import check_fits_device
+
     plan = make_plan(model, deploy)
+    check_fits_device(plan)  # before nvcc and cuMemAlloc: the sizes, in one line
     art = build(render(plan), [deploy.gpu.nvcc_arch], library=False, log=log)
     engine = MegaKernelEngine(plan, art.fatbin)
     if quantized and deploy.weights != "bf16":
