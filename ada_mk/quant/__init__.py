@@ -12,6 +12,7 @@ the 8-bit linear weights as QuantizedMatrix, as stored.
 The torch twins (QuantizedTensor, quantize_fp8_torch, quantize_int8_torch; torch is imported only
 when they are called) quantize on the GPU bit for bit as the numpy quantizers do.
 """
+from .awq_gptq import AWQ_ORDER, Int4Scheme, awq_matrix, gptq_matrix, int4_matrix, int4_scheme, unpack_nibbles
 from .e4m3 import E4M3_MAX, decode_e4m3, encode_e4m3
 from .errors import QuantFormatError
 from .formats import FP8Scheme, fp8_matrix, fp8_scheme
@@ -23,7 +24,8 @@ from .matrix import QuantizedMatrix
 from .quantize import quantize_fp8, quantize_int8
 from .torch_quant import QuantizedTensor, encode_e4m3_torch, quantize_fp8_torch, quantize_int8_torch
 
-__all__ = ["INT4_TYPES", "Int4Matrix", "gguf_int4_matrix", "q4_0_matrix", "q4_1_matrix", "q4_k_matrix",
+__all__ = ["AWQ_ORDER", "Int4Scheme", "awq_matrix", "gptq_matrix", "int4_matrix", "int4_scheme", "unpack_nibbles",
+           "INT4_TYPES", "Int4Matrix", "gguf_int4_matrix", "q4_0_matrix", "q4_1_matrix", "q4_k_matrix",
            "q4_k_scale_min", "E4M3_MAX", "FP8Scheme", "QuantFormatError", "QuantizedMatrix", "QuantizedTensors", "decode_e4m3", "encode_e4m3",
            "fp8_matrix", "fp8_scheme", "q8_0_bytes", "q8_0_matrix", "quantize_fp8", "quantize_int8",
            "QuantizedTensor", "encode_e4m3_torch", "quantize_fp8_torch", "quantize_int8_torch"]
