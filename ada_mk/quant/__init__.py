@@ -19,13 +19,15 @@ from .formats import FP8Scheme, fp8_matrix, fp8_scheme
 from .gguf_q4 import INT4_TYPES, gguf_int4_matrix, q4_0_matrix, q4_1_matrix, q4_k_matrix, q4_k_scale_min
 from .gguf_q8 import q8_0_bytes, q8_0_matrix
 from .int4 import Int4Matrix
+from .int4_quantize import quantize_int4
+from .int4_torch import Int4Tensor, quantize_int4_torch
 from .lazy import QuantizedTensors
 from .matrix import QuantizedMatrix
 from .quantize import quantize_fp8, quantize_int8
 from .torch_quant import QuantizedTensor, encode_e4m3_torch, quantize_fp8_torch, quantize_int8_torch
 
 __all__ = ["AWQ_ORDER", "Int4Scheme", "awq_matrix", "gptq_matrix", "int4_matrix", "int4_scheme", "unpack_nibbles",
-           "INT4_TYPES", "Int4Matrix", "gguf_int4_matrix", "q4_0_matrix", "q4_1_matrix", "q4_k_matrix",
+           "INT4_TYPES", "Int4Tensor", "quantize_int4", "quantize_int4_torch", "Int4Matrix", "gguf_int4_matrix", "q4_0_matrix", "q4_1_matrix", "q4_k_matrix",
            "q4_k_scale_min", "E4M3_MAX", "FP8Scheme", "QuantFormatError", "QuantizedMatrix", "QuantizedTensors", "decode_e4m3", "encode_e4m3",
            "fp8_matrix", "fp8_scheme", "q8_0_bytes", "q8_0_matrix", "quantize_fp8", "quantize_int8",
            "QuantizedTensor", "encode_e4m3_torch", "quantize_fp8_torch", "quantize_int8_torch"]
