@@ -123,3 +123,13 @@ def test_torch_bad_inputs() -> None:
         quantize_int4_torch(torch.full((2, 128), float("inf")))
     with pytest.raises(ValueError, match="group 96 does not divide K = 128"):
         quantize_int4_torch(torch.zeros(2, 128), group=96)
+
+
+def test_torch_tensor_checks() -> None:
+    q = torch.zeros(2, 4, dtype=torch.uint8)
+    with pytest.raises(ValueError, match="group 3 does not divide K = 4"):
+        Int4Tensor(q, torch.zeros(2, 1), None, 3)
+    with pytest.raises(ValueError, match="offsets must be float32"):
+        Int4Tensor(q, torch.zeros(2, 2), torch.zeros(2, 2, dtype=torch.float64), 2)
+    with pytest.raises(ValueError, match="q must be a 2-D uint8 tensor"):
+        Int4Tensor(q.int(), torch.zeros(2, 2), None, 2)

@@ -22,7 +22,8 @@ Both become the asymmetric Int4Matrix form with scale s and offset -(z * s), tra
 this is exact: z * s and q * s are exact in float32 (11 significant bits times 5) and so is their
 difference, so dequantize() is the exact (q - z) * s. AutoAWQ and AutoGPTQ compute it in fp16,
 which rounds that value once to fp16 (at most half an fp16 ulp, relative 2^-11): our float32 value
-rounded to fp16 is theirs bit for bit.
+rounded to fp16 is theirs bit for bit. float32 scales are read too, but there z * s and the sum can
+each round (at most half a float32 ulp of 15 * s apiece).
 
 A GPTQ v1 zero nibble of 15 (zero point 16 after the +1) is refused: GPTQ's packer writes a zero
 point of 0 as -1, which fills the word's higher nibbles with ones, so such zeros are not readable.

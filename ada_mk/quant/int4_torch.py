@@ -29,6 +29,19 @@ class Int4Tensor:
     offsets: Any
     group: int
 
+    def __post_init__(self) -> None:
+        import torch
+
+        if self.q.dtype != torch.uint8 or self.q.dim() != 2:
+            raise ValueError(f"Int4Tensor: q must be a 2-D uint8 tensor, not {self.q.dtype} {tuple(self.q.shape)}")
+        n, k = self.q.shape
+        if self.group <= 0 or k % self.group:
+            raise ValueError(f"Int4Tensor: group {self.group} does not divide K = {k}")
+        want = (n, k // self.group)
+        for what, t in (("scales", self.scales), ("offsets", self.offsets)):
+            if t is not None and (t.dtype != torch.float32 or tuple(t.shape) != want):
+                raise ValueError(f"Int4Tensor: {what} must be float32 {want}, not {t.dtype} {tuple(t.shape)}")
+
     @property
     def shape(self) -> tuple[int, int]:
         return (int(self.q.shape[0]), int(self.q.shape[1]))
