@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ada_mk.quant import Int4Matrix, QuantFormatError, gguf_int4_matrix, q4_k_scale_min
+from ada_mk.quant import Int4Matrix, QuantFormatError, gguf_int4_matrix, q4_bytes, q4_k_scale_min, quantize_int4
 
 gguf = pytest.importorskip("gguf")
 
@@ -101,3 +101,18 @@ def test_bad_inputs() -> None:
         gguf_int4_matrix(np.zeros(17, np.uint8), "Q4_0", (1, 32), "w")
     with pytest.raises(QuantFormatError, match=r"'w': GGUF type Q6_K has no int4 form"):
         gguf_int4_matrix(np.zeros(210, np.uint8), "Q6_K", (1, 256), "w")
+
+
+@pytest.mark.parametrize("qtype", ["Q4_0", "Q4_1"])
+def test_q4_bytes_round_trip(qtype: str) -> None:
+    raw = random_blocks(qtype, 8, 128, seed=5)
+    m = gguf_int4_matrix(raw, qtype, (8, 128))
+    assert np.array_equal(q4_bytes(m, qtype), raw)
+
+
+def test_q4_bytes_refuses() -> None:
+    m = quantize_int4(np.random.default_rng(0).standard_normal((2, 64)).astype(np.float32), group=32)
+    with pytest.raises(ValueError, match="Q4_0 bytes need a symmetric Int4Matrix with group 32"):
+        q4_bytes(m, "Q4_0")
+    with pytest.raises(ValueError, match="fp16 scales"):
+        q4_bytes(m, "Q4_1")  # float32 scales of the quantizer are not fp16 values

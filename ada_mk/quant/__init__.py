@@ -21,7 +21,7 @@ from .awq_gptq import AWQ_ORDER, Int4Scheme, awq_matrix, gptq_matrix, int4_matri
 from .e4m3 import E4M3_MAX, decode_e4m3, encode_e4m3
 from .errors import QuantFormatError
 from .formats import FP8Scheme, fp8_matrix, fp8_scheme
-from .gguf_q4 import INT4_TYPES, gguf_int4_matrix, q4_0_matrix, q4_1_matrix, q4_k_matrix, q4_k_scale_min
+from .gguf_q4 import INT4_TYPES, gguf_int4_matrix, q4_0_matrix, q4_1_matrix, q4_bytes, q4_k_matrix, q4_k_scale_min
 from .gguf_q8 import q8_0_bytes, q8_0_matrix
 from .int4 import Int4Matrix
 from .int4_quantize import quantize_int4
@@ -35,5 +35,5 @@ __all__ = ["E4M3_MAX", "FP8Scheme", "QuantFormatError", "QuantizedMatrix", "Quan
            "fp8_matrix", "fp8_scheme", "q8_0_bytes", "q8_0_matrix", "quantize_fp8", "quantize_int8",
            "QuantizedTensor", "encode_e4m3_torch", "quantize_fp8_torch", "quantize_int8_torch",
            "Int4Matrix", "Int4Tensor", "quantize_int4", "quantize_int4_torch",
-           "INT4_TYPES", "gguf_int4_matrix", "q4_0_matrix", "q4_1_matrix", "q4_k_matrix", "q4_k_scale_min",
+           "INT4_TYPES", "gguf_int4_matrix", "q4_0_matrix", "q4_1_matrix", "q4_bytes", "q4_k_matrix", "q4_k_scale_min",
            "AWQ_ORDER", "Int4Scheme", "awq_matrix", "gptq_matrix", "int4_matrix", "int4_scheme", "unpack_nibbles"]

@@ -100,3 +100,28 @@ def gguf_int4_matrix(raw: np.ndarray, qtype: str, shape: tuple[int, int], name: 
         raise QuantFormatError(f"tensor {name!r}: GGUF type {qtype} has no int4 form; expected one of "
                                f"{', '.join(INT4_TYPES)}")
     return READERS[qtype](raw, shape, name)
+
+
+def _fp16_exact(a: np.ndarray, what: str) -> np.ndarray:
+    h = a.astype("<f2")
+    if not np.array_equal(h.astype(np.float32), a, equal_nan=True):
+        raise ValueError(f"GGUF stores fp16 {what}; these {what} are not all fp16 values")
+    return h
+
+
+def q4_bytes(m: Int4Matrix, qtype: str) -> np.ndarray:
+    """The GGUF bytes (uint8 [N, K / 32 * block bytes]) of a group-32 Int4Matrix with fp16 scales
+    (and offsets) as q4_0_matrix ("Q4_0": symmetric) or q4_1_matrix ("Q4_1": asymmetric) return:
+    their exact inverse, e.g. for writing test files."""
+    if qtype not in ("Q4_0", "Q4_1") or m.group != Q4_GROUP or m.symmetric != (qtype == "Q4_0"):
+        raise ValueError(f"{qtype} bytes need a {'symmetric' if qtype == 'Q4_0' else 'asymmetric'} Int4Matrix with "
+                         f"group {Q4_GROUP}, not {'symmetric' if m.symmetric else 'asymmetric'} group {m.group}")
+    n, k = m.shape
+    nb = k // Q4_GROUP
+    fields = [_fp16_exact(m.scales, "scales")]
+    if m.offsets is not None:
+        fields.append(_fp16_exact(m.offsets, "offsets"))
+    q = m.q.reshape(n, nb, Q4_GROUP)
+    qs = q[:, :, :16] | (q[:, :, 16:] << 4)
+    parts = [f.view(np.uint8).reshape(n, nb, 2) for f in fields] + [qs]
+    return np.concatenate(parts, axis=2).reshape(n, -1)
