@@ -78,7 +78,9 @@ def test_q4_k_by_hand() -> None:
     raw = np.concatenate([np.array([d]).view(np.uint8), np.array([dmin]).view(np.uint8), packed, qs.reshape(-1)])
     m = gguf_int4_matrix(raw, "Q4_K", (1, 256))
     assert np.array_equal(m.q, codes.reshape(1, 256))
-    want = (np.float32(d) * sc.astype(np.float32))[:, None] * codes - (np.float32(dmin) * mn.astype(np.float32))[:, None]
+    scale = np.float32(d) * sc.astype(np.float32)
+    dm = np.float32(dmin) * mn.astype(np.float32)
+    want = scale[:, None] * codes - dm[:, None]
     assert np.array_equal(m.dequantize(), want.reshape(1, 256))
 
 

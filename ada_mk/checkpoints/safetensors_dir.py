@@ -99,7 +99,8 @@ def read_raw(info: TensorInfo) -> np.ndarray:
     """One tensor's stored bits, as the NumPy dtype of _DTYPES (bf16 and FP8 as unsigned integers;
     I32 as int32)."""
     dtype = _DTYPES.get(info.dtype) or _INT32[info.dtype]
-    return np.fromfile(info.file, dtype=dtype, count=info.nbytes // dtype.itemsize, offset=info.start).reshape(info.shape)
+    count = info.nbytes // dtype.itemsize
+    return np.fromfile(info.file, dtype=dtype, count=count, offset=info.start).reshape(info.shape)
 
 
 def read_tensor(info: TensorInfo) -> np.ndarray:

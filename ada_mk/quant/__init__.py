@@ -31,8 +31,8 @@ from .matrix import QuantizedMatrix
 from .quantize import quantize_fp8, quantize_int8
 from .torch_quant import QuantizedTensor, encode_e4m3_torch, quantize_fp8_torch, quantize_int8_torch
 
-__all__ = ["E4M3_MAX", "FP8Scheme", "QuantFormatError", "QuantizedMatrix", "QuantizedTensors", "decode_e4m3", "encode_e4m3",
-           "fp8_matrix", "fp8_scheme", "q8_0_bytes", "q8_0_matrix", "quantize_fp8", "quantize_int8",
+__all__ = ["E4M3_MAX", "FP8Scheme", "QuantFormatError", "QuantizedMatrix", "QuantizedTensors", "decode_e4m3",
+           "encode_e4m3", "fp8_matrix", "fp8_scheme", "q8_0_bytes", "q8_0_matrix", "quantize_fp8", "quantize_int8",
            "QuantizedTensor", "encode_e4m3_torch", "quantize_fp8_torch", "quantize_int8_torch",
            "Int4Matrix", "Int4Tensor", "quantize_int4", "quantize_int4_torch",
            "INT4_TYPES", "gguf_int4_matrix", "q4_0_matrix", "q4_1_matrix", "q4_bytes", "q4_k_matrix", "q4_k_scale_min",
