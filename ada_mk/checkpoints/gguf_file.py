@@ -4,9 +4,13 @@ to float32 on access, tensor names mapped to HF's, and llama.cpp's Q/K row permu
     model, weights, tok = load_gguf("SmolLM2-135M-Instruct.Q4_1.gguf")
 
 Needs the `gguf` package (pip install 'ada-mk[gguf]'). Tested types: F32, F16, BF16, Q8_0, Q4_0,
-Q4_1; anything else `gguf.quants.dequantize` knows (K-quants, ...) is accepted as well. Q8_0 matrices
-are also handed out as stored, `weights.quantized[name]` (ada_mk.quant.QuantizedMatrix, int8 with a
-scale per 32 columns, read from the raw blocks; `weights[name]` equals its dequantize()).
+Q4_1, Q4_K, Q6_K; anything else `gguf.quants.dequantize` knows is accepted as well. Matrices are also
+handed out as stored, read from the raw blocks (`weights[name]` equals their dequantize()):
+  - Q8_0: `weights.quantized[name]` (ada_mk.quant.QuantizedMatrix, int8, a scale per 32 columns);
+  - Q4_0, Q4_1, Q4_K: `weights.int4[name]` (ada_mk.quant.Int4Matrix, group 32), a mapping of its
+    own so that `quantized` keeps meaning the 8-bit matrices its consumers stream.
+Other types (Q6_K of a Q4_K_M file, Q5_*, ...) have no stored form yet: they appear in `weights`
+only, dequantized by gguf.
 """
 from __future__ import annotations
 
@@ -20,7 +24,8 @@ from typing import Any
 import numpy as np
 
 from ..config.model import ModelConfig
-from ..quant import QuantFormatError, QuantizedMatrix, QuantizedTensors, q8_0_matrix
+from ..quant import (INT4_TYPES, Int4Matrix, QuantFormatError, QuantizedMatrix, QuantizedTensors, gguf_int4_matrix,
+                     q8_0_matrix)
 from .errors import CheckpointError
 from .names import check_weights
 
@@ -133,6 +138,8 @@ class GGUFWeights(Mapping):
         t = self.tensors[name]
         if t.tensor_type == gguf.GGMLQuantizationType.Q8_0 and len(t.shape) == 2:
             return self.quantized_matrix(name).dequantize()
+        if t.tensor_type.name in INT4_TYPES and len(t.shape) == 2:
+            return self.int4_matrix(name).dequantize()  # bit for bit gguf's own dequantization
         shape = tuple(int(s) for s in reversed(t.shape.tolist()))
         try:
             w = gguf.quants.dequantize(t.data, t.tensor_type)
@@ -156,6 +163,19 @@ class GGUFWeights(Mapping):
             m = m.take_rows(unpermute_qk(np.arange(shape[0]), heads))
         return m
 
+    def int4_matrix(self, name: str) -> Int4Matrix:
+        """A Q4_0 / Q4_1 / Q4_K matrix as stored: its codes, scales and offsets, rows un-permuted."""
+        t = self.tensors[name]
+        shape = tuple(int(s) for s in reversed(t.shape.tolist()))
+        try:
+            m = gguf_int4_matrix(np.asarray(t.data), t.tensor_type.name, shape, t.name)
+        except QuantFormatError as e:
+            raise CheckpointError(f"{self.path}: {e}") from None
+        heads = self._permuted_heads(name)
+        if heads is not None:
+            m = m.take_rows(unpermute_qk(np.arange(shape[0]), heads))
+        return m
+
     def _permuted_heads(self, name: str) -> int | None:
         """The head count of a Q/K tensor whose rows llama.cpp permuted (None: not permuted)."""
         if self.permute and name.endswith(("q_proj.weight", "q_proj.bias")):
@@ -171,6 +191,12 @@ class GGUFWeights(Mapping):
         names = [n for n, t in self.tensors.items()
                  if t.tensor_type == gguf.GGMLQuantizationType.Q8_0 and len(t.shape) == 2]
         return QuantizedTensors(names, self.quantized_matrix)
+
+    @property
+    def int4(self) -> QuantizedTensors:
+        """The Q4_0 / Q4_1 / Q4_K matrices as stored: name -> Int4Matrix, read on access."""
+        names = [n for n, t in self.tensors.items() if t.tensor_type.name in INT4_TYPES and len(t.shape) == 2]
+        return QuantizedTensors(names, self.int4_matrix)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.tensors)

@@ -8,7 +8,9 @@
 dequantized exactly: W = q x scale). `quantized` holds the weights stored in 8 bits, read as they
 are into ada_mk.quant.QuantizedMatrix (8-bit values, float32 scales per row and group of columns):
 FP8 E4M3 safetensors (compressed-tensors, block FP8) and GGUF Q8_0 tensors; it is empty for
-bf16/fp16/fp32 checkpoints, and other GGUF types (Q4_0, Q4_K, ...) appear only in `weights`.
+bf16/fp16/fp32 checkpoints. `int4` holds the weights stored in 4 bits, as
+ada_mk.quant.Int4Matrix (codes 0..15, float32 scales and offsets per row and group of 32 columns):
+GGUF Q4_0, Q4_1 and Q4_K tensors. Other GGUF types (Q6_K, Q5_K, ...) appear only in `weights`.
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ class Checkpoint:
     kind: str  # "gguf" or "safetensors"
     tokenizer_source: Any = None  # GGUFTokenizerInfo, or the folder holding tokenizer.json
     quantized: Mapping[str, Any] = field(default_factory=dict)  # HF name -> QuantizedMatrix (read lazily)
+    int4: Mapping[str, Any] = field(default_factory=dict)  # HF name -> Int4Matrix (read lazily)
 
     def tokenizer(self):
         """The checkpoint's tokenizer (needs the `tokenizers` package)."""
@@ -57,7 +60,7 @@ def load_checkpoint(path: str | os.PathLike, model: ModelConfig | None = None) -
         from .gguf_file import load_gguf
 
         m, w, tok = load_gguf(p, model)
-        return Checkpoint(m, w, p, "gguf", tok, w.quantized)
+        return Checkpoint(m, w, p, "gguf", tok, w.quantized, w.int4)
     from .safetensors_dir import load_safetensors_dir
 
     m, w = load_safetensors_dir(p, model)

@@ -40,6 +40,9 @@ _REFUSED = {
     "I8": "int8 weights are unsupported (no int8 checkpoint scheme is read); ada-mk reads FP8 E4M3 "
           "and bf16/fp16/fp32 weights",
 }
+# int32 tensors only 4-bit checkpoints carry (AWQ / GPTQ qweight, qzeros, g_idx): read_header takes
+# them where asked to (allow_int32), the model loader never does
+_INT32 = {"I32": np.dtype("<i4")}
 MAX_HEADER = 100 * 1024 * 1024
 
 
@@ -52,8 +55,10 @@ class TensorInfo:
     nbytes: int
 
 
-def read_header(path: str | os.PathLike) -> dict[str, TensorInfo]:
-    """The tensors a .safetensors file holds (name -> TensorInfo), without reading their data."""
+def read_header(path: str | os.PathLike, allow_int32: bool = False) -> dict[str, TensorInfo]:
+    """The tensors a .safetensors file holds (name -> TensorInfo), without reading their data.
+    `allow_int32`: accept I32 tensors too (the packed tensors of AWQ / GPTQ checkpoints)."""
+    dtypes = {**_DTYPES, **_INT32} if allow_int32 else _DTYPES
     path = Path(path)
     size = path.stat().st_size
     with open(path, "rb") as f:
@@ -80,9 +85,9 @@ def read_header(path: str | os.PathLike) -> dict[str, TensorInfo]:
             raise CheckpointError(f"{path}: tensor {name!r} has a malformed header entry") from None
         if dtype in _REFUSED:
             raise CheckpointError(f"{path}: tensor {name!r} has dtype {dtype}: {_REFUSED[dtype]}")
-        if dtype not in _DTYPES:
-            raise CheckpointError(f"{path}: tensor {name!r} has dtype {dtype}; expected one of {', '.join(_DTYPES)}")
-        nbytes = int(np.prod(shape, dtype=np.int64)) * _DTYPES[dtype].itemsize
+        if dtype not in dtypes:
+            raise CheckpointError(f"{path}: tensor {name!r} has dtype {dtype}; expected one of {', '.join(dtypes)}")
+        nbytes = int(np.prod(shape, dtype=np.int64)) * dtypes[dtype].itemsize
         if b - a != nbytes or a < 0 or base + b > size:
             raise CheckpointError(f"{path}: tensor {name!r} has data offsets [{a}, {b}] that do not fit "
                                   f"its shape {shape} ({dtype}) or the file")
@@ -91,9 +96,11 @@ def read_header(path: str | os.PathLike) -> dict[str, TensorInfo]:
 
 
 def read_raw(info: TensorInfo) -> np.ndarray:
-    """One tensor's stored bits, as the NumPy dtype of _DTYPES (bf16 and FP8 as unsigned integers)."""
-    return np.fromfile(info.file, dtype=_DTYPES[info.dtype], count=info.nbytes // _DTYPES[info.dtype].itemsize,
-                       offset=info.start).reshape(info.shape)
+    """One tensor's stored bits, as the NumPy dtype of _DTYPES (bf16 and FP8 as unsigned integers;
+    I32 as int32)."""
+    dtype = _DTYPES.get(info.dtype) or _INT32[info.dtype]
+    count = info.nbytes // dtype.itemsize
+    return np.fromfile(info.file, dtype=dtype, count=count, offset=info.start).reshape(info.shape)
 
 
 def read_tensor(info: TensorInfo) -> np.ndarray:
