@@ -141,8 +141,9 @@ def fake_codegen(monkeypatch):
     """Stands in for ada_mk.codegen.pipeline (another engineer's) to see what the CLI hands it."""
     calls = []
     mod = types.ModuleType("ada_mk.codegen.pipeline")
-    mod.emit = lambda model, deploy, graph, out_dir, log: (calls.append((model, deploy, graph, out_dir)),
-                                                           log("fake emit"))
+    mod.plan_for = lambda model, deploy: ("fake plan", model.name)
+    mod.emit = lambda model, deploy, graph, out_dir, log, plan: (calls.append((model, deploy, graph, out_dir)),
+                                                                 log(f"fake emit of {plan}"))
     monkeypatch.setitem(sys.modules, "ada_mk.codegen.pipeline", mod)
     return calls
 
