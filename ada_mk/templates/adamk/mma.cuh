@@ -20,10 +20,12 @@
 
 namespace adamk::warp {
 
-// 8-bit weights with a scale per group (adamk/dequant.cuh): the two MMAs of one 16-byte bf16
-// vector span 32 columns of a row, one group's half-block, so their product, taken from zero, is
-// scaled once and added to an accumulator (add_scaled): a multiply per product register, not per
-// weight.
+// The m16n8k16 bf16 MMA (fp32 accumulators) every step issues.
+//
+// 8-bit weights with a scale per group (adamk/dequant.cuh) use add_scaled: the two MMAs of one
+// 16-byte bf16 vector span 32 columns of a row, one group's half-block, so their product, taken
+// from zero, is scaled once and added to an accumulator: a multiply per product register, not
+// per weight.
 using Mma = cute::SM80_16x8x16_F32BF16BF16F32_TN;
 
 // Accumulators of one pair of sequences: two MMA tiles (the halves of the 16-byte vectors).
