@@ -17,5 +17,6 @@ checks that there is no cycle):
   validate      refuses a plan the kernel would run wrongly or hang on
   planner       make_plan: the validated plan adamk-gen compiles
   layout        where weights, scratch, counters and the KV cache live in device memory
-  profile, explain  measured task times; adamk-gen --explain
+  device_memory  what the plan's buffers take, against the GPU's memory
+  profile, chain, explain  measured task times, a layer's measured chain; adamk-gen --explain
 """
