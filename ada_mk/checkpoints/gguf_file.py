@@ -152,23 +152,20 @@ class GGUFWeights(Mapping):
 
     def quantized_matrix(self, name: str) -> QuantizedMatrix:
         """A Q8_0 matrix as stored: its blocks' fp16 scales and int8 values, rows un-permuted."""
-        t = self.tensors[name]
-        shape = tuple(int(s) for s in reversed(t.shape.tolist()))
-        try:
-            m = q8_0_matrix(np.asarray(t.data), shape, t.name)
-        except QuantFormatError as e:
-            raise CheckpointError(f"{self.path}: {e}") from None
-        heads = self._permuted_heads(name)
-        if heads is not None:
-            m = m.take_rows(unpermute_qk(np.arange(shape[0]), heads))
-        return m
+        return self._as_stored(name, lambda t, shape: q8_0_matrix(np.asarray(t.data), shape, t.name))
 
     def int4_matrix(self, name: str) -> Int4Matrix:
         """A Q4_0 / Q4_1 / Q4_K matrix as stored: its codes, scales and offsets, rows un-permuted."""
+        return self._as_stored(
+            name, lambda t, shape: gguf_int4_matrix(np.asarray(t.data), t.tensor_type.name, shape, t.name))
+
+    def _as_stored(self, name: str, read: Any) -> Any:
+        """read(tensor, [N, K] shape) of a quantized tensor, with llama.cpp's Q/K row order undone
+        (the matrix's take_rows); format errors as CheckpointError naming the file."""
         t = self.tensors[name]
         shape = tuple(int(s) for s in reversed(t.shape.tolist()))
         try:
-            m = gguf_int4_matrix(np.asarray(t.data), t.tensor_type.name, shape, t.name)
+            m = read(t, shape)
         except QuantFormatError as e:
             raise CheckpointError(f"{self.path}: {e}") from None
         heads = self._permuted_heads(name)

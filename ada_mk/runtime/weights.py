@@ -11,13 +11,40 @@ import numpy as np
 from ..search.layout import Layout, Segment
 
 
-def _is_torch(x: Any) -> bool:
+def is_torch(x: Any) -> bool:
+    """Whether x is a torch tensor (torch itself is not imported here)."""
     return hasattr(x, "detach")
+
+
+def pad_rows(x: Any, rows: int) -> Any:
+    """x [N, ...] (numpy or torch) with zero rows appended up to `rows`."""
+    n = x.shape[0]
+    if n == rows:
+        return x
+    if is_torch(x):
+        import torch
+
+        return torch.cat([x, x.new_zeros(rows - n, *x.shape[1:])])
+    return np.concatenate([x, np.zeros((rows - n, *x.shape[1:]), x.dtype)])
+
+
+def swap_odd_halves(t: Any, half: int) -> Any:
+    """[..., row (even count), column] (numpy or torch), `half` elements per 64 bytes: where rows
+    are whole 128-byte lines, odd rows with the two 64-byte halves of each line swapped (the
+    batched multiply's bank swizzle, adamk/tasks.cuh; an involution); otherwise t as it is."""
+    cc = t.shape[-1]
+    if cc % (2 * half):
+        return t
+    lines = t.reshape(*t.shape[:-1], cc // (2 * half), 2, half)
+    if is_torch(t):
+        import torch
+        return torch.stack([lines[..., 0::2, :, :, :], lines[..., 1::2, :, :, :].flip(-2)], dim=-4).reshape(t.shape)
+    return np.stack([lines[..., 0::2, :, :, :], lines[..., 1::2, :, ::-1, :]], axis=-4).reshape(t.shape)
 
 
 def _as_torch(x: Any) -> Any:
     """A torch tensor of x (numpy arrays are wrapped, not copied)."""
-    if _is_torch(x):
+    if is_torch(x):
         return x
     import torch
 
@@ -27,7 +54,7 @@ def _as_torch(x: Any) -> Any:
 def to_bf16_bits(x: Any) -> np.ndarray:
     """bf16 bit patterns (uint16) of an array, rounding to nearest even like torch does.
     torch tensors are converted by torch itself (exact); everything else through float32."""
-    if _is_torch(x):
+    if is_torch(x):
         import torch
 
         return x.detach().to(torch.bfloat16).view(torch.int16).cpu().numpy().view(np.uint16)
@@ -50,16 +77,11 @@ def tile_matrix(mat: Any, tiling: tuple[int, ...]) -> Any:
     rows, ksplit, kparts, cc = tiling
     n, k = mat.shape
     tiles = -(-n // rows)
-    if tiles * rows != n:  # zero rows up to whole tiles
-        if _is_torch(mat):
-            import torch
-            mat = torch.cat([mat, mat.new_zeros(tiles * rows - n, k)])
-        else:
-            mat = np.concatenate([mat, np.zeros((tiles * rows - n, k), mat.dtype)])
+    mat = pad_rows(mat, tiles * rows)  # zero rows up to whole tiles
     t = mat.reshape(tiles, rows // 16, 16, ksplit, kparts, cc)  # [tile, group, row, split, part, column]
     order = (0, 3, 1, 4, 2, 5)  # -> [tile, split, group, part, row, column]
-    t = t.permute(*order) if _is_torch(mat) else t.transpose(order)
-    return _swap_odd_halves(t).reshape(-1)
+    t = t.permute(*order) if is_torch(mat) else t.transpose(order)
+    return swap_odd_halves(t, 32).reshape(-1)
 
 
 def untile_matrix(flat: Any, shape: tuple[int, ...], tiling: tuple[int, ...]) -> Any:
@@ -67,23 +89,10 @@ def untile_matrix(flat: Any, shape: tuple[int, ...], tiling: tuple[int, ...]) ->
     rows, ksplit, kparts, cc = tiling
     n, k = shape
     tiles = -(-n // rows)
-    t = _swap_odd_halves(flat.reshape(tiles, ksplit, rows // 16, kparts, 16, cc))
+    t = swap_odd_halves(flat.reshape(tiles, ksplit, rows // 16, kparts, 16, cc), 32)
     order = (0, 2, 4, 1, 3, 5)  # -> [tile, group, row, split, part, column]
-    t = t.permute(*order) if _is_torch(flat) else t.transpose(order)
+    t = t.permute(*order) if is_torch(flat) else t.transpose(order)
     return t.reshape(tiles * rows, k)[:n]
-
-
-def _swap_odd_halves(t: Any) -> Any:
-    """[..., row (16), column]: where rows are whole 128-byte lines, odd rows with the two 64-byte
-    halves of each line swapped (an involution); otherwise t as it is."""
-    cc = t.shape[-1]
-    if cc % 64:
-        return t
-    lines = t.reshape(*t.shape[:-1], cc // 64, 2, 32)
-    if _is_torch(t):
-        import torch
-        return torch.stack([lines[..., 0::2, :, :, :], lines[..., 1::2, :, :, :].flip(-2)], dim=-4).reshape(t.shape)
-    return np.stack([lines[..., 0::2, :, :, :], lines[..., 1::2, :, ::-1, :]], axis=-4).reshape(t.shape)
 
 
 def _segment_rows(seg: Segment, layer: int, weights: Mapping[str, Any]) -> list[tuple[str, Any]]:

@@ -27,21 +27,12 @@ from ..quant.matrix import QuantizedMatrix
 from ..quant.quantize import quantize_fp8, quantize_int8
 from ..quant.torch_quant import QuantizedTensor, quantize_fp8_torch, quantize_int8_torch
 from ..search.plan import LinearTiling
+from .weights import is_torch as _is_torch, pad_rows as _pad_rows, swap_odd_halves
 
-BLOCK = 64  # columns of a permuted block: the 4 lanes of an MMA's k, 16 bytes each
-
-
-def _block_columns() -> np.ndarray:
-    """Byte p of a 64-column block holds column BLOCK_COLUMNS[p]: byte 16 j + i (j = 0..3, the lane
-    within an MMA quad) holds column 8 j + i for i < 8 and 32 + 8 j + (i - 8) for i >= 8."""
-    return np.array([8 * j + i if i < 8 else 32 + 8 * j + (i - 8) for j in range(4) for i in range(16)])
-
-
-BLOCK_COLUMNS = _block_columns()  # the packing's transpose of [half, j, 8] columns to [j, half, 8] bytes
-
-
-def _is_torch(x: Any) -> bool:
-    return hasattr(x, "detach")
+# Columns of a permuted block: the 4 lanes of an MMA's k, 16 bytes each. Byte 16 j + i of a block
+# (j = 0..3, the lane within an MMA quad) holds column 8 j + i for i < 8 and 32 + 8 j + (i - 8)
+# for i >= 8: the block's columns [half, j, 8] stored as bytes [j, half, 8].
+BLOCK = 64
 
 
 def group_columns(t: LinearTiling) -> int:
@@ -119,33 +110,14 @@ def _segment_matrix(seg: Any, parts: list[tuple[str, Any]], device: Any, on_torc
 
 
 # ---------------------------------------------------------------------------- chunks
-def _pad_rows(x: Any, rows: int) -> Any:
-    n = x.shape[0]
-    if n == rows:
-        return x
-    if _is_torch(x):
-        import torch
-
-        return torch.cat([x, x.new_zeros(rows - n, *x.shape[1:])])
-    return np.concatenate([x, np.zeros((rows - n, *x.shape[1:]), x.dtype)])
-
-
 def _permute(x: Any, order: tuple[int, ...]) -> Any:
     return x.permute(*order) if _is_torch(x) else x.transpose(order)
 
 
 def _swap_odd_halves(c: Any) -> Any:
     """[..., row (chunk_rows, even), 64-byte block, 64]: odd rows with blocks 2m and 2m + 1 (the
-    two halves of a 128-byte line) swapped; an involution."""
-    *pre, rows, blocks, _ = c.shape
-    c = c.reshape(*pre, rows // 2, 2, blocks // 2, 2, BLOCK)
-    if _is_torch(c):
-        import torch
-
-        out = torch.stack([c[..., 0, :, :, :], c[..., 1, :, :, :].flip(-2)], dim=-4)
-    else:
-        out = np.stack([c[..., 0, :, :, :], c[..., 1, :, ::-1, :]], axis=-4)
-    return out.reshape(*pre, rows, blocks, BLOCK)
+    two halves of a 128-byte line) swapped (weights.swap_odd_halves on 8-bit codes)."""
+    return swap_odd_halves(c.reshape(*c.shape[:-2], -1), BLOCK).reshape(c.shape)
 
 
 def pack_chunks(q: Any, scales: Any, t: LinearTiling) -> Any:
@@ -163,7 +135,7 @@ def pack_chunks(q: Any, scales: Any, t: LinearTiling) -> Any:
     q, scales = _pad_rows(q, npad), _pad_rows(scales, npad)  # zero values, zero scales
     if t.weights == "int8":
         q = q ^ 0x80  # value + 128
-    # a block's columns [half, lane j, 8] as its bytes [lane j, half, 8] (BLOCK_COLUMNS)
+    # a block's columns [half, lane j, 8] as its bytes [lane j, half, 8] (BLOCK)
     codes = q.reshape(tiles, rows // cr, cr, ks, kp, cc // BLOCK, 2, 4, 8)
     codes = _permute(codes, (0, 3, 1, 4, 2, 5, 7, 6, 8))  # -> [tile, split, row group, part, row, block, j, half, 8]
     codes = codes.reshape(tiles, ks, rows // cr, kp, cr, cc // BLOCK, BLOCK)

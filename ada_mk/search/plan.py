@@ -145,8 +145,8 @@ class LinearTiling:
 
     @property
     def task_bytes(self) -> int:
-        """Bytes one task streams: its chunks (weights, and scales with 8-bit weights)."""
-        return self.chunks * self.chunk_bytes
+        """Bytes one task of a whole tile streams: its chunks (weights, and scales with 8-bit weights)."""
+        return self.rows_bytes(self.rows)
 
     def rows_bytes(self, rows: int) -> int:
         """Bytes a task streams for `rows` of its output rows (a tile's rows; the last tile may have
