@@ -39,6 +39,7 @@ def _bind(lib: ctypes.CDLL) -> None:
         "adamk_weights_bytes": (c_size_t, []),
         "adamk_create": (c_int, [c_void_p, c_size_t, c_int, c_int, ctypes.POINTER(c_void_p)]),
         "adamk_decode": (c_int, [c_void_p, i32p, i32p, i32p, f32p]),
+        "adamk_set_wait_limit": (c_int, [c_void_p, ctypes.c_double]),
         "adamk_reset": (c_int, [c_void_p]),
         "adamk_destroy": (None, [c_void_p]),
     }
@@ -117,8 +118,14 @@ class SharedLibrary:
             logits.ctypes.data_as(f32p) if logits is not None else None))
         return nxt, logits
 
+    def set_wait_limit(self, milliseconds: float) -> None:
+        """Bound every dependency wait of later steps (adamk_set_wait_limit; default 500 ms)."""
+        if not self.is_open:
+            raise RuntimeError("no session: call create() first")
+        self._check(self.lib.adamk_set_wait_limit(self._session, milliseconds))
+
     def reset(self) -> None:
-        """Forget every sequence; positions restart at 0."""
+        """Forget every sequence; positions restart at 0. Also the way back after a timeout."""
         if not self.is_open:
             raise RuntimeError("no session: call create() first")
         self._check(self.lib.adamk_reset(self._session))

@@ -31,7 +31,7 @@ __device__ void qkv_values(const Ctx<C>& c, int layer, int idx, int b, const int
   for (int i = 0; i < N * KS; ++i) on[i] = live[i / KS];
   float v[N * KS];
   thread::poll_flagged<N * KS>([&](int i) { return part + i % KS * C::B * C::NQKV + cols[i / KS]; }, on, c.a.epoch,
-                               v, WaitSite{c.a.debug, ATTN, layer, idx}, -1);
+                               v, WaitSite{c.a.timeout, ATTN, layer, idx}, -1);
 #pragma unroll
   for (int i = 0; i < N; ++i) {
     float s = 0.f;

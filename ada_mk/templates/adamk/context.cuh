@@ -6,13 +6,6 @@
 
 namespace adamk {
 
-// %globaltimer: nanoseconds, the same clock on every SM (profile builds only).
-__device__ __forceinline__ unsigned long long global_ns() {
-  unsigned long long t;
-  asm volatile("mov.u64 %0, %globaltimer;" : "=l"(t) : : "memory");  // not hoisted above a wait
-  return t;
-}
-
 template <class C>
 struct Ctx {
   Args a;

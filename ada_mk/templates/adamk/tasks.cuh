@@ -115,7 +115,7 @@ struct Args {
   int* next_tokens;      // [B] greedy choice
   int* next_positions;   // [B] positions + 1, so steps can chain on the device
   unsigned epoch;        // 1 for the first step after creation, +1 per step
-  WaitTimeout* debug;    // where a debug build reports a wait that timed out
+  WaitTimeout* timeout;  // the wait limit, and where a wait that runs out of time reports
   unsigned long long* profile;  // profile builds: [SM][task][wait start, inputs ready, input staged, end] ns
 };
 

@@ -58,7 +58,7 @@ typedef enum adamk_status {
   ADAMK_ERR_CUDA = 1,      /* a CUDA call failed (out of memory, a launch error, ...) */
   ADAMK_ERR_ARGUMENT = 2,  /* a bad argument; nothing was launched */
   ADAMK_ERR_DEVICE = 3,    /* the device cannot run this kernel (no GPU, too few SMs, ...) */
-  ADAMK_ERR_TIMEOUT = 4    /* debug build: a dependency wait gave up; see adamk_reset */
+  ADAMK_ERR_TIMEOUT = 4    /* a dependency wait ran past the wait limit; see adamk_reset */
 } adamk_status;
 
 /* A loaded model on one GPU: its weights, KV cache and working buffers. */
@@ -105,6 +105,13 @@ ADAMK_API int adamk_create(const void* weights, size_t weights_bytes, int device
  * the step overwrites the cache at that position. */
 ADAMK_API int adamk_decode(adamk_session* s, const int32_t* tokens, const int32_t* positions,
                            int32_t* next_tokens, float* logits);
+
+/* Bound every dependency wait of the session's steps to `milliseconds` (default 500; 0.001 to
+ * 3,600,000). A step whose wait runs past it (a producer that never comes: a kernel bug or a
+ * fault) stops, leaves the GPU free and returns ADAMK_ERR_TIMEOUT naming the task and counter;
+ * adamk_reset makes the session usable again. Raise it for runs under compute-sanitizer or a
+ * profiler, which slow a step down by orders of magnitude. */
+ADAMK_API int adamk_set_wait_limit(adamk_session* s, double milliseconds);
 
 /* Forget every sequence: zeroes the KV cache and the step counters. Positions restart at 0.
  * Also the way back after ADAMK_ERR_TIMEOUT; after ADAMK_ERR_CUDA from a launch the CUDA context

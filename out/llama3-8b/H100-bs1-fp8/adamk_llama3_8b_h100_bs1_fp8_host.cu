@@ -52,10 +52,12 @@ const char* const kPlanJson[] = {
     "{\"plan\":{\"model\":{\"name\":\"llama3-8b\",\"model_type\":\"llama\",\"hidden_size\":4096,\"intermediate_size\":14336,\"num_hidden_layers\":32,\"num_attention_heads\":32,\"num_key_value_heads\":8,\"head_dim\":128,\"vocab_size\":128256,\"rms_norm_eps\":1e-05,\"rope_theta\":500000.0,\"max_position_embeddings\":8192,\"tie_word_embeddings\":false,\"attention_bias\":false,\"rope_scaling\":null},\"gpu\":\"H100\",\"arch\":\"sm_90\",\"batch\":1,\"max_context\":4096,\"dtype\":\"bf16\",\"weights\":\"fp8\",\"weights_group\":0,\"sms\":132,\"threads\":256,\"strategy\":\"search\",\"tilings\":{\"qkv\":{\"n\":6144,\"k\":4096,\"rows\":24,\"ksplit\":1,\"warps_per_row\":4,\"batched\":false,\"tiled\":true,\"weights\":\"fp8\",\"group\":0},\"o\":{\"n\":4096,\"k\":4096,\"rows\":32,\"ksplit\":1,\"warps_per_row\":4,\"batched\":false,\"tiled\":true,\"weights\":\"fp8\",\"group\":0},\"gate_up\":{\"n\":28672,\"k\":4096,\"rows\":32,\"ksplit\":1,\"warps_per_row\":4,\"batched\":false,\"tiled\":true,\"weights\":\"fp8\",\"group\":0},\"down\":{\"n\":4096,\"k\":14336,\"rows\":16,\"ksplit\":1,\"warps_per_row\":8,\"batched\":false,\"tiled\":true,\"weights\":\"fp8\",\"group\":0},\"lm_head\":{\"n\":128256,\"k\":4096,\"rows\":32,\"ksplit\":1,\"warps_per_row\":4,\"batched\":false,\"tiled\":true,\"weights\":\"fp8\",\"group\":0}},\"attn_splits\":16,\"stages\":8,\"stage_bytes\":14352,\"smem_bytes\":163856,\"kernel_features\":{\"batched\":false,\"bulk_ring\":true,\"kv_ring\":true,\"kv_ring_positions\":16,\"kv_ring_slots\":16,\"kv_pieces\":[0,0],\"attn_polled\":false},\"schedule\":{\"sha256\":\"1cb90d5307edb437e1b0d0fcb9a9b2994cb159ba3455a79c6169e7dc9cb50e9b\",\"runs\":20997,\"tasks_per_sm\":[434,434,434,434,434,434,434,434,434,434,434,434,434,434,434,434,434,434,434,434,434,434,434,434,434,434,434,434,434,434,434,434,434,434,434,434,434,434,434,434,434,434,434,434,434,434,434,434,434,434,434,434,434,434,434,434,434,434,434,434,434,434,434,434,434,434,434,434,434,434,434,434,434,434,434,434,434,434,434,434,434,434,434,434,434,434,434,434,434,434,434,434,434,434,434,434,434,434,434,434,434,433,433,433,433,433,433,433,433,433,433,433,433,433,433,433,433,433,433,433,433,433,433,433,433,433,433,433,433,433,433,433]},\"notes\":{\"predicted_us\":3981.29,\"search_evals\":179,\"cost_model\":\"fitted to an H200 (sync 0.42 us, task overhead 1.5 us, staging 1.5 us, weight streams at 75% of the SM's bandwidth share); used for H100\",\"context\":2048,\"ksplit\":true}},\"layout\":{\"weights\":{\"unit_bytes\":2,\"globals\":{\"embed\":[0,525336576,[128256,4096],[\"model.embed_tokens.weight\"],false,[]],\"final_norm\":[525336576,4096,[4096],[\"model.norm.weight\"],false,[]],\"lm_head\":[525340672,263181312,[128256,4096],[\"lm_head.weight\"],false,[],{\"weights\":\"fp8\",\"group\":0,\"n\":128256,\"k\":4096,\"rows\":32,\"ksplit\":1,\"warps_per_row\":4,\"batched\":false,\"tiled\":true,\"kparts\":1,\"chunk_rows\":2,\"chunk_cols\":4096,\"scales_per_row\":1,\"chunk_bytes\":8208,\"swizzled\":false}]},\"per_layer\":{\"input_norm\":[0,4096,[4096],[\"model.layers.{i}.input_layernorm.weight\"],false,[]],\"wqkv\":[4096,12607488,[6144,4096],[\"model.layers.{i}.self_attn.q_proj.weight\",\"model.layers.{i}.self_attn.k_proj.weight\",\"model.layers.{i}.self_attn.v_proj.weight\"],false,[],{\"weights\":\"fp8\",\"group\":0,\"n\":6144,\"k\":4096,\"rows\":24,\"ksplit\":1,\"warps_per_row\":4,\"batched\":false,\"tiled\":true,\"kparts\":1,\"chunk_rows\":2,\"chunk_cols\":4096,\"scales_per_row\":1,\"chunk_bytes\":8208,\"swizzled\":false}],\"wo\":[12611584,8404992,[4096,4096],[\"model.layers.{i}.self_attn.o_proj.weight\"],false,[],{\"weights\":\"fp8\",\"group\":0,\"n\":4096,\"k\":4096,\"rows\":32,\"ksplit\":1,\"warps_per_row\":4,\"batched\":false,\"tiled\":true,\"kparts\":1,\"chunk_rows\":2,\"chunk_cols\":4096,\"scales_per_row\":1,\"chunk_bytes\":8208,\"swizzled\":false}],\"post_norm\":[21016576,4096,[4096],[\"model.layers.{i}.post_attention_layernorm.weight\"],false,[]],\"wgate_up\":[21020672,58834944,[28672,4096],[\"model.layers.{i}.mlp.gate_proj.weight\",\"model.layers.{i}.mlp.up_proj.weight\"],true,[],{\"weights\":\"fp8\",\"group\":0,\"n\":28672,\"k\":4096,\"rows\":32,\"ksplit\":1,\"warps_per_row\":4,\"batched\":false,\"tiled\":true,\"kparts\":1,\"chunk_rows\":2,\"chunk_cols\":4096,\"scales_per_row\":1,\"chunk_bytes\":8208,\"swizzled\":false}],\"wdown\":[79855616,29392896,[4096,14336],[\"model.layers.{i}.mlp.down_proj.weight\"],false,[],{\"weights\":\"fp8\",\"group\":0,\"n\":4096,\"k\":14336,\"rows\":16,\"ksplit\":1,\"warps_per_row\":8,\"batched\":false,\"tiled\":true,\"kparts\":1,\"chunk_rows\":1,\"chunk_cols\":14336,\"scales_per_row\":1,\"chunk_bytes\":14352,\"swizzled\":false}]},\"layer_base\":788521984,\"layer_stride\":109248512,\"layers\":32,\"total_bytes\":8568948736},\"scratch\":{\"unit_bytes\":4,\"globals\":{\"logits\":[0,128256,[1,128256],[],false,[]],\"arg_val\":[128256,4008,[1,4008],[],false,[]],\"arg_idx\":[132288,4008,[1,4008],[],false,[]]},\"per_layer\":{\"qkv_part\":[0,12288,[1,1,6144,2],[],false,[]],\"attn_o\":[12288,65536,[1,32,16,128],[],false,[]],\"attn_ml\":[77824,1024,[1,32,16,2],[],false,[]],\"attn_out\":[78848,2048,[1,2048],[],false,[]],\"mlp_act\":[80896,7168,[1,7168],[],false,[]],\"o_stream\":[88064,2048,[1,2048],[],false,[]],\"o_sumsq\":[90112,128,[128,1],[],false,[]],\"down_stream\":[90240,2048,[1,2048],[],false,[]],\"down_sumsq\":[92288,256,[256,1],[],false,[]]},\"layer_base\":136320,\"layer_stride\":92544,\"layers\":32,\"total_bytes\":12390912},\"counters\":{\"unit_bytes\":4,\"globals\":{\"lm_head\":[0,4008,[4008],[],false,[]]},\"per_layer\":{\"attn\":[0,8,[8],[],false,[]],\"attn_arrive\":[64,8,[8],[],false,[]],\"o\":[128,128,[128],[],false,[]],\"gate_up\":[256,896,[896],[],false,[]],\"down\":[1152,256,[256],[],false,[]]},\"layer_base\":4032,\"layer_stride\":1408,\"layers\":32,\"total_bytes\":196352},\"kv_elems_per_layer\":4194304}}",
 };
 
-#ifdef ADAMK_DEBUG
 // Names of adamk::Kind (ada_mk.search.plan.KIND_IDS), for the timeout message.
 const char* const kKindNames[] = {"qkv", "attn", "o", "gate_up", "down", "lm_head", "argmax"};
-#endif
+
+// How long one dependency wait may last before the step gives up (adamk_set_wait_limit): far
+// above any step of a model that fits the GPU, far below what a caller would take for a hang.
+constexpr double kDefaultWaitLimitMs = 500.0;
 
 // The calling thread's last error message (adamk_last_error).
 thread_local char t_error[1024];
@@ -113,7 +115,7 @@ struct DeviceIo {
   int positions[Cfg::B];
   int next_tokens[Cfg::B];
   int next_positions[Cfg::B];
-  adamk::WaitTimeout debug;  // written only by a debug build, and only when a wait gives up
+  adamk::WaitTimeout timeout;  // the wait limit; written by the kernel only when a wait gives up
 };
 
 // Its pinned host mirror: the step's copies run asynchronously on the session's stream.
@@ -121,7 +123,7 @@ struct HostIo {
   int tokens[Cfg::B];
   int positions[Cfg::B];
   int next_tokens[Cfg::B];
-  adamk::WaitTimeout debug;
+  adamk::WaitTimeout timeout;
 };
 static_assert(offsetof(DeviceIo, positions) == offsetof(HostIo, positions), "tokens and positions travel in one copy");
 
@@ -145,7 +147,8 @@ struct adamk_session {
   DeviceIo* io = nullptr;
   HostIo* host = nullptr;
   unsigned epoch = 0;       // steps run since creation or the last reset
-  bool stalled = false;     // a debug-build wait timed out: counters are inconsistent until reset
+  unsigned long long wait_limit_ns = static_cast<unsigned long long>(kDefaultWaitLimitMs * 1e6);
+  bool stalled = false;     // a wait timed out: counters are inconsistent until reset
   bool broken = false;      // a step failed on the device: the CUDA context may be lost
   std::string broken_why;
 
@@ -162,7 +165,8 @@ struct adamk_session {
     if (stream) cudaStreamDestroy(stream);
   }
 
-  // Zero the KV cache, counters and debug record, poison the scratch (NaN), restart the epoch.
+  // Zero the KV cache, counters and timeout record (keeping the limit), poison the scratch (NaN),
+  // restart the epoch.
   int clear() {
     ADAMK_CUDA(cudaMemsetAsync(scratch, 0xFF, Cfg::Scratch::TOTAL * sizeof(float), stream));
     ADAMK_CUDA(cudaMemsetAsync(counters, 0, Cfg::Counters::TOTAL * sizeof(unsigned), stream));
@@ -170,6 +174,7 @@ struct adamk_session {
     ADAMK_CUDA(cudaMemsetAsync(v_cache, 0, Cfg::KvCache::TOTAL * sizeof(__nv_bfloat16), stream));
     ADAMK_CUDA(cudaMemsetAsync(io, 0, sizeof(DeviceIo), stream));
     ADAMK_CUDA(cudaStreamSynchronize(stream));
+    ADAMK_CUDA(cudaMemcpy(&io->timeout.limit_ns, &wait_limit_ns, sizeof wait_limit_ns, cudaMemcpyHostToDevice));
     epoch = 0;
     stalled = false;
     return ADAMK_OK;
@@ -349,7 +354,7 @@ int adamk_decode(adamk_session* s, const int32_t* tokens, const int32_t* positio
   a.next_tokens = s->io->next_tokens;
   a.next_positions = s->io->next_positions;
   a.epoch = s->epoch + 1;  // counters reach per_step * epoch when this step's producers are done
-  a.debug = &s->io->debug;
+  a.timeout = &s->io->timeout;
   a.profile = nullptr;  // only an instrumented build (ADAMK_PROFILE) records task times
   void* params[] = {&a};
   // A launch that is refused never ran: the epoch stays, the session stays usable.
@@ -360,10 +365,8 @@ int adamk_decode(adamk_session* s, const int32_t* tokens, const int32_t* positio
   // Results, then one wait for the whole step.
   cudaError_t err = cudaMemcpyAsync(h->next_tokens, s->io->next_tokens, sizeof h->next_tokens,
                                     cudaMemcpyDeviceToHost, s->stream);
-#ifdef ADAMK_DEBUG
   if (err == cudaSuccess)
-    err = cudaMemcpyAsync(&h->debug, &s->io->debug, sizeof h->debug, cudaMemcpyDeviceToHost, s->stream);
-#endif
+    err = cudaMemcpyAsync(&h->timeout, &s->io->timeout, sizeof h->timeout, cudaMemcpyDeviceToHost, s->stream);
   if (err == cudaSuccess && logits)
     err = cudaMemcpyAsync(logits, s->scratch + Cfg::Scratch::LOGITS, sizeof(float) * Cfg::B * Cfg::V,
                           cudaMemcpyDeviceToHost, s->stream);
@@ -375,24 +378,34 @@ int adamk_decode(adamk_session* s, const int32_t* tokens, const int32_t* positio
     s->broken_why = t_error;
     return rc;
   }
-#ifdef ADAMK_DEBUG
-  if (h->debug.flag) {
-    const adamk::WaitTimeout& t = h->debug;
+  if (h->timeout.flag) {
+    const adamk::WaitTimeout& t = h->timeout;
     s->stalled = true;
     const char* kind = t.kind >= 0 && t.kind < 7 ? kKindNames[t.kind] : "?";
     if (t.counter < 0)  // words polled by attention, not a counter (adamk/sync.cuh, poll_flagged)
       return fail(ADAMK_ERR_TIMEOUT,
-                  "decode step %u: a dependency wait timed out on SM %d, in task %s (kind %d) layer %d index %d: "
+                  "decode step %u: a dependency wait ran past %g ms on SM %d, in task %s (kind %d) layer %d index %d: "
                   "its %s of step %u never came; the step's results are invalid, call adamk_reset",
-                  a.epoch, t.sm, kind, t.kind, t.layer, t.task,
+                  a.epoch, t.limit_ns / 1e6, t.sm, kind, t.kind, t.layer, t.task,
                   t.counter == -1 ? "q/k/v words" : "attention splits' partials", t.target);
     return fail(ADAMK_ERR_TIMEOUT,
-                "decode step %u: a dependency wait timed out on SM %d, in task %s (kind %d) layer %d index %d: "
+                "decode step %u: a dependency wait ran past %g ms on SM %d, in task %s (kind %d) layer %d index %d: "
                 "counter %d holds %u, waited for %u; the step's results are invalid, call adamk_reset",
-                a.epoch, t.sm, kind, t.kind, t.layer, t.task, t.counter, t.value, t.target);
+                a.epoch, t.limit_ns / 1e6, t.sm, kind, t.kind, t.layer, t.task, t.counter, t.value, t.target);
   }
-#endif
   std::memcpy(next_tokens, h->next_tokens, sizeof h->next_tokens);
+  return ADAMK_OK;
+}
+
+int adamk_set_wait_limit(adamk_session* s, double milliseconds) {
+  if (int rc = check_session(s)) return rc;
+  if (!(milliseconds >= 0.001 && milliseconds <= 3.6e6))
+    return fail(ADAMK_ERR_ARGUMENT, "wait limit %g ms; expected 0.001 to 3600000 ms", milliseconds);
+  DeviceScope scope;
+  ADAMK_CUDA(scope.enter(s->device));
+  s->wait_limit_ns = static_cast<unsigned long long>(milliseconds * 1e6);
+  ADAMK_CUDA(cudaStreamSynchronize(s->stream));  // no step in flight reads the old limit
+  ADAMK_CUDA(cudaMemcpy(&s->io->timeout.limit_ns, &s->wait_limit_ns, sizeof s->wait_limit_ns, cudaMemcpyHostToDevice));
   return ADAMK_OK;
 }
 
