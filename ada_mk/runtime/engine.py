@@ -51,8 +51,7 @@ class _Args(ctypes.Structure):
 
     _fields_ = [(n, ctypes.c_void_p) for n in (
         "weights", "scratch", "counters", "k_cache", "v_cache", "tokens", "positions",
-        "next_tokens", "next_positions")] + [("epoch", ctypes.c_uint32), ("timeout", ctypes.c_void_p),
-                                             ("profile", ctypes.c_void_p)]
+        "next_tokens", "next_positions", "steps", "timeout", "bad_input", "profile")]
 
 
 class _WaitTimeout(ctypes.Structure):
@@ -62,6 +61,11 @@ class _WaitTimeout(ctypes.Structure):
 
 
 DEFAULT_WAIT_LIMIT_MS = 500.0  # the C API's default (host_api.cu.j2, kDefaultWaitLimitMs)
+
+
+class _BadInput(ctypes.Structure):
+    _fields_ = [("flag", ctypes.c_int32), ("sequence", ctypes.c_int32), ("token", ctypes.c_int32),
+                ("position", ctypes.c_int32)]
 
 
 KIND_NAMES = ["qkv", "attn", "o", "gate_up", "down", "lm_head", "argmax"]
@@ -104,9 +108,11 @@ class MegaKernelEngine:
         for name in ("tokens0", "positions0", "tokens1", "positions1"):
             self._alloc(name, 4 * self.batch, fill=0)
         self._alloc("timeout", ctypes.sizeof(_WaitTimeout), fill=0)
+        self._alloc("bad_input", ctypes.sizeof(_BadInput), fill=0)
+        self._alloc("steps", 4 * plan.sms, fill=0)  # each block's steps: the kernel's epoch (adamk/megakernel.cuh)
         if profile:
             self._alloc("profile", plan.sms * self.max_tasks * 4 * 8, fill=0)
-        self.epoch = 0
+        self.launched = 0
         self.stream = _check(drv.cuStreamCreate(0))
         self.set_l2_scratch(l2_scratch)
         self.set_wait_limit(wait_limit_ms)
@@ -204,7 +210,7 @@ class MegaKernelEngine:
 
     def reset(self) -> None:
         """Forget every sequence: positions start again at 0 (the cache is simply overwritten).
-        Also the way back after a wait timed out: the counters restart with the epoch, the
+        Also the way back after a wait timed out: the counters and step counts restart, the
         scratch is poisoned again (no word of an earlier step carries a new step's epoch), and the
         timeout record is cleared (keeping the limit)."""
         drv = _driver()
@@ -214,7 +220,9 @@ class MegaKernelEngine:
         _check(drv.cuMemsetD32(self.buffers["counters"], 0, self.layout.counters.total_bytes // 4))
         _check(drv.cuMemsetD32(self.buffers["scratch"], 0xFFFFFFFF, self.layout.scratch.total_bytes // 4))
         _check(drv.cuMemsetD32(self.buffers["timeout"], 0, _WaitTimeout.limit_ns.offset // 4))
-        self.epoch = 0
+        _check(drv.cuMemsetD32(self.buffers["bad_input"], 0, ctypes.sizeof(_BadInput) // 4))
+        _check(drv.cuMemsetD32(self.buffers["steps"], 0, self.plan.sms))
+        self.launched = 0
 
     # ---------------------------------------------------------------------------- stepping
     def _validate(self, tokens: np.ndarray, positions: np.ndarray) -> None:
@@ -231,11 +239,11 @@ class MegaKernelEngine:
         """Launch one decode step reading tokens/positions buffer `slot` and writing the other,
         without synchronising: steps chain on the device."""
         drv = _driver()
-        self.epoch += 1
+        self.launched += 1
         b = self.buffers
         args = _Args(b["weights"], b["scratch"], b["counters"], b["k_cache"], b["v_cache"],
                      b[f"tokens{slot}"], b[f"positions{slot}"], b[f"tokens{1 - slot}"], b[f"positions{1 - slot}"],
-                     self.epoch & 0xFFFFFFFF, b["timeout"], b.get("profile", 0))
+                     b["steps"], b["timeout"], b["bad_input"], b.get("profile", 0))
         self._args = args  # keep alive until the launch has read it
         params = (ctypes.c_void_p * 1)(ctypes.addressof(args))
         p = self.plan
@@ -247,9 +255,11 @@ class MegaKernelEngine:
         try:
             _check(drv.cuStreamSynchronize(self.stream))
         finally:
-            self._check_timeout()
+            self._check_faults()
 
-    def _check_timeout(self) -> None:
+    def _check_faults(self) -> None:
+        """Raise KernelError for what the kernel recorded: a wait that timed out (reset() to go
+        on), or a step that refused its tokens or positions (it ran nothing; cleared here)."""
         drv = _driver()
         rec = _WaitTimeout()
         _check(drv.cuMemcpyDtoH(ctypes.addressof(rec), self.buffers["timeout"], ctypes.sizeof(rec)))
@@ -260,6 +270,13 @@ class MegaKernelEngine:
                     else f"its {polled} of step {rec.target}")
             raise KernelError(f"dependency wait timed out: SM {rec.sm}, task {kind} layer {rec.layer} index "
                               f"{rec.task} waited on {what}")
+        bad = _BadInput()
+        _check(drv.cuMemcpyDtoH(ctypes.addressof(bad), self.buffers["bad_input"], ctypes.sizeof(bad)))
+        if bad.flag:
+            _check(drv.cuMemsetD32(self.buffers["bad_input"], 0, ctypes.sizeof(_BadInput) // 4))
+            raise KernelError(f"a step refused its inputs and ran nothing: sequence {bad.sequence} has token "
+                              f"{bad.token} (expected [0, {self.vocab})) at position {bad.position} "
+                              f"(expected [0, {self.plan.deploy.max_context}))")
 
     def step(self, tokens, positions, want_logits: bool = False):
         """One decode step for the whole batch: returns next tokens [B] (and logits [B, V] f32)."""

@@ -19,6 +19,7 @@ struct Ctx {
   int waited = -1;     // the inputs the block last waited for (kind, layer, which part), -1: none
   uint64_t* kv_bars = nullptr;  // batched attention: an mbarrier per K/V buffer (Cfg::ATTN_BUFS)
   unsigned kv_phase = 0;        // the parity each K/V buffer's mbarrier completes next, bit per buffer
+  unsigned epoch = 0;  // this step's number: counters reach per_step * epoch when it is done
 #ifdef ADAMK_PROFILE
   unsigned long long t_staged = 0;  // when the current task's input was staged
 #endif
