@@ -202,6 +202,14 @@ class StreamDecoder:
         self.emitted = text
         return new
 
+    def flush(self) -> str:
+        """What push() still holds back (an unfinished UTF-8 sequence, decoded as replacement
+        characters): the rest of the text once no token follows."""
+        text = self.tok.decode(self.ids)
+        new = text[len(self.emitted):] if text.startswith(self.emitted) else ""
+        self.emitted = text
+        return new
+
 
 def _read_json(path: Path) -> dict:
     if not path.exists():

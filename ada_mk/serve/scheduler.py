@@ -218,7 +218,7 @@ class Scheduler:
         cut = _stop_at(r.text, r.sent, p.stop)
         if cut is not None:
             r.text = r.text[:cut]
-            return self._finish(r, "stop")
+            return self._finish(r, "stop", flush=False)
         if len(r.out) >= p.max_tokens:
             return self._finish(r, "length")
         if r.position >= self.backend.max_context:
@@ -228,7 +228,9 @@ class Scheduler:
             r.events.put(("text", r.text[r.sent:safe]))
             r.sent = safe
 
-    def _finish(self, r: Request, reason: str) -> None:
+    def _finish(self, r: Request, reason: str, *, flush: bool = True) -> None:
+        if flush:  # no token follows: what the decoder held back goes out too
+            r.text += r.decoder.flush()
         if len(r.text) > r.sent:
             r.events.put(("text", r.text[r.sent:]))
             r.sent = len(r.text)
