@@ -1,0 +1,132 @@
+"""adamk-serve on the GPU: the MegaKernel (SmolLM2-135M-Instruct GGUF, batch 4) behind the OpenAI
+API, in-process. The `openai` client streams more requests than there are slots, at once, with
+both prefill modes (hybrid: PyTorch writing one slot's cache between steps; kernel: prompt tokens
+through the decode steps next to the other slots); every stream equals HF transformers' greedy
+text for its prompt. Then a short load (16 clients) prints p50/p99 time to first token and
+inter-token latency next to the kernel's own step time at full slots.
+
+    ADAMK_CACHE=.devbuild python -m tests.gpu.serve_kernels        # on the CPU machine
+    ADAMK_CACHE=.devbuild ADAMK_SMOLLM2_GGUF=/tmp/smollm2.gguf python -m pytest -m gpu -s tests/gpu/test_serve_gpu.py
+"""
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ada_mk.checkpoints.smollm2 import find_smollm2_gguf
+from tests.gpu.serve_kernels import TEST, serve_deploy
+from tests.smollm2_cases import N_NEW, PROMPTS, hf_greedy, hf_model, prompt_ids
+
+pytestmark = pytest.mark.gpu
+openai = pytest.importorskip("openai")
+
+EXTRA = [("Write a haiku about the sea.", True), ("1, 2, 3, 4, 5,", False), ("Name three primary colors.", True)]
+CASES = PROMPTS + EXTRA  # six requests for four slots
+
+
+def _gpu_name() -> str:
+    from ada_mk.config.gpus import detect_gpu, find_gpu
+
+    spec = find_gpu(detect_gpu() or "")
+    return spec.name if spec is not None else "H100"
+
+
+@pytest.fixture(scope="module")
+def ck():
+    pytest.importorskip("gguf")
+    p = find_smollm2_gguf()
+    if p is None:
+        pytest.skip("SmolLM2 GGUF not found: set ADAMK_SMOLLM2_GGUF")
+    from ada_mk.checkpoints import load_checkpoint
+
+    c = load_checkpoint(p)
+    c.weights = {k: c.weights[k] for k in c.weights}
+    return c
+
+
+@pytest.fixture(scope="module")
+def tok(ck):
+    return ck.tokenizer()
+
+
+@pytest.fixture(scope="module")
+def want(ck, tok) -> list[str]:
+    """HF's greedy text of each case, cut at an end-of-sequence token."""
+    hf = hf_model(Path(ck.path), "cuda")
+    out = []
+    for text, chat in CASES:
+        ids = hf_greedy(hf, prompt_ids(tok, text, chat), N_NEW)
+        cut = next((i for i, t in enumerate(ids) if t in tok.eos_token_ids), len(ids))
+        out.append(tok.decode(ids[:cut]))
+    del hf
+    return out
+
+
+def serve(ck, tok, prefill: str):
+    from ada_mk.runtime.slots import KernelSlots
+    from ada_mk.serve.server import OpenAIServer, ids_of_warmup, warm_up
+
+    batch, ctx = TEST
+    slots = KernelSlots(ck.model, serve_deploy(_gpu_name(), batch, ctx), ck.weights, prefill)
+    warm_up(slots, ids_of_warmup(tok, ck.model.vocab_size))
+    s = OpenAIServer(slots, tok, "smollm2", port=0)
+    s.start()
+    return s
+
+
+def ask(port: int, case: tuple[str, bool], **kw) -> tuple[str, float, list[float]]:
+    """Streams one case: (text, time to first token, gaps between chunks)."""
+    c = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0, timeout=120)
+    text, chat = case
+    t0 = time.perf_counter()
+    stamps, parts = [], []
+    if chat:
+        stream = c.chat.completions.create(model="smollm2", messages=[{"role": "user", "content": text}],
+                                           stream=True, temperature=0, **kw)
+        for ch in stream:
+            if ch.choices and ch.choices[0].delta.content:
+                parts.append(ch.choices[0].delta.content)
+                stamps.append(time.perf_counter())
+    else:
+        for ch in c.completions.create(model="smollm2", prompt=text, stream=True, temperature=0, **kw):
+            if ch.choices[0].text:
+                parts.append(ch.choices[0].text)
+                stamps.append(time.perf_counter())
+    return "".join(parts), (stamps[0] - t0) if stamps else float("nan"), list(np.diff(stamps))
+
+
+@pytest.mark.parametrize("prefill", ["torch", "kernel"])
+def test_concurrent_streams_match_hf(ck, tok, want, prefill: str) -> None:
+    s = serve(ck, tok, prefill)
+    try:
+        with ThreadPoolExecutor(len(CASES)) as pool:
+            got = list(pool.map(lambda case: ask(s.port, case, max_tokens=N_NEW)[0], CASES))
+        for case, g, w in zip(CASES, got, want):
+            assert g == w, f"{case[0]!r} ({prefill} prefill):\n got {g!r}\nwant {w!r}"
+        assert s.metrics.requests.get("cancelled", 0) == 0
+    finally:
+        assert s.shutdown(30)
+
+
+def test_latency_under_load(ck, tok) -> None:
+    """16 clients, mixed lengths, for a few seconds: prints p50/p99 TTFT and inter-token
+    latency beside the kernel's step time at full slots (the issue's bar: p99 ITL within 1.5x)."""
+    s = serve(ck, tok, "torch")
+    rng = np.random.default_rng()
+    try:
+        step_ms = s.backend.engine.time_steps(512, 200)
+        jobs = [(CASES[int(rng.integers(len(CASES)))], int(rng.integers(8, 96))) for _ in range(48)]
+        with ThreadPoolExecutor(16) as pool:
+            res = list(pool.map(lambda j: ask(s.port, j[0], max_tokens=j[1], extra_body={"ignore_eos": True}), jobs))
+        ttft = np.array([r[1] for r in res]) * 1e3
+        itl = np.concatenate([r[2] for r in res]) * 1e3
+        print(f"\nserve load on {_gpu_name()} (batch {TEST[0]}): kernel step {step_ms:.3f} ms; "
+              f"TTFT p50 {np.percentile(ttft, 50):.2f} p99 {np.percentile(ttft, 99):.2f} ms; "
+              f"ITL p50 {np.percentile(itl, 50):.3f} p99 {np.percentile(itl, 99):.3f} ms over {len(itl)} gaps")
+        assert len(res) == len(jobs) and all(r[0] for r in res)
+    finally:
+        assert s.shutdown(30)
