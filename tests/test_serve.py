@@ -116,6 +116,19 @@ def test_rows_of_one_slot_leave_the_others_alone(ck) -> None:
     np.testing.assert_allclose(slots.ex.k_cache[:, 1, :, :len(ids)], one.k_cache[:, 0, :, :len(ids)], rtol=1e-5, atol=1e-5)
 
 
+def test_stream_decoder_gives_the_whole_decoding(ck) -> None:
+    """Pieces pushed token by token, plus the flushed tail, are the tokenizer's decoding of the
+    whole sequence, for random ids (partial UTF-8 sequences included)."""
+    tok = ck[2]
+    rng = np.random.default_rng()
+    for _ in range(50):
+        ids = [int(t) for t in rng.integers(0, MODEL.vocab_size, rng.integers(1, 60))]
+        d = tok.stream()
+        pieces = [d.push(i) for i in ids]
+        assert "".join(pieces) + d.flush() == tok.decode(ids)
+        assert all("\ufffd" not in p for p in pieces) or "\ufffd" in tok.decode(ids)
+
+
 # ------------------------------------------------------------------------------ the API
 def test_completions_match_transformers(server, ck, hf) -> None:
     tok = ck[2]
