@@ -311,3 +311,31 @@ def test_shutdown_drains_in_flight_requests(ck) -> None:
     assert sorted(f for _, f in results) == ["length"] * 3
     with pytest.raises(openai.APIConnectionError):
         client(s).completions.create(model="tiny", prompt="a", max_tokens=2)
+
+
+# ------------------------------------------------------------------------------ the command
+@pytest.mark.parametrize("args, needle", [
+    (["--weights", "/nonexistent.gguf"], "no such file"),
+    (["--batch", "99"], "--batch"),
+    (["--max-context", "100000"], "--max-context"),
+    (["--backend", "tpu"], "--backend"),
+    (["--port", "BUSY"], "cannot listen"),
+])
+def test_cli_errors_are_one_line(tiny: Path, args: list[str], needle: str) -> None:
+    from click.testing import CliRunner
+
+    from ada_mk.cli.serve import main
+
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen(1)
+    args = [str(busy.getsockname()[1]) if a == "BUSY" else a for a in args]
+    if "--weights" not in args:
+        args = ["--weights", str(tiny), "--backend", "reference", "--max-context", "64"] + args
+    try:
+        r = CliRunner().invoke(main, args)
+    finally:
+        busy.close()
+    lines = r.stderr.strip().splitlines()
+    assert r.exit_code == 2 and "Traceback" not in r.stderr, r.stderr
+    assert len(lines) == 1 and lines[0].startswith("adamk-serve: error: ") and needle in lines[0], r.stderr
