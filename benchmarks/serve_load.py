@@ -12,7 +12,9 @@ Without --url it starts `adamk-serve` itself (--backend, --batch, --max-context,
 free port and stops it with SIGTERM at the end, which must drain and exit 0. Prompts are random
 token ids (lengths uniform in --prompt-tokens), outputs --output-tokens long (ignore_eos, greedy).
 The server's mean step time at full slots comes from its /metrics (adamk_step_seconds); the
-issue's bar is a p99 inter-token latency within 1.5x of it. Times are taken at each server-sent
+issue's bar is a p99 inter-token latency within 1.5x of it. Run it with both --prefill modes:
+torch prefills a prompt between two steps (low time to first token, but the running streams wait
+for it), kernel takes prompts through the steps (every gap one step, first tokens later). Times are taken at each server-sent
 event that carries text, so a token whose text waits for the next one (an unfinished UTF-8
 character) merges two gaps.
 """
@@ -100,7 +102,7 @@ def metrics(host: str, port: int) -> dict[str, float]:
 def start_server(a: argparse.Namespace) -> tuple[subprocess.Popen, int]:
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     cmd = [sys.executable, "-m", "ada_mk.cli.serve", "--weights", a.weights, "--backend", a.backend, "--batch",
-           str(a.batch), "--max-context", str(a.max_context), "--port", "0", "--max-queue", str(max(64, a.clients))]
+           str(a.batch), "--max-context", str(a.max_context), "--prefill", a.prefill, "--port", "0", "--max-queue", str(max(64, a.clients))]
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env)
     for line in proc.stderr:
         sys.stderr.write(line)
@@ -122,6 +124,8 @@ def main() -> None:
     ap.add_argument("--backend", default="kernel", choices=["kernel", "reference"])
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--max-context", type=int, default=2048)
+    ap.add_argument("--prefill", default="auto", choices=["auto", "torch", "kernel"],
+                    help="The server's prefill: torch (hybrid, between steps) or kernel (through the steps).")
     ap.add_argument("--clients", type=int, default=64)
     ap.add_argument("--duration", type=float, default=180.0, help="Seconds during which clients start requests.")
     ap.add_argument("--prompt-tokens", type=span, default=(16, 512), metavar="LO:HI")
@@ -180,7 +184,8 @@ def main() -> None:
     sample = random.Random(seed).sample(ok, min(a.verify, len(ok)))
     mismatched = [r for r in sample if stream(host, port, r["prompt"], r["max_tokens"], a.timeout)["text"] != r["text"]]
 
-    summary = {"clients": a.clients, "duration_s": round(wall, 1), "requests": len(results), "completed": len(ok),
+    summary = {"prefill": a.prefill if proc is not None else "(the running server's)", "clients": a.clients,
+               "duration_s": round(wall, 1), "requests": len(results), "completed": len(ok),
                "errors": len(errors), "lost": len(lost), "verified": len(sample), "mismatched": len(mismatched),
                "ttft_ms": {"p50": pct(ttft, 50), "p99": pct(ttft, 99)},
                "itl_ms": {"p50": pct(itl, 50), "p99": pct(itl, 99)},

@@ -129,6 +129,27 @@ def test_stream_decoder_gives_the_whole_decoding(ck) -> None:
         assert all("\ufffd" not in p for p in pieces) or "\ufffd" in tok.decode(ids)
 
 
+def test_hybrid_store_writes_one_slot() -> None:
+    """HybridPrefill's store with a slot: the K/V of one prompt land in that slot's block of the
+    cache [layer][slot][kv_head][position][head_dim], nothing else changes (the zero-copy view)."""
+    torch = pytest.importorskip("torch")
+    from ada_mk.runtime.hybrid import HybridPrefill
+
+    L, B, nkv, C, d, T = 3, 4, 2, 16, 8, 5
+    h = object.__new__(HybridPrefill)
+    h.torch, h.zero_copy, h.cache_shape = torch, True, (L, B, nkv, C, d)
+    h.k_cache = torch.randn(L * B * nkv * C * d).to(torch.bfloat16)
+    h.v_cache = torch.randn(L * B * nkv * C * d).to(torch.bfloat16)
+    k0, v0 = h.k_cache.clone().view(h.cache_shape), h.v_cache.clone().view(h.cache_shape)
+    k, v = torch.randn(1, nkv, T, d), torch.randn(1, nkv, T, d)
+    h._first_slot = 2
+    h._store(1, k, v)
+    kc, vc = h.k_cache.view(h.cache_shape), h.v_cache.view(h.cache_shape)
+    assert torch.equal(kc[1, 2, :, :T], k[0].to(torch.bfloat16)) and torch.equal(vc[1, 2, :, :T], v[0].to(torch.bfloat16))
+    kc[1, 2, :, :T], vc[1, 2, :, :T] = k0[1, 2, :, :T], v0[1, 2, :, :T]
+    assert torch.equal(kc, k0) and torch.equal(vc, v0)
+
+
 # ------------------------------------------------------------------------------ the API
 def test_completions_match_transformers(server, ck, hf) -> None:
     tok = ck[2]

@@ -99,6 +99,42 @@ def ask(port: int, case: tuple[str, bool], **kw) -> tuple[str, float, list[float
     return "".join(parts), (stamps[0] - t0) if stamps else float("nan"), list(np.diff(stamps))
 
 
+def test_hybrid_prefill_of_one_slot(ck, tok, want) -> None:
+    """HybridPrefill.prefill(ids, slot=s), both ways of writing the cache (zero-copy view and
+    cuMemcpyDtoD), fills slot s alone; decoding from there in the kernel gives HF's text."""
+    import torch
+
+    from ada_mk.runtime.hybrid import HybridPrefill, device_bf16
+    from ada_mk.runtime.slots import KernelSlots
+
+    batch, ctx = TEST
+    slots = KernelSlots(ck.model, serve_deploy(_gpu_name(), batch, ctx), ck.weights, "torch")
+    e = slots.engine
+    n = e.layout.kv_elems_per_layer * ck.model.num_hidden_layers
+    shape = (ck.model.num_hidden_layers, batch, ck.model.num_key_value_heads, ctx, ck.model.head_dim)
+    cache = lambda: [device_bf16(e.buffers[b], n, "cuda").view(shape).clone() for b in ("k_cache", "v_cache")]  # noqa: E731
+    try:
+        ids = prompt_ids(tok, *CASES[0])
+        before = cache()
+        nxt, _ = HybridPrefill(e).prefill(np.asarray(ids), slot=2)
+        after = cache()
+        for a, b in zip(before, after):
+            assert torch.equal(a[:, [0, 1, 3]], b[:, [0, 1, 3]])
+        HybridPrefill(e, zero_copy=False).prefill(np.asarray(ids), slot=2)
+        for a, b in zip(after, cache()):
+            assert torch.equal(a, b)
+        out, tok_ = [], int(nxt[0])
+        tokens, positions = slots.idle_inputs()
+        for i in range(N_NEW):
+            out.append(tok_)
+            tokens[2], positions[2] = tok_, len(ids) + i
+            tok_ = int(slots.step(tokens, positions, False)[0][2])
+        cut = next((i for i, t in enumerate(out) if t in tok.eos_token_ids), len(out))
+        assert tok.decode(out[:cut]) == want[0]
+    finally:
+        slots.close()
+
+
 @pytest.mark.parametrize("prefill", ["torch", "kernel"])
 def test_concurrent_streams_match_hf(ck, tok, want, prefill: str) -> None:
     s = serve(ck, tok, prefill)
