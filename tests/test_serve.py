@@ -198,6 +198,28 @@ def test_concurrent_streams_equal_each_request_alone(server) -> None:
     assert all(f == "length" for _, f in together)
 
 
+class Stepwise(ReferenceSlots):
+    """The reference without bulk prefill: prompts go through the decode steps, a token per
+    step, next to the other slots (as the kernel's --prefill kernel)."""
+
+    bulk_prefill = False
+
+
+def test_prompts_through_the_steps_match_transformers(ck, hf) -> None:
+    tok = ck[2]
+    rng = np.random.default_rng()
+    prompts = [rand_prompt(rng) for _ in range(5)]
+    want = [hf_text(hf, tok, ids, 10) for ids in prompts]
+    s = start(ck, 2, cls=Stepwise)
+    try:
+        with ThreadPoolExecutor(len(prompts)) as pool:
+            got = list(pool.map(lambda ids: stream_text(client(s), model="tiny", prompt=ids, max_tokens=10,
+                                                        temperature=0), prompts))
+    finally:
+        s.shutdown(10)
+    assert got == want
+
+
 def test_seeded_sampling_repeats(server) -> None:
     c = client(server)
     rng = np.random.default_rng()

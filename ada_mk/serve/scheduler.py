@@ -2,7 +2,8 @@
 
 A request waits in a bounded queue (full: `QueueFull`, HTTP 503) until a slot is free; it takes
 the slot at the next iteration. Each iteration admits at most `prefills_per_step` prompts (bulk
-prefill, between two decode steps, so running streams wait for one prefill at most), then runs
+prefill, between two decode steps, so running streams wait for one prefill at most; a prompt
+that goes through the steps costs them no pause and is not counted), then runs
 one decode step of every slot. A backend without bulk prefill takes a new prompt through the
 steps, a token per step. A slot is freed at an end-of-sequence token, a stop string, max_tokens,
 or when its request is cancelled (the client went away). Text goes to the request's event queue
@@ -153,14 +154,14 @@ class Scheduler:
                 self.metrics.finished("cancelled")
                 continue
             self._admit(free, req)
-            admitted += 1
-        self.metrics.active_slots = sum(r is not None for r in self.slots)
+            admitted += self.backend.bulk_prefill  # a prompt going through the steps costs no pause
         if any(self.slots):
             self._step()
 
     def _admit(self, b: int, req: Request) -> None:
         req.slot = b
         self.slots[b] = req
+        self.metrics.active_slots = sum(r is not None for r in self.slots)
         self.metrics.prompt_tokens += len(req.prompt)
         if not self.backend.bulk_prefill:
             req.feed, req.position, req.prompt_left = req.prompt[0], 0, len(req.prompt) - 1
@@ -170,6 +171,7 @@ class Scheduler:
             greedy, logits = self.backend.prefill(b, req.prompt)
         except ValueError as e:  # this prompt's fault (the backend's check_prompt): it alone fails
             self.slots[b] = None
+            self.metrics.active_slots -= 1
             req.finish_reason = "error"
             req.events.put(("error", str(e)))
             return
@@ -239,6 +241,7 @@ class Scheduler:
     def _free(self, b: int, reason: str) -> None:
         r = self.slots[b]
         self.slots[b] = None
+        self.metrics.active_slots = sum(x is not None for x in self.slots)
         r.finish_reason = reason
         self.metrics.finished(reason)
         r.events.put(("done", reason))
