@@ -101,8 +101,9 @@ def metrics(host: str, port: int) -> dict[str, float]:
 
 def start_server(a: argparse.Namespace) -> tuple[subprocess.Popen, int]:
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    cmd = [sys.executable, "-m", "ada_mk.cli.serve", "--weights", a.weights, "--backend", a.backend, "--batch",
-           str(a.batch), "--max-context", str(a.max_context), "--prefill", a.prefill, "--port", "0", "--max-queue", str(max(64, a.clients))]
+    cmd = [sys.executable, "-m", "ada_mk.cli.serve", "--weights", a.weights, "--backend", a.backend,
+           "--batch", str(a.batch), "--max-context", str(a.max_context), "--prefill", a.prefill, "--port", "0",
+           "--max-queue", str(max(64, a.clients))]
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env)
     for line in proc.stderr:
         sys.stderr.write(line)

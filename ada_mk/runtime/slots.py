@@ -45,6 +45,9 @@ class SlotBackend:
     def close(self) -> None:
         pass
 
+    def bind_thread(self) -> None:
+        """Make the backend usable from the calling thread (the scheduler's own)."""
+
     def idle_inputs(self) -> tuple[np.ndarray, np.ndarray]:
         """Tokens and positions [B] of a step where no slot holds a sequence."""
         return np.full(self.batch, IDLE_TOKEN, np.int32), np.zeros(self.batch, np.int32)
@@ -112,6 +115,15 @@ class KernelSlots(SlotBackend):
     def step(self, tokens: np.ndarray, positions: np.ndarray, want_logits: bool) -> tuple[np.ndarray, np.ndarray | None]:
         r = self.engine.step(tokens, positions, want_logits=want_logits)
         return (r[0], r[1]) if want_logits else (r, None)
+
+    def bind_thread(self) -> None:
+        """The engine's CUDA context (the device's primary one, which torch shares) is current
+        per thread: make it current in this one before its driver calls."""
+        from .engine import _check, _driver
+
+        _check(_driver().cuCtxSetCurrent(self.engine.context))
+        if self.hybrid is not None:
+            self.hybrid.torch.cuda.set_device(self.hybrid.device)
 
     def close(self) -> None:
         self.engine.close()

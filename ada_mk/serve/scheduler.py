@@ -120,6 +120,7 @@ class Scheduler:
     # ------------------------------------------------------------------------- the loop
     def _run(self) -> None:
         try:
+            self.backend.bind_thread()
             while True:
                 with self.cond:
                     while not self.waiting and not any(self.slots) and not self.draining:
