@@ -24,11 +24,11 @@ ROOT = Path(__file__).resolve().parent.parent
 N_NEW = 12
 
 
-def start_server(path: Path) -> tuple[subprocess.Popen, int, list[str]]:
-    """adamk-serve on a free port; its stderr lines collect in the returned list."""
+def start_server(path: Path, *args: str) -> tuple[subprocess.Popen, int, list[str]]:
+    """adamk-serve on a free port (`args`: its other flags); its stderr lines collect in the
+    returned list."""
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    proc = subprocess.Popen([sys.executable, "-m", "ada_mk.cli.serve", "--weights", str(path), "--backend", "reference",
-                             "--batch", "2", "--max-context", "128", "--port", "0"],
+    proc = subprocess.Popen([sys.executable, "-m", "ada_mk.cli.serve", "--weights", str(path), *args, "--port", "0"],
                             stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env, cwd=ROOT)
     lines: list[str] = []
     port = None
@@ -57,7 +57,7 @@ def test_openai_client_and_sigterm_drain() -> None:
             cut = next((i for i, t in enumerate(out) if t in tok.eos_token_ids), len(out))
             want.append(tok.decode(out[:cut]))
         del hf
-    proc, port, log = start_server(path)
+    proc, port, log = start_server(path, "--backend", "reference", "--batch", "2", "--max-context", "128")
     try:
         c = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0, timeout=300)
 

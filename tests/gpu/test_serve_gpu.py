@@ -166,3 +166,28 @@ def test_latency_under_load(ck, tok) -> None:
         assert len(res) == len(jobs) and all(r[0] for r in res)
     finally:
         assert s.shutdown(30)
+
+
+def test_command_streams_and_drains(ck, want) -> None:
+    """adamk-serve as a process on the GPU (the kernel prebuilt for batch 4): a streamed chat
+    completion equals HF's text; SIGTERM mid-stream lets it finish, then the process exits 0."""
+    import signal
+
+    from tests.test_serve_smollm2 import start_server
+
+    batch, ctx = TEST
+    proc, port, log = start_server(Path(ck.path), "--batch", str(batch), "--max-context", str(ctx))
+    try:
+        case = 2  # the chat prompt
+        assert ask(port, CASES[case], max_tokens=N_NEW)[0] == want[case]
+        c = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0, timeout=120)
+        it = iter(c.completions.create(model="smollm2", prompt="Once upon a time", max_tokens=200, temperature=0,
+                                       stream=True, extra_body={"ignore_eos": True}))
+        next(it)
+        proc.send_signal(signal.SIGTERM)
+        assert [ch.choices[0].finish_reason for ch in it][-1] == "length"
+        assert proc.wait(60) == 0, "".join(log)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
