@@ -320,6 +320,22 @@ def test_queue_full_is_503_and_disconnect_frees_the_slot(ck) -> None:
         s.shutdown(10)
 
 
+def test_disconnect_while_waiting_for_a_whole_answer(ck) -> None:
+    """A non-streaming client that goes away is noticed while its request decodes: the slot is
+    freed long before max_tokens."""
+    s = start(ck, 1, cls=Slow)
+    try:
+        sock = socket.create_connection(("127.0.0.1", s.port))
+        data = json.dumps({"prompt": [5, 6], "max_tokens": 80, "temperature": 0, "ignore_eos": True}).encode()
+        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(data), data))
+        wait_for(lambda: s.metrics.generated_tokens >= 3)
+        sock.close()
+        wait_for(lambda: s.metrics.requests.get("cancelled") == 1)
+        assert s.metrics.active_slots == 0 and s.metrics.generated_tokens < 40
+    finally:
+        s.shutdown(10)
+
+
 def raw_stream(s: OpenAIServer, body: dict) -> socket.socket:
     """A streaming request on a bare socket, its first event read."""
     sock = socket.create_connection(("127.0.0.1", s.port))
