@@ -3,46 +3,19 @@ backend: the `openai` client streams a chat completion and a completion at once 
 each equal to HF transformers' greedy tokens; SIGTERM mid-stream drains it and exits 0."""
 from __future__ import annotations
 
-import os
-import re
 import signal
-import subprocess
-import sys
-import threading
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 
 from ada_mk.checkpoints import load_checkpoint
+from tests.serve_process import start_server
 from tests.smollm2_cases import hf_greedy, hf_model, prompt_ids, single_threaded, smollm2_path
 
 openai = pytest.importorskip("openai")
 pytest.importorskip("gguf")
 pytest.importorskip("transformers")
-ROOT = Path(__file__).resolve().parent.parent
 N_NEW = 12
-
-
-def start_server(path: Path, *args: str) -> tuple[subprocess.Popen, int, list[str]]:
-    """adamk-serve on a free port (`args`: its other flags); its stderr lines collect in the
-    returned list."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    proc = subprocess.Popen([sys.executable, "-m", "ada_mk.cli.serve", "--weights", str(path), *args, "--port", "0"],
-                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env, cwd=ROOT)
-    lines: list[str] = []
-    port = None
-    for line in proc.stderr:
-        lines.append(line)
-        m = re.search(r"http://127\.0\.0\.1:(\d+)/v1", line)
-        if m:
-            port = int(m.group(1))
-            break
-    if port is None:
-        proc.wait(10)
-        pytest.fail("adamk-serve did not start: " + "".join(lines))
-    threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True).start()
-    return proc, port, lines
 
 
 def test_openai_client_and_sigterm_drain() -> None:

@@ -45,9 +45,8 @@ class OpenAIServer:
         self.draining = False
         self.inflight = 0
         self.lock = threading.Lock()
-        self.httpd = ThreadingHTTPServer((host, port), _Handler)
-        self.httpd.daemon_threads = True
-        self.httpd.app = self  # type: ignore[attr-defined]
+        self.httpd = _HTTPServer((host, port), _Handler)
+        self.httpd.app = self
         self.host, self.port = self.httpd.server_address[:2]
         self._serving = threading.Thread(target=self.httpd.serve_forever, name="adamk-http", daemon=True)
         self.created = int(time.time())
@@ -82,6 +81,22 @@ class OpenAIServer:
     def _leave(self) -> None:
         with self.lock:
             self.inflight -= 1
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 1024  # the listen backlog: many clients connect at once (socketserver's 5 resets them)
+    app: OpenAIServer
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that went away is no error; anything else is one line on the log."""
+        import sys
+
+        e = sys.exc_info()[1]
+        if isinstance(e, (ConnectionError, TimeoutError)):
+            return
+        msg = f"error while serving {client_address[0]}:{client_address[1]}: {type(e).__name__}: {e}"
+        (self.app.log or (lambda m: print(m, file=sys.stderr)))(" ".join(msg.split()))
 
 
 def warm_up(backend: SlotBackend, prompt: list[int]) -> float:
@@ -251,7 +266,9 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.flush()
 
     def _events(self, req: Request) -> Iterator[tuple[str, Any]]:
-        """The request's events until done or error; cancels it when the client goes away."""
+        """The request's events until done or error; cancels it when the client goes away. Text
+        that queued up while this thread was writing goes out as one piece (one write, not one
+        per token, when the handler falls behind the steps)."""
         while True:
             try:
                 ev = req.events.get(timeout=POLL_S)
@@ -261,9 +278,25 @@ class _Handler(BaseHTTPRequestHandler):
                     self.close_connection = True
                     return
                 continue
-            yield ev
-            if ev[0] != "text":
-                return
+            last = None
+            if ev[0] == "text":
+                pieces = [ev[1]]
+                while True:
+                    try:
+                        nxt = req.events.get_nowait()
+                    except queue.Empty:
+                        break
+                    if nxt[0] != "text":
+                        last = nxt
+                        break
+                    pieces.append(nxt[1])
+                ev = ("text", "".join(pieces))
+            for e in (ev, last):
+                if e is None:
+                    continue
+                yield e
+                if e[0] != "text":
+                    return
 
     def _client_gone(self) -> bool:
         """The client closed its end (a readable socket with nothing to read)."""

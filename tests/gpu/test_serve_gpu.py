@@ -3,7 +3,8 @@ API, in-process. The `openai` client streams more requests than there are slots,
 both prefill modes (hybrid: PyTorch writing one slot's cache between steps; kernel: prompt tokens
 through the decode steps next to the other slots); every stream equals HF transformers' greedy
 text for its prompt. Then a short load (16 clients) prints p50/p99 time to first token and
-inter-token latency next to the kernel's own step time at full slots.
+inter-token latency next to the kernel's own step time at full slots. Without the `openai`
+package on the GPU machine the same requests go through http.client.
 
     ADAMK_CACHE=.devbuild python -m tests.gpu.serve_kernels        # on the CPU machine
     ADAMK_CACHE=.devbuild ADAMK_SMOLLM2_GGUF=/tmp/smollm2.gguf python -m pytest -m gpu -s tests/gpu/test_serve_gpu.py
@@ -22,7 +23,10 @@ from tests.gpu.serve_kernels import TEST, serve_deploy
 from tests.smollm2_cases import N_NEW, PROMPTS, hf_greedy, hf_model, prompt_ids
 
 pytestmark = pytest.mark.gpu
-openai = pytest.importorskip("openai")
+try:  # the official client where the GPU machine has it, else the same requests through http.client
+    import openai
+except ImportError:
+    openai = None
 
 EXTRA = [("Write a haiku about the sea.", True), ("1, 2, 3, 4, 5,", False), ("Name three primary colors.", True)]
 CASES = PROMPTS + EXTRA  # six requests for four slots
@@ -78,12 +82,43 @@ def serve(ck, tok, prefill: str):
     return s
 
 
+def sse(port: int, case: tuple[str, bool], **kw):
+    """Streams one case without the openai package: yields (text, finish_reason) per event."""
+    import http.client
+    import json
+
+    text, chat = case
+    body = {"model": "smollm2", "stream": True, "temperature": 0, **kw.pop("extra_body", {}), **kw}
+    body.update({"messages": [{"role": "user", "content": text}]} if chat else {"prompt": text})
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    conn.request("POST", "/v1/chat/completions" if chat else "/v1/completions", json.dumps(body).encode(),
+                 {"Content-Type": "application/json"})
+    r = conn.getresponse()
+    assert r.status == 200, r.read()
+    while True:
+        line = r.readline().strip()
+        if not line.startswith(b"data: "):
+            assert line or not r.isclosed(), "stream ended without [DONE]"
+            continue
+        if line == b"data: [DONE]":
+            break
+        ch = json.loads(line[6:])["choices"][0]
+        yield (ch["delta"].get("content") if chat else ch["text"]) or "", ch["finish_reason"]
+    conn.close()
+
+
 def ask(port: int, case: tuple[str, bool], **kw) -> tuple[str, float, list[float]]:
     """Streams one case: (text, time to first token, gaps between chunks)."""
-    c = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0, timeout=120)
     text, chat = case
     t0 = time.perf_counter()
     stamps, parts = [], []
+    if openai is None:
+        for piece, _ in sse(port, case, **kw):
+            if piece:
+                parts.append(piece)
+                stamps.append(time.perf_counter())
+        return "".join(parts), (stamps[0] - t0) if stamps else float("nan"), list(np.diff(stamps))
+    c = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0, timeout=120)
     if chat:
         stream = c.chat.completions.create(model="smollm2", messages=[{"role": "user", "content": text}],
                                            stream=True, temperature=0, **kw)
@@ -173,19 +208,24 @@ def test_command_streams_and_drains(ck, want) -> None:
     completion equals HF's text; SIGTERM mid-stream lets it finish, then the process exits 0."""
     import signal
 
-    from tests.test_serve_smollm2 import start_server
+    from tests.serve_process import start_server
 
     batch, ctx = TEST
     proc, port, log = start_server(Path(ck.path), "--batch", str(batch), "--max-context", str(ctx))
     try:
         case = 2  # the chat prompt
         assert ask(port, CASES[case], max_tokens=N_NEW)[0] == want[case]
-        c = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0, timeout=120)
-        it = iter(c.completions.create(model="smollm2", prompt="Once upon a time", max_tokens=200, temperature=0,
-                                       stream=True, extra_body={"ignore_eos": True}))
+        kw = dict(max_tokens=200, extra_body={"ignore_eos": True})
+        if openai is None:
+            it = sse(port, ("Once upon a time", False), **kw)
+            finish = lambda events: [f for _, f in events][-1]  # noqa: E731
+        else:
+            c = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0, timeout=120)
+            it = iter(c.completions.create(model="smollm2", prompt="Once upon a time", temperature=0, stream=True, **kw))
+            finish = lambda events: [ch.choices[0].finish_reason for ch in events][-1]  # noqa: E731
         next(it)
         proc.send_signal(signal.SIGTERM)
-        assert [ch.choices[0].finish_reason for ch in it][-1] == "length"
+        assert finish(list(it)) == "length"
         assert proc.wait(60) == 0, "".join(log)
     finally:
         if proc.poll() is None:
