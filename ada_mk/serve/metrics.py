@@ -27,8 +27,9 @@ class Histogram:
         for b, c in zip(self.buckets, self.counts):
             acc += c
             out.append(f'{self.name}_bucket{{le="{b:g}"}} {acc}')
-        out += [f'{self.name}_bucket{{le="+Inf"}} {self.count}', f"{self.name}_sum {self.sum:.6f}",
-                f"{self.name}_count {self.count}"]
+        total = acc + self.counts[-1]  # from the same counts as the buckets: consistent while observe() runs
+        out += [f'{self.name}_bucket{{le="+Inf"}} {total}', f"{self.name}_sum {self.sum:.6f}",
+                f"{self.name}_count {total}"]
         return out
 
 
