@@ -57,7 +57,8 @@ class OpenAIServer:
 
     def shutdown(self, timeout: float | None = None) -> bool:
         """Stop accepting connections, finish every accepted request (their answers included),
-        close the backend. True when everything finished within `timeout` seconds."""
+        close the backend. True when everything finished within `timeout` seconds (otherwise
+        the backend stays open: the scheduler may still be stepping)."""
         self.draining = True
         self.httpd.shutdown()
         self.httpd.server_close()
@@ -71,7 +72,8 @@ class OpenAIServer:
                 done = False
                 break
             time.sleep(0.01)
-        self.backend.close()
+        if not self.scheduler.thread.is_alive():  # never free the device under a step still running
+            self.backend.close()
         return done
 
     def _enter(self) -> None:
