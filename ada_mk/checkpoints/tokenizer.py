@@ -188,19 +188,31 @@ class Tokenizer:
 
 class StreamDecoder:
     """Turns tokens into text as they come: `push(id)` returns the new text, holding back an
-    incomplete UTF-8 sequence until the token that completes it arrives."""
+    incomplete UTF-8 sequence until the token that completes it arrives. Each push decodes a
+    short window (the tokens since the last text went out, after those of the text before it,
+    whose decoding is subtracted so that a tokenizer that strips a leading space still spaces
+    right), so a long generation costs the same per token as a short one."""
 
     def __init__(self, tok: Tokenizer) -> None:
-        self.tok, self.ids, self.emitted = tok, [], ""
+        self.tok, self.ids = tok, []
+        self.prefix_at = self.read_at = 0  # window start; end of the tokens whose text went out
 
     def push(self, token: int) -> str:
         self.ids.append(int(token))
-        text = self.tok.decode(self.ids)
-        if text.endswith("\ufffd"):
+        prefix = self.tok.decode(self.ids[self.prefix_at:self.read_at])
+        text = self.tok.decode(self.ids[self.prefix_at:])
+        if text.endswith("\ufffd") or len(text) <= len(prefix) or not text.startswith(prefix):
             return ""
-        new = text[len(self.emitted):] if text.startswith(self.emitted) else text
-        self.emitted = text
-        return new
+        self.prefix_at, self.read_at = self.read_at, len(self.ids)
+        return text[len(prefix):]
+
+    def flush(self) -> str:
+        """What push() still holds back (an unfinished UTF-8 sequence, decoded as replacement
+        characters): the rest of the text once no token follows."""
+        prefix = self.tok.decode(self.ids[self.prefix_at:self.read_at])
+        text = self.tok.decode(self.ids[self.prefix_at:])
+        self.prefix_at = self.read_at = len(self.ids)
+        return text[len(prefix):] if text.startswith(prefix) else ""
 
 
 def _read_json(path: Path) -> dict:

@@ -56,13 +56,28 @@ class ReferenceExecutor:
         """One decode step: token b sits at position positions[b]. Returns logits (B, V) f32."""
         tokens = np.asarray(tokens, np.int64).reshape(self.batch)
         positions = np.asarray(positions, np.int64).reshape(self.batch)
+        return self.run_rows(tokens, positions, np.arange(self.batch))
+
+    def run_rows(self, tokens: np.ndarray, positions: np.ndarray, slots: np.ndarray) -> np.ndarray:
+        """The graph over rows: row r is token tokens[r] at position positions[r] of the sequence
+        in cache slot slots[r]. A step is rows = slots 0..B-1; a prompt of T tokens prefilled into
+        one slot is T rows of that slot at positions 0..T-1 (every row's K and V are appended
+        before any row attends, so row t sees positions 0..t). Returns logits (rows, V) f32."""
+        tokens = np.asarray(tokens, np.int64).reshape(-1)
+        positions = np.asarray(positions, np.int64).reshape(-1)
+        slots = np.asarray(slots, np.int64).reshape(-1)
+        if not tokens.shape == positions.shape == slots.shape:
+            raise ValueError(f"tokens, positions and slots differ in length: {len(tokens)}, {len(positions)}, {len(slots)}")
         if positions.min() < 0 or positions.max() >= self.max_context:
             raise ValueError(f"positions {positions} outside [0, {self.max_context})")
+        if slots.min() < 0 or slots.max() >= self.batch:
+            raise ValueError(f"slots {slots} outside [0, {self.batch})")
+        self._slots = slots
         env: dict[str, np.ndarray] = {**self.w, "tokens": tokens, "positions": positions}
         for op in self.graph.ops:
             outs = getattr(self, f"_{op.kind}")(op, *[env[n] for n in op.inputs])
             env.update(zip(op.outputs, outs))
-        self.lengths = np.maximum(self.lengths, positions + 1)
+        np.maximum.at(self.lengths, slots, positions + 1)
         self.last_env = env  # intermediate activations, handy when diffing a kernel
         return env["logits"]
 
@@ -121,24 +136,24 @@ class ReferenceExecutor:
         return rot(q), rot(k)
 
     def _KVAppend(self, op: Op, k, v, positions):
-        B, d = self.batch, self.k_cache.shape[-1]
-        for b in range(B):
-            self.k_cache[op.layer, b, :, positions[b]] = k[b].reshape(-1, d)
-            self.v_cache[op.layer, b, :, positions[b]] = v[b].reshape(-1, d)
+        d = self.k_cache.shape[-1]
+        for r, b in enumerate(self._slots):
+            self.k_cache[op.layer, b, :, positions[r]] = k[r].reshape(-1, d)
+            self.v_cache[op.layer, b, :, positions[r]] = v[r].reshape(-1, d)
         return self.k_cache[op.layer], self.v_cache[op.layer]
 
     def _DecodeAttention(self, op: Op, q, k_cache, v_cache, positions):
         nkv, d = op.num_kv_heads, op.head_dim
         group = op.num_heads // nkv
         out = np.empty_like(q)
-        for b in range(self.batch):
-            n = positions[b] + 1  # causal: attend over positions 0..pos
+        for r, b in enumerate(self._slots):
+            n = positions[r] + 1  # causal: attend over positions 0..pos
             K, V = k_cache[b, :, :n], v_cache[b, :, :n]  # (nkv, n, d)
-            qb = q[b].reshape(nkv, group, d)  # query head h uses kv head h // group
+            qb = q[r].reshape(nkv, group, d)  # query head h uses kv head h // group
             s = np.einsum("kgd,knd->kgn", qb, K) * np.float32(op.attrs()["scale"])
             p = np.exp(s - s.max(-1, keepdims=True))
             p /= p.sum(-1, keepdims=True)
-            out[b] = np.einsum("kgn,knd->kgd", p, V).reshape(-1)
+            out[r] = np.einsum("kgn,knd->kgd", p, V).reshape(-1)
         return (out,)
 
     def _ResidualAdd(self, op: Op, a, b):

@@ -65,13 +65,21 @@ class HybridPrefill:
             self.k_cache = self.v_cache = None
         B, kv, d = self.plan.batch, m.num_key_value_heads, m.head_dim
         self.cache_shape = (m.num_hidden_layers, B, kv, self.max_context, d)
+        self._first_slot = 0  # the cache slot of the first prompt row (prefill's `slot`)
 
-    def prefill(self, tokens) -> tuple[np.ndarray, np.ndarray]:
+    def prefill(self, tokens, slot: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Prompts [B, T] (or [T] at batch 1) from position 0: fills the kernel's K/V cache at
-        positions 0..T-1 and returns the greedy next tokens [B] (int32) and logits [B, V] (f32)."""
+        positions 0..T-1 and returns the greedy next tokens [B] (int32) and logits [B, V] (f32).
+        With `slot`, one prompt [T] fills that slot's cache alone (the other slots' caches are
+        not touched) and the returns are [1] and [1, V]: what a server admitting one request
+        between decode steps needs."""
         torch, m = self.torch, self.model
         B = self.plan.batch
-        ids = torch.as_tensor(np.asarray(tokens, np.int64).reshape(B, -1), device=self.device)
+        if slot is not None and not 0 <= slot < B:
+            raise KernelError(f"slot {slot}: expected 0..{B - 1} (the plan's batch)")
+        self._first_slot = 0 if slot is None else slot
+        rows = B if slot is None else 1
+        ids = torch.as_tensor(np.asarray(tokens, np.int64).reshape(rows, -1), device=self.device)
         T = ids.shape[1]
         if T < 1 or T > self.max_context:
             raise KernelError(f"prompt of {T} tokens: expected 1..{self.max_context} (the KV cache's size)")
@@ -84,20 +92,22 @@ class HybridPrefill:
         return nxt.cpu().numpy(), logits.cpu().numpy()
 
     def _store(self, layer: int, k, v) -> None:
-        """K (roped) and V [B, kv, T, d] -> the kernel's cache at positions 0..T-1, as bf16."""
+        """K (roped) and V [rows, kv, T, d] -> the kernel's cache of slots first..first+rows-1 at
+        positions 0..T-1, as bf16."""
         torch = self.torch
         B, nkv, T, d = k.shape
+        s0 = self._first_slot
         kb, vb = k.to(torch.bfloat16), v.to(torch.bfloat16)
         if self.zero_copy:
-            self.k_cache.view(self.cache_shape)[layer, :, :, :T] = kb
-            self.v_cache.view(self.cache_shape)[layer, :, :, :T] = vb
+            self.k_cache.view(self.cache_shape)[layer, s0:s0 + B, :, :T] = kb
+            self.v_cache.view(self.cache_shape)[layer, s0:s0 + B, :, :T] = vb
             return
         drv = _driver()
         kb, vb = kb.contiguous(), vb.contiguous()
         torch.cuda.synchronize(self.device)
         row = self.max_context * d * 2  # bytes per (layer, b, kv_head) block of the cache
         for name, src in (("k_cache", kb), ("v_cache", vb)):
-            base = self.engine.buffers[name] + layer * B * nkv * row
+            base = self.engine.buffers[name] + ((layer * self.plan.batch + s0) * nkv) * row
             for i in range(B * nkv):  # positions are consecutive: one contiguous block each
                 _check(drv.cuMemcpyDtoD(base + i * row, src.data_ptr() + i * T * d * 2, T * d * 2))
 

@@ -96,29 +96,8 @@ def kernel_backend(model: ModelConfig, deploy: DeployConfig, weights: Any, prefi
     quantizes the rest on load). prefill_mode "auto" is
     "torch" (batched PyTorch writing the kernel's KV cache) where torch sees a GPU, else "kernel"
     (token by token through the kernel)."""
-    from ..codegen.build import build
-    from ..codegen.render import render
-    from .engine import MegaKernelEngine
-    from ..search.planner import make_plan
-
-    from ..search.device_memory import check_fits_device
-
-    plan = make_plan(model, deploy)
-    check_fits_device(plan)  # before nvcc and cuMemAlloc: the sizes, in one line
-    art = build(render(plan), [deploy.gpu.nvcc_arch], library=False, log=log)
-    engine = MegaKernelEngine(plan, art.fatbin)
-    if quantized and deploy.weights != "bf16":
-        from ..checkpoints.pack import PackingSources
-
-        weights = PackingSources(weights, quantized, engine.layout)
-    engine.load_weights(weights)
-    if prefill_mode == "auto":
-        try:
-            import torch
-
-            prefill_mode = "torch" if torch.cuda.is_available() else "kernel"
-        except ImportError:
-            prefill_mode = "kernel"
+    engine, plan = load_engine(model, deploy, weights, log, quantized)
+    prefill_mode = resolve_prefill_mode(prefill_mode)
     hybrid = None
     if prefill_mode == "torch":
         from .hybrid import HybridPrefill
@@ -139,3 +118,37 @@ def kernel_backend(model: ModelConfig, deploy: DeployConfig, weights: Any, prefi
         return r
 
     return prefill, step, engine.close, plan, prefill_mode
+
+
+def load_engine(model: ModelConfig, deploy: DeployConfig, weights: Any, log: Callable[[str], None] | None = None,
+                quantized: Any = None) -> tuple[Any, Any]:
+    """(MegaKernelEngine, plan) for (model, deploy): planned, built into the build cache (nvcc on
+    a miss), loaded with `weights` (see kernel_backend for `quantized`)."""
+    from ..codegen.build import build
+    from ..codegen.render import render
+    from ..search.device_memory import check_fits_device
+    from ..search.planner import make_plan
+    from .engine import MegaKernelEngine
+
+    plan = make_plan(model, deploy)
+    check_fits_device(plan)  # before nvcc and cuMemAlloc: the sizes, in one line
+    art = build(render(plan), [deploy.gpu.nvcc_arch], library=False, log=log)
+    engine = MegaKernelEngine(plan, art.fatbin)
+    if quantized and deploy.weights != "bf16":
+        from ..checkpoints.pack import PackingSources
+
+        weights = PackingSources(weights, quantized, engine.layout)
+    engine.load_weights(weights)
+    return engine, plan
+
+
+def resolve_prefill_mode(prefill_mode: str) -> str:
+    """"auto" is "torch" (the hybrid prefill) where torch sees a GPU, else "kernel"."""
+    if prefill_mode != "auto":
+        return prefill_mode
+    try:
+        import torch
+
+        return "torch" if torch.cuda.is_available() else "kernel"
+    except ImportError:
+        return "kernel"
