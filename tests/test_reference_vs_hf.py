@@ -35,6 +35,12 @@ MODELS = {
     "qwen2-tied-bias": ModelConfig(
         "tiny-qwen2", "qwen2", 64, 128, 3, 4, 2, 16, 256, 1e-6, 1e6, 128,
         tie_word_embeddings=True, attention_bias=True),
+    # Qwen3: per-head q/k RMSNorm before RoPE, head_dim * heads != hidden_size, tied (as 0.6B).
+    "qwen3-tied-qknorm": ModelConfig(
+        "tiny-qwen3", "qwen3", 64, 96, 3, 4, 2, 32, 256, 1e-6, 1e6, 128,
+        tie_word_embeddings=True, qk_norm=True),
+    "qwen3-untied": ModelConfig(
+        "tiny-qwen3-8b", "qwen3", 96, 160, 2, 8, 2, 16, 256, 1e-6, 1e6, 128, qk_norm=True),
 }
 
 

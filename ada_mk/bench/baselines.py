@@ -189,7 +189,7 @@ def hf_config(m: ModelConfig, attn_implementation: str = "sdpa"):
     import transformers
     from transformers import AutoConfig
 
-    if m.model_type not in ("llama", "mistral", "qwen2") or (m.model_type == "qwen2") != m.attention_bias:
+    if m.model_type not in ("llama", "mistral", "qwen2", "qwen3", "gemma3_text") or (m.model_type == "qwen2") != m.attention_bias:
         raise ValueError(f"{m.name}: model_type {m.model_type!r} with attention_bias={m.attention_bias} "
                          "has no HF transformers equivalent")
     kw: dict[str, Any] = dict(
@@ -200,12 +200,27 @@ def hf_config(m: ModelConfig, attn_implementation: str = "sdpa"):
         hidden_act="silu", bos_token_id=None, eos_token_id=None, pad_token_id=None)
     if m.model_type == "mistral":
         kw["sliding_window"] = None
-    if m.model_type == "qwen2":
+    if m.model_type in ("qwen2", "qwen3"):
         kw["use_sliding_window"] = False
     scaling = None
     if m.rope_scaling is not None and m.rope_scaling.rope_type != "default":
-        scaling = dict(m.rope_scaling.__dict__)
-    if int(transformers.__version__.split(".")[0]) >= 5:
+        scaling = {k: v for k, v in m.rope_scaling.__dict__.items()
+                   if m.rope_scaling.rope_type == "llama3" or k in ("rope_type", "factor")}
+    v5 = int(transformers.__version__.split(".")[0]) >= 5
+    if m.model_type == "gemma3_text":
+        del kw["hidden_act"]
+        kw.update(hidden_activation="gelu_pytorch_tanh", query_pre_attn_scalar=m.query_pre_attn_scalar,
+                  sliding_window=m.sliding_window, layer_types=list(m.layer_types or ()),
+                  final_logit_softcapping=m.final_logit_softcapping,
+                  attn_logit_softcapping=m.attn_logit_softcapping)
+        local = m.rope_local_theta or m.rope_theta
+        if v5:
+            kw["rope_parameters"] = {
+                "full_attention": {"rope_type": "default", "rope_theta": m.rope_theta, **(scaling or {})},
+                "sliding_attention": {"rope_type": "default", "rope_theta": local}}
+        else:
+            kw.update(rope_theta=m.rope_theta, rope_scaling=scaling, rope_local_base_freq=local)
+    elif v5:
         kw["rope_parameters"] = {"rope_type": "default", "rope_theta": m.rope_theta, **(scaling or {})}
     else:
         kw["rope_theta"], kw["rope_scaling"] = m.rope_theta, scaling
