@@ -209,10 +209,11 @@ def hf_config(m: ModelConfig, attn_implementation: str = "sdpa"):
     v5 = int(transformers.__version__.split(".")[0]) >= 5
     if m.model_type == "gemma3_text":
         del kw["hidden_act"]
-        kw.update(hidden_activation="gelu_pytorch_tanh", query_pre_attn_scalar=m.query_pre_attn_scalar,
+        scalar = m.query_pre_attn_scalar or m.head_dim
+        kw.update(hidden_activation="gelu_pytorch_tanh",
+                  query_pre_attn_scalar=int(scalar) if float(scalar).is_integer() else scalar,  # HF wants an int
                   sliding_window=m.sliding_window, layer_types=list(m.layer_types or ()),
-                  final_logit_softcapping=m.final_logit_softcapping,
-                  attn_logit_softcapping=m.attn_logit_softcapping)
+                  final_logit_softcapping=m.final_logit_softcapping, attn_logit_softcapping=None)
         local = m.rope_local_theta or m.rope_theta
         if v5:
             kw["rope_parameters"] = {

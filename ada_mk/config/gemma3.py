@@ -1,7 +1,7 @@
 """The Gemma 3 text model's fields of an HF config (`gemma3_text`, or the `text_config` of a
 `gemma3` config): four (1 + w) RMSNorms per block, q/k norms, embeddings scaled by sqrt(hidden),
 a GELU-tanh gated MLP, query_pre_attn_scalar, sliding-window local layers with their own RoPE
-base, and logit softcapping. Absent fields take Gemma3TextConfig's defaults (published
+base, and the final logit softcapping. Absent fields take Gemma3TextConfig's defaults (published
 multimodal configs give only a few fields of their text_config)."""
 from __future__ import annotations
 
@@ -64,13 +64,15 @@ def gemma3_fields(f: Fields, layers: int) -> dict[str, Any]:
     """ModelConfig's Gemma 3 fields (and rope_theta, rope_scaling) from a gemma3_text config."""
     if f.bool("use_bidirectional_attention", False):
         raise f.error("use_bidirectional_attention", "unsupported; a decoder attends causally", True)
+    if f.has("attn_logit_softcapping"):
+        # transformers' Gemma 3 attention does not apply it; published configs leave it null.
+        raise f.error("attn_logit_softcapping", "unsupported; expected null (Gemma 3 attention has no softcap)",
+                      f.data["attn_logit_softcapping"])
     theta, scaling, local_theta = _rope(f)
-    softcap = {}
-    for key in ("attn_logit_softcapping", "final_logit_softcapping"):
-        softcap[key] = f.float(key, None)
     return dict(
         rope_theta=theta, rope_scaling=scaling, rope_local_theta=local_theta,
         qk_norm=True, norm_offset=1.0, sandwich_norm=True, embed_scale=True, hidden_act="gelu_tanh",
         query_pre_attn_scalar=f.float("query_pre_attn_scalar", 256.0),
-        sliding_window=f.int("sliding_window", 4096), layer_types=_layer_types(f, layers), **softcap,
+        sliding_window=f.int("sliding_window", 4096), layer_types=_layer_types(f, layers),
+        final_logit_softcapping=f.float("final_logit_softcapping", None),
     )

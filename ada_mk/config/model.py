@@ -49,7 +49,6 @@ class ModelConfig:
     sliding_window: int | None = None  # window of the "sliding_attention" layers
     layer_types: tuple[str, ...] | None = None  # per layer: "full_attention" or "sliding_attention"
     rope_local_theta: float | None = None  # RoPE base of the sliding layers (unscaled; None: rope_theta)
-    attn_logit_softcapping: float | None = None  # scores -> cap * tanh(scores / cap)
     final_logit_softcapping: float | None = None  # logits -> cap * tanh(logits / cap)
 
     @property
@@ -89,5 +88,5 @@ class ModelConfig:
 EXTRA_DEFAULTS: dict[str, Any] = {
     "qk_norm": False, "norm_offset": 0.0, "sandwich_norm": False, "embed_scale": False, "hidden_act": "silu",
     "query_pre_attn_scalar": None, "sliding_window": None, "layer_types": None, "rope_local_theta": None,
-    "attn_logit_softcapping": None, "final_logit_softcapping": None,
+    "final_logit_softcapping": None,
 }

@@ -102,7 +102,7 @@ def build_decode_graph(model: ModelConfig, deploy: DeployConfig | None = None, c
         g.add(DecodeAttention(f"{L}.attn", i, (qr, kc, vc, pos), (ao,), num_heads=nh,
                               num_kv_heads=nkv, head_dim=d, context=context,
                               scale=m.attn_scale if m.query_pre_attn_scalar else None,
-                              window=m.sliding_window if sliding else None, softcap=m.attn_logit_softcapping))
+                              window=m.sliding_window if sliding else None))
         o = linear("o_proj", ao, H, nh * d, False, f"{L}.o", "self_attn")
         if m.sandwich_norm:  # Gemma 3: the attention output is normed before the residual
             o = norm(f"{L}.post_attn_norm", i, o, f"{p}.post_attention_layernorm.weight", f"{L}.o_norm")

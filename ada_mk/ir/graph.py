@@ -194,7 +194,6 @@ class DecodeAttention(Op):
     context: int = 512
     scale: float | None = None  # on q.k; None: head_dim ** -0.5
     window: int | None = None  # sliding window: the last `window` positions (the new one included)
-    softcap: float | None = None  # scores -> softcap * tanh(scores / softcap)
 
     @property
     def positions(self) -> int:
@@ -213,7 +212,7 @@ class DecodeAttention(Op):
         return b * self.num_heads * self.positions * (4 * self.head_dim + 5)
 
     def attrs(self) -> dict[str, Any]:
-        extra = {k: v for k, v in (("window", self.window), ("softcap", self.softcap)) if v is not None}
+        extra = {} if self.window is None else {"window": self.window}
         return {"num_heads": self.num_heads, "num_kv_heads": self.num_kv_heads,
                 "head_dim": self.head_dim, "context": self.context,
                 "scale": self.head_dim ** -0.5 if self.scale is None else self.scale, **extra}

@@ -149,8 +149,6 @@ class ReferenceExecutor:
             K, V = k_cache[b, :, n0:n], v_cache[b, :, n0:n]  # (nkv, n - n0, d)
             qb = q[b].reshape(nkv, group, d)  # query head h uses kv head h // group
             s = np.einsum("kgd,knd->kgn", qb, K) * np.float32(op.attrs()["scale"])
-            if op.softcap is not None:
-                s = np.float32(op.softcap) * np.tanh(s / np.float32(op.softcap))
             p = np.exp(s - s.max(-1, keepdims=True))
             p /= p.sum(-1, keepdims=True)
             out[b] = np.einsum("kgn,knd->kgd", p, V).reshape(-1)
