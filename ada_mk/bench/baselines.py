@@ -23,7 +23,8 @@ from .quantized import WeightOnlyLinear, linear
 FLEX_BLOCK = 128  # flex_attention's default sparse block; cache lengths are multiples of it
 
 # ---------------------------------------------------------------------------------------------
-# The gpt-fast-style model (one screenful): RMSNorm, RoPE (llama3 scaling included), GQA attention
+# The gpt-fast-style model (one screenful): RMSNorm, RoPE (llama3 scaling included), Qwen3's q/k
+# head norms, GQA attention
 # over a static KV cache (flex_attention decoding or SDPA), SwiGLU MLP, tied or untied LM head.
 
 
@@ -59,6 +60,8 @@ class Block(nn.Module):
         self.mlp_norm = _p(w[p + "post_attention_layernorm.weight"])
         self.wqkv = _w(cat(*(f"self_attn.{x}_proj.weight" for x in "qkv")), weights_format)
         self.bqkv = _p(cat(*(f"self_attn.{x}_proj.bias" for x in "qkv"))) if m.attention_bias else None
+        self.q_norm = _p(w[p + "self_attn.q_norm.weight"]) if m.qk_norm else None
+        self.k_norm = _p(w[p + "self_attn.k_norm.weight"]) if m.qk_norm else None
         self.wo = _w(w[p + "self_attn.o_proj.weight"], weights_format)
         self.w13 = _w(cat("mlp.gate_proj.weight", "mlp.up_proj.weight"), weights_format)
         self.w2 = _w(w[p + "mlp.down_proj.weight"], weights_format)
@@ -71,6 +74,8 @@ class Block(nn.Module):
         q, k, v = linear(rms_norm(x, self.attn_norm, m.rms_norm_eps), self.wqkv, self.bqkv).split(
             [nh * d, nkv * d, nkv * d], dim=-1)
         q, k, v = (t.view(B, 1, -1, d).transpose(1, 2) for t in (q, k, v))  # [B, heads, 1, d]
+        if self.q_norm is not None:
+            q, k = rms_norm(q, self.q_norm, m.rms_norm_eps), rms_norm(k, self.k_norm, m.rms_norm_eps)
         q, k = rope(q, cos, sin), rope(k, cos, sin)
         self.k_cache.index_copy_(2, input_pos, k)
         self.v_cache.index_copy_(2, input_pos, v)
