@@ -29,7 +29,7 @@ from ..quant import (INT4_TYPES, Int4Matrix, QuantFormatError, QuantizedMatrix, 
 from .errors import CheckpointError
 from .names import check_weights
 
-SUPPORTED_ARCHS = ("llama", "qwen2")
+SUPPORTED_ARCHS = ("llama", "qwen2", "qwen3")
 
 # GGUF tensor name (after "blk.N.") -> HF name (after "model.layers.N.")
 _LAYER_NAMES = {
@@ -40,6 +40,8 @@ _LAYER_NAMES = {
     "attn_q.bias": "self_attn.q_proj.bias",
     "attn_k.bias": "self_attn.k_proj.bias",
     "attn_v.bias": "self_attn.v_proj.bias",
+    "attn_q_norm.weight": "self_attn.q_norm.weight",  # Qwen3's per-head q/k RMSNorm
+    "attn_k_norm.weight": "self_attn.k_norm.weight",
     "attn_output.weight": "self_attn.o_proj.weight",
     "ffn_norm.weight": "post_attention_layernorm.weight",
     "ffn_gate.weight": "mlp.gate_proj.weight",
@@ -260,6 +262,7 @@ def model_from_metadata(meta: Mapping[str, Any], tensor_shapes: Mapping[str, tup
         tie_word_embeddings="lm_head.weight" not in tensor_shapes,
         attention_bias=arch == "qwen2",
         rope_scaling=None,
+        qk_norm=arch == "qwen3",
     )
 
 
@@ -320,5 +323,7 @@ def load_gguf(path: str | os.PathLike, model: ModelConfig | None = None
     drop = check_weights(model, shapes, str(path))
     for n in drop:
         del tensors[n]
+    # convert_hf_to_gguf permutes Q/K rows for llama only (LlamaModel.modify_tensors); its Qwen2 and
+    # Qwen3 converters keep HF's rotate-half order (llama.cpp runs them with NEOX-style RoPE).
     permute = meta.get("general.architecture") == "llama"
     return model, GGUFWeights(path, tensors, model, permute), _tokenizer_info(meta)
