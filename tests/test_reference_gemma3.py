@@ -182,3 +182,23 @@ def test_gemma3_config_errors(tmp_path) -> None:
     p.write_text(json.dumps({**GEMMA3_1B, "attn_logit_softcapping": 50.0}))
     with pytest.raises(ConfigError, match="attn_logit_softcapping"):
         load_config(p)
+
+
+def test_adamk_gen_refuses_gemma3_in_one_line(tmp_path) -> None:
+    """The reference executor runs Gemma 3; the kernel does not yet, and adamk-gen says so."""
+    from click.testing import CliRunner
+
+    from ada_mk.cli.gen import main
+
+    folder = tmp_path / "gemma-3-1b"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(GEMMA3_1B))
+    try:
+        runner = CliRunner(mix_stderr=False)  # click < 8.2
+    except TypeError:
+        runner = CliRunner()
+    r = runner.invoke(main, ["--config", str(folder / "config.json"), "--no-build", "--out", str(tmp_path / "out")])
+    assert r.exit_code == 2, r.output
+    lines = r.stderr.strip().splitlines()
+    assert lines[-1].startswith("adamk-gen: error: ") and "does not support it yet" in lines[-1]
+    assert "sliding_window" in lines[-1] and "Traceback" not in r.stderr
