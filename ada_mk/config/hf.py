@@ -34,7 +34,6 @@ class _Family:
     kv_heads_default: int | None  # None: num_attention_heads (MHA)
     max_position_embeddings: int
     head_dim_default: int | None = None  # None: hidden_size // num_attention_heads
-    rope_theta_default: float = 10000.0
     tie_default: bool = False
 
 
@@ -47,7 +46,7 @@ _FAMILIES = {
     "qwen2": _Family(attention_bias=True, kv_heads_default=None, max_position_embeddings=32768),
     "qwen3": _Family(attention_bias=False, kv_heads_default=32, max_position_embeddings=32768, head_dim_default=128),
     "gemma3_text": _Family(attention_bias=False, kv_heads_default=4, max_position_embeddings=131072,
-                           head_dim_default=256, rope_theta_default=1e6, tie_default=True),
+                           head_dim_default=256, tie_default=True),
 }
 _ARCHITECTURES = {
     "LlamaForCausalLM": "llama",
@@ -162,7 +161,7 @@ def model_from_hf(data: Mapping, file: str, path: Path) -> tuple[ModelConfig, in
         rope_scaling = read_rope_scaling(rf, strict=False)
     else:
         rope_scaling = None
-    rope_theta = theta_f.float("rope_theta", family.rope_theta_default)
+    rope_theta = theta_f.float("rope_theta", 10000.0)
 
     # Sliding window: Mistral uses it whenever set; Qwen2 only with use_sliding_window (or when
     # transformers 5's layer_types lists sliding layers).

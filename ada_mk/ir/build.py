@@ -1,12 +1,12 @@
 """Build the IR graph of one decode step from a ModelConfig (+ DeployConfig)."""
 from __future__ import annotations
 
-from ..config.deploy import DEFAULT_GROUPS, DeployConfig
-from ..config.model import ModelConfig
 import math
 
 import numpy as np
 
+from ..config.deploy import DEFAULT_GROUPS, DeployConfig
+from ..config.model import ModelConfig
 from .graph import (Argmax, DecodeAttention, Embedding, GeluTanhMul, Graph, HeadRMSNorm, KVAppend, Linear,
                     ResidualAdd, RMSNorm, Rope, SiluMul, Softcap)
 
