@@ -31,6 +31,7 @@ VARIANTS = [
      ("ADAMK_ABLATE_WAITS", "ADAMK_ABLATE_STAGING", "ADAMK_ABLATE_MATH", "ADAMK_ABLATE_ATTENTION"), None, True),
     ("searched tilings, 8 attention splits", (), 8, True),
     ("counters bumped without release", ("ADAMK_ABLATE_RELEASE",), None, True),
+    ("waits unbounded (no time limit)", ("ADAMK_UNBOUNDED_WAITS",), None, True),  # a correct kernel
 ]
 # ADAMK_VARIANTS="full kernel|no math|..." keeps only those labels; ADAMK_SPLITS="16,32" adds split counts.
 if os.environ.get("ADAMK_VARIANTS"):

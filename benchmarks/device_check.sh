@@ -15,7 +15,7 @@ T=tests/gpu/test_megakernel.py
 timeout "${CHECK_TIMEOUT:-200}" python3 -m pytest -p no:cacheprovider -q -x -m gpu \
   "$T::test_logits_match_hf[llama3.2-1b-H100-bs1-p500]" "$T::test_logits_match_hf[llama3.2-1b-H100-bs4-p1]" \
   "$T::test_logits_match_hf[llama3-8b-H100-bs1-p500]" "$T::test_logits_match_hf[llama3-8b-H100-bs4-p500]" \
-  "$T::test_debug_build_two_layers" \
+  "$T::test_two_layers_first" \
   "$T::test_staggered_positions_match_hf" 2>&1 | tail -15 | tee "$OUT/check.log"
 timeout 120 compute-sanitizer --tool racecheck python3 -m tests.gpu.sanitize_run 2>&1 | tail -4 | tee "$OUT/racecheck.log"
 CASES=${ADAMK_CASES:-llama3.2-1b:1,llama3-8b:1}

@@ -80,7 +80,8 @@ def test_exports_only_adamk_symbols(artifacts: Artifacts) -> None:
     out = subprocess.run(["nm", "-D", "--defined-only", str(artifacts.library)], capture_output=True,
                          text=True, check=True).stdout
     names = {line.split()[-1] for line in out.splitlines() if line.strip()}
-    assert {"adamk_create", "adamk_decode", "adamk_reset", "adamk_destroy", "adamk_plan_json"} <= names
+    assert {"adamk_create", "adamk_decode", "adamk_decode_async", "adamk_synchronize", "adamk_kv_cache",
+            "adamk_set_wait_limit", "adamk_reset", "adamk_destroy", "adamk_plan_json"} <= names
     assert all(n.startswith("adamk_") for n in names), sorted(n for n in names if not n.startswith("adamk_"))
 
 
@@ -127,7 +128,14 @@ def test_null_arguments(lib: SharedLibrary) -> None:
     assert lib.lib.adamk_decode(None, None, None, None, None) == ADAMK_ERR_ARGUMENT
     assert "NULL" in lib.last_error()
     assert lib.lib.adamk_reset(None) == ADAMK_ERR_ARGUMENT
+    assert lib.lib.adamk_set_wait_limit(None, 100.0) == ADAMK_ERR_ARGUMENT
+    assert lib.lib.adamk_decode_async(None, None, None, None, None, None, None) == ADAMK_ERR_ARGUMENT
+    assert lib.lib.adamk_synchronize(None, None) == ADAMK_ERR_ARGUMENT
+    assert lib.lib.adamk_kv_cache(None, None, None) == ADAMK_ERR_ARGUMENT
+    assert "NULL" in lib.last_error()
     lib.lib.adamk_destroy(None)  # a no-op
+    with pytest.raises(RuntimeError, match="create"):
+        lib.set_wait_limit(100.0)
     with pytest.raises(RuntimeError, match="create"):
         lib.decode([0], [0])
 

@@ -142,19 +142,18 @@ def test_nvcc_failure_is_one_line_with_a_log(tmp_path, monkeypatch, quick_plan):
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
     monkeypatch.setenv("ADAMK_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(pipeline, "nvcc_path", lambda: str(fake))
-    r = run("--config", SMOL, "--out", tmp_path / "out", "--arch", "sm_89", "--debug")
+    r = run("--config", SMOL, "--out", tmp_path / "out", "--arch", "sm_89")
     assert r.exit_code == 2 and "Traceback" not in r.stderr
     last = r.stderr.splitlines()[-1]
     assert last.startswith("adamk-gen: error: nvcc failed") and 'identifier "oops" is undefined' in last
     log = tmp_path.joinpath("out", *TARGET, pipeline.BUILD_LOG)
     assert str(log) in last and "1 error detected" in log.read_text()
-    assert "compute_89" in r.stderr and "compute_90a" in r.stderr and "-DADAMK_DEBUG" in r.stderr
+    assert "compute_89" in r.stderr and "compute_90a" in r.stderr
 
 
 @pytest.mark.parametrize("args, needle", [
     (["--arch", "sm_70"], "Invalid value for '--arch': 'sm_70': expected one of sm_80, sm_89, sm_90a, sm_90"),
     (["--no-build", "--arch", "sm_89"], "--arch needs a build: drop --no-build"),
-    (["--no-build", "--debug"], "--debug needs a build: drop --no-build"),
     (["--batch", "two"], "Invalid value for '--batch': 'two' is not a valid integer."),
     (["--bogus"], "--bogus"),
 ])
@@ -171,7 +170,7 @@ def test_missing_config_flag():
 def test_help_lists_build_options():
     r = run("--help")
     assert r.exit_code == 0
-    for opt in ("--no-build", "--arch", "--debug", "--explain"):
+    for opt in ("--no-build", "--arch", "--explain"):
         assert opt in r.stdout
 
 

@@ -63,9 +63,6 @@ def _codegen_errors() -> tuple[type[BaseException], ...]:
               help="Also compile for this architecture (repeatable: --arch sm_89 --arch sm_90a): "
                    "sm_80, sm_89, sm_90a, or sm_90 (no Hopper-only instructions). "
                    "The target GPU's own architecture is always included.")
-@click.option("--debug", is_flag=True,
-              help="Build with bounded dependency waits (-DADAMK_DEBUG): a stuck wait is reported "
-                   "by the runtime as an error naming the task and counter, instead of a hang.")
 @click.option("--explain", is_flag=True,
               help="Print what the plan decided (tiling, K-split, shared memory, predicted time) "
                    "to stdout, and write explain.txt, trace.json and gantt.png beside the kernel.")
@@ -74,7 +71,7 @@ def _codegen_errors() -> tuple[type[BaseException], ...]:
                                    "(benchmarks/profile_step.py); shows measured task times beside the predicted.")
 def main(config_path: Path, gpu: str | None, batch: int | None, max_context: int | None,
          dtype: str | None, weights: str | None, weights_group: int | None, out_dir: Path, dump_ir: bool, no_build: bool, archs: tuple[str, ...],
-         debug: bool, explain: bool, profile: Path | None) -> None:
+         explain: bool, profile: Path | None) -> None:
     """Generate one CUDA MegaKernel that decodes the model of --config on --gpu at --batch.
 
     Writes ir.json, plan.json and the kernel sources (<stem>.cu, <stem>.schedule.inc,
@@ -89,13 +86,13 @@ def main(config_path: Path, gpu: str | None, batch: int | None, max_context: int
       adamk-gen --config path/to/config.json --gpu H100 --no-build # sources only, no nvcc
       adamk-gen --config configs/llama3-8b.yaml --weights-format fp8 --weights-group 128
     """
-    if no_build and (archs or debug):
-        fail(f"{'--arch' if archs else '--debug'} needs a build: drop --no-build")
+    if no_build and archs:
+        fail("--arch needs a build: drop --no-build")
     if profile is not None and not explain:
         fail("--profile needs --explain")
     try:
         generate(config_path, gpu, batch, max_context, dtype, out_dir, dump_ir=dump_ir,
-                 build=not no_build, archs=archs, debug=debug, explain=explain, profile=profile,
+                 build=not no_build, archs=archs, explain=explain, profile=profile,
                  weights=weights, weights_group=weights_group)
     except ConfigError as e:
         fail(str(e))
@@ -108,7 +105,7 @@ def main(config_path: Path, gpu: str | None, batch: int | None, max_context: int
 
 def generate(config_path: Path, gpu: str | None, batch: int | None, max_context: int | None,
              dtype: str | None, out_dir: Path, *, dump_ir: bool = False, build: bool = True,
-             archs: tuple[str, ...] = (), debug: bool = False, explain: bool = False,
+             archs: tuple[str, ...] = (), explain: bool = False,
              profile: Path | None = None, log: Callable[[str], None] = log, weights: str | None = None,
              weights_group: int | None = None) -> Path | None:
     """What `adamk-gen` does; returns the output directory (None for dump_ir). Also used by
@@ -141,8 +138,6 @@ def generate(config_path: Path, gpu: str | None, batch: int | None, max_context:
         options["build_kernel"] = False
     if archs:
         options["archs"] = tuple(archs)
-    if debug:
-        options["debug"] = True
     if explain:
         options["explain"] = lambda text: click.echo(text, nl=not text.endswith("\n"))
         if profile is not None:

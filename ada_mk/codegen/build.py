@@ -59,25 +59,23 @@ def _headers_digest() -> str:
     return h.hexdigest()
 
 
-def nvcc_flags(archs: list[str], debug: bool, profile: bool = False, defines: tuple[str, ...] = ()) -> list[str]:
+def nvcc_flags(archs: list[str], profile: bool = False, defines: tuple[str, ...] = ()) -> list[str]:
     """Flags that decide the output (include paths come separately: they differ by machine).
     `defines` are extra macros, such as the ADAMK_ABLATE_* diagnostics of benchmarks/ablation.py."""
     flags = ["-std=c++17", "-O3", "--threads", "0"] + [ARCH_FLAGS[a] for a in archs]
-    if debug:
-        flags.append("-DADAMK_DEBUG")
     if profile:
         flags.append("-DADAMK_PROFILE")
     flags += [f"-D{d}" for d in defines]
     return flags
 
 
-def build(source: Source, archs: list[str], *, debug: bool = False, profile: bool = False,
+def build(source: Source, archs: list[str], *, profile: bool = False,
           library: bool = True, nvcc: str = "nvcc", log=None, defines: tuple[str, ...] = ()) -> Artifacts:
     """Compile (or fetch from the cache) the kernel for every arch in `archs`."""
     for a in archs:
         if a not in ARCH_FLAGS:
             raise BuildError(f"unknown arch {a!r}: expected one of {', '.join(ARCH_FLAGS)}")
-    flags = nvcc_flags(archs, debug, profile, defines)
+    flags = nvcc_flags(archs, profile, defines)
     key = hashlib.sha256()
     kernel_files = {f"{source.name}.cu", f"{source.name}.schedule.inc"}
     for name in sorted(source.files):  # a fatbin does not depend on the host code
@@ -88,7 +86,7 @@ def build(source: Source, archs: list[str], *, debug: bool = False, profile: boo
     key.update(" ".join(flags).encode())
     key.update(b"library" if library else b"fatbin")
     out = cache_root() / f"{source.name}-{key.hexdigest()[:16]}"
-    stem = source.name + ("_debug" if debug else "") + ("_profile" if profile else "") + "".join(
+    stem = source.name + ("_profile" if profile else "") + "".join(
         "_" + d.lower().removeprefix("adamk_").replace("=", "") for d in defines)
     fatbin, lib, hdr = out / f"{stem}.fatbin", out / f"lib{stem}.so", out / f"{source.name}.h"
     if fatbin.exists() and (not library or lib.exists()):

@@ -110,13 +110,13 @@ def nvcc_path() -> str:
     return "nvcc"
 
 
-def cached_build(source: Source, archs: list[str], out_dir: Path, log: Log, *, debug: bool = False,
+def cached_build(source: Source, archs: list[str], out_dir: Path, log: Log, *,
                  hint: str = "or pass --no-build to stop after the source") -> Artifacts:
     """nvcc (or the build cache) -> fatbin and lib<name>.so in the cache. A failure is EmitError;
     nvcc's full output goes to out_dir/nvcc.log. `hint` follows a missing nvcc or CUTLASS."""
-    log(f"compiling {source.name} for {', '.join(archs)}{' (debug: bounded waits)' if debug else ''}")
+    log(f"compiling {source.name} for {', '.join(archs)}")
     try:
-        return build(source, archs, debug=debug, library=True, nvcc=nvcc_path(), log=log)
+        return build(source, archs, library=True, nvcc=nvcc_path(), log=log)
     except BuildError as e:
         text = str(e)
         if "not found" in text.splitlines()[0]:
@@ -125,9 +125,9 @@ def cached_build(source: Source, archs: list[str], out_dir: Path, log: Log, *, d
         raise EmitError(f"{_first_error(text)} (full output in {log_path})") from None
 
 
-def compile_into(source: Source, archs: list[str], out_dir: Path, log: Log, *, debug: bool = False) -> Artifacts:
+def compile_into(source: Source, archs: list[str], out_dir: Path, log: Log) -> Artifacts:
     """nvcc (or the build cache) -> fatbin and lib<name>.so, copied next to the sources."""
-    art = cached_build(source, archs, out_dir, log, debug=debug)
+    art = cached_build(source, archs, out_dir, log)
     for p in (art.fatbin, art.library):
         if p is not None:
             write_atomic(out_dir / p.name, p.read_bytes())
@@ -179,13 +179,12 @@ def plan_summary(plan: Plan) -> str:
 
 
 def emit(model: ModelConfig, deploy: DeployConfig, graph, out_dir: Path, log: Log, *,
-         build_kernel: bool = True, archs: Iterable[str] = (), debug: bool = False,
+         build_kernel: bool = True, archs: Iterable[str] = (),
          explain: Callable[[str], None] | None = None, profile: Path | None = None,
          plan: Plan | None = None) -> None:
     """Plan, render and (unless build_kernel is False) compile the kernel into out_dir.
 
     archs: architectures beyond the target GPU's own to put in the fatbin and library.
-    debug: build with bounded dependency waits (-DADAMK_DEBUG).
     explain: called with the plan's explanation text (the CLI prints it to stdout).
     profile: with explain, a profile.npz of this kernel to set measured times beside the predicted.
     plan: a plan already made and validated for (model, deploy), such as the one adamk-tune
@@ -201,7 +200,7 @@ def emit(model: ModelConfig, deploy: DeployConfig, graph, out_dir: Path, log: Lo
     if explain is not None:
         explain(explain_text(plan, out_dir, log, profile))
     if build_kernel:
-        compile_into(source, all_archs, out_dir, log, debug=debug)
+        compile_into(source, all_archs, out_dir, log)
 
 
 def _one_line(text: str) -> str:

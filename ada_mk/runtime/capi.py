@@ -39,6 +39,10 @@ def _bind(lib: ctypes.CDLL) -> None:
         "adamk_weights_bytes": (c_size_t, []),
         "adamk_create": (c_int, [c_void_p, c_size_t, c_int, c_int, ctypes.POINTER(c_void_p)]),
         "adamk_decode": (c_int, [c_void_p, i32p, i32p, i32p, f32p]),
+        "adamk_decode_async": (c_int, [c_void_p, c_void_p, c_void_p, c_void_p, c_void_p, c_void_p, c_void_p]),
+        "adamk_synchronize": (c_int, [c_void_p, c_void_p]),
+        "adamk_kv_cache": (c_int, [c_void_p, ctypes.POINTER(c_void_p), ctypes.POINTER(c_void_p)]),
+        "adamk_set_wait_limit": (c_int, [c_void_p, ctypes.c_double]),
         "adamk_reset": (c_int, [c_void_p]),
         "adamk_destroy": (None, [c_void_p]),
     }
@@ -81,13 +85,14 @@ class SharedLibrary:
     def is_open(self) -> bool:
         return bool(self._session.value)
 
-    def create(self, weights: np.ndarray | int, device: int = 0) -> SharedLibrary:
+    def create(self, weights: np.ndarray | int, device: int = 0, borrow: bool = False) -> SharedLibrary:
         """Load the packed weights (uint16 bf16 bits on the host, or an int device pointer to
-        weights_bytes bytes) onto CUDA device `device`."""
+        weights_bytes bytes) onto CUDA device `device`. `borrow`: use the device buffer in place
+        (weights_on_device = 2) instead of copying it; it must outlive the session."""
         if self.is_open:
             raise RuntimeError("a session is already open on this library: close() it first")
         if isinstance(weights, (int, np.integer)) and not isinstance(weights, bool):
-            ptr, nbytes, on_device = ctypes.c_void_p(int(weights)), self.weights_bytes, 1
+            ptr, nbytes, on_device = ctypes.c_void_p(int(weights)), self.weights_bytes, 2 if borrow else 1
             keep = None
         else:
             keep = np.ascontiguousarray(weights)
@@ -117,8 +122,39 @@ class SharedLibrary:
             logits.ctypes.data_as(f32p) if logits is not None else None))
         return nxt, logits
 
+    def decode_async(self, stream: int, tokens: int, positions: int, next_tokens: int,
+                     next_positions: int = 0, logits: int = 0) -> None:
+        """One step on CUDA stream `stream` (a cudaStream_t as an int, 0: the legacy default),
+        every array a device pointer (int): tokens, positions and next_tokens of B int32,
+        next_positions (B int32) and logits (B x V float32) optional (0). No synchronisation;
+        faults are reported by synchronize()."""
+        if not self.is_open:
+            raise RuntimeError("no session: call create() first")
+        self._check(self.lib.adamk_decode_async(self._session, stream or None, tokens or None, positions or None,
+                                                next_tokens or None, next_positions or None, logits or None))
+
+    def synchronize(self, stream: int = 0) -> None:
+        """Wait for `stream`; raise what its asynchronous steps found (refused inputs, a timeout)."""
+        if not self.is_open:
+            raise RuntimeError("no session: call create() first")
+        self._check(self.lib.adamk_synchronize(self._session, stream or None))
+
+    def kv_cache(self) -> tuple[int, int]:
+        """Device pointers of the K and V caches, bf16 [layer][sequence][K/V head][position][head_dim]."""
+        if not self.is_open:
+            raise RuntimeError("no session: call create() first")
+        k, v = ctypes.c_void_p(), ctypes.c_void_p()
+        self._check(self.lib.adamk_kv_cache(self._session, ctypes.byref(k), ctypes.byref(v)))
+        return int(k.value), int(v.value)
+
+    def set_wait_limit(self, milliseconds: float) -> None:
+        """Bound every dependency wait of later steps (adamk_set_wait_limit; default 500 ms)."""
+        if not self.is_open:
+            raise RuntimeError("no session: call create() first")
+        self._check(self.lib.adamk_set_wait_limit(self._session, milliseconds))
+
     def reset(self) -> None:
-        """Forget every sequence; positions restart at 0."""
+        """Forget every sequence; positions restart at 0. Also the way back after a timeout."""
         if not self.is_open:
             raise RuntimeError("no session: call create() first")
         self._check(self.lib.adamk_reset(self._session))

@@ -22,7 +22,7 @@ from .weights import pack_weights
 
 
 class KernelError(RuntimeError):
-    """A CUDA call failed, an input was refused, or (debug builds) a dependency wait timed out."""
+    """A CUDA call failed, an input was refused, or a dependency wait ran past the wait limit."""
 
 
 def _driver():
@@ -51,26 +51,35 @@ class _Args(ctypes.Structure):
 
     _fields_ = [(n, ctypes.c_void_p) for n in (
         "weights", "scratch", "counters", "k_cache", "v_cache", "tokens", "positions",
-        "next_tokens", "next_positions")] + [("epoch", ctypes.c_uint32), ("debug", ctypes.c_void_p),
-                                             ("profile", ctypes.c_void_p)]
+        "next_tokens", "next_positions", "steps", "timeout", "bad_input", "profile")]
 
 
 class _WaitTimeout(ctypes.Structure):
     _fields_ = [("flag", ctypes.c_uint32), ("sm", ctypes.c_int32), ("kind", ctypes.c_int32),
                 ("layer", ctypes.c_int32), ("task", ctypes.c_int32), ("counter", ctypes.c_int32),
-                ("value", ctypes.c_uint32), ("target", ctypes.c_uint32)]
+                ("value", ctypes.c_uint32), ("target", ctypes.c_uint32), ("limit_ns", ctypes.c_uint64)]
+
+
+DEFAULT_WAIT_LIMIT_MS = 500.0  # the C API's default (host_api.cu.j2, kDefaultWaitLimitMs)
+
+
+class _BadInput(ctypes.Structure):
+    _fields_ = [("flag", ctypes.c_int32), ("sequence", ctypes.c_int32), ("token", ctypes.c_int32),
+                ("position", ctypes.c_int32)]
 
 
 KIND_NAMES = ["qkv", "attn", "o", "gate_up", "down", "lm_head", "argmax"]
 
 
 class MegaKernelEngine:
-    def __init__(self, plan: Plan, fatbin: str | Path, *, device: int = 0, debug: bool = False,
-                 profile: bool = False, l2_scratch: bool = True) -> None:
-        """`debug` and `profile` must match how the fatbin was built (bounded waits; task timing).
-        `l2_scratch`: keep the activations in L2 while the weights stream past (set_l2_scratch)."""
+    def __init__(self, plan: Plan, fatbin: str | Path, *, device: int = 0, profile: bool = False,
+                 l2_scratch: bool = True, wait_limit_ms: float = DEFAULT_WAIT_LIMIT_MS) -> None:
+        """`profile` must match how the fatbin was built (task timing).
+        `l2_scratch`: keep the activations in L2 while the weights stream past (set_l2_scratch).
+        `wait_limit_ms`: how long one dependency wait may last before the step gives up and
+        raises KernelError (set_wait_limit)."""
         drv = _driver()
-        self.plan, self.layout, self.debug = plan, make_layout(plan), debug
+        self.plan, self.layout = plan, make_layout(plan)
         self.max_tasks = max(sum(r.count for r in runs) for runs in plan.schedule)
         self.batch, self.vocab = plan.batch, plan.model.vocab_size
         _check(drv.cuInit(0))
@@ -98,12 +107,27 @@ class MegaKernelEngine:
         self._alloc("v_cache", kv_bytes, fill=0)
         for name in ("tokens0", "positions0", "tokens1", "positions1"):
             self._alloc(name, 4 * self.batch, fill=0)
-        self._alloc("debug", ctypes.sizeof(_WaitTimeout), fill=0)
+        self._alloc("timeout", ctypes.sizeof(_WaitTimeout), fill=0)
+        self._alloc("bad_input", ctypes.sizeof(_BadInput), fill=0)
+        self._alloc("steps", 4 * plan.sms, fill=0)  # each block's steps: the kernel's epoch (adamk/megakernel.cuh)
         if profile:
             self._alloc("profile", plan.sms * self.max_tasks * 4 * 8, fill=0)
-        self.epoch = 0
+        self.launched = 0
         self.stream = _check(drv.cuStreamCreate(0))
         self.set_l2_scratch(l2_scratch)
+        self.set_wait_limit(wait_limit_ms)
+
+    def set_wait_limit(self, milliseconds: float) -> None:
+        """Bound every dependency wait of later steps to `milliseconds` (as adamk_set_wait_limit):
+        a step whose producer never comes stops and raises KernelError instead of hanging. Raise
+        it under compute-sanitizer or a profiler, which slow a step by orders of magnitude."""
+        if not 0.001 <= milliseconds <= 3.6e6:
+            raise KernelError(f"wait limit {milliseconds} ms; expected 0.001 to 3600000 ms")
+        drv = _driver()
+        self.wait_limit_ns = int(milliseconds * 1e6)
+        _check(drv.cuStreamSynchronize(self.stream))  # no step in flight reads the old limit
+        limit = ctypes.c_uint64(self.wait_limit_ns)
+        _check(drv.cuMemcpyHtoD(self.buffers["timeout"] + _WaitTimeout.limit_ns.offset, ctypes.addressof(limit), 8))
 
     def set_l2_scratch(self, on: bool) -> None:
         """Mark the scratch buffer (the activations every stage writes and the next one reads)
@@ -185,10 +209,20 @@ class MegaKernelEngine:
         _check(drv.cuMemcpyHtoD(self.buffers["weights"], packed.ctypes.data, packed.nbytes))
 
     def reset(self) -> None:
-        """Forget every sequence: positions start again at 0 (the cache is simply overwritten)."""
+        """Forget every sequence: positions start again at 0 (the cache is simply overwritten).
+        Also the way back after a wait timed out: the counters and step counts restart, the
+        scratch is poisoned again (no word of an earlier step carries a new step's epoch), and the
+        timeout record is cleared (keeping the limit)."""
         drv = _driver()
+        _check(drv.cuStreamSynchronize(self.stream))
         _check(drv.cuMemsetD32(self.buffers["k_cache"], 0, self.layout.kv_elems_per_layer * self.plan.model.num_hidden_layers // 2))
         _check(drv.cuMemsetD32(self.buffers["v_cache"], 0, self.layout.kv_elems_per_layer * self.plan.model.num_hidden_layers // 2))
+        _check(drv.cuMemsetD32(self.buffers["counters"], 0, self.layout.counters.total_bytes // 4))
+        _check(drv.cuMemsetD32(self.buffers["scratch"], 0xFFFFFFFF, self.layout.scratch.total_bytes // 4))
+        _check(drv.cuMemsetD32(self.buffers["timeout"], 0, _WaitTimeout.limit_ns.offset // 4))
+        _check(drv.cuMemsetD32(self.buffers["bad_input"], 0, ctypes.sizeof(_BadInput) // 4))
+        _check(drv.cuMemsetD32(self.buffers["steps"], 0, self.plan.sms))
+        self.launched = 0
 
     # ---------------------------------------------------------------------------- stepping
     def _validate(self, tokens: np.ndarray, positions: np.ndarray) -> None:
@@ -205,11 +239,11 @@ class MegaKernelEngine:
         """Launch one decode step reading tokens/positions buffer `slot` and writing the other,
         without synchronising: steps chain on the device."""
         drv = _driver()
-        self.epoch += 1
+        self.launched += 1
         b = self.buffers
         args = _Args(b["weights"], b["scratch"], b["counters"], b["k_cache"], b["v_cache"],
                      b[f"tokens{slot}"], b[f"positions{slot}"], b[f"tokens{1 - slot}"], b[f"positions{1 - slot}"],
-                     self.epoch & 0xFFFFFFFF, b["debug"], b.get("profile", 0))
+                     b["steps"], b["timeout"], b["bad_input"], b.get("profile", 0))
         self._args = args  # keep alive until the launch has read it
         params = (ctypes.c_void_p * 1)(ctypes.addressof(args))
         p = self.plan
@@ -221,13 +255,14 @@ class MegaKernelEngine:
         try:
             _check(drv.cuStreamSynchronize(self.stream))
         finally:
-            if self.debug:
-                self._check_timeout()
+            self._check_faults()
 
-    def _check_timeout(self) -> None:
+    def _check_faults(self) -> None:
+        """Raise KernelError for what the kernel recorded: a wait that timed out (reset() to go
+        on), or a step that refused its tokens or positions (it ran nothing; cleared here)."""
         drv = _driver()
         rec = _WaitTimeout()
-        _check(drv.cuMemcpyDtoH(ctypes.addressof(rec), self.buffers["debug"], ctypes.sizeof(rec)))
+        _check(drv.cuMemcpyDtoH(ctypes.addressof(rec), self.buffers["timeout"], ctypes.sizeof(rec)))
         if rec.flag:
             kind = KIND_NAMES[rec.kind] if 0 <= rec.kind < len(KIND_NAMES) else rec.kind
             polled = "q/k/v words" if rec.counter == -1 else "attention splits' partials"  # adamk/sync.cuh
@@ -235,6 +270,13 @@ class MegaKernelEngine:
                     else f"its {polled} of step {rec.target}")
             raise KernelError(f"dependency wait timed out: SM {rec.sm}, task {kind} layer {rec.layer} index "
                               f"{rec.task} waited on {what}")
+        bad = _BadInput()
+        _check(drv.cuMemcpyDtoH(ctypes.addressof(bad), self.buffers["bad_input"], ctypes.sizeof(bad)))
+        if bad.flag:
+            _check(drv.cuMemsetD32(self.buffers["bad_input"], 0, ctypes.sizeof(_BadInput) // 4))
+            raise KernelError(f"a step refused its inputs and ran nothing: sequence {bad.sequence} has token "
+                              f"{bad.token} (expected [0, {self.vocab})) at position {bad.position} "
+                              f"(expected [0, {self.plan.deploy.max_context}))")
 
     def step(self, tokens, positions, want_logits: bool = False):
         """One decode step for the whole batch: returns next tokens [B] (and logits [B, V] f32)."""

@@ -17,25 +17,30 @@ from ada_mk.search.planner import make_plan
 
 ROOT = Path(__file__).resolve().parents[2]
 
-# (config, planned-for GPU, batch, layers override or None, debug build)
+# A build whose wait for layer 0's gate/up tiles (the down tasks' inputs) targets one count more
+# than the producers give: every step must run out of time (adamk/megakernel.cuh, Waiter::on).
+STUCK = ("ADAMK_TEST_OFF_BY_ONE",)
+
+# (config, planned-for GPU, batch, layers override or None, extra defines)
 KERNELS = [
-    ("llama3.2-1b", "H100", 1, None, False),
-    ("llama3.2-1b", "H100", 4, None, False),
-    ("llama3.2-1b", "L20", 1, None, False),  # the Ada plan (99 KB smem), compiled for sm_90 too
-    ("llama3-8b", "H100", 1, None, False),
-    ("llama3-8b", "H100", 4, None, False),
-    ("qwen2.5-0.5b", "H100", 1, None, False),
-    ("qwen2.5-0.5b", "H100", 4, None, False),
-    ("mistral-7b", "H100", 1, None, False),
-    ("qwen3-0.6b", "H100", 1, None, False),  # HF config.json as published: q/k head norms
-    ("qwen3-0.6b", "H100", 4, None, False),
-    ("qwen3-0.6b", "L20", 1, None, False),
-    ("qwen3-8b", "H100", 1, None, False),
-    ("qwen3-8b", "H100", 4, None, False),
-    ("qwen3-0.6b", "H100", 4, 2, True),  # debug-wait run
-    ("llama3.2-1b", "H100", 1, 2, True),  # debug-wait run
-    ("smollm2-135m", "H100", 1, 2, False),  # compute-sanitizer runs
-    ("smollm2-135m", "H100", 4, 2, False),
+    ("llama3.2-1b", "H100", 1, None, ()),
+    ("llama3.2-1b", "H100", 4, None, ()),
+    ("llama3.2-1b", "L20", 1, None, ()),  # the Ada plan (99 KB smem), compiled for sm_90 too
+    ("llama3-8b", "H100", 1, None, ()),
+    ("llama3-8b", "H100", 4, None, ()),
+    ("qwen2.5-0.5b", "H100", 1, None, ()),
+    ("qwen2.5-0.5b", "H100", 4, None, ()),
+    ("mistral-7b", "H100", 1, None, ()),
+    ("qwen3-0.6b", "H100", 1, None, ()),  # HF config.json as published: q/k head norms
+    ("qwen3-0.6b", "H100", 4, None, ()),
+    ("qwen3-0.6b", "L20", 1, None, ()),
+    ("qwen3-8b", "H100", 1, None, ()),
+    ("qwen3-8b", "H100", 4, None, ()),
+    ("qwen3-0.6b", "H100", 4, 2, ()),  # the 2-layer first run of the q/k head norms
+    ("llama3.2-1b", "H100", 1, 2, ()),  # the 2-layer first run
+    ("llama3.2-1b", "H100", 1, 2, STUCK),  # a wait that must time out
+    ("smollm2-135m", "H100", 1, 2, ()),  # compute-sanitizer runs
+    ("smollm2-135m", "H100", 4, 2, ()),
 ]
 
 # 8-bit weights (tests/gpu/test_quantized_gpu.py): (config, planned-for GPU, batch, weights format),
@@ -45,9 +50,9 @@ Q8_CASES = [(c, g, b, w) for c in ("llama3.2-1b", "qwen2.5-0.5b") for w in ("fp8
 Q8_CASES += [(c, "H100", b, w) for c in ("mistral-7b", "llama3-8b") for w in ("fp8", "int8") for b in (1, 4)]
 
 # Plans the search does not pick for any shipped config, with stages K-split by force (the
-# searched tilings otherwise): (config, GPU, batch, layers, debug build, {stage: K-split}).
+# searched tilings otherwise): (config, GPU, batch, layers, extra defines, {stage: K-split}).
 FORCED = [
-    ("llama3.2-1b", "H100", 4, 2, True, {"gate_up": 2}),  # gate/up float partials, summed by the down tasks
+    ("llama3.2-1b", "H100", 4, 2, (), {"gate_up": 2}),  # gate/up float partials, summed by the down tasks
 ]
 
 
@@ -73,14 +78,13 @@ def forced_plan(m: ModelConfig, d, ksplits: dict[str, int]) -> Plan:
     return Searcher(m, d).with_splits(tilings, base.attn_splits)[1]
 
 
-def kernel_for(config: str, gpu: str, batch: int, layers: int | None = None, debug: bool = False,
-               log=None, profile: bool = False, strategy: str = "search",
-               defines: tuple[str, ...] = (), max_context: int = 1024,
+def kernel_for(config: str, gpu: str, batch: int, layers: int | None = None, defines: tuple[str, ...] = (),
+               log=None, profile: bool = False, strategy: str = "search", max_context: int = 1024,
                ksplits: dict[str, int] | None = None, weights: str = "bf16") -> tuple[Plan, Artifacts]:
     m, d = model_for(config, gpu, batch, layers, max_context, weights)
     plan = forced_plan(m, d, ksplits) if ksplits else make_plan(m, d, strategy=strategy)
     archs = ["sm_90a"]
-    return plan, build(render(plan), archs, debug=debug, profile=profile, library=False, log=log, defines=defines)
+    return plan, build(render(plan), archs, profile=profile, library=False, log=log, defines=defines)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ if __name__ == "__main__":
         plan, art = kernel_for("smollm2-135m", "H100", batch, 2)
         layout = make_layout(plan)
         packed = (rng.standard_normal(layout.weights.total, np.float32) * 0.05).view(np.uint32) >> 16
-        eng = MegaKernelEngine(plan, art.fatbin)
+        eng = MegaKernelEngine(plan, art.fatbin, wait_limit_ms=60_000.0)  # the tools slow a step 100-1000x
         eng.load_packed(packed.astype(np.uint16))
         tok = rng.integers(0, plan.model.vocab_size, batch).astype(np.int32)
         for t in range(3):

@@ -23,10 +23,12 @@ from ada_mk.codegen.render import render
 from ada_mk.config import load_config
 from ada_mk.ir.build import build_decode_graph
 from ada_mk.ir.reference import ReferenceExecutor
-from ada_mk.runtime.capi import ADAMK_ERR_ARGUMENT, SharedLibrary
+from ada_mk.runtime.capi import ADAMK_ERR_ARGUMENT, ADAMK_ERR_TIMEOUT, ADAMK_OK, SharedLibrary
 from ada_mk.search.layout import make_layout
 from ada_mk.search.plan import Plan
 from ada_mk.search.planner import make_plan
+
+from .kernels import STUCK
 
 pytestmark = pytest.mark.gpu
 
@@ -43,8 +45,8 @@ def make_smollm2() -> Plan:
     return make_plan(m, d)
 
 
-def library_for(plan: Plan, debug: bool = False, log=None) -> Artifacts:
-    return build(render(plan), ["sm_90a"], debug=debug, library=True, log=log)
+def library_for(plan: Plan, defines: tuple[str, ...] = (), log=None) -> Artifacts:
+    return build(render(plan), ["sm_90a"], library=True, log=log, defines=defines)
 
 
 def rel_err(a: np.ndarray, b: np.ndarray) -> float:
@@ -180,20 +182,47 @@ def test_weights_from_device_pointer(plan: Plan, packed: np.ndarray, lib: Shared
         check(cu.cuDevicePrimaryCtxRelease(dev))
 
 
-def test_debug_build_agrees(plan: Plan, packed: np.ndarray, reference) -> None:
-    """The debug build (bounded waits, reported instead of hanging) runs clean and agrees."""
-    fed, ref_logits = reference
-    dbg = SharedLibrary(library_for(plan, debug=True).library)
+def test_stuck_wait_returns_timeout(plan: Plan, packed: np.ndarray, reference) -> None:
+    """A library whose wait for layer 0's gate/up tiles targets one count too many (built only
+    for this test) returns ADAMK_ERR_TIMEOUT within the limit, naming the task and counter,
+    instead of hanging; the session refuses to decode until adamk_reset, and after it times out
+    again (as it must) with the GPU free. The correct library still agrees afterwards."""
+    import time
+
+    lib = SharedLibrary(library_for(plan, STUCK).library)
+    s = lib.lib
+    tokens, positions, nxt = (np.zeros(plan.batch, np.int32) for _ in range(3))
+    args = [a.ctypes.data_as(ctypes.POINTER(ctypes.c_int32)) for a in (tokens, positions, nxt)]
     try:
-        dbg.create(packed)
-        tokens, logits = run_steps(dbg, fed)
+        lib.create(packed)
+        assert s.adamk_set_wait_limit(lib._session, 0.0) == ADAMK_ERR_ARGUMENT
+        assert "wait limit" in lib.last_error()
+        assert s.adamk_set_wait_limit(lib._session, 40.0) == ADAMK_OK
+        for attempt in range(2):
+            t0 = time.perf_counter()
+            assert s.adamk_decode(lib._session, *args, None) == ADAMK_ERR_TIMEOUT
+            took = time.perf_counter() - t0
+            msg = lib.last_error()
+            print(f"stuck step {attempt}: {1e3 * took:.0f} ms: {msg}")
+            assert "ran past 40 ms" in msg and "call adamk_reset" in msg
+            assert took < 2.0
+            assert s.adamk_decode(lib._session, *args, None) == ADAMK_ERR_TIMEOUT
+            assert "an earlier step timed out" in lib.last_error()
+            assert s.adamk_reset(lib._session) == ADAMK_OK
     finally:
-        dbg.close()
+        lib.close()
+    fed, ref_logits = reference
+    good = SharedLibrary(library_for(plan).library)
+    try:
+        good.create(packed)
+        _, logits = run_steps(good, fed)
+    finally:
+        good.close()
     assert max(rel_err(k, r) for k, r in zip(logits, ref_logits)) <= REL_TOL
 
 
 if __name__ == "__main__":
     p = make_smollm2()
-    for debug in (False, True):
-        art = library_for(p, debug=debug, log=lambda s: print("  " + s[:160], file=sys.stderr))
-        print(f"{p.kernel_name}{' (debug)' if debug else ''}: {art.library}", file=sys.stderr)
+    for defines in ((), STUCK):
+        art = library_for(p, defines, log=lambda s: print("  " + s[:160], file=sys.stderr))
+        print(f"{p.kernel_name} {' '.join(defines)}: {art.library}", file=sys.stderr)

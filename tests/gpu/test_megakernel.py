@@ -13,7 +13,7 @@ import os
 import numpy as np
 import pytest
 
-from .kernels import kernel_for, model_for
+from .kernels import STUCK, kernel_for, model_for
 
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.gpu
@@ -75,11 +75,11 @@ def hf_generate(hf, prompt: torch.Tensor, n: int):
     return out.sequences, [l.float() for l in out.logits]
 
 
-def engine_for(config: str, gpu: str, batch: int, hf, layers=None, debug=False, ksplits=None):
+def engine_for(config: str, gpu: str, batch: int, hf, layers=None, ksplits=None, defines=()):
     from ada_mk.runtime.engine import MegaKernelEngine
 
-    plan, art = kernel_for(config, gpu, batch, layers, debug, ksplits=ksplits)
-    eng = MegaKernelEngine(plan, art.fatbin, debug=debug)
+    plan, art = kernel_for(config, gpu, batch, layers, defines, ksplits=ksplits)
+    eng = MegaKernelEngine(plan, art.fatbin)
     eng.load_weights({k: v for k, v in hf.state_dict().items()})
     return eng
 
@@ -88,9 +88,8 @@ def rel_err(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
-def _two_layer_debug_run(batch: int, ksplits: dict[str, int] | None = None) -> float:
-    """A 2-layer Llama-3.2-1B with random weights, debug build (every wait bounded): 8-token
-    prompts, 8 greedy steps; the worst relative error of the logits against HF's."""
+def _two_layer_hf(batch: int):
+    """A 2-layer Llama-3.2-1B in HF with fresh random weights."""
     from transformers import AutoModelForCausalLM
 
     from tests.hf_util import hf_config_from_model
@@ -101,10 +100,17 @@ def _two_layer_debug_run(batch: int, ksplits: dict[str, int] | None = None) -> f
     with torch.no_grad():
         for name, p in hf.named_parameters():
             p.copy_(1 + 0.1 * torch.randn_like(p) if name.endswith("norm.weight") else 0.02 * torch.randn_like(p))
+    return m, hf
+
+
+def _two_layer_run(batch: int, ksplits: dict[str, int] | None = None) -> float:
+    """A 2-layer Llama-3.2-1B with random weights: 8-token prompts, 8 greedy steps; the worst
+    relative error of the logits against HF's."""
+    m, hf = _two_layer_hf(batch)
     prompt = torch.randint(0, m.vocab_size, (batch, 8), device="cuda")
     with torch.no_grad():
         seq, hf_logits = hf_generate(hf, prompt, 8)
-    eng = engine_for("llama3.2-1b", "H100", batch, hf, layers=2, debug=True, ksplits=ksplits)
+    eng = engine_for("llama3.2-1b", "H100", batch, hf, layers=2, ksplits=ksplits)
     tokens = seq.cpu().numpy().astype(np.int32)
     errs = []
     try:
@@ -117,26 +123,56 @@ def _two_layer_debug_run(batch: int, ksplits: dict[str, int] | None = None) -> f
     return max(errs)
 
 
-def test_debug_build_two_layers():
-    """First, the debug build (every wait bounded) of a 2-layer model: a scheduling bug shows up
-    here as an error naming the task and counter (or polled q/k/v words) instead of a hang."""
-    err = _two_layer_debug_run(1)
-    print(f"2-layer debug build: rel err {err:.2e}")
+def test_two_layers_first():
+    """First, a 2-layer model: a scheduling bug shows up here, cheaply, as a timeout naming the
+    task and counter (or polled q/k/v words); every wait is bounded, so nothing hangs."""
+    err = _two_layer_run(1)
+    print(f"2-layer run: rel err {err:.2e}")
+    assert err <= REL_TOL
+
+
+def test_stuck_wait_times_out_and_resets():
+    """A build whose wait targets one count more than its producers give (STUCK) times out
+    within the limit with an error naming the task and counter, instead of hanging; after reset
+    the session times out again as it must (no state left behind, the GPU free), and a correct
+    kernel in the same process still matches HF."""
+    import time
+
+    from ada_mk.runtime.engine import KernelError
+
+    m, hf = _two_layer_hf(1)
+    eng = engine_for("llama3.2-1b", "H100", 1, hf, layers=2, defines=STUCK)
+    try:
+        eng.set_wait_limit(50.0)
+        for attempt in range(2):
+            t0 = time.perf_counter()
+            # The first wait to run out names itself: the stuck down task, or one that waits on it.
+            with pytest.raises(KernelError, match=r"timed out: SM \d+, task \w+ layer \d+ index \d+ waited on") as e:
+                eng.step(np.zeros(1, np.int32), np.zeros(1, np.int32))
+            print(e.value)
+            took = time.perf_counter() - t0
+            print(f"stuck step {attempt}: timed out after {1e3 * took:.0f} ms (limit 50 ms)")
+            assert took < 2.0  # the limit, plus a launch and the blocks leaving
+            eng.reset()
+    finally:
+        eng.close()
+    err = _two_layer_run(1)
+    print(f"2-layer run after the stuck kernel: rel err {err:.2e}")
     assert err <= REL_TOL
 
 
 def test_gate_up_ksplit_two_layers():
     """Gate/up K-split by force (no shipped plan picks it): the down tasks sum the gate/up float
-    partials themselves (stage_silu_mul). Debug build, batch 4, against HF."""
-    err = _two_layer_debug_run(4, {"gate_up": 2})
-    print(f"2-layer debug build, gate/up K-split 2: rel err {err:.2e}")
+    partials themselves (stage_silu_mul). Batch 4, against HF."""
+    err = _two_layer_run(4, {"gate_up": 2})
+    print(f"2-layer run, gate/up K-split 2: rel err {err:.2e}")
     assert err <= REL_TOL
 
 
-def test_qwen3_debug_build_two_layers():
-    """A 2-layer Qwen3-0.6B, debug build (every wait bounded), batch 4: the q/k head norms'
-    barrier and reduction inside the attention task show up here as an error naming the wait, or
-    as logits off HF's, before the full models run."""
+def test_qwen3_two_layers_first():
+    """A 2-layer Qwen3-0.6B, batch 4: a fault in the q/k head norms' barrier and reduction inside
+    the attention task shows up here as a timeout naming the wait, or as logits off HF's, before
+    the full models run."""
     from ada_mk.bench.baselines import random_hf_model
 
     m, _ = model_for("qwen3-0.6b", "H100", 4, 2)
@@ -144,7 +180,7 @@ def test_qwen3_debug_build_two_layers():
     prompt = torch.randint(0, m.vocab_size, (4, 8), device="cuda")
     with torch.no_grad():
         seq, hf_logits = hf_generate(hf, prompt, 8)
-    eng = engine_for("qwen3-0.6b", "H100", 4, hf, layers=2, debug=True)
+    eng = engine_for("qwen3-0.6b", "H100", 4, hf, layers=2)
     tokens = seq.cpu().numpy().astype(np.int32)
     errs = []
     try:
@@ -154,7 +190,7 @@ def test_qwen3_debug_build_two_layers():
                 errs.append(rel_err(r[1], hf_logits[t - 7].cpu().numpy()))
     finally:
         eng.close()
-    print(f"qwen3 2-layer debug build: rel err {max(errs):.2e}")
+    print(f"qwen3 2-layer run: rel err {max(errs):.2e}")
     assert max(errs) <= REL_TOL
 
 

@@ -32,8 +32,8 @@ __device__ void qkv_values(const Ctx<C>& c, int layer, int idx, int b, const int
 #pragma unroll
   for (int i = 0; i < N * KS; ++i) on[i] = live[i / KS];
   float v[N * KS];
-  thread::poll_flagged<N * KS>([&](int i) { return part + i % KS * C::B * C::NQKV + cols[i / KS]; }, on, c.a.epoch,
-                               v, WaitSite{c.a.debug, ATTN, layer, idx}, -1);
+  thread::poll_flagged<N * KS>([&](int i) { return part + i % KS * C::B * C::NQKV + cols[i / KS]; }, on, c.epoch,
+                               v, WaitSite{c.a.timeout, ATTN, layer, idx}, -1);
 #pragma unroll
   for (int i = 0; i < N; ++i) {
     float s = 0.f;
@@ -137,10 +137,10 @@ template <class C>
 __device__ __forceinline__ void put_partial_polled(const Ctx<C>& c, float* out_o, float* out_ml, size_t slot, int d,
                                                    float acc, float M, float sum) {
   auto* words = reinterpret_cast<unsigned long long*>(out_o);
-  thread::st_flagged(words + slot * C::HD + d, acc, c.a.epoch);
+  thread::st_flagged(words + slot * C::HD + d, acc, c.epoch);
   if (d == 0) {
-    thread::st_flagged(reinterpret_cast<unsigned long long*>(out_ml) + slot * 2, M, c.a.epoch);
-    thread::st_flagged(reinterpret_cast<unsigned long long*>(out_ml) + slot * 2 + 1, sum, c.a.epoch);
+    thread::st_flagged(reinterpret_cast<unsigned long long*>(out_ml) + slot * 2, M, c.epoch);
+    thread::st_flagged(reinterpret_cast<unsigned long long*>(out_ml) + slot * 2 + 1, sum, c.epoch);
   }
 }
 
@@ -210,7 +210,7 @@ template <class C>
 __device__ __forceinline__ void finish_group_counted(Ctx<C>& c, int layer, const AttnTask<C>& t) {
   constexpr int NS = C::ATTN_SPLITS;
   const int group = t.b * C::NKV + t.g;
-  if (arrive_last(c.counter(C::Counters::ATTN_ARRIVE, layer) + group, NS, c.a.epoch)) {
+  if (arrive_last(c.counter(C::Counters::ATTN_ARRIVE, layer) + group, NS, c.epoch)) {
     combine_splits_counted<C>(c, layer, t.b, t.g);
     __syncthreads();
     signal(c.counter(C::Counters::ATTN, layer) + group, NS);

@@ -39,7 +39,7 @@ __device__ void combine_splits_polled(Ctx<C>& c, int layer, int idx, int b, int 
   for (int i = 0; i < EPT * NS; ++i) live[i] = threadIdx.x + i / NS * C::THREADS < E;
 #pragma unroll
   for (int i = 0; i < MPT; ++i) live[EPT * NS + i] = threadIdx.x + i * C::THREADS < ML;
-  thread::poll_flagged<EPT * NS + MPT>(at, live, c.a.epoch, v, WaitSite{c.a.debug, ATTN, layer, idx}, -2);
+  thread::poll_flagged<EPT * NS + MPT>(at, live, c.epoch, v, WaitSite{c.a.timeout, ATTN, layer, idx}, -2);
 #pragma unroll
   for (int i = 0; i < MPT; ++i)
     if (live[EPT * NS + i]) ml_s[threadIdx.x + i * C::THREADS] = v[EPT * NS + i];

@@ -57,7 +57,7 @@ __device__ int prefetch_kv(Ctx<C>& c, int layer, int idx) {
   return 0;
 }
 
-// A debug build that gives up waiting leaves the kernel: first let the n prefetched pieces land.
+// A block whose wait ran out of time leaves the kernel: first let the n prefetched pieces land.
 template <class C>
 __device__ void drain_kv(Ctx<C>& c, int n) {
   for (int i = 0; i < n; ++i) thread::mbar_wait(c.kv_bars + i, (c.kv_phase >> i) & 1u);

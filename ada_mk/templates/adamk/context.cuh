@@ -6,13 +6,6 @@
 
 namespace adamk {
 
-// %globaltimer: nanoseconds, the same clock on every SM (profile builds only).
-__device__ __forceinline__ unsigned long long global_ns() {
-  unsigned long long t;
-  asm volatile("mov.u64 %0, %globaltimer;" : "=l"(t) : : "memory");  // not hoisted above a wait
-  return t;
-}
-
 template <class C>
 struct Ctx {
   Args a;
@@ -26,6 +19,7 @@ struct Ctx {
   int waited = -1;     // the inputs the block last waited for (kind, layer, which part), -1: none
   uint64_t* kv_bars = nullptr;  // batched attention: an mbarrier per K/V buffer (Cfg::ATTN_BUFS)
   unsigned kv_phase = 0;        // the parity each K/V buffer's mbarrier completes next, bit per buffer
+  unsigned epoch = 0;  // this step's number: counters reach per_step * epoch when it is done
 #ifdef ADAMK_PROFILE
   unsigned long long t_staged = 0;  // when the current task's input was staged
 #endif

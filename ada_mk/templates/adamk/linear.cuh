@@ -50,7 +50,7 @@ __device__ bool prefetch_norm_weights(Ctx<C>& c, int kind, int layer, int idx) {
   return false;
 }
 
-// A debug build that gives up waiting leaves the kernel: first let the prefetched weights land
+// A block whose wait ran out of time leaves the kernel: first let the prefetched weights land
 // (the rows' arrival will not come: arrive with no bytes instead).
 template <class C>
 __device__ void drain_norm_weights(Ctx<C>& c, bool started) {

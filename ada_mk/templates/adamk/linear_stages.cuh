@@ -60,7 +60,7 @@ struct Stage<C, QKV> {
     if constexpr (C::HAS_BIAS)
       if (split == 0) v += __bfloat162float(c.weight(C::Weights::BQKV, layer)[row]);
     unsigned long long* part = reinterpret_cast<unsigned long long*>(c.scratch_w(C::Scratch::QKV_PART, layer));
-    thread::st_flagged(part + (split * C::B + b) * T::N + row, v, c.a.epoch);
+    thread::st_flagged(part + (split * C::B + b) * T::N + row, v, c.epoch);
   }
   __device__ __forceinline__ static void finish(Ctx<C>&, int, const LinearTask<T>&) { __syncthreads(); }
 };
@@ -147,7 +147,7 @@ __device__ __forceinline__ void finish_stream_split(Ctx<C>& c, int layer, int ti
   const int row0 = tile * T::ROWS, rows = min(T::ROWS, T::N - row0);
   __nv_bfloat16* out = stream_out<C, KIND>(c, layer);
   __syncthreads();
-  if (!arrive_last(stream_arrivals<C, KIND>(c, layer) + tile, T::KSPLIT, c.a.epoch)) return;
+  if (!arrive_last(stream_arrivals<C, KIND>(c, layer) + tile, T::KSPLIT, c.epoch)) return;
   const float* part = stream_part<C, KIND>(c, layer);
   for (int e = threadIdx.x; e < rows * B; e += C::THREADS) {
     const int b = e / rows, row = row0 + e % rows;

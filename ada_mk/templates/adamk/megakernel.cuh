@@ -19,7 +19,11 @@ struct Waiter {
 
   // Counters [first, first + count) from `base` each reach per_step * epoch.
   __device__ void on(unsigned* base, int first, int count, int per_step) {
-    if (ok) ok = wait_counters(base, first, count, per_step * c.a.epoch, {c.a.debug, kind, layer, idx});
+    unsigned target = per_step * c.epoch;
+#ifdef ADAMK_TEST_OFF_BY_ONE  // tests/gpu: a target one past what the producers give never comes
+    if (kind == DOWN && layer == 0) target += 1u;
+#endif
+    if (ok) ok = wait_counters(base, first, count, target, {c.a.timeout, kind, layer, idx});
   }
   // The tiles of stage T (counters at `base`) that cover output rows [lo, hi).
   template <class T>
@@ -44,7 +48,7 @@ __device__ int inputs_key(int kind, int layer, int idx) {
 
 // Wait for every input of task (kind, layer, idx). A task whose inputs the block waited for
 // already (the previous task of the same stage and part) skips the wait: the schedule is fixed,
-// so this only removes counter reads that cannot fail. False only when a debug build gave up.
+// so this only removes counter reads that cannot fail. False when a wait ran out of time.
 template <class C>
 __device__ bool wait_inputs(Ctx<C>& c, int kind, int layer, int idx) {
   using Counters = typename C::Counters;
@@ -90,12 +94,7 @@ __device__ bool wait_inputs(Ctx<C>& c, int kind, int layer, int idx) {
       w.on(c.a.counters + Counters::LM_HEAD, 0, C::LmHead::TILES, 1);
       break;
   }
-#ifdef ADAMK_DEBUG
   return !__syncthreads_or(!w.ok);
-#else
-  __syncthreads();
-  return true;
-#endif
 }
 
 // The greedy choice: the best of the LM head tiles' best rows, the first index on ties. The
@@ -160,12 +159,36 @@ __device__ unsigned long long latest_ns(Ctx<C>& c, unsigned long long t) {
 }
 #endif
 
+// Are this step's tokens and positions in range? They come from device memory (the caller's, or
+// the previous step's outputs), which the host cannot check without waiting. Every block reads
+// the same values, so every block refuses the same step, and the step runs nothing: no task, no
+// counter, no step count. Block 0 reports the first bad sequence.
+template <class C>
+__device__ bool inputs_in_range(const Args& a) {
+  int bad = -1, token = 0, position = 0;
+  for (int b = C::B - 1; b >= 0; --b) {
+    const int t = a.tokens[b], p = a.positions[b];
+    if (t < 0 || t >= C::V || p < 0 || p >= C::MAXCTX) bad = b, token = t, position = p;
+  }
+  if (bad >= 0 && blockIdx.x == 0 && threadIdx.x == 0 && atomicCAS(&a.bad_input->flag, 0, 1) == 0) {
+    a.bad_input->sequence = bad;
+    a.bad_input->token = token;
+    a.bad_input->position = position;
+  }
+  return bad < 0;
+}
+
 }  // namespace block
 
 // The kernel body: runs[sm_runs[sm] .. sm_runs[sm + 1]) is this SM's part of the plan, each run
 // {kind | layer << 8, first index, stride, count}.
+//
+// The step's number (epoch) is one more than the steps this block has run (a.steps), the same on
+// every block, and the block counts its step when it leaves: the kernel needs nothing from the host
+// per step, so steps chain on the device and a captured CUDA graph replays them.
 template <class C>
 __device__ void megakernel(const Args& a, const int4* runs, const int* sm_runs) {
+  if (!block::inputs_in_range<C>(a)) return;
   extern __shared__ __align__(128) unsigned char smem[];
   const int4* first = runs + sm_runs[blockIdx.x];
   const int4* last = runs + sm_runs[blockIdx.x + 1];
@@ -176,6 +199,7 @@ __device__ void megakernel(const Args& a, const int4* runs, const int* sm_runs) 
            reinterpret_cast<__nv_bfloat16*>(smem + C::SMEM_X), reinterpret_cast<float*>(smem + C::SMEM_RED),
            reinterpret_cast<float*>(smem + C::SMEM_ATTN), reinterpret_cast<float*>(smem + C::SMEM_MISC),
            {bars}};
+  c.epoch = a.steps[blockIdx.x] + 1u;
 #ifdef ADAMK_BULK_COPY
   c.bulk.init();
   c.kv_bars = bars + 1 + (C::BULK_RING ? C::STAGES : 0);
@@ -210,6 +234,7 @@ __device__ void megakernel(const Args& a, const int4* runs, const int* sm_runs) 
         block::drain_kv(c, prefetched);
         block::drain_norm_weights(c, gamma);
         c.ring.drain();
+        if (threadIdx.x == 0) a.steps[blockIdx.x] = c.epoch;
         return;
       }
 #ifdef ADAMK_PROFILE
@@ -238,6 +263,7 @@ __device__ void megakernel(const Args& a, const int4* runs, const int* sm_runs) 
     }
   }
   c.ring.drain();
+  if (threadIdx.x == 0) a.steps[blockIdx.x] = c.epoch;
 }
 
 }  // namespace adamk

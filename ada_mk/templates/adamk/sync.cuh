@@ -3,24 +3,35 @@
 // A producer block bumps its counter once its output is written (release); a consumer block
 // waits until every counter it needs has reached per_step * epoch (acquire). The epoch is the
 // decode step's number, so counters are never reset. Comparisons are wrap-safe.
+//
+// Every wait is bounded in time: a step whose producer never comes (a scheduling bug, a fault)
+// gives up after the session's limit and reports where, instead of hanging the GPU.
 #pragma once
 #include <cstdint>
 
 namespace adamk {
 
-// What a debug build records when a wait times out instead of hanging.
+// The wait limit the host sets, and what a wait that runs out of time records.
 struct WaitTimeout {
-  unsigned flag;     // 0 until the first timeout
+  unsigned flag;     // 0 until the first timeout of the step
   int sm, kind, layer, task;
-  int counter;       // index into the counter buffer
+  int counter;       // index into the counter buffer; -1 polled q/k/v words, -2 attention partials
   unsigned value, target;
+  unsigned long long limit_ns;  // set by the host (adamk_create, adamk_set_wait_limit)
 };
 
-// Where a task waits, for a debug build's report.
+// Where a task waits, for the report.
 struct WaitSite {
-  WaitTimeout* dbg;
+  WaitTimeout* timeout;
   int kind, layer, task;
 };
+
+// %globaltimer: nanoseconds, the same clock on every SM.
+__device__ __forceinline__ unsigned long long global_ns() {
+  unsigned long long t;
+  asm volatile("mov.u64 %0, %globaltimer;" : "=l"(t) : : "memory");  // not hoisted above a wait
+  return t;
+}
 
 namespace thread {
 
@@ -68,31 +79,38 @@ __device__ __forceinline__ bool reached(unsigned value, unsigned target) {
   return static_cast<int>(value - target) >= 0;
 }
 
-#ifdef ADAMK_DEBUG
-// A debug build bounds every spin: false once it has spun 2^24 times (recording where, if first:
-// `counter` is the counter's index, -1 for polled q/k/v words) or another block gave up.
-__device__ __forceinline__ bool spin_on(long long& spins, const WaitSite& s, int counter, unsigned value,
-                                        unsigned target) {
-  if (*reinterpret_cast<volatile unsigned*>(&s.dbg->flag)) return false;  // someone else timed out
-  if (++spins > (1ll << 24)) {
-    if (atomicCAS(&s.dbg->flag, 0u, 1u) == 0u) {
-      s.dbg->sm = blockIdx.x; s.dbg->kind = s.kind; s.dbg->layer = s.layer; s.dbg->task = s.task;
-      s.dbg->counter = counter; s.dbg->value = value; s.dbg->target = target;
-      __threadfence();
-    }
-    return false;
-  }
-  __nanosleep(64);
+// One more round of a wait that found its value not yet there. A round is a loaded L2 round trip,
+// so the bookkeeping is free: every 256 rounds the thread reads the clock (the first reading
+// starts it) and whether another block gave up. False once the wait has lasted the session's
+// limit, recording where if it is the step's first, or once another block gave up.
+struct Spin {
+  unsigned rounds = 0;
+  unsigned long long since = 0;
+};
+
+__device__ __forceinline__ bool spin_on(Spin& s, const WaitSite& w, int counter, unsigned value, unsigned target) {
+#ifdef ADAMK_UNBOUNDED_WAITS  // what the bound costs (benchmarks/ablation.py): wait forever
   return true;
-}
 #endif
+  if (++s.rounds & 255u) return true;
+  if (*reinterpret_cast<volatile unsigned*>(&w.timeout->flag)) return false;  // another block gave up
+  const unsigned long long now = global_ns();
+  if (s.since == 0) s.since = now;
+  if (now - s.since < w.timeout->limit_ns) return true;
+  if (atomicCAS(&w.timeout->flag, 0u, 1u) == 0u) {
+    w.timeout->sm = blockIdx.x; w.timeout->kind = w.kind; w.timeout->layer = w.layer; w.timeout->task = w.task;
+    w.timeout->counter = counter; w.timeout->value = value; w.timeout->target = target;
+    __threadfence();
+  }
+  return false;
+}
 
 // Wait until the words at(i) (where live[i], i < N) carry `epoch`, and return their values (0
 // where not live). Every load goes out before any is checked, then each word not yet of this step
 // is loaded again until it is: the data is its own dependency (no counter, no release fence at
-// the producer) and a ready set costs one L2 round trip. A debug build gives up as a counter wait
-// does (spin_on; `what` stands for the counter: -1 q/k/v words, -2 attention partials), with the
-// values as they are.
+// the producer) and a ready set costs one L2 round trip. A wait that runs out of time gives up as a
+// counter wait does (spin_on; `what` stands for the counter: -1 q/k/v words, -2 attention
+// partials), with the values as they are.
 template <int N, class At>
 __device__ __forceinline__ void poll_flagged(At at, const bool (&live)[N], unsigned epoch, float (&out)[N],
                                              const WaitSite& site, int what) {
@@ -103,13 +121,9 @@ __device__ __forceinline__ void poll_flagged(At at, const bool (&live)[N], unsig
 #pragma unroll
   for (int i = 0; i < N; ++i) {
     if (!live[i]) continue;
-#ifdef ADAMK_DEBUG
-    long long spins = 0;
-#endif
+    Spin spin;
     while (!flagged(w[i], epoch)) {  // not yet of this step: load it again
-#ifdef ADAMK_DEBUG
-      if (!spin_on(spins, site, what, 0, epoch)) break;
-#endif
+      if (!spin_on(spin, site, what, 0, epoch)) break;
       w[i] = ld_flagged(at(i));
     }
   }
@@ -123,20 +137,15 @@ __device__ __forceinline__ void poll_flagged(At at, const bool (&live)[N], unsig
 namespace block {
 
 // Wait until counters[first .. first+count) each reach target. The block's threads share the
-// range; the caller ends the wait with a barrier. Returns false only in a debug build that gave up.
+// range; the caller ends the wait with a barrier. False when a wait ran out of time.
 __device__ __forceinline__ bool wait_counters(const unsigned* counters, int first, int count,
                                               unsigned target, const WaitSite& site) {
   for (int i = threadIdx.x; i < count; i += blockDim.x) {
     const unsigned* c = counters + first + i;
-#ifdef ADAMK_DEBUG
-    long long spins = 0;
+    thread::Spin spin;
     unsigned v;
     while (!thread::reached(v = thread::ld_acquire(c), target))
-      if (!thread::spin_on(spins, site, first + i, v, target)) return false;
-#else
-    while (!thread::reached(thread::ld_acquire(c), target)) {
-    }
-#endif
+      if (!thread::spin_on(spin, site, first + i, v, target)) return false;
   }
   return true;
 }

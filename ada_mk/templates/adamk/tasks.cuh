@@ -103,6 +103,12 @@ constexpr int X_ROW = T::KC + (C::BATCHED ? 32 : 0);
 template <class C, class T>
 __device__ __forceinline__ int x_offset(int b, int k) { return b * X_ROW<C, T> + k; }
 
+// What a step that refused its inputs records (adamk/megakernel.cuh, inputs_in_range).
+struct BadInput {
+  int flag;  // 0 until a step finds a token or position out of range
+  int sequence, token, position;
+};
+
 // Kernel arguments: device buffers laid out by the plan, the step's inputs and outputs.
 struct Args {
   const __nv_bfloat16* weights;
@@ -114,8 +120,9 @@ struct Args {
   const int* positions;  // [B] its position (= tokens already in the cache)
   int* next_tokens;      // [B] greedy choice
   int* next_positions;   // [B] positions + 1, so steps can chain on the device
-  unsigned epoch;        // 1 for the first step after creation, +1 per step
-  WaitTimeout* debug;    // where a debug build reports a wait that timed out
+  unsigned* steps;       // [blocks] steps each block has run since the last reset (adamk/megakernel.cuh)
+  WaitTimeout* timeout;  // the wait limit, and where a wait that runs out of time reports
+  BadInput* bad_input;   // where a step whose tokens or positions are out of range reports
   unsigned long long* profile;  // profile builds: [SM][task][wait start, inputs ready, input staged, end] ns
 };
 

@@ -42,6 +42,7 @@ constexpr char kTarget[] = "H100 (sm_90)";
 static_assert(ADAMK_BATCH == Cfg::B, "batch");
 static_assert(ADAMK_VOCAB_SIZE == Cfg::V, "vocabulary size");
 static_assert(ADAMK_MAX_CONTEXT == Cfg::MAXCTX, "context length");
+static_assert(ADAMK_LAYERS == Cfg::L && ADAMK_KV_HEADS == Cfg::NKV && ADAMK_HEAD_DIM == Cfg::HD, "KV cache shape");
 static_assert(ADAMK_WEIGHTS_BYTES == Cfg::Weights::TOTAL * sizeof(__nv_bfloat16), "packed weight size");
 static_assert(kThreads == 256, "threads per block");
 
@@ -52,10 +53,12 @@ const char* const kPlanJson[] = {
     "{\"plan\":{\"model\":{\"name\":\"llama3-8b\",\"model_type\":\"llama\",\"hidden_size\":4096,\"intermediate_size\":14336,\"num_hidden_layers\":32,\"num_attention_heads\":32,\"num_key_value_heads\":8,\"head_dim\":128,\"vocab_size\":128256,\"rms_norm_eps\":1e-05,\"rope_theta\":500000.0,\"max_position_embeddings\":8192,\"tie_word_embeddings\":false,\"attention_bias\":false,\"rope_scaling\":null},\"gpu\":\"H100\",\"arch\":\"sm_90\",\"batch\":1,\"max_context\":4096,\"dtype\":\"bf16\",\"sms\":132,\"threads\":256,\"strategy\":\"search\",\"tilings\":{\"qkv\":{\"n\":6144,\"k\":4096,\"rows\":48,\"ksplit\":1,\"warps_per_row\":2,\"batched\":false,\"tiled\":false,\"weights\":\"bf16\",\"group\":0},\"o\":{\"n\":4096,\"k\":4096,\"rows\":32,\"ksplit\":1,\"warps_per_row\":2,\"batched\":false,\"tiled\":false,\"weights\":\"bf16\",\"group\":0},\"gate_up\":{\"n\":28672,\"k\":4096,\"rows\":24,\"ksplit\":1,\"warps_per_row\":2,\"batched\":false,\"tiled\":false,\"weights\":\"bf16\",\"group\":0},\"down\":{\"n\":4096,\"k\":14336,\"rows\":64,\"ksplit\":4,\"warps_per_row\":2,\"batched\":false,\"tiled\":false,\"weights\":\"bf16\",\"group\":0},\"lm_head\":{\"n\":128256,\"k\":4096,\"rows\":32,\"ksplit\":1,\"warps_per_row\":2,\"batched\":false,\"tiled\":false,\"weights\":\"bf16\",\"group\":0}},\"attn_splits\":16,\"stages\":6,\"stage_bytes\":32768,\"smem_bytes\":225152,\"kernel_features\":{\"batched\":false,\"bulk_ring\":true,\"kv_ring\":true,\"kv_ring_positions\":64,\"kv_ring_slots\":4,\"kv_pieces\":[0,0],\"attn_polled\":false},\"schedule\":{\"sha256\":\"0fb49a70435efea7650e3429ffb807045257eecc2db10276fceaa7e0bcddba54\",\"runs\":20997,\"tasks_per_sm\":[480,479,479,479,479,479,479,479,479,479,479,479,479,479,479,479,479,479,479,479,479,479,479,479,479,479,479,479,479,479,479,479,479,479,479,479,479,479,479,479,479,479,479,478,478,478,478,478,478,478,478,478,478,478,478,478,478,478,478,478,478,478,478,478,478,478,478,478,478,478,478,478,478,478,478,478,478,478,478,478,478,478,478,478,478,478,478,478,478,478,478,478,478,478,478,478,478,478,478,478,478,478,478,478,478,478,478,478,478,478,478,478,478,478,478,478,478,478,478,478,478,478,478,447,447,447,447,447,414,414,414,414]},\"notes\":{\"predicted_us\":7027.96,\"search_evals\":144,\"cost_model\":\"fitted to an H200 (sync 0.42 us, task overhead 1.5 us, staging 1.5 us, weight streams at 75% of the SM's bandwidth share); used for H100\",\"context\":2048,\"ksplit\":true}},\"layout\":{\"weights\":{\"unit_bytes\":2,\"globals\":{\"embed\":[0,525336576,[128256,4096],[\"model.embed_tokens.weight\"],false,[]],\"final_norm\":[525336576,4096,[4096],[\"model.norm.weight\"],false,[]],\"lm_head\":[525340672,525336576,[128256,4096],[\"lm_head.weight\"],false,[]]},\"per_layer\":{\"input_norm\":[0,4096,[4096],[\"model.layers.{i}.input_layernorm.weight\"],false,[]],\"wqkv\":[4096,25165824,[6144,4096],[\"model.layers.{i}.self_attn.q_proj.weight\",\"model.layers.{i}.self_attn.k_proj.weight\",\"model.layers.{i}.self_attn.v_proj.weight\"],false,[]],\"wo\":[25169920,16777216,[4096,4096],[\"model.layers.{i}.self_attn.o_proj.weight\"],false,[]],\"post_norm\":[41947136,4096,[4096],[\"model.layers.{i}.post_attention_layernorm.weight\"],false,[]],\"wgate_up\":[41951232,117440512,[28672,4096],[\"model.layers.{i}.mlp.gate_proj.weight\",\"model.layers.{i}.mlp.up_proj.weight\"],true,[]],\"wdown\":[159391744,58720256,[4096,14336],[\"model.layers.{i}.mlp.down_proj.weight\"],false,[]]},\"layer_base\":1050677248,\"layer_stride\":218112000,\"layers\":32,\"total_bytes\":16060522496},\"scratch\":{\"unit_bytes\":4,\"globals\":{\"logits\":[0,128256,[1,128256],[],false,[]],\"arg_val\":[128256,4008,[1,4008],[],false,[]],\"arg_idx\":[132288,4008,[1,4008],[],false,[]]},\"per_layer\":{\"qkv_part\":[0,12288,[1,1,6144,2],[],false,[]],\"attn_o\":[12288,65536,[1,32,16,128],[],false,[]],\"attn_ml\":[77824,1024,[1,32,16,2],[],false,[]],\"attn_out\":[78848,2048,[1,2048],[],false,[]],\"mlp_act\":[80896,7168,[1,7168],[],false,[]],\"o_stream\":[88064,2048,[1,2048],[],false,[]],\"o_sumsq\":[90112,128,[128,1],[],false,[]],\"down_part\":[90240,16384,[4,1,4096],[],false,[]],\"down_stream\":[106624,2048,[1,2048],[],false,[]],\"down_sumsq\":[108672,64,[64,1],[],false,[]]},\"layer_base\":136320,\"layer_stride\":108736,\"layers\":32,\"total_bytes\":14463488},\"counters\":{\"unit_bytes\":4,\"globals\":{\"lm_head\":[0,4008,[4008],[],false,[]]},\"per_layer\":{\"attn\":[0,8,[8],[],false,[]],\"attn_arrive\":[64,8,[8],[],false,[]],\"o\":[128,128,[128],[],false,[]],\"gate_up\":[256,1195,[1195],[],false,[]],\"down\":[1472,64,[64],[],false,[]],\"down_arrive\":[1536,64,[64],[],false,[]]},\"layer_base\":4032,\"layer_stride\":1600,\"layers\":32,\"total_bytes\":220928},\"kv_elems_per_layer\":4194304}}",
 };
 
-#ifdef ADAMK_DEBUG
 // Names of adamk::Kind (ada_mk.search.plan.KIND_IDS), for the timeout message.
 const char* const kKindNames[] = {"qkv", "attn", "o", "gate_up", "down", "lm_head", "argmax"};
-#endif
+
+// How long one dependency wait may last before the step gives up (adamk_set_wait_limit): far
+// above any step of a model that fits the GPU, far below what a caller would take for a hang.
+constexpr double kDefaultWaitLimitMs = 500.0;
 
 // The calling thread's last error message (adamk_last_error).
 thread_local char t_error[1024];
@@ -113,7 +116,8 @@ struct DeviceIo {
   int positions[Cfg::B];
   int next_tokens[Cfg::B];
   int next_positions[Cfg::B];
-  adamk::WaitTimeout debug;  // written only by a debug build, and only when a wait gives up
+  adamk::WaitTimeout timeout;  // the wait limit; written by the kernel only when a wait gives up
+  adamk::BadInput bad_input;   // written by the kernel only when a step refuses its inputs
 };
 
 // Its pinned host mirror: the step's copies run asynchronously on the session's stream.
@@ -121,9 +125,12 @@ struct HostIo {
   int tokens[Cfg::B];
   int positions[Cfg::B];
   int next_tokens[Cfg::B];
-  adamk::WaitTimeout debug;
+  adamk::WaitTimeout timeout;
+  adamk::BadInput bad_input;
 };
 static_assert(offsetof(DeviceIo, positions) == offsetof(HostIo, positions), "tokens and positions travel in one copy");
+static_assert(offsetof(DeviceIo, bad_input) - offsetof(DeviceIo, timeout) == offsetof(HostIo, bad_input) - offsetof(HostIo, timeout),
+              "the fault records travel in one copy");
 
 template <class T>
 cudaError_t device_alloc(T** p, size_t bytes) {
@@ -132,27 +139,32 @@ cudaError_t device_alloc(T** p, size_t bytes) {
 
 }  // namespace
 
-// A loaded model: device buffers in the plan's layout, and the step number (epoch) the kernel's
-// counters are compared against. Counters only ever grow, so nothing is cleared between steps.
+// A loaded model: device buffers in the plan's layout, and each block's count of the steps it ran,
+// which gives the step number (epoch) the kernel's counters are compared against. Counters only
+// ever grow, so nothing is cleared between steps.
 struct adamk_session {
   int device = -1;
   cudaStream_t stream = nullptr;
   __nv_bfloat16* weights = nullptr;  // Cfg::Weights::TOTAL bf16
+  bool borrowed_weights = false;     // the caller's device buffer (weights_on_device = 2), not freed here
+  unsigned* steps = nullptr;         // [kBlocks] steps each block ran since the last reset
   float* scratch = nullptr;          // Cfg::Scratch::TOTAL 4-byte elements; logits at Cfg::Scratch::LOGITS
   unsigned* counters = nullptr;      // Cfg::Counters::TOTAL
   __nv_bfloat16* k_cache = nullptr;  // Cfg::KvCache::TOTAL bf16 each
   __nv_bfloat16* v_cache = nullptr;
   DeviceIo* io = nullptr;
   HostIo* host = nullptr;
-  unsigned epoch = 0;       // steps run since creation or the last reset
-  bool stalled = false;     // a debug-build wait timed out: counters are inconsistent until reset
+  unsigned launched = 0;    // steps launched since creation or the last reset, for messages
+  unsigned long long wait_limit_ns = static_cast<unsigned long long>(kDefaultWaitLimitMs * 1e6);
+  bool stalled = false;     // a wait timed out: counters are inconsistent until reset
   bool broken = false;      // a step failed on the device: the CUDA context may be lost
   std::string broken_why;
 
   // Frees whatever was allocated; the owner makes `device` current first.
   ~adamk_session() {
     if (stream) cudaStreamSynchronize(stream);
-    cudaFree(weights);
+    if (!borrowed_weights) cudaFree(weights);
+    cudaFree(steps);
     cudaFree(scratch);
     cudaFree(counters);
     cudaFree(k_cache);
@@ -162,15 +174,18 @@ struct adamk_session {
     if (stream) cudaStreamDestroy(stream);
   }
 
-  // Zero the KV cache, counters and debug record, poison the scratch (NaN), restart the epoch.
+  // Zero the KV cache, counters, step counts and fault records (keeping the wait limit), poison
+  // the scratch (NaN).
   int clear() {
     ADAMK_CUDA(cudaMemsetAsync(scratch, 0xFF, Cfg::Scratch::TOTAL * sizeof(float), stream));
     ADAMK_CUDA(cudaMemsetAsync(counters, 0, Cfg::Counters::TOTAL * sizeof(unsigned), stream));
+    ADAMK_CUDA(cudaMemsetAsync(steps, 0, kBlocks * sizeof(unsigned), stream));
     ADAMK_CUDA(cudaMemsetAsync(k_cache, 0, Cfg::KvCache::TOTAL * sizeof(__nv_bfloat16), stream));
     ADAMK_CUDA(cudaMemsetAsync(v_cache, 0, Cfg::KvCache::TOTAL * sizeof(__nv_bfloat16), stream));
     ADAMK_CUDA(cudaMemsetAsync(io, 0, sizeof(DeviceIo), stream));
     ADAMK_CUDA(cudaStreamSynchronize(stream));
-    epoch = 0;
+    ADAMK_CUDA(cudaMemcpy(&io->timeout.limit_ns, &wait_limit_ns, sizeof wait_limit_ns, cudaMemcpyHostToDevice));
+    launched = 0;
     stalled = false;
     return ADAMK_OK;
   }
@@ -212,17 +227,38 @@ int check_device(int device) {
   return ADAMK_OK;
 }
 
-// Copy the caller's packed weights into the session.
+// Is p device memory that `device` can read (device or managed memory)? ADAMK_OK, or why not.
+int check_device_pointer(const void* p, int device, const char* what) {
+  cudaPointerAttributes attr;
+  ADAMK_TRY(cudaPointerGetAttributes(&attr, p), ADAMK_ERR_ARGUMENT);
+  if (attr.type != cudaMemoryTypeDevice && attr.type != cudaMemoryTypeManaged)
+    return fail(ADAMK_ERR_ARGUMENT, "%s (%p) is not device memory", what, p);
+  if (attr.type == cudaMemoryTypeDevice && attr.device != device)
+    return fail(ADAMK_ERR_ARGUMENT, "%s (%p) is memory of device %d; the session runs on device %d", what, p, attr.device, device);
+  return ADAMK_OK;
+}
+
+// Copy the caller's packed weights into the session, or (on_device = 2) use them where they are.
 int load_weights(adamk_session* s, const void* weights, int on_device) {
   const size_t bytes = ADAMK_WEIGHTS_BYTES;
-  if (on_device) {
+  if (on_device == 2) {
+    if (int rc = check_device_pointer(weights, s->device, "weights (weights_on_device = 2)")) return rc;
+    if (reinterpret_cast<uintptr_t>(weights) % 256 != 0)
+      return fail(ADAMK_ERR_ARGUMENT, "weights (weights_on_device = 2) at %p: expected 256-byte alignment, as cudaMalloc gives", weights);
+    s->weights = const_cast<__nv_bfloat16*>(static_cast<const __nv_bfloat16*>(weights));
+    s->borrowed_weights = true;
+    return ADAMK_OK;
+  }
+  if (on_device == 1) {
     cudaPointerAttributes attr;
     ADAMK_TRY(cudaPointerGetAttributes(&attr, weights), ADAMK_ERR_ARGUMENT);
     if (attr.type != cudaMemoryTypeDevice && attr.type != cudaMemoryTypeManaged)
       return fail(ADAMK_ERR_ARGUMENT, "weights_on_device = 1, but %p is not device memory", weights);
+    ADAMK_CUDA(device_alloc(&s->weights, bytes));
     // cudaMemcpyDefault: the source may live on another device (a peer copy).
     ADAMK_CUDA(cudaMemcpyAsync(s->weights, weights, bytes, cudaMemcpyDefault, s->stream));
   } else {
+    ADAMK_CUDA(device_alloc(&s->weights, bytes));
     ADAMK_CUDA(cudaMemcpyAsync(s->weights, weights, bytes, cudaMemcpyHostToDevice, s->stream));
   }
   ADAMK_CUDA(cudaStreamSynchronize(s->stream));
@@ -234,6 +270,71 @@ int check_session(const adamk_session* s) {
   if (!s) return fail(ADAMK_ERR_ARGUMENT, "session is NULL");
   if (s->broken)
     return fail(ADAMK_ERR_CUDA, "the session failed earlier (%s); destroy it", s->broken_why.c_str());
+  return ADAMK_OK;
+}
+
+// Launch one step on `stream`: tokens and positions in, next tokens and positions out, all in
+// device memory. Cooperative (every block resident at once), and capturable in a CUDA graph: the
+// kernel takes its step number from the session's step counts, not from the host.
+cudaError_t launch_step(adamk_session* s, cudaStream_t stream, const int* tokens, const int* positions,
+                        int* next_tokens, int* next_positions) {
+  adamk::Args a;
+  a.weights = s->weights;
+  a.scratch = s->scratch;
+  a.counters = s->counters;
+  a.k_cache = s->k_cache;
+  a.v_cache = s->v_cache;
+  a.tokens = tokens;
+  a.positions = positions;
+  a.next_tokens = next_tokens;
+  a.next_positions = next_positions;
+  a.steps = s->steps;
+  a.timeout = &s->io->timeout;
+  a.bad_input = &s->io->bad_input;
+  a.profile = nullptr;  // only an instrumented build (ADAMK_PROFILE) records task times
+  void* params[] = {&a};
+  cudaLaunchAttribute cooperative[1];
+  cooperative[0].id = cudaLaunchAttributeCooperative;
+  cooperative[0].val.cooperative = 1;
+  cudaLaunchConfig_t config = {};
+  config.gridDim = dim3(kBlocks);
+  config.blockDim = dim3(kThreads);
+  config.dynamicSmemBytes = kSmemBytes;
+  config.stream = stream;
+  config.attrs = cooperative;
+  config.numAttrs = 1;
+  const cudaError_t err = cudaLaunchKernelExC(&config, reinterpret_cast<const void*>(&adamk_llama3_8b_h100_bs1_e04ab037e8), params);
+  if (err == cudaSuccess) ++s->launched;  // a launch that is refused never ran
+  return err;
+}
+
+// What the kernel recorded (copied to `h`): ADAMK_OK, a wait that timed out (the session then
+// needs adamk_reset), or a step that refused its tokens or positions (it ran nothing; the record
+// is cleared, so the session goes on).
+int step_faults(adamk_session* s, const HostIo* h) {
+  if (h->timeout.flag) {
+    const adamk::WaitTimeout& t = h->timeout;
+    s->stalled = true;
+    const char* kind = t.kind >= 0 && t.kind < 7 ? kKindNames[t.kind] : "?";
+    if (t.counter < 0)  // words polled by attention, not a counter (adamk/sync.cuh, poll_flagged)
+      return fail(ADAMK_ERR_TIMEOUT,
+                  "decode step %u: a dependency wait ran past %g ms on SM %d, in task %s (kind %d) layer %d index %d: "
+                  "its %s of step %u never came; the step's results are invalid, call adamk_reset",
+                  s->launched, t.limit_ns / 1e6, t.sm, kind, t.kind, t.layer, t.task,
+                  t.counter == -1 ? "q/k/v words" : "attention splits' partials", t.target);
+    return fail(ADAMK_ERR_TIMEOUT,
+                "decode step %u: a dependency wait ran past %g ms on SM %d, in task %s (kind %d) layer %d index %d: "
+                "counter %d holds %u, waited for %u; the step's results are invalid, call adamk_reset",
+                s->launched, t.limit_ns / 1e6, t.sm, kind, t.kind, t.layer, t.task, t.counter, t.value, t.target);
+  }
+  if (h->bad_input.flag) {
+    const adamk::BadInput b = h->bad_input;
+    ADAMK_CUDA(cudaMemsetAsync(&s->io->bad_input, 0, sizeof s->io->bad_input, s->stream));
+    ADAMK_CUDA(cudaStreamSynchronize(s->stream));
+    return fail(ADAMK_ERR_ARGUMENT,
+                "a step refused its inputs and ran nothing: sequence %d has token %d (expected [0, %d)) at position %d "
+                "(expected [0, %d))", b.sequence, b.token, Cfg::V, b.position, Cfg::MAXCTX);
+  }
   return ADAMK_OK;
 }
 
@@ -277,8 +378,9 @@ int adamk_create(const void* weights, size_t weights_bytes, int device, int weig
   if (weights_bytes != ADAMK_WEIGHTS_BYTES)
     return fail(ADAMK_ERR_ARGUMENT, "weights_bytes is %zu; expected %zu (the packed bf16 weights of llama3-8b, plan e04ab037e8)",
                 weights_bytes, static_cast<size_t>(ADAMK_WEIGHTS_BYTES));
-  if (weights_on_device != 0 && weights_on_device != 1)
-    return fail(ADAMK_ERR_ARGUMENT, "weights_on_device is %d; expected 0 (host pointer) or 1 (device pointer)", weights_on_device);
+  if (weights_on_device < 0 || weights_on_device > 2)
+    return fail(ADAMK_ERR_ARGUMENT, "weights_on_device is %d; expected 0 (host pointer), 1 (device pointer, copied) "
+                "or 2 (device pointer, used in place)", weights_on_device);
   if (device < 0) return fail(ADAMK_ERR_ARGUMENT, "device is %d; expected a CUDA device index >= 0", device);
 
   int count = 0;
@@ -301,7 +403,7 @@ int adamk_create(const void* weights, size_t weights_bytes, int device, int weig
   if (!s) return fail(ADAMK_ERR_CUDA, "out of host memory");
   s->device = device;
   ADAMK_CUDA(cudaStreamCreateWithFlags(&s->stream, cudaStreamNonBlocking));
-  ADAMK_CUDA(device_alloc(&s->weights, ADAMK_WEIGHTS_BYTES));
+  ADAMK_CUDA(device_alloc(&s->steps, kBlocks * sizeof(unsigned)));
   ADAMK_CUDA(device_alloc(&s->scratch, Cfg::Scratch::TOTAL * sizeof(float)));
   ADAMK_CUDA(device_alloc(&s->counters, Cfg::Counters::TOTAL * sizeof(unsigned)));
   ADAMK_CUDA(device_alloc(&s->k_cache, Cfg::KvCache::TOTAL * sizeof(__nv_bfloat16)));
@@ -338,32 +440,14 @@ int adamk_decode(adamk_session* s, const int32_t* tokens, const int32_t* positio
   ADAMK_CUDA(cudaMemcpyAsync(s->io->tokens, h->tokens, sizeof h->tokens + sizeof h->positions,
                              cudaMemcpyHostToDevice, s->stream));
 
-  adamk::Args a;
-  a.weights = s->weights;
-  a.scratch = s->scratch;
-  a.counters = s->counters;
-  a.k_cache = s->k_cache;
-  a.v_cache = s->v_cache;
-  a.tokens = s->io->tokens;
-  a.positions = s->io->positions;
-  a.next_tokens = s->io->next_tokens;
-  a.next_positions = s->io->next_positions;
-  a.epoch = s->epoch + 1;  // counters reach per_step * epoch when this step's producers are done
-  a.debug = &s->io->debug;
-  a.profile = nullptr;  // only an instrumented build (ADAMK_PROFILE) records task times
-  void* params[] = {&a};
-  // A launch that is refused never ran: the epoch stays, the session stays usable.
-  ADAMK_CUDA(cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(&adamk_llama3_8b_h100_bs1_e04ab037e8), dim3(kBlocks), dim3(kThreads),
-                                         params, kSmemBytes, s->stream));
-  s->epoch = a.epoch;
+  ADAMK_CUDA(launch_step(s, s->stream, s->io->tokens, s->io->positions, s->io->next_tokens, s->io->next_positions));
 
-  // Results, then one wait for the whole step.
+  // Results and the fault records, then one wait for the whole step.
   cudaError_t err = cudaMemcpyAsync(h->next_tokens, s->io->next_tokens, sizeof h->next_tokens,
                                     cudaMemcpyDeviceToHost, s->stream);
-#ifdef ADAMK_DEBUG
   if (err == cudaSuccess)
-    err = cudaMemcpyAsync(&h->debug, &s->io->debug, sizeof h->debug, cudaMemcpyDeviceToHost, s->stream);
-#endif
+    err = cudaMemcpyAsync(&h->timeout, &s->io->timeout, sizeof h->timeout + sizeof h->bad_input,
+                          cudaMemcpyDeviceToHost, s->stream);
   if (err == cudaSuccess && logits)
     err = cudaMemcpyAsync(logits, s->scratch + Cfg::Scratch::LOGITS, sizeof(float) * Cfg::B * Cfg::V,
                           cudaMemcpyDeviceToHost, s->stream);
@@ -375,24 +459,76 @@ int adamk_decode(adamk_session* s, const int32_t* tokens, const int32_t* positio
     s->broken_why = t_error;
     return rc;
   }
-#ifdef ADAMK_DEBUG
-  if (h->debug.flag) {
-    const adamk::WaitTimeout& t = h->debug;
-    s->stalled = true;
-    const char* kind = t.kind >= 0 && t.kind < 7 ? kKindNames[t.kind] : "?";
-    if (t.counter < 0)  // words polled by attention, not a counter (adamk/sync.cuh, poll_flagged)
-      return fail(ADAMK_ERR_TIMEOUT,
-                  "decode step %u: a dependency wait timed out on SM %d, in task %s (kind %d) layer %d index %d: "
-                  "its %s of step %u never came; the step's results are invalid, call adamk_reset",
-                  a.epoch, t.sm, kind, t.kind, t.layer, t.task,
-                  t.counter == -1 ? "q/k/v words" : "attention splits' partials", t.target);
-    return fail(ADAMK_ERR_TIMEOUT,
-                "decode step %u: a dependency wait timed out on SM %d, in task %s (kind %d) layer %d index %d: "
-                "counter %d holds %u, waited for %u; the step's results are invalid, call adamk_reset",
-                a.epoch, t.sm, kind, t.kind, t.layer, t.task, t.counter, t.value, t.target);
-  }
-#endif
+  if (int rc = step_faults(s, h)) return rc;
   std::memcpy(next_tokens, h->next_tokens, sizeof h->next_tokens);
+  return ADAMK_OK;
+}
+
+int adamk_decode_async(adamk_session* s, void* stream, const int32_t* tokens, const int32_t* positions,
+                       int32_t* next_tokens, int32_t* next_positions, float* logits) {
+  if (int rc = check_session(s)) return rc;
+  if (!tokens || !positions || !next_tokens)
+    return fail(ADAMK_ERR_ARGUMENT, "tokens, positions and next_tokens must not be NULL (device arrays of %d int32)", Cfg::B);
+  if (s->stalled)
+    return fail(ADAMK_ERR_TIMEOUT, "an earlier step timed out; call adamk_reset before decoding again");
+  DeviceScope scope;
+  ADAMK_CUDA(scope.enter(s->device));
+  const cudaStream_t st = static_cast<cudaStream_t>(stream);
+  // Outside a capture, the pointers can be checked at once (a host array would fault the kernel);
+  // inside one, the caller's capture mode may forbid the query, and the graph is checked when it
+  // first runs (an invalid address is then a CUDA error at adamk_synchronize).
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  ADAMK_CUDA(cudaStreamIsCapturing(st, &capture));
+  if (capture == cudaStreamCaptureStatusNone) {
+    const void* arrays[] = {tokens, positions, next_tokens, next_positions, logits};
+    const char* names[] = {"tokens", "positions", "next_tokens", "next_positions", "logits"};
+    for (int i = 0; i < 5; ++i)
+      if (arrays[i])
+        if (int rc = check_device_pointer(arrays[i], s->device, names[i])) return rc;
+  }
+  ADAMK_CUDA(launch_step(s, st, tokens, positions, next_tokens, next_positions ? next_positions : s->io->next_positions));
+  if (logits)
+    ADAMK_CUDA(cudaMemcpyAsync(logits, s->scratch + Cfg::Scratch::LOGITS, sizeof(float) * Cfg::B * Cfg::V,
+                               cudaMemcpyDeviceToDevice, st));
+  return ADAMK_OK;
+}
+
+int adamk_synchronize(adamk_session* s, void* stream) {
+  if (int rc = check_session(s)) return rc;
+  DeviceScope scope;
+  ADAMK_CUDA(scope.enter(s->device));
+  HostIo* h = s->host;
+  cudaError_t err = cudaStreamSynchronize(static_cast<cudaStream_t>(stream));
+  if (err == cudaSuccess)
+    err = cudaMemcpyAsync(&h->timeout, &s->io->timeout, sizeof h->timeout + sizeof h->bad_input,
+                          cudaMemcpyDeviceToHost, s->stream);
+  if (err == cudaSuccess) err = cudaStreamSynchronize(s->stream);
+  if (err != cudaSuccess) {
+    const int rc = cuda_fail(err, "decode steps", ADAMK_ERR_CUDA);
+    s->broken = true;
+    s->broken_why = t_error;
+    return rc;
+  }
+  return step_faults(s, h);
+}
+
+int adamk_kv_cache(adamk_session* s, void** k_cache, void** v_cache) {
+  if (int rc = check_session(s)) return rc;
+  if (!k_cache || !v_cache) return fail(ADAMK_ERR_ARGUMENT, "k_cache and v_cache must not be NULL");
+  *k_cache = s->k_cache;
+  *v_cache = s->v_cache;
+  return ADAMK_OK;
+}
+
+int adamk_set_wait_limit(adamk_session* s, double milliseconds) {
+  if (int rc = check_session(s)) return rc;
+  if (!(milliseconds >= 0.001 && milliseconds <= 3.6e6))
+    return fail(ADAMK_ERR_ARGUMENT, "wait limit %g ms; expected 0.001 to 3600000 ms", milliseconds);
+  DeviceScope scope;
+  ADAMK_CUDA(scope.enter(s->device));
+  s->wait_limit_ns = static_cast<unsigned long long>(milliseconds * 1e6);
+  ADAMK_CUDA(cudaStreamSynchronize(s->stream));  // no step in flight reads the old limit
+  ADAMK_CUDA(cudaMemcpy(&s->io->timeout.limit_ns, &s->wait_limit_ns, sizeof s->wait_limit_ns, cudaMemcpyHostToDevice));
   return ADAMK_OK;
 }
 

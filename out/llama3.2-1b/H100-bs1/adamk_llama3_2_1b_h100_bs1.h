@@ -49,6 +49,11 @@ extern "C" {
 #define ADAMK_VOCAB_SIZE 128256
 /* Positions are in [0, ADAMK_MAX_CONTEXT): the KV cache holds that many per sequence. */
 #define ADAMK_MAX_CONTEXT 4096
+/* The KV cache (adamk_kv_cache): K and V each bf16 [layer][sequence][K/V head][position][head_dim],
+ * K after RoPE, as the model's attention reads them. */
+#define ADAMK_LAYERS 16
+#define ADAMK_KV_HEADS 8
+#define ADAMK_HEAD_DIM 64
 /* Bytes of the packed bf16 weight buffer adamk_create takes. */
 #define ADAMK_WEIGHTS_BYTES ((size_t)2471628800u)
 
@@ -58,7 +63,7 @@ typedef enum adamk_status {
   ADAMK_ERR_CUDA = 1,      /* a CUDA call failed (out of memory, a launch error, ...) */
   ADAMK_ERR_ARGUMENT = 2,  /* a bad argument; nothing was launched */
   ADAMK_ERR_DEVICE = 3,    /* the device cannot run this kernel (no GPU, too few SMs, ...) */
-  ADAMK_ERR_TIMEOUT = 4    /* debug build: a dependency wait gave up; see adamk_reset */
+  ADAMK_ERR_TIMEOUT = 4    /* a dependency wait ran past the wait limit; see adamk_reset */
 } adamk_status;
 
 /* A loaded model on one GPU: its weights, KV cache and working buffers. */
@@ -85,8 +90,10 @@ ADAMK_API size_t adamk_weights_bytes(void);
 /* Load the model on CUDA device `device` and return a session in *out.
  *
  * weights: the packed bf16 weights in the plan's layout (ada_mk.runtime.weights.pack_weights),
- *   exactly weights_bytes = ADAMK_WEIGHTS_BYTES bytes; a host pointer, or a device pointer when
- *   weights_on_device is 1 (then copied device to device). The caller keeps ownership of it.
+ *   exactly weights_bytes = ADAMK_WEIGHTS_BYTES bytes: a host pointer (weights_on_device 0), a
+ *   device pointer copied device to device (1), or a device pointer of this device that the
+ *   session uses in place (2: 256-byte aligned, and it must outlive the session). The caller keeps
+ *   ownership of it.
  * Fails with ADAMK_ERR_DEVICE, before allocating anything, when the device lacks cooperative
  * launch, has fewer than the plan's SMs, too little shared memory per block, or cannot run this
  * kernel's architecture: the kernel needs all its blocks resident at once and would otherwise hang.
@@ -105,6 +112,39 @@ ADAMK_API int adamk_create(const void* weights, size_t weights_bytes, int device
  * the step overwrites the cache at that position. */
 ADAMK_API int adamk_decode(adamk_session* s, const int32_t* tokens, const int32_t* positions,
                            int32_t* next_tokens, float* logits);
+
+/* One decode step on the caller's CUDA stream, everything in device memory, no host
+ * synchronisation: capturable in a CUDA graph (each replay is the next step), and chainable
+ * (pass one step's next_tokens and next_positions as the next one's tokens and positions).
+ *
+ * stream: a cudaStream_t (NULL: the legacy default stream).
+ * tokens, positions: device arrays of ADAMK_BATCH int32, read when the step runs.
+ * next_tokens: device array of ADAMK_BATCH int32, the greedy choice.
+ * next_positions: NULL, or a device array of ADAMK_BATCH int32 that receives positions + 1.
+ * logits: NULL, or a device array of ADAMK_BATCH x ADAMK_VOCAB_SIZE floats.
+ * Outside a stream capture the arrays are checked to be device memory of the session's device.
+ * A step whose tokens or positions turn out of range when it runs does nothing (no output, no
+ * state change) and adamk_synchronize reports it as ADAMK_ERR_ARGUMENT; a step whose wait times
+ * out is reported there as ADAMK_ERR_TIMEOUT. Calls on one session must not overlap in time
+ * from several threads (the library does not lock): serialise them in the caller. */
+ADAMK_API int adamk_decode_async(adamk_session* s, void* stream, const int32_t* tokens, const int32_t* positions,
+                                 int32_t* next_tokens, int32_t* next_positions, float* logits);
+
+/* Wait for `stream` and report what the asynchronous steps on it found: ADAMK_OK, ADAMK_ERR_ARGUMENT
+ * (a step refused its inputs and ran nothing; the session goes on), ADAMK_ERR_TIMEOUT (call
+ * adamk_reset) or ADAMK_ERR_CUDA. */
+ADAMK_API int adamk_synchronize(adamk_session* s, void* stream);
+
+/* The session's KV cache, for an external prefill engine to write (layout: ADAMK_LAYERS above).
+ * Writes must be ordered before the steps that read them (same stream, or an event). */
+ADAMK_API int adamk_kv_cache(adamk_session* s, void** k_cache, void** v_cache);
+
+/* Bound every dependency wait of the session's steps to `milliseconds` (default 500; 0.001 to
+ * 3,600,000). A step whose wait runs past it (a producer that never comes: a kernel bug or a
+ * fault) stops, leaves the GPU free and returns ADAMK_ERR_TIMEOUT naming the task and counter;
+ * adamk_reset makes the session usable again. Raise it for runs under compute-sanitizer or a
+ * profiler, which slow a step down by orders of magnitude. */
+ADAMK_API int adamk_set_wait_limit(adamk_session* s, double milliseconds);
 
 /* Forget every sequence: zeroes the KV cache and the step counters. Positions restart at 0.
  * Also the way back after ADAMK_ERR_TIMEOUT; after ADAMK_ERR_CUDA from a launch the CUDA context
