@@ -185,6 +185,7 @@ TINY_MODELS = {
                                rope_scaling=RopeScaling("llama3", 8.0, 1.0, 4.0, 64)),
     "qwen2-bias": ModelConfig(name="tiny-qwen2", model_type="qwen2", rope_theta=1e6, attention_bias=True, **TINY),
     "tied": ModelConfig(name="tiny-tied", model_type="llama", rope_theta=1e4, tie_word_embeddings=True, **TINY),
+    "qwen3-qknorm": ModelConfig(name="tiny-qwen3", model_type="qwen3", rope_theta=1e6, qk_norm=True, **TINY),
 }
 STEPS = 6
 

@@ -113,7 +113,9 @@ def test_tokenizer_from_metadata(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("case,match", [
     ("missing", r"'model\.layers\.1\.mlp\.down_proj\.weight' is missing"),
-    ("extra", r"unexpected tensor 'blk\.0\.attn_q_norm\.weight'"),
+    ("extra", r"unexpected tensor 'blk\.0\.ffn_gate_inp\.weight'"),
+    # a Qwen3 tensor in a llama file: known by name, but not part of this model
+    ("extra-qk-norm", r"unexpected tensor 'model\.layers\.0\.self_attn\.q_norm\.weight'.*llama"),
     ("shape", r"'model\.layers\.0\.self_attn\.v_proj\.weight' has shape \(16, 64\); expected \(32, 64\)"),
     ("arch", r"general\.architecture = 'gpt2'"),
 ])
@@ -123,6 +125,8 @@ def test_errors_name_the_tensor(tmp_path: Path, case: str, match: str) -> None:
     if case == "missing":
         kw["skip"] = ("model.layers.1.mlp.down_proj.weight",)
     elif case == "extra":
+        kw["extra"] = {"blk.0.ffn_gate_inp.weight": np.ones((4, 64), np.float32)}  # an MoE router
+    elif case == "extra-qk-norm":
         kw["extra"] = {"blk.0.attn_q_norm.weight": np.ones(16, np.float32)}
     elif case == "shape":
         w["model.layers.0.self_attn.v_proj.weight"] = w["model.layers.0.self_attn.v_proj.weight"][:16]
@@ -150,3 +154,31 @@ def test_not_gguf(tmp_path: Path) -> None:
     p.write_bytes(b"GGUF" + b"\0" * 4)
     with pytest.raises(CheckpointError, match="not a readable GGUF file"):
         load_gguf(p)
+
+
+def test_qwen3_q_k_norms_no_permutation_and_transformers_agrees(tmp_path: Path) -> None:
+    """Qwen3: attn_q_norm / attn_k_norm read as q_norm / k_norm, Q/K rows as stored (llama.cpp's
+    Qwen3 converter does not permute them); transformers' own GGUF loader reads the same tensors,
+    and its Qwen3 model gives the reference executor's logits."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    # head_dim 128: transformers' GGUF reader takes Qwen3Config's default head_dim, not the file's key_length.
+    model = dataclasses.replace(TINY, model_type="qwen3", qk_norm=True, head_dim=128, tie_word_embeddings=False)
+    w = random_weights(model, 3)
+    assert "model.layers.1.self_attn.k_norm.weight" in w
+    path = write_gguf(tmp_path / "q3.gguf", model, w, {"q_proj.weight": "Q8_0", "k_proj.weight": "F16"})
+    m, loaded, _ = load_gguf(path)
+    assert m == model
+    for name in w:
+        q = "Q8_0" if name.endswith("q_proj.weight") else "F16" if name.endswith("k_proj.weight") else "F32"
+        np.testing.assert_array_equal(loaded[name], stored(w[name], q), err_msg=name)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file=path.name, dtype=torch.float32)
+    sd = hf.state_dict()
+    for name in loaded:
+        np.testing.assert_array_equal(loaded[name], sd[name].numpy(), err_msg=name)
+    ids = [5, 77, 123, 9, 250]
+    ref = ReferenceExecutor(model, loaded, 1, 8)
+    ours = np.stack([ref.step(np.array([t]), np.array([i]))[0] for i, t in enumerate(ids)])
+    with torch.no_grad():
+        theirs = hf(input_ids=torch.tensor([ids]), use_cache=False).logits[0].numpy()
+    np.testing.assert_allclose(ours, theirs, rtol=2e-4, atol=2e-4)

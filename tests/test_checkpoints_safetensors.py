@@ -50,6 +50,11 @@ def _round_params(hf, dtype):
     (TINY, "bfloat16", "40KB"),
     (dataclasses.replace(TINY, tie_word_embeddings=True), "float32", "40KB"),
     (dataclasses.replace(TINY, model_type="qwen2", attention_bias=True), "bfloat16", None),
+    (dataclasses.replace(TINY, model_type="qwen3", qk_norm=True, head_dim=32), "bfloat16", "40KB"),
+    (dataclasses.replace(TINY, model_type="gemma3_text", qk_norm=True, norm_offset=1.0, sandwich_norm=True,
+                         embed_scale=True, hidden_act="gelu_tanh", query_pre_attn_scalar=16.0, sliding_window=4,
+                         layer_types=("sliding_attention", "full_attention"), rope_local_theta=10000.0,
+                         rope_theta=1e6, rms_norm_eps=1e-6), "float32", None),
 ])
 def test_round_trip_matches_hf_logits(tmp_path: Path, model: ModelConfig, dtype: str, shard: str | None) -> None:
     hf = random_hf_model(model, seed=1)
@@ -63,6 +68,10 @@ def test_round_trip_matches_hf_logits(tmp_path: Path, model: ModelConfig, dtype:
     assert set(weights) == set(expected_weights(model))
     # HF's own model at the stored precision is the oracle (bf16 weights widened to float32).
     oracle = _round_params(hf, tdtype)
+    if model.embed_scale:  # Gemma: the IR scales by sqrt(hidden) in bf16, as HF does in bf16
+        from ada_mk.ir.build import embed_scale
+
+        oracle.model.embed_tokens.embed_scale.fill_(embed_scale(model))
     sd = oracle.state_dict()
     for name in weights:
         np.testing.assert_array_equal(weights[name], sd[name].numpy(), err_msg=name)

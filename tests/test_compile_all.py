@@ -41,6 +41,20 @@ def _compile(config: Path, gpu: str | None, cache: Path, weights: str = "bf16") 
     assert art.directory.parent == cache / "build"  # really compiled here, not taken from a shared cache
 
 
+# HF config.json files as published (configs/*.json): one compile each of the H100 plan for
+# Hopper and of the L20 plan for Ada, at batch 1.
+HF_CONFIGS = sorted((ROOT / "configs").glob("*.json"))
+
+
+@pytest.mark.parametrize("gpu,arch", [("H100", "sm_90a"), ("L20", "sm_89")])
+@pytest.mark.parametrize("config", HF_CONFIGS, ids=[p.stem for p in HF_CONFIGS])
+def test_hf_configs_compile(config, gpu, arch, fresh_cache):
+    model, deploy = load_config(config, gpu=gpu, batch=1)
+    art = build(render(make_plan(model, deploy)), [arch], library=False)
+    assert art.fatbin.is_file() and art.fatbin.stat().st_size > 0
+    assert art.directory.parent == fresh_cache / "build"
+
+
 def test_configs_are_shipped():
     assert {p.stem for p in CONFIGS} >= {"llama3-8b", "llama3.2-1b", "smollm2-135m"}
 

@@ -80,8 +80,13 @@ def test_shipped_values():
 
 
 def test_yaml_keys_cover_model_config_fields():
+    """Every field is a YAML key, or one of the fields beyond the Llama shape, which the YAML
+    derives from model_type (qk_norm for qwen3) or leaves to HF configs (gemma3_text)."""
+    from ada_mk.config.model import EXTRA_DEFAULTS
+
     fields = {f.name for f in dataclasses.fields(ModelConfig)}
-    assert set(load_mod._YAML_REQUIRED) | set(load_mod._YAML_OPTIONAL) == fields
+    yaml = set(load_mod._YAML_REQUIRED) | set(load_mod._YAML_OPTIONAL)
+    assert yaml | set(EXTRA_DEFAULTS) == fields and not yaml & set(EXTRA_DEFAULTS)
 
 
 # --------------------------------------------------------------------------- defaults and flags
@@ -316,7 +321,8 @@ def test_transformers_round_trip(tmp_path):
 @pytest.mark.parametrize("mutate, match", [
     (lambda c: c.update(model_type="gemma"), r"model_type = 'gemma': unsupported model_type"),
     (lambda c: c["rope_scaling"].update(rope_type="yarn"), r"rope_scaling.rope_type = 'yarn': unsupported rope type"),
-    (lambda c: c.update(rope_scaling={"type": "linear", "factor": 2.0}), r"rope_scaling.type = 'linear': unsupported rope type"),
+    (lambda c: c.update(rope_scaling={"type": "longrope", "factor": 2.0}), r"rope_scaling.type = 'longrope': unsupported rope type"),
+    (lambda c: c.update(rope_scaling={"type": "linear", "factor": 0.5}), r"rope_scaling.factor = 0.5: must be >= 1"),
     (lambda c: c.update(rope_scaling={"type": "dynamic", "factor": 2.0}), r"unsupported rope type"),
     (lambda c: c["rope_scaling"].pop("low_freq_factor"), r"rope_scaling.low_freq_factor: missing"),
     (lambda c: c.update(hidden_act="gelu"), r"hidden_act = 'gelu': unsupported activation"),

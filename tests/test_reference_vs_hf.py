@@ -26,6 +26,10 @@ MODELS = {
     "llama3-scaled": ModelConfig(
         "tiny-llama3", "llama", 64, 128, 2, 4, 2, 16, 256, 1e-5, 500000.0, 128,
         rope_scaling=RopeScaling("llama3", 8.0, 1.0, 4.0, 16)),
+    # Linear RoPE scaling (positions divided by the factor), as Gemma 3's global layers use it.
+    "llama-linear": ModelConfig(
+        "tiny-llama-linear", "llama", 64, 128, 2, 4, 2, 16, 256, 1e-5, 10000.0, 128,
+        rope_scaling=RopeScaling("linear", 4.0)),
     # Tied, MQA, and head_dim * heads != hidden_size.
     "llama-tied-mqa": ModelConfig(
         "tiny-llama-tied", "llama", 64, 96, 2, 4, 1, 32, 256, 1e-6, 10000.0, 128,
@@ -35,6 +39,12 @@ MODELS = {
     "qwen2-tied-bias": ModelConfig(
         "tiny-qwen2", "qwen2", 64, 128, 3, 4, 2, 16, 256, 1e-6, 1e6, 128,
         tie_word_embeddings=True, attention_bias=True),
+    # Qwen3: per-head q/k RMSNorm before RoPE, head_dim * heads != hidden_size, tied (as 0.6B).
+    "qwen3-tied-qknorm": ModelConfig(
+        "tiny-qwen3", "qwen3", 64, 96, 3, 4, 2, 32, 256, 1e-6, 1e6, 128,
+        tie_word_embeddings=True, qk_norm=True),
+    "qwen3-untied": ModelConfig(
+        "tiny-qwen3-8b", "qwen3", 96, 160, 2, 8, 2, 16, 256, 1e-6, 1e6, 128, qk_norm=True),
 }
 
 

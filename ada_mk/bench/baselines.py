@@ -23,7 +23,8 @@ from .quantized import WeightOnlyLinear, linear
 FLEX_BLOCK = 128  # flex_attention's default sparse block; cache lengths are multiples of it
 
 # ---------------------------------------------------------------------------------------------
-# The gpt-fast-style model (one screenful): RMSNorm, RoPE (llama3 scaling included), GQA attention
+# The gpt-fast-style model (one screenful): RMSNorm, RoPE (llama3 scaling included), Qwen3's q/k
+# head norms, GQA attention
 # over a static KV cache (flex_attention decoding or SDPA), SwiGLU MLP, tied or untied LM head.
 
 
@@ -59,6 +60,8 @@ class Block(nn.Module):
         self.mlp_norm = _p(w[p + "post_attention_layernorm.weight"])
         self.wqkv = _w(cat(*(f"self_attn.{x}_proj.weight" for x in "qkv")), weights_format)
         self.bqkv = _p(cat(*(f"self_attn.{x}_proj.bias" for x in "qkv"))) if m.attention_bias else None
+        self.q_norm = _p(w[p + "self_attn.q_norm.weight"]) if m.qk_norm else None
+        self.k_norm = _p(w[p + "self_attn.k_norm.weight"]) if m.qk_norm else None
         self.wo = _w(w[p + "self_attn.o_proj.weight"], weights_format)
         self.w13 = _w(cat("mlp.gate_proj.weight", "mlp.up_proj.weight"), weights_format)
         self.w2 = _w(w[p + "mlp.down_proj.weight"], weights_format)
@@ -71,6 +74,8 @@ class Block(nn.Module):
         q, k, v = linear(rms_norm(x, self.attn_norm, m.rms_norm_eps), self.wqkv, self.bqkv).split(
             [nh * d, nkv * d, nkv * d], dim=-1)
         q, k, v = (t.view(B, 1, -1, d).transpose(1, 2) for t in (q, k, v))  # [B, heads, 1, d]
+        if self.q_norm is not None:
+            q, k = rms_norm(q, self.q_norm, m.rms_norm_eps), rms_norm(k, self.k_norm, m.rms_norm_eps)
         q, k = rope(q, cos, sin), rope(k, cos, sin)
         self.k_cache.index_copy_(2, input_pos, k)
         self.v_cache.index_copy_(2, input_pos, v)
@@ -189,7 +194,7 @@ def hf_config(m: ModelConfig, attn_implementation: str = "sdpa"):
     import transformers
     from transformers import AutoConfig
 
-    if m.model_type not in ("llama", "mistral", "qwen2") or (m.model_type == "qwen2") != m.attention_bias:
+    if m.model_type not in ("llama", "mistral", "qwen2", "qwen3", "gemma3_text") or (m.model_type == "qwen2") != m.attention_bias:
         raise ValueError(f"{m.name}: model_type {m.model_type!r} with attention_bias={m.attention_bias} "
                          "has no HF transformers equivalent")
     kw: dict[str, Any] = dict(
@@ -200,12 +205,28 @@ def hf_config(m: ModelConfig, attn_implementation: str = "sdpa"):
         hidden_act="silu", bos_token_id=None, eos_token_id=None, pad_token_id=None)
     if m.model_type == "mistral":
         kw["sliding_window"] = None
-    if m.model_type == "qwen2":
+    if m.model_type in ("qwen2", "qwen3"):
         kw["use_sliding_window"] = False
     scaling = None
     if m.rope_scaling is not None and m.rope_scaling.rope_type != "default":
-        scaling = dict(m.rope_scaling.__dict__)
-    if int(transformers.__version__.split(".")[0]) >= 5:
+        scaling = {k: v for k, v in m.rope_scaling.__dict__.items()
+                   if m.rope_scaling.rope_type == "llama3" or k in ("rope_type", "factor")}
+    v5 = int(transformers.__version__.split(".")[0]) >= 5
+    if m.model_type == "gemma3_text":
+        del kw["hidden_act"]
+        scalar = m.query_pre_attn_scalar or m.head_dim
+        kw.update(hidden_activation="gelu_pytorch_tanh",
+                  query_pre_attn_scalar=int(scalar) if float(scalar).is_integer() else scalar,  # HF wants an int
+                  sliding_window=m.sliding_window, layer_types=list(m.layer_types or ()),
+                  final_logit_softcapping=m.final_logit_softcapping, attn_logit_softcapping=None)
+        local = m.rope_local_theta or m.rope_theta
+        if v5:
+            kw["rope_parameters"] = {
+                "full_attention": {"rope_type": "default", "rope_theta": m.rope_theta, **(scaling or {})},
+                "sliding_attention": {"rope_type": "default", "rope_theta": local}}
+        else:
+            kw.update(rope_theta=m.rope_theta, rope_scaling=scaling, rope_local_base_freq=local)
+    elif v5:
         kw["rope_parameters"] = {"rope_type": "default", "rope_theta": m.rope_theta, **(scaling or {})}
     else:
         kw["rope_theta"], kw["rope_scaling"] = m.rope_theta, scaling

@@ -4,7 +4,8 @@ to float32 on access, tensor names mapped to HF's, and llama.cpp's Q/K row permu
     model, weights, tok = load_gguf("SmolLM2-135M-Instruct.Q4_1.gguf")
 
 Needs the `gguf` package (pip install 'ada-mk[gguf]'). Tested types: F32, F16, BF16, Q8_0, Q4_0,
-Q4_1, Q4_K, Q6_K; anything else `gguf.quants.dequantize` knows is accepted as well. Matrices are also
+Q4_1, Q4_K, Q5_0, Q6_K; anything else `gguf.quants.dequantize` knows is accepted as well. Architectures:
+llama, qwen2, qwen3 and gemma3 (its norm weights stored as w + 1 are read back as HF's w). Matrices are also
 handed out as stored, read from the raw blocks (`weights[name]` equals their dequantize()):
   - Q8_0: `weights.quantized[name]` (ada_mk.quant.QuantizedMatrix, int8, a scale per 32 columns);
   - Q4_0, Q4_1, Q4_K: `weights.int4[name]` (ada_mk.quant.Int4Matrix, group 32), a mapping of its
@@ -23,13 +24,14 @@ from typing import Any
 
 import numpy as np
 
-from ..config.model import ModelConfig
+from ..config.gemma3 import SLIDING_WINDOW_PATTERN
+from ..config.model import ModelConfig, RopeScaling
 from ..quant import (INT4_TYPES, Int4Matrix, QuantFormatError, QuantizedMatrix, QuantizedTensors, gguf_int4_matrix,
                      q8_0_matrix)
 from .errors import CheckpointError
 from .names import check_weights
 
-SUPPORTED_ARCHS = ("llama", "qwen2")
+SUPPORTED_ARCHS = ("llama", "qwen2", "qwen3", "gemma3")
 
 # GGUF tensor name (after "blk.N.") -> HF name (after "model.layers.N.")
 _LAYER_NAMES = {
@@ -40,6 +42,8 @@ _LAYER_NAMES = {
     "attn_q.bias": "self_attn.q_proj.bias",
     "attn_k.bias": "self_attn.k_proj.bias",
     "attn_v.bias": "self_attn.v_proj.bias",
+    "attn_q_norm.weight": "self_attn.q_norm.weight",  # Qwen3's per-head q/k RMSNorm
+    "attn_k_norm.weight": "self_attn.k_norm.weight",
     "attn_output.weight": "self_attn.o_proj.weight",
     "ffn_norm.weight": "post_attention_layernorm.weight",
     "ffn_gate.weight": "mlp.gate_proj.weight",
@@ -52,15 +56,26 @@ _GLOBAL_NAMES = {
     "output.weight": "lm_head.weight",
     "rope_freqs.weight": "rope_freqs.weight",  # llama3 RoPE factors: ignored (the config decides)
 }
+# Gemma 3's four norms per block: llama.cpp's ffn_norm is the norm before the MLP, as elsewhere,
+# but HF names it pre_feedforward_layernorm there (post_attention_layernorm follows attention).
+_GEMMA3_LAYER_NAMES = {
+    **_LAYER_NAMES,
+    "post_attention_norm.weight": "post_attention_layernorm.weight",
+    "ffn_norm.weight": "pre_feedforward_layernorm.weight",
+    "post_ffw_norm.weight": "post_feedforward_layernorm.weight",
+}
 _BLK = re.compile(r"^blk\.(\d+)\.(.+)$")
+# Gemma's RMSNorm scales by (1 + w); llama.cpp's converter stores w + 1 for a plain RMSNorm.
+GEMMA_NORM_SHIFT = 1.0
 
 
-def gguf_to_hf_name(name: str) -> str | None:
+def gguf_to_hf_name(name: str, arch: str = "llama") -> str | None:
     if name in _GLOBAL_NAMES:
         return _GLOBAL_NAMES[name]
     m = _BLK.match(name)
-    if m and m[2] in _LAYER_NAMES:
-        return f"model.layers.{m[1]}.{_LAYER_NAMES[m[2]]}"
+    names = _GEMMA3_LAYER_NAMES if arch == "gemma3" else _LAYER_NAMES
+    if m and m[2] in names:
+        return f"model.layers.{m[1]}.{names[m[2]]}"
     return None
 
 
@@ -128,10 +143,12 @@ def _f32_round(x: float) -> float:
 
 class GGUFWeights(Mapping):
     """HF name -> float32 ndarray, dequantized (and un-permuted) from the memory-mapped file on
-    access."""
+    access; `norm_shift` is taken off the norm weights (Gemma's, stored as w + 1)."""
 
-    def __init__(self, path: Path, tensors: Mapping[str, Any], model: ModelConfig, permute: bool) -> None:
+    def __init__(self, path: Path, tensors: Mapping[str, Any], model: ModelConfig, permute: bool,
+                 norm_shift: float = 0.0) -> None:
         self.path, self.tensors, self.model, self.permute = path, dict(tensors), model, permute
+        self.norm_shift = norm_shift
 
     def __getitem__(self, name: str) -> np.ndarray:
         gguf = _import_gguf()
@@ -147,6 +164,8 @@ class GGUFWeights(Mapping):
             raise CheckpointError(f"{self.path}: tensor {t.name!r} is {t.tensor_type.name}, which this gguf "
                                   "version cannot dequantize") from None
         w = np.asarray(w, dtype=np.float32).reshape(shape)
+        if self.norm_shift and name.endswith("norm.weight"):
+            w = w - np.float32(self.norm_shift)
         heads = self._permuted_heads(name)
         return w if heads is None else unpermute_qk(w, heads)
 
@@ -234,19 +253,34 @@ def model_from_metadata(meta: Mapping[str, Any], tensor_shapes: Mapping[str, tup
         raise CheckpointError(f"{path}: {arch}.rope.dimension_count = {rope_dims}: partial RoPE is unsupported "
                               f"(head_dim {head_dim})")
     scaling = get("rope.scaling.type", "none", required=False)
-    if scaling not in ("none", None):
+    rope_scaling = None
+    if arch == "gemma3" and scaling == "linear":  # Gemma 3's global layers (4B and up)
+        rope_scaling = RopeScaling("linear", float(get("rope.scaling.factor")))
+    elif scaling not in ("none", None):
         raise CheckpointError(f"{path}: {arch}.rope.scaling.type = {scaling!r} is unsupported; pass a config "
                               "with the model's rope_scaling")
     if "rope_freqs.weight" in tensor_shapes:
         raise CheckpointError(f"{path}: tensor 'rope_freqs.weight' (llama3 RoPE scaling) cannot be turned into "
                               "a config; pass the model's config (with rope_scaling) explicitly")
+    extra: dict[str, Any] = {}
+    if arch == "gemma3":
+        # What llama.cpp fixes for Gemma 3 rather than storing: every 6th layer global, local RoPE
+        # base 10000; query_pre_attn_scalar as Gemma3TextConfig's default (256, the head size).
+        layers = int(get("block_count"))
+        extra = dict(qk_norm=True, norm_offset=1.0, sandwich_norm=True, embed_scale=True, hidden_act="gelu_tanh",
+                     query_pre_attn_scalar=256.0, sliding_window=int(get("attention.sliding_window")),
+                     layer_types=tuple("sliding_attention" if (i + 1) % SLIDING_WINDOW_PATTERN else "full_attention"
+                                       for i in range(layers)),
+                     rope_local_theta=10000.0)
+    elif arch == "qwen3":
+        extra = dict(qk_norm=True)
     vocab = get("vocab_size", None, required=False)
     if vocab is None:
         tokens = meta.get("tokenizer.ggml.tokens")
         vocab = len(tokens) if tokens else tensor_shapes.get("model.embed_tokens.weight", (0,))[0]
     return ModelConfig(
         name=_model_name(meta, path),
-        model_type=arch,
+        model_type="gemma3_text" if arch == "gemma3" else arch,
         hidden_size=hidden,
         intermediate_size=int(get("feed_forward_length")),
         num_hidden_layers=int(get("block_count")),
@@ -259,7 +293,8 @@ def model_from_metadata(meta: Mapping[str, Any], tensor_shapes: Mapping[str, tup
         max_position_embeddings=int(get("context_length")),
         tie_word_embeddings="lm_head.weight" not in tensor_shapes,
         attention_bias=arch == "qwen2",
-        rope_scaling=None,
+        rope_scaling=rope_scaling,
+        **extra,
     )
 
 
@@ -307,9 +342,10 @@ def load_gguf(path: str | os.PathLike, model: ModelConfig | None = None
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file")
     meta, reader = read_metadata(path)
+    arch = meta.get("general.architecture")
     tensors: dict[str, Any] = {}
     for t in reader.tensors:
-        hf = gguf_to_hf_name(t.name)
+        hf = gguf_to_hf_name(t.name, arch)
         if hf is None:
             raise CheckpointError(f"{path}: unexpected tensor {t.name!r}: not part of a "
                                   f"{'/'.join(SUPPORTED_ARCHS)} model")
@@ -320,5 +356,7 @@ def load_gguf(path: str | os.PathLike, model: ModelConfig | None = None
     drop = check_weights(model, shapes, str(path))
     for n in drop:
         del tensors[n]
-    permute = meta.get("general.architecture") == "llama"
-    return model, GGUFWeights(path, tensors, model, permute), _tokenizer_info(meta)
+    # convert_hf_to_gguf permutes Q/K rows for llama only (LlamaModel.modify_tensors); its Qwen2 and
+    # Qwen3 converters keep HF's rotate-half order (llama.cpp runs them with NEOX-style RoPE).
+    shift = GEMMA_NORM_SHIFT if arch == "gemma3" else 0.0
+    return model, GGUFWeights(path, tensors, model, arch == "llama", shift), _tokenizer_info(meta)

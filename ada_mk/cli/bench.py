@@ -37,8 +37,9 @@ def _split(values: Iterable[Any]) -> list[str]:
 
 
 def resolve_config(name: str) -> Path:
-    """A path, or a bare name looked up as configs/<name>.yaml (here, then in the checkout)."""
-    for p in (Path(name), Path("configs") / f"{name}.yaml", ROOT / "configs" / f"{name}.yaml",
+    """A path, or a bare name looked up as configs/<name>.yaml, else configs/<name>.json (an HF
+    config.json as published), here, then in the checkout."""
+    for p in (Path(name), *(base / "configs" / f"{name}.{ext}" for ext in ("yaml", "json") for base in (Path(), ROOT)),
               ROOT / name):
         if p.is_file():
             return p

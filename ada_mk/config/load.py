@@ -6,7 +6,7 @@ Our YAML format (strict: unknown keys, missing keys and wrong types are errors):
 
     model:                      # required; field names are ModelConfig's (= HF config.json's)
       name: llama3-8b           # required; also the output folder name
-      model_type: llama         # required; llama | mistral | qwen2
+      model_type: llama         # required; llama | mistral | qwen2 | qwen3 (gemma3_text: HF config.json only)
       hidden_size: 4096
       intermediate_size: 14336
       num_hidden_layers: 32
@@ -76,6 +76,9 @@ def _model_from_yaml(f: Fields) -> ModelConfig:
     if not _SAFE_NAME.match(name):
         raise f.error("name", "must be a file-name-safe string (letters, digits, . _ + -), it names the output folder", name)
     model_type = model_type_of(f)
+    if model_type == "gemma3_text":
+        raise f.error("model_type", "gemma3_text is read from its HF config.json only (its window, "
+                                    "layer pattern and norms have no YAML fields)", model_type)
     m: dict[str, Any] = {key: f.int(key) for key in SIZE_KEYS}
     head_dim = shape_checks(f, m, head_dim_explicit="head_dim" in f.data)
     rope = f.mapping("rope_scaling")
@@ -87,6 +90,7 @@ def _model_from_yaml(f: Fields) -> ModelConfig:
         rope_theta=f.float("rope_theta"),
         tie_word_embeddings=f.bool("tie_word_embeddings", False),
         attention_bias=f.bool("attention_bias", model_type == "qwen2"),
+        qk_norm=model_type == "qwen3",
         rope_scaling=None if rope is None else read_rope_scaling(
             Fields(rope, f.file, f.field("rope_scaling") + "."), strict=True),
         **m,

@@ -8,8 +8,11 @@ from .errors import ConfigError
 from .fields import Fields
 from .model import RopeScaling
 
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
-SUPPORTED_ROPE_TYPES = ("default", "llama3")
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma3_text")
+# Families only the reference executor runs so far: the kernel has no sliding window, no (1 + w)
+# norms, no GELU and no logit softcapping (ada_mk.search.planner refuses them).
+REFERENCE_ONLY_MODEL_TYPES = ("gemma3_text",)
+SUPPORTED_ROPE_TYPES = ("default", "llama3", "linear")
 # hidden_size, intermediate_size and head_dim are read with 16-byte vector loads (8 bf16).
 VECTOR_ELEMS = 8
 
@@ -56,6 +59,11 @@ def read_rope_scaling(f: Fields, *, strict: bool) -> RopeScaling | None:
         raise f.error(key, f"unsupported rope type; expected one of {', '.join(SUPPORTED_ROPE_TYPES)}", kind)
     if kind == "default":
         return None
+    if kind == "linear":  # positions divided by `factor` (Gemma 3's global layers)
+        factor = f.float("factor")
+        if factor < 1.0:
+            raise f.error("factor", "must be >= 1 for linear scaling", f.data["factor"])
+        return RopeScaling(rope_type="linear", factor=factor)
     if f.has("partial_rotary_factor") and f.data["partial_rotary_factor"] != 1.0:
         raise f.error("partial_rotary_factor", "unsupported; RoPE is applied to the whole head_dim", f.data["partial_rotary_factor"])
     # llama3: every parameter must be given (as transformers requires); guessing would be silent.

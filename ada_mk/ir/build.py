@@ -1,10 +1,24 @@
 """Build the IR graph of one decode step from a ModelConfig (+ DeployConfig)."""
 from __future__ import annotations
 
+import math
+
+import numpy as np
+
 from ..config.deploy import DEFAULT_GROUPS, DeployConfig
 from ..config.model import ModelConfig
-from .graph import (Argmax, DecodeAttention, Embedding, Graph, KVAppend, Linear, ResidualAdd,
-                    RMSNorm, Rope, SiluMul)
+from .graph import (Argmax, DecodeAttention, Embedding, GeluTanhMul, Graph, HeadRMSNorm, KVAppend, Linear,
+                    ResidualAdd, RMSNorm, Rope, SiluMul, Softcap)
+
+
+def embed_scale(model: ModelConfig) -> float | None:
+    """The factor on the embeddings: sqrt(hidden_size) rounded to bf16 (as HF Gemma 3 multiplies
+    it in the weights' dtype), or None."""
+    if not model.embed_scale:
+        return None
+    x = np.array([math.sqrt(model.hidden_size)], np.float32).view(np.uint32)
+    bits = (x + 0x7FFF + ((x >> 16) & 1)) >> 16  # round to nearest even
+    return float((bits << 16).astype(np.uint32).view(np.float32)[0])
 
 
 def build_decode_graph(model: ModelConfig, deploy: DeployConfig | None = None, context: int = 512,
@@ -46,7 +60,13 @@ def build_decode_graph(model: ModelConfig, deploy: DeployConfig | None = None, c
     pos = g.tensor("positions", (B,), "i32", "input")
     emb = W("model.embed_tokens.weight", V, H)
     h = A("h0", B, H)
-    g.add(Embedding("embed", None, (tokens, emb), (h,)))
+    g.add(Embedding("embed", None, (tokens, emb), (h,), scale=embed_scale(m)))
+    eps, off = m.rms_norm_eps, m.norm_offset
+
+    def norm(name: str, layer: int | None, x: str, weight: str, out: str) -> str:
+        y = A(out, B, H)  # declared before its weight: the tensors' order is ir.json's
+        g.add(RMSNorm(name, layer, (x, W(weight, H)), (y,), eps=eps, offset=off))
+        return y
 
     for i in range(m.num_hidden_layers):
         p, L = f"model.layers.{i}", f"L{i}"
@@ -60,46 +80,63 @@ def build_decode_graph(model: ModelConfig, deploy: DeployConfig | None = None, c
             return out
 
         # Attention block.
-        xn = A(f"{L}.x_norm", B, H)
-        g.add(RMSNorm(f"{L}.attn_norm", i, (h, W(f"{p}.input_layernorm.weight", H)), (xn,),
-                      eps=m.rms_norm_eps))
+        xn = norm(f"{L}.attn_norm", i, h, f"{p}.input_layernorm.weight", f"{L}.x_norm")
         bias = m.attention_bias
         q = linear("q_proj", xn, nh * d, H, bias, f"{L}.q", "self_attn")
         k = linear("k_proj", xn, nkv * d, H, bias, f"{L}.k", "self_attn")
         v = linear("v_proj", xn, nkv * d, H, bias, f"{L}.v", "self_attn")
+        if m.qk_norm:
+            qn, kn = A(f"{L}.q_norm", B, nh * d), A(f"{L}.k_norm", B, nkv * d)
+            g.add(HeadRMSNorm(f"{L}.qk_norm", i, (q, k, W(f"{p}.self_attn.q_norm.weight", d),
+                                                  W(f"{p}.self_attn.k_norm.weight", d)), (qn, kn),
+                              head_dim=d, eps=eps, offset=off))
+            q, k = qn, kn
         qr, kr = A(f"{L}.q_rot", B, nh * d), A(f"{L}.k_rot", B, nkv * d)
-        g.add(Rope(f"{L}.rope", i, (q, k, pos), (qr, kr), head_dim=d, theta=m.rope_theta,
-                   scaling=m.rope_scaling))
+        sliding = m.is_sliding(i)
+        theta, scaling = (m.rope_local_theta or m.rope_theta, None) if sliding else (m.rope_theta, m.rope_scaling)
+        g.add(Rope(f"{L}.rope", i, (q, k, pos), (qr, kr), head_dim=d, theta=theta, scaling=scaling))
         kc = g.tensor(f"{L}.k_cache", (B, nkv, T, d), dt, "kv_cache")
         vc = g.tensor(f"{L}.v_cache", (B, nkv, T, d), dt, "kv_cache")
         g.add(KVAppend(f"{L}.kv_append", i, (kr, v, pos), (kc, vc)))
         ao = A(f"{L}.attn_out", B, nh * d)
         g.add(DecodeAttention(f"{L}.attn", i, (qr, kc, vc, pos), (ao,), num_heads=nh,
-                              num_kv_heads=nkv, head_dim=d, context=context))
+                              num_kv_heads=nkv, head_dim=d, context=context,
+                              scale=m.attn_scale if m.query_pre_attn_scalar else None,
+                              window=m.sliding_window if sliding else None))
         o = linear("o_proj", ao, H, nh * d, False, f"{L}.o", "self_attn")
+        if m.sandwich_norm:  # Gemma 3: the attention output is normed before the residual
+            o = norm(f"{L}.post_attn_norm", i, o, f"{p}.post_attention_layernorm.weight", f"{L}.o_norm")
         hm = A(f"{L}.h_mid", B, H)
         g.add(ResidualAdd(f"{L}.attn_residual", i, (h, o), (hm,)))
 
         # MLP block.
-        mn = A(f"{L}.m_norm", B, H)
-        g.add(RMSNorm(f"{L}.mlp_norm", i, (hm, W(f"{p}.post_attention_layernorm.weight", H)),
-                      (mn,), eps=m.rms_norm_eps))
+        mlp_norm = "pre_feedforward_layernorm" if m.sandwich_norm else "post_attention_layernorm"
+        mn = norm(f"{L}.mlp_norm", i, hm, f"{p}.{mlp_norm}.weight", f"{L}.m_norm")
         gate = linear("gate_proj", mn, I, H, False, f"{L}.gate", "mlp")
         up = linear("up_proj", mn, I, H, False, f"{L}.up", "mlp")
         act = A(f"{L}.act", B, I)
-        g.add(SiluMul(f"{L}.silu_mul", i, (gate, up), (act,)))
+        if m.hidden_act == "gelu_tanh":
+            g.add(GeluTanhMul(f"{L}.gelu_mul", i, (gate, up), (act,)))
+        else:
+            g.add(SiluMul(f"{L}.silu_mul", i, (gate, up), (act,)))
         down = linear("down_proj", act, H, I, False, f"{L}.down", "mlp")
+        if m.sandwich_norm:
+            down = norm(f"{L}.post_mlp_norm", i, down, f"{p}.post_feedforward_layernorm.weight", f"{L}.down_norm")
         h_next = A(f"h{i + 1}", B, H)
         g.add(ResidualAdd(f"{L}.mlp_residual", i, (hm, down), (h_next,)))
         h = h_next
 
-    hf = A("h_final", B, H)
-    g.add(RMSNorm("final_norm", None, (h, W("model.norm.weight", H)), (hf,), eps=m.rms_norm_eps))
+    hf = norm("final_norm", None, h, "model.norm.weight", "h_final")
     # Tied: the LM head's weight tensor IS the embedding tensor (bf16); 8-bit weights stream a
     # quantized copy of it.
     head = emb if m.tie_word_embeddings and wfmt == "bf16" else WL("lm_head.weight", V, H)
     logits = g.tensor("logits", (B, V), "f32", "output")
-    g.add(Linear("lm_head", None, (hf, head), (logits,)))
+    if m.final_logit_softcapping is None:
+        g.add(Linear("lm_head", None, (hf, head), (logits,)))
+    else:
+        raw = g.tensor("logits_raw", (B, V), "f32", "activation")
+        g.add(Linear("lm_head", None, (hf, head), (raw,)))
+        g.add(Softcap("logit_softcap", None, (raw,), (logits,), cap=m.final_logit_softcapping))
     nxt = g.tensor("next_token", (B,), "i32", "output")
     g.add(Argmax("argmax", None, (logits,), (nxt,)))
     return g

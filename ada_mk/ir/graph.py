@@ -98,25 +98,50 @@ class Op:
 
 @dataclass
 class Embedding(Op):
-    """inputs: (tokens (B,), table (V, H)); outputs: (h (B, H),). Reads only the B rows used."""
+    """inputs: (tokens (B,), table (V, H)); outputs: (h (B, H),). Reads only the B rows used.
+    h = table[tokens] * scale where `scale` is set (Gemma 3: sqrt(H), rounded to bf16)."""
+
+    scale: float | None = None
 
     def reads(self) -> list[tuple[Tensor, int]]:
         tokens, table = self.ins
         row = table.shape[1] * DTYPE_BYTES[table.dtype]
         return [(tokens, tokens.nbytes), (table, tokens.numel * row)]
 
+    def attrs(self) -> dict[str, Any]:
+        return {} if self.scale is None else {"scale": self.scale}
+
 
 @dataclass
 class RMSNorm(Op):
-    """inputs: (x (B, H), weight (H,)); outputs: (y,). y = x * rsqrt(mean(x^2) + eps) * w."""
+    """inputs: (x (B, H), weight (H,)); outputs: (y,). y = x * rsqrt(mean(x^2) + eps) * (offset + w)
+    (offset 1 for Gemma's norms, else 0)."""
 
     eps: float = 1e-6
+    offset: float = 0.0
 
     def flops(self) -> int:
         return 4 * self.ins[0].numel  # square, sum, scale, weight
 
     def attrs(self) -> dict[str, Any]:
-        return {"eps": self.eps}
+        return {"eps": self.eps, **({"offset": self.offset} if self.offset else {})}
+
+
+@dataclass
+class HeadRMSNorm(Op):
+    """inputs: (q (B, nh*d), k (B, nkv*d), q_weight (d,), k_weight (d,)); outputs: (q_n, k_n).
+    RMSNorm of every head of q and of k on its own (Qwen3's and Gemma 3's q_norm / k_norm),
+    before RoPE."""
+
+    head_dim: int = 128
+    eps: float = 1e-6
+    offset: float = 0.0
+
+    def flops(self) -> int:
+        return 4 * (self.ins[0].numel + self.ins[1].numel)
+
+    def attrs(self) -> dict[str, Any]:
+        return {"head_dim": self.head_dim, "eps": self.eps, **({"offset": self.offset} if self.offset else {})}
 
 
 @dataclass
@@ -167,22 +192,30 @@ class DecodeAttention(Op):
     num_kv_heads: int = 8
     head_dim: int = 128
     context: int = 512
+    scale: float | None = None  # on q.k; None: head_dim ** -0.5
+    window: int | None = None  # sliding window: the last `window` positions (the new one included)
+
+    @property
+    def positions(self) -> int:
+        """Cached positions one query reads: `context`, or the window where shorter."""
+        return self.context if self.window is None else min(self.context, self.window)
 
     def reads(self) -> list[tuple[Tensor, int]]:
         q, kc, vc, pos = self.ins
         b = q.shape[0]
-        per_cache = b * self.num_kv_heads * self.context * self.head_dim * DTYPE_BYTES[kc.dtype]
+        per_cache = b * self.num_kv_heads * self.positions * self.head_dim * DTYPE_BYTES[kc.dtype]
         return [(q, q.nbytes), (kc, per_cache), (vc, per_cache), (pos, pos.nbytes)]
 
     def flops(self) -> int:
         b = self.ins[0].shape[0]
         # QK^T and PV (2 flops per MAC each) plus ~5 per score for the softmax.
-        return b * self.num_heads * self.context * (4 * self.head_dim + 5)
+        return b * self.num_heads * self.positions * (4 * self.head_dim + 5)
 
     def attrs(self) -> dict[str, Any]:
+        extra = {} if self.window is None else {"window": self.window}
         return {"num_heads": self.num_heads, "num_kv_heads": self.num_kv_heads,
                 "head_dim": self.head_dim, "context": self.context,
-                "scale": self.head_dim ** -0.5}
+                "scale": self.head_dim ** -0.5 if self.scale is None else self.scale, **extra}
 
 
 @dataclass
@@ -199,6 +232,27 @@ class SiluMul(Op):
 
     def flops(self) -> int:
         return 5 * self.outs[0].numel  # exp, add, div (silu), mul, mul
+
+
+@dataclass
+class GeluTanhMul(Op):
+    """inputs: (gate, up); outputs: (gelu_tanh(gate) * up,) (Gemma's GeGLU, GELU's tanh form)."""
+
+    def flops(self) -> int:
+        return 9 * self.outs[0].numel
+
+
+@dataclass
+class Softcap(Op):
+    """inputs: (x,); outputs: (cap * tanh(x / cap),) (Gemma's final logit softcapping)."""
+
+    cap: float = 30.0
+
+    def flops(self) -> int:
+        return 3 * self.outs[0].numel
+
+    def attrs(self) -> dict[str, Any]:
+        return {"cap": self.cap}
 
 
 @dataclass

@@ -5,6 +5,7 @@ the maths. Batch and cache size come from the executor, not the graph: ops are b
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Mapping
 
 import numpy as np
@@ -108,11 +109,22 @@ class ReferenceExecutor:
 
     # ------------------------------------------------------------------------ op semantics
     def _Embedding(self, op: Op, tokens, table):
-        return (table[tokens],)
+        h = table[tokens]
+        return (h if op.scale is None else h * np.float32(op.scale),)
 
     def _RMSNorm(self, op: Op, x, w):
         var = np.mean(x * x, axis=-1, keepdims=True)
-        return (x / np.sqrt(var + np.float32(op.eps)) * w,)
+        return (x / np.sqrt(var + np.float32(op.eps)) * (np.float32(op.offset) + w),)
+
+    def _HeadRMSNorm(self, op: Op, q, k, wq, wk):
+        d = op.head_dim
+
+        def norm(x, w):
+            xh = x.reshape(x.shape[0], -1, d)
+            var = np.mean(xh * xh, axis=-1, keepdims=True)
+            return (xh / np.sqrt(var + np.float32(op.eps)) * (np.float32(op.offset) + w)).reshape(x.shape)
+
+        return norm(q, wq), norm(k, wk)
 
     def _Linear(self, op: Op, x, w, bias=None):
         y = x @ w.T  # HF layout: w is (out, in)
@@ -122,7 +134,7 @@ class ReferenceExecutor:
 
     def _Rope(self, op: Op, q, k, positions):
         d = op.head_dim
-        key = (d, op.theta, op.scaling)  # the same for every layer: compute once
+        key = (d, op.theta, op.scaling)  # one table per RoPE base and scaling: computed once
         if key not in self._inv_freq:
             self._inv_freq[key] = rope_inv_freq_from(d, op.theta, op.scaling)
         inv = self._inv_freq[key]
@@ -148,7 +160,8 @@ class ReferenceExecutor:
         out = np.empty_like(q)
         for r, b in enumerate(self._slots):
             n = positions[r] + 1  # causal: attend over positions 0..pos
-            K, V = k_cache[b, :, :n], v_cache[b, :, :n]  # (nkv, n, d)
+            n0 = 0 if op.window is None else max(0, n - op.window)  # a sliding window: the last `window`
+            K, V = k_cache[b, :, n0:n], v_cache[b, :, n0:n]  # (nkv, n - n0, d)
             qb = q[r].reshape(nkv, group, d)  # query head h uses kv head h // group
             s = np.einsum("kgd,knd->kgn", qb, K) * np.float32(op.attrs()["scale"])
             p = np.exp(s - s.max(-1, keepdims=True))
@@ -161,6 +174,14 @@ class ReferenceExecutor:
 
     def _SiluMul(self, op: Op, gate, up):
         return (gate / (np.float32(1) + np.exp(-gate)) * up,)
+
+    def _GeluTanhMul(self, op: Op, gate, up):
+        c = np.float32(math.sqrt(2.0 / math.pi))
+        gelu = np.float32(0.5) * gate * (np.float32(1) + np.tanh(c * (gate + np.float32(0.044715) * gate ** 3)))
+        return (gelu * up,)
+
+    def _Softcap(self, op: Op, x):
+        return (np.float32(op.cap) * np.tanh(x / np.float32(op.cap)),)
 
     def _Argmax(self, op: Op, logits):
         return (np.argmax(logits, axis=-1),)  # first max wins, as torch.argmax on CPU

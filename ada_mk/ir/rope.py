@@ -14,7 +14,7 @@ from ..config.model import ModelConfig, RopeScaling
 
 
 def rope_inv_freq_from(head_dim: int, theta: float, scaling: RopeScaling | None) -> np.ndarray:
-    """inv_freq (head_dim/2,) float32 for the given base and scaling ("default" or "llama3")."""
+    """inv_freq (head_dim/2,) float32 for the given base and scaling ("default", "linear" or "llama3")."""
     # HF: 1 / base ** (arange(0, dim, 2).float() / dim), all in float32. The power is taken in
     # double and rounded once to float32 (correctly rounded), not with np.power: numpy's float32
     # power follows the CPU's SIMD path (AVX-512 rounds differently from AVX2, by one ulp), and these
@@ -25,6 +25,8 @@ def rope_inv_freq_from(head_dim: int, theta: float, scaling: RopeScaling | None)
     inv_freq = (np.float32(1.0) / power).astype(np.float32)
     if scaling is None or scaling.rope_type == "default":
         return inv_freq
+    if scaling.rope_type == "linear":  # HF _compute_linear_scaling_rope_parameters
+        return (inv_freq / np.float32(scaling.factor)).astype(np.float32)
     if scaling.rope_type != "llama3":
         raise NotImplementedError(f"rope_type {scaling.rope_type!r}")
 
@@ -43,7 +45,7 @@ def rope_inv_freq_from(head_dim: int, theta: float, scaling: RopeScaling | None)
 
 
 def rope_inv_freq(model: ModelConfig) -> np.ndarray:
-    """inv_freq (head_dim/2,) float32 for a model."""
+    """inv_freq (head_dim/2,) float32 for a model (its full-attention layers)."""
     return rope_inv_freq_from(model.head_dim, model.rope_theta, model.rope_scaling)
 
 

@@ -161,6 +161,9 @@ def torch_prefill(model: ModelConfig, region: Any, wbuf: Any, ids: Any, *, dtype
             q = q.view(B, T, nh, d).transpose(1, 2)  # [B, heads, T, d]
             k = k.view(B, T, nkv, d).transpose(1, 2)
             v = v.view(B, T, nkv, d).transpose(1, 2)
+            if m.qk_norm:  # Qwen3: every head RMS-normed before RoPE (segment qk_norm: q's weight, then k's)
+                wq, wk = seg("qk_norm", layer).split([d, d])
+                q, k = rms(q, wq), rms(k, wk)
             q = q * cos + rotate_half(q) * sin
             k = k * cos + rotate_half(k) * sin
             if store is not None:

@@ -178,6 +178,8 @@ def make_layout(plan: Plan) -> Layout:
     w.add("wqkv", (nqkv, H), tuple(p + f"self_attn.{x}_proj.weight" for x in "qkv"), **tiling("qkv"))
     if m.attention_bias:
         w.add("bqkv", (nqkv,), tuple(p + f"self_attn.{x}_proj.bias" for x in "qkv"))
+    if m.qk_norm:  # q's head RMSNorm weight, then k's; the kernel norms the heads where it has them
+        w.add("qk_norm", (2 * m.head_dim,), (p + "self_attn.q_norm.weight", p + "self_attn.k_norm.weight"))
     w.add("wo", (H, m.q_size), (p + "self_attn.o_proj.weight",), **tiling("o"))
     w.add("post_norm", (H,), (p + "post_attention_layernorm.weight",))
     # gate and up rows interleaved: a gate/up task holds both halves of its columns and stores

@@ -31,6 +31,12 @@ KERNELS = [
     ("qwen2.5-0.5b", "H100", 1, None, ()),
     ("qwen2.5-0.5b", "H100", 4, None, ()),
     ("mistral-7b", "H100", 1, None, ()),
+    ("qwen3-0.6b", "H100", 1, None, ()),  # HF config.json as published: q/k head norms
+    ("qwen3-0.6b", "H100", 4, None, ()),
+    ("qwen3-0.6b", "L20", 1, None, ()),
+    ("qwen3-8b", "H100", 1, None, ()),
+    ("qwen3-8b", "H100", 4, None, ()),
+    ("qwen3-0.6b", "H100", 4, 2, ()),  # the 2-layer first run of the q/k head norms
     ("llama3.2-1b", "H100", 1, 2, ()),  # the 2-layer first run
     ("llama3.2-1b", "H100", 1, 2, STUCK),  # a wait that must time out
     ("smollm2-135m", "H100", 1, 2, ()),  # compute-sanitizer runs
@@ -50,9 +56,14 @@ FORCED = [
 ]
 
 
+def config_path(config: str) -> Path:
+    """configs/<config>.yaml, else the HF config.json kept as configs/<config>.json."""
+    yaml = ROOT / "configs" / f"{config}.yaml"
+    return yaml if yaml.exists() else ROOT / "configs" / f"{config}.json"
+
+
 def model_for(config: str, gpu: str, batch: int, layers: int | None, max_context: int = 1024, weights: str = "bf16"):
-    m, d = load_config(ROOT / "configs" / f"{config}.yaml", gpu=gpu, batch=batch, max_context=max_context,
-                       weights=weights)
+    m, d = load_config(config_path(config), gpu=gpu, batch=batch, max_context=max_context, weights=weights)
     if layers is not None:
         m = dataclasses.replace(m, num_hidden_layers=layers, name=f"{m.name}-{layers}l")
     return m, d

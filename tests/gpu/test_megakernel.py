@@ -169,6 +169,31 @@ def test_gate_up_ksplit_two_layers():
     assert err <= REL_TOL
 
 
+def test_qwen3_two_layers_first():
+    """A 2-layer Qwen3-0.6B, batch 4: a fault in the q/k head norms' barrier and reduction inside
+    the attention task shows up here as a timeout naming the wait, or as logits off HF's, before
+    the full models run."""
+    from ada_mk.bench.baselines import random_hf_model
+
+    m, _ = model_for("qwen3-0.6b", "H100", 4, 2)
+    hf = random_hf_model(m, seed=_seed(), attn_implementation="sdpa")
+    prompt = torch.randint(0, m.vocab_size, (4, 8), device="cuda")
+    with torch.no_grad():
+        seq, hf_logits = hf_generate(hf, prompt, 8)
+    eng = engine_for("qwen3-0.6b", "H100", 4, hf, layers=2)
+    tokens = seq.cpu().numpy().astype(np.int32)
+    errs = []
+    try:
+        for t in range(15):
+            r = eng.step(tokens[:, t], np.full(4, t, np.int32), want_logits=True)
+            if t >= 7:
+                errs.append(rel_err(r[1], hf_logits[t - 7].cpu().numpy()))
+    finally:
+        eng.close()
+    print(f"qwen3 2-layer run: rel err {max(errs):.2e}")
+    assert max(errs) <= REL_TOL
+
+
 CASES = [
     ("llama3.2-1b", "H100", 1, 1),
     ("llama3.2-1b", "H100", 1, 500),
@@ -182,6 +207,14 @@ CASES = [
     ("llama3-8b", "H100", 1, 500),
     ("llama3-8b", "H100", 4, 1),
     ("llama3-8b", "H100", 4, 500),
+    # Qwen3 from its HF config.json as published: q/k head RMSNorm before RoPE, head_dim 128
+    # independent of hidden / heads (0.6B), tied embeddings (0.6B).
+    ("qwen3-0.6b", "H100", 1, 500),
+    ("qwen3-0.6b", "H100", 4, 1),
+    ("qwen3-0.6b", "H100", 4, 500),
+    ("qwen3-0.6b", "L20", 1, 500),
+    ("qwen3-8b", "H100", 1, 500),
+    ("qwen3-8b", "H100", 4, 500),
 ]
 
 

@@ -2,13 +2,15 @@
 //
 // A task covers one sequence b, one K/V head g with the G query heads that share it (GQA: the
 // K/V bytes are read once for all of them) and split j of the positions 0..pos (flash-decoding).
-// It applies RoPE to q and to the new k, appends the new k and v to the cache when position pos
+// It norms each q head and the new k head where the model does (Qwen3's q/k RMSNorm), applies
+// RoPE to q and to the new k, appends the new k and v to the cache when position pos
 // falls in its split, and writes an unnormalised partial result with its running max and sum.
 // One split of each group combines the group's partials into the bf16 attention output that the
 // O projection multiplies (adamk/attention_combine.cuh), and only then publishes the group (all
 // its splits' counts at once). How the split's positions are read and multiplied is one of the
 // ways of adamk/attention_paths.cuh.
 #pragma once
+#include <type_traits>
 #include "adamk/attention_combine.cuh"
 #include "adamk/attention_paths.cuh"
 #include "adamk/bf16.cuh"
@@ -41,9 +43,49 @@ __device__ void qkv_values(const Ctx<C>& c, int layer, int idx, int b, const int
   }
 }
 
+// Whether the model RMS-norms every q and k head before RoPE: the layout then has their weights
+// (Weights::QK_NORM, present only in such kernels).
+template <class C, class = void>
+struct HasQkNorm : std::false_type {};
+template <class C>
+struct HasQkNorm<C, std::void_t<decltype(C::Weights::QK_NORM)>> : std::true_type {};
+
+// The q/k head RMSNorm of the thread's rotation pairs x (load_qkv_roped's layout), as HF's q_norm /
+// k_norm in bf16: y = bf16(bf16(x * rsqrt(mean(x^2) + EPS)) * w), w the head's weight
+// (Weights::QK_NORM: q's HD values, then k's). A head's HALF pairs fill whole warps of one
+// iteration, so each warp sums its squares with shuffles and a head adds its warps' sums in order.
+// The sums pass through wo (free until attend), then a barrier.
+template <class C, int IT>
+__device__ __forceinline__ void qk_norm(const Ctx<C>& c, int layer, const AttnTask<C>& t, float (&x)[2 * IT + 1]) {
+  constexpr int HD = C::HD, G = C::G, HALF = HD / 2, NR = (G + 1) * HALF, WPH = HALF / 32;
+  static_assert(C::THREADS % HALF == 0 && HALF % 32 == 0, "a head's pairs in whole warps of one iteration");
+#pragma unroll
+  for (int it = 0; it < IT; ++it) {
+    const bool live = threadIdx.x + it * C::THREADS < NR;
+    const float s = warp::sum(live ? x[2 * it] * x[2 * it] + x[2 * it + 1] * x[2 * it + 1] : 0.f);
+    if (t.lane == 0) t.wo[it * WARPS + t.warp] = s;
+  }
+  __syncthreads();
+  const __nv_bfloat16* w = c.weight(C::Weights::QK_NORM, layer);
+#pragma unroll
+  for (int it = 0; it < IT; ++it) {
+    const int e = threadIdx.x + it * C::THREADS, hh = e / HALF, d = e % HALF;
+    if (e >= NR) continue;
+    const float* sums = t.wo + it * WARPS + (threadIdx.x - d) / 32;  // the head's warps
+    float ss = 0.f;
+#pragma unroll
+    for (int k = 0; k < WPH; ++k) ss += sums[k];
+    const float r = rsqrtf(ss / HD + C::EPS);
+    const __nv_bfloat16* wh = w + (hh < G ? 0 : HD);
+    x[2 * it] = thread::bf16_round(thread::bf16_round(x[2 * it] * r) * __bfloat162float(wh[d]));
+    x[2 * it + 1] = thread::bf16_round(thread::bf16_round(x[2 * it + 1] * r) * __bfloat162float(wh[d + HALF]));
+  }
+}
+
 // The task's inputs. Reads: the QKV stage's partials of the group's q, k and v (qkv_values).
 // Waits for: those words to carry this step's epoch (no counter). Writes: the roped queries and
-// key and the value to the attention scratch (q, kn, vn), then a barrier.
+// key (head-normed first where HasQkNorm) and the value to the attention scratch (q, kn, vn), then
+// a barrier.
 // RoPE, rotate-half convention, with bf16 rounding where the reference rounds:
 // x * cos + rotate_half(x) * sin, cos and sin of pos * inv_freq cast to bf16. The thread's q/k/v
 // values: both halves of its IT rotation pairs, then its dimension of v.
@@ -66,6 +108,7 @@ __device__ __forceinline__ void load_qkv_roped(const Ctx<C>& c, int layer, int i
   cols[2 * IT] = C::Q + C::KVD + g * HD + threadIdx.x;
   live[2 * IT] = threadIdx.x < HD;
   qkv_values<C>(c, layer, idx, t.b, cols, live, x);
+  if constexpr (HasQkNorm<C>::value) qk_norm<C, IT>(c, layer, t, x);
   const float xv = x[2 * IT];
 #pragma unroll
   for (int it = 0; it < IT; ++it) {
