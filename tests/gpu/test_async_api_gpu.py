@@ -120,8 +120,8 @@ def test_bad_device_inputs_are_refused_then_the_session_goes_on(plan, device_lib
     with pytest.raises(RuntimeError, match=rf"refused its inputs.*sequence 0 has token {plan.model.vocab_size + 5}"):
         device_lib.synchronize(0)
     for p, t in enumerate(fed[:3]):
-        device_lib.decode_async(0, _cuda_i32([t]).data_ptr(), _cuda_i32([p]).data_ptr(), nxt.data_ptr(),
-                                npos.data_ptr(), logits.data_ptr())
+        tok, pos = _cuda_i32([t]), _cuda_i32([p])  # alive until the step has read them
+        device_lib.decode_async(0, tok.data_ptr(), pos.data_ptr(), nxt.data_ptr(), npos.data_ptr(), logits.data_ptr())
         device_lib.synchronize(0)
         np.testing.assert_array_equal(logits.cpu().numpy(), sync_logits[p])
     with pytest.raises(RuntimeError, match="not device memory"):
@@ -154,9 +154,9 @@ def test_external_prefill_writes_the_kv_cache(plan, packed, weights) -> None:
         cache = out.past_key_values
         for layer in range(m.num_hidden_layers):
             k, v = (cache.layers[layer].keys, cache.layers[layer].values) if hasattr(cache, "layers") else cache[layer]
-            for src, base in ((k, k_ptr), (v, v_ptr)):
+            for src, base in ((k, k_ptr), (v, v_ptr)):  # HF's cache holds the prompt and the step after it
                 dst = torch.zeros((plan.batch, nkv, maxctx, hd), dtype=torch.bfloat16, device="cuda")
-                dst[:, :, :len(PROMPT)] = src.to(torch.bfloat16)
+                dst[:, :, :len(PROMPT)] = src.reshape(plan.batch, nkv, -1, hd)[:, :, :len(PROMPT)].to(torch.bfloat16)
                 torch.cuda.synchronize()
                 _copy_to(base + 2 * layer * per_layer, dst)
         _, logits = lib.decode([77], [len(PROMPT)], want_logits=True)

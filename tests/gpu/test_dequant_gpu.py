@@ -53,10 +53,9 @@ def decoded(tmp_path_factory):
     (d / "k.cu").write_text(KERNEL)
     subprocess.run([nvcc, "-std=c++17", "-O3", "-gencode=arch=compute_90a,code=sm_90a", "-cubin", "-I", str(TEMPLATES),
                     "-o", str(d / "k.cubin"), str(d / "k.cu")], check=True)
-    torch.cuda.init()
+    outs = [torch.zeros(256, dtype=torch.int16, device="cuda") for _ in range(4)]  # makes torch's context current
     module = _check(driver.cuModuleLoadData((d / "k.cubin").read_bytes()))
     fn = _check(driver.cuModuleGetFunction(module, b"decode_all"))
-    outs = [torch.zeros(256, dtype=torch.int16, device="cuda") for _ in range(4)]
     ptrs = [ctypes.c_void_p(o.data_ptr()) for o in outs]
     params = (ctypes.c_void_p * 4)(*[ctypes.addressof(p) for p in ptrs])
     _check(driver.cuLaunchKernel(fn, 1, 1, 1, 64, 1, 1, 0, 0, ctypes.addressof(params), 0))
