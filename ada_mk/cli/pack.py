@@ -17,6 +17,7 @@ from typing import Any
 
 import click
 
+from ..config.deploy import WEIGHT_FORMATS
 from .common import command, fail_as, say
 
 PROG = "adamk-pack"
@@ -39,11 +40,11 @@ fail = partial(fail_as, PROG)
 @click.option("--batch", type=int, default=None, help="Without --library/--plan: the batch. [default: 1]")
 @click.option("--max-context", type=int, default=None,
               help="Without --library/--plan: the KV cache length. [default: min(4096, max_position_embeddings)]")
-@click.option("--weights-format", type=click.Choice(["bf16", "fp8", "int8"]), default=None,
+@click.option("--weights-format", type=click.Choice(list(WEIGHT_FORMATS)), default=None,
               help="Without --library/--plan: the format the plan streams its linear weights in (deploy.weights); "
                    "with them, a check of the kernel's. [default: bf16]")
 @click.option("--weights-group", type=int, default=None,
-              help="Without --library/--plan: input columns per scale of 8-bit weights, 0 for one per row "
+              help="Without --library/--plan: input columns per scale of quantized weights, 0 for one per row "
                    "(deploy.weights_group). [default: the format's]")
 def main(weights_path: Path, config_path: Path | None, out_path: Path, library: Path | None,
          plan_path: Path | None, gpu: str | None, batch: int | None, max_context: int | None,
