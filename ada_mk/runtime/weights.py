@@ -1,7 +1,8 @@
 """Pack a model's weights into the plan's device layout: one bf16 buffer, HF tensors concatenated
 along rows where the plan fuses them (q|k|v) or interleaved row by row (gate/up), every segment
 at its planned offset, the batched multiply's matrices tiled on Hopper (Segment.tiling), and
-8-bit stages as chunks of codes and scales (Segment.linear; ada_mk.runtime.weights_q8)."""
+quantized stages as chunks of codes and scales (Segment.linear; ada_mk.runtime.weights_q8 for
+8-bit, weights_int4 for 4-bit)."""
 from __future__ import annotations
 
 from typing import Any, Mapping
@@ -106,10 +107,12 @@ def _segment_rows(seg: Segment, layer: int, weights: Mapping[str, Any]) -> list[
 
 
 def _dequantized(x: Any) -> Any:
-    """An 8-bit source (QuantizedMatrix, QuantizedTensor) that feeds a bf16 segment, as floats."""
-    from ..quant import QuantizedMatrix, QuantizedTensor
+    """A quantized source (QuantizedMatrix, QuantizedTensor, Int4Matrix, Int4Tensor) that feeds a
+    bf16 segment, as floats."""
+    from ..quant import Int4Matrix, QuantizedMatrix, QuantizedTensor
+    from ..quant.int4_torch import Int4Tensor
 
-    return x.dequantize() if isinstance(x, (QuantizedMatrix, QuantizedTensor)) else x
+    return x.dequantize() if isinstance(x, (QuantizedMatrix, QuantizedTensor, Int4Matrix, Int4Tensor)) else x
 
 
 def _check_shapes(seg: Segment, parts: list[tuple[str, Any]]) -> None:
@@ -137,9 +140,10 @@ def pack_weights(layout: Layout, weights: Mapping[str, Any]) -> np.ndarray:
         parts = _segment_rows(seg, layer, weights)
         _check_shapes(seg, parts)
         if seg.linear is not None:
-            from .weights_q8 import pack_segment
+            from . import weights_int4, weights_q8
 
-            out[base + seg.offset: base + seg.offset + seg.size] = pack_segment(seg, parts).view(np.uint16)
+            pack = (weights_int4 if seg.weights == "int4" else weights_q8).pack_segment
+            out[base + seg.offset: base + seg.offset + seg.size] = pack(seg, parts).view(np.uint16)
             return
         bits = [to_bf16_bits(_dequantized(p)) for _, p in parts]
         flat = np.stack(bits, axis=1) if seg.interleaved else np.concatenate([b.reshape(-1) for b in bits])
@@ -161,7 +165,7 @@ def pack_weights_torch(layout: Layout, weights: Mapping[str, Any], device: Any =
     PCIe twice). Returns a 1-D torch.bfloat16 tensor (8-bit segments: their bytes)."""
     import torch
 
-    from .weights_q8 import pack_segment_torch
+    from . import weights_int4, weights_q8
 
     w = layout.weights
     first = next(iter(weights.values()))
@@ -175,7 +179,8 @@ def pack_weights_torch(layout: Layout, weights: Mapping[str, Any], device: Any =
         _check_shapes(seg, parts)
         if seg.linear is not None:
             start = 2 * (base + seg.offset)
-            out_bytes[start: start + 2 * seg.size] = pack_segment_torch(seg, parts, out.device)
+            pack = (weights_int4 if seg.weights == "int4" else weights_q8).pack_segment_torch
+            out_bytes[start: start + 2 * seg.size] = pack(seg, parts, out.device)
             continue
         ts = [_as_torch(_dequantized(p)).detach().to(device=device, dtype=torch.bfloat16) for _, p in parts]
         flat = torch.stack(ts, dim=1) if seg.interleaved else torch.cat([t.reshape(-1) for t in ts])
