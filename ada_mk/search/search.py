@@ -333,15 +333,17 @@ class Searcher:
         """The fully scheduled candidate with half or twice the attention splits, where the full
         schedule predicts it faster. The descent compares split counts on the screening estimate,
         which leaves out where the list scheduler puts the attention tasks. Twice the splits is
-        skipped where it gives more attention tasks than SMs (two tasks on one SM run one after
-        the other) or more splits than the kernel takes (ATTN_SPLITS' largest, validate). See docs/experiments.md, "Attention splits rechecked on the full schedule"."""
+        skipped where it gives more attention tasks than SMs: two tasks on one SM run one after
+        the other. More splits than the kernel takes (ATTN_SPLITS' largest, validate) are
+        evaluated but never taken. See docs/experiments.md, "Attention splits rechecked on the full
+        schedule"."""
         best_c, best_p = cand, plan
         groups = self.deploy.batch * self.model.num_key_value_heads
         for a in (cand.attn_splits // 2, cand.attn_splits * 2):
-            if not 1 <= a <= max(ATTN_SPLITS) or a * groups > self.deploy.gpu.sms:  # the kernel's 1..32
+            if a < 1 or a * groups > self.deploy.gpu.sms:
                 continue
             c, p = self.with_splits(cand.tilings, a)
-            if c.time < best_c.time:
+            if c.time < best_c.time and a <= max(ATTN_SPLITS):  # the kernel takes 1..32 splits
                 best_c, best_p = c, p
         return best_c, best_p
 
