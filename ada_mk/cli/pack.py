@@ -127,7 +127,7 @@ def _pack(weights_path: Path, config_path: Path | None, out_path: Path, library:
 
         plan = make_plan(ck.model, _deploy(ck.model, gpu, batch, max_context, weights_format, weights_group))
         layout, what = make_layout(plan), plan.kernel_name
-    return pack_checkpoint(ck.weights, layout, out_path, ck.quantized), what
+    return pack_checkpoint(ck.weights, layout, out_path, ck.quantized, ck.int4), what
 
 
 if __name__ == "__main__":

@@ -89,11 +89,12 @@ def reference_backend(model: ModelConfig, weights: Any, context: int,
 
 
 def kernel_backend(model: ModelConfig, deploy: DeployConfig, weights: Any, prefill_mode: str, want_logits: bool,
-                   log: Callable[[str], None] | None = None, quantized: Any = None) -> tuple[Any, ...]:
+                   log: Callable[[str], None] | None = None, quantized: Any = None,
+                   int4: Any = None) -> tuple[Any, ...]:
     """(prefill, step, close, plan, prefill mode) of the MegaKernel for (model, deploy): planned,
     built into the build cache (nvcc on a miss), loaded with `weights` (an 8-bit plan streams the
-    checkpoint's own 8-bit matrices, `quantized`, as stored where their format is the plan's, and
-    quantizes the rest on load). prefill_mode "auto" is
+    checkpoint's own 8-bit matrices, `quantized`, as stored where their format is the plan's, an
+    int4 plan its 4-bit matrices, `int4`, and each quantizes the rest on load). prefill_mode "auto" is
     "torch" (batched PyTorch writing the kernel's KV cache) where torch sees a GPU, else "kernel"
     (token by token through the kernel)."""
     from ..codegen.build import build
@@ -107,10 +108,10 @@ def kernel_backend(model: ModelConfig, deploy: DeployConfig, weights: Any, prefi
     check_fits_device(plan)  # before nvcc and cuMemAlloc: the sizes, in one line
     art = build(render(plan), [deploy.gpu.nvcc_arch], library=False, log=log)
     engine = MegaKernelEngine(plan, art.fatbin)
-    if quantized and deploy.weights != "bf16":
+    if (quantized or int4) and deploy.weights != "bf16":
         from ..checkpoints.pack import PackingSources
 
-        weights = PackingSources(weights, quantized, engine.layout)
+        weights = PackingSources(weights, quantized or {}, engine.layout, int4)
     engine.load_weights(weights)
     if prefill_mode == "auto":
         try:

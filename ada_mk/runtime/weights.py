@@ -126,6 +126,14 @@ def _check_shapes(seg: Segment, parts: list[tuple[str, Any]]) -> None:
         raise ValueError(f"weights {[n for n, _ in parts]} give {rows} rows for {seg.name}; expected {seg.shape[0]}")
 
 
+def dequantize_segment_torch(wbuf: Any, seg: Segment, base: int = 0) -> Any:
+    """The float32 [N, K] matrix a quantized segment of a packed torch buffer holds, as the kernel
+    multiplies it (8-bit: weights_q8; int4: weights_int4), computed where the buffer lives."""
+    from . import weights_int4, weights_q8
+
+    return (weights_int4 if seg.weights == "int4" else weights_q8).dequantize_packed_torch(wbuf, seg, base)
+
+
 def pack_weights(layout: Layout, weights: Mapping[str, Any]) -> np.ndarray:
     """The packed buffer as uint16 (bf16 bits; an 8-bit segment's bytes read as little-endian
     pairs) on the host. Padding between segments is zero."""
