@@ -1,7 +1,8 @@
 """Plans in 4-bit weights (deploy.weights int4): every shipped config plans at batch 1 and 4 on
 H100, H200 and L20 (SmolLM2-135M, whose K of 576 is no whole groups of 128, at group 32 and 64);
 the format's groups, names and one-line errors; the chunk bytes (half a byte a code, a 4-byte
-bf16 scale/offset pair per group of a row) as the IR, the DAG and the search count them."""
+bf16 scale/offset pair per group of a row; the LM head int8) as the IR, the DAG and the search
+count them."""
 from __future__ import annotations
 
 import random
@@ -41,7 +42,8 @@ def test_every_shipped_config_plans_in_int4(cfg: Path, gpu: str, batch: int) -> 
         validate_plan(plan)
         assert plan.smem_bytes <= d.gpu.smem_per_block
         for kind, t in plan.tilings.items():
-            assert (t.weights, t.group) == ("int4", d.weights_group), kind
+            want = ("int8", 32) if kind == "lm_head" else ("int4", d.weights_group)  # stage_format
+            assert (t.weights, t.group) == want, kind
             assert t.tiled and t.whole_column_blocks, (kind, t)
             assert t.chunk_cols % 64 == 0 and t.chunk_cols % t.group == 0, (kind, t)
         suffix = "_int4" if group is None else f"_int4g{group}"
@@ -97,14 +99,28 @@ def test_ir_dag_and_search_count_the_int4_bytes() -> None:
     for kind, t in plan.tilings.items():
         n, k = shapes[kind]
         reps = 1 if kind == "lm_head" else m.num_hidden_layers
-        # about half a byte a weight plus 4 bytes per 128 weights
-        assert n * k * (0.5 + 4 / 128) <= totals[kind]["weight_bytes"] / reps <= (n + t.rows) * k * 0.54
+        # about half a byte a weight plus 4 bytes per 128 weights; the LM head int8, 4 bytes per 32
+        per = 1 + 4 / 32 if kind == "lm_head" else 0.5 + 4 / 128
+        assert n * k * per <= totals[kind]["weight_bytes"] / reps <= (n + t.rows) * k * per * 1.02
     graph = build_decode_graph(*load_config(ROOT / "configs" / "llama3-8b.yaml", weights="int4"))
-    linear = sum(n * k for n, k in shapes.values()) * m.num_hidden_layers  # lm_head once, below
+    linear = sum(n * k for kind, (n, k) in shapes.items() if kind != "lm_head") * m.num_hidden_layers
     n_h, k_h = shapes["lm_head"]
-    linear = (linear - n_h * k_h * m.num_hidden_layers) + n_h * k_h
-    codes_and_pairs = linear // 2 + 4 * linear // 128
+    codes_and_pairs = linear // 2 + 4 * linear // 128 + n_h * k_h + 4 * n_h * k_h // 32  # the head int8
     # plus the bf16 norms and the step's one embedding row
     assert codes_and_pairs < graph.weight_bytes() < codes_and_pairs + 1e6
     assert plan.notes["predicted_us"] < 0.5 * bf16.notes["predicted_us"]
     assert "weights: int4 (4-bit codes, a bf16 scale and offset per 128 columns" in report(plan)
+
+
+def test_the_head_streams_int8_and_validate_checks_it() -> None:
+    import dataclasses
+
+    plan = plan_of("llama3.2-1b", "H100", 4)
+    head = plan.tilings["lm_head"]
+    assert (head.weights, head.group) == ("int8", 32) and head.tiled
+    assert all(t.weights == "int4" for k, t in plan.tilings.items() if k != "lm_head")
+    bad = dataclasses.replace(plan, tilings={**plan.tilings, "lm_head": dataclasses.replace(head, weights="int4",
+                                                                                            group=128)})
+    with pytest.raises(PlanError, match="lm_head: tiling streams int4 weights with scale group 128; the deployment's"
+                                        " are int8 with group 32"):
+        validate_plan(bad)

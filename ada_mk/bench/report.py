@@ -65,7 +65,8 @@ def step_bytes(model: ModelConfig, batch: int, context: int, weights_format: str
     looked-up rows on top of that). int8 / fp8 (weight-only, as the compile-int8 and compile-fp8
     baselines store them): every linear's matrix (layers and LM head) is 1 byte per weight plus
     `scale_bytes` per output row; int4: half a byte per weight plus 4 bytes per 128 input columns
-    of a row (a MegaKernel row counts its plan's own bytes instead: plan_step_bytes); the embedding
+    of a row, the LM head as int8 (a MegaKernel row counts its plan's own bytes instead:
+    plan_step_bytes); the embedding
     (B rows, read from its own bf16 copy even when tied), norms and biases stay bf16."""
     if weights_format not in WEIGHT_FORMATS:
         raise ValueError(f"step_bytes: weights format {weights_format!r}; expected one of {', '.join(WEIGHT_FORMATS)}")
@@ -77,7 +78,8 @@ def step_bytes(model: ModelConfig, batch: int, context: int, weights_format: str
             return 0
         if isinstance(op, Linear) and eight_bit:
             n, k = op.ins[1].shape
-            codes = n * k // 2 + 4 * n * -(-k // INT4_GROUP) if weights_format == "int4" else n * k + n * scale_bytes
+            int4 = weights_format == "int4" and op.name != "lm_head"  # an int4 plan's head streams int8
+            codes = n * k // 2 + 4 * n * -(-k // INT4_GROUP) if int4 else n * k + n * scale_bytes
             return codes + sum(t.nbytes for t in op.ins[2:])  # + the bf16 bias
         return sum(b for t, b in op.reads() if t.role == "weight")
 

@@ -22,6 +22,21 @@ GROUP_MULTIPLE = 32  # a scale group is a whole number of the kernel's 32-column
 INT4_GROUPS = (32, 64, 128)  # the groups 4-bit sources come in (GGUF Q4_*: 32; AWQ / GPTQ: 64, 128)
 
 
+# The LM head of an int4 plan streams in 8 bits: int8 with a float32 scale per 32 columns (GGUF
+# Q8_0's form). 4-bit checkpoints keep their output layer above 4 bits (llama.cpp's Q4 files: Q6_K or
+# Q8_0; AWQ / GPTQ: fp16), and a head quantized to 4 bits changes the greedy tokens of SmolLM2's Q4_1
+# GGUF (docs/quantized-weights.md).
+HEAD_FORMATS = {"int4": ("int8", 32)}
+
+
+def stage_format(kind: str, weights: str, group: int) -> tuple[str, int]:
+    """(format, scale group) that stage `kind` (ada_mk.search.plan.LINEAR_KINDS) streams in a plan of
+    `weights` / `group`: the plan's, except an int4 plan's LM head (HEAD_FORMATS)."""
+    if kind == "lm_head" and weights in HEAD_FORMATS:
+        return HEAD_FORMATS[weights]
+    return weights, group
+
+
 def weights_problem(weights: object, group: object) -> tuple[str, str] | None:
     """(field, what was expected) when `weights` / `group` are not a valid weights format and scale
     group (field "weights" or "weights_group"), else None."""

@@ -1,7 +1,7 @@
 """Build the IR graph of one decode step from a ModelConfig (+ DeployConfig)."""
 from __future__ import annotations
 
-from ..config.deploy import DEFAULT_GROUPS, DeployConfig
+from ..config.deploy import DEFAULT_GROUPS, DeployConfig, stage_format
 from ..config.model import ModelConfig
 from .graph import (Argmax, DecodeAttention, Embedding, Graph, KVAppend, Linear, ResidualAdd,
                     RMSNorm, Rope, SiluMul)
@@ -95,9 +95,13 @@ def build_decode_graph(model: ModelConfig, deploy: DeployConfig | None = None, c
 
     hf = A("h_final", B, H)
     g.add(RMSNorm("final_norm", None, (h, W("model.norm.weight", H)), (hf,), eps=m.rms_norm_eps))
-    # Tied: the LM head's weight tensor IS the embedding tensor (bf16); 8-bit weights stream a
-    # quantized copy of it.
-    head = emb if m.tie_word_embeddings and wfmt == "bf16" else WL("lm_head.weight", V, H)
+    # Tied: the LM head's weight tensor IS the embedding tensor (bf16); quantized weights stream a
+    # quantized copy of it. An int4 plan's head streams int8 (config.deploy.stage_format).
+    if m.tie_word_embeddings and wfmt == "bf16":
+        head = emb
+    else:
+        hfmt, hgrp = stage_format("lm_head", wfmt, g.weights_group)
+        head = g.tensor("lm_head.weight", (V, H), dt if hfmt == "bf16" else hfmt, "weight", hgrp)
     logits = g.tensor("logits", (B, V), "f32", "output")
     g.add(Linear("lm_head", None, (hf, head), (logits,)))
     nxt = g.tensor("next_token", (B,), "i32", "output")

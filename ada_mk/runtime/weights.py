@@ -106,7 +106,7 @@ def _segment_rows(seg: Segment, layer: int, weights: Mapping[str, Any]) -> list[
     return out
 
 
-def _dequantized(x: Any) -> Any:
+def as_floats(x: Any) -> Any:
     """A quantized source (QuantizedMatrix, QuantizedTensor, Int4Matrix, Int4Tensor) that feeds a
     bf16 segment, as floats."""
     from ..quant import Int4Matrix, QuantizedMatrix, QuantizedTensor
@@ -153,7 +153,7 @@ def pack_weights(layout: Layout, weights: Mapping[str, Any]) -> np.ndarray:
             pack = (weights_int4 if seg.weights == "int4" else weights_q8).pack_segment
             out[base + seg.offset: base + seg.offset + seg.size] = pack(seg, parts).view(np.uint16)
             return
-        bits = [to_bf16_bits(_dequantized(p)) for _, p in parts]
+        bits = [to_bf16_bits(as_floats(p)) for _, p in parts]
         flat = np.stack(bits, axis=1) if seg.interleaved else np.concatenate([b.reshape(-1) for b in bits])
         if seg.tiling:
             flat = tile_matrix(flat.reshape(seg.shape), seg.tiling)
@@ -190,7 +190,7 @@ def pack_weights_torch(layout: Layout, weights: Mapping[str, Any], device: Any =
             pack = (weights_int4 if seg.weights == "int4" else weights_q8).pack_segment_torch
             out_bytes[start: start + 2 * seg.size] = pack(seg, parts, out.device)
             continue
-        ts = [_as_torch(_dequantized(p)).detach().to(device=device, dtype=torch.bfloat16) for _, p in parts]
+        ts = [_as_torch(as_floats(p)).detach().to(device=device, dtype=torch.bfloat16) for _, p in parts]
         flat = torch.stack(ts, dim=1) if seg.interleaved else torch.cat([t.reshape(-1) for t in ts])
         if seg.tiling:
             flat = tile_matrix(flat.reshape(seg.shape), seg.tiling)

@@ -241,8 +241,11 @@ def dequantized_weights(layout: Any, weights: Mapping[str, Any]) -> dict[str, An
     quantized segments quantized as packing quantizes it (or taken as the 8-bit or 4-bit matrix it
     is) and dequantized to float32 (numpy, or torch on the source's device; int4:
     weights_int4.dequantized_source, the kernel's bf16 weights); a tied model's quantized LM head
-    appears as "lm_head.weight" (the embedding itself stays as given); other tensors unchanged."""
-    out = dict(weights)
+    appears as "lm_head.weight" (the embedding itself stays as given, as floats where a stored matrix
+    is given for it); other tensors unchanged."""
+    from .weights import as_floats
+
+    out = {k: as_floats(weights[k]) for k in weights}  # a stored matrix feeding a bf16 segment: its floats
     w = layout.weights
     segs = [(s, 0) for s in w.globals_.values()] + [(s, i) for i in range(w.layers) for s in w.per_layer.values()]
     for seg, layer in segs:

@@ -59,12 +59,13 @@ def quantized_hf_model(config: str, weights: str, group: int):
 
 
 def int4_hf_model(config: str, group: int, symmetric: bool):
-    """(HF model, int4 sources by HF name): a random bf16 HF model of `config` whose linear weights
-    (and LM head, untied) are quantized to int4 (round to nearest at `group`, asymmetric or Q4_0's
-    symmetric rule) and replaced by the weights the kernel multiplies, and the Int4Tensors the
-    kernel streams. One model is kept at a time."""
+    """(HF model, sources by HF name): a random bf16 HF model of `config` whose layers' linear weights
+    are quantized to int4 (round to nearest at `group`, asymmetric or Q4_0's symmetric rule) and
+    replaced by the weights the kernel multiplies, its LM head (untied) by int8 at group 32, and the
+    Int4Tensors / QuantizedTensor the kernel streams. One model is kept at a time."""
     from ada_mk.bench.baselines import random_hf_model
     from ada_mk.quant.int4_torch import quantize_int4_torch
+    from ada_mk.quant.torch_quant import quantize_int8_torch
     from ada_mk.runtime.weights_int4 import kernel_weights
 
     from .kernels import model_for
@@ -90,11 +91,13 @@ def int4_hf_model(config: str, group: int, symmetric: bool):
             p = hf.get_parameter(name)
             sources[name] = q = quantize_int4_torch(p.detach(), group, symmetric=symmetric)
             p.copy_(kernel_matrix(q).to(p.dtype))
+        # An int4 plan's LM head streams int8 with a scale per 32 columns (config.deploy.stage_format);
+        # a tied one is quantized on load from the bf16 embedding, which stays as it is.
         head = hf.lm_head.weight
-        q = quantize_int4_torch(head.detach(), group, symmetric=symmetric)
+        q = quantize_int8_torch(head.detach(), 32)
         if not m.tie_word_embeddings:
             sources["lm_head.weight"] = q
-        hf.lm_head.weight = torch.nn.Parameter(kernel_matrix(q).to(head.dtype))
+        hf.lm_head.weight = torch.nn.Parameter(q.dequantize().to(head.dtype))
         hf.config.tie_word_embeddings = False
     _models[key] = hf, sources
     return _models[key]
