@@ -156,7 +156,7 @@ def test_quantized_decoder_matches_hf_on_the_dequantized_weights(torch, kind, fm
     if m.attention_bias:
         assert decs["flex"].layers[0].bqkv is not None
     with pytest.raises(ValueError, match="weights_format"):
-        bl.GptFastDecoder(m, bl.hf_weights(hf), batch=2, max_seq=128, weights_format="int4")
+        bl.GptFastDecoder(m, bl.hf_weights(hf), batch=2, max_seq=128, weights_format="nf4")
 
 
 def test_load_dequantized_needs_a_quantized_decoder(torch):
@@ -205,9 +205,8 @@ def test_step_bytes_8bit_llama3_8b_and_bad_format():
     assert round(step_bytes(m, 1, 512, "int8").weights / 1e9, 2) == 7.51
     with pytest.raises(ValueError, match="weights format"):
         step_bytes(m, 1, 512, "nf4")
-    # int4: half a byte a weight plus a 4-byte pair per 128 columns, 0.531 of a byte a weight; the
-    # LM head (525M weights) as the 8-bit systems count it, a byte a weight
-    assert 4.2e9 < step_bytes(m, 1, 512, "int4").weights < 4.26e9
+    # int4 (compile-int4): half a byte a weight plus a 4-byte scale and zero per 128 columns
+    assert 3.98e9 < step_bytes(m, 1, 512, "int4").weights < 4.02e9
 
 
 # ------------------------------------------------------------------------------- report

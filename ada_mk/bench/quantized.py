@@ -119,7 +119,9 @@ def load_dequantized(hf: Any, dec: Any) -> None:
         param.copy_(value.to(dtype))
 
     for i, (layer, b) in enumerate(zip(hf.model.layers, dec.layers)):
-        if not isinstance(b.wqkv, WeightOnlyLinear):
+        from .int4_linear import Int4WeightOnlyLinear
+
+        if not isinstance(b.wqkv, (WeightOnlyLinear, Int4WeightOnlyLinear)):
             raise TypeError(f"load_dequantized: layer {i} of the decoder is not quantized")
         wqkv, w13 = b.wqkv.dequantized(), b.w13.dequantized()
         a, mlp = layer.self_attn, layer.mlp

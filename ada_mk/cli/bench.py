@@ -89,8 +89,9 @@ class BenchCommand(OneLineErrors):
 @click.option("--windows", type=int, default=5, show_default=True, help="Timing windows; the median is reported.")
 @click.option("--warmup", type=int, default=8, show_default=True, help="Untimed steps before timing.")
 @click.option("--systems", default=",".join(DEFAULT_SYSTEMS), show_default=True,
-              help=f"Comma list of the systems to time, among {', '.join(SYSTEMS)} (compile-int8 and "
-                   "compile-fp8: the compile-flex decoder with 8-bit weight-only linears; opt-in).")
+              help=f"Comma list of the systems to time, among {', '.join(SYSTEMS)} (compile-int8, "
+                   "compile-fp8, compile-int4: the compile-flex decoder with 8-bit or int4 (tinygemm, CUDA) "
+                   "weight-only linears; opt-in).")
 @click.option("--weights-format", "weights", default=None, metavar="FORMAT",
               help="The MegaKernel's weights format for its rows: bf16, fp8, int8, int4 (the compile-int8/fp8"
                    " systems keep theirs). [default: the config's deploy.weights, else bf16]")
