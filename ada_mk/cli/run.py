@@ -105,6 +105,8 @@ def _run(weights_path: Path, config_path: Path | None, prompt: str, n: int, chat
     ids = tok.encode(text)
     if not ids:
         fail("the prompt encodes to no tokens")
+    if weights_format == "int4" and weights_group is None and ck.int4:
+        weights_group = ck.int4[next(iter(ck.int4))].group  # stream the stored 4-bit matrices as they are
     deploy = deploy_for(model, gpu, None, max_context, base, weights=weights_format, weights_group=weights_group)
     if len(ids) + n > deploy.max_context:
         raise ConfigError(f"prompt ({len(ids)} tokens) + {n} new tokens exceed the KV cache "

@@ -61,7 +61,8 @@ def _tiling_params(t) -> list[str]:
 def _tiling_rows(plan: Plan) -> list[dict]:
     rows = []
     for kind, t in plan.tilings.items():
-        weights = "bf16" if not t.quantized else f"{t.weights}, a scale {'and offset ' if t.weights == 'int4' else ''}per " + (
+        scale = "a scale and offset" if t.weights == "int4" else "a scale"
+        weights = "bf16" if not t.quantized else f"{t.weights}, {scale} per " + (
             f"{t.group} columns" if t.group else "row")
         comment = (f"{t.tiles} tiles x {t.ksplit} K-split = {t.tasks} tasks of {t.task_bytes // 1024} KB, "
                    f"{t.chunks} chunk(s) of {t.chunk_bytes // 1024} KB; {weights}")
