@@ -42,7 +42,8 @@ def test_rounding_and_matmul_against_a_float_reference() -> None:
     got = lin(x).double()
     assert ((got - want).norm() / want.norm()) < 1e-2
     deq = lin.dequantized().double()
-    exact = ((q.double() - 8).reshape(n, -1, 128) * scales.double()[..., None] + zeros.double()[..., None]).reshape(n, k)
+    exact = (q.double() - 8).reshape(n, -1, 128) * scales.double()[..., None] + zeros.double()[..., None]
+    exact = exact.reshape(n, k)
     assert (deq - exact).abs().max() <= 2 ** -7 * exact.abs().max()
     assert (w.double() - exact).abs().max() <= 0.6 * scales.double().max() + 1e-6  # within half a step (and bf16)
 

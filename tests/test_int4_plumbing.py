@@ -118,6 +118,6 @@ def test_torch_prefill_reads_int4_segments() -> None:
     got = dequantize_segment_torch(buf, seg, base).numpy()
     m = quantize_int4(w["model.layers.0.mlp.down_proj.weight"], 64)
     assert got.shape == m.q.shape
-    exact = (torch.from_numpy(m.q.astype(np.float64)).reshape(m.q.shape[0], -1, 64)
-             * torch.from_numpy(bf16(m.scales)).double()[..., None] + torch.from_numpy(bf16(m.offsets)).double()[..., None])
+    q64 = torch.from_numpy(m.q.astype(np.float64)).reshape(m.q.shape[0], -1, 64)
+    exact = q64 * torch.from_numpy(bf16(m.scales)).double()[..., None] + torch.from_numpy(bf16(m.offsets)).double()[..., None]
     assert np.array_equal(got, exact.to(torch.bfloat16).float().reshape(m.q.shape).numpy())

@@ -116,7 +116,8 @@ def test_kernel_weights_are_one_rounding_of_q_scale_plus_offset() -> None:
     o = bf16((-rng.random((64, 4)) * 0.4).astype(np.float32))
     got = kernel_weights(q, s, o, 32)
     # torch computes the fma in float64 (exact here), then rounds once to bf16
-    exact = torch.from_numpy(q.astype(np.float64)).reshape(64, 4, 32) * torch.from_numpy(s.astype(np.float64))[..., None]
+    exact = torch.from_numpy(q.astype(np.float64)).reshape(64, 4, 32)
+    exact = exact * torch.from_numpy(s.astype(np.float64))[..., None]
     exact = exact + torch.from_numpy(o.astype(np.float64))[..., None]
     assert np.array_equal(got, exact.to(torch.bfloat16).float().reshape(64, 128).numpy())
     tg = kernel_weights(torch.from_numpy(q), torch.from_numpy(s), torch.from_numpy(o), 32)

@@ -64,9 +64,10 @@ class Searcher:
         for kind, (_, k) in self.shapes.items():
             if not self.splits(kind, k):
                 fmt = self.fmt(kind)
+                hint = "another --weights-group" if fmt["group"] else "not streamable in 8 bits"
                 raise PlanError(f"{model.name}: the {kind} stage's K={k} is no whole"
                                 f" {column_block(**fmt)}-column blocks of {fmt['weights']} weights with scale group"
-                                f" {fmt['group']} ({'another --weights-group' if fmt['group'] else 'not streamable in 8 bits'})")
+                                f" {fmt['group']} ({hint})")
         self._cache: dict = {}
         self._head: dict = {}
         self._stages: dict = {}  # StageTasks shared by the candidates' Dags
