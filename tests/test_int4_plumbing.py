@@ -121,3 +121,26 @@ def test_torch_prefill_reads_int4_segments() -> None:
     q64 = torch.from_numpy(m.q.astype(np.float64)).reshape(m.q.shape[0], -1, 64)
     exact = q64 * torch.from_numpy(bf16(m.scales)).double()[..., None] + torch.from_numpy(bf16(m.offsets)).double()[..., None]
     assert np.array_equal(got, exact.to(torch.bfloat16).float().reshape(m.q.shape).numpy())
+
+
+def test_adamk_pack_for_a_kernels_int4_plan(gguf_ck, tmp_path: Path) -> None:
+    """--plan of an int4 kernel (its layers int4, its head int8) with --weights-format int4."""
+    import json
+
+    from click.testing import CliRunner
+
+    from ada_mk.cli.pack import main
+    from ada_mk.codegen.render import plan_json
+
+    path, ck = gguf_ck
+    deploy = DeployConfig(gpu=lookup_gpu("H100"), batch=1, max_context=64, weights="int4", weights_group=32)
+    plan = make_plan(SMALL, deploy)
+    layout = make_layout(plan)
+    doc = tmp_path / "plan.json"
+    doc.write_text(plan_json(plan, layout))
+    out = tmp_path / "w.bin"
+    r = CliRunner().invoke(main, ["--weights", str(path), "--plan", str(doc), "-o", str(out), "--weights-format", "int4"])
+    assert r.exit_code == 0, (r.output, r.exception)
+    assert json.loads(doc.read_text())["plan"]["weights"] == "int4"
+    assert np.array_equal(read_packed(out, layout), pack_weights(layout, PackingSources(ck.weights, ck.quantized,
+                                                                                         layout, ck.int4)))

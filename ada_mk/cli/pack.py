@@ -72,9 +72,12 @@ def main(weights_path: Path, config_path: Path | None, out_path: Path, library: 
 
 
 def _layout_format(layout: Any) -> str:
-    """The format a layout's linear stages stream in ("bf16" when none is 8-bit)."""
+    """The format a layout's linear stages stream in ("bf16" when none is quantized; "int4" where the
+    layers' stages are int4, whose plan streams its LM head in int8)."""
     w = layout.weights
     fmts = {s.weights for s in (*w.globals_.values(), *w.per_layer.values()) if s.linear is not None}
+    if "int4" in fmts:
+        return "int4"
     return fmts.pop() if len(fmts) == 1 else ("bf16" if not fmts else "/".join(sorted(fmts)))
 
 
