@@ -13,6 +13,8 @@ the identity through the packed weight, so the harness's HF reference runs the v
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch._dynamo  # noqa: F401 - mark_static_address
 import torch.nn as nn
@@ -28,9 +30,10 @@ def quantize_groups(w: torch.Tensor, group: int = GROUP) -> tuple[torch.Tensor, 
     if w.ndim != 2:
         raise ValueError(f"int4 weight-only: expected a 2-D weight matrix, not shape {tuple(w.shape)}")
     n, k = w.shape
-    if k % group or k % (INNER_K_TILES * 16) or n % 8:
-        raise ValueError(f"int4 weight-only (tinygemm): a [{n}, {k}] matrix needs K a multiple of {group} and of"
-                         f" {INNER_K_TILES * 16}, and N a multiple of 8")
+    kmul = math.lcm(group, INNER_K_TILES * 16)
+    if k % kmul or n % 8:
+        raise ValueError(f"int4 weight-only (tinygemm): a [{n}, {k}] matrix needs K a multiple of {kmul} and N a"
+                         f" multiple of 8")
     g = w.float().reshape(n, k // group, group)
     if not torch.isfinite(g).all():
         raise ValueError("int4 weight-only: the weights hold NaN or infinity")
