@@ -33,6 +33,7 @@ from ..quant.int4_torch import Int4Tensor, quantize_int4_torch
 from ..search.plan import LinearTiling
 from .weights import is_torch as _is_torch, pad_rows as _pad_rows
 
+ROWS_AT_ONCE = 1 << 24  # elements kernel_weights turns into float64 at once (torch)
 BLOCK = 64  # columns of a permuted block: 32 bytes a row, 8 for each lane j of an MMA quad
 BLOCK_BYTES = BLOCK // 2
 
@@ -218,11 +219,16 @@ def kernel_weights(q: Any, scales: Any, offsets: Any, group: int) -> Any:
     if _is_torch(q):
         import torch
 
-        qd = q.reshape(n, k // group, group).to(torch.float64)
-        exact = qd * scales.to(torch.float64)[:, :, None] + offsets.to(torch.float64)[:, :, None]
-    else:
-        qd = q.reshape(n, k // group, group).astype(np.float64)
-        exact = qd * scales.astype(np.float64)[:, :, None] + offsets.astype(np.float64)[:, :, None]
+        out = torch.empty(n, k, dtype=torch.float32, device=q.device)
+        step = max(1, ROWS_AT_ONCE // max(k, 1))  # bounds the float64 temporaries (on the GPU: 8B models)
+        for r in range(0, n, step):
+            qd = q[r:r + step].reshape(-1, k // group, group).to(torch.float64)
+            s64, o64 = scales[r:r + step].to(torch.float64), offsets[r:r + step].to(torch.float64)
+            exact = qd * s64[:, :, None] + o64[:, :, None]
+            out[r:r + step] = _round_bf16(exact).reshape(-1, k)
+        return out
+    qd = q.reshape(n, k // group, group).astype(np.float64)
+    exact = qd * scales.astype(np.float64)[:, :, None] + offsets.astype(np.float64)[:, :, None]
     return _round_bf16(exact).reshape(n, k)  # exact in float64: a 4-bit x 8-bit product plus a bf16
 
 
