@@ -257,6 +257,8 @@ def markdown_section(meta: dict[str, Any], rows: list[Row]) -> str:
         f"per sequence (batch B: B tokens per step). Context c: the cache holds about c tokens (timed steps "
         f"centred on c). Bytes per step: every weight matrix once (embedding: B rows unless tied) + the K/V "
         f"read at that context (ada_mk.ir); int8/fp8 systems: 1 byte per linear weight + a float32 scale per row, "
+        f"int4 systems: half a byte + a 4-byte scale/offset pair per 128 columns (MegaKernel rows: what their plan "
+        f"streams), "
         f"embedding rows and norms in bf16. Random {meta.get('dtype', 'bf16')} weights and inputs, fresh each run "
         f"(seed {meta.get('seed', '?')}).",
         *([f"- FAILED: {f}" for f in meta.get("failed", [])]),
