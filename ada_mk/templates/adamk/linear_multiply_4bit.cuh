@@ -76,9 +76,9 @@ __device__ void multiply_batched_4bit(Ctx<C>& c, int row0) {
     warp::TileDot dot;
     for (int p = 0; p < T::KPARTS; ++p) {
       const unsigned char* slot = reinterpret_cast<const unsigned char*>(c.ring.next());
-      const uint32_t* pairs = reinterpret_cast<const uint32_t*>(slot + T::CODE_BYTES);
       if (g > 0 && p == 0) sum_group<C, T>(c, g - 1);
 #ifndef ADAMK_ABLATE_MATH
+      const uint32_t* pairs = reinterpret_cast<const uint32_t*>(slot + T::CODE_BYTES);
       // The lane's vectors lie 4 * WARPS vectors (whole 128-byte lines) apart: nibble_offset's
       // swizzle is the same for all of them, taken once.
       static_assert(4 * WARPS * 8 % 128 == 0, "a step of whole 128-byte lines");
