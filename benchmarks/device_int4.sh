@@ -24,7 +24,7 @@ gpu_tests() {  # gpu_tests <log> <pytest args...>
   grep -E "rel err|greedy vs|kernel:|packed bytes|PASSED|FAILED|ERROR|passed|failed|^E " "$OUT/$log" | tail -80
 }
 case "${1:-tests}" in
-  tests) gpu_tests gpu-int4.log tests/gpu/test_quantized_gpu.py -k int4 ;;  # int4 kernels against HF
+  tests) gpu_tests gpu-int4.log tests/gpu/test_dequant_int4_gpu.py tests/gpu/test_quantized_gpu.py -k "int4 or decode4" ;;
   smollm2) gpu_tests gpu-smollm2-int4.log tests/gpu/test_smollm2_int4_gpu.py ;;  # the real Q4_1 GGUF
   mk8b) bench mk8b-int4 --config llama3-8b --systems megakernel,megakernel-int4,compile-int4 ;;
   mk1b) bench mk1b-int4 --config llama3.2-1b --systems megakernel,megakernel-int4,compile-int4,compile-flex ;;
