@@ -138,6 +138,7 @@ BAD_FLAGS = [
     (["--weights-format", "fp8", "--weights-group", "33"], "--weights-group = 33"),
     (["--weights-group", "32"], "bf16 weights have no scales"),
     (["--weights-format", "fp8", "--weights-group", "x"], "--weights-group"),
+    (["--weights-format", "int4", "--weights-group", "96"], "int4 weights take a scale group of 32, 64, 128"),
 ]
 
 
