@@ -24,8 +24,8 @@ INT4_GROUPS = (32, 64, 128)  # the groups 4-bit sources come in (GGUF Q4_*: 32; 
 
 # The LM head of an int4 plan streams in 8 bits: int8 with a float32 scale per 32 columns (GGUF
 # Q8_0's form). 4-bit checkpoints keep their output layer above 4 bits (llama.cpp's Q4 files: Q6_K or
-# Q8_0; AWQ / GPTQ: fp16), and a head quantized to 4 bits changes the greedy tokens of SmolLM2's Q4_1
-# GGUF (docs/quantized-weights.md).
+# Q8_0; AWQ / GPTQ: fp16), and a 4-bit head changes greedy tokens where the layers in 4 bits do not.
+# See docs/experiments.md, "The LM head of int4 plans in 8 bits".
 HEAD_FORMATS = {"int4": ("int8", 32)}
 
 
