@@ -156,7 +156,7 @@ def test_quantized_decoder_matches_hf_on_the_dequantized_weights(torch, kind, fm
     if m.attention_bias:
         assert decs["flex"].layers[0].bqkv is not None
     with pytest.raises(ValueError, match="weights_format"):
-        bl.GptFastDecoder(m, bl.hf_weights(hf), batch=2, max_seq=128, weights_format="int4")
+        bl.GptFastDecoder(m, bl.hf_weights(hf), batch=2, max_seq=128, weights_format="nf4")
 
 
 def test_load_dequantized_needs_a_quantized_decoder(torch):
@@ -204,7 +204,9 @@ def test_step_bytes_8bit_llama3_8b_and_bad_format():
     m, _ = load_config(ROOT / "configs" / "llama3-8b.yaml")
     assert round(step_bytes(m, 1, 512, "int8").weights / 1e9, 2) == 7.51
     with pytest.raises(ValueError, match="weights format"):
-        step_bytes(m, 1, 512, "int4")
+        step_bytes(m, 1, 512, "nf4")
+    # int4 (compile-int4): half a byte a weight plus a 4-byte scale and zero per 128 columns
+    assert 3.98e9 < step_bytes(m, 1, 512, "int4").weights < 4.02e9
 
 
 # ------------------------------------------------------------------------------- report
@@ -280,7 +282,7 @@ def test_whole_run_with_the_8bit_baselines_on_the_cpu(torch, tmp_path):
 # ------------------------------------------------------------------------------- the MegaKernel's 8-bit rows
 
 
-@pytest.mark.parametrize("fmt", ["int8", "fp8"])
+@pytest.mark.parametrize("fmt", ["int8", "fp8", "int4"])
 @pytest.mark.parametrize("kind", list(TINY_MODELS))
 def test_megakernel_reference_is_hf_on_the_packed_weights(torch, kind, fmt):
     """The 8-bit MegaKernel rows' check: HF's logits on the weights dequantized from the kernel's

@@ -83,9 +83,64 @@ def test_errors(tmp_path: Path) -> None:
         linears["l.weight"]
 
 
-def test_load_checkpoint_still_refuses_awq(tmp_path: Path) -> None:
+def test_load_checkpoint_refuses_a_partial_awq_folder(tmp_path: Path) -> None:
     from ada_mk.checkpoints import load_checkpoint
 
     tensors, _ = awq_tensors(32)
     with pytest.raises(CheckpointError):
         load_checkpoint(write_folder(tmp_path / "awq", AWQ_CFG, tensors))
+
+
+def _awq_model_folder(folder: Path, group: int, seed: int):
+    """A whole tiny Llama as an AWQ GEMM checkpoint: every layer linear packed by the independent
+    encoder, the rest fp16; returns (folder, model, {prefix: (q, z, s)})."""
+    from ada_mk.bench.baselines import hf_config
+    from ada_mk.checkpoints.names import expected_weights
+    from ada_mk.config import ModelConfig
+
+    m = ModelConfig(name="tiny-awq", model_type="llama", hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                    num_attention_heads=2, num_key_value_heads=1, head_dim=64, vocab_size=256, rms_norm_eps=1e-5,
+                    rope_theta=1e4, max_position_embeddings=256, tie_word_embeddings=False)
+    rng = np.random.default_rng(seed)
+    tensors, cases = {}, {}
+    for i, (name, shape) in enumerate(expected_weights(m).items()):
+        if ".layers." in name and name.endswith("proj.weight"):
+            n, k = shape
+            prefix = name[: -len(".weight")]
+            q, z, s = random_case(k, n, group, seed=seed + i)
+            tensors.update({f"{prefix}.qweight": pack_words(q, 1, AWQ_ORDER),
+                            f"{prefix}.qzeros": pack_words(z, 1, AWQ_ORDER), f"{prefix}.scales": s})
+            cases[prefix] = (q, z, s)
+        else:
+            tensors[name] = (rng.standard_normal(shape) * 0.1).astype(np.float16)
+    write_folder(folder, {**AWQ_CFG, "group_size": group}, tensors)
+    cfg = {**hf_config(m).to_dict(), "quantization_config": {**AWQ_CFG, "group_size": group}}
+    (folder / "config.json").write_text(json.dumps(cfg))
+    return folder, m, cases
+
+
+def test_load_checkpoint_reads_awq_as_int4(tmp_path: Path) -> None:
+    """load_checkpoint on an AWQ folder: the linears in ck.int4 as stored (AutoAWQ's dequantization,
+    tests/test_quant_int4_awq_gptq.check) and dequantized in ck.weights; an int4 plan at the
+    checkpoint's group packs their codes as stored."""
+    from ada_mk.checkpoints import load_checkpoint
+    from ada_mk.checkpoints.pack import PackingSources
+    from ada_mk.config import DeployConfig
+    from ada_mk.config.gpus import lookup_gpu
+    from ada_mk.runtime.weights import pack_weights
+    from ada_mk.runtime.weights_int4 import unpack_int4
+    from ada_mk.search.layout import make_layout
+    from ada_mk.search.planner import make_plan
+
+    folder, m, cases = _awq_model_folder(tmp_path / "awq", 64, int(np.random.default_rng().integers(1000)))
+    ck = load_checkpoint(folder)
+    assert ck.model.hidden_size == m.hidden_size and set(ck.int4) == {p + ".weight" for p in cases}
+    for prefix, (q, z, s) in cases.items():
+        check(ck.int4[prefix + ".weight"], q, z, s, 64)
+        assert np.array_equal(ck.weights[prefix + ".weight"], ck.int4[prefix + ".weight"].dequantize())
+    assert ck.weights["lm_head.weight"].dtype == np.float32 and "model.norm.weight" in ck.weights
+    deploy = DeployConfig(gpu=lookup_gpu("H100"), batch=1, max_context=64, weights="int4", weights_group=64)
+    layout = make_layout(make_plan(ck.model, deploy))
+    packed = pack_weights(layout, PackingSources(ck.weights, ck.quantized, layout, ck.int4))
+    q, _, _ = unpack_int4(packed, layout.weights.per_layer["wo"], layout.weights.layer_base)
+    assert np.array_equal(q, ck.int4["model.layers.0.self_attn.o_proj.weight"].q)

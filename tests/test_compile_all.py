@@ -1,6 +1,7 @@
 """CI compile check: every shipped config's kernel compiles with nvcc for Ada (sm_89) and Hopper
 (sm_90a), in one nvcc call per kernel, fatbin only, in every weights format (bf16 for the config's
-own GPU; fp8 and int8 for it and for the L20, whose plans fit 99 KB of shared memory); and one full
+own GPU; fp8 and int8 for it and for the L20, whose plans fit 99 KB of shared memory; int4 for the
+H100 at batch 1 and the L20 at batch 4, one architecture each); and one full
 `adamk-gen` build (fatbin plus the C-ABI library, copied into the output directory) for the
 smallest model.
 
@@ -71,6 +72,25 @@ def test_compiles_for_ada_and_hopper(config, fresh_cache):
 def test_8bit_kernels_compile(config, gpu, weights, fresh_cache):
     """8-bit weights: the plan for the config's own GPU and the Ada plan."""
     _compile(config, gpu, fresh_cache, weights)
+
+
+INT4_CASES = [(c, gpu, batch) for c in CONFIGS for gpu, batch in (("H100", 1), ("L20", 4))]
+INT4_CASES.append((ROOT / "configs" / "llama3.2-1b.yaml", "H100", 4))  # Hopper's batched multiply (bulk copies)
+
+
+@pytest.mark.parametrize("config,gpu,batch", INT4_CASES, ids=[f"{c.stem}-{g}-bs{b}" for c, g, b in INT4_CASES])
+def test_int4_kernels_compile(config, gpu, batch, fresh_cache):
+    """4-bit weights: each config's H100 plan (one sequence) for sm_90a and its L20 plan (the
+    batched multiply, cp.async ring) for sm_89, one architecture each to keep the cost modest;
+    SmolLM2-135M (K = 576) at group 32, the others at the default 128."""
+    group = 32 if config.stem == "smollm2-135m" else None
+    model, deploy = load_config(config, gpu=gpu, batch=batch, weights="int4", weights_group=group)
+    plan = make_plan(model, deploy)
+    src = render(plan)
+    assert "adamk::INT4" in src.files[f"{plan.file_stem}.cu"]
+    art = build(src, ["sm_90a" if gpu == "H100" else "sm_89"], library=False)
+    assert art.fatbin.is_file() and art.fatbin.stat().st_size > 0
+    assert art.directory.parent == fresh_cache / "build"
 
 
 def test_ada_plan_compiles(fresh_cache):

@@ -197,8 +197,8 @@ def small_fp8(tmp_path: Path, qc: dict[str, Any] | None, edit=None, drop_config:
 
 
 @pytest.mark.parametrize("qc,match", [
-    ({"quant_method": "awq", "bits": 4, "group_size": 128}, r"quant_method = 'awq': unsupported quantization"),
-    ({"quant_method": "gptq", "bits": 4}, r"quant_method = 'gptq'"),
+    ({"quant_method": "awq", "bits": 8, "group_size": 128}, r"bits = 8: unsupported"),  # 4-bit AWQ / GPTQ load
+    ({"quant_method": "gptq", "bits": 3}, r"bits = 3"),
     ({"quant_method": "bitsandbytes", "load_in_8bit": True}, r"quant_method = 'bitsandbytes'"),
     (ct_config("channel", fmt="pack-quantized"), r"format = 'pack-quantized': unsupported compressed-tensors format"),
     ({"quant_method": "fp8", "fmt": "e5m2"}, r"fmt = 'e5m2'"),

@@ -33,8 +33,8 @@ def with_deploy(tmp_path: Path, **deploy) -> Path:
 
 
 def test_formats_have_one_home() -> None:
-    assert plan_mod.WEIGHT_FORMATS is WEIGHT_FORMATS == ("bf16", "fp8", "int8")
-    assert DEFAULT_GROUPS == {"bf16": 0, "fp8": 0, "int8": 32}
+    assert plan_mod.WEIGHT_FORMATS is WEIGHT_FORMATS == ("bf16", "fp8", "int8", "int4")
+    assert DEFAULT_GROUPS == {"bf16": 0, "fp8": 0, "int8": 32, "int4": 128}
 
 
 def test_defaults_and_yaml(tmp_path: Path) -> None:
@@ -62,7 +62,7 @@ def test_flags_override_the_file(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("deploy,needle", [
-    ({"weights": "fp4"}, "deploy.weights = 'fp4': unknown weights format; expected one of bf16, fp8, int8"),
+    ({"weights": "fp4"}, "deploy.weights = 'fp4': unknown weights format; expected one of bf16, fp8, int8, int4"),
     ({"weights": 8}, "deploy.weights = 8: unknown weights format"),
     ({"weights": "fp8", "weights_group": 48}, "deploy.weights_group = 48: must be 0 (one scale per row) or a positive"),
     ({"weights": "fp8", "weights_group": -32}, "deploy.weights_group = -32"),
@@ -138,6 +138,7 @@ BAD_FLAGS = [
     (["--weights-format", "fp8", "--weights-group", "33"], "--weights-group = 33"),
     (["--weights-group", "32"], "bf16 weights have no scales"),
     (["--weights-format", "fp8", "--weights-group", "x"], "--weights-group"),
+    (["--weights-format", "int4", "--weights-group", "96"], "int4 weights take a scale group of 32, 64, 128"),
 ]
 
 

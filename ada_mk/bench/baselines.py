@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from ..config.model import ModelConfig
 from ..ir.rope import rope_inv_freq
+from .int4_linear import Int4WeightOnlyLinear
 from .quantized import WeightOnlyLinear, linear
 
 FLEX_BLOCK = 128  # flex_attention's default sparse block; cache lengths are multiples of it
@@ -32,10 +33,15 @@ def _p(t: torch.Tensor | None) -> nn.Parameter | None:
     return None if t is None else nn.Parameter(t.detach(), requires_grad=False)
 
 
-def _w(t: torch.Tensor, weights_format: str) -> nn.Parameter | WeightOnlyLinear:
-    """A linear's weight: the float tensor itself ("bf16": the model's dtype), or an 8-bit
-    weight-only module ("int8", "fp8") quantized from it per output row."""
-    return _p(t) if weights_format == "bf16" else WeightOnlyLinear.quantize(t, weights_format)
+def _w(t: torch.Tensor, weights_format: str) -> nn.Parameter | WeightOnlyLinear | Int4WeightOnlyLinear:
+    """A linear's weight: the float tensor itself ("bf16": the model's dtype), an 8-bit weight-only
+    module ("int8", "fp8") quantized from it per output row, or an int4 one ("int4": tinygemm,
+    group 128, ada_mk/bench/int4_linear.py)."""
+    if weights_format == "bf16":
+        return _p(t)
+    if weights_format == "int4":
+        return Int4WeightOnlyLinear.quantize(t)
+    return WeightOnlyLinear.quantize(t, weights_format)
 
 
 def rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
@@ -92,14 +98,15 @@ class Block(nn.Module):
 class GptFastDecoder(nn.Module):
     """Decode-only (one token per sequence per step) over a static cache of `max_seq` positions.
     weights_format "int8" or "fp8": every linear of the layers and the LM head is an 8-bit
-    weight-only linear (quantized here from `weights`), as gpt-fast's int8 mode; the embedding,
-    norms and biases keep the weights' dtype (a tied head gets its own 8-bit copy)."""
+    weight-only linear (quantized here from `weights`), as gpt-fast's int8 mode; "int4": an int4
+    weight-only linear (tinygemm), as gpt-fast's int4 mode; the embedding, norms and biases keep the
+    weights' dtype (a tied head gets its own quantized copy)."""
 
     def __init__(self, m: ModelConfig, weights: Mapping[str, torch.Tensor], batch: int, max_seq: int,
                  attention: str = "flex", weights_format: str = "bf16"):
         super().__init__()
-        if weights_format not in ("bf16", "int8", "fp8"):
-            raise ValueError(f"GptFastDecoder: weights_format {weights_format!r}; expected bf16, int8 or fp8")
+        if weights_format not in ("bf16", "int8", "fp8", "int4"):
+            raise ValueError(f"GptFastDecoder: weights_format {weights_format!r}; expected bf16, int8, fp8 or int4")
         self.m, self.batch, self.weights_format = m, batch, weights_format
         self.embed = _p(weights["model.embed_tokens.weight"])
         if weights_format != "bf16":

@@ -3,7 +3,7 @@
 Per (config, batch): one HF model with random bf16 weights (the reference, and the eager system);
 the gpt-fast-style decoder shares its tensors (torch.compile, flex_attention then SDPA); the
 MegaKernel is loaded with the same tensors packed on the GPU. Each is freed before the next.
-Last, the 8-bit baselines (compile-int8, compile-fp8): the decoder with weight-only int8 or fp8
+Last, the quantized baselines (compile-int8, compile-fp8, compile-int4): the decoder with weight-only int8, fp8 or int4
 linears quantized from the same tensors; their reference is the same HF model with its linear
 weights replaced by the dequantized ones (so the bf16 systems run first).
 
@@ -32,7 +32,7 @@ CHECK_TOL = 3e-2
 MK_PROMPT = 4  # prompt steps of the MegaKernel's logits check
 # The torch.compile systems: (attention of the gpt-fast-style decoder, weights format).
 COMPILED = {"compile-flex": ("flex", "bf16"), "compile-sdpa": ("sdpa", "bf16"),
-            "compile-int8": ("flex", "int8"), "compile-fp8": ("flex", "fp8")}
+            "compile-int8": ("flex", "int8"), "compile-fp8": ("flex", "fp8"), "compile-int4": ("flex", "int4")}
 
 
 class Runner:
@@ -142,7 +142,7 @@ class Runner:
         free()
 
     def run_quantized(self, cfg, model, hf, weights, tokens, seed, systems) -> None:
-        """compile-int8 / compile-fp8: every decoder is quantized from the original weights first;
+        """compile-int8 / compile-fp8 / compile-int4: every decoder is quantized from the original weights first;
         then, per system, HF gets that decoder's dequantized weights, gives the reference logits at
         each context, and the decoder is compiled, checked and timed as compile-flex is."""
         from . import baselines as bl

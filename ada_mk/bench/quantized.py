@@ -119,7 +119,9 @@ def load_dequantized(hf: Any, dec: Any) -> None:
         param.copy_(value.to(dtype))
 
     for i, (layer, b) in enumerate(zip(hf.model.layers, dec.layers)):
-        if not isinstance(b.wqkv, WeightOnlyLinear):
+        from .int4_linear import Int4WeightOnlyLinear
+
+        if not isinstance(b.wqkv, (WeightOnlyLinear, Int4WeightOnlyLinear)):
             raise TypeError(f"load_dequantized: layer {i} of the decoder is not quantized")
         wqkv, w13 = b.wqkv.dequantized(), b.w13.dequantized()
         a, mlp = layer.self_attn, layer.mlp
@@ -140,11 +142,12 @@ def load_dequantized(hf: Any, dec: Any) -> None:
 
 
 def packed_hf_weights(hf: Any, layout: Any, packed: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The weights a MegaKernel multiplies, by HF parameter name, in HF's dtype: every 8-bit segment
-    of its packed buffer (`layout`, ada_mk.search.layout) dequantized where the buffer lives and cut
-    back into HF's projections (q|k|v rows concatenated, gate/up rows interleaved); the LM head as
-    "lm_head.weight" even where the model ties it to the embedding. Empty for a bf16 plan."""
-    from ..runtime.weights_q8 import dequantize_packed_torch
+    """The weights a MegaKernel multiplies, by HF parameter name, in HF's dtype: every quantized
+    segment (8-bit or int4) of its packed buffer (`layout`, ada_mk.search.layout) dequantized where
+    the buffer lives and cut back into HF's projections (q|k|v rows concatenated, gate/up rows
+    interleaved); the LM head as "lm_head.weight" even where the model ties it to the embedding.
+    Empty for a bf16 plan."""
+    from ..runtime.weights import dequantize_segment_torch
 
     dtype = next(hf.parameters()).dtype
     w = layout.weights
@@ -154,7 +157,7 @@ def packed_hf_weights(hf: Any, layout: Any, packed: torch.Tensor) -> dict[str, t
     for seg, layer, base in segs:
         if seg.linear is None:
             continue
-        mat = dequantize_packed_torch(packed, seg, base).to(dtype)
+        mat = dequantize_segment_torch(packed, seg, base).to(dtype)
         names = ["lm_head.weight"] if seg.name == "lm_head" else [s.format(i=layer) for s in seg.sources]
         if seg.interleaved:
             parts = [mat[j::len(names)] for j in range(len(names))]

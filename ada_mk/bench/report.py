@@ -16,32 +16,38 @@ from ..config.model import ModelConfig
 from ..ir import DecodeAttention, Embedding, Linear, build_decode_graph
 
 # Display order and names of the systems.
-SYSTEMS = ("megakernel", "megakernel-fp8", "megakernel-int8", "compile-flex", "compile-sdpa", "compile-int8",
-           "compile-fp8", "eager")
-DEFAULT_SYSTEMS = ("megakernel", "compile-flex", "compile-sdpa", "eager")  # the 8-bit ones are opt-in
+SYSTEMS = ("megakernel", "megakernel-fp8", "megakernel-int8", "megakernel-int4", "compile-flex", "compile-sdpa",
+           "compile-int8", "compile-fp8", "compile-int4", "eager")
+DEFAULT_SYSTEMS = ("megakernel", "compile-flex", "compile-sdpa", "eager")  # the quantized ones are opt-in
 SYSTEM_NAMES = {
     "megakernel": "MegaKernel (ada_mk)",
     "megakernel-fp8": "MegaKernel (ada_mk), fp8 weights",
     "megakernel-int8": "MegaKernel (ada_mk), int8 weights",
+    "megakernel-int4": "MegaKernel (ada_mk), int4 weights",
     "compile-flex": "torch.compile + flex_attention",
     "compile-sdpa": "torch.compile + SDPA",
     "compile-int8": "torch.compile + flex_attention, int8 weights",
     "compile-fp8": "torch.compile + flex_attention, fp8 weights",
+    "compile-int4": "torch.compile + flex_attention, int4 weights (tinygemm)",
     "eager": "HF transformers eager (sdpa)",
 }
 REFERENCE_SYSTEM = "compile-flex"  # the strongest PyTorch decode: the baseline to beat
 # The weights format each system reads (those not named read the model's bf16 weights).
-SYSTEM_WEIGHTS = {"compile-int8": "int8", "compile-fp8": "fp8", "megakernel-int8": "int8", "megakernel-fp8": "fp8"}
+SYSTEM_WEIGHTS = {"compile-int8": "int8", "compile-fp8": "fp8", "megakernel-int8": "int8", "megakernel-fp8": "fp8",
+                  "megakernel-int4": "int4", "compile-int4": "int4"}
 # The MegaKernel's systems: "megakernel" streams the format of --weights-format (else the config's),
 # the others theirs (SYSTEM_WEIGHTS), each at the format's default scale group.
-MEGAKERNEL_SYSTEMS = ("megakernel", "megakernel-fp8", "megakernel-int8")
-QUANTIZED_BASELINES = ("compile-int8", "compile-fp8")  # torch.compile with 8-bit weight-only linears
-WEIGHT_FORMATS = ("bf16", "int8", "fp8")
+MEGAKERNEL_SYSTEMS = ("megakernel", "megakernel-fp8", "megakernel-int8", "megakernel-int4")
+# torch.compile with weight-only linears: 8-bit (gpt-fast's int8 mode, fp8) and int4 (tinygemm, as
+# gpt-fast's and torchao's int4 weight-only; CUDA)
+QUANTIZED_BASELINES = ("compile-int8", "compile-fp8", "compile-int4")
+WEIGHT_FORMATS = ("bf16", "int8", "fp8", "int4")
 SCALE_BYTES = 4  # the 8-bit systems' scales: float32, one per output row
+INT4_GROUP = 128  # step_bytes' int4: a 4-byte scale/offset pair per 128 input columns of a row
 
 
 def system_weights(system: str) -> str:
-    """The weights format `system` reads: "bf16", "int8" or "fp8"."""
+    """The weights format `system` reads: "bf16", "int8", "fp8" or "int4"."""
     return SYSTEM_WEIGHTS.get(system, "bf16")
 
 
@@ -61,8 +67,10 @@ def step_bytes(model: ModelConfig, batch: int, context: int, weights_format: str
     bf16: tied embeddings are counted once, by the LM head (Graph.weight_bytes() adds the B
     looked-up rows on top of that). int8 / fp8 (weight-only, as the compile-int8 and compile-fp8
     baselines store them): every linear's matrix (layers and LM head) is 1 byte per weight plus
-    `scale_bytes` per output row; the embedding (B rows, read from its own bf16 copy even when
-    tied), norms and biases stay bf16."""
+    `scale_bytes` per output row; int4 (as the compile-int4 baseline stores it): half a byte per
+    weight plus a bf16 scale and zero per 128 input columns of a row, the LM head too (a MegaKernel
+    row counts its plan's own bytes instead, plan_step_bytes: an int4 plan's head is int8); the embedding
+    (B rows, read from its own bf16 copy even when tied), norms and biases stay bf16."""
     if weights_format not in WEIGHT_FORMATS:
         raise ValueError(f"step_bytes: weights format {weights_format!r}; expected one of {', '.join(WEIGHT_FORMATS)}")
     g = build_decode_graph(model, None, context=context, batch=batch, max_context=max(context, 1))
@@ -73,7 +81,9 @@ def step_bytes(model: ModelConfig, batch: int, context: int, weights_format: str
             return 0
         if isinstance(op, Linear) and eight_bit:
             n, k = op.ins[1].shape
-            return n * k + n * scale_bytes + sum(t.nbytes for t in op.ins[2:])  # + the bf16 bias
+            int4 = weights_format == "int4"
+            codes = n * k // 2 + 4 * n * -(-k // INT4_GROUP) if int4 else n * k + n * scale_bytes
+            return codes + sum(t.nbytes for t in op.ins[2:])  # + the bf16 bias
         return sum(b for t, b in op.reads() if t.role == "weight")
 
     weights = sum(op_weight_bytes(op) for op in g.ops)
@@ -247,6 +257,8 @@ def markdown_section(meta: dict[str, Any], rows: list[Row]) -> str:
         f"per sequence (batch B: B tokens per step). Context c: the cache holds about c tokens (timed steps "
         f"centred on c). Bytes per step: every weight matrix once (embedding: B rows unless tied) + the K/V "
         f"read at that context (ada_mk.ir); int8/fp8 systems: 1 byte per linear weight + a float32 scale per row, "
+        f"int4 systems: half a byte + a 4-byte scale/offset pair per 128 columns (MegaKernel rows: what their plan "
+        f"streams), "
         f"embedding rows and norms in bf16. Random {meta.get('dtype', 'bf16')} weights and inputs, fresh each run "
         f"(seed {meta.get('seed', '?')}).",
         *([f"- FAILED: {f}" for f in meta.get("failed", [])]),

@@ -105,7 +105,7 @@ def megakernel_build(config: Path, gpu: str, batch: int, max_context: int, plann
 
 def megakernel_weights(spec: Spec, system: str) -> tuple[str | None, int | None]:
     """(format, scale group) of a MegaKernel system's plan: megakernel's from --weights-format /
-    --weights-group (None: the config's), megakernel-fp8 / -int8 theirs at the default group."""
+    --weights-group (None: the config's), megakernel-fp8 / -int8 / -int4 theirs at the default group."""
     from .report import SYSTEM_WEIGHTS
 
     if system == "megakernel":

@@ -10,7 +10,9 @@ are into ada_mk.quant.QuantizedMatrix (8-bit values, float32 scales per row and 
 FP8 E4M3 safetensors (compressed-tensors, block FP8) and GGUF Q8_0 tensors; it is empty for
 bf16/fp16/fp32 checkpoints. `int4` holds the weights stored in 4 bits, as
 ada_mk.quant.Int4Matrix (codes 0..15, float32 scales and offsets per row and group of 32 columns):
-GGUF Q4_0, Q4_1 and Q4_K tensors. Other GGUF types (Q6_K, Q5_K, ...) appear only in `weights`.
+GGUF Q4_0, Q4_1 and Q4_K tensors, and the linears of AWQ / GPTQ folders (config.json's
+quantization_config; ada_mk.checkpoints.int4_safetensors). Other GGUF types (Q6_K, Q5_K, ...)
+appear only in `weights`.
 """
 from __future__ import annotations
 
@@ -61,8 +63,13 @@ def load_checkpoint(path: str | os.PathLike, model: ModelConfig | None = None) -
 
         m, w, tok = load_gguf(p, model)
         return Checkpoint(m, w, p, "gguf", tok, w.quantized, w.int4)
+    tok = p if (p / "tokenizer.json").exists() else None
+    from .int4_safetensors import is_int4_folder, load_int4_checkpoint
+
+    if p.is_dir() and is_int4_folder(p):
+        m, w, linears = load_int4_checkpoint(p, model)
+        return Checkpoint(m, w, p, "safetensors", tok, {}, linears)
     from .safetensors_dir import load_safetensors_dir
 
     m, w = load_safetensors_dir(p, model)
-    tok = p if (p / "tokenizer.json").exists() else None
     return Checkpoint(m, w, p, "safetensors", tok, w.quantized)

@@ -1,8 +1,8 @@
 """Pack a checkpoint's weights into one kernel's device layout, as a raw file that `adamk_create()`
 takes as it is (see examples/c/); what `adamk-pack` does. bf16 segments hold bf16 bytes; a plan's
-8-bit stages hold their chunks of codes and scales (docs/quantized-weights.md), quantized here once
-(a bf16 checkpoint) or taken as the checkpoint stores them (FP8 safetensors, GGUF Q8_0), so that a
-later load (`read_packed`) copies the file as it is.
+quantized stages hold their chunks of codes and scales (docs/quantized-weights.md), quantized here
+once (a bf16 checkpoint) or taken as the checkpoint stores them (FP8 safetensors, GGUF Q8_0, GGUF
+Q4_0 / Q4_1 / Q4_K), so that a later load (`read_packed`) copies the file as it is.
 
 The layout comes from the kernel itself (its adamk_plan_json(), or its plan.json:
 `weights_layout_from_json`) or from a plan made here (`ada_mk.search.layout.make_layout`).
@@ -45,7 +45,7 @@ def weights_layout_from_json(doc: Mapping[str, Any]) -> _WeightsLayout:
 
 
 def quantized_source_names(layout: Any) -> dict[str, str]:
-    """The HF names of the tensors the layout's 8-bit segments are packed from, with the format
+    """The HF names of the tensors the layout's quantized segments are packed from, with the format
     each streams in."""
     w = layout.weights
     out = {s: seg.weights for seg in w.globals_.values() if seg.linear is not None for s in seg.sources}
@@ -58,17 +58,23 @@ def quantized_source_names(layout: Any) -> dict[str, str]:
 class PackingSources(Mapping):
     """A checkpoint's tensors as packing takes them: the 8-bit matrix the checkpoint stores
     (`quantized`, e.g. Checkpoint.quantized) for a source of an 8-bit segment of the same format,
-    used as stored; otherwise its float weights (quantized on load where the segment is 8-bit:
-    an FP8 checkpoint packed for an int8 plan is requantized from its exact dequantized values)."""
+    and the 4-bit matrix it stores (`int4`, Checkpoint.int4: GGUF Q4_0 / Q4_1 / Q4_K) for a source
+    of an int4 segment, used as stored; otherwise its float weights (quantized on load where the
+    segment is quantized: an FP8 checkpoint packed for an int8 plan is requantized from its exact
+    dequantized values, a GGUF Q6_K tensor of an int4 plan from its dequantized values)."""
 
-    def __init__(self, weights: Mapping[str, Any], quantized: Mapping[str, Any], layout: Any) -> None:
-        self.weights, self.quantized = weights, quantized
-        self.eight_bit = quantized_source_names(layout)
+    def __init__(self, weights: Mapping[str, Any], quantized: Mapping[str, Any], layout: Any,
+                 int4: Mapping[str, Any] | None = None) -> None:
+        self.weights, self.quantized, self.int4 = weights, quantized, int4 or {}
+        self.formats = quantized_source_names(layout)
 
     def __getitem__(self, name: str) -> Any:
-        if name in self.eight_bit and name in self.quantized:
+        fmt = self.formats.get(name)
+        if fmt == "int4" and name in self.int4:
+            return self.int4[name]
+        if fmt is not None and name in self.quantized:
             q = self.quantized[name]
-            if q.fmt == self.eight_bit[name]:
+            if q.fmt == fmt:
                 return q
         return self.weights[name]
 
@@ -83,13 +89,14 @@ class PackingSources(Mapping):
 
 
 def pack_checkpoint(weights: Mapping[str, Any], layout: Any, out: Path,
-                    quantized: Mapping[str, Any] | None = None) -> int:
+                    quantized: Mapping[str, Any] | None = None, int4: Mapping[str, Any] | None = None) -> int:
     """Write the packed buffer to `out` (atomically); returns its size in bytes. `quantized`: the
-    checkpoint's 8-bit matrices (Checkpoint.quantized), which 8-bit segments take as stored."""
+    checkpoint's 8-bit matrices (Checkpoint.quantized), which 8-bit segments take as stored;
+    `int4`: its 4-bit matrices (Checkpoint.int4), which int4 segments take as stored."""
     from ..runtime.weights import pack_weights
 
-    if quantized:
-        weights = PackingSources(weights, quantized, layout)
+    if quantized or int4:
+        weights = PackingSources(weights, quantized or {}, layout, int4)
     packed = np.ascontiguousarray(pack_weights(layout, weights), dtype="<u2")
     tmp = out.with_name(out.name + ".tmp")
     packed.tofile(tmp)

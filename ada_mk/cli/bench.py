@@ -90,13 +90,15 @@ class BenchCommand(OneLineErrors):
 @click.option("--windows", type=int, default=5, show_default=True, help="Timing windows; the median is reported.")
 @click.option("--warmup", type=int, default=8, show_default=True, help="Untimed steps before timing.")
 @click.option("--systems", default=",".join(DEFAULT_SYSTEMS), show_default=True,
-              help=f"Comma list of the systems to time, among {', '.join(SYSTEMS)} (compile-int8 and "
-                   "compile-fp8: the compile-flex decoder with 8-bit weight-only linears; opt-in).")
+              help=f"Comma list of the systems to time, among {', '.join(SYSTEMS)} (compile-int8, "
+                   "compile-fp8, compile-int4: the compile-flex decoder with 8-bit or int4 (tinygemm, CUDA) "
+                   "weight-only linears; opt-in).")
 @click.option("--weights-format", "weights", default=None, metavar="FORMAT",
-              help="The MegaKernel's weights format for its rows: bf16, fp8, int8 (the compile-int8/fp8"
+              help="The MegaKernel's weights format for its rows: bf16, fp8, int8, int4 (the compile-int8/fp8"
                    " systems keep theirs). [default: the config's deploy.weights, else bf16]")
 @click.option("--weights-group", "weights_group", type=int, default=None, metavar="N",
-              help="The MegaKernel's scale group: 0 (per row) or a multiple of 32. [default: per format]")
+              help="The MegaKernel's scale group: 0 (per row) or a multiple of 32; int4: 32, 64 or 128."
+                   " [default: per format]")
 @click.option("--gpu-plan", default="auto", show_default=True,
               help="The GPU the MegaKernel is planned for; auto: the card's own entry, then H100.")
 @click.option("--planner", type=click.Choice(["gen", "simple", "search"]), default="gen", show_default=True,

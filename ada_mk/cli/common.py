@@ -76,8 +76,8 @@ def weights_options(what: str = "the kernel") -> Callable[[Callable[..., Any]], 
 
     def add(f: Callable[..., Any]) -> Callable[..., Any]:
         f = click.option("--weights-group", "weights_group", type=int, default=None, metavar="N",
-                         help="Input columns per float32 scale of 8-bit weights: 0 (one per row) or a multiple"
-                              f" of 32. [default: per format: {defaults}]")(f)
+                         help="Input columns per scale of quantized weights: 0 (one per row) or a multiple"
+                              f" of 32; int4: 32, 64 or 128. [default: per format: {defaults}]")(f)
         return click.option("--weights-format", "weights", default=None, metavar="FORMAT",
                             help=f"How {what} streams the linear weights: {', '.join(WEIGHT_FORMATS)}"
                                  " (docs/quantized-weights.md). [default: the config's deploy.weights, else bf16]")(f)

@@ -17,6 +17,7 @@ from typing import Any
 
 import click
 
+from ..config.deploy import WEIGHT_FORMATS
 from .common import command, fail_as, say
 
 PROG = "adamk-pack"
@@ -39,11 +40,11 @@ fail = partial(fail_as, PROG)
 @click.option("--batch", type=int, default=None, help="Without --library/--plan: the batch. [default: 1]")
 @click.option("--max-context", type=int, default=None,
               help="Without --library/--plan: the KV cache length. [default: min(4096, max_position_embeddings)]")
-@click.option("--weights-format", type=click.Choice(["bf16", "fp8", "int8"]), default=None,
+@click.option("--weights-format", type=click.Choice(list(WEIGHT_FORMATS)), default=None,
               help="Without --library/--plan: the format the plan streams its linear weights in (deploy.weights); "
                    "with them, a check of the kernel's. [default: bf16]")
 @click.option("--weights-group", type=int, default=None,
-              help="Without --library/--plan: input columns per scale of 8-bit weights, 0 for one per row "
+              help="Without --library/--plan: input columns per scale of quantized weights, 0 for one per row "
                    "(deploy.weights_group). [default: the format's]")
 def main(weights_path: Path, config_path: Path | None, out_path: Path, library: Path | None,
          plan_path: Path | None, gpu: str | None, batch: int | None, max_context: int | None,
@@ -71,9 +72,12 @@ def main(weights_path: Path, config_path: Path | None, out_path: Path, library: 
 
 
 def _layout_format(layout: Any) -> str:
-    """The format a layout's linear stages stream in ("bf16" when none is 8-bit)."""
+    """The format a layout's linear stages stream in ("bf16" when none is quantized; "int4" where the
+    layers' stages are int4, whose plan streams its LM head in int8)."""
     w = layout.weights
     fmts = {s.weights for s in (*w.globals_.values(), *w.per_layer.values()) if s.linear is not None}
+    if "int4" in fmts:
+        return "int4"
     return fmts.pop() if len(fmts) == 1 else ("bf16" if not fmts else "/".join(sorted(fmts)))
 
 
@@ -126,7 +130,7 @@ def _pack(weights_path: Path, config_path: Path | None, out_path: Path, library:
 
         plan = make_plan(ck.model, _deploy(ck.model, gpu, batch, max_context, weights_format, weights_group))
         layout, what = make_layout(plan), plan.kernel_name
-    return pack_checkpoint(ck.weights, layout, out_path, ck.quantized), what
+    return pack_checkpoint(ck.weights, layout, out_path, ck.quantized, ck.int4), what
 
 
 if __name__ == "__main__":

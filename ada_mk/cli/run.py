@@ -105,6 +105,8 @@ def _run(weights_path: Path, config_path: Path | None, prompt: str, n: int, chat
     ids = tok.encode(text)
     if not ids:
         fail("the prompt encodes to no tokens")
+    if weights_format == "int4" and weights_group is None and ck.int4:
+        weights_group = ck.int4[next(iter(ck.int4))].group  # stream the stored 4-bit matrices as they are
     deploy = deploy_for(model, gpu, None, max_context, base, weights=weights_format, weights_group=weights_group)
     if len(ids) + n > deploy.max_context:
         raise ConfigError(f"prompt ({len(ids)} tokens) + {n} new tokens exceed the KV cache "
@@ -118,13 +120,17 @@ def _run(weights_path: Path, config_path: Path | None, prompt: str, n: int, chat
         where = "NumPy reference (CPU)"
     else:
         prefill, step, close, plan, mode = kernel_backend(model, deploy, ck.weights, prefill_mode, want_logits,
-                                                                 log if verbose else None, quantized=ck.quantized)
+                                                                 log if verbose else None, quantized=ck.quantized,
+                                                                 int4=ck.int4)
         where = f"{plan.kernel_name} on {detect_gpu() or deploy.gpu.name}, prefill: {mode}"
     stats.load_s = time.perf_counter() - t_load
     stored8 = ""
     if ck.quantized:
         stored8 = f"; {len(ck.quantized)} 8-bit matrices " + ("dequantized" if cpu_reference or deploy.weights == "bf16"
                                                               else "streamed as stored where their format is the plan's")
+    if ck.int4:
+        stored8 += f"; {len(ck.int4)} 4-bit matrices " + ("streamed as stored" if deploy.weights == "int4"
+                                                          and not cpu_reference else "dequantized")
     log(f"{model.name}: {len(ids)} prompt tokens; {where}{stored8}; loaded in {stats.load_s:.1f} s")
 
     stream = tok.stream()

@@ -44,7 +44,7 @@ def _cfloat(x: float) -> str:
     return f"{float(np.float32(x)):.9e}f"
 
 
-FORMAT_ENUM = {"bf16": "adamk::BF16", "fp8": "adamk::FP8", "int8": "adamk::INT8"}
+FORMAT_ENUM = {"bf16": "adamk::BF16", "fp8": "adamk::FP8", "int8": "adamk::INT8", "int4": "adamk::INT4"}
 
 
 def _tiling_params(t) -> list[str]:
@@ -61,7 +61,8 @@ def _tiling_params(t) -> list[str]:
 def _tiling_rows(plan: Plan) -> list[dict]:
     rows = []
     for kind, t in plan.tilings.items():
-        weights = "bf16" if not t.quantized else f"{t.weights}, a scale per " + (
+        scale = "a scale and offset" if t.weights == "int4" else "a scale"
+        weights = "bf16" if not t.quantized else f"{t.weights}, {scale} per " + (
             f"{t.group} columns" if t.group else "row")
         comment = (f"{t.tiles} tiles x {t.ksplit} K-split = {t.tasks} tasks of {t.task_bytes // 1024} KB, "
                    f"{t.chunks} chunk(s) of {t.chunk_bytes // 1024} KB; {weights}")
@@ -145,6 +146,9 @@ def weights_line(plan: Plan) -> str:
     if plan.weights == "bf16":
         return "bf16"
     per = f"{plan.weights_group} columns" if plan.weights_group else "row"
+    if plan.weights == "int4":
+        return (f"int4 codes with a bf16 scale and offset per {per}, decoded in registers "
+                "(docs/quantized-weights.md); the embedding stays bf16")
     return (f"{plan.weights} codes with a float32 scale per {per}, decoded in registers "
             "(docs/quantized-weights.md); the embedding stays bf16")
 

@@ -11,13 +11,30 @@ MAX_BATCH = 8
 DTYPES = ("bf16",)
 DEFAULT_GPU = "H100"
 
-# How the linear stages' weights stream (docs/quantized-weights.md): bf16, or 8-bit codes (fp8: E4M3;
-# int8: symmetric integers) with float32 scales per row or per group of input columns.
-WEIGHT_FORMATS = ("bf16", "fp8", "int8")
+# How the linear stages' weights stream (docs/quantized-weights.md): bf16, 8-bit codes (fp8: E4M3;
+# int8: symmetric integers) with float32 scales per row or per group of input columns, or 4-bit
+# codes (int4) with a bf16 scale and offset per group.
+WEIGHT_FORMATS = ("bf16", "fp8", "int8", "int4")
 # The scale group each format takes when none is given: 0 is one scale per row (fp8), 32 is GGUF
-# Q8_0's group (int8); bf16 has no scales.
-DEFAULT_GROUPS = {"bf16": 0, "fp8": 0, "int8": 32}
+# Q8_0's group (int8), 128 the usual AWQ / GPTQ group (int4); bf16 has no scales.
+DEFAULT_GROUPS = {"bf16": 0, "fp8": 0, "int8": 32, "int4": 128}
 GROUP_MULTIPLE = 32  # a scale group is a whole number of the kernel's 32-column k-halves
+INT4_GROUPS = (32, 64, 128)  # the groups 4-bit sources come in (GGUF Q4_*: 32; AWQ / GPTQ: 64, 128)
+
+
+# The LM head of an int4 plan streams in 8 bits: int8 with a float32 scale per 32 columns (GGUF
+# Q8_0's form). 4-bit checkpoints keep their output layer above 4 bits (llama.cpp's Q4 files: Q6_K or
+# Q8_0; AWQ / GPTQ: fp16), and a 4-bit head changes greedy tokens where the layers in 4 bits do not.
+# See docs/experiments.md, "The LM head of int4 plans in 8 bits".
+HEAD_FORMATS = {"int4": ("int8", 32)}
+
+
+def stage_format(kind: str, weights: str, group: int) -> tuple[str, int]:
+    """(format, scale group) that stage `kind` (ada_mk.search.plan.LINEAR_KINDS) streams in a plan of
+    `weights` / `group`: the plan's, except an int4 plan's LM head (HEAD_FORMATS)."""
+    if kind == "lm_head" and weights in HEAD_FORMATS:
+        return HEAD_FORMATS[weights]
+    return weights, group
 
 
 def weights_problem(weights: object, group: object) -> tuple[str, str] | None:
@@ -25,6 +42,8 @@ def weights_problem(weights: object, group: object) -> tuple[str, str] | None:
     group (field "weights" or "weights_group"), else None."""
     if not isinstance(weights, str) or weights not in WEIGHT_FORMATS:
         return "weights", f"unknown weights format; expected one of {', '.join(WEIGHT_FORMATS)}"
+    if weights == "int4" and (isinstance(group, bool) or group not in INT4_GROUPS):
+        return "weights_group", f"int4 weights take a scale group of {', '.join(map(str, INT4_GROUPS))}"
     if not isinstance(group, int) or isinstance(group, bool) or group < 0 or group % GROUP_MULTIPLE:
         return "weights_group", f"must be 0 (one scale per row) or a positive multiple of {GROUP_MULTIPLE}"
     if weights == "bf16" and group:
@@ -42,7 +61,7 @@ class DeployConfig:
     max_context: int = 4096
     dtype: str = "bf16"
     weights: str = "bf16"  # WEIGHT_FORMATS: how the linear stages' weights stream
-    weights_group: int = 0  # input columns per float32 scale (0: one per row); DEFAULT_GROUPS[weights]
+    weights_group: int = 0  # input columns per scale (0: one per row); DEFAULT_GROUPS[weights]
 
     def __post_init__(self) -> None:
         bad = weights_problem(self.weights, self.weights_group)
@@ -52,8 +71,8 @@ class DeployConfig:
 
 
 def weights_suffix(weights: str, group: int) -> str:
-    """What an 8-bit format adds to the generated files' names: `_fp8`, `_int8`, with `g<group>`
-    where the group is not the format's default (`_fp8g128`); nothing for bf16."""
+    """What a quantized format adds to the generated files' names: `_fp8`, `_int8`, `_int4`, with
+    `g<group>` where the group is not the format's default (`_fp8g128`, `_int4g32`); nothing for bf16."""
     if weights == "bf16":
         return ""
     return f"_{weights}" + (f"g{group}" if group != DEFAULT_GROUPS[weights] else "")

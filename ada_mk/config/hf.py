@@ -12,7 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..quant import QuantFormatError, fp8_scheme
+from ..quant import QuantFormatError, fp8_scheme, int4_scheme
+
+INT4_METHODS = ("awq", "gptq")  # quantization_config.quant_method of the 4-bit checkpoints read
 from .errors import ConfigError
 from .fields import Fields
 from .model import ModelConfig
@@ -112,9 +114,14 @@ def model_from_hf(data: Mapping, file: str, path: Path) -> tuple[ModelConfig, in
     if f.bool("mlp_bias", False):
         raise f.error("mlp_bias", "unsupported; the MLP projections must have no bias", True)
     if f.has("quantization_config"):
-        # FP8 weights are dequantized on load, so the network is the same; other schemes are errors.
+        # FP8 and 4-bit AWQ / GPTQ weights are dequantized on load (or streamed as stored), so the
+        # network is the same; other schemes are errors.
+        qc = data["quantization_config"]
         try:
-            fp8_scheme(data["quantization_config"])
+            if isinstance(qc, Mapping) and qc.get("quant_method") in INT4_METHODS:
+                int4_scheme(qc)
+            else:
+                fp8_scheme(qc)
         except QuantFormatError as e:
             raise ConfigError(str(e), file=file) from None
     if model_type in ("llama", "qwen3", "gemma3_text"):

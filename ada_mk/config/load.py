@@ -30,9 +30,10 @@ Our YAML format (strict: unknown keys, missing keys and wrong types are errors):
       batch: 1                  # 1..MAX_BATCH; default 1
       max_context: 4096         # 1..max_position_embeddings; default min(4096, that)
       dtype: bf16               # one of DTYPES; default bf16
-      weights: fp8              # WEIGHT_FORMATS: bf16 | fp8 | int8; default bf16
-      weights_group: 128        # input columns per scale, 0 (per row) or a multiple of 32;
-                                # default per format (DEFAULT_GROUPS: fp8 0, int8 32)
+      weights: fp8              # WEIGHT_FORMATS: bf16 | fp8 | int8 | int4; default bf16
+      weights_group: 128        # input columns per scale, 0 (per row) or a multiple of 32 (int4:
+                                # 32, 64 or 128); default per format (DEFAULT_GROUPS: fp8 0,
+                                # int8 32, int4 128)
 
 A Hugging Face `config.json` (recognised by a `.json` suffix or a top-level `model_type` /
 `architectures` key) is read leniently: fields we don't use are ignored, missing ones get the

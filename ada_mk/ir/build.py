@@ -5,7 +5,7 @@ import math
 
 import numpy as np
 
-from ..config.deploy import DEFAULT_GROUPS, DeployConfig
+from ..config.deploy import DEFAULT_GROUPS, DeployConfig, stage_format
 from ..config.model import ModelConfig
 from .graph import (Argmax, DecodeAttention, Embedding, GeluTanhMul, Graph, HeadRMSNorm, KVAppend, Linear,
                     ResidualAdd, RMSNorm, Rope, SiluMul, Softcap)
@@ -127,9 +127,13 @@ def build_decode_graph(model: ModelConfig, deploy: DeployConfig | None = None, c
         h = h_next
 
     hf = norm("final_norm", None, h, "model.norm.weight", "h_final")
-    # Tied: the LM head's weight tensor IS the embedding tensor (bf16); 8-bit weights stream a
-    # quantized copy of it.
-    head = emb if m.tie_word_embeddings and wfmt == "bf16" else WL("lm_head.weight", V, H)
+    # Tied: the LM head's weight tensor IS the embedding tensor (bf16); quantized weights stream a
+    # quantized copy of it. An int4 plan's head streams int8 (config.deploy.stage_format).
+    if m.tie_word_embeddings and wfmt == "bf16":
+        head = emb
+    else:
+        hfmt, hgrp = stage_format("lm_head", wfmt, g.weights_group)
+        head = g.tensor("lm_head.weight", (V, H), dt if hfmt == "bf16" else hfmt, "weight", hgrp)
     logits = g.tensor("logits", (B, V), "f32", "output")
     if m.final_logit_softcapping is None:
         g.add(Linear("lm_head", None, (hf, head), (logits,)))

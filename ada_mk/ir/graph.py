@@ -17,8 +17,10 @@ from typing import Any
 
 from ..config.model import RopeScaling
 
-DTYPE_BYTES = {"bf16": 2, "f16": 2, "f32": 4, "i32": 4, "fp8": 1, "int8": 1}
-QUANTIZED = ("fp8", "int8")  # 8-bit weight dtypes: one byte a code, plus float32 scales (Tensor.group)
+DTYPE_BYTES = {"bf16": 2, "f16": 2, "f32": 4, "i32": 4, "fp8": 1, "int8": 1, "int4": 0.5}
+# Quantized weight dtypes: 8-bit codes (a byte each) with float32 scales, and int4 (half a byte a
+# code) with a bf16 (scale, offset) pair per group; 4 bytes a group either way (Tensor.group).
+QUANTIZED = ("fp8", "int8", "int4")
 ROLES = ("weight", "activation", "kv_cache", "input", "output")
 
 
@@ -26,9 +28,9 @@ ROLES = ("weight", "activation", "kv_cache", "input", "output")
 class Tensor:
     name: str
     shape: tuple[int, ...]
-    dtype: str  # "bf16", "f32", "i32"; 8-bit weights "fp8" or "int8"
+    dtype: str  # "bf16", "f32", "i32"; quantized weights "fp8", "int8" or "int4"
     role: str  # one of ROLES
-    group: int = 0  # 8-bit weights: input columns per float32 scale, 0 for one scale per row
+    group: int = 0  # quantized weights: input columns per scale, 0 for one scale per row
 
     @property
     def numel(self) -> int:
@@ -36,7 +38,8 @@ class Tensor:
 
     @property
     def scales(self) -> int:
-        """float32 scales of an 8-bit weight: one per row, or per `group` columns of a row."""
+        """Scales of a quantized weight (4 bytes each: a float32, or int4's bf16 pair): one per row,
+        or per `group` columns of a row."""
         if self.dtype not in QUANTIZED:
             return 0
         rows, cols = prod(self.shape[:-1]), self.shape[-1]
@@ -44,8 +47,9 @@ class Tensor:
 
     @property
     def nbytes(self) -> int:
-        """Its bytes: the elements, and an 8-bit weight's float32 scales."""
-        return self.numel * DTYPE_BYTES[self.dtype] + 4 * self.scales
+        """Its bytes: the elements (int4: two a byte), and a quantized weight's scales."""
+        codes = -(-self.numel // 2) if self.dtype == "int4" else self.numel * DTYPE_BYTES[self.dtype]
+        return codes + 4 * self.scales
 
 
 # --------------------------------------------------------------------------------------- ops
@@ -346,10 +350,14 @@ class Graph:
         return "\n".join(lines)
 
     def weights_note(self) -> str:
-        """', <format> weights (...)' for 8-bit linear weights, else ''."""
+        """', <format> weights (...)' for quantized linear weights, else ''."""
         if self.weights_format not in QUANTIZED:
             return ""
-        scales = f"a float32 scale per {self.weights_group} columns" if self.weights_group else "a float32 scale per row"
+        if self.weights_format == "int4":
+            scales = f"a bf16 scale and offset per {self.weights_group} columns"
+        else:
+            scales = (f"a float32 scale per {self.weights_group} columns" if self.weights_group
+                      else "a float32 scale per row")
         return f", {self.weights_format} linear weights ({scales}; embedding bf16)"
 
     def to_json(self) -> dict[str, Any]:

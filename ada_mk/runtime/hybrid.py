@@ -22,7 +22,7 @@ from ..config.model import ModelConfig
 from ..ir.rope import rope_inv_freq
 from .engine import KernelError, MegaKernelEngine, _check, _driver
 from .weights import untile_matrix
-from .weights_q8 import dequantize_packed_torch
+from .weights import dequantize_segment_torch
 
 
 class _CudaArray:
@@ -130,8 +130,8 @@ def torch_prefill(model: ModelConfig, region: Any, wbuf: Any, ids: Any, *, dtype
             sg, base = region.globals_[name], 0
         else:
             sg, base = region.per_layer[name], region.layer_base + layer * region.layer_stride
-        if sg.linear is not None:  # 8-bit chunks: the values the kernel multiplies
-            return dequantize_packed_torch(wbuf, sg, base).to(dtype)
+        if sg.linear is not None:  # quantized chunks: the values the kernel multiplies
+            return dequantize_segment_torch(wbuf, sg, base).to(dtype)
         flat = wbuf[base + sg.offset: base + sg.offset + sg.size]
         mat = untile_matrix(flat, sg.shape, sg.tiling) if sg.tiling else flat.view(*sg.shape)
         return mat.to(dtype)

@@ -89,14 +89,15 @@ def reference_backend(model: ModelConfig, weights: Any, context: int,
 
 
 def kernel_backend(model: ModelConfig, deploy: DeployConfig, weights: Any, prefill_mode: str, want_logits: bool,
-                   log: Callable[[str], None] | None = None, quantized: Any = None) -> tuple[Any, ...]:
+                   log: Callable[[str], None] | None = None, quantized: Any = None,
+                   int4: Any = None) -> tuple[Any, ...]:
     """(prefill, step, close, plan, prefill mode) of the MegaKernel for (model, deploy): planned,
     built into the build cache (nvcc on a miss), loaded with `weights` (an 8-bit plan streams the
-    checkpoint's own 8-bit matrices, `quantized`, as stored where their format is the plan's, and
-    quantizes the rest on load). prefill_mode "auto" is
+    checkpoint's own 8-bit matrices, `quantized`, as stored where their format is the plan's, an
+    int4 plan its 4-bit matrices, `int4`, and each quantizes the rest on load). prefill_mode "auto" is
     "torch" (batched PyTorch writing the kernel's KV cache) where torch sees a GPU, else "kernel"
     (token by token through the kernel)."""
-    engine, plan = load_engine(model, deploy, weights, log, quantized)
+    engine, plan = load_engine(model, deploy, weights, log, quantized, int4)
     prefill_mode = resolve_prefill_mode(prefill_mode)
     hybrid = None
     if prefill_mode == "torch":
@@ -121,9 +122,9 @@ def kernel_backend(model: ModelConfig, deploy: DeployConfig, weights: Any, prefi
 
 
 def load_engine(model: ModelConfig, deploy: DeployConfig, weights: Any, log: Callable[[str], None] | None = None,
-                quantized: Any = None) -> tuple[Any, Any]:
+                quantized: Any = None, int4: Any = None) -> tuple[Any, Any]:
     """(MegaKernelEngine, plan) for (model, deploy): planned, built into the build cache (nvcc on
-    a miss), loaded with `weights` (see kernel_backend for `quantized`)."""
+    a miss), loaded with `weights` (see kernel_backend for `quantized` and `int4`)."""
     from ..codegen.build import build
     from ..codegen.render import render
     from ..search.device_memory import check_fits_device
@@ -134,10 +135,10 @@ def load_engine(model: ModelConfig, deploy: DeployConfig, weights: Any, log: Cal
     check_fits_device(plan)  # before nvcc and cuMemAlloc: the sizes, in one line
     art = build(render(plan), [deploy.gpu.nvcc_arch], library=False, log=log)
     engine = MegaKernelEngine(plan, art.fatbin)
-    if quantized and deploy.weights != "bf16":
+    if (quantized or int4) and deploy.weights != "bf16":
         from ..checkpoints.pack import PackingSources
 
-        weights = PackingSources(weights, quantized, engine.layout)
+        weights = PackingSources(weights, quantized or {}, engine.layout, int4)
     engine.load_weights(weights)
     return engine, plan
 

@@ -1,7 +1,8 @@
 """Pack a model's weights into the plan's device layout: one bf16 buffer, HF tensors concatenated
 along rows where the plan fuses them (q|k|v) or interleaved row by row (gate/up), every segment
 at its planned offset, the batched multiply's matrices tiled on Hopper (Segment.tiling), and
-8-bit stages as chunks of codes and scales (Segment.linear; ada_mk.runtime.weights_q8)."""
+quantized stages as chunks of codes and scales (Segment.linear; ada_mk.runtime.weights_q8 for
+8-bit, weights_int4 for 4-bit)."""
 from __future__ import annotations
 
 from typing import Any, Mapping
@@ -105,11 +106,13 @@ def _segment_rows(seg: Segment, layer: int, weights: Mapping[str, Any]) -> list[
     return out
 
 
-def _dequantized(x: Any) -> Any:
-    """An 8-bit source (QuantizedMatrix, QuantizedTensor) that feeds a bf16 segment, as floats."""
-    from ..quant import QuantizedMatrix, QuantizedTensor
+def as_floats(x: Any) -> Any:
+    """A quantized source (QuantizedMatrix, QuantizedTensor, Int4Matrix, Int4Tensor) that feeds a
+    bf16 segment, as floats."""
+    from ..quant import Int4Matrix, QuantizedMatrix, QuantizedTensor
+    from ..quant.int4_torch import Int4Tensor
 
-    return x.dequantize() if isinstance(x, (QuantizedMatrix, QuantizedTensor)) else x
+    return x.dequantize() if isinstance(x, (QuantizedMatrix, QuantizedTensor, Int4Matrix, Int4Tensor)) else x
 
 
 def _check_shapes(seg: Segment, parts: list[tuple[str, Any]]) -> None:
@@ -121,6 +124,14 @@ def _check_shapes(seg: Segment, parts: list[tuple[str, Any]]) -> None:
                              if tail else f"weight {n!r} has shape {tuple(p.shape)}; expected a vector")
     if rows != seg.shape[0]:
         raise ValueError(f"weights {[n for n, _ in parts]} give {rows} rows for {seg.name}; expected {seg.shape[0]}")
+
+
+def dequantize_segment_torch(wbuf: Any, seg: Segment, base: int = 0) -> Any:
+    """The float32 [N, K] matrix a quantized segment of a packed torch buffer holds, as the kernel
+    multiplies it (8-bit: weights_q8; int4: weights_int4), computed where the buffer lives."""
+    from . import weights_int4, weights_q8
+
+    return (weights_int4 if seg.weights == "int4" else weights_q8).dequantize_packed_torch(wbuf, seg, base)
 
 
 def pack_weights(layout: Layout, weights: Mapping[str, Any]) -> np.ndarray:
@@ -137,11 +148,12 @@ def pack_weights(layout: Layout, weights: Mapping[str, Any]) -> np.ndarray:
         parts = _segment_rows(seg, layer, weights)
         _check_shapes(seg, parts)
         if seg.linear is not None:
-            from .weights_q8 import pack_segment
+            from . import weights_int4, weights_q8
 
-            out[base + seg.offset: base + seg.offset + seg.size] = pack_segment(seg, parts).view(np.uint16)
+            pack = (weights_int4 if seg.weights == "int4" else weights_q8).pack_segment
+            out[base + seg.offset: base + seg.offset + seg.size] = pack(seg, parts).view(np.uint16)
             return
-        bits = [to_bf16_bits(_dequantized(p)) for _, p in parts]
+        bits = [to_bf16_bits(as_floats(p)) for _, p in parts]
         flat = np.stack(bits, axis=1) if seg.interleaved else np.concatenate([b.reshape(-1) for b in bits])
         if seg.tiling:
             flat = tile_matrix(flat.reshape(seg.shape), seg.tiling)
@@ -161,7 +173,7 @@ def pack_weights_torch(layout: Layout, weights: Mapping[str, Any], device: Any =
     PCIe twice). Returns a 1-D torch.bfloat16 tensor (8-bit segments: their bytes)."""
     import torch
 
-    from .weights_q8 import pack_segment_torch
+    from . import weights_int4, weights_q8
 
     w = layout.weights
     first = next(iter(weights.values()))
@@ -175,9 +187,10 @@ def pack_weights_torch(layout: Layout, weights: Mapping[str, Any], device: Any =
         _check_shapes(seg, parts)
         if seg.linear is not None:
             start = 2 * (base + seg.offset)
-            out_bytes[start: start + 2 * seg.size] = pack_segment_torch(seg, parts, out.device)
+            pack = (weights_int4 if seg.weights == "int4" else weights_q8).pack_segment_torch
+            out_bytes[start: start + 2 * seg.size] = pack(seg, parts, out.device)
             continue
-        ts = [_as_torch(_dequantized(p)).detach().to(device=device, dtype=torch.bfloat16) for _, p in parts]
+        ts = [_as_torch(as_floats(p)).detach().to(device=device, dtype=torch.bfloat16) for _, p in parts]
         flat = torch.stack(ts, dim=1) if seg.interleaved else torch.cat([t.reshape(-1) for t in ts])
         if seg.tiling:
             flat = tile_matrix(flat.reshape(seg.shape), seg.tiling)

@@ -238,10 +238,14 @@ def dequantize_packed_torch(wbuf: Any, seg: Any, base: int = 0) -> Any:
 
 def dequantized_weights(layout: Any, weights: Mapping[str, Any]) -> dict[str, Any]:
     """The weights the kernel effectively multiplies, by HF name: every source of the layout's
-    8-bit segments quantized as packing quantizes it (or taken as the 8-bit matrix it is) and
-    dequantized to float32 (numpy, or torch on the source's device); a tied model's 8-bit LM head
-    appears as "lm_head.weight" (the embedding itself stays as given); other tensors unchanged."""
-    out = dict(weights)
+    quantized segments quantized as packing quantizes it (or taken as the 8-bit or 4-bit matrix it
+    is) and dequantized to float32 (numpy, or torch on the source's device; int4:
+    weights_int4.dequantized_source, the kernel's bf16 weights); a tied model's quantized LM head
+    appears as "lm_head.weight" (the embedding itself stays as given, as floats where a stored matrix
+    is given for it); other tensors unchanged."""
+    from .weights import as_floats
+
+    out = {k: as_floats(weights[k]) for k in weights}  # a stored matrix feeding a bf16 segment: its floats
     w = layout.weights
     segs = [(s, 0) for s in w.globals_.values()] + [(s, i) for i in range(w.layers) for s in w.per_layer.values()]
     for seg, layer in segs:
@@ -252,7 +256,12 @@ def dequantized_weights(layout: Any, weights: Mapping[str, Any]) -> dict[str, An
             if name not in weights:
                 raise KeyError(f"weight {name!r} is missing (needed for {seg.name})")
             x = weights[name]
-            m = quantize_source(name, x, seg.linear, None, on_torch=_is_torch(x) or isinstance(x, QuantizedTensor))
             key = "lm_head.weight" if seg.name == "lm_head" else name
+            if seg.weights == "int4":
+                from .weights_int4 import dequantized_source
+
+                out[key] = dequantized_source(name, x, seg.linear)
+                continue
+            m = quantize_source(name, x, seg.linear, None, on_torch=_is_torch(x) or isinstance(x, QuantizedTensor))
             out[key] = m.dequantize()
     return out

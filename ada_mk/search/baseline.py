@@ -6,6 +6,7 @@ takes any valid plan (`adamk-gen --strategy round-robin` builds this one).
 from __future__ import annotations
 
 from ..config import DeployConfig, ModelConfig
+from ..config.deploy import stage_format
 from .errors import PlanError
 from .kernel_rules import batched_multiply, decide_kernel_features, tiled_weights
 from .plan import THREADS, LinearTiling, Plan, Run, column_block, compress_runs, fitting_wpr
@@ -26,16 +27,18 @@ def stage_target(deploy: DeployConfig) -> int:
 def choose_tiling(kind: str, n: int, k: int, deploy: DeployConfig, max_kc: int) -> LinearTiling:
     """Smallest K-split whose chunk fits `max_kc`, fewest warps per row whose chunk fits the
     stage target, then the rows per task that minimise the stage's predicted makespan. The
-    tiling streams deploy.weights (K-chunks of whole column blocks of that format)."""
+    tiling streams the stage's format (config.deploy.stage_format: deploy.weights, an int4 plan's LM
+    head int8; K-chunks of whole column blocks of that format)."""
     gpu = deploy.gpu
     target = stage_target(deploy)
     several = batched_multiply(deploy.batch)
     tiled = tiled_weights(deploy)
-    fmt = {"weights": deploy.weights, "group": deploy.weights_group}
+    weights, group = stage_format(kind, deploy.weights, deploy.weights_group)
+    fmt = {"weights": weights, "group": group}
     splits = valid_splits(kind, k, block=column_block(**fmt))
     if not splits:
         raise PlanError(f"the {kind} stage's K={k} is no whole {column_block(**fmt)}-column blocks of"
-                        f" {deploy.weights} weights with scale group {deploy.weights_group}")
+                        f" {weights} weights with scale group {group}")
     best = None
     for s in splits:
         kc = k // s

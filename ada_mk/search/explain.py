@@ -65,6 +65,8 @@ def weights_text(plan: Plan) -> str:
     fmt, group = plan.weights, plan.weights_group
     if fmt == "bf16":
         return "bf16"
+    if fmt == "int4":
+        return f"int4 (4-bit codes, a bf16 scale and offset per {group} columns of a row; the embedding stays bf16)"
     code = {"fp8": "FP8 E4M3 codes", "int8": "int8 codes"}[fmt]
     scales = f"a float32 scale per {group} columns of a row" if group else "a float32 scale per row"
     return f"{fmt} ({code}, {scales}; the embedding stays bf16)"

@@ -125,12 +125,14 @@ class Layout:
 
 
 def quantized_json(t: LinearTiling) -> dict:
-    """An 8-bit segment's chunking as the layout's JSON has it (the 7th entry of its segment): the
-    LinearTiling's fields and the chunk geometry a reader of the packed buffer needs."""
+    """A quantized segment's chunking as the layout's JSON has it (the 7th entry of its segment): the
+    LinearTiling's fields and the chunk geometry a reader of the packed buffer needs ("swizzled":
+    whether a chunk's rows are bank-swizzled, docs/quantized-weights.md)."""
     return {"weights": t.weights, "group": t.group, "n": t.n, "k": t.k, "rows": t.rows, "ksplit": t.ksplit,
             "warps_per_row": t.warps_per_row, "batched": t.batched, "tiled": True, "kparts": t.kparts,
             "chunk_rows": t.chunk_rows, "chunk_cols": t.chunk_cols, "scales_per_row": t.scales_per_row,
-            "chunk_bytes": t.chunk_bytes, "swizzled": t.batched and t.chunk_cols % 128 == 0}
+            "chunk_bytes": t.chunk_bytes, "swizzled": t.batched and (
+                t.chunk_cols % 128 == 0 if t.weights != "int4" else t.chunk_cols // 2 % 128 in (0, 64))}
 
 
 def quantized_from_json(d: dict, where: str) -> LinearTiling:

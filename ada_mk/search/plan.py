@@ -57,10 +57,11 @@ class LinearTiling:
     Plan.bulk_ring, one copy a chunk, and always with 8-bit weights; see
     ada_mk.search.layout.Segment.tiling).
 
-    `weights` is the format the stage's weights stream in (WEIGHT_FORMATS): bf16, or 8-bit codes
+    `weights` is the format the stage's weights stream in (WEIGHT_FORMATS): bf16, 8-bit codes
     (fp8: E4M3; int8: symmetric integers) with float32 scales, one per row (`group` 0) or per
-    `group` input columns of a row. 8-bit weights are always tiled: each chunk carries its codes and
-    then its scales (docs/quantized-weights.md, "The packed chunk").
+    `group` input columns of a row, or 4-bit codes (int4) with a bf16 (scale, offset) pair per
+    `group` input columns of a row. Quantized weights are always tiled: each chunk carries its codes
+    and then its scales (docs/quantized-weights.md, "The packed chunk").
     """
 
     n: int
@@ -78,25 +79,31 @@ class LinearTiling:
         return self.weights != "bf16"
 
     @property
-    def elem_bytes(self) -> int:
-        """Bytes of one weight element as it streams."""
-        return 1 if self.quantized else 2
+    def elem_bytes(self) -> float:
+        """Bytes of one weight element as it streams: 2 (bf16), 1 (8-bit), 0.5 (int4)."""
+        return {"bf16": 2, "int4": 0.5}.get(self.weights, 1)
 
     @property
     def column_block(self) -> int:
         """The columns a chunk (and a task) is cut in whole multiples of: 8 (a 16-byte vector of
-        bf16); with 8-bit weights a 64-column block (the 4 lanes of an MMA's k, 16 bytes each) and
-        whole scale groups."""
+        bf16); with quantized weights a 64-column block (the 4 lanes of an MMA's k, 16 bytes each
+        with 8-bit codes, 8 with 4-bit) and whole scale groups."""
         if not self.quantized:
             return 8
         return math.lcm(64, self.group) if self.group else 64
 
     @property
     def scales_per_row(self) -> int:
-        """float32 scales one row of a chunk carries (8-bit weights): its groups, or 1 (per row)."""
+        """Scales one row of a chunk carries (quantized weights): its groups, or 1 (per row). With
+        int4 each is a (scale, offset) pair."""
         if not self.quantized:
             return 0
         return self.chunk_cols // self.group if self.group else 1
+
+    @property
+    def code_bytes(self) -> int:
+        """Bytes of one chunk's weights or codes, before its scales."""
+        return int(self.chunk_rows * self.chunk_cols * self.elem_bytes)
 
     @property
     def kc(self) -> int:
@@ -137,21 +144,22 @@ class LinearTiling:
 
     @property
     def chunk_bytes(self) -> int:
-        """Bytes of one chunk as it streams: its weights, and with 8-bit weights their float32
-        scales after them, padded to 16 bytes (one bulk copy)."""
+        """Bytes of one chunk as it streams: its weights, and with quantized weights their scales
+        after them (float32 with 8-bit codes, a bf16 scale and offset with int4: 4 bytes either
+        way), padded to 16 bytes (one bulk copy)."""
         if not self.quantized:
-            return self.chunk_rows * self.chunk_cols * 2
-        return align16(self.chunk_rows * self.chunk_cols + 4 * self.chunk_rows * self.scales_per_row)
+            return self.code_bytes
+        return align16(self.code_bytes + 4 * self.chunk_rows * self.scales_per_row)
 
     @property
     def task_bytes(self) -> int:
-        """Bytes one task of a whole tile streams: its chunks (weights, and scales with 8-bit weights)."""
+        """Bytes one task of a whole tile streams: its chunks (weights, and scales with quantized weights)."""
         return self.rows_bytes(self.rows)
 
     def rows_bytes(self, rows: int) -> int:
         """Bytes a task streams for `rows` of its output rows (a tile's rows; the last tile may have
-        fewer): bf16, rows * kc * 2; 8-bit, the packed chunks holding those rows (whole chunks of
-        chunk_rows rows, zero-padded, codes and scales: chunk_bytes). task_bytes for a whole tile."""
+        fewer): bf16, rows * kc * 2; quantized, the packed chunks holding those rows (whole chunks
+        of chunk_rows rows, zero-padded, codes and scales: chunk_bytes). task_bytes for a whole tile."""
         if not self.quantized:
             return rows * self.kc * 2
         return -(-rows // self.chunk_rows) * self.kparts * self.chunk_bytes
@@ -189,8 +197,8 @@ def fitting_wpr(n: int, k: int, ksplit: int, batched: bool, target: int, *, weig
                 group: int = 0) -> int:
     """The fewest warps per row whose chunk of an (n x k, K-split `ksplit`) stage in `weights`
     (scale group `group`) brings at most `target` bytes and cuts its columns into whole blocks
-    (LinearTiling.whole_column_blocks). If none fits: 8 with bf16 weights; with 8-bit weights the
-    most warps per row that cut whole blocks (1 when none does)."""
+    (LinearTiling.whole_column_blocks). If none fits: 8 with bf16 weights; with quantized weights
+    the most warps per row that cut whole blocks (1 when none does)."""
     whole = []
     for wpr in (1, 2, 4, 8):
         t = LinearTiling(n, k, 1, ksplit, wpr, batched, weights=weights, group=group)
@@ -205,7 +213,7 @@ def fitting_wpr(n: int, k: int, ksplit: int, batched: bool, target: int, *, weig
 
 def column_block(weights: str, group: int) -> int:
     """The columns a K-chunk of a stage in `weights` (scale group `group`) is a multiple of:
-    LinearTiling.column_block (8 for bf16; lcm(64, group) for 8-bit)."""
+    LinearTiling.column_block (8 for bf16; lcm(64, group) for 8-bit and 4-bit)."""
     return LinearTiling(1, 1, 1, 1, 1, weights=weights, group=group).column_block
 
 

@@ -13,6 +13,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from ..config import DeployConfig, ModelConfig
+from ..config.deploy import stage_format
 from .baseline import round_robin_plan
 from .cost import CostConstants, CostModel, constants_for, simulate
 from .dag import Dag
@@ -60,12 +61,13 @@ class Searcher:
         self.shapes = linear_shapes(model)
         self.batched = batched_multiply(deploy.batch)
         self.weights, self.group = deploy.weights, deploy.weights_group
-        self.block = column_block(self.weights, self.group)
         for kind, (_, k) in self.shapes.items():
             if not self.splits(kind, k):
-                raise PlanError(f"{model.name}: the {kind} stage's K={k} is no whole {self.block}-column blocks of"
-                                f" {self.weights} weights with scale group {self.group}"
-                                f" ({'another --weights-group' if self.group else 'not streamable in 8 bits'})")
+                fmt = self.fmt(kind)
+                hint = "another --weights-group" if fmt["group"] else "not streamable in 8 bits"
+                raise PlanError(f"{model.name}: the {kind} stage's K={k} is no whole"
+                                f" {column_block(**fmt)}-column blocks of {fmt['weights']} weights with scale group"
+                                f" {fmt['group']} ({hint})")
         self._cache: dict = {}
         self._head: dict = {}
         self._stages: dict = {}  # StageTasks shared by the candidates' Dags
@@ -128,10 +130,16 @@ class Searcher:
         return out, plan
 
     # -- candidate tilings ---------------------------------------------------------------------
+    def fmt(self, kind: str) -> dict:
+        """The weights format and scale group stage `kind` streams in (config.deploy.stage_format),
+        as LinearTiling's keyword arguments."""
+        weights, group = stage_format(kind, self.weights, self.group)
+        return {"weights": weights, "group": group}
+
     def splits(self, kind: str, k: int) -> list[int]:
         """The K-splits the search may take for a stage: those that cut K into whole column blocks
-        of the plan's weights format (only 1, where K-split is off)."""
-        splits = valid_splits(kind, k, block=self.block)
+        of the stage's weights format (only 1, where K-split is off)."""
+        splits = valid_splits(kind, k, block=column_block(**self.fmt(kind)))
         return splits if self.allow_ksplit else [s for s in splits if s == 1]
 
     def options(self, kind: str) -> list[LinearTiling]:
@@ -140,19 +148,19 @@ class Searcher:
         out = []
         for s in splits:
             for wpr in (1, 2, 4, 8):
-                cr = self.tiling(n, k, 1, s, wpr).chunk_rows
+                cr = self.tiling(kind, n, k, 1, s, wpr).chunk_rows
                 for c in CHUNK_COUNTS:
                     rows = cr * c
                     if rows >= n + cr:
                         break
-                    t = self.tiling(n, k, rows, s, wpr)
+                    t = self.tiling(kind, n, k, rows, s, wpr)
                     if tiling_ok(kind, t) is None:
                         out.append(t)
         return out
 
-    def tiling(self, n: int, k: int, rows: int, ksplit: int, warps_per_row: int) -> LinearTiling:
+    def tiling(self, kind: str, n: int, k: int, rows: int, ksplit: int, warps_per_row: int) -> LinearTiling:
         return LinearTiling(n, k, rows, ksplit, warps_per_row, self.batched, tiled_weights(self.deploy),
-                            self.weights, self.group)
+                            **self.fmt(kind))
 
     def initial(self, stage_target: int) -> dict:
         """Per kind: the smallest K-split whose chunk fits beside the hidden-size activation
@@ -165,23 +173,23 @@ class Searcher:
         for kind, (n, k) in self.shapes.items():
             splits = self.splits(kind, k)
             s = next((x for x in splits if k // x <= H), splits[-1])
-            wpr = fitting_wpr(n, k, s, self.batched, stage_target, weights=self.weights, group=self.group)
-            if self.weights != "bf16" and self.tiling(n, k, 1, s, wpr).chunk_bytes > stage_target:
+            wpr = fitting_wpr(n, k, s, self.batched, stage_target, **self.fmt(kind))
+            if self.weights != "bf16" and self.tiling(kind, n, k, 1, s, wpr).chunk_bytes > stage_target:
                 # 8-bit chunks are whole 64-column blocks, so a K-chunk of an odd number of blocks
                 # has no finer cut (a chunk of 16 rows x 37 blocks is 37 KB): the next K-split whose
                 # chunk fits the target, if one does
                 for s2 in splits[splits.index(s) + 1:]:
-                    w2 = fitting_wpr(n, k, s2, self.batched, stage_target, weights=self.weights, group=self.group)
-                    if self.tiling(n, k, 1, s2, w2).chunk_bytes <= stage_target:
+                    w2 = fitting_wpr(n, k, s2, self.batched, stage_target, **self.fmt(kind))
+                    if self.tiling(kind, n, k, 1, s2, w2).chunk_bytes <= stage_target:
                         s, wpr = s2, w2
                         break
-            cr = self.tiling(n, k, 1, s, wpr).chunk_rows
+            cr = self.tiling(kind, n, k, 1, s, wpr).chunk_rows
             best = None
             for c in CHUNK_COUNTS:
                 rows = cr * c
                 if rows >= n + cr:
                     break
-                t = self.tiling(n, k, rows, s, wpr)
+                t = self.tiling(kind, n, k, rows, s, wpr)
                 rounds = -(-t.tasks // gpu.sms)
                 est = rounds * (t.rows_bytes(rows) / share + self.constants.task_overhead_s + self.constants.stage_fixed_s)
                 if best is None or est < best[0] * (1 - 1e-9):
@@ -194,7 +202,7 @@ class Searcher:
         rows rounded up to whole chunks: the global move that changes the ring slot size."""
         out = {}
         for kind, t in tilings.items():
-            wpr = fitting_wpr(t.n, t.k, t.ksplit, self.batched, target, weights=self.weights, group=self.group)
+            wpr = fitting_wpr(t.n, t.k, t.ksplit, self.batched, target, **self.fmt(kind))
             cr = dataclasses.replace(t, warps_per_row=wpr).chunk_rows
             out[kind] = dataclasses.replace(t, warps_per_row=wpr, rows=-(-t.rows // cr) * cr)
         return out
@@ -334,14 +342,16 @@ class Searcher:
         schedule predicts it faster. The descent compares split counts on the screening estimate,
         which leaves out where the list scheduler puts the attention tasks. Twice the splits is
         skipped where it gives more attention tasks than SMs: two tasks on one SM run one after
-        the other. See docs/experiments.md, "Attention splits rechecked on the full schedule"."""
+        the other. More splits than the kernel takes (ATTN_SPLITS' largest, validate) are
+        evaluated but never taken. See docs/experiments.md, "Attention splits rechecked on the full
+        schedule"."""
         best_c, best_p = cand, plan
         groups = self.deploy.batch * self.model.num_key_value_heads
         for a in (cand.attn_splits // 2, cand.attn_splits * 2):
             if a < 1 or a * groups > self.deploy.gpu.sms:
                 continue
             c, p = self.with_splits(cand.tilings, a)
-            if c.time < best_c.time:
+            if c.time < best_c.time and a <= max(ATTN_SPLITS):  # the kernel takes 1..32 splits
                 best_c, best_p = c, p
         return best_c, best_p
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+from ..config.deploy import stage_format
 from .cost import CostModel, Deadlock, simulate
 from .dag import Dag
 from .deps import task_signal
@@ -83,9 +84,10 @@ def _check_features(plan: Plan) -> None:
         if t.batched != plan.batched:
             raise PlanError(f"{kind}: tiling batched={t.batched}, but batch {plan.batch} "
                             f"{'multiplies' if plan.batched else 'does not multiply'} sequences together")
-        if (t.weights, t.group) != (plan.weights, plan.weights_group):
+        want = stage_format(kind, plan.weights, plan.weights_group)
+        if (t.weights, t.group) != want:
             raise PlanError(f"{kind}: tiling streams {t.weights} weights with scale group {t.group}; the deployment's"
-                            f" are {plan.weights} with group {plan.weights_group} (deploy.weights, weights_group)")
+                            f" are {want[0]} with group {want[1]} (deploy.weights, weights_group)")
         if t.quantized and not t.tiled:
             raise PlanError(f"{kind}: {t.weights} weights not tiled; 8-bit weights are always tiled (each chunk"
                             f" carries its codes and scales, docs/quantized-weights.md)")

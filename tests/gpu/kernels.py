@@ -49,6 +49,13 @@ Q8_CASES = [(c, g, b, w) for c in ("llama3.2-1b", "qwen2.5-0.5b") for w in ("fp8
             for g, b in (("H100", 1), ("H100", 4), ("L20", 1))]
 Q8_CASES += [(c, "H100", b, w) for c in ("mistral-7b", "llama3-8b") for w in ("fp8", "int8") for b in (1, 4)]
 
+# int4 weights (tests/gpu/test_quantized_gpu.py): (config, planned-for GPU, batch, group, symmetric),
+# ordered so that the cases of one (config, group, kind) share their quantized HF model: group 128
+# asymmetric (AWQ / GPTQ's usual form, the format's default) and group 32 symmetric (GGUF Q4_0's).
+INT4_CASES = [(c, "H100", b, 128, False) for c in ("llama3.2-1b", "qwen2.5-0.5b") for b in (1, 4)]
+INT4_CASES += [("llama3.2-1b", "H100", b, 32, True) for b in (1, 4)]
+INT4_CASES += [("llama3-8b", "H100", 1, 128, False)]
+
 # Plans the search does not pick for any shipped config, with stages K-split by force (the
 # searched tilings otherwise): (config, GPU, batch, layers, extra defines, {stage: K-split}).
 FORCED = [
@@ -62,8 +69,10 @@ def config_path(config: str) -> Path:
     return yaml if yaml.exists() else ROOT / "configs" / f"{config}.json"
 
 
-def model_for(config: str, gpu: str, batch: int, layers: int | None, max_context: int = 1024, weights: str = "bf16"):
-    m, d = load_config(config_path(config), gpu=gpu, batch=batch, max_context=max_context, weights=weights)
+def model_for(config: str, gpu: str, batch: int, layers: int | None, max_context: int = 1024, weights: str = "bf16",
+              weights_group: int | None = None):
+    m, d = load_config(config_path(config), gpu=gpu, batch=batch, max_context=max_context, weights=weights,
+                       weights_group=weights_group)
     if layers is not None:
         m = dataclasses.replace(m, num_hidden_layers=layers, name=f"{m.name}-{layers}l")
     return m, d
@@ -80,8 +89,9 @@ def forced_plan(m: ModelConfig, d, ksplits: dict[str, int]) -> Plan:
 
 def kernel_for(config: str, gpu: str, batch: int, layers: int | None = None, defines: tuple[str, ...] = (),
                log=None, profile: bool = False, strategy: str = "search", max_context: int = 1024,
-               ksplits: dict[str, int] | None = None, weights: str = "bf16") -> tuple[Plan, Artifacts]:
-    m, d = model_for(config, gpu, batch, layers, max_context, weights)
+               ksplits: dict[str, int] | None = None, weights: str = "bf16",
+               weights_group: int | None = None) -> tuple[Plan, Artifacts]:
+    m, d = model_for(config, gpu, batch, layers, max_context, weights, weights_group)
     plan = forced_plan(m, d, ksplits) if ksplits else make_plan(m, d, strategy=strategy)
     archs = ["sm_90a"]
     return plan, build(render(plan), archs, profile=profile, library=False, log=log, defines=defines)
@@ -93,6 +103,10 @@ if __name__ == "__main__":
         print(f"{plan.kernel_name}: {art.fatbin}", file=sys.stderr)
     for config, gpu, batch, weights in Q8_CASES:
         plan, art = kernel_for(config, gpu, batch, weights=weights, log=lambda s: print("  " + s[:160], file=sys.stderr))
+        print(f"{plan.kernel_name}: {art.fatbin}", file=sys.stderr)
+    for config, gpu, batch, group, _ in INT4_CASES:
+        plan, art = kernel_for(config, gpu, batch, weights="int4", weights_group=group,
+                               log=lambda s: print("  " + s[:160], file=sys.stderr))
         print(f"{plan.kernel_name}: {art.fatbin}", file=sys.stderr)
     for *spec, ksplits in FORCED:
         plan, art = kernel_for(*spec, log=lambda s: print("  " + s[:160], file=sys.stderr), ksplits=ksplits)

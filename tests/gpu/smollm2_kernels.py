@@ -30,9 +30,13 @@ def smollm2_model() -> ModelConfig:
     return load_config(ROOT / "configs" / "smollm2-135m.yaml")[0]
 
 
+INT4_GROUP = 32  # the GGUF's Q4_1 / Q4_0 blocks (K = 576 is no whole groups of int4's default 128)
+
+
 def smollm2_plan(model: ModelConfig, gpu: str, max_context: int = MAX_CONTEXT, weights: str = "bf16") -> Plan:
+    group = INT4_GROUP if weights == "int4" else DEFAULT_GROUPS[weights]
     return make_plan(model, DeployConfig(gpu=lookup_gpu(gpu), batch=1, max_context=max_context, weights=weights,
-                                         weights_group=DEFAULT_GROUPS[weights]))
+                                         weights_group=group))
 
 
 def smollm2_kernel(model: ModelConfig, gpu: str, library: bool, log=None, weights: str = "bf16") -> tuple[Plan, Artifacts]:
@@ -48,7 +52,7 @@ def prebuild(log=None) -> list[Artifacts]:
             plan, art = smollm2_kernel(model, gpu, library, log)
             print(f"{plan.kernel_name} ({'library' if library else 'fatbin'}): {art.directory}", file=sys.stderr)
             out.append(art)
-        for weights in ("fp8", "int8"):  # tests/gpu/test_smollm2_8bit_gpu.py
+        for weights in ("fp8", "int8", "int4"):  # tests/gpu/test_smollm2_8bit_gpu.py, test_smollm2_int4_gpu.py
             plan, art = smollm2_kernel(model, gpu, False, log, weights)
             print(f"{plan.kernel_name}: {art.directory}", file=sys.stderr)
             out.append(art)

@@ -5,18 +5,21 @@
 // a time (adamk/linear_multiply.cuh). What the task stages, where its rows go and how it ends are
 // its stage's (Stage<C, KIND>, adamk/linear_stages.cuh).
 #pragma once
+#include "adamk/linear_multiply_4bit.cuh"
 #include "adamk/linear_multiply_8bit.cuh"
 #include "adamk/linear_stages.cuh"
 
 namespace adamk::block {
 
 // The task's rows times the staged chunk: one row per warp group with one sequence, all 16 rows
-// of a group by every warp with several sequences (Cfg::BATCHED); bf16 weights or 8-bit codes
-// (Tiling::Q8). Reads: the ring's chunks (StreamRing::next waits for each) and x. Writes: red,
-// then a barrier.
+// of a group by every warp with several sequences (Cfg::BATCHED); bf16 weights, 8-bit codes
+// (Tiling::Q8) or 4-bit codes (Tiling::Q4). Reads: the ring's chunks (StreamRing::next waits for
+// each) and x. Writes: red, then a barrier.
 template <class C, class T>
 __device__ __forceinline__ void multiply(Ctx<C>& c, int row0) {
-  if constexpr (T::Q8 && C::BATCHED) multiply_batched_8bit<C, T>(c, row0);
+  if constexpr (T::Q4 && C::BATCHED) multiply_batched_4bit<C, T>(c, row0);
+  else if constexpr (T::Q4) multiply_rows_4bit<C, T>(c, row0);
+  else if constexpr (T::Q8 && C::BATCHED) multiply_batched_8bit<C, T>(c, row0);
   else if constexpr (T::Q8) multiply_rows_8bit<C, T>(c, row0);
   else if constexpr (C::BATCHED) multiply_batched<C, T>(c, row0);
   else multiply_rows<C, T>(c, row0);

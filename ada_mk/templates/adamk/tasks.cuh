@@ -24,9 +24,9 @@ constexpr int THREADS = 256;
 #endif
 constexpr int WARPS = THREADS / 32;
 
-// How a stage's weights stream (ada_mk.search.plan.LinearTiling.weights): bf16, or 8-bit codes
-// with float32 scales (docs/quantized-weights.md).
-enum WeightFormat : int { BF16 = 0, FP8 = 1, INT8 = 2 };
+// How a stage's weights stream (ada_mk.search.plan.LinearTiling.weights): bf16, 8-bit codes with
+// float32 scales, or 4-bit codes with a bf16 (scale, offset) pair per group (docs/quantized-weights.md).
+enum WeightFormat : int { BF16 = 0, FP8 = 1, INT8 = 2, INT4 = 3 };
 
 // One fused linear stage: N output rows, reduction length K, tasks of ROWS rows x K/KSPLIT
 // columns. A task's weight tile streams through the ring in chunks of CHUNK_ROWS rows x
@@ -34,9 +34,10 @@ enum WeightFormat : int { BF16 = 0, FP8 = 1, INT8 = 2 };
 // sequence a chunk is WARPS / WPR whole rows, each reduced by WPR warps; the batched multiply
 // (Cfg::BATCHED) takes 16 rows a chunk (the MMA's M), over KC / CHUNK_COLS column blocks.
 // TILED: the packed weights hold each task's chunks back to back, each as its ring slot holds it
-// (LinearTiling.tiled). FORMAT and GROUP: the weights' format and, for 8-bit codes, the input
-// columns per scale (0: one scale per row); an 8-bit chunk is its codes, then its scales
-// [CHUNK_ROWS][SCALES] (docs/quantized-weights.md, "The packed chunk").
+// (LinearTiling.tiled). FORMAT and GROUP: the weights' format and, for quantized codes, the input
+// columns per scale (0: one scale per row); a quantized chunk is its codes, then its scales
+// [CHUNK_ROWS][SCALES] (float32; int4: bf16 scale and offset pairs) (docs/quantized-weights.md,
+// "The packed chunk").
 template <int N_, int K_, int ROWS_, int KSPLIT_, int WPR_, int CHUNK_ROWS_ = WARPS / WPR_,
           int CHUNK_COLS_ = K_ / KSPLIT_, bool TILED_ = false, int FORMAT_ = BF16, int GROUP_ = 0>
 struct Tiling {
@@ -51,15 +52,18 @@ struct Tiling {
   static constexpr int TILES = (N + ROWS - 1) / ROWS;
   static constexpr bool TILED = TILED_;
   static constexpr int FORMAT = FORMAT_, GROUP = GROUP_;
-  static constexpr bool Q8 = FORMAT != BF16;
-  static constexpr int SCALES = !Q8 ? 0 : GROUP ? CHUNK_COLS / GROUP : 1;  // scales per row of a chunk
-  static constexpr int CODE_BYTES = CHUNK_ROWS * CHUNK_COLS * (Q8 ? 1 : 2);  // a chunk's weights
+  static constexpr bool Q8 = FORMAT == FP8 || FORMAT == INT8;  // 8-bit codes
+  static constexpr bool Q4 = FORMAT == INT4;                     // 4-bit codes
+  static constexpr int SCALES = FORMAT == BF16 ? 0 : GROUP ? CHUNK_COLS / GROUP : 1;  // scales per row of a chunk
+  static constexpr int CODE_BYTES = CHUNK_ROWS * CHUNK_COLS * (Q4 ? 1 : Q8 ? 2 : 4) / 2;  // a chunk's weights
   static constexpr int CHUNK_BYTES = (CODE_BYTES + 4 * CHUNK_ROWS * SCALES + 15) / 16 * 16;  // and its scales
   static_assert(K % KSPLIT == 0 && KC % 8 == 0, "K-chunks are whole 16-byte vectors");
   static_assert(ROWS % CHUNK_ROWS == 0, "a task is whole row groups");
   static_assert(KC % CHUNK_COLS == 0 && CHUNK_COLS % 8 == 0, "a row group is whole column blocks of 16-byte vectors");
   static_assert(!Q8 || (TILED && CHUNK_COLS % 64 == 0 && GROUP % 32 == 0 && (GROUP == 0 || CHUNK_COLS % GROUP == 0)),
                 "8-bit chunks are tiled, whole 64-column blocks and whole scale groups of 32-column halves");
+  static_assert(!Q4 || (TILED && CHUNK_COLS % 64 == 0 && GROUP > 0 && GROUP % 32 == 0 && CHUNK_COLS % GROUP == 0),
+                "4-bit chunks are tiled, whole 64-column blocks and whole groups of 32-column halves");
 };
 
 // The batched multiply (adamk/mma.cuh, TileDot) loads 64 bytes at the same column from each of 8
@@ -67,7 +71,7 @@ struct Tiling {
 // hit the same banks, so odd rows keep the two 64-byte halves of each 128-byte line swapped
 // (16-byte vectors XOR 4; rows of an odd number of 64-byte halves alternate by themselves). A
 // cp.async ring puts them there; tiled weights are stored that way (Tiling::TILED;
-// ada_mk.runtime.weights.tile_matrix).
+// ada_mk.runtime.weights.tile_matrix). bf16 and 8-bit chunks; 4-bit chunks: nibble_offset.
 template <class C, class T>
 constexpr bool SWIZZLED = C::BATCHED && T::CHUNK_COLS * (T::Q8 ? 1 : 2) % 128 == 0;
 
@@ -90,6 +94,19 @@ __device__ __forceinline__ int tile_offset(int row, int k) {
 template <class C, class T>
 __device__ __forceinline__ int code_offset(int row, int byte) {
   return row * T::CHUNK_COLS + (SWIZZLED<C, T> ? byte ^ ((row & 1) << 6) : byte);
+}
+
+// Where byte `byte` of row `row` sits among a 4-bit chunk's codes ([CHUNK_ROWS][CHUNK_COLS / 2]).
+// The batched multiply loads 32 bytes (a 64-column block) at the same column from each of 8 rows,
+// 4 rows per 16-lane phase of an 8-byte load: the row's 64-column blocks are XORed so that rows
+// 4m .. 4m + 3 fall in the four 32-byte quarters of the banks (rows of whole 128-byte lines: by
+// row % 4; rows of an odd number of 64-byte halves: by (row / 2) % 2; others spread by themselves;
+// ada_mk.runtime.weights_int4.block_swizzle).
+template <class C, class T>
+__device__ __forceinline__ int nibble_offset(int row, int byte) {
+  constexpr int ROW_BYTES = T::CHUNK_COLS / 2, LINE = ROW_BYTES % 128;
+  const int swz = !C::BATCHED ? 0 : LINE == 0 ? (row & 3) : LINE == 64 ? (row >> 1) & 1 : 0;
+  return row * ROW_BYTES + (byte ^ (swz << 5));
 }
 
 // Elements between consecutive sequences of the staged activations. The batched multiply reads
