@@ -3,7 +3,7 @@
 #   build here:  ADAMK_CACHE=.devbuild python -m tests.gpu.kernels
 #                ADAMK_CACHE=.devbench adamk-bench --build-only --gpu-plan H100 --config llama3-8b \
 #                    --config llama3.2-1b --systems megakernel,megakernel-fp8,megakernel-int8
-#   there:       bash benchmarks/device_q8.sh core|tests|mk8b|baselines8b|mk1b   (carry .devbuild, .devbench)
+#   there:       bash benchmarks/device_q8.sh core|pending|tests|mk8b|baselines8b|mk1b   (carry .devbuild, .devbench)
 # Logs and bench tables land in $OUT. ADAMK_COMMIT names the commit the trees were built from.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -31,6 +31,13 @@ case "${1:-tests}" in
     echo "pytest rc=$?"
     grep -E "rel err|greedy vs|stuck|us/step|PASSED|FAILED|ERROR|passed|failed|^E " "$OUT/gpu-tests-core.log" | tail -60
     bench mk8b --config llama3-8b --systems megakernel,megakernel-fp8,megakernel-int8 ;;
+  pending)  # what session 24 built or fixed after its one GPU call: run these first next time
+    ADAMK_CACHE=$PWD/.devbuild timeout "${GPU_TEST_TIMEOUT:-500}" python3 -m pytest tests/gpu/test_dequant_gpu.py \
+      tests/gpu/test_async_api_gpu.py tests/gpu/test_megakernel.py::test_qwen3_two_layers_first \
+      tests/gpu/test_megakernel.py::test_logits_match_hf -k "not test_logits_match_hf or qwen3" -m gpu \
+      -p no:cacheprovider -q -s -rA > "$OUT/gpu-tests-pending.log" 2>&1
+    echo "pytest rc=$?"
+    grep -E "rel err|greedy vs|us/step|PASSED|FAILED|ERROR|passed|failed|^E " "$OUT/gpu-tests-pending.log" | tail -60 ;;
   mk8b) bench mk8b --config llama3-8b --systems megakernel,megakernel-fp8,megakernel-int8 ;;
   baselines8b) bench base8b --config llama3-8b --systems megakernel-fp8,megakernel-int8,compile-fp8,compile-int8 ;;
   mk1b) bench mk1b --config llama3.2-1b --systems megakernel,megakernel-fp8,megakernel-int8,compile-flex ;;
