@@ -3,7 +3,7 @@
 #   build here:  ADAMK_CACHE=.devbuild python -m tests.gpu.kernels
 #                ADAMK_CACHE=.devbench adamk-bench --build-only --gpu-plan H100 --config llama3-8b \
 #                    --config llama3.2-1b --systems megakernel,megakernel-fp8,megakernel-int8
-#   there:       bash benchmarks/device_q8.sh core|pending|tests|mk8b|baselines8b|mk1b   (carry .devbuild, .devbench)
+#   there:       bash benchmarks/device_q8.sh core|pending|tests|diag|mk8b|baselines8b|mk1b   (carry .devbuild, .devbench)
 # Logs and bench tables land in $OUT. ADAMK_COMMIT names the commit the trees were built from.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -38,6 +38,13 @@ case "${1:-tests}" in
       -p no:cacheprovider -q -s -rA > "$OUT/gpu-tests-pending.log" 2>&1
     echo "pytest rc=$?"
     grep -E "rel err|greedy vs|us/step|PASSED|FAILED|ERROR|passed|failed|^E " "$OUT/gpu-tests-pending.log" | tail -60 ;;
+  diag)  # where the 8-bit multiply's time goes: benchmarks/experiment.py's q8 variants, and the multiply's SASS
+    ADAMK_EXPERIMENT=q8 ADAMK_CACHE=$PWD/.devbuild timeout "${DIAG_TIMEOUT:-300}" python3 -m benchmarks.experiment \
+      2>&1 | tee "$OUT/experiment-q8.log" | grep -E "ms/token|Error|error" | tail -30
+    for f in $(ls -d .devbuild/build/adamk_llama3_8b_h100_bs1_{fp8,int8}-* | head -20); do
+      fb=$(ls "$f"/*.fatbin | grep -v _ablate | head -1); [ -n "$fb" ] || continue
+      cuobjdump -sass "$fb" 2>&1 | gzip > "$OUT/sass-$(basename "$f").txt.gz" || true
+    done ;;
   mk8b) bench mk8b --config llama3-8b --systems megakernel,megakernel-fp8,megakernel-int8 ;;
   baselines8b) bench base8b --config llama3-8b --systems megakernel-fp8,megakernel-int8,compile-fp8,compile-int8 ;;
   mk1b) bench mk1b --config llama3.2-1b --systems megakernel,megakernel-fp8,megakernel-int8,compile-flex ;;

@@ -89,26 +89,55 @@ QKV_SPLIT = {f"qkv split {s}": {"llama3-8b": ({**_8B_BS8_S13, "qkv": (6144, 4096
 # (docs/experiments.md, "Hand-made plans against the searched ones").
 DEEP_RING["half chunks, 7 stages"] = {"llama3-8b": (DEEP_RING["half chunks, 6 stages"]["llama3-8b"][0], 2, 7)}
 HAND = {"previous": PREVIOUS, "eight-row": EIGHT_ROW, **ONE_CHANGE, **FINER_GATE_UP, **DEEP_RING, **QKV_SPLIT}
-# (config, batch, label, macros, plan: "searched" or a HAND key, attention splits instead of the plan's)
-VARIANTS = [("llama3-8b", 8, label, (), which, None)
+# 8-bit weights, batch 1: the searched plans' tilings with some stages re-tiled ((rows, K-split,
+# warps per row) by stage; the format and group stay the searched plan's). "bf16 shapes": the tiles
+# the bf16 plan streams (48/32/24/64x4/32 rows, 2 warps a row).
+RETILED = {
+    "bf16 shapes": {"qkv": (48, 1, 2), "o": (32, 1, 2), "gate_up": (24, 1, 2), "down": (64, 4, 2), "lm_head": (32, 1, 2)},
+    "gate_up 32": {"gate_up": (32, 1, 1)},
+    "2 warps a row": {k: None for k in ("qkv", "o", "gate_up", "down", "lm_head")},  # rows kept, WPR 2
+}
+# (config, batch, label, macros, plan: "searched" or a HAND key, attention splits instead of the plan's,
+# weights format)
+VARIANTS = [("llama3-8b", 8, label, (), which, None, "bf16")
             for label, which in (("searched plan (3 slots)", "searched"),
                                  *((w, w) for w in ("lm_head 128, 3 stages", "lm_head 128, 4 stages",
                                                     "64-row down and LM head, 4 stages",
                                                     "half chunks, 6 stages", "half chunks, 7 stages")))]
+# ADAMK_EXPERIMENT=q8: where the 8-bit multiply's time goes (docs/experiments.md, "8-bit multiply"):
+# the bf16 kernel, then each 8-bit format searched, without its math, decode or group scales, and re-tiled.
+if os.environ.get("ADAMK_EXPERIMENT") == "q8":
+    VARIANTS = [("llama3-8b", 1, "bf16, searched plan", (), "searched", None, "bf16")]
+    for _w in ("fp8", "int8"):
+        VARIANTS += [("llama3-8b", 1, f"{_w}, searched plan", (), "searched", None, _w),
+                     ("llama3-8b", 1, f"{_w}, no math", ("ADAMK_ABLATE_MATH",), "searched", None, _w),
+                     ("llama3-8b", 1, f"{_w}, codes unconverted", ("ADAMK_ABLATE_DECODE",), "searched", None, _w)]
+        if _w == "int8":
+            VARIANTS += [("llama3-8b", 1, "int8, no group scales", ("ADAMK_ABLATE_SCALES",), "searched", None, _w),
+                         ("llama3-8b", 1, "int8, unconverted, no scales", ("ADAMK_ABLATE_DECODE", "ADAMK_ABLATE_SCALES"),
+                          "searched", None, _w)]
+        VARIANTS += [("llama3-8b", 1, f"{_w}, {r}", (), r, None, _w) for r in RETILED]
 
 
-def plan_for(config: str, which: str, splits: int | None = None, batch: int = 1):
+def plan_for(config: str, which: str, splits: int | None = None, batch: int = 1, weights: str = "bf16"):
     from ada_mk.search.search import Candidate, Searcher
     from ada_mk.search.planner import make_plan
     from benchmarks.timing import gpu_from_env
     from tests.gpu.kernels import model_for
 
-    m, d = model_for(config, gpu_from_env(), batch, None, MAX_CONTEXT)
+    m, d = model_for(config, gpu_from_env(), batch, None, MAX_CONTEXT, weights)
     if which == "searched":
         plan = make_plan(m, d)
         if splits is None:
             return plan
         til, stages = plan.tilings, plan.stages
+    elif which in RETILED:
+        plan = make_plan(m, d)
+        til, stages, splits = dict(plan.tilings), plan.stages, splits or plan.attn_splits
+        for kind, shape in RETILED[which].items():
+            t = til[kind]
+            rows, ksplit, wpr = shape or (t.rows, t.ksplit, 2)
+            til[kind] = dataclasses.replace(t, rows=rows, ksplit=ksplit, warps_per_row=wpr)
     else:
         tilings, ns, stages = HAND[which][config]
         til = {k: LinearTiling(*v) for k, v in tilings.items()}
@@ -118,17 +147,17 @@ def plan_for(config: str, which: str, splits: int | None = None, batch: int = 1)
     return plan
 
 
-def kernel(config: str, batch: int, which: str, splits: int | None, defines: tuple[str, ...]):
+def kernel(config: str, batch: int, which: str, splits: int | None, defines: tuple[str, ...], weights: str = "bf16"):
     from ada_mk.codegen.build import build
     from ada_mk.codegen.render import render
 
-    plan = plan_for(config, which, splits, batch)
+    plan = plan_for(config, which, splits, batch, weights)
     return plan, build(render(plan), ["sm_90a"], library=False, defines=defines)
 
 
 if __name__ == "__main__":
-    for config, batch, label, defines, which, splits in VARIANTS:
-        plan, art = kernel(config, batch, which, splits, defines)
+    for config, batch, label, defines, which, splits, weights in VARIANTS:
+        plan, art = kernel(config, batch, which, splits, defines, weights)
         if sys.argv[1:] == ["prebuild"]:
             continue
         from benchmarks.timing import kernel_ms_per_token

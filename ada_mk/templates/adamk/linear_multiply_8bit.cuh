@@ -11,6 +11,12 @@
 
 namespace adamk::block {
 
+#ifdef ADAMK_ABLATE_SCALES
+constexpr bool ABLATE_SCALES = true;
+#else
+constexpr bool ABLATE_SCALES = false;
+#endif
+
 // The scale of chunk row r's columns [k, k + 32) (a group's half-block) in a chunk's scales
 // (Tiling::GROUP > 0).
 template <class T>
@@ -50,7 +56,7 @@ __device__ void multiply_rows_8bit(Ctx<C>& c, int row0) {
           const auto x = [&](int b, int col) {
             return in && (b == 2 * p || odd_in) ? *reinterpret_cast<const uint4*>(c.x + x_offset<C, T>(b, col)) : zero;
           };
-          if constexpr (T::GROUP > 0) {
+          if constexpr (T::GROUP > 0 && !ABLATE_SCALES) {
             const float sa = in ? group_scale<T>(scales, crow, k) : 0.f;  // lanes past the row: no scale there
             const float sb = in ? group_scale<T>(scales, crow, k + 32) : 0.f;
             dot[p].add_scaled(wa, x(2 * p, k), x(2 * p + 1, k), sa, 0);
@@ -103,7 +109,7 @@ __device__ void multiply_batched_8bit(Ctx<C>& c, int row0) {
         const __nv_bfloat16* xs = c.x + x_offset<C, T>(n, p * T::CHUNK_COLS + k);
         const uint4 xa = seq_in ? *reinterpret_cast<const uint4*>(xs) : zero;
         const uint4 xb = seq_in ? *reinterpret_cast<const uint4*>(xs + 32) : zero;
-        if constexpr (T::GROUP > 0) {
+        if constexpr (T::GROUP > 0 && !ABLATE_SCALES) {
           dot.add_scaled(lo_a, hi_a, xa, group_scale<T>(scales, n, k), group_scale<T>(scales, n + 8, k), 0);
           dot.add_scaled(lo_b, hi_b, xb, group_scale<T>(scales, n, k + 32), group_scale<T>(scales, n + 8, k + 32), 1);
         } else {

@@ -16,10 +16,12 @@ constexpr int THREADS = 256;
 // ADAMK_ABLATE_WAITS (no counter waits), ADAMK_ABLATE_STAGING (no input staging), ADAMK_ABLATE_MATH
 // (weights stream through the ring, no multiply), ADAMK_ABLATE_ATTENTION (no attention tasks; with
 // ADAMK_ABLATE_WAITS only, or the O projection waits forever), ADAMK_ABLATE_RELEASE (counters
-// bumped without release semantics: a consumer may read stale data). Their outputs are wrong by
-// design.
+// bumped without release semantics: a consumer may read stale data), ADAMK_ABLATE_DECODE (quantized
+// codes multiplied as if they were bf16, unconverted), ADAMK_ABLATE_SCALES (no scale per group: the
+// multiply's products are summed unscaled). Their outputs are wrong by design.
 #if defined(ADAMK_ABLATE_WAITS) || defined(ADAMK_ABLATE_STAGING) || defined(ADAMK_ABLATE_MATH) || \
-    defined(ADAMK_ABLATE_ATTENTION) || defined(ADAMK_ABLATE_RELEASE)
+    defined(ADAMK_ABLATE_ATTENTION) || defined(ADAMK_ABLATE_RELEASE) || defined(ADAMK_ABLATE_DECODE) || \
+    defined(ADAMK_ABLATE_SCALES)
 #define ADAMK_ABLATED 1
 #endif
 constexpr int WARPS = THREADS / 32;
