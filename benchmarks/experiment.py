@@ -117,6 +117,9 @@ if os.environ.get("ADAMK_EXPERIMENT") == "q8":
                          ("llama3-8b", 1, "int8, unconverted, no scales", ("ADAMK_ABLATE_DECODE", "ADAMK_ABLATE_SCALES"),
                           "searched", None, _w)]
         VARIANTS += [("llama3-8b", 1, f"{_w}, {r}", (), r, None, _w) for r in RETILED]
+# ADAMK_VARIANTS="label|label" keeps only those variants.
+if os.environ.get("ADAMK_VARIANTS"):
+    VARIANTS = [v for v in VARIANTS if v[2] in os.environ["ADAMK_VARIANTS"].split("|")]
 
 
 def plan_for(config: str, which: str, splits: int | None = None, batch: int = 1, weights: str = "bf16"):

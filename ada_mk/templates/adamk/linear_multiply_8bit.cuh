@@ -1,8 +1,9 @@
 // adamk/linear_multiply_8bit.cuh: the multiply of a linear task whose weights stream as 8-bit
 // codes with float32 scales (Tiling::Q8; block scope). As the bf16 multiply (adamk/linear_multiply.cuh)
-// but over 64-column blocks: a lane's 16-byte vector of codes holds its 8 columns of each of the
-// block's two 32-column halves (docs/quantized-weights.md, "The packed chunk"), which decode8
-// turns into two bf16 vectors (adamk/dequant.cuh), one MMA step each. With a scale per group
+// but over 64-column blocks and on f16 MMAs: a lane's 16-byte vector of codes holds its 8 columns of
+// each of the block's two 32-column halves (docs/quantized-weights.md, "The packed chunk"), which
+// decode8 turns into two f16 vectors (adamk/dequant.cuh), one MMA step each, against the f16
+// activations these stages stage (adamk/activations.cuh, X_F16). With a scale per group
 // (Tiling::GROUP) each step's product is scaled once (RowDot / TileDot add_scaled); with a scale
 // per row, the row's sum is.
 #pragma once
@@ -38,7 +39,7 @@ __device__ void multiply_rows_8bit(Ctx<C>& c, int row0) {
     const unsigned char* w = slot + code_offset<C, T>(crow, 0);
     const float* scales = reinterpret_cast<const float*>(slot + T::CODE_BYTES);
     const int row = row0 + ch * T::CHUNK_ROWS + crow;
-    warp::RowDot dot[BP];
+    warp::RowDot<warp::MmaF16> dot[BP];
 #ifdef ADAMK_ABLATE_MATH
     if (false) {
 #else
@@ -88,7 +89,7 @@ __device__ void multiply_batched_8bit(Ctx<C>& c, int row0) {
   const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
   for (int g = 0; g < T::ROWS / R; ++g) {
     const bool lo_in = row0 + g * R + n < T::N, hi_in = row0 + g * R + n + 8 < T::N, seq_in = n < B;
-    warp::TileDot dot;
+    warp::TileDot<warp::MmaF16> dot;
     const float* scales = nullptr;
     for (int p = 0; p < T::KPARTS; ++p) {
       const unsigned char* slot = reinterpret_cast<const unsigned char*>(c.ring.next());
