@@ -18,12 +18,18 @@ constexpr bool ABLATE_SCALES = true;
 constexpr bool ABLATE_SCALES = false;
 #endif
 
-// The scale of chunk row r's columns [k, k + 32) (a group's half-block) in a chunk's scales
-// (Tiling::GROUP > 0).
+// The scales of chunk row r's two half-blocks of the 64-column block at column k (Tiling::GROUP >
+// 0): adjacent floats with groups of 32 (one 8-byte load), else one scale for both halves.
 template <class T>
-__device__ __forceinline__ float group_scale(const float* scales, int r, int k) {
+__device__ __forceinline__ float2 block_scales(const float* scales, int r, int k) {
   static_assert(T::GROUP > 0, "a scale per group");
-  return scales[r * T::SCALES + k / T::GROUP];
+  const float* s = scales + r * T::SCALES + k / T::GROUP;
+  if constexpr (T::GROUP == 32) {
+    return *reinterpret_cast<const float2*>(s);
+  } else {
+    const float v = *s;
+    return make_float2(v, v);
+  }
 }
 
 // One row per warp group (batch 1): lane l of a warp takes the 16-byte code vectors v = l, l + 32,
@@ -58,10 +64,9 @@ __device__ void multiply_rows_8bit(Ctx<C>& c, int row0) {
             return in && (b == 2 * p || odd_in) ? *reinterpret_cast<const uint4*>(c.x + x_offset<C, T>(b, col)) : zero;
           };
           if constexpr (T::GROUP > 0 && !ABLATE_SCALES) {
-            const float sa = in ? group_scale<T>(scales, crow, k) : 0.f;  // lanes past the row: no scale there
-            const float sb = in ? group_scale<T>(scales, crow, k + 32) : 0.f;
-            dot[p].add_scaled(wa, x(2 * p, k), x(2 * p + 1, k), sa, 0);
-            dot[p].add_scaled(wb, x(2 * p, k + 32), x(2 * p + 1, k + 32), sb, 1);
+            const float2 s = in ? block_scales<T>(scales, crow, k) : make_float2(0.f, 0.f);  // lanes past the row: none
+            dot[p].add_scaled(wa, x(2 * p, k), x(2 * p + 1, k), s.x, 0);
+            dot[p].add_scaled(wb, x(2 * p, k + 32), x(2 * p + 1, k + 32), s.y, 1);
           } else {
             dot[p].add(wa, x(2 * p, k), x(2 * p + 1, k));
             dot[p].add(wb, x(2 * p, k + 32), x(2 * p + 1, k + 32));
@@ -111,8 +116,9 @@ __device__ void multiply_batched_8bit(Ctx<C>& c, int row0) {
         const uint4 xa = seq_in ? *reinterpret_cast<const uint4*>(xs) : zero;
         const uint4 xb = seq_in ? *reinterpret_cast<const uint4*>(xs + 32) : zero;
         if constexpr (T::GROUP > 0 && !ABLATE_SCALES) {
-          dot.add_scaled(lo_a, hi_a, xa, group_scale<T>(scales, n, k), group_scale<T>(scales, n + 8, k), 0);
-          dot.add_scaled(lo_b, hi_b, xb, group_scale<T>(scales, n, k + 32), group_scale<T>(scales, n + 8, k + 32), 1);
+          const float2 s_lo = block_scales<T>(scales, n, k), s_hi = block_scales<T>(scales, n + 8, k);
+          dot.add_scaled(lo_a, hi_a, xa, s_lo.x, s_hi.x, 0);
+          dot.add_scaled(lo_b, hi_b, xb, s_lo.y, s_hi.y, 1);
         } else {
           dot.add(lo_a, hi_a, xa);
           dot.add(lo_b, hi_b, xb);
