@@ -1,6 +1,6 @@
 """A NumPy model of adamk/linear_multiply_8bit.cuh at the level of lanes and registers: each lane
 loads the 16-byte code vector the CUDA code loads (its address arithmetic, code_offset's swizzle),
-decodes it into two bf16 vectors (decode8: bytes 0-7, then 8-15), loads the activations the CUDA
+decodes it into two f16 vectors (decode8: bytes 0-7, then 8-15), loads the activations the CUDA
 code loads, and the warp's MMAs run on the fragments of PTX's m16n8k16 layout (mma.cuh's RowDot /
 TileDot register order), with add_scaled's scale per lane and total()'s diagonal. It checks the
 kernel's index arithmetic and its scale-per-quad reasoning without a GPU; the decoding itself is

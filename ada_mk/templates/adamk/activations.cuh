@@ -1,6 +1,6 @@
 // adamk/activations.cuh: reading the residual stream and staging the activation chunk that a
-// linear task multiplies into shared memory, as bf16 [B][kc] (block scope; rows laid out by
-// x_offset, adamk/tasks.cuh).
+// linear task multiplies into shared memory, as bf16 [B][kc] (f16 for 8-bit weights, X_F16)
+// (block scope; rows laid out by x_offset, adamk/tasks.cuh).
 //
 // Each stage's input is rebuilt by its consumer from what the producers wrote: RMSNorm of the
 // residual stream that the O / down tiles published (QKV, gate/up, LM head), attention's combined
@@ -75,6 +75,23 @@ __device__ unsigned* stream_arrivals(const Ctx<C>& c, int layer) {
   if constexpr (KIND == O) return c.counter(C::Counters::O_ARRIVE, layer);
   else return c.counter(C::Counters::DOWN_ARRIVE, layer);
 }
+
+// The staged activations' element format for tiling T: bf16, or f16 where the stage multiplies
+// 8-bit codes (Tiling::Q8: their MMAs take f16, adamk/mma.cuh). Each value is first rounded to bf16
+// where the reference rounds it, then converted (thread::bf16x2_to_f16x2: exact within f16's range).
+template <class T>
+constexpr bool X_F16 = T::Q8;
+
+namespace thread {
+
+// A word of two bf16 activations as tiling T stages it.
+template <class T>
+__device__ __forceinline__ uint32_t staged_word(uint32_t w) {
+  if constexpr (X_F16<T>) return bf16x2_to_f16x2(w);
+  else return w;
+}
+
+}  // namespace thread
 
 namespace block {
 
@@ -189,8 +206,8 @@ __device__ void stage_rmsnorm(Ctx<C>& c, const Stream<C>& s, const __nv_bfloat16
     const uint4 g = reinterpret_cast<const uint4*>(c.attn)[v];
     uint4* p = reinterpret_cast<uint4*>(c.x + x_offset<C, T>(b, v * 8));
     const uint4 xv = *p;
-    *p = make_uint4(thread::rmsnorm2(xv.x, g.x, rstd), thread::rmsnorm2(xv.y, g.y, rstd),
-                    thread::rmsnorm2(xv.z, g.z, rstd), thread::rmsnorm2(xv.w, g.w, rstd));
+    const auto norm = [&](uint32_t x2, uint32_t g2) { return thread::staged_word<T>(thread::rmsnorm2(x2, g2, rstd)); };
+    *p = make_uint4(norm(xv.x, g.x), norm(xv.y, g.y), norm(xv.z, g.z), norm(xv.w, g.w));
   }
 #else
   constexpr int NK = T::KC / 4, PER = (NK + C::THREADS - 1) / C::THREADS;
@@ -219,7 +236,8 @@ __device__ void stage_rmsnorm(Ctx<C>& c, const Stream<C>& s, const __nv_bfloat16
         thread::unpack4(v[q][b], f);
 #pragma unroll
         for (int t = 0; t < 4; ++t) f[t] = gf[t] * thread::bf16_round(f[t] * rstd);
-        *reinterpret_cast<uint2*>(c.x + x_offset<C, T>(b, k)) = thread::pack4(f);
+        const uint2 w = thread::pack4(f);
+        *reinterpret_cast<uint2*>(c.x + x_offset<C, T>(b, k)) = make_uint2(thread::staged_word<T>(w.x), thread::staged_word<T>(w.y));
       }
     }
   }
@@ -233,6 +251,15 @@ __device__ void stage_copy(Ctx<C>& c, const __nv_bfloat16* src, int stride, int 
 #ifdef ADAMK_BULK_COPY
   copy_rows<C, T>(c, [&](int b) { return src + b * stride; }, k0);
   c.bulk.wait();
+  if constexpr (X_F16<T>) {  // converted in place, each thread its own vectors (the ring's barrier orders them)
+#pragma unroll 2
+    for (int e = threadIdx.x; e < C::B * T::VEC; e += C::THREADS) {
+      uint4* p = reinterpret_cast<uint4*>(c.x + x_offset<C, T>(e / T::VEC, e % T::VEC * 8));
+      const uint4 v = *p;
+      *p = make_uint4(thread::staged_word<T>(v.x), thread::staged_word<T>(v.y), thread::staged_word<T>(v.z),
+                      thread::staged_word<T>(v.w));
+    }
+  }
 #else
   constexpr int KC = T::KC, N8 = C::B * KC / 8, PER = (N8 + C::THREADS - 1) / C::THREADS;  // 16-byte vectors
   uint4 v[PER];  // all loads issued at once
@@ -244,7 +271,10 @@ __device__ void stage_copy(Ctx<C>& c, const __nv_bfloat16* src, int stride, int 
 #pragma unroll
   for (int q = 0; q < PER; ++q) {
     const int e = threadIdx.x + q * C::THREADS, b = e / (KC / 8), k = (e % (KC / 8)) * 8;
-    if (e < N8) *reinterpret_cast<uint4*>(c.x + x_offset<C, T>(b, k)) = v[q];
+    if (e < N8)
+      *reinterpret_cast<uint4*>(c.x + x_offset<C, T>(b, k)) =
+          make_uint4(thread::staged_word<T>(v[q].x), thread::staged_word<T>(v[q].y), thread::staged_word<T>(v[q].z),
+                     thread::staged_word<T>(v[q].w));
   }
 #endif
 }
@@ -279,7 +309,7 @@ __device__ void stage_silu_mul(Ctx<C>& c, int layer, int k0) {
       const int b = e / (KC / 2), k = (e % (KC / 2)) * 2;
       const float h0 = thread::silu_bf16(thread::bf16_round(gu[q].x)) * thread::bf16_round(gu[q].y);
       const float h1 = thread::silu_bf16(thread::bf16_round(gu[q].z)) * thread::bf16_round(gu[q].w);
-      *reinterpret_cast<__nv_bfloat162*>(c.x + x_offset<C, T>(b, k)) = __floats2bfloat162_rn(h0, h1);
+      *reinterpret_cast<uint32_t*>(c.x + x_offset<C, T>(b, k)) = thread::staged_word<T>(thread::pack2(h0, h1));
     }
   }
 }

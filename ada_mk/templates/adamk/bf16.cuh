@@ -1,4 +1,4 @@
-// adamk/bf16.cuh: bf16 <-> float, one value or several packed in 4 to 16 bytes (thread scope).
+// adamk/bf16.cuh: bf16 <-> float (and f16), one value or several packed in 4 to 16 bytes (thread scope).
 #pragma once
 #include <cuda_bf16.h>
 #include <cstdint>
@@ -40,6 +40,14 @@ __device__ __forceinline__ uint32_t rmsnorm2(uint32_t x, uint32_t gamma, float r
   const __nv_bfloat162 n = __floats2bfloat162_rn(__uint_as_float(x << 16) * rstd, __uint_as_float(x & 0xffff0000u) * rstd);
   const __nv_bfloat162 r = __hmul2(n, *reinterpret_cast<const __nv_bfloat162*>(&gamma));
   return *reinterpret_cast<const uint32_t*>(&r);
+}
+
+// Two bf16 values packed in a word -> two f16 in a word: exact within f16's range, beyond it
+// saturated to +-65504 (NaN stays NaN).
+__device__ __forceinline__ uint32_t bf16x2_to_f16x2(uint32_t w) {
+  uint32_t h;
+  asm("cvt.rn.satfinite.f16x2.f32 %0, %1, %2;" : "=r"(h) : "f"(__uint_as_float(w & 0xffff0000u)), "f"(__uint_as_float(w << 16)));
+  return h;
 }
 
 // W 32-bit words (2W consecutive bf16 values; W = 1, 2 or 4: one 4-, 8- or 16-byte load), raw.

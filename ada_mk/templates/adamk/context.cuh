@@ -10,7 +10,7 @@ template <class C>
 struct Ctx {
   Args a;
   block::StreamRing<C> ring;
-  __nv_bfloat16* x;    // staged activation chunk, bf16 [B][kc]
+  __nv_bfloat16* x;    // staged activation chunk, bf16 [B][kc] (f16 bits for 8-bit stages: X_F16)
   float* red;          // per-warp partial dot products
   float* attn;         // attention scratch
   float* misc;         // block reductions: [WARPS][B] + [B]

@@ -1,50 +1,45 @@
-// adamk/dequant.cuh: quantized weight codes to bf16 in registers (thread scope).
+// adamk/dequant.cuh: quantized weight codes to 16-bit floats in registers (thread scope).
 //
 // 8-bit: a 16-byte vector of codes holds a lane's 16 columns of one 64-column block: bytes 0-7 its
 // columns of the block's first 32-column half, bytes 8-15 those of the second (the packed chunk,
-// docs/quantized-weights.md). decode8 turns it into two bf16 vectors, one per half, the operands
-// of two RowDot / TileDot steps (adamk/mma.cuh), exactly. The scales are not applied here: the
-// multiply applies each one once, to the MMA products of its group (or row).
+// docs/quantized-weights.md). decode8 turns it into two f16 vectors, one per half, the operands
+// of two RowDot / TileDot steps on f16 MMAs (adamk/mma.cuh), exactly: every FP8 E4M3 value and
+// every int8 is an f16. The scales are not applied here: the multiply applies each one once, to
+// the MMA products of its group (or row).
 //
 // 4-bit: an 8-byte vector holds the same 16 columns, a 32-bit word per half. decode4 turns it into
-// the same two bf16 vectors with each half's (scale, offset) applied: bf16(q * scale + offset).
+// two bf16 vectors with each half's (scale, offset) applied: bf16(q * scale + offset).
 #pragma once
 #include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <cstdint>
 #include "adamk/tasks.cuh"
 
 namespace adamk::thread {
 
-// Four FP8 E4M3 codes -> four bf16 (two bf16x2 words). A code's 7 magnitude bits, moved into a
-// bf16's exponent and mantissa fields (exponent field = the E4M3 exponent, mantissa = its 3 bits),
-// are its value times 2^-120; E4M3 subnormals land on bf16 subnormals, which scale the same way.
-// One bf16x2 multiply by 2^120 (exact: a power of two, into bf16's normal range) gives the value.
-__device__ __forceinline__ uint2 fp8x4_to_bf16(uint32_t codes) {
-  const __nv_bfloat162 two_120 = __halves2bfloat162(__ushort_as_bfloat16(0x7B80), __ushort_as_bfloat16(0x7B80));
-  uint32_t out[2];
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    const uint32_t t = __byte_perm(codes, 0u, h ? 0x3424 : 0x1404);  // codes 2h, 2h + 1 in the high bytes of each half
-    const uint32_t bits = (t & 0x80008000u) | ((t >> 4) & 0x07F007F0u);
-    const __nv_bfloat162 v = __hmul2(*reinterpret_cast<const __nv_bfloat162*>(&bits), two_120);
-    out[h] = *reinterpret_cast<const uint32_t*>(&v);
-  }
-  return make_uint2(out[0], out[1]);
+// Four FP8 E4M3 codes -> four f16 (two f16x2 words), by the hardware's conversion (sm_89 and
+// later): one instruction per pair of codes.
+__device__ __forceinline__ uint2 fp8x4_to_f16(uint32_t codes) {
+  uint2 out;
+  asm("{\n\t.reg .b16 lo, hi;\n\tmov.b32 {lo, hi}, %2;\n\t"
+      "cvt.rn.f16x2.e4m3x2 %0, lo;\n\tcvt.rn.f16x2.e4m3x2 %1, hi;\n\t}"
+      : "=r"(out.x), "=r"(out.y) : "r"(codes));
+  return out;
 }
 
-// Four int8 codes (stored as value + 128) -> four bf16. Each code becomes the low byte of the
-// float 2^23 + code; subtracting 2^23 + 128 leaves the value, exactly, and a value of at most 8
-// significant bits is exact in the float's upper half, the bf16.
-__device__ __forceinline__ uint2 int8x4_to_bf16(uint32_t codes) {
-  float f[4];
-#pragma unroll
-  for (int i = 0; i < 4; ++i) f[i] = __uint_as_float(__byte_perm(codes, 0x4B000000u, 0x7650 + i)) - 8388736.f;
-  return make_uint2(__byte_perm(__float_as_uint(f[0]), __float_as_uint(f[1]), 0x7632),
-                    __byte_perm(__float_as_uint(f[2]), __float_as_uint(f[3]), 0x7632));
+// Four int8 codes (stored as value + 128) -> four f16. Each code becomes the low byte of the f16
+// 1024 + code (0x64 in the high byte: exponent 10, so the 10 mantissa bits count ones); one f16x2
+// subtraction of 1152 per pair leaves the value, exactly.
+__device__ __forceinline__ uint2 int8x4_to_f16(uint32_t codes) {
+  const __half2 bias = __halves2half2(__ushort_as_half(0x6480), __ushort_as_half(0x6480));  // 1152
+  const uint32_t lo = __byte_perm(codes, 0x64646464u, 0x4140), hi = __byte_perm(codes, 0x64646464u, 0x4342);
+  const __half2 a = __hsub2(*reinterpret_cast<const __half2*>(&lo), bias);
+  const __half2 b = __hsub2(*reinterpret_cast<const __half2*>(&hi), bias);
+  return make_uint2(*reinterpret_cast<const uint32_t*>(&a), *reinterpret_cast<const uint32_t*>(&b));
 }
 
 // A lane's 16 codes of a 64-column block -> its 8 columns of the first half (a) and of the
-// second half (b), bf16.
+// second half (b), f16.
 template <int FORMAT>
 __device__ __forceinline__ void decode8(const uint4& codes, uint4& a, uint4& b) {
   static_assert(FORMAT == FP8 || FORMAT == INT8, "8-bit codes");
@@ -52,7 +47,7 @@ __device__ __forceinline__ void decode8(const uint4& codes, uint4& a, uint4& b) 
   a = b = codes;
   return;
 #endif
-  const auto cvt = [](uint32_t w) { return FORMAT == FP8 ? fp8x4_to_bf16(w) : int8x4_to_bf16(w); };
+  const auto cvt = [](uint32_t w) { return FORMAT == FP8 ? fp8x4_to_f16(w) : int8x4_to_f16(w); };
   const uint2 a0 = cvt(codes.x), a1 = cvt(codes.y), b0 = cvt(codes.z), b1 = cvt(codes.w);
   a = make_uint4(a0.x, a0.y, a1.x, a1.y);
   b = make_uint4(b0.x, b0.y, b1.x, b1.y);

@@ -30,7 +30,7 @@ __device__ void multiply_rows(Ctx<C>& c, int row0) {
     // Tensor cores (adamk/mma.cuh): the warp's 32 lanes take 32 consecutive 16-byte vectors of
     // the row per step, and every lane takes part in each MMA (lanes past the row feed zeros).
     constexpr int BP = (B + 1) / 2;  // sequence pairs: one MMA operand A each
-    warp::RowDot dot[BP];
+    warp::RowDot<> dot[BP];
 #ifdef ADAMK_ABLATE_MATH
     if (false) {
 #else
@@ -90,7 +90,7 @@ __device__ void multiply_batched(Ctx<C>& c, int row0) {
     // Lane 4n + q loads weight rows n and n + 8 and sequence n; rows past the matrix and
     // sequences past the batch feed zeros.
     const bool lo_in = row0 + g * R + n < T::N, hi_in = row0 + g * R + n + 8 < T::N, seq_in = n < B;
-    warp::TileDot dot;
+    warp::TileDot<> dot;
     for (int p = 0; p < T::KPARTS; ++p) {
       const __nv_bfloat16* w = c.ring.next();
       if (g > 0 && p == 0) sum_group<C, T>(c, g - 1);

@@ -30,7 +30,7 @@ __device__ void multiply_rows_4bit(Ctx<C>& c, int row0) {
     const unsigned char* w = slot + nibble_offset<C, T>(crow, 0);
     const uint32_t* pairs = reinterpret_cast<const uint32_t*>(slot + T::CODE_BYTES);
     const int row = row0 + ch * T::CHUNK_ROWS + crow;
-    warp::RowDot dot[BP];
+    warp::RowDot<> dot[BP];
 #ifdef ADAMK_ABLATE_MATH
     if (false) {
 #else
@@ -73,7 +73,7 @@ __device__ void multiply_batched_4bit(Ctx<C>& c, int row0) {
   const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
   for (int g = 0; g < T::ROWS / R; ++g) {
     const bool lo_in = row0 + g * R + n < T::N, hi_in = row0 + g * R + n + 8 < T::N, seq_in = n < B;
-    warp::TileDot dot;
+    warp::TileDot<> dot;
     for (int p = 0; p < T::KPARTS; ++p) {
       const unsigned char* slot = reinterpret_cast<const unsigned char*>(c.ring.next());
       if (g > 0 && p == 0) sum_group<C, T>(c, g - 1);

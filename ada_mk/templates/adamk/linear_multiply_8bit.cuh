@@ -1,8 +1,9 @@
 // adamk/linear_multiply_8bit.cuh: the multiply of a linear task whose weights stream as 8-bit
 // codes with float32 scales (Tiling::Q8; block scope). As the bf16 multiply (adamk/linear_multiply.cuh)
-// but over 64-column blocks: a lane's 16-byte vector of codes holds its 8 columns of each of the
-// block's two 32-column halves (docs/quantized-weights.md, "The packed chunk"), which decode8
-// turns into two bf16 vectors (adamk/dequant.cuh), one MMA step each. With a scale per group
+// but over 64-column blocks and on f16 MMAs: a lane's 16-byte vector of codes holds its 8 columns of
+// each of the block's two 32-column halves (docs/quantized-weights.md, "The packed chunk"), which
+// decode8 turns into two f16 vectors (adamk/dequant.cuh), one MMA step each, against the f16
+// activations these stages stage (adamk/activations.cuh, X_F16). With a scale per group
 // (Tiling::GROUP) each step's product is scaled once (RowDot / TileDot add_scaled); with a scale
 // per row, the row's sum is.
 #pragma once
@@ -17,12 +18,18 @@ constexpr bool ABLATE_SCALES = true;
 constexpr bool ABLATE_SCALES = false;
 #endif
 
-// The scale of chunk row r's columns [k, k + 32) (a group's half-block) in a chunk's scales
-// (Tiling::GROUP > 0).
+// The scales of chunk row r's two half-blocks of the 64-column block at column k (Tiling::GROUP >
+// 0): adjacent floats with groups of 32 (one 8-byte load), else one scale for both halves.
 template <class T>
-__device__ __forceinline__ float group_scale(const float* scales, int r, int k) {
+__device__ __forceinline__ float2 block_scales(const float* scales, int r, int k) {
   static_assert(T::GROUP > 0, "a scale per group");
-  return scales[r * T::SCALES + k / T::GROUP];
+  const float* s = scales + r * T::SCALES + k / T::GROUP;
+  if constexpr (T::GROUP == 32) {
+    return *reinterpret_cast<const float2*>(s);
+  } else {
+    const float v = *s;
+    return make_float2(v, v);
+  }
 }
 
 // One row per warp group (batch 1): lane l of a warp takes the 16-byte code vectors v = l, l + 32,
@@ -38,7 +45,7 @@ __device__ void multiply_rows_8bit(Ctx<C>& c, int row0) {
     const unsigned char* w = slot + code_offset<C, T>(crow, 0);
     const float* scales = reinterpret_cast<const float*>(slot + T::CODE_BYTES);
     const int row = row0 + ch * T::CHUNK_ROWS + crow;
-    warp::RowDot dot[BP];
+    warp::RowDot<warp::MmaF16> dot[BP];
 #ifdef ADAMK_ABLATE_MATH
     if (false) {
 #else
@@ -57,10 +64,9 @@ __device__ void multiply_rows_8bit(Ctx<C>& c, int row0) {
             return in && (b == 2 * p || odd_in) ? *reinterpret_cast<const uint4*>(c.x + x_offset<C, T>(b, col)) : zero;
           };
           if constexpr (T::GROUP > 0 && !ABLATE_SCALES) {
-            const float sa = in ? group_scale<T>(scales, crow, k) : 0.f;  // lanes past the row: no scale there
-            const float sb = in ? group_scale<T>(scales, crow, k + 32) : 0.f;
-            dot[p].add_scaled(wa, x(2 * p, k), x(2 * p + 1, k), sa, 0);
-            dot[p].add_scaled(wb, x(2 * p, k + 32), x(2 * p + 1, k + 32), sb, 1);
+            const float2 s = in ? block_scales<T>(scales, crow, k) : make_float2(0.f, 0.f);  // lanes past the row: none
+            dot[p].add_scaled(wa, x(2 * p, k), x(2 * p + 1, k), s.x, 0);
+            dot[p].add_scaled(wb, x(2 * p, k + 32), x(2 * p + 1, k + 32), s.y, 1);
           } else {
             dot[p].add(wa, x(2 * p, k), x(2 * p + 1, k));
             dot[p].add(wb, x(2 * p, k + 32), x(2 * p + 1, k + 32));
@@ -88,7 +94,7 @@ __device__ void multiply_batched_8bit(Ctx<C>& c, int row0) {
   const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
   for (int g = 0; g < T::ROWS / R; ++g) {
     const bool lo_in = row0 + g * R + n < T::N, hi_in = row0 + g * R + n + 8 < T::N, seq_in = n < B;
-    warp::TileDot dot;
+    warp::TileDot<warp::MmaF16> dot;
     const float* scales = nullptr;
     for (int p = 0; p < T::KPARTS; ++p) {
       const unsigned char* slot = reinterpret_cast<const unsigned char*>(c.ring.next());
@@ -110,8 +116,9 @@ __device__ void multiply_batched_8bit(Ctx<C>& c, int row0) {
         const uint4 xa = seq_in ? *reinterpret_cast<const uint4*>(xs) : zero;
         const uint4 xb = seq_in ? *reinterpret_cast<const uint4*>(xs + 32) : zero;
         if constexpr (T::GROUP > 0 && !ABLATE_SCALES) {
-          dot.add_scaled(lo_a, hi_a, xa, group_scale<T>(scales, n, k), group_scale<T>(scales, n + 8, k), 0);
-          dot.add_scaled(lo_b, hi_b, xb, group_scale<T>(scales, n, k + 32), group_scale<T>(scales, n + 8, k + 32), 1);
+          const float2 s_lo = block_scales<T>(scales, n, k), s_hi = block_scales<T>(scales, n + 8, k);
+          dot.add_scaled(lo_a, hi_a, xa, s_lo.x, s_hi.x, 0);
+          dot.add_scaled(lo_b, hi_b, xb, s_lo.y, s_hi.y, 1);
         } else {
           dot.add(lo_a, hi_a, xa);
           dot.add(lo_b, hi_b, xb);

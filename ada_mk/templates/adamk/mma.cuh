@@ -20,15 +20,18 @@
 
 namespace adamk::warp {
 
-// The m16n8k16 bf16 MMA (fp32 accumulators) every step issues.
+// The m16n8k16 MMAs (fp32 accumulators) the steps issue: bf16 operands, or f16 ones where 8-bit
+// codes are multiplied (their conversion to f16 is one or two instructions per pair of codes,
+// adamk/dequant.cuh; the staged activations are f16 for those stages, adamk/activations.cuh).
 //
-// 8-bit weights with a scale per group (adamk/dequant.cuh) use add_scaled: the two MMAs of one
-// 16-byte bf16 vector span 32 columns of a row, one group's half-block, so their product, taken
-// from zero, is scaled once and added to an accumulator: a multiply per product register, not
-// per weight.
-using Mma = cute::SM80_16x8x16_F32BF16BF16F32_TN;
+// 8-bit weights with a scale per group use add_scaled: the two MMAs of one 16-byte vector span 32
+// columns of a row, one group's half-block, so their product, taken from zero, is scaled once and
+// added to an accumulator: a multiply per product register, not per weight.
+using MmaBf16 = cute::SM80_16x8x16_F32BF16BF16F32_TN;
+using MmaF16 = cute::SM80_16x8x16_F32F16F16F32_TN;
 
 // Accumulators of one pair of sequences: two MMA tiles (the halves of the 16-byte vectors).
+template <class Mma = MmaBf16>
 struct RowDot {
   float d[2][4] = {};
 
@@ -68,6 +71,7 @@ struct RowDot {
 // MMA's k order is a permutation of those columns applied to both operands. Two accumulators,
 // one per MMA, so consecutive MMAs do not wait on each other. Every lane's operands are real
 // data: 512 bytes of weights per MMA.
+template <class Mma = MmaBf16>
 struct TileDot {
   float d[2][4] = {};
 
