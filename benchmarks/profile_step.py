@@ -1,13 +1,15 @@
 """Where the time of one decode step goes: an instrumented build records, per task, when it began
 waiting, when its inputs were ready and when it ended (%globaltimer). Prints a summary per stage and
 per layer, and saves the summary rows (profile-<config>-<strategy>.npy) and the raw times as
-profile-<config>-<strategy>.npz (ada_mk.search.profile; `adamk-gen ... --explain --profile` reads it).
+profile-<config>-bs<batch>-ctx<context>-<strategy>.npz with the plan's recipe (ada_mk.search.profile;
+`adamk-gen ... --explain --profile` and `adamk-tune --calibrate` read it).
 
     python3 -m benchmarks.profile_step [prebuild]     (prebuild: here, into $ADAMK_CACHE; the same
                                                        ADAMK_CASES in both places)
 """
 import os
 import sys
+import time
 
 import numpy as np
 
@@ -97,8 +99,10 @@ if __name__ == "__main__":
         sys.exit(0)
     import torch
 
-    from ada_mk.search.profile import save_profile
+    from ada_mk.search.cost import constants_for
+    from ada_mk.search.profile import profile_meta, save_profile
     from benchmarks.timing import ms_per_token, random_engine
+    from tests.gpu.kernels import config_path
 
     out_dir = os.environ.get("OUT", ".")
     for config, gpu, batch, strategy in CASES:
@@ -110,7 +114,12 @@ if __name__ == "__main__":
             if profile:
                 eng.step(np.ones(batch, np.int32), np.full(batch, CONTEXT, np.int32))
                 prof = eng.read_profile()
-                save_profile(os.path.join(out_dir, f"profile-{config}-{strategy.replace(' ', '_')}.npz"), plan, prof)
+                # the plan's recipe and the card, for adamk-tune --calibrate
+                meta = profile_meta(plan, os.path.relpath(config_path(config)), CONTEXT, constants_for(plan.deploy.gpu),
+                                    card=torch.cuda.get_device_name(), date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                                    commit=os.environ.get("ADAMK_COMMIT", ""))
+                save_profile(os.path.join(out_dir, f"profile-{config}-bs{batch}-ctx{CONTEXT}-{strategy.replace(' ', '_')}.npz"),
+                             plan, prof, meta)
                 summarize(plan, prof, os.path.join(out_dir, f"profile-{config}-{strategy.replace(' ', '_')}.npy"))
             eng.close()
             torch.cuda.empty_cache()

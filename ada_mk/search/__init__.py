@@ -2,13 +2,14 @@
 
 Modules, each one job; each imports only modules listed before it (tests/test_search_imports.py
 checks that there is no cycle):
-  errors        PlanError
+  errors        PlanError, CalibrationError
   plan          the Plan (tilings, attention splits, ring, schedule, kernel features), its sizes,
                 plan.json (to_json) and hash
   kernel_rules  one rule per kernel feature (Plan.batched, bulk_ring, kv_ring, ..., attn_polled)
   shapes        the linear stages' shapes, which tilings the kernel takes
   deps, dag     the dependency rule the kernel implements; the step's task graph
-  cost          the cost model and the fixed-schedule simulator
+  cost          the cost model and the fixed-schedule simulator; its constants per GPU (built in,
+                or fitted to a card: calibration/<GPU>.json)
   scheduling    list scheduling: the static task-to-SM order
   smem          the shared-memory model, per stage
   baseline      the round-robin plan
@@ -19,4 +20,5 @@ checks that there is no cycle):
   layout        where weights, scratch, counters and the KV cache live in device memory
   device_memory  what the plan's buffers take, against the GPU's memory
   profile, chain, explain  measured task times, a layer's measured chain; adamk-gen --explain
+  calibrate     a card's cost constants fitted to profiled steps (adamk-tune --calibrate)
 """

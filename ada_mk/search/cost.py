@@ -23,20 +23,24 @@ ring keeps `stages - 1` chunks in flight). Attention tasks read no weights (the 
 past them); they cost a fixed part plus the latency-bound loop over their positions.
 
 The constants are fixed per GPU (COSTS): Hopper's are fitted to measurements on an H200
-(_fitted_hopper), the other GPUs' are estimates, and CostConstants.source says which. Nothing
-recalibrates them at run time: adamk-tune times the search's best few plans on the card and keeps
-the fastest, the constants stay as they are.
+(_fitted_hopper), the other GPUs' are estimates, and CostConstants.source says which. A card's
+profiles fitted by `adamk-tune --calibrate` (ada_mk/search/calibrate.py) go to
+calibration/<GPU>.json beside this file, which then replaces that GPU's built-in constants. Nothing
+recalibrates them at run time.
 """
 from __future__ import annotations
 
 import dataclasses
+import json
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
 from ..config.gpus import GpuSpec
 from .dag import Dag
+from .errors import CalibrationError
 from .plan import KIND_IDS, LINEAR_KINDS, Plan, Task
 
 US = 1e-6
@@ -114,7 +118,28 @@ COSTS: dict[str, CostConstants] = {
 }
 
 
+# Constants fitted to one card's profiles (`adamk-tune --calibrate`, ada_mk/search/calibrate.py),
+# one file per GPU: where one exists it replaces that GPU's entry of COSTS.
+CALIBRATION_DIR = Path(__file__).resolve().parent / "calibration"
+
+
+def load_calibration(path: Path) -> CostConstants:
+    """The constants a calibration file holds (CalibrationError naming the file if unreadable)."""
+    try:
+        values = json.loads(Path(path).read_text())["constants"]
+        fields = {f.name for f in dataclasses.fields(CostConstants)}
+        missing = fields - set(values) - {"source", "stream_efficiency"}  # the fields with defaults
+        if missing:
+            raise KeyError(", ".join(sorted(missing)))
+        return CostConstants(**{k: v for k, v in values.items() if k in fields})
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CalibrationError(f"{path}: not a calibration file ({' '.join(str(e).split())})") from None
+
+
 def constants_for(gpu: GpuSpec) -> CostConstants:
+    path = CALIBRATION_DIR / f"{gpu.name}.json"
+    if path.exists():
+        return load_calibration(path)
     c = COSTS.get(gpu.name)
     if c is not None:
         return c
@@ -486,5 +511,5 @@ def simulate(plan: Plan, cost: CostModel | None = None, *, context: int | None =
     return res
 
 
-__all__ = ["CostConstants", "COSTS", "constants_for", "CostModel", "SimResult", "simulate", "Deadlock",
+__all__ = ["CostConstants", "COSTS", "constants_for", "load_calibration", "CostModel", "SimResult", "simulate", "Deadlock",
            "staged_key", "np"]

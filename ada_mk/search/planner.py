@@ -5,6 +5,7 @@ from ..config import DeployConfig, ModelConfig
 from ..config.model import EXTRA_DEFAULTS
 from ..config.model_checks import REFERENCE_ONLY_MODEL_TYPES
 from .baseline import round_robin_plan
+from .cost import CostConstants
 from .errors import PlanError
 from .plan import Plan
 from .search import search_plan
@@ -25,12 +26,14 @@ def check_supported(model: ModelConfig) -> None:
         raise PlanError(f"head_dim {model.head_dim}: the attention code takes 64 or 128")
 
 
-def make_plan(model: ModelConfig, deploy: DeployConfig, strategy: str = "search") -> Plan:
-    """The plan adamk-gen compiles: the offline search's (search.search_plan), or with
-    strategy="round-robin" the baseline (baseline.round_robin_plan); validated either way."""
+def make_plan(model: ModelConfig, deploy: DeployConfig, strategy: str = "search",
+              constants: CostConstants | None = None) -> Plan:
+    """The plan adamk-gen compiles: the offline search's (search.search_plan; with `constants`
+    other than the GPU's own, cost.constants_for), or with strategy="round-robin" the baseline
+    (baseline.round_robin_plan); validated either way."""
     check_supported(model)
     if strategy == "search":
-        plan = search_plan(model, deploy)
+        plan = search_plan(model, deploy, constants=constants)
     elif strategy == "round-robin":
         plan = round_robin_plan(model, deploy)
     else:

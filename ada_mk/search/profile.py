@@ -7,6 +7,8 @@ rows 0). The one on-disk exchange format is `profile.npz`:
 
     times        that raw uint64 array
     kernel_name  the plan's kernel name (a profile only describes the kernel it was taken from)
+    meta         JSON: how the plan was made and where the step ran (profile_meta), for
+                 `adamk-tune --calibrate`; {} in older files
 
     save_profile(path, plan, times)           write it
     load_profile(path, plan) -> Measured      read it back, refusing another kernel's profile
@@ -16,6 +18,8 @@ rows 0). The one on-disk exchange format is `profile.npz`:
 """
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 from dataclasses import dataclass, field
 
@@ -38,6 +42,7 @@ class Measured:
     kernel_name: str
     times: dict = field(default_factory=dict)  # Task -> (wait, ready, staged, end) in us
     sm: dict = field(default_factory=dict)  # Task -> SM
+    meta: dict = field(default_factory=dict)  # how the plan was made and where it ran (save_profile)
 
     def __getitem__(self, task: Task) -> tuple:
         return self.times[task]
@@ -98,11 +103,23 @@ def measured_from_times(plan: Plan, times: np.ndarray, kernel_name: str | None =
     return out
 
 
-def save_profile(path: str | os.PathLike, plan: Plan, times: np.ndarray) -> None:
-    """Write profile.npz: the raw uint64 times and the plan's kernel name."""
+def save_profile(path: str | os.PathLike, plan: Plan, times: np.ndarray, meta: dict | None = None) -> None:
+    """Write profile.npz: the raw uint64 times, the plan's kernel name and `meta` (JSON: the plan's
+    recipe and the card, which `adamk-tune --calibrate` reads; see profile_meta)."""
     times = _check_times(plan, times, str(path))
     with open(path, "wb") as f:  # np.savez would append .npz to a name without it
-        np.savez(f, times=times, kernel_name=np.array(plan.kernel_name))
+        np.savez(f, times=times, kernel_name=np.array(plan.kernel_name), meta=np.array(json.dumps(meta or {})))
+
+
+def profile_meta(plan: Plan, config: str, context: int, constants, card: str = "", date: str = "",
+                 commit: str = "") -> dict:
+    """What rebuilds a profiled plan and places its step: the config file, the deployment, the
+    cost constants the search used (a plan depends on them), the context, and the card."""
+    d = plan.deploy
+    return {"config": str(config), "gpu": d.gpu.name, "batch": d.batch, "max_context": d.max_context,
+            "weights": d.weights, "weights_group": d.weights_group, "strategy": plan.strategy,
+            "context": int(context), "constants": dataclasses.asdict(constants), "card": card, "date": date,
+            "commit": commit}
 
 
 def load_profile(path: str | os.PathLike, plan: Plan) -> Measured:
@@ -122,7 +139,22 @@ def load_profile(path: str | os.PathLike, plan: Plan) -> Measured:
         name = str(data["kernel_name"])
         if name != plan.kernel_name:
             raise ProfileError(f"{path}: profile of kernel {name}, but the plan is {plan.kernel_name}")
-        return measured_from_times(plan, data["times"], name, what=path)
+        out = measured_from_times(plan, data["times"], name, what=path)
+        if "meta" in data:
+            out.meta = json.loads(str(data["meta"]))
+        return out
+
+
+def read_profile_meta(path: str | os.PathLike) -> tuple[str, dict]:
+    """(kernel name, meta) of a profile.npz, without its plan (ProfileError if unreadable)."""
+    path = str(path)
+    try:
+        with np.load(path) as data:
+            if "kernel_name" not in data:
+                raise ProfileError(f"{path}: not a profile.npz (needs 'times' and 'kernel_name')")
+            return str(data["kernel_name"]), json.loads(str(data["meta"])) if "meta" in data else {}
+    except (OSError, ValueError) as e:
+        raise ProfileError(f"{path}: cannot read the profile: {' '.join(str(e).split())}") from None
 
 
 def from_summary_rows(plan: Plan, rows, what: str = "summary") -> np.ndarray:
@@ -147,4 +179,5 @@ def from_summary_rows(plan: Plan, rows, what: str = "summary") -> np.ndarray:
     return times
 
 
-__all__ = ["Measured", "ProfileError", "save_profile", "load_profile", "from_summary_rows", "measured_from_times"]
+__all__ = ["Measured", "ProfileError", "save_profile", "load_profile", "from_summary_rows", "measured_from_times",
+           "profile_meta", "read_profile_meta"]
