@@ -147,14 +147,8 @@ def test_reset_leaves_no_state(session) -> None:
         _copy_from(cache, ptr)
         assert int(torch.count_nonzero(cache)) == 0
     after_a = run(b)
-    fresh = SharedLibrary(lib.path)
-    lib.close()  # one session at a time on this library object; reopened below for the module
-    try:
-        fresh.create(packed)
+    with SharedLibrary(lib.path).create(packed) as fresh:  # a second session of the same library
         alone = [fresh.decode([t], [pos], want_logits=True)[1] for pos, t in enumerate(b)]
-    finally:
-        fresh.close()
-        lib.create(packed)
     for pos, (x, y) in enumerate(zip(after_a, alone)):
         np.testing.assert_array_equal(x, y, err_msg=f"position {pos}")
 
