@@ -105,7 +105,7 @@ int main(int argc, char** argv) {
   if (cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking) != cudaSuccess ||
       cudaMalloc((void**)&io, 2 * sizeof *io) != cudaSuccess ||
       cudaMalloc((void**)&prompt_d, prompt_bytes) != cudaSuccess ||
-      cudaMemcpy(prompt_d, prompt, prompt_bytes, cudaMemcpyHostToDevice) != cudaSuccess ||
+      cudaMemcpyAsync(prompt_d, prompt, prompt_bytes, cudaMemcpyHostToDevice, stream) != cudaSuccess ||
       cudaMallocHost((void**)&out, sizeof(int32_t) * (size_t)n_new) != cudaSuccess) {
     fprintf(stderr, "CUDA: %s\n", cudaGetErrorString(cudaGetLastError()));
     rc = ADAMK_ERR_CUDA;

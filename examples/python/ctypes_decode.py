@@ -50,9 +50,11 @@ class Driver:
         self.check(self.cu.cuMemFree_v2(ctypes.c_uint64(ptr)), "cuMemFree")
 
     def to_device(self, dst: int, a: np.ndarray) -> None:
-        """A blocking copy: done when it returns."""
+        """A copy that is done when it returns (a pageable copy may still be in flight when
+        cuMemcpyHtoD returns: wait for it, since the steps run on another stream)."""
         self.check(self.cu.cuMemcpyHtoD_v2(ctypes.c_uint64(dst), a.ctypes.data_as(ctypes.c_void_p),
                                            ctypes.c_size_t(a.nbytes)), "cuMemcpyHtoD")
+        self.check(self.cu.cuCtxSynchronize(), "cuCtxSynchronize")
 
     def to_host(self, a: np.ndarray, src: int) -> None:
         self.check(self.cu.cuMemcpyDtoH_v2(a.ctypes.data_as(ctypes.c_void_p), ctypes.c_uint64(src),
