@@ -28,10 +28,14 @@ NEW_TOKENS = 12
 
 
 def example_binary(art: Artifacts) -> Path:
-    """examples/c built against `art` in the build cache (built here when missing)."""
-    from tests.test_examples import build_c_example
+    """examples/c built against `art` in the build cache (built here when missing), keyed by the
+    example's sources too."""
+    import hashlib
 
-    out = cache_root() / "examples" / art.directory.name / "decode"
+    from tests.test_examples import EXAMPLE, build_c_example
+
+    key = hashlib.sha256(b"".join((EXAMPLE / f).read_bytes() for f in ("main.c", "Makefile"))).hexdigest()[:12]
+    out = cache_root() / "examples" / f"{art.directory.name}-{key}" / "decode"
     return out if out.exists() else build_c_example(art.directory, out.parent)
 
 
