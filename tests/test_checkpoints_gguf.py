@@ -185,6 +185,25 @@ def test_truncated_header(tmp_path: Path) -> None:
         load_gguf(short)
 
 
+def test_corrupt_tensor_type_names_the_tensor(tmp_path: Path) -> None:
+    """A tensor's type field overwritten with a value no GGML type has (found with the gguf
+    package's own reader of the intact file)."""
+    import gguf
+
+    full = write_gguf(tmp_path / "full.gguf", TINY, random_weights(TINY, 7), {})
+    reader = gguf.GGUFReader(full)
+    t = reader.tensors[3]
+    type_field = t.field.parts[4]  # name length, name, n_dims, dims, type, offset: views of the mapped file
+    at = type_field.ctypes.data - reader.data.ctypes.data
+    data = bytearray(full.read_bytes())
+    assert int.from_bytes(data[at:at + 4], "little") == int(t.tensor_type)
+    data[at:at + 4] = (250).to_bytes(4, "little")
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=rf"{bad}: .*tensor {t.name!r} has type 250"):
+        load_gguf(bad)
+
+
 def test_qwen3_q_k_norms_no_permutation_and_transformers_agrees(tmp_path: Path) -> None:
     """Qwen3: attn_q_norm / attn_k_norm read as q_norm / k_norm, Q/K rows as stored (llama.cpp's
     Qwen3 converter does not permute them); transformers' own GGUF loader reads the same tensors,

@@ -328,12 +328,16 @@ def _checked_reader(gguf: Any) -> type:
             for f in fields:
                 try:
                     _, name, _, dims, raw_type, offset = f.parts
-                    block, type_size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(int(raw_type[0]))]
-                    start = int(start_offs + offset[0])
-                    end = start + int(np.prod(dims, dtype=np.int64)) * type_size // block
                     tensor = bytes(name).decode("utf-8", "replace")
-                except (ValueError, TypeError, KeyError):
+                except (ValueError, TypeError):
                     continue  # gguf reports what it cannot parse itself
+                try:
+                    block, type_size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(int(raw_type[0]))]
+                except (ValueError, KeyError):
+                    raise ValueError(f"tensor {tensor!r} has type {int(raw_type[0])}, which is no GGML type "
+                                     "(a corrupt file?)") from None
+                start = int(start_offs + offset[0])
+                end = start + int(np.prod(dims, dtype=np.int64)) * type_size // block
                 if end > size and (cut is None or start < cut[1]):
                     cut = (tensor, start, end)
             if cut is not None:
