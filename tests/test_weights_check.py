@@ -100,7 +100,7 @@ def test_packed_quantized_codes_and_scales(fmt: str, part: str) -> None:
         what = "fp8 code"
     else:
         scales = 4 * t.chunk_rows * t.scales_per_row
-        if fmt == "int4":  # bf16 (scale, offset) pairs
+        if t.weights == "int4":  # bf16 (scale, offset) pairs (an int4 plan's LM head is int8: float32 scales)
             at = t.code_bytes + 2 * int(rng.integers(scales // 2))
             raw[start + at:start + at + 2] = np.array([0x7FC0], "<u2").view(np.uint8)
             what = "bf16 scale or offset"
