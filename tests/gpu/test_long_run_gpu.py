@@ -55,14 +55,16 @@ class Chain:
 
     def launch(self, stream: int, t: int, first: int = 0) -> None:
         """Step t (of the whole run) on `stream`; `first`: this chain's first step (a replay starts
-        at a sequence's), so its buffers hold steps first .. first + steps - 1."""
+        at a sequence's), so its buffers hold steps first .. first + steps - 1. Addresses are
+        computed, not indexed, to keep the host's share of a step small."""
         seq, p = divmod(t, self.length)
         i = t - first
-        tok = self.starts[seq] if p == 0 else self.out[i - 1]
-        pos = self.zero if p == 0 else self.pos[(i - 1) % 2]
+        out, pos = self.out.data_ptr(), self.pos.data_ptr()
+        tok = self.starts.data_ptr() + 4 * seq if p == 0 else out + 4 * (i - 1)
+        at = self.zero.data_ptr() if p == 0 else pos + 4 * ((i - 1) % 2)
         row = self.keep.get(t)
-        self.lib.decode_async(stream, tok.data_ptr(), pos.data_ptr(), self.out[i].data_ptr(),
-                              self.pos[i % 2].data_ptr(), self.logits[row].data_ptr() if row is not None else 0)
+        logits = self.logits.data_ptr() + 4 * self.lib.vocab_size * row if row is not None else 0
+        self.lib.decode_async(stream, tok, at, out + 4 * i, pos + 4 * (i % 2), logits)
 
 
 @pytest.fixture(scope="module")
