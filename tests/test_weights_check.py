@@ -139,26 +139,3 @@ def test_segment_table_covers_the_layout(bf16_plan) -> None:
     assert [s.name for s in weight_segments(layout)].count("embed") == 1
     assert "lm_head" not in [s.name for s in weight_segments(layout)]  # SmolLM2 ties it to the embedding
 
-
-def test_engine_checks_before_it_uploads(bf16_plan) -> None:
-    """MegaKernelEngine(check_weights=True): load_weights names the HF tensor, load_packed the
-    segment, and neither uploads anything (the upload is stubbed: no GPU here)."""
-    from ada_mk.runtime.engine import MegaKernelEngine
-
-    eng = MegaKernelEngine.__new__(MegaKernelEngine)  # no CUDA context: only the checks run
-    eng.plan, eng.layout, eng.check_weights = bf16_plan, make_layout(bf16_plan), True
-    uploads: list[int] = []
-    eng._copy_packed = lambda packed: uploads.append(packed.nbytes)
-    rng = np.random.default_rng()
-    w = random_weights(bf16_plan, rng)
-    eng.load_weights(w)
-    assert uploads == [eng.layout.weights.total_bytes]
-    w["model.layers.1.self_attn.k_proj.weight"][2, 3] = np.inf
-    with pytest.raises(ValueError, match=r"tensor 'model\.layers\.1\.self_attn\.k_proj\.weight' holds inf at index \(2, 3\)"):
-        eng.load_weights(w)
-    eng.check_weights = False
-    packed = pack_weights(eng.layout, w)
-    eng.check_weights = True
-    with pytest.raises(ValueError, match="segment wqkv of layer 1"):
-        eng.load_packed(packed)
-    assert len(uploads) == 1

@@ -16,6 +16,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from ..search.device_memory import device_bytes
 from ..search.layout import make_layout
 from ..search.plan import Plan
 from .weights import pack_weights
@@ -176,8 +177,21 @@ class MegaKernelEngine:
             raise KernelError(f"the plan needs {p.smem_bytes} B of shared memory per block; this device allows {smem}")
 
     def _alloc(self, name: str, nbytes: int, fill: int | None = None) -> None:
+        """Allocate buffer `name`; out of memory, free what was allocated and raise KernelError
+        with the plan's sizes and the device's free memory."""
         drv = _driver()
-        ptr = _check(drv.cuMemAlloc(max(nbytes, 16)))
+        err, ptr = drv.cuMemAlloc(max(nbytes, 16))
+        if err == drv.CUresult.CUDA_ERROR_OUT_OF_MEMORY:
+            for p in self.buffers.values():
+                drv.cuMemFree(p)
+            self.buffers.clear()
+            need = device_bytes(self.plan, self.layout)
+            free, total = _check(drv.cuMemGetInfo())
+            raise KernelError(f"out of GPU memory allocating {name} ({nbytes / 1e9:.3f} GB): {self.plan.kernel_name} "
+                              f"needs {need.total / 1e9:.3f} GB (weights {need.weights / 1e9:.3f} GB, KV cache "
+                              f"{need.kv_cache / 1e9:.3f} GB, scratch {need.scratch / 1e9:.3f} GB); "
+                              f"{free / 1e9:.3f} GB of the device's {total / 1e9:.3f} GB are free")
+        ptr = _check((err, ptr))
         self.buffers[name] = int(ptr)
         if fill is not None:
             _check(drv.cuMemsetD32(ptr, fill, max(nbytes, 16) // 4))
