@@ -15,7 +15,8 @@ import pytest
 from ada_mk.codegen.build import Artifacts, build
 from ada_mk.codegen.render import Source, c_string_pieces, render
 from ada_mk.config import load_config
-from ada_mk.runtime.capi import ADAMK_ERR_ARGUMENT, ADAMK_OK, SharedLibrary
+from ada_mk.runtime.capi import ADAMK_ERR_ARGUMENT, ADAMK_ERR_MEMORY, ADAMK_ERR_WEIGHTS, ADAMK_OK, SharedLibrary
+from ada_mk.runtime.weights_check import weight_segments
 from ada_mk.search.layout import make_layout
 from ada_mk.search.plan import Plan
 from ada_mk.search.planner import make_plan
@@ -81,7 +82,7 @@ def test_exports_only_adamk_symbols(artifacts: Artifacts) -> None:
                          text=True, check=True).stdout
     names = {line.split()[-1] for line in out.splitlines() if line.strip()}
     assert {"adamk_create", "adamk_decode", "adamk_decode_async", "adamk_synchronize", "adamk_kv_cache",
-            "adamk_set_wait_limit", "adamk_reset", "adamk_destroy", "adamk_plan_json"} <= names
+            "adamk_set_wait_limit", "adamk_reset", "adamk_destroy", "adamk_plan_json", "adamk_check_weights"} <= names
     assert all(n.startswith("adamk_") for n in names), sorted(n for n in names if not n.startswith("adamk_"))
 
 
@@ -132,12 +133,44 @@ def test_null_arguments(lib: SharedLibrary) -> None:
     assert lib.lib.adamk_decode_async(None, None, None, None, None, None, None) == ADAMK_ERR_ARGUMENT
     assert lib.lib.adamk_synchronize(None, None) == ADAMK_ERR_ARGUMENT
     assert lib.lib.adamk_kv_cache(None, None, None) == ADAMK_ERR_ARGUMENT
+    assert lib.lib.adamk_check_weights(None) == ADAMK_ERR_ARGUMENT
     assert "NULL" in lib.last_error()
     lib.lib.adamk_destroy(None)  # a no-op
     with pytest.raises(RuntimeError, match="create"):
         lib.set_wait_limit(100.0)
     with pytest.raises(RuntimeError, match="create"):
         lib.decode([0], [0])
+
+
+def test_pointers_that_are_no_session(lib: SharedLibrary) -> None:
+    """A pointer adamk_create did not hand out (garbage, freed, another library's) is refused by
+    every call before it is read, and destroying it (twice) does nothing: the library looks
+    sessions up in its registry of live ones."""
+    junk = np.full(64, 0x5A, np.uint8)  # readable memory that is no session
+    for p in (junk.ctypes.data, 0x10, 2**63 - 8):
+        for rc in (lib.lib.adamk_decode(p, None, None, None, None), lib.lib.adamk_reset(p),
+                   lib.lib.adamk_decode_async(p, None, None, None, None, None, None), lib.lib.adamk_synchronize(p, None),
+                   lib.lib.adamk_set_wait_limit(p, 10.0), lib.lib.adamk_check_weights(p)):
+            assert rc == ADAMK_ERR_ARGUMENT
+            assert "not a live session of this library" in lib.last_error()
+        lib.lib.adamk_destroy(p)
+        lib.lib.adamk_destroy(p)
+        assert "not a live session" in lib.last_error() and "ignored" in lib.last_error()
+    assert (junk == 0x5A).all()
+
+
+def test_host_code_carries_the_segment_table(plan: Plan, source: Source) -> None:
+    """adamk_check_weights scans exactly the segments weights_check.weight_segments lists."""
+    host = source.files[f"{plan.file_stem}_host.cu"]
+    rows = re.findall(r'^    \{"(\w+)", "([^"]*)", (\d+)ull, (\d+)ull, (true|false),', host, re.M)
+    want = [(g.name, g.tensors, str(g.offset), str(g.bytes), "true" if g.per_layer else "false")
+            for g in weight_segments(make_layout(plan))]
+    assert rows == want and len(rows) >= 7
+
+
+def test_status_codes_match_the_header(artifacts: Artifacts) -> None:
+    header = artifacts.header.read_text()
+    assert f"ADAMK_ERR_MEMORY = {ADAMK_ERR_MEMORY}," in header and f"ADAMK_ERR_WEIGHTS = {ADAMK_ERR_WEIGHTS}" in header
 
 
 @pytest.mark.parametrize("compiler,flags", [("gcc", ["-std=c99", "-pedantic"]), ("g++", ["-std=c++17"])])
@@ -161,6 +194,8 @@ int run(const void* weights) {{
     printf("%s %s %s: %s\\n", adamk_version(), ADAMK_KERNEL_NAME, ADAMK_PLAN_HASH, adamk_last_error());
     return rc;
   }}
+  rc = adamk_check_weights(s);
+  if (rc == ADAMK_ERR_WEIGHTS || rc == ADAMK_ERR_MEMORY) return rc;
   rc = adamk_decode(s, tokens, positions, next, logits);
   if (rc == ADAMK_ERR_TIMEOUT || rc == ADAMK_ERR_CUDA || rc == ADAMK_ERR_DEVICE || rc == ADAMK_ERR_ARGUMENT)
     rc = adamk_reset(s);

@@ -156,6 +156,54 @@ def test_not_gguf(tmp_path: Path) -> None:
         load_gguf(p)
 
 
+@pytest.mark.parametrize("keep", [0.5, 0.9, 0.999])
+def test_truncated_file_names_file_and_tensor(tmp_path: Path, keep: float) -> None:
+    """A GGUF file cut short: one line naming the file and the first tensor (by data offset, as
+    the gguf package reads the whole file) whose data the cut loses."""
+    import gguf
+
+    full = write_gguf(tmp_path / "full.gguf", TINY, random_weights(TINY, 5), {"q_proj.weight": "Q8_0"})
+    data = full.read_bytes()
+    cut = int(len(data) * keep)
+    lost = sorted((t.data_offset, t.name) for t in gguf.GGUFReader(full).tensors if t.data_offset + t.n_bytes > cut)
+    short = tmp_path / "short.gguf"
+    short.write_bytes(data[:cut])
+    with pytest.raises(CheckpointError) as e:
+        m, w, _ = load_gguf(short)
+        for name in w:  # a lazy reader would only fail here
+            w[name]
+    msg = str(e.value)
+    assert len(msg.splitlines()) == 1
+    assert msg.startswith(f"{short}: ") and f"tensor {lost[0][1]!r}" in msg and "truncated" in msg, msg
+
+
+def test_truncated_header(tmp_path: Path) -> None:
+    full = write_gguf(tmp_path / "full.gguf", TINY, random_weights(TINY, 6), {})
+    short = tmp_path / "short.gguf"
+    short.write_bytes(full.read_bytes()[:200])
+    with pytest.raises(CheckpointError, match=rf"{short}: not a readable GGUF file: .*truncated"):
+        load_gguf(short)
+
+
+def test_corrupt_tensor_type_names_the_tensor(tmp_path: Path) -> None:
+    """A tensor's type field overwritten with a value no GGML type has (found with the gguf
+    package's own reader of the intact file)."""
+    import gguf
+
+    full = write_gguf(tmp_path / "full.gguf", TINY, random_weights(TINY, 7), {})
+    reader = gguf.GGUFReader(full)
+    t = reader.tensors[3]
+    type_field = t.field.parts[4]  # name length, name, n_dims, dims, type, offset: views of the mapped file
+    at = type_field.ctypes.data - reader.data.ctypes.data
+    data = bytearray(full.read_bytes())
+    assert int.from_bytes(data[at:at + 4], "little") == int(t.tensor_type)
+    data[at:at + 4] = (250).to_bytes(4, "little")
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=rf"{bad}: .*tensor {t.name!r} has type 250"):
+        load_gguf(bad)
+
+
 def test_qwen3_q_k_norms_no_permutation_and_transformers_agrees(tmp_path: Path) -> None:
     """Qwen3: attn_q_norm / attn_k_norm read as q_norm / k_norm, Q/K rows as stored (llama.cpp's
     Qwen3 converter does not permute them); transformers' own GGUF loader reads the same tensors,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import re
 import struct
 from pathlib import Path
 
@@ -142,6 +143,25 @@ def test_misshaped_tensor_is_named(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match=r"'model\.layers\.0\.self_attn\.k_proj\.weight' has shape \(16, 64\); "
                                               r"expected \(32, 64\)"):
         load_safetensors_dir(folder)
+
+
+def test_truncated_file_names_file_and_tensor(tmp_path: Path) -> None:
+    """A checkpoint saved by transformers, its file cut short: one line naming the file and a
+    tensor whose bytes the cut loses (offsets read with safetensors' own header format: an 8-byte
+    length, then JSON)."""
+    folder = _save(random_hf_model(TINY, seed=9), tmp_path / "ckpt", torch.float32, None)
+    f = folder / "model.safetensors"
+    data = f.read_bytes()
+    (n,) = struct.unpack("<Q", data[:8])
+    header = {k: v for k, v in json.loads(data[8:8 + n]).items() if k != "__metadata__"}
+    cut = len(data) - (len(data) - 8 - n) // 3
+    f.write_bytes(data[:cut])
+    lost = {k for k, v in header.items() if 8 + n + v["data_offsets"][1] > cut}
+    with pytest.raises(CheckpointError) as e:
+        load_safetensors_dir(folder)
+    msg = str(e.value)
+    named = re.search(r"tensor '([^']+)'", msg)
+    assert len(msg.splitlines()) == 1 and msg.startswith(f"{f}: ") and named and named[1] in lost, msg
 
 
 def test_unsupported_dtype_and_broken_files(tmp_path: Path) -> None:

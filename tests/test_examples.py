@@ -1,6 +1,7 @@
 """The examples compile and link without a GPU: examples/c/ with gcc (and make) against a generated
-header and .so, examples/python/ctypes_decode.py imports and parses; the pack tool writes exactly
-the buffer the kernel takes."""
+header, the .so and the CUDA runtime, examples/python/ctypes_decode.py imports, parses and gets as
+far as adamk_create; the pack tool writes exactly the buffer the kernel takes. (Run on a GPU:
+tests/gpu/test_examples_gpu.py.)"""
 from __future__ import annotations
 
 import json
@@ -31,6 +32,27 @@ def pack_main(args: list[str]) -> int:
 EXAMPLE = ROOT / "examples" / "c"
 
 
+def cuda_home() -> Path:
+    """The CUDA toolkit whose cuda_runtime.h and libcudart_static.a the C example builds with."""
+    for p in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
+        if p and (Path(p) / "include" / "cuda_runtime.h").exists():
+            return Path(p)
+    pytest.skip("no CUDA toolkit headers (set CUDA_HOME)")
+
+
+def build_c_example(kernel_dir: Path, work: Path, cflags: str = "-O2 -Wall -Wextra -Werror -std=c11") -> Path:
+    """examples/c built with its Makefile in `work` against the kernel in `kernel_dir`: the binary."""
+    if shutil.which("make") is None or shutil.which("cc") is None:
+        pytest.skip("make / cc not installed")
+    work.mkdir(parents=True, exist_ok=True)
+    shutil.copy(EXAMPLE / "main.c", work)
+    shutil.copy(EXAMPLE / "Makefile", work)
+    r = subprocess.run(["make", "-C", str(work), f"KERNEL_DIR={kernel_dir}", f"CUDA_HOME={cuda_home()}",
+                        f"CFLAGS={cflags}"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return work / "decode"
+
+
 @pytest.fixture(scope="module")
 def artifacts() -> Artifacts:
     if shutil.which("nvcc") is None:
@@ -41,22 +63,14 @@ def artifacts() -> Artifacts:
 
 @pytest.fixture(scope="module")
 def decode_bin(artifacts: Artifacts, tmp_path_factory) -> Path:
-    if shutil.which("make") is None or shutil.which("cc") is None:
-        pytest.skip("make / cc not installed")
-    work = tmp_path_factory.mktemp("c")
-    shutil.copy(EXAMPLE / "main.c", work)
-    shutil.copy(EXAMPLE / "Makefile", work)
-    r = subprocess.run(["make", "-C", str(work), f"KERNEL_DIR={artifacts.directory}", "CFLAGS=-O2 -Wall -Wextra -Werror -std=c11"],
-                       capture_output=True, text=True)
-    assert r.returncode == 0, r.stdout + r.stderr
-    return work / "decode"
+    return build_c_example(artifacts.directory, tmp_path_factory.mktemp("c"))
 
 
 def test_c_example_compiles_and_links(decode_bin: Path, artifacts: Artifacts) -> None:
     assert decode_bin.exists()
     if shutil.which("nm"):
         und = subprocess.run(["nm", "-u", str(decode_bin)], capture_output=True, text=True, check=True).stdout
-        for sym in ("adamk_create", "adamk_decode", "adamk_destroy", "adamk_last_error"):
+        for sym in ("adamk_create", "adamk_decode_async", "adamk_synchronize", "adamk_destroy", "adamk_last_error"):
             assert sym in und  # resolved from the library at run time
     if shutil.which("ldd"):
         out = subprocess.run(["ldd", str(decode_bin)], capture_output=True, text=True).stdout
@@ -78,9 +92,11 @@ def test_c_example_with_gcc_directly(artifacts: Artifacts, tmp_path: Path) -> No
         pytest.skip("gcc not installed")
     name = artifacts.library.name[3:-3]
     out = tmp_path / "decode"
-    r = subprocess.run(["gcc", "-std=c11", "-Wall", "-Werror", "-include", str(artifacts.header), "-o", str(out),
-                        str(EXAMPLE / "main.c"), f"-L{artifacts.directory}", f"-l{name}",
-                        f"-Wl,-rpath,{artifacts.directory}"], capture_output=True, text=True)
+    cuda = cuda_home()
+    r = subprocess.run(["gcc", "-std=c11", "-Wall", "-Werror", f"-I{cuda / 'include'}", "-include", str(artifacts.header),
+                        "-o", str(out), str(EXAMPLE / "main.c"), f"-L{artifacts.directory}", f"-l{name}",
+                        f"-Wl,-rpath,{artifacts.directory}", f"-L{cuda / 'lib64'}", "-lcudart_static", "-lpthread",
+                        "-ldl", "-lrt"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
 
 
@@ -88,6 +104,22 @@ def test_ctypes_example_parses() -> None:
     r = subprocess.run([sys.executable, str(ROOT / "examples" / "python" / "ctypes_decode.py"), "--help"],
                        capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert r.returncode == 0 and "--library" in r.stdout, r.stderr
+
+
+def test_ctypes_example_reaches_create(artifacts: Artifacts, tmp_path: Path) -> None:
+    """With packed weights of the right size, the example gets as far as adamk_create, which
+    (without a GPU) refuses with a one-line message naming the device."""
+    if Path("/dev/nvidia0").exists():
+        pytest.skip("this machine has a GPU: tests/gpu/test_examples_gpu.py runs the example")
+    from ada_mk.runtime.capi import SharedLibrary
+
+    packed = tmp_path / "w.bin"
+    packed.write_bytes(b"\0" * SharedLibrary(artifacts.library).weights_bytes)
+    r = subprocess.run([sys.executable, str(ROOT / "examples" / "python" / "ctypes_decode.py"), "--library",
+                        str(artifacts.library), "--packed", str(packed), "--ids", "1", "2", "-n", "3"],
+                       capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    err = r.stderr.strip().splitlines()
+    assert r.returncode == 1 and err[-1].startswith("error: ") and "device" in err[-1].lower(), r.stderr
 
 
 def test_pack_matches_pack_weights(tmp_path: Path) -> None:

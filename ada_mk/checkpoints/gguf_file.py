@@ -317,14 +317,49 @@ def _tokenizer_info(meta: Mapping[str, Any]) -> GGUFTokenizerInfo | None:
     )
 
 
+def _checked_reader(gguf: Any) -> type:
+    """gguf.GGUFReader that, before it maps the tensors' data, checks that each one lies inside the
+    file, so a truncated file is refused naming the first tensor (in file order) it cuts (gguf's own error names
+    none)."""
+
+    class CheckedReader(gguf.GGUFReader):
+        def _build_tensors(self, start_offs: int, fields: list) -> None:
+            size, cut = len(self.data), None
+            for f in fields:
+                try:
+                    _, name, _, dims, raw_type, offset = f.parts
+                    tensor = bytes(name).decode("utf-8", "replace")
+                except (ValueError, TypeError):
+                    continue  # gguf reports what it cannot parse itself
+                try:
+                    block, type_size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(int(raw_type[0]))]
+                except (ValueError, KeyError):
+                    raise ValueError(f"tensor {tensor!r} has type {int(raw_type[0])}, which is no GGML type "
+                                     "(a corrupt file?)") from None
+                start = int(start_offs + offset[0])
+                end = start + int(np.prod(dims, dtype=np.int64)) * type_size // block
+                if end > size and (cut is None or start < cut[1]):
+                    cut = (tensor, start, end)
+            if cut is not None:
+                raise ValueError(f"tensor {cut[0]!r} needs bytes [{cut[1]}, {cut[2]}) but the file has {size}: "
+                                 "the file is truncated")
+            super()._build_tensors(start_offs, fields)
+
+    return CheckedReader
+
+
 def read_metadata(path: str | os.PathLike) -> tuple[dict[str, Any], Any]:
     """(metadata key -> value, the GGUFReader)."""
     gguf = _import_gguf()
     path = Path(path)
     try:
-        reader = gguf.GGUFReader(path)
-    except (ValueError, OSError) as e:
-        raise CheckpointError(f"{path}: not a readable GGUF file: {e}") from None
+        reader = _checked_reader(gguf)(path)
+    except (ValueError, OSError, IndexError) as e:
+        why = str(e)
+        # numpy's complaints about views past the end of the memory map: the header is cut short.
+        if "truncated" not in why and (isinstance(e, IndexError) or "reshape" in why or "larger dtype" in why):
+            why = f"its header runs past the end of the file ({path.stat().st_size} bytes): truncated ({why})"
+        raise CheckpointError(f"{path}: not a readable GGUF file: {why}") from None
     meta = {}
     for k, f in reader.fields.items():
         try:

@@ -13,6 +13,7 @@ import numpy as np
 
 from .. import __version__
 from ..ir.rope import rope_inv_freq
+from ..runtime.weights_check import weight_segments
 from ..search.layout import Layout, make_layout
 from ..search.plan import KIND_IDS, Plan, Run
 
@@ -217,6 +218,7 @@ def render_host_api(plan: Plan, layout: Layout, env: jinja2.Environment | None =
     common = dict(name=name, stem=stem, plan=plan, m=plan.model, gpu=plan.deploy.gpu, deploy=plan.deploy,
                   version=__version__, weights_bytes=layout.weights.total_bytes)
     host = env.get_template("host_api.cu.j2").render(
-        **common, json_pieces=c_string_pieces(text), json_chars=len(text), json_piece_limit=JSON_PIECE_LIMIT)
+        **common, json_pieces=c_string_pieces(text), json_chars=len(text), json_piece_limit=JSON_PIECE_LIMIT,
+        segments=weight_segments(layout), layer_stride_bytes=layout.weights.layer_stride * layout.weights.unit)
     header = env.get_template("adamk_api.h.j2").render(**common)
     return {f"{stem}_host.cu": host, f"{stem}.h": header}

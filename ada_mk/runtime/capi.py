@@ -23,6 +23,8 @@ ADAMK_ERR_CUDA = 1
 ADAMK_ERR_ARGUMENT = 2
 ADAMK_ERR_DEVICE = 3
 ADAMK_ERR_TIMEOUT = 4
+ADAMK_ERR_MEMORY = 5
+ADAMK_ERR_WEIGHTS = 6
 
 
 def _bind(lib: ctypes.CDLL) -> None:
@@ -42,6 +44,7 @@ def _bind(lib: ctypes.CDLL) -> None:
         "adamk_decode_async": (c_int, [c_void_p, c_void_p, c_void_p, c_void_p, c_void_p, c_void_p, c_void_p]),
         "adamk_synchronize": (c_int, [c_void_p, c_void_p]),
         "adamk_kv_cache": (c_int, [c_void_p, ctypes.POINTER(c_void_p), ctypes.POINTER(c_void_p)]),
+        "adamk_check_weights": (c_int, [c_void_p]),
         "adamk_set_wait_limit": (c_int, [c_void_p, ctypes.c_double]),
         "adamk_reset": (c_int, [c_void_p]),
         "adamk_destroy": (None, [c_void_p]),
@@ -85,10 +88,13 @@ class SharedLibrary:
     def is_open(self) -> bool:
         return bool(self._session.value)
 
-    def create(self, weights: np.ndarray | int, device: int = 0, borrow: bool = False) -> SharedLibrary:
+    def create(self, weights: np.ndarray | int, device: int = 0, borrow: bool = False,
+               check_weights: bool = False) -> SharedLibrary:
         """Load the packed weights (uint16 bf16 bits on the host, or an int device pointer to
         weights_bytes bytes) onto CUDA device `device`. `borrow`: use the device buffer in place
-        (weights_on_device = 2) instead of copying it; it must outlive the session."""
+        (weights_on_device = 2) instead of copying it; it must outlive the session.
+        `check_weights`: then scan them for NaN and Inf (check_weights()); on finding one, close the
+        session and raise."""
         if self.is_open:
             raise RuntimeError("a session is already open on this library: close() it first")
         if isinstance(weights, (int, np.integer)) and not isinstance(weights, bool):
@@ -104,7 +110,20 @@ class SharedLibrary:
         del keep  # adamk_create copied it
         self._check(rc)
         self._session = session
+        if check_weights:
+            try:
+                self.check_weights()
+            except RuntimeError:
+                self.close()
+                raise
         return self
+
+    def check_weights(self) -> None:
+        """Scan the session's weights for NaN and Inf on the GPU (adamk_check_weights); raise
+        RuntimeError naming the segment, layer, HF tensors and byte of the first one."""
+        if not self.is_open:
+            raise RuntimeError("no session: call create() first")
+        self._check(self.lib.adamk_check_weights(self._session))
 
     def decode(self, tokens: Any, positions: Any, want_logits: bool = False
                ) -> tuple[np.ndarray, np.ndarray | None]:

@@ -16,9 +16,11 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from ..search.device_memory import device_bytes
 from ..search.layout import make_layout
 from ..search.plan import Plan
 from .weights import pack_weights
+from .weights_check import check_packed, check_tensors
 
 
 class KernelError(RuntimeError):
@@ -73,12 +75,16 @@ KIND_NAMES = ["qkv", "attn", "o", "gate_up", "down", "lm_head", "argmax"]
 
 class MegaKernelEngine:
     def __init__(self, plan: Plan, fatbin: str | Path, *, device: int = 0, profile: bool = False,
-                 l2_scratch: bool = True, wait_limit_ms: float = DEFAULT_WAIT_LIMIT_MS) -> None:
+                 l2_scratch: bool = True, wait_limit_ms: float = DEFAULT_WAIT_LIMIT_MS,
+                 check_weights: bool = False) -> None:
         """`profile` must match how the fatbin was built (task timing).
         `l2_scratch`: keep the activations in L2 while the weights stream past (set_l2_scratch).
         `wait_limit_ms`: how long one dependency wait may last before the step gives up and
-        raises KernelError (set_wait_limit)."""
+        raises KernelError (set_wait_limit).
+        `check_weights`: every load_* scans the weights for NaN and Inf first and raises
+        ValueError naming the first (runtime.weights_check), loading nothing."""
         drv = _driver()
+        self.check_weights = check_weights
         self.plan, self.layout = plan, make_layout(plan)
         self.max_tasks = max(sum(r.count for r in runs) for runs in plan.schedule)
         self.batch, self.vocab = plan.batch, plan.model.vocab_size
@@ -171,8 +177,21 @@ class MegaKernelEngine:
             raise KernelError(f"the plan needs {p.smem_bytes} B of shared memory per block; this device allows {smem}")
 
     def _alloc(self, name: str, nbytes: int, fill: int | None = None) -> None:
+        """Allocate buffer `name`; out of memory, free what was allocated and raise KernelError
+        with the plan's sizes and the device's free memory."""
         drv = _driver()
-        ptr = _check(drv.cuMemAlloc(max(nbytes, 16)))
+        err, ptr = drv.cuMemAlloc(max(nbytes, 16))
+        if err == drv.CUresult.CUDA_ERROR_OUT_OF_MEMORY:
+            for p in self.buffers.values():
+                drv.cuMemFree(p)
+            self.buffers.clear()
+            need = device_bytes(self.plan, self.layout)
+            free, total = _check(drv.cuMemGetInfo())
+            raise KernelError(f"out of GPU memory allocating {name} ({nbytes / 1e9:.3f} GB): {self.plan.kernel_name} "
+                              f"needs {need.total / 1e9:.3f} GB (weights {need.weights / 1e9:.3f} GB, KV cache "
+                              f"{need.kv_cache / 1e9:.3f} GB, scratch {need.scratch / 1e9:.3f} GB); "
+                              f"{free / 1e9:.3f} GB of the device's {total / 1e9:.3f} GB are free")
+        ptr = _check((err, ptr))
         self.buffers[name] = int(ptr)
         if fill is not None:
             _check(drv.cuMemsetD32(ptr, fill, max(nbytes, 16) // 4))
@@ -180,6 +199,8 @@ class MegaKernelEngine:
     def load_weights(self, weights: Mapping[str, Any]) -> None:
         """Pack HF-named weights into the plan's layout and upload them. CUDA torch tensors are
         packed on the GPU and copied device to device."""
+        if self.check_weights:
+            check_tensors(weights)
         first = next(iter(weights.values()))
         if getattr(first, "is_cuda", False):
             from .weights import pack_weights_torch
@@ -188,19 +209,34 @@ class MegaKernelEngine:
             import torch
 
             torch.cuda.synchronize()
-            self.load_packed_device(packed.data_ptr(), packed.numel() * 2)
+            self._copy_packed_device(packed.data_ptr(), packed.numel() * 2)
             del packed
         else:
-            self.load_packed(pack_weights(self.layout, weights))
+            self._copy_packed(pack_weights(self.layout, weights))
 
     def load_packed_device(self, ptr: int, nbytes: int) -> None:
         """Copy an already packed buffer that lives on this device (e.g. a torch tensor)."""
+        if self.check_weights and nbytes == self.layout.weights.total_bytes:
+            drv = _driver()
+            host = np.empty(nbytes, np.uint8)
+            _check(drv.cuMemcpyDtoH(host.ctypes.data, ptr, nbytes))
+            check_packed(self.layout, host)
+        self._copy_packed_device(ptr, nbytes)
+
+    def _copy_packed_device(self, ptr: int, nbytes: int) -> None:
         drv = _driver()
         if nbytes != self.layout.weights.total_bytes:
             raise KernelError(f"packed weights are {nbytes} B; the plan's layout needs {self.layout.weights.total_bytes}")
         _check(drv.cuMemcpyDtoD(self.buffers["weights"], ptr, nbytes))
 
     def load_packed(self, packed: np.ndarray) -> None:
+        """Upload an already packed buffer (uint16 bf16 bits, ada_mk.runtime.weights.pack_weights)."""
+        packed = np.ascontiguousarray(packed, dtype=np.uint16)
+        if self.check_weights and packed.nbytes == self.layout.weights.total_bytes:
+            check_packed(self.layout, packed)
+        self._copy_packed(packed)
+
+    def _copy_packed(self, packed: np.ndarray) -> None:
         drv = _driver()
         packed = np.ascontiguousarray(packed, dtype=np.uint16)
         if packed.nbytes != self.layout.weights.total_bytes:
