@@ -8,6 +8,11 @@
 // The kernel is persistent: its 132 blocks wait on each other through counters in global memory,
 // so every block must be resident at once. adamk_create checks that up front (cooperative launch,
 // SM count, shared memory, occupancy) and cooperative launch enforces it, instead of a hang.
+//
+// Sessions are handed out as pointers but used only through a registry of the live ones: a call
+// with a pointer that is not (NULL, destroyed, another kernel's library's) gets ADAMK_ERR_ARGUMENT
+// instead of touching freed memory, and each session's calls take its mutex, so calls from several
+// threads run one at a time, each whole.
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -15,8 +20,10 @@
 #include <cstddef>
 #include <cstdio>
 #include <cstring>
+#include <mutex>
 #include <new>
 #include <string>
+#include <unordered_map>
 
 // The library exports the adamk_* functions of the header and nothing else: what the kernel's
 // headers and this file define is hidden, so two such libraries in one process cannot clash.
@@ -59,6 +66,58 @@ const char* const kKindNames[] = {"qkv", "attn", "o", "gate_up", "down", "lm_hea
 // How long one dependency wait may last before the step gives up (adamk_set_wait_limit): far
 // above any step of a model that fits the GPU, far below what a caller would take for a hang.
 constexpr double kDefaultWaitLimitMs = 500.0;
+
+// The packed weights' segments (ada_mk.runtime.weights_check.weight_segments), which
+// adamk_check_weights scans for NaN and Inf. Offsets and sizes in bytes; a per-layer segment's
+// layer l lies kLayerStrideBytes * l further on. chunk_bytes 0: bf16 elements throughout; else
+// chunks of code_bytes of codes (fp8 ones can be NaN), then scale_bytes of scales (float32, or
+// int4's bf16 scale and offset pairs), then padding (docs/quantized-weights.md, "The packed chunk").
+struct WeightSegment {
+  const char* name;
+  const char* tensors;  // its HF tensors, "{i}" standing for the layer
+  unsigned long long offset, bytes;
+  bool per_layer;
+  unsigned chunk_bytes, code_bytes, scale_bytes;
+  bool fp8_codes, bf16_scales;
+};
+constexpr unsigned long long kLayerStrideBytes = 218497024ull;
+constexpr WeightSegment kSegments[] = {
+    {"embed", "model.embed_tokens.weight", 0ull, 1050673152ull, false, 0, 0, 0, false, false},
+    {"final_norm", "model.norm.weight", 1050673152ull, 8192ull, false, 0, 0, 0, false, false},
+    {"lm_head", "lm_head.weight", 1050681344ull, 526362624ull, false, 8208, 8192, 8, true, false},
+    {"input_norm", "model.layers.{i}.input_layernorm.weight", 1577043968ull, 8192ull, true, 0, 0, 0, false, false},
+    {"wqkv", "model.layers.{i}.self_attn.q_proj.weight, model.layers.{i}.self_attn.k_proj.weight, model.layers.{i}.self_attn.v_proj.weight", 1577052160ull, 25214976ull, true, 8208, 8192, 8, true, false},
+    {"wo", "model.layers.{i}.self_attn.o_proj.weight", 1602267136ull, 16809984ull, true, 8208, 8192, 8, true, false},
+    {"post_norm", "model.layers.{i}.post_attention_layernorm.weight", 1619077120ull, 8192ull, true, 0, 0, 0, false, false},
+    {"wgate_up", "model.layers.{i}.mlp.gate_proj.weight, model.layers.{i}.mlp.up_proj.weight", 1619085312ull, 117669888ull, true, 8208, 8192, 8, true, false},
+    {"wdown", "model.layers.{i}.mlp.down_proj.weight", 1736755200ull, 58785792ull, true, 14352, 14336, 4, true, false},
+};
+
+// NaN or Inf: all exponent bits set.
+__device__ __forceinline__ bool bf16_bad(unsigned h) { return (h & 0x7F80u) == 0x7F80u; }
+
+// One block row per layer (blockIdx.y; 0 for a global segment): the lowest byte offset in the
+// buffer of a NaN or Inf in `seg`, folded into *first with atomicMin.
+__global__ void find_non_finite(const unsigned char* weights, WeightSegment seg, unsigned long long* first) {
+  const unsigned long long base = seg.offset + blockIdx.y * kLayerStrideBytes;
+  const unsigned* words = reinterpret_cast<const unsigned*>(weights + base);  // segments are 256-byte aligned
+  const unsigned long long stride = 4ull * gridDim.x * blockDim.x;
+  for (unsigned long long i = 4ull * (blockIdx.x * blockDim.x + threadIdx.x); i < seg.bytes; i += stride) {
+    const unsigned w = words[i / 4];
+    unsigned long long bad = ~0ull;  // byte of the word's first bad value
+    const unsigned c = seg.chunk_bytes ? static_cast<unsigned>(i % seg.chunk_bytes) : 0;
+    if (!seg.chunk_bytes || (c >= seg.code_bytes && c < seg.code_bytes + seg.scale_bytes && seg.bf16_scales)) {
+      if (bf16_bad(w)) bad = i;
+      else if (i + 2 < seg.bytes && bf16_bad(w >> 16)) bad = i + 2;
+    } else if (c >= seg.code_bytes && c < seg.code_bytes + seg.scale_bytes) {
+      if ((w & 0x7F800000u) == 0x7F800000u) bad = i;
+    } else if (c < seg.code_bytes && seg.fp8_codes) {
+      for (int b = 0; b < 4 && bad == ~0ull; ++b)
+        if (((w >> (8 * b)) & 0x7Fu) == 0x7Fu) bad = i + b;
+    }
+    if (bad != ~0ull) atomicMin(first, base + bad);
+  }
+}
 
 // The calling thread's last error message (adamk_last_error).
 thread_local char t_error[1024];
@@ -159,6 +218,9 @@ struct adamk_session {
   bool stalled = false;     // a wait timed out: counters are inconsistent until reset
   bool broken = false;      // a step failed on the device: the CUDA context may be lost
   std::string broken_why;
+  std::mutex mutex;         // held by every call on the session (Held)
+  int holders = 0;          // calls holding the session (under the registry's lock)
+  bool live = true;         // not destroyed yet (under the registry's lock)
 
   // Frees whatever was allocated; the owner makes `device` current first.
   ~adamk_session() {
@@ -192,6 +254,107 @@ struct adamk_session {
 };
 
 namespace {
+
+// The live sessions of this library, by the pointer adamk_create handed out, and for each the
+// calls holding it. The registry is never destroyed: at process exit the CUDA runtime may already be
+// gone, and a session the caller did not destroy is left to the driver, as any leaked allocation is.
+// (No std::shared_ptr: its libstdc++ instantiations would be exported from the library.)
+struct Registry {
+  std::mutex mutex;
+  std::unordered_map<const adamk_session*, adamk_session*> live;
+};
+Registry& registry() {
+  static Registry* r = new Registry;
+  return *r;
+}
+
+// Frees a session with its device current: adamk_destroy does, or the last call still holding it
+// on another thread when it lets go.
+void free_session(adamk_session* s) {
+  DeviceScope scope;
+  scope.enter(s->device);  // best effort: the buffers are freed either way
+  delete s;
+}
+
+// A live session, held (kept alive and locked) for the length of one call.
+class Held {
+ public:
+  Held() = default;
+  Held(const Held&) = delete;
+  Held& operator=(const Held&) = delete;
+  ~Held() {
+    if (!s_) return;
+    if (locked_) s_->mutex.unlock();
+    bool last;
+    {
+      std::lock_guard<std::mutex> lock(registry().mutex);
+      last = --s_->holders == 0 && !s_->live;
+    }
+    if (last) free_session(s_);
+  }
+
+  // ADAMK_OK and the session locked, or why not: NULL, not live, or broken.
+  int acquire(const adamk_session* s) {
+    if (!s) return fail(ADAMK_ERR_ARGUMENT, "session is NULL");
+    {
+      std::lock_guard<std::mutex> lock(registry().mutex);
+      const auto it = registry().live.find(s);
+      if (it != registry().live.end()) {
+        s_ = it->second;
+        ++s_->holders;
+      }
+    }
+    if (!s_)
+      return fail(ADAMK_ERR_ARGUMENT, "session %p is not a live session of this library (kernel %s): destroyed "
+                  "already, or created by another kernel's library", static_cast<const void*>(s), ADAMK_KERNEL_NAME);
+    s_->mutex.lock();
+    locked_ = true;
+    if (s_->broken)
+      return fail(ADAMK_ERR_CUDA, "the session failed earlier (%s); destroy it", s_->broken_why.c_str());
+    return ADAMK_OK;
+  }
+
+  // Let go of the lock for a wait that needs none (the session stays alive), and take it back.
+  void unlock() {
+    s_->mutex.unlock();
+    locked_ = false;
+  }
+  void lock() {
+    s_->mutex.lock();
+    locked_ = true;
+  }
+
+ private:
+  adamk_session* s_ = nullptr;
+  bool locked_ = false;
+};
+
+// Bytes a session allocates on the device, for the out-of-memory message.
+constexpr size_t kKvBytes = 2 * Cfg::KvCache::TOTAL * sizeof(__nv_bfloat16);
+constexpr size_t kScratchBytes = Cfg::Scratch::TOTAL * sizeof(float) + Cfg::Counters::TOTAL * sizeof(unsigned) +
+                                 kBlocks * sizeof(unsigned) + sizeof(DeviceIo);
+
+// ADAMK_ERR_MEMORY: what the session needs against what the device has free.
+int out_of_memory(int device, bool borrowed, const char* what) {
+  size_t free_bytes = 0, total_bytes = 0;
+  cudaGetLastError();  // an allocation's failure is not sticky: clear it for the caller's later calls
+  cudaMemGetInfo(&free_bytes, &total_bytes);
+  const size_t weights = borrowed ? 0 : ADAMK_WEIGHTS_BYTES;
+  return fail(ADAMK_ERR_MEMORY,
+              "out of GPU memory on device %d%s%s: a session of %s needs %.3f GB (weights %.3f GB%s, KV cache %.3f GB for "
+              "%d positions x batch %d, scratch and counters %.3f GB); %.3f GB of the device's %.3f GB are free",
+              device, what ? " allocating " : "", what ? what : "", ADAMK_KERNEL_NAME,
+              (weights + kKvBytes + kScratchBytes) / 1e9, weights / 1e9, borrowed ? ", borrowed" : "", kKvBytes / 1e9,
+              Cfg::MAXCTX, Cfg::B, kScratchBytes / 1e9, free_bytes / 1e9, total_bytes / 1e9);
+}
+
+// cudaMalloc for adamk_create: ADAMK_ERR_MEMORY (with the sizes) when the device is out of memory.
+#define ADAMK_ALLOC(ptr, bytes, what)                                                        \
+  do {                                                                                       \
+    const cudaError_t adamk_err_ = device_alloc(ptr, bytes);                                 \
+    if (adamk_err_ == cudaErrorMemoryAllocation) return out_of_memory(s->device, s->borrowed_weights, what); \
+    if (adamk_err_ != cudaSuccess) return cuda_fail(adamk_err_, "cudaMalloc(" what ")", ADAMK_ERR_CUDA); \
+  } while (0)
 
 // Can `device` run the kernel with all kBlocks blocks resident? ADAMK_OK, or why not.
 int check_device(int device) {
@@ -254,22 +417,14 @@ int load_weights(adamk_session* s, const void* weights, int on_device) {
     ADAMK_TRY(cudaPointerGetAttributes(&attr, weights), ADAMK_ERR_ARGUMENT);
     if (attr.type != cudaMemoryTypeDevice && attr.type != cudaMemoryTypeManaged)
       return fail(ADAMK_ERR_ARGUMENT, "weights_on_device = 1, but %p is not device memory", weights);
-    ADAMK_CUDA(device_alloc(&s->weights, bytes));
+    ADAMK_ALLOC(&s->weights, bytes, "the weights");
     // cudaMemcpyDefault: the source may live on another device (a peer copy).
     ADAMK_CUDA(cudaMemcpyAsync(s->weights, weights, bytes, cudaMemcpyDefault, s->stream));
   } else {
-    ADAMK_CUDA(device_alloc(&s->weights, bytes));
+    ADAMK_ALLOC(&s->weights, bytes, "the weights");
     ADAMK_CUDA(cudaMemcpyAsync(s->weights, weights, bytes, cudaMemcpyHostToDevice, s->stream));
   }
   ADAMK_CUDA(cudaStreamSynchronize(s->stream));
-  return ADAMK_OK;
-}
-
-// Refuse a session that cannot run a step.
-int check_session(const adamk_session* s) {
-  if (!s) return fail(ADAMK_ERR_ARGUMENT, "session is NULL");
-  if (s->broken)
-    return fail(ADAMK_ERR_CUDA, "the session failed earlier (%s); destroy it", s->broken_why.c_str());
   return ADAMK_OK;
 }
 
@@ -400,18 +555,33 @@ int adamk_create(const void* weights, size_t weights_bytes, int device, int weig
     ~Owner() { delete s; }
   } owner{new (std::nothrow) adamk_session()};
   adamk_session* s = owner.s;
-  if (!s) return fail(ADAMK_ERR_CUDA, "out of host memory");
+  if (!s) return fail(ADAMK_ERR_MEMORY, "out of host memory");
   s->device = device;
+  s->borrowed_weights = weights_on_device == 2;
+  // Refuse up front what cannot fit (an allocation can still fail later: fragmentation, a race).
+  size_t free_bytes = 0, total_bytes = 0;
+  ADAMK_CUDA(cudaMemGetInfo(&free_bytes, &total_bytes));
+  if ((s->borrowed_weights ? 0 : ADAMK_WEIGHTS_BYTES) + kKvBytes + kScratchBytes > free_bytes)
+    return out_of_memory(device, s->borrowed_weights, nullptr);
   ADAMK_CUDA(cudaStreamCreateWithFlags(&s->stream, cudaStreamNonBlocking));
-  ADAMK_CUDA(device_alloc(&s->steps, kBlocks * sizeof(unsigned)));
-  ADAMK_CUDA(device_alloc(&s->scratch, Cfg::Scratch::TOTAL * sizeof(float)));
-  ADAMK_CUDA(device_alloc(&s->counters, Cfg::Counters::TOTAL * sizeof(unsigned)));
-  ADAMK_CUDA(device_alloc(&s->k_cache, Cfg::KvCache::TOTAL * sizeof(__nv_bfloat16)));
-  ADAMK_CUDA(device_alloc(&s->v_cache, Cfg::KvCache::TOTAL * sizeof(__nv_bfloat16)));
-  ADAMK_CUDA(device_alloc(&s->io, sizeof(DeviceIo)));
-  ADAMK_CUDA(cudaMallocHost(reinterpret_cast<void**>(&s->host), sizeof(HostIo)));
+  ADAMK_ALLOC(&s->steps, kBlocks * sizeof(unsigned), "the step counts");
+  ADAMK_ALLOC(&s->scratch, Cfg::Scratch::TOTAL * sizeof(float), "the scratch");
+  ADAMK_ALLOC(&s->counters, Cfg::Counters::TOTAL * sizeof(unsigned), "the counters");
+  ADAMK_ALLOC(&s->k_cache, Cfg::KvCache::TOTAL * sizeof(__nv_bfloat16), "the K cache");
+  ADAMK_ALLOC(&s->v_cache, Cfg::KvCache::TOTAL * sizeof(__nv_bfloat16), "the V cache");
+  ADAMK_ALLOC(&s->io, sizeof(DeviceIo), "the step's inputs and outputs");
+  if (cudaMallocHost(reinterpret_cast<void**>(&s->host), sizeof(HostIo)) != cudaSuccess) {
+    cudaGetLastError();
+    return fail(ADAMK_ERR_MEMORY, "out of pinned host memory (%zu bytes)", sizeof(HostIo));
+  }
   if (int rc = load_weights(s, weights, weights_on_device)) return rc;
   if (int rc = s->clear()) return rc;
+  try {
+    std::lock_guard<std::mutex> lock(registry().mutex);
+    registry().live.emplace(s, s);
+  } catch (const std::bad_alloc&) {
+    return fail(ADAMK_ERR_MEMORY, "out of host memory");
+  }
   *out = s;
   owner.s = nullptr;
   return ADAMK_OK;
@@ -419,7 +589,8 @@ int adamk_create(const void* weights, size_t weights_bytes, int device, int weig
 
 int adamk_decode(adamk_session* s, const int32_t* tokens, const int32_t* positions,
                  int32_t* next_tokens, float* logits) {
-  if (int rc = check_session(s)) return rc;
+  Held held;
+  if (int rc = held.acquire(s)) return rc;
   if (!tokens || !positions || !next_tokens)
     return fail(ADAMK_ERR_ARGUMENT, "tokens, positions and next_tokens must not be NULL");
   if (s->stalled)
@@ -466,7 +637,8 @@ int adamk_decode(adamk_session* s, const int32_t* tokens, const int32_t* positio
 
 int adamk_decode_async(adamk_session* s, void* stream, const int32_t* tokens, const int32_t* positions,
                        int32_t* next_tokens, int32_t* next_positions, float* logits) {
-  if (int rc = check_session(s)) return rc;
+  Held held;
+  if (int rc = held.acquire(s)) return rc;
   if (!tokens || !positions || !next_tokens)
     return fail(ADAMK_ERR_ARGUMENT, "tokens, positions and next_tokens must not be NULL (device arrays of %d int32)", Cfg::B);
   if (s->stalled)
@@ -494,11 +666,15 @@ int adamk_decode_async(adamk_session* s, void* stream, const int32_t* tokens, co
 }
 
 int adamk_synchronize(adamk_session* s, void* stream) {
-  if (int rc = check_session(s)) return rc;
+  Held held;
+  if (int rc = held.acquire(s)) return rc;
   DeviceScope scope;
   ADAMK_CUDA(scope.enter(s->device));
   HostIo* h = s->host;
+  // The caller's stream is waited for without the session's lock: other threads' calls go on.
+  held.unlock();
   cudaError_t err = cudaStreamSynchronize(static_cast<cudaStream_t>(stream));
+  held.lock();
   if (err == cudaSuccess)
     err = cudaMemcpyAsync(&h->timeout, &s->io->timeout, sizeof h->timeout + sizeof h->bad_input,
                           cudaMemcpyDeviceToHost, s->stream);
@@ -513,7 +689,8 @@ int adamk_synchronize(adamk_session* s, void* stream) {
 }
 
 int adamk_kv_cache(adamk_session* s, void** k_cache, void** v_cache) {
-  if (int rc = check_session(s)) return rc;
+  Held held;
+  if (int rc = held.acquire(s)) return rc;
   if (!k_cache || !v_cache) return fail(ADAMK_ERR_ARGUMENT, "k_cache and v_cache must not be NULL");
   *k_cache = s->k_cache;
   *v_cache = s->v_cache;
@@ -521,7 +698,8 @@ int adamk_kv_cache(adamk_session* s, void** k_cache, void** v_cache) {
 }
 
 int adamk_set_wait_limit(adamk_session* s, double milliseconds) {
-  if (int rc = check_session(s)) return rc;
+  Held held;
+  if (int rc = held.acquire(s)) return rc;
   if (!(milliseconds >= 0.001 && milliseconds <= 3.6e6))
     return fail(ADAMK_ERR_ARGUMENT, "wait limit %g ms; expected 0.001 to 3600000 ms", milliseconds);
   DeviceScope scope;
@@ -533,17 +711,72 @@ int adamk_set_wait_limit(adamk_session* s, double milliseconds) {
 }
 
 int adamk_reset(adamk_session* s) {
-  if (int rc = check_session(s)) return rc;
+  Held held;
+  if (int rc = held.acquire(s)) return rc;
   DeviceScope scope;
   ADAMK_CUDA(scope.enter(s->device));
   return s->clear();
 }
 
+int adamk_check_weights(adamk_session* s) {
+  Held held;
+  if (int rc = held.acquire(s)) return rc;
+  DeviceScope scope;
+  ADAMK_CUDA(scope.enter(s->device));
+  unsigned long long* first = nullptr;
+  ADAMK_CUDA(device_alloc(&first, sizeof *first));
+  struct Free {
+    void* p;
+    ~Free() { cudaFree(p); }
+  } free_first{first};
+  ADAMK_CUDA(cudaMemsetAsync(first, 0xFF, sizeof *first, s->stream));
+  const unsigned char* w = reinterpret_cast<const unsigned char*>(s->weights);
+  for (const WeightSegment& g : kSegments) {
+    const unsigned words = static_cast<unsigned>((g.bytes + 3) / 4);
+    const dim3 grid(words / 256 + 1 < 1024 ? words / 256 + 1 : 1024, g.per_layer ? Cfg::L : 1);
+    find_non_finite<<<grid, 256, 0, s->stream>>>(w, g, first);
+    ADAMK_CUDA(cudaGetLastError());
+  }
+  unsigned long long at = 0;
+  ADAMK_CUDA(cudaMemcpyAsync(&at, first, sizeof at, cudaMemcpyDeviceToHost, s->stream));
+  ADAMK_CUDA(cudaStreamSynchronize(s->stream));
+  if (at == ~0ull) return ADAMK_OK;
+  for (const WeightSegment& g : kSegments)
+    for (int layer = 0; layer < (g.per_layer ? Cfg::L : 1); ++layer) {
+      const unsigned long long base = g.offset + layer * kLayerStrideBytes;
+      if (at < base || at >= base + g.bytes) continue;
+      const unsigned long long in = at - base;
+      const unsigned c = g.chunk_bytes ? static_cast<unsigned>(in % g.chunk_bytes) : 0;
+      const char* what = !g.chunk_bytes ? "bf16 weight" : c < g.code_bytes ? "fp8 code"
+                         : g.bf16_scales ? "bf16 scale or offset" : "float32 scale";
+      char where[32] = "", number[16];
+      std::snprintf(number, sizeof number, "%d", layer);
+      if (g.per_layer) std::snprintf(where, sizeof where, " of layer %d", layer);
+      std::string tensors = g.tensors;  // "{i}" -> the layer
+      for (size_t p; (p = tensors.find("{i}")) != std::string::npos;) tensors.replace(p, 3, number);
+      return fail(ADAMK_ERR_WEIGHTS, "weights: a NaN or Inf (%s) in segment %s%s (%s), at byte %llu of the segment's %llu "
+                  "(byte %llu of the packed buffer)", what, g.name, where, tensors.c_str(), in, g.bytes, at);
+    }
+  return fail(ADAMK_ERR_WEIGHTS, "weights: a NaN or Inf at byte %llu of the packed buffer", at);
+}
+
 void adamk_destroy(adamk_session* s) {
   if (!s) return;
-  DeviceScope scope;
-  scope.enter(s->device);  // best effort: the buffers are freed either way
-  delete s;
+  bool now;
+  {
+    std::lock_guard<std::mutex> lock(registry().mutex);
+    const auto it = registry().live.find(s);
+    if (it == registry().live.end()) {
+      fail(ADAMK_ERR_ARGUMENT, "adamk_destroy: %p is not a live session of this library (destroyed already, or "
+           "another kernel's); ignored", static_cast<void*>(s));
+      return;
+    }
+    registry().live.erase(it);
+    s->live = false;
+    now = s->holders == 0;
+  }
+  // Freed now, or by the last call still holding it on another thread when that call ends.
+  if (now) free_session(s);
 }
 
 }  // extern "C"

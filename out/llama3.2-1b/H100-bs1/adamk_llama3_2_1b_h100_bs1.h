@@ -13,9 +13,18 @@
  *   adamk_destroy(s);
  *
  * Every function that returns int returns ADAMK_OK (0) on success and an adamk_status code
- * otherwise; adamk_last_error() then says why. A session is not safe to use from two threads at
- * once; distinct sessions are independent. The constants below belong to this kernel only, so
+ * otherwise; adamk_last_error() then says why. The constants below belong to this kernel only, so
  * include one kernel's header per translation unit.
+ *
+ * Sessions and threads. Distinct sessions are independent, also sessions of different kernels'
+ * libraries loaded in one process (each library keeps its symbols and state to itself). Calls on
+ * one session from several threads are serialised: each takes the session's lock and runs whole,
+ * in the order they get the lock (adamk_synchronize lets go of it while it waits for the stream). Steps of one session
+ * must still run one after another on the device: launch them on one stream, or order the streams
+ * with events. Every call checks its session against the library's live sessions: NULL, a session
+ * already destroyed or another library's gets ADAMK_ERR_ARGUMENT (never a crash); adamk_destroy(NULL)
+ * and a second adamk_destroy of the same pointer do nothing. (Once destroyed, a pointer may be
+ * handed out again by a later adamk_create: drop it.)
  */
 #ifndef ADAMK_LLAMA3_2_1B_H100_BS1_H
 #define ADAMK_LLAMA3_2_1B_H100_BS1_H
@@ -63,7 +72,9 @@ typedef enum adamk_status {
   ADAMK_ERR_CUDA = 1,      /* a CUDA call failed (out of memory, a launch error, ...) */
   ADAMK_ERR_ARGUMENT = 2,  /* a bad argument; nothing was launched */
   ADAMK_ERR_DEVICE = 3,    /* the device cannot run this kernel (no GPU, too few SMs, ...) */
-  ADAMK_ERR_TIMEOUT = 4    /* a dependency wait ran past the wait limit; see adamk_reset */
+  ADAMK_ERR_TIMEOUT = 4,   /* a dependency wait ran past the wait limit; see adamk_reset */
+  ADAMK_ERR_MEMORY = 5,    /* adamk_create: not enough GPU (or host) memory; the message has the sizes */
+  ADAMK_ERR_WEIGHTS = 6    /* adamk_check_weights: a NaN or Inf in the weights; the message names where */
 } adamk_status;
 
 /* A loaded model on one GPU: its weights, KV cache and working buffers. */
@@ -97,6 +108,9 @@ ADAMK_API size_t adamk_weights_bytes(void);
  * Fails with ADAMK_ERR_DEVICE, before allocating anything, when the device lacks cooperative
  * launch, has fewer than the plan's SMs, too little shared memory per block, or cannot run this
  * kernel's architecture: the kernel needs all its blocks resident at once and would otherwise hang.
+ * Fails with ADAMK_ERR_MEMORY when the device has too little free memory for the session (the
+ * message gives the weights', KV cache's and scratch's sizes and the free memory); a failed create
+ * frees whatever it allocated. The weights are not checked for NaN or Inf: adamk_check_weights.
  * Sequences start empty: the first step of each is at position 0. */
 ADAMK_API int adamk_create(const void* weights, size_t weights_bytes, int device,
                            int weights_on_device, adamk_session** out);
@@ -125,8 +139,8 @@ ADAMK_API int adamk_decode(adamk_session* s, const int32_t* tokens, const int32_
  * Outside a stream capture the arrays are checked to be device memory of the session's device.
  * A step whose tokens or positions turn out of range when it runs does nothing (no output, no
  * state change) and adamk_synchronize reports it as ADAMK_ERR_ARGUMENT; a step whose wait times
- * out is reported there as ADAMK_ERR_TIMEOUT. Calls on one session must not overlap in time
- * from several threads (the library does not lock): serialise them in the caller. */
+ * out is reported there as ADAMK_ERR_TIMEOUT. Steps of one session must run in order on the
+ * device: one stream, or streams ordered with events (see "Sessions and threads" above). */
 ADAMK_API int adamk_decode_async(adamk_session* s, void* stream, const int32_t* tokens, const int32_t* positions,
                                  int32_t* next_tokens, int32_t* next_positions, float* logits);
 
@@ -138,6 +152,13 @@ ADAMK_API int adamk_synchronize(adamk_session* s, void* stream);
 /* The session's KV cache, for an external prefill engine to write (layout: ADAMK_LAYERS above).
  * Writes must be ordered before the steps that read them (same stream, or an event). */
 ADAMK_API int adamk_kv_cache(adamk_session* s, void** k_cache, void** v_cache);
+
+/* Scan the session's weights for NaN and Inf on the GPU (on request: one pass over the buffer,
+ * synchronous). ADAMK_OK, or ADAMK_ERR_WEIGHTS naming the first bad value in
+ * buffer order: the layout's segment, its layer, its HF tensors and the byte. Checked: every bf16
+ * element; of 8-bit and int4 matrices the fp8 codes and the scales (and int4's offsets), not
+ * integer codes, which cannot be NaN. */
+ADAMK_API int adamk_check_weights(adamk_session* s);
 
 /* Bound every dependency wait of the session's steps to `milliseconds` (default 500; 0.001 to
  * 3,600,000). A step whose wait runs past it (a producer that never comes: a kernel bug or a
@@ -151,7 +172,8 @@ ADAMK_API int adamk_set_wait_limit(adamk_session* s, double milliseconds);
  * may be lost, and only destroying the session (and often the process) recovers. */
 ADAMK_API int adamk_reset(adamk_session* s);
 
-/* Free the session's device memory. NULL is ignored. */
+/* Free the session's device memory. NULL, and a session destroyed already, are ignored (the
+ * latter sets adamk_last_error). A call on the session in flight on another thread finishes first. */
 ADAMK_API void adamk_destroy(adamk_session* s);
 
 #ifdef __cplusplus
