@@ -108,6 +108,10 @@ class GGUFTokenizerInfo:
     add_bos_token: bool = False
     chat_template: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    scores: list[float] | None = None  # SentencePiece: each token's score (its merge priority)
+    unknown_token_id: int | None = None
+    add_space_prefix: bool = True  # SentencePiece: a space before the text ("first" word gets "▁")
+    architecture: str = ""  # general.architecture (Gemma files spell their vocabulary their own way)
 
 
 def _import_gguf():
@@ -314,6 +318,10 @@ def _tokenizer_info(meta: Mapping[str, Any]) -> GGUFTokenizerInfo | None:
         add_bos_token=bool(meta.get("tokenizer.ggml.add_bos_token", False)),
         chat_template=meta.get("tokenizer.chat_template"),
         extra={k: v for k, v in meta.items() if k.startswith("tokenizer.") and not isinstance(v, list)},
+        scores=meta.get("tokenizer.ggml.scores"),
+        unknown_token_id=meta.get("tokenizer.ggml.unknown_token_id"),
+        add_space_prefix=bool(meta.get("tokenizer.ggml.add_space_prefix", True)),
+        architecture=str(meta.get("general.architecture", "")),
     )
 
 

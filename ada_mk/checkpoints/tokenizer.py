@@ -1,5 +1,5 @@
 """Tokenizers for real checkpoints: from an HF folder's tokenizer.json, or built from a GGUF
-file's metadata (byte-level BPE, tokenizer.ggml.model = "gpt2"). Encoding and decoding go through
+file's metadata (byte-level BPE, tokenizer.ggml.model = "gpt2"; SentencePiece BPE, "llama"). Encoding and decoding go through
 the `tokenizers` package (pip install 'ada-mk[text]'); the chat template is rendered with jinja2.
 
     tok = Tokenizer.from_gguf_info(info)            # or Tokenizer.from_folder(path)
@@ -31,6 +31,7 @@ _SPLITS = {"llama3": _LLAMA3_SPLIT, "llama-v3": _LLAMA3_SPLIT, "llama-bpe": _LLA
 _DIGIT_SPLIT = ("smollm", "starcoder", "refact")
 
 CONTROL, USER_DEFINED = 3, 4  # llama.cpp token types
+SPM_SPACE = "\u2581"  # SentencePiece's spelling of a space
 
 
 def _tokenizers():
@@ -54,6 +55,85 @@ def bytes_to_unicode() -> dict[int, str]:
     return dict(zip(bs, map(chr, cs)))
 
 
+def _byte_level_bpe(tk: Any, info: Any) -> Any:
+    """Byte-level BPE from the file's tokens and merges, split first as its pre-tokenizer name says."""
+    if not info.merges:
+        raise CheckpointError("GGUF tokenizer: tokenizer.ggml.merges is missing")
+    spelling = bytes_to_unicode()
+    alphabet = set(spelling.values())
+    types = list(info.token_type or [1] * len(info.tokens))
+    vocab = {}
+    for i, t in enumerate(info.tokens):
+        if types[i] not in (CONTROL, USER_DEFINED) and not set(t) <= alphabet:
+            t = "".join(spelling[b] for b in t.encode("utf-8"))
+        vocab.setdefault(t, i)
+    merges = [tuple(m.split(" ", 1)) for m in info.merges]
+    backend = tk.Tokenizer(tk.models.BPE(vocab=vocab, merges=merges, fuse_unk=False, byte_fallback=False))
+    pre = info.pre or "default"
+    byte_level = tk.pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=pre not in _SPLITS)
+    if pre in _SPLITS:
+        backend.pre_tokenizer = tk.pre_tokenizers.Sequence(
+            [tk.pre_tokenizers.Split(tk.Regex(_SPLITS[pre]), behavior="isolated"), byte_level])
+    elif pre in _DIGIT_SPLIT:
+        backend.pre_tokenizer = tk.pre_tokenizers.Sequence(
+            [tk.pre_tokenizers.Digits(individual_digits=True), byte_level])
+    else:
+        backend.pre_tokenizer = byte_level
+    backend.decoder = tk.decoders.ByteLevel()
+    return backend
+
+
+def sentencepiece_merges(tokens: list[str], priority: list[float]) -> list[tuple[str, str]]:
+    """The BPE merges a SentencePiece vocabulary implies (GGUF stores none): every split of a token
+    into two tokens of the vocabulary, the tokens of higher priority merged first (ties: the pieces'
+    ids), so that BPE over them rebuilds the vocabulary's pieces."""
+    ids: dict[str, int] = {}
+    for i, t in enumerate(tokens):
+        ids.setdefault(t, i)
+    found = []
+    for t, i in ids.items():
+        for k in range(1, len(t)):
+            a, b = t[:k], t[k:]
+            if a in ids and b in ids:
+                found.append((-priority[i], ids[a], ids[b], a, b))
+    found.sort()
+    return [(a, b) for *_, a, b in found]
+
+
+def _sentencepiece_bpe(tk: Any, info: Any) -> Any:
+    """SentencePiece BPE from the file's pieces: "▁" for a space, byte fallback (<0xNN> pieces) for
+    what no piece spells, merges in score order (Gemma: in the file's order, which its merges were
+    learned in; its runs of spaces are stored as spaces and spelled with "▁" here)."""
+    tokens = list(info.tokens)
+    gemma = info.architecture.startswith("gemma")
+    if gemma:
+        tokens = [t.replace(" ", SPM_SPACE) if " " in t and not t.strip() else t for t in tokens]
+        priority = [-float(i) for i in range(len(tokens))]
+    elif info.scores is not None and len(info.scores) == len(tokens):
+        priority = [float(x) for x in info.scores]
+    else:
+        raise CheckpointError("GGUF tokenizer: tokenizer.ggml.scores is missing or of the wrong length "
+                              "(a SentencePiece vocabulary needs one score per token)")
+    vocab: dict[str, int] = {}
+    for i, t in enumerate(tokens):
+        vocab.setdefault(t, i)
+    unk = info.unknown_token_id
+    bpe = tk.models.BPE(vocab=vocab, merges=sentencepiece_merges(tokens, priority), fuse_unk=True, byte_fallback=True,
+                        unk_token=tokens[unk] if unk is not None and 0 <= unk < len(tokens) else None)
+    backend = tk.Tokenizer(bpe)
+    prefix = info.add_space_prefix and not gemma
+    if gemma:
+        backend.normalizer = tk.normalizers.Replace(" ", SPM_SPACE)
+    else:
+        backend.pre_tokenizer = tk.pre_tokenizers.Metaspace(replacement=SPM_SPACE,
+                                                            prepend_scheme="first" if prefix else "never", split=False)
+    steps = [tk.decoders.Replace(SPM_SPACE, " "), tk.decoders.ByteFallback(), tk.decoders.Fuse()]
+    if prefix:
+        steps.append(tk.decoders.Strip(content=" ", left=1, right=0))
+    backend.decoder = tk.decoders.Sequence(steps)
+    return backend
+
+
 def _raise_exception(msg: str) -> None:
     raise CheckpointError(f"chat template: {msg}")
 
@@ -73,38 +153,23 @@ class Tokenizer:
     # ---------------------------------------------------------------------------- building
     @classmethod
     def from_gguf_info(cls, info: Any) -> Tokenizer:
-        """Byte-level BPE from tokenizer.ggml.{tokens, merges, token_type, pre}."""
+        """From tokenizer.ggml.*: byte-level BPE (model "gpt2": tokens, merges, token_type, pre) or
+        SentencePiece BPE (model "llama": tokens, scores, token_type, add_space_prefix)."""
         tk = _tokenizers()
-        if info.model != "gpt2":
-            raise CheckpointError(f"GGUF tokenizer model {info.model!r} is unsupported; expected 'gpt2' (byte-level BPE)")
-        if not info.merges:
-            raise CheckpointError("GGUF tokenizer: tokenizer.ggml.merges is missing")
-        spelling = bytes_to_unicode()
-        alphabet = set(spelling.values())
-        types = list(info.token_type or [1] * len(info.tokens))
-        vocab = {}
-        for i, t in enumerate(info.tokens):
-            if types[i] not in (CONTROL, USER_DEFINED) and not set(t) <= alphabet:
-                t = "".join(spelling[b] for b in t.encode("utf-8"))
-            vocab.setdefault(t, i)
-        merges = [tuple(m.split(" ", 1)) for m in info.merges]
-        bpe = tk.models.BPE(vocab=vocab, merges=merges, fuse_unk=False, byte_fallback=False)
-        backend = tk.Tokenizer(bpe)
-        pre = info.pre or "default"
-        byte_level = tk.pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=pre not in _SPLITS)
-        if pre in _SPLITS:
-            backend.pre_tokenizer = tk.pre_tokenizers.Sequence(
-                [tk.pre_tokenizers.Split(tk.Regex(_SPLITS[pre]), behavior="isolated"), byte_level])
-        elif pre in _DIGIT_SPLIT:
-            backend.pre_tokenizer = tk.pre_tokenizers.Sequence(
-                [tk.pre_tokenizers.Digits(individual_digits=True), byte_level])
+        if info.model == "gpt2":
+            backend = _byte_level_bpe(tk, info)
+        elif info.model == "llama":
+            backend = _sentencepiece_bpe(tk, info)
         else:
-            backend.pre_tokenizer = byte_level
-        backend.decoder = tk.decoders.ByteLevel()
+            raise CheckpointError(f"GGUF tokenizer model {info.model!r} is unsupported; expected 'gpt2' (byte-level "
+                                  "BPE) or 'llama' (SentencePiece)")
+        types = list(info.token_type or [1] * len(info.tokens))
         specials = [tk.AddedToken(t, special=True, normalized=False)
                     for t, ty in zip(info.tokens, types) if ty == CONTROL]
+        # user-defined tokens match whole in the text, as llama.cpp matches them; those the model
+        # spells otherwise (Gemma's runs of spaces, "▁▁") come out of the merges instead
         user = [tk.AddedToken(t, special=False, normalized=False)
-                for t, ty in zip(info.tokens, types) if ty == USER_DEFINED]
+                for t, ty in zip(info.tokens, types) if ty == USER_DEFINED and backend.token_to_id(t) is not None]
         if specials:
             backend.add_special_tokens(specials)
         if user:
