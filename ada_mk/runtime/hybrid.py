@@ -7,6 +7,11 @@ low-latency decode in the MegaKernel.
     hybrid = HybridPrefill(engine)
     next_tokens, logits = hybrid.prefill(prompt_ids)          # [B, T] -> [B], [B, V]
     engine.step(next_tokens, [T] * B)                           # decode goes on in the kernel
+    hybrid.prefill(chunk, slot=s, start=p)                      # one slot's positions p..p+n-1
+
+A prefill from `start` > 0 continues a prompt chunk by chunk: its queries attend over the slot's
+positions 0..start-1 as the cache holds them (bf16, as the kernel's decode reads them) and over
+the chunk's own keys causally; the chunk's K and V go to positions start..start+n-1.
 
 The prefill reads the very bf16 weights the kernel reads (the packed device buffer, viewed as torch
 tensors: no second copy), computes in float32 by default (as the kernel accumulates), rounds K and V
@@ -66,58 +71,89 @@ class HybridPrefill:
         B, kv, d = self.plan.batch, m.num_key_value_heads, m.head_dim
         self.cache_shape = (m.num_hidden_layers, B, kv, self.max_context, d)
         self._first_slot = 0  # the cache slot of the first prompt row (prefill's `slot`)
+        self._start = 0  # the cache position of the first prompt column (prefill's `start`)
+        self._rows = B  # prompt rows of the current prefill (1 with a `slot`)
 
-    def prefill(self, tokens, slot: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Prompts [B, T] (or [T] at batch 1) from position 0: fills the kernel's K/V cache at
-        positions 0..T-1 and returns the greedy next tokens [B] (int32) and logits [B, V] (f32).
-        With `slot`, one prompt [T] fills that slot's cache alone (the other slots' caches are
-        not touched) and the returns are [1] and [1, V]: what a server admitting one request
-        between decode steps needs."""
+    def prefill(self, tokens, slot: int | None = None, start: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """Prompts [B, T] (or [T] at batch 1) at positions start..start+T-1: fills the kernel's
+        K/V cache there and returns the greedy next tokens [B] (int32) and logits [B, V] (f32)
+        of the last position. With `slot`, one prompt [T] fills that slot's cache alone (the
+        other slots' caches are not touched) and the returns are [1] and [1, V]: what a server
+        admitting one request between decode steps needs. With `start` > 0 the tokens continue
+        a sequence whose positions 0..start-1 are already in the cache (an earlier chunk)."""
         torch, m = self.torch, self.model
         B = self.plan.batch
         if slot is not None and not 0 <= slot < B:
             raise KernelError(f"slot {slot}: expected 0..{B - 1} (the plan's batch)")
-        self._first_slot = 0 if slot is None else slot
         rows = B if slot is None else 1
         ids = torch.as_tensor(np.asarray(tokens, np.int64).reshape(rows, -1), device=self.device)
         T = ids.shape[1]
-        if T < 1 or T > self.max_context:
-            raise KernelError(f"prompt of {T} tokens: expected 1..{self.max_context} (the KV cache's size)")
+        if start < 0 or T < 1 or start + T > self.max_context:
+            raise KernelError(f"prompt positions {start}..{start + T - 1}: expected within 0..{self.max_context - 1} "
+                              "(the KV cache's size)")
         if int(ids.min()) < 0 or int(ids.max()) >= m.vocab_size:
             raise KernelError(f"token ids must be in [0, {m.vocab_size})")
+        self._first_slot, self._start, self._rows = (0 if slot is None else slot), start, rows
         self.engine.synchronize()  # the kernel's stream must not be writing the cache
-        logits = torch_prefill(m, self.engine.layout.weights, self.wbuf, ids, dtype=self.dtype, store=self._store)
+        logits = torch_prefill(m, self.engine.layout.weights, self.wbuf, ids, dtype=self.dtype, store=self._store,
+                               start=start, past=self._past if start else None)
         nxt = logits.argmax(-1).to(torch.int32)
-        torch.cuda.synchronize(self.device)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
         return nxt.cpu().numpy(), logits.cpu().numpy()
 
     def _store(self, layer: int, k, v) -> None:
         """K (roped) and V [rows, kv, T, d] -> the kernel's cache of slots first..first+rows-1 at
-        positions 0..T-1, as bf16."""
+        positions start..start+T-1, as bf16."""
         torch = self.torch
         B, nkv, T, d = k.shape
-        s0 = self._first_slot
+        s0, p0 = self._first_slot, self._start
         kb, vb = k.to(torch.bfloat16), v.to(torch.bfloat16)
         if self.zero_copy:
-            self.k_cache.view(self.cache_shape)[layer, s0:s0 + B, :, :T] = kb
-            self.v_cache.view(self.cache_shape)[layer, s0:s0 + B, :, :T] = vb
+            self.k_cache.view(self.cache_shape)[layer, s0:s0 + B, :, p0:p0 + T] = kb
+            self.v_cache.view(self.cache_shape)[layer, s0:s0 + B, :, p0:p0 + T] = vb
             return
         drv = _driver()
         kb, vb = kb.contiguous(), vb.contiguous()
         torch.cuda.synchronize(self.device)
         row = self.max_context * d * 2  # bytes per (layer, b, kv_head) block of the cache
         for name, src in (("k_cache", kb), ("v_cache", vb)):
-            base = self.engine.buffers[name] + ((layer * self.plan.batch + s0) * nkv) * row
+            base = self.engine.buffers[name] + ((layer * self.plan.batch + s0) * nkv) * row + p0 * d * 2
             for i in range(B * nkv):  # positions are consecutive: one contiguous block each
                 _check(drv.cuMemcpyDtoD(base + i * row, src.data_ptr() + i * T * d * 2, T * d * 2))
 
+    def _past(self, layer: int):
+        """The cached K and V [rows, kv, start, d] (bf16) of slots first..first+rows-1 at
+        positions 0..start-1: the prefix a chunk from `start` attends over."""
+        torch = self.torch
+        nkv, d = self.cache_shape[2], self.cache_shape[4]
+        s0, p0 = self._first_slot, self._start
+        rows = self._rows
+        if self.zero_copy:
+            return (self.k_cache.view(self.cache_shape)[layer, s0:s0 + rows, :, :p0],
+                    self.v_cache.view(self.cache_shape)[layer, s0:s0 + rows, :, :p0])
+        drv = _driver()
+        row = self.max_context * d * 2
+        out = []
+        for name in ("k_cache", "v_cache"):
+            dst = torch.empty((rows, nkv, p0, d), dtype=torch.bfloat16, device=self.device)
+            base = self.engine.buffers[name] + ((layer * self.plan.batch + s0) * nkv) * row
+            for i in range(rows * nkv):
+                _check(drv.cuMemcpyDtoD(dst.data_ptr() + i * p0 * d * 2, base + i * row, p0 * d * 2))
+            out.append(dst)
+        torch.cuda.synchronize(self.device)
+        return tuple(out)
+
 
 def torch_prefill(model: ModelConfig, region: Any, wbuf: Any, ids: Any, *, dtype: Any = None,
-                  store: Callable[[int, Any, Any], None] | None = None):
-    """The batched forward pass over prompts `ids` [B, T] (positions 0..T-1), reading the weights
-    from `wbuf`, a 1-D bf16 torch tensor in the packed layout `region` (layout.weights). Calls
-    store(layer, k, v) with the roped K and V [B, kv_heads, T, head_dim] of each layer and returns
-    the last position's logits [B, V] in float32. Runs wherever `wbuf` lives (CPU in the tests)."""
+                  store: Callable[[int, Any, Any], None] | None = None, start: int = 0,
+                  past: Callable[[int], tuple[Any, Any]] | None = None):
+    """The batched forward pass over prompts `ids` [B, T] at positions start..start+T-1, reading
+    the weights from `wbuf`, a 1-D bf16 torch tensor in the packed layout `region`
+    (layout.weights). Calls store(layer, k, v) with the roped K and V [B, kv_heads, T, head_dim]
+    of each layer and returns the last position's logits [B, V] in float32. With `start` > 0,
+    past(layer) gives the roped K and V [B, kv_heads, start, head_dim] of the positions before,
+    which the queries attend over too. Runs wherever `wbuf` lives (CPU in the tests)."""
     import torch
     import torch.nn.functional as F
 
@@ -146,9 +182,14 @@ def torch_prefill(model: ModelConfig, region: Any, wbuf: Any, ids: Any, *, dtype
 
     B, T = ids.shape
     nh, nkv, d = m.num_attention_heads, m.num_key_value_heads, m.head_dim
+    if start and past is None:
+        raise ValueError(f"a prefill from position {start} needs `past`, the cached K and V before it")
     with torch.no_grad():
         inv_freq = torch.from_numpy(rope_inv_freq(m)).to(dev)
-        freqs = torch.arange(T, device=dev, dtype=torch.float32)[:, None] * inv_freq[None, :]
+        freqs = torch.arange(start, start + T, device=dev, dtype=torch.float32)[:, None] * inv_freq[None, :]
+        # Query i (position start+i) sees keys 0..start+i: causal over the chunk, all of the past.
+        mask = None if not start else (torch.arange(start + T, device=dev)[None, :]
+                                        <= torch.arange(start, start + T, device=dev)[:, None])
         emb = torch.cat([freqs, freqs], dim=-1)
         cos, sin = emb.cos().to(dtype), emb.sin().to(dtype)  # [T, d], HF's layout
         x = seg("embed")[ids]  # [B, T, H]
@@ -168,9 +209,12 @@ def torch_prefill(model: ModelConfig, region: Any, wbuf: Any, ids: Any, *, dtype
             k = k * cos + rotate_half(k) * sin
             if store is not None:
                 store(layer, k, v)
+            if start:
+                pk, pv = past(layer)
+                k, v = torch.cat([pk.to(dtype), k], dim=2), torch.cat([pv.to(dtype), v], dim=2)
             rep = nh // nkv
             a = F.scaled_dot_product_attention(q, k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1),
-                                               is_causal=True)
+                                               attn_mask=mask, is_causal=mask is None)
             x = x + a.transpose(1, 2).reshape(B, T, nh * d) @ seg("wo", layer).T
             h = rms(x, seg("post_norm", layer))
             gu = h @ seg("wgate_up", layer).T
