@@ -386,6 +386,7 @@ def test_shutdown_drains_in_flight_requests(ck) -> None:
     (["--max-context", "100000"], "--max-context"),
     (["--backend", "tpu"], "--backend"),
     (["--port", "BUSY"], "cannot listen"),
+    (["--prefill-chunk", "0"], "--prefill-chunk"),
 ])
 def test_cli_errors_are_one_line(tiny: Path, args: list[str], needle: str) -> None:
     from click.testing import CliRunner

@@ -47,19 +47,26 @@ def device_bf16(ptr: int, numel: int, device: Any):
 
 class HybridPrefill:
     def __init__(self, engine: MegaKernelEngine, *, compute_dtype: str = "float32", device: Any = None,
-                 zero_copy: bool = True) -> None:
+                 zero_copy: bool = True, tensors: tuple[Any, Any, Any] | None = None) -> None:
+        """`tensors`: flat bf16 torch tensors (packed weights, K cache, V cache) to read and
+        write instead of the engine's device buffers, wherever they live (the CPU tests); the
+        engine then only gives its plan and layout and synchronize()."""
         import torch
 
         self.torch = torch
         self.engine, self.plan, self.model = engine, engine.plan, engine.plan.model
+        if tensors is not None:
+            device = tensors[0].device
         self.device = torch.device(device if device is not None else f"cuda:{torch.cuda.current_device()}")
         self.dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[compute_dtype]
         m, L = self.model, engine.layout
         self.max_context = self.plan.deploy.max_context
         n_w = L.weights.total
         kv_elems = L.kv_elems_per_layer * m.num_hidden_layers
-        self.zero_copy = zero_copy
-        if zero_copy:
+        self.zero_copy = zero_copy or tensors is not None
+        if tensors is not None:
+            self.wbuf, self.k_cache, self.v_cache = tensors
+        elif zero_copy:
             self.wbuf = device_bf16(engine.buffers["weights"], n_w, self.device)
             self.k_cache = device_bf16(engine.buffers["k_cache"], kv_elems, self.device)
             self.v_cache = device_bf16(engine.buffers["v_cache"], kv_elems, self.device)
