@@ -306,6 +306,16 @@ def test_metrics_parse(server) -> None:
     assert fams["adamk_slots"].samples[0].value == 3
 
 
+def test_a_prompt_goes_in_chunks(server) -> None:
+    """The fixture's server prefills 4 tokens a chunk: a prompt of T tokens is ceil(T/4) chunks
+    in adamk_prefill_seconds, and its text is the same as ever (HF's, in the tests above)."""
+    rng = np.random.default_rng()
+    T = int(rng.integers(9, 30))
+    before = server.metrics.prefill.count
+    client(server).completions.create(model="tiny", prompt=rand_prompt(rng, T, T + 1), max_tokens=2, temperature=0)
+    assert server.metrics.prefill.count - before == -(-T // 4)
+
+
 # ------------------------------------------------------------------------------ slots and load
 def test_queue_full_is_503_and_disconnect_frees_the_slot(ck) -> None:
     s = start(ck, 1, cls=Slow, max_queue=1)
