@@ -142,6 +142,7 @@ class HybridPrefill:
         drv = _driver()
         row = self.max_context * d * 2
         out = []
+        torch.cuda.synchronize(self.device)  # torch's pending work done before the driver copies
         for name in ("k_cache", "v_cache"):
             dst = torch.empty((rows, nkv, p0, d), dtype=torch.bfloat16, device=self.device)
             base = self.engine.buffers[name] + ((layer * self.plan.batch + s0) * nkv) * row
