@@ -55,14 +55,14 @@ class _Engine:
         pass
 
 
-def cpu_hybrid(tiny, rng) -> HybridPrefill:
+def cpu_hybrid(tiny, rng, keep_weights: bool = False) -> HybridPrefill:
     """HybridPrefill on the CPU over the packed weights, its K/V cache filled with noise (which a
     read of the wrong positions would pick up)."""
     m, plan, layout, hf = tiny
     wbuf = torch.from_numpy(bf16_bits_to_float(pack_weights(layout, hf_weights(hf)))).to(torch.bfloat16)
     n = layout.kv_elems_per_layer * m.num_hidden_layers
     caches = [torch.from_numpy(rng.standard_normal(n, dtype=np.float32)).to(torch.bfloat16) for _ in range(2)]
-    return HybridPrefill(_Engine(plan, layout), tensors=(wbuf, *caches))
+    return HybridPrefill(_Engine(plan, layout), tensors=(wbuf, *caches), keep_weights=keep_weights)
 
 
 def rel(a: np.ndarray, b: np.ndarray) -> float:
@@ -131,6 +131,24 @@ def test_hybrid_one_token_chunks_decode_hf_greedy(tiny) -> None:
         assert row[tok] >= row.max() - 1e-2 * np.abs(row).max(), (i, tok, int(row.argmax()))
     if all(want[T - 1 + i].argmax() == t for i, t in enumerate(seq)):  # no near-tie flipped a token
         assert seq == hf_greedy(hf, ids, n)
+
+
+def test_kept_weights_change_nothing(tiny) -> None:
+    """keep_weights: the second and later prefills read the kept matrices and give bit for bit
+    what converting the weights again gives; kept_bytes() is what they take."""
+    m, _, _, hf = tiny
+    rng = np.random.default_rng()
+    seed = int(rng.integers(1 << 30))
+    ids = rng.integers(0, m.vocab_size, 24)
+    plain = cpu_hybrid(tiny, np.random.default_rng(seed))
+    kept = cpu_hybrid(tiny, np.random.default_rng(seed), keep_weights=True)
+    assert plain.kept is None and kept.kept == {}
+    for a, b in [(0, 9), (9, 10), (10, 24)]:
+        got = [h.prefill(ids[a:b], slot=3, start=a)[1] for h in (plain, kept)]
+        assert np.array_equal(got[0], got[1])
+        assert torch.equal(plain.k_cache, kept.k_cache) and torch.equal(plain.v_cache, kept.v_cache)
+    assert sum(t.numel() * t.element_size() for t in kept.kept.values()) == kept.kept_bytes()
+    assert ("embed", None) not in kept.kept and ("wdown", m.num_hidden_layers - 1) in kept.kept
 
 
 def test_reference_chunks_match_hf_and_one_shot(tiny) -> None:

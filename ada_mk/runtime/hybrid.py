@@ -14,7 +14,8 @@ positions 0..start-1 as the cache holds them (bf16, as the kernel's decode reads
 the chunk's own keys causally; the chunk's K and V go to positions start..start+n-1.
 
 The prefill reads the very bf16 weights the kernel reads (the packed device buffer, viewed as torch
-tensors: no second copy), computes in float32 by default (as the kernel accumulates), rounds K and V
+tensors: no second copy; with keep_weights, a server's, the matrices as it multiplies them are kept
+after the first prefill), computes in float32 by default (as the kernel accumulates), rounds K and V
 to bf16 and stores them at [layer][b][kv_head][position][head_dim]. Torch is imported here only.
 """
 from __future__ import annotations
@@ -47,10 +48,15 @@ def device_bf16(ptr: int, numel: int, device: Any):
 
 class HybridPrefill:
     def __init__(self, engine: MegaKernelEngine, *, compute_dtype: str = "float32", device: Any = None,
-                 zero_copy: bool = True, tensors: tuple[Any, Any, Any] | None = None) -> None:
+                 zero_copy: bool = True, tensors: tuple[Any, Any, Any] | None = None,
+                 keep_weights: bool | str = False) -> None:
         """`tensors`: flat bf16 torch tensors (packed weights, K cache, V cache) to read and
         write instead of the engine's device buffers, wherever they live (the CPU tests); the
-        engine then only gives its plan and layout and synchronize()."""
+        engine then only gives its plan and layout and synchronize(). `keep_weights`: keep the
+        weight matrices as the prefill multiplies them (untiled or dequantized, in the compute
+        dtype: `kept_bytes()` of memory) from the first prefill on, so that the next ones skip
+        that work (a server's chunks); "auto": where that takes at most a quarter of the GPU's
+        free memory."""
         import torch
 
         self.torch = torch
@@ -80,6 +86,17 @@ class HybridPrefill:
         self._first_slot = 0  # the cache slot of the first prompt row (prefill's `slot`)
         self._start = 0  # the cache position of the first prompt column (prefill's `start`)
         self._rows = B  # prompt rows of the current prefill (1 with a `slot`)
+        if keep_weights == "auto":
+            keep_weights = self.device.type == "cuda" and self.kept_bytes() <= torch.cuda.mem_get_info(self.device)[0] // 4
+        self.kept: dict | None = {} if keep_weights else None
+
+    def kept_bytes(self) -> int:
+        """Memory the kept weight matrices take (keep_weights): every weight segment but the
+        embedding table's, in the compute dtype."""
+        w, n_layers = self.engine.layout.weights, self.model.num_hidden_layers
+        per_layer = sum(int(np.prod(sg.shape)) for sg in w.per_layer.values() if sg.shape)
+        glob = sum(int(np.prod(sg.shape)) for name, sg in w.globals_.items() if sg.shape and name != "embed")
+        return (per_layer * n_layers + glob) * self.torch.tensor([], dtype=self.dtype).element_size()
 
     def prefill(self, tokens, slot: int | None = None, start: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """Prompts [B, T] (or [T] at batch 1) at positions start..start+T-1: fills the kernel's
@@ -103,7 +120,7 @@ class HybridPrefill:
         self._first_slot, self._start, self._rows = (0 if slot is None else slot), start, rows
         self.engine.synchronize()  # the kernel's stream must not be writing the cache
         logits = torch_prefill(m, self.engine.layout.weights, self.wbuf, ids, dtype=self.dtype, store=self._store,
-                               start=start, past=self._past if start else None)
+                               start=start, past=self._past if start else None, kept=self.kept)
         nxt = logits.argmax(-1).to(torch.int32)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
@@ -155,13 +172,16 @@ class HybridPrefill:
 
 def torch_prefill(model: ModelConfig, region: Any, wbuf: Any, ids: Any, *, dtype: Any = None,
                   store: Callable[[int, Any, Any], None] | None = None, start: int = 0,
-                  past: Callable[[int], tuple[Any, Any]] | None = None):
+                  past: Callable[[int], tuple[Any, Any]] | None = None, kept: dict | None = None):
     """The batched forward pass over prompts `ids` [B, T] at positions start..start+T-1, reading
     the weights from `wbuf`, a 1-D bf16 torch tensor in the packed layout `region`
     (layout.weights). Calls store(layer, k, v) with the roped K and V [B, kv_heads, T, head_dim]
     of each layer and returns the last position's logits [B, V] in float32. With `start` > 0,
     past(layer) gives the roped K and V [B, kv_heads, start, head_dim] of the positions before,
-    which the queries attend over too. Runs wherever `wbuf` lives (CPU in the tests)."""
+    which the queries attend over too. `kept`: a dict that keeps each weight matrix as computed
+    (untiled or dequantized, in `dtype`) for the next call, which then skips that work (the
+    embedding table excepted: only the prompt's rows of it are converted). Runs wherever `wbuf`
+    lives (CPU in the tests)."""
     import torch
     import torch.nn.functional as F
 
@@ -170,15 +190,26 @@ def torch_prefill(model: ModelConfig, region: Any, wbuf: Any, ids: Any, *, dtype
     dev = wbuf.device
 
     def seg(name: str, layer: int | None = None):
+        if kept is not None and (name, layer) in kept:
+            return kept[name, layer]
         if layer is None:
             sg, base = region.globals_[name], 0
         else:
             sg, base = region.per_layer[name], region.layer_base + layer * region.layer_stride
         if sg.linear is not None:  # quantized chunks: the values the kernel multiplies
-            return dequantize_segment_torch(wbuf, sg, base).to(dtype)
-        flat = wbuf[base + sg.offset: base + sg.offset + sg.size]
-        mat = untile_matrix(flat, sg.shape, sg.tiling) if sg.tiling else flat.view(*sg.shape)
-        return mat.to(dtype)
+            mat = dequantize_segment_torch(wbuf, sg, base).to(dtype)
+        else:
+            flat = wbuf[base + sg.offset: base + sg.offset + sg.size]
+            mat = (untile_matrix(flat, sg.shape, sg.tiling) if sg.tiling else flat.view(*sg.shape)).to(dtype)
+        if kept is not None:
+            kept[name, layer] = mat
+        return mat
+
+    def embed(ids):
+        sg = region.globals_["embed"]
+        if sg.linear is not None or sg.tiling:
+            return seg("embed")[ids]
+        return wbuf[sg.offset: sg.offset + sg.size].view(*sg.shape)[ids].to(dtype)  # the prompt's rows alone
 
     def rms(x, w):
         xf = x.float()
@@ -200,7 +231,7 @@ def torch_prefill(model: ModelConfig, region: Any, wbuf: Any, ids: Any, *, dtype
                                         <= torch.arange(start, start + T, device=dev)[:, None])
         emb = torch.cat([freqs, freqs], dim=-1)
         cos, sin = emb.cos().to(dtype), emb.sin().to(dtype)  # [T, d], HF's layout
-        x = seg("embed")[ids]  # [B, T, H]
+        x = embed(ids)  # [B, T, H]
         for layer in range(m.num_hidden_layers):
             h = rms(x, seg("input_norm", layer))
             qkv = h @ seg("wqkv", layer).T

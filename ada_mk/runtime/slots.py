@@ -119,7 +119,7 @@ class KernelSlots(SlotBackend):
         if self.prefill_mode == "torch":
             from .hybrid import HybridPrefill
 
-            self.hybrid = HybridPrefill(self.engine)
+            self.hybrid = HybridPrefill(self.engine, keep_weights="auto")  # chunk after chunk: convert once
         self.bulk_prefill = self.hybrid is not None
         self.name = f"{self.plan.kernel_name}, prefill: {self.prefill_mode}"
 

@@ -260,6 +260,9 @@ def test_latency_under_load(ck, tok, chunk: int) -> None:
     try:
         step_ms = s.backend.engine.time_steps(512, 200)
         costs = chunk_ms(s.backend, (1, 32, 128, 512))
+        kept, s.backend.hybrid.kept = s.backend.hybrid.kept, None  # the same without kept weights
+        plain = chunk_ms(s.backend, (1, 32, 128, 512))
+        s.backend.hybrid.kept = kept
         long_cases = [(" ".join([text] * int(rng.integers(10, 60))), chat) for text, chat in CASES]
         pool_cases = CASES + long_cases
         jobs = [(pool_cases[int(rng.integers(len(pool_cases)))], int(rng.integers(8, 96))) for _ in range(48)]
@@ -268,7 +271,9 @@ def test_latency_under_load(ck, tok, chunk: int) -> None:
         ttft = np.array([r[1] for r in res]) * 1e3
         itl = np.concatenate([r[2] for r in res]) * 1e3
         print(f"\nserve load on {_gpu_name()} (batch {TEST[0]}, --prefill-chunk {chunk}): kernel step {step_ms:.3f} ms; "
-              f"prefill chunk of 1/32/128/512 tokens {'/'.join(f'{costs[n]:.2f}' for n in sorted(costs))} ms; "
+              f"prefill chunk of 1/32/128/512 tokens {'/'.join(f'{costs[n]:.2f}' for n in sorted(costs))} ms "
+              f"(weights kept: {kept is not None}; converted each time: "
+              f"{'/'.join(f'{plain[n]:.2f}' for n in sorted(plain))} ms); "
               f"TTFT p50 {np.percentile(ttft, 50):.2f} p99 {np.percentile(ttft, 99):.2f} ms; "
               f"ITL p50 {np.percentile(itl, 50):.3f} p99 {np.percentile(itl, 99):.3f} ms over {len(itl)} gaps "
               f"(p99 / step {np.percentile(itl, 99) / step_ms:.2f})")
