@@ -59,7 +59,7 @@ def start(ck, batch: int, *, cls=ReferenceSlots, **kw) -> OpenAIServer:
 
 @pytest.fixture(scope="module")
 def server(ck):
-    s = start(ck, 3)
+    s = start(ck, 3, prefill_chunk=4)  # prompts of 2-20 tokens: most go in several chunks
     yield s
     s.shutdown(10)
 
@@ -129,9 +129,12 @@ def test_stream_decoder_gives_the_whole_decoding(ck) -> None:
         assert all("\ufffd" not in p for p in pieces) or "\ufffd" in tok.decode(ids)
 
 
-def test_hybrid_store_writes_one_slot() -> None:
-    """HybridPrefill's store with a slot: the K/V of one prompt land in that slot's block of the
-    cache [layer][slot][kv_head][position][head_dim], nothing else changes (the zero-copy view)."""
+@pytest.mark.parametrize("start", [0, 7])
+def test_hybrid_store_writes_one_slot(start: int) -> None:
+    """HybridPrefill's store with a slot (and a chunk's start position): the K/V of one prompt
+    land in that slot's block of the cache [layer][slot][kv_head][position][head_dim] at
+    positions start..start+T-1, nothing else changes (the zero-copy view); _past reads the
+    positions before start back."""
     torch = pytest.importorskip("torch")
     from ada_mk.runtime.hybrid import HybridPrefill
 
@@ -142,11 +145,15 @@ def test_hybrid_store_writes_one_slot() -> None:
     h.v_cache = torch.randn(L * B * nkv * C * d).to(torch.bfloat16)
     k0, v0 = h.k_cache.clone().view(h.cache_shape), h.v_cache.clone().view(h.cache_shape)
     k, v = torch.randn(1, nkv, T, d), torch.randn(1, nkv, T, d)
-    h._first_slot = 2
+    h._first_slot, h._start, h._rows = 2, start, 1
     h._store(1, k, v)
     kc, vc = h.k_cache.view(h.cache_shape), h.v_cache.view(h.cache_shape)
-    assert torch.equal(kc[1, 2, :, :T], k[0].to(torch.bfloat16)) and torch.equal(vc[1, 2, :, :T], v[0].to(torch.bfloat16))
-    kc[1, 2, :, :T], vc[1, 2, :, :T] = k0[1, 2, :, :T], v0[1, 2, :, :T]
+    end = start + T
+    assert torch.equal(kc[1, 2, :, start:end], k[0].to(torch.bfloat16))
+    assert torch.equal(vc[1, 2, :, start:end], v[0].to(torch.bfloat16))
+    pk, pv = h._past(1)
+    assert torch.equal(pk, k0[1, 2:3, :, :start]) and torch.equal(pv, v0[1, 2:3, :, :start])
+    kc[1, 2, :, start:end], vc[1, 2, :, start:end] = k0[1, 2, :, start:end], v0[1, 2, :, start:end]
     assert torch.equal(kc, k0) and torch.equal(vc, v0)
 
 
@@ -299,6 +306,16 @@ def test_metrics_parse(server) -> None:
     assert fams["adamk_slots"].samples[0].value == 3
 
 
+def test_a_prompt_goes_in_chunks(server) -> None:
+    """The fixture's server prefills 4 tokens a chunk: a prompt of T tokens is ceil(T/4) chunks
+    in adamk_prefill_seconds, and its text is the same as ever (HF's, in the tests above)."""
+    rng = np.random.default_rng()
+    T = int(rng.integers(9, 30))
+    before = server.metrics.prefill.count
+    client(server).completions.create(model="tiny", prompt=rand_prompt(rng, T, T + 1), max_tokens=2, temperature=0)
+    assert server.metrics.prefill.count - before == -(-T // 4)
+
+
 # ------------------------------------------------------------------------------ slots and load
 def test_queue_full_is_503_and_disconnect_frees_the_slot(ck) -> None:
     s = start(ck, 1, cls=Slow, max_queue=1)
@@ -379,6 +396,7 @@ def test_shutdown_drains_in_flight_requests(ck) -> None:
     (["--max-context", "100000"], "--max-context"),
     (["--backend", "tpu"], "--backend"),
     (["--port", "BUSY"], "cannot listen"),
+    (["--prefill-chunk", "0"], "--prefill-chunk"),
 ])
 def test_cli_errors_are_one_line(tiny: Path, args: list[str], needle: str) -> None:
     from click.testing import CliRunner

@@ -30,7 +30,8 @@ def test_openai_client_and_sigterm_drain() -> None:
             cut = next((i for i, t in enumerate(out) if t in tok.eos_token_ids), len(out))
             want.append(tok.decode(out[:cut]))
         del hf
-    proc, port, log = start_server(path, "--backend", "reference", "--batch", "2", "--max-context", "128")
+    proc, port, log = start_server(path, "--backend", "reference", "--batch", "2", "--max-context", "128",
+                                   "--prefill-chunk", "8")  # the prompts go in several chunks
     try:
         c = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0, timeout=300)
 

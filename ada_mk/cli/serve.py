@@ -21,6 +21,7 @@ from pathlib import Path
 import click
 
 from ..config import ConfigError, deploy_for, resolve_weights
+from ..serve.scheduler import DEFAULT_PREFILL_CHUNK
 from .common import command, fail_as, one_line, say, weights_options
 
 PROG = "adamk-serve"
@@ -48,12 +49,16 @@ fail = partial(fail_as, PROG)
 @click.option("--max-queue", type=click.IntRange(1), default=64, show_default=True,
               help="Requests that may wait for a slot; more are answered 503.")
 @click.option("--prefills-per-step", type=click.IntRange(1), default=1, show_default=True,
-              help="Prompts admitted between two decode steps (bulk prefill).")
+              help="Prefill chunks run between two decode steps (bulk prefill).")
+@click.option("--prefill-chunk", type=click.IntRange(1), default=DEFAULT_PREFILL_CHUNK, show_default=True,
+              help="Prompt tokens per prefill chunk: a long prompt is prefilled a chunk per decode step, "
+                   "so running streams wait for one chunk at most.")
 @click.option("--model-name", default=None, help="The model id /v1/models reports. [default: the config's name]")
 @click.option("-v", "--verbose", is_flag=True, help="Log the build steps and every HTTP request.")
 def main(weights_path: Path, config_path: Path | None, backend: str, batch: int | None, port: int, host: str,
          max_context: int | None, gpu: str | None, weights: str | None, weights_group: int | None,
-         prefill_mode: str, max_queue: int, prefills_per_step: int, model_name: str | None, verbose: bool) -> None:
+         prefill_mode: str, max_queue: int, prefills_per_step: int, prefill_chunk: int, model_name: str | None,
+         verbose: bool) -> None:
     """Serve the checkpoint --weights through the OpenAI HTTP API, B requests decoding at once.
 
     \b
@@ -68,7 +73,7 @@ def main(weights_path: Path, config_path: Path | None, backend: str, batch: int 
 
     try:
         server = _start(weights_path, config_path, backend, batch, port, host, max_context, gpu, weights,
-                        weights_group, prefill_mode, max_queue, prefills_per_step, model_name, verbose)
+                        weights_group, prefill_mode, max_queue, prefills_per_step, prefill_chunk, model_name, verbose)
     except (CheckpointError, ConfigError, BuildError, KernelError, PlanError, ValueError) as e:
         fail(one_line(str(e)) or type(e).__name__)
     except OSError as e:
@@ -89,7 +94,8 @@ def main(weights_path: Path, config_path: Path | None, backend: str, batch: int 
 
 def _start(weights_path: Path, config_path: Path | None, backend: str, batch: int | None, port: int, host: str,
            max_context: int | None, gpu: str | None, weights_format: str | None, weights_group: int | None,
-           prefill_mode: str, max_queue: int, prefills_per_step: int, model_name: str | None, verbose: bool):
+           prefill_mode: str, max_queue: int, prefills_per_step: int, prefill_chunk: int, model_name: str | None,
+           verbose: bool):
     from ..checkpoints import load_checkpoint
     from ..config import load_config
     from ..serve.server import OpenAIServer, ids_of_warmup, warm_up
@@ -115,7 +121,8 @@ def _start(weights_path: Path, config_path: Path | None, backend: str, batch: in
     warm = warm_up(slots, ids_of_warmup(tok, model.vocab_size))
     try:
         server = OpenAIServer(slots, tok, model_name or model.name, host=host, port=port, max_queue=max_queue,
-                              prefills_per_step=prefills_per_step, log=log if verbose else None)
+                              prefills_per_step=prefills_per_step, prefill_chunk=prefill_chunk,
+                              log=log if verbose else None)
     except OSError as e:
         slots.close()
         raise ConfigError(f"cannot listen on {host}:{port}: {e.strerror or e}", field="--port") from None

@@ -4,13 +4,17 @@ position, advanced together by one step. What a continuous-batching server drive
     backend = ReferenceSlots(model, weights, batch=4, max_context=256)   # NumPy, CPU
     backend = KernelSlots(model, deploy, weights)                        # the MegaKernel, GPU
     first, logits = backend.prefill(slot, prompt_ids)       # when backend.bulk_prefill
+    first, logits = backend.prefill_chunk(slot, ids, start)  # positions start..start+n-1 of slot
     next_tokens, logits = backend.step(tokens, positions)   # [B] each; logits [B, V] or None
 
 Slot b's K and V live at [layer][b] of the cache and its attention reads only those, so the
 slots never see each other. A slot with no sequence is fed IDLE_TOKEN at position 0: that writes
 its own position 0 alone, which the next sequence to take the slot overwrites first (its prefill,
-or its first prompt token). A backend without bulk prefill (the kernel fed token by token) takes
-a prompt through step(), one token per step, next to the other slots' decoding.
+or its first prompt token). A bulk prefill may go in chunks: prefill_chunk(slot, ids, start)
+writes positions start..start+n-1, attending over the slot's positions 0..start-1 that earlier
+chunks wrote, and returns the greedy next token and logits of its last position; prefill(slot,
+prompt) is the one chunk from 0. A backend without bulk prefill (the kernel fed token by token)
+takes a prompt through step(), one token per step, next to the other slots' decoding.
 """
 from __future__ import annotations
 
@@ -24,8 +28,9 @@ IDLE_TOKEN = 0  # what a free slot is fed, at position 0
 
 
 class SlotBackend:
-    """B slots of one model. `bulk_prefill`: prefill(slot, prompt) fills a slot's cache in one
-    call; otherwise prompts go through step(). Subclasses set batch, max_context, vocab_size."""
+    """B slots of one model. `bulk_prefill`: prefill_chunk(slot, ids, start) fills a slot's cache
+    a chunk at a time (prefill(slot, prompt): all of it at once); otherwise prompts go through
+    step(). Subclasses set batch, max_context, vocab_size."""
 
     batch: int
     max_context: int
@@ -35,6 +40,12 @@ class SlotBackend:
 
     def prefill(self, slot: int, prompt: list[int]) -> tuple[int, np.ndarray]:
         """Prompt (positions 0..T-1) into `slot`'s cache alone: (greedy next token, logits [V])."""
+        self.check_prompt(prompt)
+        return self.prefill_chunk(slot, prompt, 0)
+
+    def prefill_chunk(self, slot: int, tokens: list[int], start: int) -> tuple[int, np.ndarray]:
+        """Tokens at positions start..start+n-1 into `slot`'s cache alone, attending over the
+        slot's positions 0..start-1 already there: (greedy next token, logits [V]) of the last."""
         raise NotImplementedError
 
     def step(self, tokens: np.ndarray, positions: np.ndarray, want_logits: bool) -> tuple[np.ndarray, np.ndarray | None]:
@@ -61,6 +72,13 @@ class SlotBackend:
         if bad:
             raise ValueError(f"token ids must be in [0, {self.vocab_size}); got {bad[:5]}")
 
+    def check_chunk(self, slot: int, tokens: list[int], start: int) -> None:
+        if not 0 <= slot < self.batch:
+            raise ValueError(f"slot {slot}: expected 0..{self.batch - 1}")
+        if not tokens or start < 0 or start + len(tokens) > self.max_context:
+            raise ValueError(f"chunk of {len(tokens)} tokens from position {start}: "
+                             f"expected 1 or more within the KV cache's {self.max_context} positions")
+
 
 class ReferenceSlots(SlotBackend):
     """The NumPy reference executor (float32, CPU). A prefill is the prompt's T rows through the
@@ -74,10 +92,10 @@ class ReferenceSlots(SlotBackend):
         self.batch, self.max_context, self.vocab_size = batch, max_context, model.vocab_size
         self.name = "NumPy reference (CPU)"
 
-    def prefill(self, slot: int, prompt: list[int]) -> tuple[int, np.ndarray]:
-        self.check_prompt(prompt)
-        T = len(prompt)
-        lg = self.ex.run_rows(np.asarray(prompt), np.arange(T), np.full(T, slot))[-1]
+    def prefill_chunk(self, slot: int, tokens: list[int], start: int) -> tuple[int, np.ndarray]:
+        self.check_chunk(slot, tokens, start)
+        T = len(tokens)
+        lg = self.ex.run_rows(np.asarray(tokens), np.arange(start, start + T), np.full(T, slot))[-1]
         return int(np.argmax(lg)), lg
 
     def step(self, tokens: np.ndarray, positions: np.ndarray, want_logits: bool) -> tuple[np.ndarray, np.ndarray | None]:
@@ -101,15 +119,15 @@ class KernelSlots(SlotBackend):
         if self.prefill_mode == "torch":
             from .hybrid import HybridPrefill
 
-            self.hybrid = HybridPrefill(self.engine)
+            self.hybrid = HybridPrefill(self.engine, keep_weights="auto")  # chunk after chunk: convert once
         self.bulk_prefill = self.hybrid is not None
         self.name = f"{self.plan.kernel_name}, prefill: {self.prefill_mode}"
 
-    def prefill(self, slot: int, prompt: list[int]) -> tuple[int, np.ndarray]:
+    def prefill_chunk(self, slot: int, tokens: list[int], start: int) -> tuple[int, np.ndarray]:
         if self.hybrid is None:
             raise NotImplementedError("prefill mode 'kernel' feeds prompts through step()")
-        self.check_prompt(prompt)
-        nxt, lg = self.hybrid.prefill(np.asarray(prompt, np.int32), slot=slot)
+        self.check_chunk(slot, tokens, start)
+        nxt, lg = self.hybrid.prefill(np.asarray(tokens, np.int32), slot=slot, start=start)
         return int(nxt[0]), lg[0]
 
     def step(self, tokens: np.ndarray, positions: np.ndarray, want_logits: bool) -> tuple[np.ndarray, np.ndarray | None]:

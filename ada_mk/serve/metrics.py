@@ -41,7 +41,7 @@ class Metrics:
         self.ttft = Histogram("adamk_time_to_first_token_seconds", "Request arrival to its first token.")
         self.itl = Histogram("adamk_inter_token_latency_seconds", "Time between consecutive tokens of a stream.")
         self.step = Histogram("adamk_step_seconds", "One decode step of all slots.")
-        self.prefill = Histogram("adamk_prefill_seconds", "One prompt's prefill into its slot.")
+        self.prefill = Histogram("adamk_prefill_seconds", "One prefill chunk into its slot.")
         self.requests: dict[str, int] = {}  # finish reason -> count
         self.rejected: dict[str, int] = {}  # HTTP status -> count
         self.prompt_tokens = self.generated_tokens = 0

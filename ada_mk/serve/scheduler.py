@@ -1,13 +1,17 @@
 """Continuous batching over a SlotBackend's B slots, in one thread that owns the backend.
 
 A request waits in a bounded queue (full: `QueueFull`, HTTP 503) until a slot is free; it takes
-the slot at the next iteration. Each iteration admits at most `prefills_per_step` prompts (bulk
-prefill, between two decode steps, so running streams wait for one prefill at most; a prompt
-that goes through the steps costs them no pause and is not counted), then runs
-one decode step of every slot. A backend without bulk prefill takes a new prompt through the
-steps, a token per step. A slot is freed at an end-of-sequence token, a stop string, max_tokens,
-or when its request is cancelled (the client went away). Text goes to the request's event queue
-as it is decoded, holding back what could be the start of a stop string.
+the slot at the next iteration. A backend with bulk prefill fills the slot's cache in chunks of
+at most `prefill_chunk` prompt tokens, each continuing from the positions the ones before wrote.
+Each iteration runs at most `prefills_per_step` chunks (the oldest request's first), then one
+decode step of every slot, so a running stream waits for one chunk at most between two of its
+tokens, however long the prompts that arrive. While no stream decodes, chunks run back to back
+(no step between them: no one's inter-token latency to keep). A slot starts decoding after its
+last chunk, whose logits give its first token; until then a step feeds it its next prompt token
+at the position the next chunk overwrites. A backend without bulk prefill takes a new prompt
+through the steps, a token per step. A slot is freed at an end-of-sequence token, a stop string,
+max_tokens, or when its request is cancelled (the client went away). Text goes to the request's
+event queue as it is decoded, holding back what could be the start of a stop string.
 """
 from __future__ import annotations
 
@@ -24,6 +28,13 @@ import numpy as np
 from ..runtime.slots import SlotBackend
 from ..runtime.textgen import sample
 from .metrics import Metrics
+
+# Prompt tokens per prefill chunk. A hybrid chunk costs a fixed part (one eager PyTorch pass
+# over every layer: its kernel launches and weight reads, several ms) plus a part per token;
+# 128 tokens keeps the per-token part at or below the fixed part for models up to about 1B
+# parameters, so a running stream's worst gap stays near the smallest one a chunk can give,
+# while a 512-token prompt needs only 4 chunks (README, Serving).
+DEFAULT_PREFILL_CHUNK = 128
 
 
 class QueueFull(Exception):
@@ -68,6 +79,7 @@ class Request:
         self.position = 0  # where the token fed next sits
         self.feed = 0  # the token fed next
         self.prompt_left = 0  # prompt tokens still to go through steps (no bulk prefill)
+        self.bulk_left = 0  # prompt tokens still to go in bulk-prefill chunks
         self.last_token_at = 0.0
         self.first_token_at: float | None = None
 
@@ -77,10 +89,14 @@ class Request:
 
 class Scheduler:
     def __init__(self, backend: SlotBackend, eos_ids: list[int], *, max_queue: int = 64,
-                 prefills_per_step: int = 1, metrics: Metrics | None = None) -> None:
+                 prefills_per_step: int = 1, prefill_chunk: int = DEFAULT_PREFILL_CHUNK,
+                 metrics: Metrics | None = None) -> None:
+        if prefill_chunk < 1:
+            raise ValueError(f"prefill_chunk: expected 1 or more tokens, got {prefill_chunk}")
         self.backend = backend
         self.eos = set(eos_ids)
         self.max_queue, self.prefills_per_step = max_queue, max(1, prefills_per_step)
+        self.prefill_chunk = prefill_chunk
         self.metrics = metrics or Metrics()
         self.metrics.slots = backend.batch
         self.slots: list[Request | None] = [None] * backend.batch
@@ -142,8 +158,7 @@ class Scheduler:
         for b, r in enumerate(self.slots):
             if r is not None and r.cancelled.is_set():
                 self._free(b, "cancelled")
-        admitted = 0
-        while admitted < self.prefills_per_step:
+        while True:
             with self.cond:
                 free = next((b for b, r in enumerate(self.slots) if r is None), None)
                 if free is None or not self.waiting:
@@ -155,43 +170,81 @@ class Scheduler:
                 self.metrics.finished("cancelled")
                 continue
             self._admit(free, req)
-            admitted += self.backend.bulk_prefill  # a prompt going through the steps costs no pause
-        if any(self.slots):
+        self._prefill_chunks()
+        if self._stepping():
             self._step()
 
+    def _stepping(self) -> bool:
+        """Some slot is advanced by the decode steps (its bulk prefill, if any, done)."""
+        return any(r is not None and r.bulk_left == 0 for r in self.slots)
+
     def _admit(self, b: int, req: Request) -> None:
+        if self.backend.bulk_prefill:
+            try:
+                self.backend.check_prompt(req.prompt)
+            except ValueError as e:  # this prompt's fault: it alone fails
+                req.finish_reason = "error"
+                req.events.put(("error", str(e)))
+                return
         req.slot = b
         self.slots[b] = req
         self.metrics.active_slots = sum(r is not None for r in self.slots)
         self.metrics.prompt_tokens += len(req.prompt)
-        if not self.backend.bulk_prefill:
+        if self.backend.bulk_prefill:
+            req.bulk_left = len(req.prompt)
+        else:
             req.feed, req.position, req.prompt_left = req.prompt[0], 0, len(req.prompt) - 1
-            return
+
+    def _prefill_chunks(self) -> None:
+        """Up to prefills_per_step chunks while a stream decodes; while none does, chunks until
+        one does (or no prompt is left to prefill)."""
+        done = 0
+        while True:
+            pending = [r for r in self.slots if r is not None and r.bulk_left > 0]
+            if not pending:
+                return
+            if done >= self.prefills_per_step and self._stepping():
+                return
+            r = min(pending, key=lambda x: x.id)  # the oldest request: its first token comes soonest
+            if r.cancelled.is_set():
+                self._free(r.slot, "cancelled")
+                continue
+            self._chunk(r)
+            done += 1
+
+    def _chunk(self, r: Request) -> None:
+        """The next chunk of r's prompt into its slot; after the last, r's first token."""
+        start = len(r.prompt) - r.bulk_left
+        ids = r.prompt[start:start + self.prefill_chunk]
         t = time.perf_counter()
         try:
-            greedy, logits = self.backend.prefill(b, req.prompt)
-        except ValueError as e:  # this prompt's fault (the backend's check_prompt): it alone fails
-            self.slots[b] = None
-            self.metrics.active_slots -= 1
-            req.finish_reason = "error"
-            req.events.put(("error", str(e)))
+            greedy, logits = self.backend.prefill_chunk(r.slot, ids, start)
+        except ValueError as e:  # this prompt's fault (the backend's checks): it alone fails
+            self._free(r.slot, "error", error=str(e))
             return
         self.metrics.prefill.observe(time.perf_counter() - t)
-        req.position = len(req.prompt)
-        self._accept(req, greedy, logits)
+        r.bulk_left -= len(ids)
+        if r.bulk_left == 0:
+            r.position = len(r.prompt)
+            self._accept(r, greedy, logits)
 
     def _step(self) -> None:
         tokens, positions = self.backend.idle_inputs()
         want_logits = False
         for b, r in enumerate(self.slots):
-            if r is not None:
-                tokens[b], positions[b] = r.feed, r.position
-                want_logits |= r.params.temperature > 0 and r.prompt_left == 0
+            if r is None:
+                continue
+            if r.bulk_left > 0:  # mid-prefill: a position the next chunk overwrites, nothing before it
+                at = len(r.prompt) - r.bulk_left
+                tokens[b], positions[b] = r.prompt[at], at
+                continue
+            tokens[b], positions[b] = r.feed, r.position
+            want_logits |= r.params.temperature > 0 and r.prompt_left == 0
         t = time.perf_counter()
         nxt, logits = self.backend.step(tokens, positions, want_logits)
         self.metrics.step.observe(time.perf_counter() - t)
         for b, r in enumerate(self.slots):
-            if r is None:
+            if r is None or r.bulk_left > 0:
                 continue
             r.position += 1
             if r.prompt_left > 0:  # a prompt going through the steps
@@ -239,13 +292,13 @@ class Scheduler:
             r.sent = len(r.text)
         self._free(r.slot, reason)
 
-    def _free(self, b: int, reason: str) -> None:
+    def _free(self, b: int, reason: str, *, error: str | None = None) -> None:
         r = self.slots[b]
         self.slots[b] = None
         self.metrics.active_slots = sum(x is not None for x in self.slots)
         r.finish_reason = reason
         self.metrics.finished(reason)
-        r.events.put(("done", reason))
+        r.events.put(("done", reason) if error is None else ("error", error))
 
 
 def _stop_at(text: str, start: int, stops: list[str]) -> int | None:

@@ -28,7 +28,7 @@ import numpy as np
 from ..runtime.slots import SlotBackend
 from . import api
 from .metrics import Metrics
-from .scheduler import Draining, QueueFull, Request, Scheduler
+from .scheduler import DEFAULT_PREFILL_CHUNK, Draining, QueueFull, Request, Scheduler
 
 MAX_BODY = 16 << 20
 POLL_S = 0.05  # how often a waiting handler checks that its client is still there
@@ -36,11 +36,13 @@ POLL_S = 0.05  # how often a waiting handler checks that its client is still the
 
 class OpenAIServer:
     def __init__(self, backend: SlotBackend, tokenizer: Any, model_name: str, *, host: str = "127.0.0.1",
-                 port: int = 8000, max_queue: int = 64, prefills_per_step: int = 1, log: Any = None) -> None:
+                 port: int = 8000, max_queue: int = 64, prefills_per_step: int = 1,
+                 prefill_chunk: int = DEFAULT_PREFILL_CHUNK, log: Any = None) -> None:
         self.backend, self.tokenizer, self.model_name = backend, tokenizer, model_name
         self.metrics = Metrics()
         self.scheduler = Scheduler(backend, tokenizer.eos_token_ids, max_queue=max_queue,
-                                   prefills_per_step=prefills_per_step, metrics=self.metrics)
+                                   prefills_per_step=prefills_per_step, prefill_chunk=prefill_chunk,
+                                   metrics=self.metrics)
         self.log = log
         self.draining = False
         self.inflight = 0
@@ -102,12 +104,16 @@ class _HTTPServer(ThreadingHTTPServer):
 
 
 def warm_up(backend: SlotBackend, prompt: list[int]) -> float:
-    """One prefill (or a step) and one step through every code path; seconds taken. Slot 0's
-    cache is left with garbage that the next sequence there overwrites."""
+    """One prefill in two chunks (the second attending over the first) and one step through
+    every code path; seconds taken. Slot 0's cache is left with garbage that the next sequence
+    there overwrites."""
     t = time.perf_counter()
     tokens, positions = backend.idle_inputs()
     if backend.bulk_prefill:
-        backend.prefill(0, prompt)
+        half = max(1, len(prompt) // 2)
+        backend.prefill(0, prompt[:half])
+        if len(prompt) > half:
+            backend.prefill_chunk(0, prompt[half:], half)
     backend.step(tokens, positions, True)
     backend.step(tokens, positions, False)
     return time.perf_counter() - t
@@ -270,15 +276,22 @@ class _Handler(BaseHTTPRequestHandler):
     def _events(self, req: Request) -> Iterator[tuple[str, Any]]:
         """The request's events until done or error; cancels it when the client goes away. Text
         that queued up while this thread was writing goes out as one piece (one write, not one
-        per token, when the handler falls behind the steps)."""
+        per token, when the handler falls behind the steps). The client is looked at every
+        POLL_S seconds, whether or not events keep coming (a whole answer writes nothing until
+        its end, so only the look notices a client that went away)."""
+        checked = time.monotonic()
         while True:
             try:
                 ev = req.events.get(timeout=POLL_S)
             except queue.Empty:
+                ev = None
+            if ev is None or time.monotonic() - checked >= POLL_S:
+                checked = time.monotonic()
                 if self._client_gone():
                     req.cancel()
                     self.close_connection = True
                     return
+            if ev is None:
                 continue
             last = None
             if ev[0] == "text":
