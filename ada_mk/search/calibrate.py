@@ -36,7 +36,7 @@ import numpy as np
 
 from ..config import ConfigError, load_config
 from . import cost as _cost
-from .cost import US, CostConstants, CostModel, load_calibration, simulate
+from .cost import US, CostConstants, CostModel, simulate
 from .dag import Dag
 from .errors import CalibrationError
 from .plan import LINEAR_KINDS, Plan
