@@ -3,41 +3,21 @@
 #   build here:  ADAMK_CACHE=.devbuild python -m tests.gpu.kernels
 #                ADAMK_CACHE=.devbench adamk-bench --build-only --gpu-plan H100 --config llama3-8b \
 #                    --config llama3.2-1b --systems megakernel,megakernel-fp8,megakernel-int8
-#   there:       bash benchmarks/device_q8.sh core|pending|tests|diag|mk8b|baselines8b|mk1b   (carry .devbuild, .devbench)
+#   there:       bash benchmarks/device_q8.sh core|tests|diag|mk8b|baselines8b|mk1b   (carry .devbuild, .devbench)
 # Logs and bench tables land in $OUT. ADAMK_COMMIT names the commit the trees were built from.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-OUT=${OUT:-device-logs}; mkdir -p "$OUT"
-export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee -a "$OUT/card.txt"
-bench() {  # bench <tag> <adamk-bench args...>
-  local tag=$1; shift
-  ADAMK_CACHE=$PWD/.devbench timeout "${BENCH_TIMEOUT:-560}" python3 -m ada_mk.cli.bench --gpu-plan H100 --batch 1 \
-    --context 512 --out-dir "$OUT/$tag" "$@" 2>&1 | tee "$OUT/bench-$tag.log" | grep -E "^\| |error|Error" | tail -20
-}
+source benchmarks/device_lib.sh
 case "${1:-tests}" in
   tests)  # the device's 8-bit decode, the 8-bit kernels against HF, the bf16 kernels' own suite
-    ADAMK_CACHE=$PWD/.devbuild timeout "${GPU_TEST_TIMEOUT:-400}" python3 -m pytest tests/gpu/test_dequant_gpu.py \
-      tests/gpu/test_quantized_gpu.py tests/gpu/test_megakernel.py tests/gpu/test_capi_gpu.py -m gpu \
-      -p no:cacheprovider -q -s -rA > "$OUT/gpu-tests.log" 2>&1
-    echo "pytest rc=$?"
-    grep -E "rel err|greedy vs|PASSED|FAILED|ERROR|passed|failed|^E " "$OUT/gpu-tests.log" | tail -80 ;;
+    GPU_TEST_TIMEOUT=${GPU_TEST_TIMEOUT:-400} gpu_tests gpu-tests.log tests/gpu/test_dequant_gpu.py \
+      tests/gpu/test_quantized_gpu.py tests/gpu/test_megakernel.py tests/gpu/test_capi_gpu.py ;;
   core)  # what one short call can check: 8-bit decode and kernels on two models, the bounded waits, 8B speed
-    ADAMK_CACHE=$PWD/.devbuild timeout "${GPU_TEST_TIMEOUT:-300}" python3 -m pytest tests/gpu/test_dequant_gpu.py \
+    GPU_TEST_TIMEOUT=${GPU_TEST_TIMEOUT:-300} gpu_tests gpu-tests-core.log tests/gpu/test_dequant_gpu.py \
       tests/gpu/test_quantized_gpu.py tests/gpu/test_megakernel.py::test_two_layers_first \
       tests/gpu/test_megakernel.py::test_stuck_wait_times_out_and_resets tests/gpu/test_capi_gpu.py \
-      tests/gpu/test_async_api_gpu.py -m gpu \
-      -k "not qwen2.5 and not mistral" -p no:cacheprovider -q -s -rA > "$OUT/gpu-tests-core.log" 2>&1
-    echo "pytest rc=$?"
-    grep -E "rel err|greedy vs|stuck|us/step|PASSED|FAILED|ERROR|passed|failed|^E " "$OUT/gpu-tests-core.log" | tail -60
+      tests/gpu/test_async_api_gpu.py -k "not qwen2.5 and not mistral"
     bench mk8b --config llama3-8b --systems megakernel,megakernel-fp8,megakernel-int8 ;;
-  pending)  # what session 24 built or fixed after its one GPU call: run these first next time
-    ADAMK_CACHE=$PWD/.devbuild timeout "${GPU_TEST_TIMEOUT:-500}" python3 -m pytest tests/gpu/test_dequant_gpu.py \
-      tests/gpu/test_async_api_gpu.py tests/gpu/test_megakernel.py::test_qwen3_two_layers_first \
-      tests/gpu/test_megakernel.py::test_logits_match_hf -k "not test_logits_match_hf or qwen3" -m gpu \
-      -p no:cacheprovider -q -s -rA > "$OUT/gpu-tests-pending.log" 2>&1
-    echo "pytest rc=$?"
-    grep -E "rel err|greedy vs|us/step|PASSED|FAILED|ERROR|passed|failed|^E " "$OUT/gpu-tests-pending.log" | tail -60 ;;
   diag)  # where the 8-bit multiply's time goes: benchmarks/experiment.py's q8 variants, and the multiply's SASS
     ADAMK_EXPERIMENT=q8 ADAMK_CACHE=$PWD/.devbuild timeout "${DIAG_TIMEOUT:-300}" python3 -m benchmarks.experiment \
       2>&1 | tee "$OUT/experiment-q8.log" | grep -E "ms/token|Error|error" | tail -30

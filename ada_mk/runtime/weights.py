@@ -29,6 +29,19 @@ def pad_rows(x: Any, rows: int) -> Any:
     return np.concatenate([x, np.zeros((rows - n, *x.shape[1:]), x.dtype)])
 
 
+def segment_bytes(packed: Any, seg: Any, base: int) -> Any:
+    """The bytes of segment `seg` at layer base `base` (in bf16 elements) of a packed buffer
+    (numpy uint16/uint8, or a torch bf16/uint8 tensor): a view, uint8."""
+    if is_torch(packed):
+        import torch
+
+        buf = packed.reshape(-1).view(torch.uint8)
+    else:
+        buf = np.ascontiguousarray(packed).reshape(-1).view(np.uint8)
+    start = 2 * (base + seg.offset)
+    return buf[start:start + 2 * seg.size]
+
+
 def swap_odd_halves(t: Any, half: int) -> Any:
     """[..., row (even count), column] (numpy or torch), `half` elements per 64 bytes: where rows
     are whole 128-byte lines, odd rows with the two 64-byte halves of each line swapped (the

@@ -31,7 +31,7 @@ from ..quant.int4 import SYMMETRIC_ZERO, Int4Matrix
 from ..quant.int4_quantize import quantize_int4
 from ..quant.int4_torch import Int4Tensor, quantize_int4_torch
 from ..search.plan import LinearTiling
-from .weights import is_torch as _is_torch, pad_rows as _pad_rows
+from .weights import is_torch as _is_torch, pad_rows as _pad_rows, segment_bytes
 
 ROWS_AT_ONCE = 1 << 24  # elements kernel_weights turns into float64 at once (torch)
 BLOCK = 64  # columns of a permuted block: 32 bytes a row, 8 for each lane j of an MMA quad
@@ -243,23 +243,12 @@ def pack_segment_torch(seg: Any, parts: list[tuple[str, Any]], device: Any) -> A
     return pack_chunks(*_segment_matrix(seg, parts, device, on_torch=True), seg.linear)
 
 
-def _segment_bytes(packed: Any, seg: Any, base: int) -> Any:
-    if _is_torch(packed):
-        import torch
-
-        buf = packed.reshape(-1).view(torch.uint8)
-    else:
-        buf = np.ascontiguousarray(packed).reshape(-1).view(np.uint8)
-    start = 2 * (base + seg.offset)
-    return buf[start:start + 2 * seg.size]
-
-
 def unpack_int4(packed: Any, seg: Any, base: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(codes [N, K], scales, offsets [N, K // group]) an int4 segment of a packed buffer holds (rows
     after concatenation or interleaving); base: the layer's base (Region.layer_base + layer *
     layer_stride)."""
     t = seg.linear
-    flat = _segment_bytes(packed, seg, base)
+    flat = segment_bytes(packed, seg, base)
     if _is_torch(flat):
         flat = flat.cpu().numpy()
     q, s, o = unpack_chunks(flat, t)
@@ -270,7 +259,7 @@ def dequantize_packed_torch(wbuf: Any, seg: Any, base: int = 0) -> Any:
     """The float32 [N, K] matrix an int4 segment of a packed torch buffer holds, as the kernel
     multiplies it (kernel_weights), computed where the buffer lives."""
     t = seg.linear
-    q, s, o = unpack_chunks(_segment_bytes(wbuf, seg, base), t)
+    q, s, o = unpack_chunks(segment_bytes(wbuf, seg, base), t)
     return kernel_weights(q[:t.n], s[:t.n], o[:t.n], t.group)
 
 

@@ -27,7 +27,7 @@ from ..quant.matrix import QuantizedMatrix
 from ..quant.quantize import quantize_fp8, quantize_int8
 from ..quant.torch_quant import QuantizedTensor, quantize_fp8_torch, quantize_int8_torch
 from ..search.plan import LinearTiling
-from .weights import is_torch as _is_torch, pad_rows as _pad_rows, swap_odd_halves
+from .weights import is_torch as _is_torch, pad_rows as _pad_rows, segment_bytes, swap_odd_halves
 
 # Columns of a permuted block: the 4 lanes of an MMA's k, 16 bytes each. Byte 16 j + i of a block
 # (j = 0..3, the lane within an MMA quad) holds column 8 j + i for i < 8 and 32 + 8 j + (i - 8)
@@ -197,24 +197,11 @@ def pack_segment_torch(seg: Any, parts: list[tuple[str, Any]], device: Any) -> A
     return pack_chunks(q, s, seg.linear)
 
 
-def _segment_bytes(packed: Any, seg: Any, base: int) -> Any:
-    """The bytes of segment `seg` at layer base `base` (in bf16 elements) of a packed buffer
-    (numpy uint16/uint8, or a torch bf16/uint8 tensor)."""
-    if _is_torch(packed):
-        import torch
-
-        buf = packed.reshape(-1).view(torch.uint8)
-    else:
-        buf = np.ascontiguousarray(packed).reshape(-1).view(np.uint8)
-    start = 2 * (base + seg.offset)
-    return buf[start:start + 2 * seg.size]
-
-
 def unpack_quantized(packed: Any, seg: Any, base: int = 0) -> QuantizedMatrix:
     """The QuantizedMatrix [N, K] (rows after concatenation or interleaving) that an 8-bit segment
     of a packed buffer holds; base: the layer's base (Region.layer_base + layer * layer_stride)."""
     t = seg.linear
-    flat = _segment_bytes(packed, seg, base)
+    flat = segment_bytes(packed, seg, base)
     if _is_torch(flat):
         flat = flat.cpu().numpy()
     codes, sc = unpack_chunks(flat, t)
@@ -230,7 +217,7 @@ def dequantize_packed_torch(wbuf: Any, seg: Any, base: int = 0) -> Any:
     """The float32 [N, K] matrix an 8-bit segment of a packed torch buffer holds (value x scale),
     computed where the buffer lives (for the torch prefill over the kernel's own weights)."""
     t = seg.linear
-    codes, sc = unpack_chunks(_segment_bytes(wbuf, seg, base), t)
+    codes, sc = unpack_chunks(segment_bytes(wbuf, seg, base), t)
     m = QuantizedTensor(codes[:t.n].contiguous(), sc[:t.n, :1 if not t.group else None].contiguous(), t.weights,
                         group_columns(t))
     return m.dequantize()
